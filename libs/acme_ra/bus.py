@@ -1,0 +1,211 @@
+"""NATS contracts: streams, subjects, job messages, and the publish/consume helpers.
+
+Jobs go through JetStream work-queue streams with durable pull consumers (explicit ack,
+``max_deliver``, backoff). ``Nats-Msg-Id`` is the job id, so a duplicate publish inside the
+de-duplication window is dropped; consumers are idempotent beyond that. The W3C trace context
+travels in the ``traceparent`` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Literal, TypeVar
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
+from nats.js.errors import NotFoundError
+from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger("acme_ra.bus")
+
+JOBS_STREAM = "ACME_JOBS"
+EVENTS_STREAM = "ACME_EVENTS"
+SUBJECT_VALIDATE = "acme.jobs.validate"
+SUBJECT_ISSUE = "acme.jobs.issue"
+SUBJECT_EVENTS = "acme.events.>"
+SUBJECT_REVOKE_RPC = "acme.rpc.revoke"
+
+DURABLE_VALIDATOR = "validator"
+DURABLE_SIGNER = "signer"
+
+# Window in which JetStream drops a second publish with the same Nats-Msg-Id (seconds).
+DEDUP_WINDOW_SECONDS = 120
+# How long a consumer may hold a job before JetStream redelivers it to another replica.
+VALIDATE_ACK_WAIT_SECONDS = 60
+ISSUE_ACK_WAIT_SECONDS = 120
+# Redelivery backoff; the last value repeats until max_deliver.
+REDELIVERY_BACKOFF_SECONDS = [1, 2, 5, 10, 30]
+MAX_DELIVER = 20
+
+
+class ValidateJob(BaseModel):
+    """Validate one challenge (frontend → validator)."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = 1
+    challenge_id: str
+    order_id: str | None = None
+
+
+class IssueJob(BaseModel):
+    """Issue the certificate of one order whose CSR is stored (frontend → signer)."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = 1
+    order_id: str
+
+
+class Event(BaseModel):
+    """Something happened to an order (any service → observers)."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = 1
+    kind: Literal["validated", "issued", "revoked", "failed"]
+    order_id: str | None = None
+    challenge_id: str | None = None
+    status: str | None = None
+
+
+JobT = TypeVar("JobT", bound=BaseModel)
+
+
+async def connect(url: str, name: str) -> NATS:
+    """Connect, reconnecting forever: a restarting nats-server must not kill a service."""
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+    )
+
+
+async def ensure_streams(js: JetStreamContext) -> None:
+    """Create (or update) the job and event streams and the durable consumers. Idempotent."""
+    jobs = StreamConfig(
+        name=JOBS_STREAM,
+        subjects=["acme.jobs.*"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        duplicate_window=DEDUP_WINDOW_SECONDS,
+    )
+    events = StreamConfig(
+        name=EVENTS_STREAM,
+        subjects=[SUBJECT_EVENTS],
+        retention=RetentionPolicy.LIMITS,
+        max_age=7 * 86400,
+        max_msgs=1_000_000,
+    )
+    for config in (jobs, events):
+        try:
+            await js.stream_info(config.name)  # type: ignore[arg-type]
+            await js.update_stream(config)
+        except NotFoundError:
+            await js.add_stream(config)
+    for durable, subject, ack_wait in (
+        (DURABLE_VALIDATOR, SUBJECT_VALIDATE, VALIDATE_ACK_WAIT_SECONDS),
+        (DURABLE_SIGNER, SUBJECT_ISSUE, ISSUE_ACK_WAIT_SECONDS),
+    ):
+        consumer = ConsumerConfig(
+            durable_name=durable,
+            filter_subject=subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait,
+            max_deliver=MAX_DELIVER,
+            max_ack_pending=10_000,
+        )
+        try:
+            await js.consumer_info(JOBS_STREAM, durable)
+        except NotFoundError:
+            await js.add_consumer(JOBS_STREAM, consumer)
+
+
+async def publish_job(
+    js: JetStreamContext, subject: str, job: BaseModel, msg_id: str, traceparent: str | None = None
+) -> None:
+    headers = {"Nats-Msg-Id": msg_id}
+    if traceparent:
+        headers["traceparent"] = traceparent
+    await js.publish(subject, job.model_dump_json().encode(), headers=headers)
+
+
+async def publish_event(js: JetStreamContext, event: Event) -> None:
+    """Best effort: an event that cannot be published is logged, never fails the job."""
+    try:
+        await js.publish(f"acme.events.{event.kind}", event.model_dump_json().encode())
+    except Exception as error:  # noqa: BLE001 - events are advisory
+        log.warning("event %s not published: %s", event.kind, error)
+
+
+def redelivery_delay(msg: Msg) -> float:
+    """Backoff before the next delivery of a job that failed this time."""
+    attempt = max(1, msg.metadata.num_delivered if msg.metadata else 1)
+    return float(REDELIVERY_BACKOFF_SECONDS[min(attempt, len(REDELIVERY_BACKOFF_SECONDS)) - 1])
+
+
+Handler = Callable[[JobT, Msg], Awaitable[None]]
+
+
+async def consume(
+    js: JetStreamContext,
+    subject: str,
+    durable: str,
+    model: type[JobT],
+    handler: Callable[[JobT, Msg], Awaitable[None]],
+    stop: asyncio.Event,
+    concurrency: int = 16,
+    batch: int = 16,
+) -> None:
+    """Pull jobs in batches and run up to ``concurrency`` handlers at once.
+
+    The handler acks (after its database commit). If it raises, the job is nak'ed with backoff
+    and another delivery (perhaps on another replica) retries it. A message that does not parse
+    is terminated: retrying cannot fix it.
+    """
+    subscription = await js.pull_subscribe(subject, durable=durable, stream=JOBS_STREAM)
+    slots = asyncio.Semaphore(concurrency)
+    running: set[asyncio.Task[None]] = set()
+
+    async def run_one(msg: Msg) -> None:
+        try:
+            try:
+                job = model.model_validate_json(msg.data)
+            except ValueError as error:
+                log.error("dropping unreadable job on %s: %s", subject, error)
+                await msg.term()
+                return
+            try:
+                await handler(job, msg)
+            except Exception:
+                log.exception("job on %s failed; will be redelivered", subject)
+                try:
+                    await msg.nak(delay=redelivery_delay(msg))
+                except Exception:  # noqa: BLE001 - the ack_wait timeout redelivers anyway
+                    pass
+        finally:
+            slots.release()
+
+    while not stop.is_set():
+        try:
+            messages = await subscription.fetch(batch, timeout=1)
+        except NatsTimeoutError:
+            continue
+        except Exception as error:  # noqa: BLE001 - NATS down: wait for the reconnect
+            if stop.is_set():
+                break
+            log.warning("fetch on %s failed: %s", subject, error)
+            await asyncio.sleep(1)
+            continue
+        for msg in messages:
+            await slots.acquire()
+            task = asyncio.create_task(run_one(msg))
+            running.add(task)
+            task.add_done_callback(running.discard)
+    if running:
+        await asyncio.wait(running, timeout=30)

@@ -1,0 +1,187 @@
+"""Configuration from ``ACME_RA_*`` environment variables (pydantic-settings).
+
+One settings class; every service reads the fields it needs. ``load_settings`` turns a
+validation error into one line that names the variable, and exits.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import sys
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "ACME_RA_"
+
+
+def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or (with a default port) a bare host."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif value.count(":") == 1:
+        host, _, port_text = value.partition(":")
+    elif value.count(":") > 1:  # bare IPv6 address
+        host, port_text = value, ""
+    else:
+        host, port_text = value, ""
+    if not host:
+        raise ValueError(f"no host in {value!r}")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"bad port in {value!r}")
+    return host, int(port_text)
+
+
+class Settings(BaseSettings):
+    """Every ``ACME_RA_*`` variable. Names are a documented contract (README, docs/configuration.md)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
+
+    # ACME_RA_STATE_DIR: lab CA, embedded NATS data, SQLite file, generated TLS material.
+    state_dir: Path = Path("./var")
+    # ACME_RA_DATABASE_URL: SQLAlchemy async URL; default SQLite under the state dir.
+    database_url: str = ""
+    # ACME_RA_NATS_URL: unset means the launcher starts an embedded nats-server.
+    nats_url: str = ""
+    # ACME_RA_LISTEN: the public ACME listener (frontend).
+    listen: str = "127.0.0.1:8443"
+    # ACME_RA_EXTERNAL_URL: the base URL clients see (behind a load balancer: its URL).
+    external_url: str = "https://localhost:8443"
+    # ACME_RA_TLS_CERT_FILE / ACME_RA_TLS_KEY_FILE: bring your own; unset = issued by the lab CA.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    # ACME_RA_UPSTREAM: the signer's back end.
+    upstream: Literal["lab"] = "lab"
+    # ACME_RA_PROVISIONERS: comma list of provisioner names served under /acme/<name>/.
+    provisioners: str = "acme"
+    # ACME_RA_VALIDATION_HTTP_PORT / _TLS_PORT: where the validator connects (80/443 in production).
+    validation_http_port: int = Field(80, gt=0, lt=65536)
+    validation_tls_port: int = Field(443, gt=0, lt=65536)
+    # ACME_RA_DNS_RESOLVERS: comma list of host[:port]; empty = the system's resolvers.
+    dns_resolvers: str = ""
+    # ACME_RA_VALIDATOR_LISTEN / ACME_RA_SIGNER_LISTEN: health and metrics of the workers.
+    validator_listen: str = "127.0.0.1:9124"
+    signer_listen: str = "127.0.0.1:9125"
+    # ACME_RA_TERMS_OF_SERVICE_URL: advertised in the directory; agreement then required.
+    terms_of_service_url: str = ""
+    # ACME_RA_WEBSITE_URL: advertised in the directory meta.
+    website_url: str = ""
+    # ACME_RA_ORDER_LIFETIME_SECONDS: how long a pending order lives (default 1 day).
+    order_lifetime_seconds: int = Field(86400, gt=0)
+    # ACME_RA_AUTHZ_LIFETIME_SECONDS: how long a valid authorization may be reused (default 30 days).
+    authz_lifetime_seconds: int = Field(30 * 86400, gt=0)
+    # ACME_RA_NONCE_LIFETIME_SECONDS: how long an issued nonce stays redeemable.
+    nonce_lifetime_seconds: int = Field(3600, gt=0)
+    # ACME_RA_RETRY_AFTER_SECONDS: Retry-After on processing challenges and orders.
+    retry_after_seconds: int = Field(1, ge=1, le=60)
+    # ACME_RA_CERT_LIFETIME_DAYS: lifetime of lab-CA certificates.
+    cert_lifetime_days: int = Field(90, gt=0, le=398)
+    # ACME_RA_DB_POOL_SIZE: connections per service process.
+    db_pool_size: int = Field(10, gt=0)
+    # ACME_RA_LOG_LEVEL
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("listen", "validator_listen", "signer_listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        parse_host_port(value)
+        return value
+
+    @field_validator("external_url")
+    @classmethod
+    def _check_external_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL such as https://acme.example.org")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("dns_resolvers")
+    @classmethod
+    def _check_resolvers(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            host, _ = parse_host_port(item, 53)
+            ipaddress.ip_address(host)
+        return value
+
+    @field_validator("provisioners")
+    @classmethod
+    def _check_provisioners(cls, value: str) -> str:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if not names or not all(n.replace("-", "").replace("_", "").isalnum() for n in names):
+            raise ValueError("must be a comma list of names made of letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+            raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
+        return value
+
+    @model_validator(mode="after")
+    def _check_tls_pair(self) -> "Settings":
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("ACME_RA_TLS_CERT_FILE and ACME_RA_TLS_KEY_FILE go together")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file {path} does not exist")
+        return self
+
+    # Derived values -------------------------------------------------------------------------
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.state_dir / 'acme-ra.db').resolve()}"
+
+    @property
+    def provisioner_names(self) -> list[str]:
+        return [v.strip() for v in self.provisioners.split(",") if v.strip()]
+
+    @property
+    def resolver_addresses(self) -> list[tuple[str, int]]:
+        return [parse_host_port(v.strip(), 53) for v in self.dns_resolvers.split(",") if v.strip()]
+
+    @property
+    def lab_ca_dir(self) -> Path:
+        return self.state_dir / "lab-ca"
+
+    @property
+    def frontend_tls_paths(self) -> tuple[Path, Path]:
+        """The frontend's certificate and key: the configured pair or the lab-issued one."""
+        if self.tls_cert_file and self.tls_key_file:
+            return self.tls_cert_file, self.tls_key_file
+        return self.state_dir / "tls" / "frontend.crt", self.state_dir / "tls" / "frontend.key"
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "__root__"]
+    name = (ENV_PREFIX + loc[0].upper()) if loc else "configuration"
+    message = first.get("msg", "invalid").removeprefix("Value error, ")
+    value = first.get("input")
+    shown = f"={value!r}" if loc and isinstance(value, (str, int)) else ""
+    return f"acme-ra: invalid configuration: {name}{shown}: {message}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings; on invalid configuration print one line and exit 2."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        print(_one_line(error), file=sys.stderr)
+        raise SystemExit(2) from None

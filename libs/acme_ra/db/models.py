@@ -1,0 +1,191 @@
+"""The one schema shared by all services (SQLAlchemy 2 declarative models).
+
+Alembic migrations in ``migrations/`` are the only way this schema changes in a database.
+Identifiers are random, unpredictable base64url strings (RFC 8555 §10.5).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import secrets
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def new_id() -> str:
+    """128 random bits, base64url: resource ids and challenge tokens."""
+    return secrets.token_urlsafe(16)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """Stored as naive UTC on every backend, always returned timezone-aware."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: dt.datetime | None, dialect: Any) -> dt.datetime | None:
+        return None if value is None else value.replace(tzinfo=dt.timezone.utc)
+
+
+class AccountStatus(str, enum.Enum):
+    valid = "valid"
+    deactivated = "deactivated"
+    revoked = "revoked"
+
+
+class OrderStatus(str, enum.Enum):
+    pending = "pending"
+    ready = "ready"
+    processing = "processing"
+    valid = "valid"
+    invalid = "invalid"
+
+
+class AuthzStatus(str, enum.Enum):
+    pending = "pending"
+    valid = "valid"
+    invalid = "invalid"
+    deactivated = "deactivated"
+    expired = "expired"
+    revoked = "revoked"
+
+
+class ChallengeStatus(str, enum.Enum):
+    pending = "pending"
+    processing = "processing"
+    valid = "valid"
+    invalid = "invalid"
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ServerKey(Base):
+    """Keys shared by every replica, created once (e.g. the nonce HMAC key)."""
+
+    __tablename__ = "server_keys"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RedeemedNonce(Base):
+    """A nonce that has been used once; the primary key makes a second use fail."""
+
+    __tablename__ = "redeemed_nonces"
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    key_thumbprint: Mapped[str] = mapped_column(String(64), unique=True)
+    jwk: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=AccountStatus.valid.value)
+    contact: Mapped[list[Any]] = mapped_column(default=list)
+    tos_agreed: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    provisioner: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=OrderStatus.pending.value)
+    expires: Mapped[dt.datetime]
+    # [{"type": "dns", "value": "example.org"}, ...] in the order the client sent them (deduplicated).
+    identifiers: Mapped[list[Any]]
+    not_before: Mapped[dt.datetime | None]
+    not_after: Mapped[dt.datetime | None]
+    # A problem as data: {"type": "<short type>", "detail": "...", "subproblems"?: [...]}.
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    csr: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    certificate_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # W3C traceparent of the order's trace, created at newOrder.
+    trace_context: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_orders_status_updated", "status", "updated_at"),)
+
+
+class Authorization(Base):
+    __tablename__ = "authorizations"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    identifier_type: Mapped[str] = mapped_column(String(8))
+    # The name without "*." for wildcard authorizations.
+    identifier_value: Mapped[str] = mapped_column(String(255))
+    wildcard: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default=AuthzStatus.pending.value)
+    expires: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        Index("ix_authz_reuse", "account_id", "identifier_type", "identifier_value", "status"),
+    )
+
+
+class OrderAuthorization(Base):
+    """Orders own a fixed list of authorizations; a valid one may be shared by several orders."""
+
+    __tablename__ = "order_authorizations"
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), primary_key=True)
+    authz_id: Mapped[str] = mapped_column(ForeignKey("authorizations.id"), primary_key=True, index=True)
+    position: Mapped[int] = mapped_column(Integer)
+
+
+class Challenge(Base):
+    __tablename__ = "challenges"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    authz_id: Mapped[str] = mapped_column(ForeignKey("authorizations.id"), index=True)
+    type: Mapped[str] = mapped_column(String(32))
+    token: Mapped[str] = mapped_column(String(64), default=new_id)
+    status: Mapped[str] = mapped_column(String(16), default=ChallengeStatus.pending.value)
+    validated: Mapped[dt.datetime | None]
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_challenges_status_updated", "status", "updated_at"),)
+
+
+class Certificate(Base):
+    __tablename__ = "certificates"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # Unique: one certificate per order, whatever happens to the jobs.
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), unique=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    serial: Mapped[str] = mapped_column(String(64), index=True)  # lowercase hex
+    chain_pem: Mapped[str] = mapped_column(Text)
+    not_before: Mapped[dt.datetime]
+    not_after: Mapped[dt.datetime]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
+    revocation_reason: Mapped[int | None]

@@ -1,0 +1,1 @@
+"""ACME wire-level building blocks: problem documents, JWS checks, identifiers, CSRs."""

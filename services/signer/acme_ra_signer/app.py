@@ -1,0 +1,174 @@
+"""The signer's FastAPI app: /healthz, /readyz, /metrics, and the issue consumer in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from acme_ra import bus
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra_signer import metrics
+from acme_ra_signer.upstream import UpstreamDriver, make_driver
+from acme_ra_signer.worker import IssueWorker
+
+log = logging.getLogger("acme_ra_signer.app")
+
+# How long /readyz waits for each dependency before calling it failed (seconds).
+READY_CHECK_TIMEOUT_SECONDS = 5.0
+# Pause before the issue consumer is restarted after it failed (seconds).
+CONSUMER_RESTART_SECONDS = 1.0
+# How long shutdown waits for NATS to drain (seconds).
+DRAIN_TIMEOUT_SECONDS = 5.0
+
+PATH_HEALTHZ = "/healthz"
+PATH_READYZ = "/readyz"
+PATH_METRICS = "/metrics"
+
+
+@dataclass
+class Runtime:
+    """What the lifespan builds and the routes read."""
+
+    driver: UpstreamDriver
+    db: Database
+    nc: NATS
+    js: JetStreamContext
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    consumer: asyncio.Task[None] | None = None
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await start(settings)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            app.state.runtime = None
+            await stop(runtime)
+
+    app = FastAPI(title="acme-ra signer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.runtime = None
+    app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"])
+    app.add_api_route(PATH_READYZ, readyz, methods=["GET"])
+    app.add_api_route(PATH_METRICS, metrics_endpoint, methods=["GET"])
+    return app
+
+
+async def start(settings: Settings) -> Runtime:
+    """Driver (loads or creates the lab CA), database, NATS, streams, then the issue consumer."""
+    driver = await asyncio.to_thread(make_driver, settings)
+    db = Database(settings.effective_database_url, settings.db_pool_size)
+    try:
+        nc = await bus.connect(settings.nats_url, "acme-ra-signer")
+    except BaseException:
+        await db.dispose()
+        await driver.close()
+        raise
+    js = nc.jetstream()
+    runtime = Runtime(driver=driver, db=db, nc=nc, js=js)
+    try:
+        await bus.ensure_streams(js)
+    except BaseException:
+        await stop(runtime)
+        raise
+    worker = IssueWorker(db, driver, js)
+    runtime.consumer = asyncio.create_task(_consume(runtime, worker), name="issue-consumer")
+    log.info("signer started", extra={"upstream": settings.upstream, "listen": settings.signer_listen})
+    return runtime
+
+
+async def stop(runtime: Runtime) -> None:
+    """Finish the jobs in hand, then close NATS, the database and the driver."""
+    runtime.stop.set()
+    if runtime.consumer is not None:
+        await runtime.consumer
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(runtime.nc.drain(), DRAIN_TIMEOUT_SECONDS)
+    if not runtime.nc.is_closed:
+        with contextlib.suppress(Exception):
+            await runtime.nc.close()
+    await runtime.db.dispose()
+    await runtime.driver.close()
+
+
+async def _consume(runtime: Runtime, worker: IssueWorker) -> None:
+    """Run the issue consumer until shutdown, restarting it if it fails."""
+    while not runtime.stop.is_set():
+        try:
+            await bus.consume(
+                runtime.js, bus.SUBJECT_ISSUE, bus.DURABLE_SIGNER, bus.IssueJob, worker.handle, runtime.stop
+            )
+        except Exception:
+            log.exception("issue consumer failed; restarting")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(runtime.stop.wait(), CONSUMER_RESTART_SECONDS)
+
+
+async def healthz() -> dict[str, str]:
+    """The process is alive (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers, NATS is connected, the consumer runs and the upstream
+    is usable; otherwise 503 naming what failed."""
+    runtime: Runtime | None = request.app.state.runtime
+    if runtime is None:
+        return JSONResponse({"status": "unavailable", "failed": {"signer": "starting"}}, status_code=503)
+    results = await asyncio.gather(
+        _check("database", _database_ok(runtime.db)),
+        _check("nats", _nats_ok(runtime.nc)),
+        _check("consumer", _consumer_ok(runtime.consumer)),
+        _check("upstream", _upstream_ok(runtime.driver)),
+    )
+    failed = {name: error for name, error in results if error is not None}
+    if failed:
+        return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+async def metrics_endpoint() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _check(name: str, check: Awaitable[None]) -> tuple[str, str | None]:
+    try:
+        await asyncio.wait_for(check, READY_CHECK_TIMEOUT_SECONDS)
+    except asyncio.TimeoutError:
+        return name, "timed out"
+    except Exception as error:  # noqa: BLE001 - reported, not raised
+        return name, str(error) or type(error).__name__
+    return name, None
+
+
+async def _database_ok(db: Database) -> None:
+    async with db.engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def _nats_ok(nc: NATS) -> None:
+    if not nc.is_connected:
+        raise ConnectionError("not connected")
+
+
+async def _upstream_ok(driver: UpstreamDriver) -> None:
+    with metrics.upstream_call("check"):
+        await driver.check()
+
+
+async def _consumer_ok(consumer: asyncio.Task[None] | None) -> None:
+    if consumer is None or consumer.done():
+        raise RuntimeError("the issue consumer is not running")

@@ -1,0 +1,54 @@
+"""The signer's Prometheus metrics (default registry, served on /metrics). Labels are bounded."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from acme_ra_signer.upstream.base import UpstreamRejected, UpstreamUnavailable
+
+Operation = Literal["issue", "revoke", "check"]
+
+CERTIFICATES_ISSUED = Counter(
+    "acme_ra_certificates_issued_total", "Certificates stored for an order (one per order)."
+)
+UPSTREAM_REQUESTS = Counter(
+    "acme_ra_upstream_requests_total",
+    "Calls to the upstream CA by operation and outcome (ok, rejected, unavailable, error).",
+    ["operation", "outcome"],
+)
+UPSTREAM_DURATION = Histogram(
+    "acme_ra_upstream_request_duration_seconds",
+    "Duration of calls to the upstream CA (an ACME upstream can take minutes).",
+    ["operation"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
+JOBS_IN_FLIGHT = Gauge("acme_ra_signer_jobs_in_flight", "Issue jobs being handled now.")
+JOBS = Counter(
+    "acme_ra_signer_jobs_total",
+    "Issue jobs handled, by outcome (issued, failed, duplicate, retry).",
+    ["outcome"],
+)
+
+
+@contextmanager
+def upstream_call(operation: Operation) -> Iterator[None]:
+    """Count and time one upstream call; the outcome follows the exception raised, if any."""
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        yield
+        outcome = "ok"
+    except UpstreamRejected:
+        outcome = "rejected"
+        raise
+    except UpstreamUnavailable:
+        outcome = "unavailable"
+        raise
+    finally:
+        UPSTREAM_DURATION.labels(operation).observe(time.perf_counter() - started)
+        UPSTREAM_REQUESTS.labels(operation, outcome).inc()

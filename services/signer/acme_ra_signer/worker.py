@@ -1,0 +1,173 @@
+"""The issue job: a finalized order (status ``processing``, CSR stored) becomes a certificate.
+
+Idempotent: a redelivered or duplicated job finds the order no longer ``processing`` (or
+already holding a certificate) and only acks; ``lifecycle.store_certificate`` keeps the first
+certificate if two deliveries race. The job is acked only after the database commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from nats.js import JetStreamContext
+
+from acme_ra import bus
+from acme_ra.db import lifecycle
+from acme_ra.db.engine import Database
+from acme_ra.db.models import Order, OrderStatus
+from acme_ra_signer import metrics
+from acme_ra_signer.upstream.base import (
+    IssueRequest,
+    UpstreamDriver,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+
+log = logging.getLogger("acme_ra_signer.worker")
+
+# While the upstream works (an ACME upstream: 30 s or more), tell JetStream the job is alive
+# this often, so that it is not redelivered to another replica after ISSUE_ACK_WAIT_SECONDS.
+KEEPALIVE_SECONDS = bus.ISSUE_ACK_WAIT_SECONDS / 4
+
+
+class JobMessage(Protocol):
+    """The part of a JetStream message the handler uses (``nats.aio.msg.Msg``)."""
+
+    async def ack(self) -> None: ...
+
+    async def in_progress(self) -> None: ...
+
+
+@dataclass
+class _Outcome:
+    name: str  # issued | failed | duplicate | missing
+    fields: dict[str, Any]
+
+
+class IssueWorker:
+    """Handles ``IssueJob`` messages: upstream issuance, then the certificate in the database."""
+
+    def __init__(
+        self,
+        db: Database,
+        driver: UpstreamDriver,
+        js: JetStreamContext | None = None,
+        keepalive_seconds: float = KEEPALIVE_SECONDS,
+    ) -> None:
+        self.db = db
+        self.driver = driver
+        self.js = js
+        self.keepalive_seconds = keepalive_seconds
+
+    async def handle(self, job: bus.IssueJob, msg: JobMessage) -> None:
+        """Issue, store, ack. Raises (so ``bus.consume`` naks with backoff) when retrying may help."""
+        started = time.perf_counter()
+        fields: dict[str, Any] = {"order_id": job.order_id, "attempt": _attempt(msg)}
+        outcome = "retry"
+        metrics.JOBS_IN_FLIGHT.inc()
+        try:
+            result = await self._handle(job.order_id, msg, fields)
+            outcome = result.name
+            fields.update(result.fields)
+        except UpstreamUnavailable as error:
+            fields["error"] = str(error) or "upstream unavailable"
+            raise
+        except Exception as error:
+            fields["error"] = type(error).__name__
+            raise
+        finally:
+            metrics.JOBS_IN_FLIGHT.dec()
+            metrics.JOBS.labels("retry" if outcome == "missing" else outcome).inc()
+            fields["outcome"] = outcome
+            fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
+            level = logging.WARNING if outcome in ("retry", "missing") else logging.INFO
+            log.log(level, "issue job: %s", outcome, extra=fields)
+
+    async def _handle(self, order_id: str, msg: JobMessage, fields: dict[str, Any]) -> _Outcome:
+        async with self.db.sessions() as session:
+            order = await session.get(Order, order_id)
+        if order is None:
+            # The frontend commits before it publishes, so this is a job for a deleted order.
+            await msg.ack()
+            return _Outcome("missing", {})
+        if order.trace_context:
+            fields["trace_id"] = _trace_id(order.trace_context)
+        if order.status != OrderStatus.processing.value or order.certificate_id:
+            await msg.ack()
+            return _Outcome("duplicate", {"status": order.status})
+        if not order.csr:
+            return await self._fail(
+                order_id, msg, {"type": "serverInternal", "detail": "the order has no CSR to sign"}
+            )
+        request = IssueRequest(
+            order_id=order_id,
+            csr_der=order.csr,
+            identifiers=list(order.identifiers),
+            not_before=order.not_before,
+            not_after=order.not_after,
+        )
+        try:
+            async with self._keep_alive(msg):
+                with metrics.upstream_call("issue"):
+                    chain = await self.driver.issue(request)
+        except UpstreamRejected as rejected:
+            return await self._fail(order_id, msg, rejected.problem)
+        async with self.db.transaction() as session:
+            certificate_id = await lifecycle.store_certificate(
+                session, order_id, chain.chain_pem, chain.serial_hex, chain.not_before, chain.not_after
+            )
+        await msg.ack()
+        if certificate_id is None:
+            return _Outcome("duplicate", {"serial": chain.serial_hex})
+        metrics.CERTIFICATES_ISSUED.inc()
+        await self._event(bus.Event(kind="issued", order_id=order_id, status=OrderStatus.valid.value))
+        return _Outcome("issued", {"certificate_id": certificate_id, "serial": chain.serial_hex})
+
+    async def _fail(self, order_id: str, msg: JobMessage, problem: dict[str, Any]) -> _Outcome:
+        async with self.db.transaction() as session:
+            changed = await lifecycle.fail_order(session, order_id, problem)
+        await msg.ack()
+        if not changed:
+            return _Outcome("duplicate", {})
+        await self._event(bus.Event(kind="failed", order_id=order_id, status=OrderStatus.invalid.value))
+        return _Outcome("failed", {"problem": problem.get("type"), "detail": problem.get("detail")})
+
+    async def _event(self, event: bus.Event) -> None:
+        if self.js is not None:
+            await bus.publish_event(self.js, event)
+
+    @contextlib.asynccontextmanager
+    async def _keep_alive(self, msg: JobMessage) -> AsyncIterator[None]:
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.keepalive_seconds)
+                with contextlib.suppress(Exception):  # the ack_wait redelivery is the fallback
+                    await msg.in_progress()
+
+        task = asyncio.create_task(beat())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _attempt(msg: JobMessage) -> int:
+    """Which delivery of the job this is (1 = first); 1 when the message carries no metadata."""
+    try:
+        return int(msg.metadata.num_delivered or 1)  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - not a JetStream message (tests) or no metadata
+        return 1
+
+
+def _trace_id(traceparent: str) -> str | None:
+    """The trace id of a W3C ``traceparent`` (``00-<trace id>-<span id>-<flags>``)."""
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 else None

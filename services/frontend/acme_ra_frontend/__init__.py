@@ -1,0 +1,1 @@
+"""acme-ra frontend: the ACME HTTP API (RFC 8555)."""

@@ -1,0 +1,128 @@
+"""Accounts (RFC 8555 §7.3): newAccount, account POST-as-GET, update and deactivation, orders list."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi.responses import Response
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from acme_ra.db.models import Account, AccountStatus, Authorization, AuthzStatus, Order, OrderStatus
+from acme_ra.protocol.jws import thumbprint
+from acme_ra.protocol.problems import Problem, malformed, unauthorized
+from acme_ra_frontend.plumbing import AcmeCall, json_response
+from acme_ra_frontend.render import account_json
+
+# Most contacts one account may list.
+MAX_CONTACTS = 10
+# Orders per page of an account's orders list.
+ORDERS_PAGE_SIZE = 100
+_EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+
+
+def check_contacts(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise malformed("contact must be an array of strings")
+    if len(value) > MAX_CONTACTS:
+        raise Problem("invalidContact", f"at most {MAX_CONTACTS} contacts")
+    for contact in value:
+        scheme, _, address = contact.partition(":")
+        if scheme.lower() != "mailto":
+            raise Problem("unsupportedContact", f"contact {contact[:100]!r}: only mailto: is supported")
+        if "?" in address or "," in address or not _EMAIL.match(address) or len(address) > 254:
+            raise Problem("invalidContact", f"contact {contact[:100]!r} is not a single valid email address")
+    return list(value)
+
+
+async def new_account(call: AcmeCall) -> Response:
+    payload = call.payload()
+    key_id = thumbprint(call.jwk)
+    existing = (
+        await call.session.execute(select(Account).where(Account.key_thumbprint == key_id))
+    ).scalar_one_or_none()
+    if existing is not None:
+        if existing.status != AccountStatus.valid.value:
+            raise unauthorized(f"the account of this key is {existing.status}", 401)
+        location = call.urls.account(existing.id)
+        return json_response(account_json(existing, call.urls), 200, {"Location": location})
+    if payload.get("onlyReturnExisting") is True:
+        raise Problem("accountDoesNotExist", "no account exists with this key")
+    tos_url = call.state.settings.terms_of_service_url
+    agreed = payload.get("termsOfServiceAgreed") is True
+    if tos_url and not agreed:
+        raise malformed(f"you must agree to the terms of service at {tos_url} (termsOfServiceAgreed)")
+    account = Account(
+        key_thumbprint=key_id,
+        jwk=call.jws.jwk_json or call.jwk.to_json(),
+        contact=check_contacts(payload.get("contact")),
+        tos_agreed=agreed,
+    )
+    call.session.add(account)
+    try:
+        await call.session.flush()
+    except IntegrityError:  # the same key registered concurrently
+        raise Problem("malformed", "an account with this key was created concurrently; retry", 409) from None
+    location = call.urls.account(account.id)
+    return json_response(account_json(account, call.urls), 201, {"Location": location})
+
+
+def owned_account(call: AcmeCall) -> Account:
+    account = call.require_account()
+    if call.request.path_params["account_id"] != account.id:
+        raise unauthorized("the account URL does not match the JWS kid")
+    return account
+
+
+async def account(call: AcmeCall) -> Response:
+    acct = owned_account(call)
+    if not call.is_post_as_get:
+        payload = call.payload()
+        status = payload.get("status")
+        if status is not None and status != acct.status:
+            if status != AccountStatus.deactivated.value:
+                raise malformed("an account's status can only be changed to deactivated")
+            await deactivate(call, acct)
+        if "contact" in payload:
+            acct.contact = check_contacts(payload["contact"])
+        await call.session.flush()
+    return json_response(account_json(acct, call.urls), 200, {"Location": call.urls.account(acct.id)})
+
+
+async def deactivate(call: AcmeCall, acct: Account) -> None:
+    """Deactivation is final; pending orders and authorizations go with it (§7.3.6)."""
+    acct.status = AccountStatus.deactivated.value
+    await call.session.execute(
+        update(Authorization)
+        .where(Authorization.account_id == acct.id, Authorization.status == AuthzStatus.pending.value)
+        .values(status=AuthzStatus.deactivated.value)
+    )
+    await call.session.execute(
+        update(Order)
+        .where(Order.account_id == acct.id, Order.status.in_([OrderStatus.pending.value, OrderStatus.ready.value]))
+        .values(status=OrderStatus.invalid.value, error={"type": "unauthorized", "detail": "account deactivated"})
+    )
+
+
+async def account_orders(call: AcmeCall) -> Response:
+    acct = owned_account(call)
+    page_text = call.request.query_params.get("page", "0")
+    if not page_text.isdigit() or int(page_text) > 1_000_000:
+        raise malformed("page must be a small non-negative integer")
+    page = int(page_text)
+    ids = (
+        await call.session.execute(
+            select(Order.id)
+            .where(Order.account_id == acct.id, Order.status != OrderStatus.invalid.value)
+            .order_by(Order.created_at, Order.id)
+            .offset(page * ORDERS_PAGE_SIZE)
+            .limit(ORDERS_PAGE_SIZE + 1)
+        )
+    ).scalars().all()
+    headers = {}
+    if len(ids) > ORDERS_PAGE_SIZE:
+        headers["Link"] = f'<{call.urls.account_orders(acct.id)}?page={page + 1}>;rel="next"'
+    return json_response({"orders": [call.urls.order(i) for i in ids[:ORDERS_PAGE_SIZE]]}, 200, headers)

@@ -1,0 +1,117 @@
+"""The frontend's FastAPI app: lifespan, the one route table, error rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from acme_ra import bus
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra.protocol.problems import Problem
+from acme_ra_frontend import accounts, authz, directory, orders, urls
+from acme_ra_frontend.nonces import NonceService, load_or_create_key
+from acme_ra_frontend.plumbing import (
+    AcmeHeaders,
+    Auth,
+    Handler,
+    acme_post,
+    handle_http_error,
+    handle_problem,
+    problem_response,
+)
+from acme_ra_frontend.state import FrontendState
+from acme_ra_frontend.urls import Urls
+
+log = logging.getLogger("acme_ra.frontend")
+
+# How often expired redeemed nonces are deleted (seconds).
+NONCE_PURGE_INTERVAL = 300
+
+# The route table: path, handler, who signs.
+POST_ROUTES: list[tuple[str, Handler, Auth]] = [
+    (urls.NEW_NONCE, directory.new_nonce_post, Auth.KID),
+    (urls.NEW_ACCOUNT, accounts.new_account, Auth.JWK),
+    (urls.ACCOUNT, accounts.account, Auth.KID),
+    (urls.ACCOUNT_ORDERS, accounts.account_orders, Auth.KID),
+    (urls.NEW_ORDER, orders.new_order, Auth.KID),
+    (urls.ORDER, orders.order, Auth.KID),
+    (urls.FINALIZE, orders.finalize, Auth.KID),
+    (urls.AUTHZ, authz.authorization, Auth.KID),
+    (urls.CHALLENGE, authz.challenge, Auth.KID),
+    (urls.CERTIFICATE, orders.certificate, Auth.KID),
+]
+GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
+    (urls.DIRECTORY, directory.directory),
+    (urls.NEW_NONCE, directory.new_nonce),
+]
+
+
+def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    """Every error becomes a problem document inside the app, so the ACME headers are added."""
+
+    async def run(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except Problem as problem:
+            return problem_response(problem)
+        except Exception:
+            log.exception("unexpected error on %s %s", request.method, request.url.path)
+            return problem_response(Problem("serverInternal", "internal error; try again later",
+                                            headers={"Retry-After": "60"}))
+
+    return run
+
+
+def post_endpoint(handler: Handler, auth: Auth) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await acme_post(request, handler, auth)
+
+    endpoint.__name__ = handler.__name__
+    return guarded(endpoint)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.effective_database_url, settings.db_pool_size)
+        nc = await bus.connect(settings.nats_url, "acme-ra-frontend")
+        js = nc.jetstream()
+        await bus.ensure_streams(js)
+        nonces = NonceService(await load_or_create_key(db), settings.nonce_lifetime_seconds)
+        state = FrontendState(settings, db, nc, js, nonces)
+        state.urls = {p: Urls(settings.external_url, p) for p in settings.provisioner_names}
+        app.state.ra = state
+        purger = asyncio.create_task(purge_nonces_forever(db))
+        log.info("frontend ready", extra={"directory": state.urls[settings.provisioner_names[0]].directory})
+        try:
+            yield
+        finally:
+            purger.cancel()
+            await nc.drain()
+            await db.dispose()
+
+    app = FastAPI(title="acme-ra", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    for path, handler, auth in POST_ROUTES:
+        app.add_api_route(path, post_endpoint(handler, auth), methods=["POST"])
+    for path, get_handler in GET_ROUTES:
+        app.add_api_route(path, guarded(get_handler), methods=["GET", "HEAD"])
+    app.add_exception_handler(Problem, handle_problem)
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
+    app.add_middleware(AcmeHeaders)
+    return app
+
+
+async def purge_nonces_forever(db: Database) -> None:
+    while True:
+        await asyncio.sleep(NONCE_PURGE_INTERVAL)
+        try:
+            await NonceService.purge_expired(db)
+        except Exception as error:  # noqa: BLE001 - try again next time
+            log.warning("nonce purge failed: %s", error)

@@ -1,0 +1,120 @@
+"""Authorizations and challenges (RFC 8555 §7.5): polling, responding, deactivation."""
+
+from __future__ import annotations
+
+from fastapi.responses import Response
+from sqlalchemy import select, update
+
+from acme_ra import bus
+from acme_ra.db.lifecycle import refresh_order_status
+from acme_ra.db.models import (
+    Authorization,
+    AuthzStatus,
+    Challenge,
+    ChallengeStatus,
+    Order,
+    OrderAuthorization,
+    OrderStatus,
+    utcnow,
+)
+from acme_ra.protocol.problems import malformed, not_found, unauthorized
+from acme_ra_frontend.plumbing import AcmeCall, json_response
+from acme_ra_frontend.render import authz_json, challenge_json
+
+
+async def load_authz(call: AcmeCall, authz_id: str) -> tuple[Authorization, list[Challenge]]:
+    authz = (await call.session.execute(select(Authorization).where(Authorization.id == authz_id))).scalar_one_or_none()
+    if authz is None:
+        raise not_found("authorization")
+    if authz.account_id != call.require_account().id:
+        raise unauthorized("this authorization belongs to another account")
+    if authz.status in (AuthzStatus.pending.value, AuthzStatus.valid.value) and authz.expires <= utcnow():
+        authz.status = AuthzStatus.expired.value
+    challenges = list(
+        (
+            await call.session.execute(
+                select(Challenge).where(Challenge.authz_id == authz.id).order_by(Challenge.type)
+            )
+        ).scalars()
+    )
+    return authz, challenges
+
+
+def retry_after_headers(call: AcmeCall, challenges: list[Challenge]) -> dict[str, str]:
+    if any(c.status == ChallengeStatus.processing.value for c in challenges):
+        return {"Retry-After": str(call.state.settings.retry_after_seconds)}
+    return {}
+
+
+async def authorization(call: AcmeCall) -> Response:
+    authz, challenges = await load_authz(call, call.request.path_params["authz_id"])
+    if not call.is_post_as_get:
+        payload = call.payload()
+        if payload.get("status") is not None:
+            if payload["status"] != AuthzStatus.deactivated.value:
+                raise malformed("an authorization's status can only be changed to deactivated")
+            if authz.status not in (AuthzStatus.pending.value, AuthzStatus.valid.value):
+                raise malformed(f"an authorization that is {authz.status} cannot be deactivated")
+            await deactivate_authz(call, authz)
+    return json_response(authz_json(authz, challenges, call.urls), 200, retry_after_headers(call, challenges))
+
+
+async def deactivate_authz(call: AcmeCall, authz: Authorization) -> None:
+    authz.status = AuthzStatus.deactivated.value
+    await call.session.flush()
+    order_ids = (
+        await call.session.execute(
+            select(OrderAuthorization.order_id)
+            .join(Order, Order.id == OrderAuthorization.order_id)
+            .where(
+                OrderAuthorization.authz_id == authz.id,
+                Order.status.in_([OrderStatus.pending.value, OrderStatus.ready.value]),
+            )
+        )
+    ).scalars().all()
+    for order_id in order_ids:
+        await refresh_order_status(
+            call.session, order_id, {"type": "unauthorized", "detail": "an authorization was deactivated"}
+        )
+
+
+async def challenge(call: AcmeCall) -> Response:
+    authz, challenges = await load_authz(call, call.request.path_params["authz_id"])
+    found = next((c for c in challenges if c.id == call.request.path_params["challenge_id"]), None)
+    if found is None:
+        raise not_found("challenge")
+    if not call.is_post_as_get:
+        call.payload()  # any JSON object; its fields are ignored (§7.5.1)
+        if found.status == ChallengeStatus.pending.value:
+            if authz.status != AuthzStatus.pending.value:
+                raise malformed(f"the authorization is {authz.status}; its challenges can no longer be answered")
+            if await start_validation(call, found):
+                found.status = ChallengeStatus.processing.value
+    headers = {"Link": f'<{call.urls.authz(authz.id)}>;rel="up"', **retry_after_headers(call, [found])}
+    return json_response(challenge_json(found, call.urls), 200, headers)
+
+
+async def start_validation(call: AcmeCall, found: Challenge) -> bool:
+    """Claim the challenge (pending → processing) and queue one validation job after commit.
+    Another challenge of the same authorization already processing blocks this one."""
+    busy = (
+        await call.session.execute(
+            select(Challenge.id).where(
+                Challenge.authz_id == found.authz_id, Challenge.status == ChallengeStatus.processing.value
+            )
+        )
+    ).first()
+    if busy is not None:
+        return False
+    changed = await call.session.execute(
+        update(Challenge)
+        .where(Challenge.id == found.id, Challenge.status == ChallengeStatus.pending.value)
+        .values(status=ChallengeStatus.processing.value, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        return False
+    call.publish_after_commit(
+        bus.SUBJECT_VALIDATE, bus.ValidateJob(challenge_id=found.id), f"validate-{found.id}"
+    )
+    return True

@@ -1,0 +1,36 @@
+"""Directory and newNonce (RFC 8555 §7.1.1, §7.2)."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import Response
+
+from acme_ra_frontend.plumbing import AcmeCall, json_response, resolve_provisioner
+
+
+async def directory(request: Request) -> Response:
+    state, urls = resolve_provisioner(request)
+    meta: dict[str, object] = {"externalAccountRequired": False}
+    if state.settings.terms_of_service_url:
+        meta["termsOfService"] = state.settings.terms_of_service_url
+    if state.settings.website_url:
+        meta["website"] = state.settings.website_url
+    body = {
+        "newNonce": f"{urls.prefix}/new-nonce",
+        "newAccount": f"{urls.prefix}/new-account",
+        "newOrder": f"{urls.prefix}/new-order",
+        "revokeCert": f"{urls.prefix}/revoke-cert",
+        "keyChange": f"{urls.prefix}/key-change",
+        "meta": meta,
+    }
+    return json_response(body, headers={"Cache-Control": "public, max-age=0, no-cache"})
+
+
+async def new_nonce(request: Request) -> Response:
+    """HEAD: 200; GET: 204. The nonce itself is added by the AcmeHeaders middleware."""
+    resolve_provisioner(request)
+    return Response(status_code=200 if request.method == "HEAD" else 204, headers={"Cache-Control": "no-store"})
+
+
+async def new_nonce_post(call: AcmeCall) -> Response:
+    return Response(status_code=200, headers={"Cache-Control": "no-store"})

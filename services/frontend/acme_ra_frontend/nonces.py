@@ -1,0 +1,88 @@
+"""Replay nonces valid on every frontend replica, with no database write per nonce issued.
+
+A nonce is base64url(timestamp ‖ random ‖ HMAC(key, timestamp ‖ random)), under a key shared by
+all replicas through the database (``server_keys``). Redeeming inserts it into
+``redeemed_nonces`` in the request's own transaction: the primary key makes a second use fail,
+even when two requests race. Rows past the nonce lifetime are purged.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+import secrets
+import struct
+import time
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from acme_ra.db.engine import Database
+from acme_ra.db.models import RedeemedNonce, ServerKey, utcnow
+from acme_ra.protocol.jws import b64url_decode, b64url_encode
+from acme_ra.protocol.problems import Problem, bad_nonce
+
+NONCE_KEY_NAME = "nonce-hmac-v1"
+_MAC_BYTES = 16
+_RANDOM_BYTES = 8
+_NONCE_BYTES = 8 + _RANDOM_BYTES + _MAC_BYTES
+
+
+async def load_or_create_key(db: Database) -> bytes:
+    """The shared HMAC key: the first replica to start creates it, the others read it."""
+    async with db.transaction() as session:
+        insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
+        await session.execute(
+            insert(ServerKey).values(name=NONCE_KEY_NAME, value=os.urandom(32)).on_conflict_do_nothing()
+        )
+        return (await session.execute(select(ServerKey.value).where(ServerKey.name == NONCE_KEY_NAME))).scalar_one()
+
+
+class NonceService:
+    def __init__(self, key: bytes, lifetime_seconds: int) -> None:
+        self._key = key
+        self.lifetime = lifetime_seconds
+
+    def _mac(self, head: bytes) -> bytes:
+        return hmac.new(self._key, head, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def issue(self) -> str:
+        head = struct.pack(">Q", time.time_ns() // 1_000_000) + secrets.token_bytes(_RANDOM_BYTES)
+        return b64url_encode(head + self._mac(head))
+
+    def check(self, nonce: str) -> dt.datetime:
+        """Check a nonce was issued by a replica and is not expired; returns its expiry."""
+        try:
+            raw = b64url_decode(nonce, "nonce")
+        except Problem:
+            raise bad_nonce("nonce is not base64url") from None
+        if len(raw) != _NONCE_BYTES:
+            raise bad_nonce("nonce was not issued by this server")
+        head, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(head)):
+            raise bad_nonce("nonce was not issued by this server")
+        issued_ms = struct.unpack(">Q", head[:8])[0]
+        expires = dt.datetime.fromtimestamp(issued_ms / 1000 + self.lifetime, dt.timezone.utc)
+        if expires <= utcnow():
+            raise bad_nonce("nonce has expired")
+        return expires
+
+    async def redeem(self, session: AsyncSession, nonce: str) -> None:
+        """Mark the nonce used inside the request's transaction; a second use is badNonce."""
+        expires = self.check(nonce)
+        # No savepoint: nothing has been written yet, and a failure rolls the request back.
+        try:
+            await session.execute(insert(RedeemedNonce).values(nonce=nonce, expires_at=expires))
+        except IntegrityError:
+            raise bad_nonce("nonce has already been used") from None
+
+    @staticmethod
+    async def purge_expired(db: Database) -> int:
+        async with db.transaction() as session:
+            result = await session.execute(delete(RedeemedNonce).where(RedeemedNonce.expires_at < utcnow()))
+            return result.rowcount or 0  # type: ignore[attr-defined]

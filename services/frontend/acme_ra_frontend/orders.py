@@ -1,0 +1,205 @@
+"""Orders (RFC 8555 §7.4): newOrder, order polling, finalize, certificate download."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi.responses import Response
+from sqlalchemy import select, update
+
+from acme_ra import bus
+from acme_ra.db.models import (
+    Authorization,
+    AuthzStatus,
+    Certificate,
+    Challenge,
+    Order,
+    OrderAuthorization,
+    OrderStatus,
+    new_id,
+    utcnow,
+)
+from acme_ra.protocol.csr import check_csr_identifiers, parse_csr
+from acme_ra.protocol.identifiers import (
+    MAX_IDENTIFIERS_PER_ORDER,
+    Identifier,
+    IdentifierError,
+    parse_identifier,
+)
+from acme_ra.protocol.jws import b64url_decode, check_public_key, raw_key
+from acme_ra.protocol.problems import Problem, malformed, not_found, unauthorized
+from acme_ra_frontend.plumbing import AcmeCall, json_response
+from acme_ra_frontend.render import order_json
+
+# A reused valid authorization must stay valid at least this long after the order is created.
+AUTHZ_REUSE_MARGIN = dt.timedelta(days=1)
+PEM_CHAIN = "application/pem-certificate-chain"
+
+
+def parse_identifiers(raw: object) -> list[Identifier]:
+    if not isinstance(raw, list) or not raw:
+        raise malformed("newOrder needs a non-empty identifiers array")
+    if len(raw) > MAX_IDENTIFIERS_PER_ORDER:
+        raise Problem("rejectedIdentifier", f"an order may have at most {MAX_IDENTIFIERS_PER_ORDER} identifiers")
+    identifiers: list[Identifier] = []
+    errors: list[IdentifierError] = []
+    for item in raw:
+        try:
+            identifier = parse_identifier(item)
+        except IdentifierError as error:
+            errors.append(error)
+            continue
+        if identifier not in identifiers:
+            identifiers.append(identifier)
+    if len(errors) == 1:
+        raise Problem(errors[0].type, errors[0].detail, subproblems=[errors[0].to_data()])
+    if errors:
+        types = {e.type for e in errors}
+        top = types.pop() if len(types) == 1 else "compound"
+        raise Problem(top, f"{len(errors)} identifiers were refused", subproblems=[e.to_data() for e in errors])
+    return identifiers
+
+
+def challenge_types_for(identifier: Identifier) -> list[str]:
+    return ["dns-01"] if identifier.wildcard else ["http-01", "dns-01"]
+
+
+async def new_order(call: AcmeCall) -> Response:
+    account = call.require_account()
+    payload = call.payload()
+    identifiers = parse_identifiers(payload.get("identifiers"))
+    if payload.get("notBefore") is not None or payload.get("notAfter") is not None:
+        raise malformed("notBefore and notAfter are not supported; the profile sets the validity")
+    now = utcnow()
+    settings = call.state.settings
+    order = Order(
+        id=new_id(),
+        account_id=account.id,
+        provisioner=call.urls.provisioner,
+        expires=now + dt.timedelta(seconds=settings.order_lifetime_seconds),
+        identifiers=[i.to_json() for i in identifiers],
+        updated_at=now,
+    )
+    call.session.add(order)
+    authz_ids: list[str] = []
+    created_any = False
+    for identifier in identifiers:
+        reusable = (
+            await call.session.execute(
+                select(Authorization.id)
+                .where(
+                    Authorization.account_id == account.id,
+                    Authorization.identifier_type == identifier.type,
+                    Authorization.identifier_value == identifier.base_value,
+                    Authorization.status == AuthzStatus.valid.value,
+                    Authorization.wildcard == identifier.wildcard,
+                    Authorization.expires > now + AUTHZ_REUSE_MARGIN,
+                )
+                .order_by(Authorization.expires.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if reusable is None:
+            authz = Authorization(
+                id=new_id(),
+                account_id=account.id,
+                identifier_type=identifier.type,
+                identifier_value=identifier.base_value,
+                wildcard=identifier.wildcard,
+                expires=order.expires,
+            )
+            call.session.add(authz)
+            for challenge_type in challenge_types_for(identifier):
+                call.session.add(Challenge(id=new_id(), authz_id=authz.id, type=challenge_type, updated_at=now))
+            reusable = authz.id
+            created_any = True
+        authz_ids.append(reusable)
+    if not created_any:  # every authorization reused, and each is valid
+        order.status = OrderStatus.ready.value
+    await call.session.flush()
+    for position, authz_id in enumerate(authz_ids):
+        call.session.add(OrderAuthorization(order_id=order.id, authz_id=authz_id, position=position))
+    await call.session.flush()
+    return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
+
+
+async def load_order(call: AcmeCall) -> tuple[Order, list[str]]:
+    """The caller's order (404 for anyone else's), with expiry applied."""
+    order = (
+        await call.session.execute(select(Order).where(Order.id == call.request.path_params["order_id"]))
+    ).scalar_one_or_none()
+    if order is None or order.provisioner != call.urls.provisioner:
+        raise not_found("order")
+    if order.account_id != call.require_account().id:
+        raise unauthorized("this order belongs to another account")
+    if order.status in (OrderStatus.pending.value, OrderStatus.ready.value) and order.expires <= utcnow():
+        order.status = OrderStatus.invalid.value
+        order.error = {"type": "malformed", "detail": "the order expired"}
+        order.updated_at = utcnow()
+    authz_ids = list(
+        (
+            await call.session.execute(
+                select(OrderAuthorization.authz_id)
+                .where(OrderAuthorization.order_id == order.id)
+                .order_by(OrderAuthorization.position)
+            )
+        ).scalars()
+    )
+    return order, authz_ids
+
+
+def order_response(call: AcmeCall, order: Order, authz_ids: list[str]) -> Response:
+    headers = {"Location": call.urls.order(order.id)}
+    if order.status == OrderStatus.processing.value:
+        headers["Retry-After"] = str(call.state.settings.retry_after_seconds)
+    return json_response(order_json(order, authz_ids, call.urls), 200, headers)
+
+
+async def order(call: AcmeCall) -> Response:
+    if not call.is_post_as_get:
+        raise malformed("orders are read with POST-as-GET (an empty payload)")
+    found, authz_ids = await load_order(call)
+    return order_response(call, found, authz_ids)
+
+
+async def finalize(call: AcmeCall) -> Response:
+    found, authz_ids = await load_order(call)
+    if found.status != OrderStatus.ready.value:
+        raise Problem("orderNotReady", f"the order is {found.status}, not ready")
+    payload = call.payload()
+    csr_der = b64url_decode(payload.get("csr"), "csr")
+    csr = parse_csr(csr_der)
+    try:
+        check_public_key(csr.public_key())
+    except Problem as error:
+        raise Problem("badCSR", f"CSR key refused: {error.detail}") from None
+    if csr.public_key() == raw_key(call.jwk):
+        raise Problem("badCSR", "the certificate key must not be the account key")
+    identifiers = [Identifier(i["type"], i["value"]) for i in found.identifiers]
+    check_csr_identifiers(csr, identifiers)
+    now = utcnow()
+    changed = await call.session.execute(
+        update(Order)
+        .where(Order.id == found.id, Order.status == OrderStatus.ready.value)
+        .values(status=OrderStatus.processing.value, csr=csr_der, updated_at=now)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        raise Problem("orderNotReady", "the order is already being finalized")
+    found.status = OrderStatus.processing.value
+    call.publish_after_commit(bus.SUBJECT_ISSUE, bus.IssueJob(order_id=found.id), f"issue-{found.id}")
+    return order_response(call, found, authz_ids)
+
+
+async def certificate(call: AcmeCall) -> Response:
+    if not call.is_post_as_get:
+        raise malformed("certificates are downloaded with POST-as-GET (an empty payload)")
+    cert = (
+        await call.session.execute(
+            select(Certificate).where(Certificate.id == call.request.path_params["certificate_id"])
+        )
+    ).scalar_one_or_none()
+    if cert is None:
+        raise not_found("certificate")
+    if cert.account_id != call.require_account().id:
+        raise unauthorized("this certificate belongs to another account")
+    return Response(cert.chain_pem.encode(), 200, media_type=PEM_CHAIN)

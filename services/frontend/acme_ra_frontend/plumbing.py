@@ -1,0 +1,227 @@
+"""ACME plumbing shared by every route, written once (Boulder wfe2 HandleFunc + verify.go):
+
+- ``AcmeHeaders``: pure ASGI middleware adding ``Replay-Nonce``, ``Link rel="index"``, CORS and
+  ``Cache-Control`` to every response, errors included.
+- ``acme_post``: the one entry point of every POST route: content type, body cap, JWS checks, key
+  or account lookup, signature, nonce redemption, one transaction, jobs published after commit.
+- Problem rendering (``application/problem+json``) for every error, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import josepy
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from acme_ra import bus
+from acme_ra.db.models import Account, AccountStatus
+from acme_ra.protocol import jws as jwslib
+from acme_ra.protocol.problems import Problem, malformed, method_not_allowed, server_internal, unauthorized
+from acme_ra_frontend.state import FrontendState
+from acme_ra_frontend.urls import Urls
+
+log = logging.getLogger("acme_ra.frontend")
+
+# Largest request body accepted (Boulder: 50 000 bytes).
+MAX_BODY_BYTES = 50_000
+JOSE_CONTENT_TYPE = "application/jose+json"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+_EXPOSED = "Link, Replay-Nonce, Location, Retry-After"
+
+
+class AcmeHeaders:
+    """Adds the headers every ACME response carries."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        parts = path.split("/", 3)
+        state: FrontendState | None = getattr(scope["app"].state, "ra", None)
+        index = None
+        if len(parts) >= 3 and parts[1] == "acme" and state and state.urls_for(parts[2]):
+            if not path.endswith("/directory"):
+                index = state.urls[parts[2]].directory
+        started = time.perf_counter()
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                if state is not None and b"replay-nonce" not in names:
+                    headers.append((b"replay-nonce", state.nonces.issue().encode()))
+                if index:
+                    headers.append((b"link", f'<{index}>;rel="index"'.encode()))
+                if b"cache-control" not in names:
+                    headers.append((b"cache-control", b"no-store"))
+                headers.append((b"access-control-allow-origin", b"*"))
+                headers.append((b"access-control-expose-headers", _EXPOSED.encode()))
+                message["headers"] = headers
+                log.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": path,
+                        "status": message["status"],
+                        "ms": round((time.perf_counter() - started) * 1000, 1),
+                    },
+                )
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None, content_type: str = "application/json"
+) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=content_type)
+
+
+def problem_response(problem: Problem) -> Response:
+    return json_response(problem.to_dict(), problem.status, problem.headers, PROBLEM_CONTENT_TYPE)
+
+
+async def handle_problem(_request: Request, problem: Exception) -> Response:
+    assert isinstance(problem, Problem)
+    return problem_response(problem)
+
+
+async def handle_unexpected(request: Request, error: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return problem_response(server_internal())
+
+
+async def handle_http_error(_request: Request, error: Exception) -> Response:
+    status = getattr(error, "status_code", 500)
+    if status == 405:
+        return problem_response(method_not_allowed(["POST"]))
+    if status == 404:
+        return problem_response(Problem("malformed", "no such resource", 404))
+    if status >= 500:
+        return problem_response(server_internal())
+    return problem_response(Problem("malformed", str(getattr(error, "detail", "bad request")), status))
+
+
+class Auth(enum.Enum):
+    JWK = "jwk"  # newAccount: the key itself
+    KID = "kid"  # everything else: an existing account
+    EITHER = "either"  # revokeCert: account or certificate key
+
+
+@dataclass
+class AcmeCall:
+    """One verified ACME request, handed to a route handler."""
+
+    request: Request
+    state: FrontendState
+    urls: Urls
+    session: AsyncSession
+    jws: jwslib.ParsedJws
+    jwk: josepy.JWK
+    account: Account | None
+    jobs: list[tuple[str, BaseModel, str]] = field(default_factory=list)
+
+    @property
+    def is_post_as_get(self) -> bool:
+        return self.jws.payload == b""
+
+    def payload(self) -> dict[str, Any]:
+        if self.is_post_as_get:
+            raise malformed("this resource needs a JSON payload, not POST-as-GET")
+        return jwslib.payload_json(self.jws)
+
+    def publish_after_commit(self, subject: str, job: BaseModel, msg_id: str) -> None:
+        self.jobs.append((subject, job, msg_id))
+
+    def require_account(self) -> Account:
+        assert self.account is not None
+        return self.account
+
+
+Handler = Callable[[AcmeCall], Awaitable[Response]]
+
+
+def resolve_provisioner(request: Request) -> tuple[FrontendState, Urls]:
+    state: FrontendState = request.app.state.ra
+    urls = state.urls_for(request.path_params.get("provisioner", ""))
+    if urls is None:
+        raise Problem("malformed", "no such provisioner", 404)
+    return state, urls
+
+
+async def read_body(request: Request) -> bytes:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != JOSE_CONTENT_TYPE:
+        raise Problem("malformed", f"Content-Type must be {JOSE_CONTENT_TYPE}", 415)
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+        raise Problem("malformed", f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise Problem("malformed", f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
+    return body
+
+
+async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
+    """Verify the JWS, run the handler in one transaction, then publish its jobs."""
+    state, urls = resolve_provisioner(request)
+    body = await read_body(request)
+    parsed = jwslib.parse_jws(body)
+    expected_url = state.settings.external_url + request.url.path
+    if request.url.query:
+        expected_url += "?" + request.url.query
+    if parsed.url != expected_url:
+        raise unauthorized(f"JWS url {parsed.url!r} does not match the request URL {expected_url!r}")
+    if auth is Auth.JWK and parsed.jwk is None:
+        raise malformed("this request must be signed with a jwk, not a kid")
+    if auth is Auth.KID and parsed.kid is None:
+        raise malformed("this request must be signed with the account's kid, not a jwk")
+
+    async with state.db.transaction() as session:
+        account = None
+        if parsed.kid is not None:
+            account = await load_signing_account(session, urls, parsed.kid)
+            key = josepy.JWK.from_json(account.jwk)
+        else:
+            assert parsed.jwk is not None
+            key = parsed.jwk
+        jwslib.verify_signature(parsed, key)
+        await state.nonces.redeem(session, parsed.nonce)
+        call = AcmeCall(request, state, urls, session, parsed, key, account)
+        response = await handler(call)
+    for subject, job, msg_id in call.jobs:
+        try:
+            await bus.publish_job(state.js, subject, job, msg_id)
+        except Exception as error:  # noqa: BLE001 - the reconciler re-publishes stuck jobs
+            log.warning("job %s not published (will be re-published): %s", msg_id, error)
+    return response
+
+
+async def load_signing_account(session: AsyncSession, urls: Urls, kid: str) -> Account:
+    account_id = urls.account_id_from_kid(kid)
+    account = None
+    if account_id is not None:
+        account = (await session.execute(select(Account).where(Account.id == account_id))).scalar_one_or_none()
+    if account is None:
+        raise Problem("accountDoesNotExist", "no account exists with the key id given in the JWS")
+    if account.status != AccountStatus.valid.value:
+        raise unauthorized(f"account is {account.status}", 401)
+    return account

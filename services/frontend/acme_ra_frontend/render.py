@@ -1,0 +1,71 @@
+"""Database rows to ACME JSON objects (RFC 8555 §7.1). Internal ids never leak beyond URLs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from acme_ra.db.models import Account, Authorization, Challenge, Order, OrderStatus
+from acme_ra.protocol.problems import render_data
+from acme_ra_frontend.urls import Urls
+
+
+def timestamp(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def account_json(account: Account, urls: Urls) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": account.status,
+        "contact": account.contact or [],
+        "orders": urls.account_orders(account.id),
+        "key": account.jwk,
+    }
+    if account.tos_agreed:
+        body["termsOfServiceAgreed"] = True
+    return body
+
+
+def order_json(order: Order, authz_ids: list[str], urls: Urls) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": order.status,
+        "expires": timestamp(order.expires),
+        "identifiers": order.identifiers,
+        "authorizations": [urls.authz(a) for a in authz_ids],
+        "finalize": urls.finalize(order.id),
+    }
+    if order.not_before:
+        body["notBefore"] = timestamp(order.not_before)
+    if order.not_after:
+        body["notAfter"] = timestamp(order.not_after)
+    if order.error and order.status == OrderStatus.invalid.value:
+        body["error"] = render_data(order.error)
+    if order.certificate_id and order.status == OrderStatus.valid.value:
+        body["certificate"] = urls.certificate(order.certificate_id)
+    return body
+
+
+def challenge_json(challenge: Challenge, urls: Urls) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": challenge.type,
+        "url": urls.challenge(challenge.authz_id, challenge.id),
+        "status": challenge.status,
+        "token": challenge.token,
+    }
+    if challenge.validated:
+        body["validated"] = timestamp(challenge.validated)
+    if challenge.error:
+        body["error"] = render_data(challenge.error)
+    return body
+
+
+def authz_json(authz: Authorization, challenges: list[Challenge], urls: Urls) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "identifier": {"type": authz.identifier_type, "value": authz.identifier_value},
+        "status": authz.status,
+        "expires": timestamp(authz.expires),
+        "challenges": [challenge_json(c, urls) for c in challenges],
+    }
+    if authz.wildcard:
+        body["wildcard"] = True
+    return body

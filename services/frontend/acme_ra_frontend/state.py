@@ -1,0 +1,26 @@
+"""What a frontend process holds for its lifetime: settings, database, NATS, nonces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra_frontend.nonces import NonceService
+from acme_ra_frontend.urls import Urls
+
+
+@dataclass
+class FrontendState:
+    settings: Settings
+    db: Database
+    nc: NATS
+    js: JetStreamContext
+    nonces: NonceService
+    urls: dict[str, Urls] = field(default_factory=dict)
+
+    def urls_for(self, provisioner: str) -> Urls | None:
+        return self.urls.get(provisioner)

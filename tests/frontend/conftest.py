@@ -1,0 +1,116 @@
+"""The frontend app in-process (httpx ASGI transport) on a fresh database and a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from acme_ra.config import Settings
+from acme_ra.db.migrate import upgrade
+from acme_ra_frontend.app import create_app
+from tests.conformance.client import TestAcmeClient
+
+EXTERNAL_URL = "https://ra.test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    binary = Path(sys.executable).parent / "nats-server"
+    if not binary.exists():
+        binary = Path(shutil.which("nats-server") or "nats-server")
+    port = free_port()
+    store = tmp_path_factory.mktemp("nats")
+    process = subprocess.Popen(
+        [str(binary), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A fresh database: PostgreSQL when ACME_RA_TEST_DATABASE_URL is set, else SQLite."""
+    base = os.environ.get("ACME_RA_TEST_DATABASE_URL")
+    if not base:
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'ra.db'}"
+        upgrade(url)
+        yield url
+        return
+    name = f"acmera_{uuid.uuid4().hex[:12]}"
+    admin = base.replace("postgresql+asyncpg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
+
+    async def admin_sql(sql: str) -> None:
+        connection = await asyncpg.connect(admin)
+        try:
+            await connection.execute(sql)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
+    url = base.rsplit("/", 1)[0] + "/" + name
+    upgrade(url)
+    yield url
+    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(
+        database_url=database_url,
+        nats_url=nats_url,
+        external_url=EXTERNAL_URL,
+        state_dir=tmp_path_factory.mktemp("state"),
+        provisioners="acme,other",
+    )
+
+
+@pytest.fixture(scope="session")
+async def http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=EXTERNAL_URL) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+@pytest.fixture
+async def client(http: httpx.AsyncClient) -> TestAcmeClient:
+    acme = TestAcmeClient(http, f"{EXTERNAL_URL}/acme/acme/directory")
+    await acme.load_directory()
+    return acme
+
+
+@pytest.fixture
+async def account(client: TestAcmeClient) -> TestAcmeClient:
+    reply = await client.register(contact=["mailto:admin@example.org"])
+    assert reply.status == 201, reply.text
+    return client

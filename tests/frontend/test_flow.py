@@ -1,0 +1,160 @@
+"""The ACME API's main paths, driven through the real app with the tests' own JWS client."""
+
+from __future__ import annotations
+
+from tests.conformance.client import TestAcmeClient, b64, make_csr
+
+
+async def test_directory_lists_resources(client: TestAcmeClient) -> None:
+    directory = client.directory
+    for name in ("newNonce", "newAccount", "newOrder", "revokeCert", "keyChange"):
+        assert directory[name].startswith("https://ra.test/acme/acme/")
+    assert directory["meta"]["externalAccountRequired"] is False
+
+
+async def test_new_nonce_head_and_get(client: TestAcmeClient) -> None:
+    head = await client.http.head(client.directory["newNonce"])
+    get = await client.http.get(client.directory["newNonce"])
+    assert head.status_code == 200 and get.status_code == 204
+    for response in (head, get):
+        assert response.headers["cache-control"] == "no-store"
+        assert response.headers["replay-nonce"]
+        assert 'rel="index"' in response.headers["link"]
+    assert head.headers["replay-nonce"] != get.headers["replay-nonce"]
+
+
+async def test_new_account_then_existing(client: TestAcmeClient) -> None:
+    created = await client.register(contact=["mailto:a@example.org"])
+    assert created.status == 201
+    assert created.body["status"] == "valid"
+    assert created.body["orders"].startswith("https://ra.test/acme/acme/account/")
+    again = await client.post(client.directory["newAccount"], {"onlyReturnExisting": True}, use_jwk=True)
+    assert again.status == 200
+    assert again.location == created.location
+
+
+async def test_only_return_existing_unknown_key(client: TestAcmeClient) -> None:
+    reply = await client.post(client.directory["newAccount"], {"onlyReturnExisting": True}, use_jwk=True)
+    assert reply.status == 400
+    assert reply.problem_type == "accountDoesNotExist"
+    assert reply.headers["content-type"] == "application/problem+json"
+    assert reply.headers["replay-nonce"]
+
+
+async def test_reused_nonce_is_bad_nonce(account: TestAcmeClient) -> None:
+    nonce = await account.nonce()
+    url = account.kid
+    assert url
+    first = await account.post_raw(url, account.sign(url, "", nonce))
+    second = await account.post_raw(url, account.sign(url, "", nonce))
+    assert first.status == 200
+    assert second.status == 400 and second.problem_type == "badNonce"
+
+
+async def test_forged_nonce_is_bad_nonce(account: TestAcmeClient) -> None:
+    url = account.kid
+    assert url
+    reply = await account.post_raw(url, account.sign(url, "", b64(b"x" * 32)))
+    assert reply.problem_type == "badNonce"
+
+
+async def test_wrong_url_is_unauthorized(account: TestAcmeClient) -> None:
+    assert account.kid
+    reply = await account.post_raw(
+        account.kid, account.sign("https://ra.test/acme/acme/new-order", "", await account.nonce())
+    )
+    assert reply.status == 403 and reply.problem_type == "unauthorized"
+
+
+async def test_get_on_post_resource_is_405(account: TestAcmeClient) -> None:
+    assert account.kid
+    response = await account.http.get(account.kid)
+    assert response.status_code == 405
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["allow"] == "POST"
+
+
+async def test_wrong_content_type_is_415(account: TestAcmeClient) -> None:
+    assert account.kid
+    reply = await account.post_raw(account.kid, account.sign(account.kid, "", await account.nonce()), "application/json")
+    assert reply.status == 415
+
+
+async def test_garbage_bodies_give_problems(account: TestAcmeClient) -> None:
+    assert account.kid
+    for body in (b"", b"[]", b"{", b'{"protected":1,"payload":"","signature":""}', b"\xff" * 100):
+        reply = await account.post_raw(account.kid, body)
+        assert 400 <= reply.status < 500, (body, reply.text)
+        assert reply.headers["content-type"] == "application/problem+json"
+
+
+async def test_new_order_and_rejections(account: TestAcmeClient) -> None:
+    reply = await account.post(
+        account.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "www.Example.org"}, {"type": "dns", "value": "*.example.org"}]},
+    )
+    assert reply.status == 201, reply.text
+    order = reply.body
+    assert order["status"] == "pending"
+    assert order["identifiers"] == [
+        {"type": "dns", "value": "www.example.org"},
+        {"type": "dns", "value": "*.example.org"},
+    ]
+    assert len(order["authorizations"]) == 2
+    wildcard = await account.post(order["authorizations"][1])
+    assert wildcard.body["wildcard"] is True
+    assert wildcard.body["identifier"] == {"type": "dns", "value": "example.org"}
+    assert [c["type"] for c in wildcard.body["challenges"]] == ["dns-01"]
+    plain = await account.post(order["authorizations"][0])
+    assert "wildcard" not in plain.body
+    assert sorted(c["type"] for c in plain.body["challenges"]) == ["dns-01", "http-01"]
+
+    bad = await account.post(
+        account.directory["newOrder"],
+        {"identifiers": [{"type": "dns", "value": "a..b"}, {"type": "dns", "value": "1.2.3.4"}]},
+    )
+    assert bad.status == 400 and bad.problem_type == "rejectedIdentifier"
+    assert len(bad.body["subproblems"]) == 2
+    assert all("identifier" in sub for sub in bad.body["subproblems"])
+    unsupported = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "email", "value": "x"}]})
+    assert unsupported.problem_type == "unsupportedIdentifier"
+    empty = await account.post(account.directory["newOrder"], {"identifiers": []})
+    assert empty.problem_type == "malformed"
+
+
+async def test_finalize_before_ready_is_order_not_ready(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "x.example.org"}]})
+    csr, _ = make_csr(["x.example.org"])
+    finalize = await account.post(reply.body["finalize"], {"csr": b64(csr)})
+    assert finalize.status == 403 and finalize.problem_type == "orderNotReady"
+
+
+async def test_other_account_cannot_read_order(account: TestAcmeClient, http: object) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "y.example.org"}]})
+    other = TestAcmeClient(account.http, account.directory_url)
+    await other.load_directory()
+    await other.register()
+    peek = await other.post(reply.location or "")
+    assert peek.status == 403 and peek.problem_type == "unauthorized"
+
+
+async def test_account_deactivation(client: TestAcmeClient) -> None:
+    await client.register()
+    assert client.kid
+    reply = await client.post(client.kid, {"status": "deactivated"})
+    assert reply.status == 200 and reply.body["status"] == "deactivated"
+    after = await client.post(client.kid)
+    assert after.status == 401 and after.problem_type == "unauthorized"
+
+
+async def test_contact_validation(client: TestAcmeClient) -> None:
+    reply = await client.register(contact=["tel:+1555"])
+    assert reply.problem_type == "unsupportedContact"
+    reply = await client.register(contact=["mailto:not an address"])
+    assert reply.problem_type == "invalidContact"
+
+
+async def test_unknown_provisioner_is_404(client: TestAcmeClient) -> None:
+    response = await client.http.get("https://ra.test/acme/nope/directory")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"

@@ -158,3 +158,26 @@ async def test_unknown_provisioner_is_404(client: TestAcmeClient) -> None:
     response = await client.http.get("https://ra.test/acme/nope/directory")
     assert response.status_code == 404
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_key_change_rolls_the_account_key(account: TestAcmeClient) -> None:
+    import json
+
+    from tests.conformance.client import alg_for, new_key
+
+    assert account.kid
+    url = account.directory["keyChange"]
+    new = new_key("ec384")
+    inner_protected = b64(json.dumps({"alg": alg_for(new).name, "jwk": new.public_key().to_partial_json(), "url": url}).encode())
+    inner_payload = b64(json.dumps({"account": account.kid, "oldKey": account.key.public_key().to_partial_json()}).encode())
+    signature = alg_for(new).sign(new.key, f"{inner_protected}.{inner_payload}".encode())
+    inner = {"protected": inner_protected, "payload": inner_payload, "signature": b64(signature)}
+    reply = await account.post(url, inner)
+    assert reply.status == 200, reply.text
+    stale = await account.post(account.kid)
+    # The old key (P-256) no longer matches the account key (P-384).
+    assert stale.status == 400 and stale.problem_type in ("malformed", "badSignatureAlgorithm")
+    account.key = new
+    fresh = await account.post(account.kid)
+    assert fresh.status == 200
+    assert fresh.body["key"] == new.public_key().to_partial_json()

@@ -106,7 +106,17 @@ def check_public_key(key: Any) -> None:
         raise Problem("badPublicKey", "only RSA and ECDSA keys are supported")
 
 
-def parse_jws(body: bytes) -> ParsedJws:
+def parse_inner_jws(body: bytes, expect_nonce: bool) -> ParsedJws:
+    """A JWS carried inside another's payload (keyChange, EAB): jwk, url, and no nonce."""
+    if expect_nonce:
+        return parse_jws(body)
+    try:
+        return parse_jws(body, nonce_required=False)
+    except Problem as problem:
+        raise malformed(f"inner JWS: {problem.detail}") from None
+
+
+def parse_jws(body: bytes, nonce_required: bool = True) -> ParsedJws:
     """Parse a flattened JWS and check its protected header (no signature check, no I/O)."""
     try:
         envelope = orjson.loads(body)
@@ -143,9 +153,15 @@ def parse_jws(body: bytes) -> ParsedJws:
     if header.get("b64") is False or "crit" in header:
         raise malformed("JWS crit/b64 extensions are not supported")
     nonce = header.get("nonce")
-    if nonce is None:
+    if not nonce_required:
+        if nonce is not None:
+            raise malformed("the inner JWS must not carry a nonce")
+        if "jwk" not in header:
+            raise malformed("the inner JWS must carry the new key as jwk")
+        nonce = ""
+    elif nonce is None:
         raise Problem("badNonce", "JWS protected header must contain a nonce")
-    if not isinstance(nonce, str) or not nonce or not _B64URL.match(nonce):
+    elif not isinstance(nonce, str) or not nonce or not _B64URL.match(nonce):
         raise Problem("badNonce", "JWS nonce is not base64url")
     url = header.get("url")
     if not isinstance(url, str) or not url:

@@ -10,6 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from acme_ra.db.models import Account, AccountStatus, Authorization, AuthzStatus, Order, OrderStatus
+from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.jws import thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
 from acme_ra_frontend.plumbing import AcmeCall, json_response
@@ -126,3 +127,40 @@ async def account_orders(call: AcmeCall) -> Response:
     if len(ids) > ORDERS_PAGE_SIZE:
         headers["Link"] = f'<{call.urls.account_orders(acct.id)}?page={page + 1}>;rel="next"'
     return json_response({"orders": [call.urls.order(i) for i in ids[:ORDERS_PAGE_SIZE]]}, 200, headers)
+
+
+async def key_change(call: AcmeCall) -> Response:
+    """Account key rollover (§7.3.5): the payload is a JWS signed by the new key."""
+    acct = call.require_account()
+    inner = jwslib.parse_inner_jws(call.jws.payload, expect_nonce=False)
+    if inner.url != call.jws.url:
+        raise malformed("the inner JWS url must equal the outer JWS url")
+    assert inner.jwk is not None
+    jwslib.verify_signature(inner, inner.jwk)
+    body = jwslib.payload_json(inner)
+    if body.get("account") != call.urls.account(acct.id):
+        raise malformed("the inner payload's account is not the signing account")
+    try:
+        old_key, _ = jwslib.load_jwk(body.get("oldKey"))
+    except Problem:
+        raise malformed("the inner payload's oldKey is not a valid JWK") from None
+    if thumbprint(old_key) != acct.key_thumbprint:
+        raise unauthorized("oldKey is not the account's current key")
+    new_thumbprint = thumbprint(inner.jwk)
+    if new_thumbprint == acct.key_thumbprint:
+        raise Problem("badPublicKey", "the new key is the current key")
+    holder = (
+        await call.session.execute(select(Account.id).where(Account.key_thumbprint == new_thumbprint))
+    ).scalar_one_or_none()
+    if holder is not None:
+        raise Problem(
+            "malformed", "the new key is already in use by another account", 409,
+            headers={"Location": call.urls.account(holder)},
+        )
+    acct.key_thumbprint = new_thumbprint
+    acct.jwk = inner.jwk_json or inner.jwk.to_json()
+    try:
+        await call.session.flush()
+    except IntegrityError:
+        raise Problem("malformed", "the new key was registered concurrently", 409) from None
+    return json_response(account_json(acct, call.urls), 200, {"Location": call.urls.account(acct.id)})

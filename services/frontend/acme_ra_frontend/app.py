@@ -46,6 +46,7 @@ POST_ROUTES: list[tuple[str, Handler, Auth]] = [
     (urls.AUTHZ, authz.authorization, Auth.KID),
     (urls.CHALLENGE, authz.challenge, Auth.KID),
     (urls.CERTIFICATE, orders.certificate, Auth.KID),
+    (urls.KEY_CHANGE, accounts.key_change, Auth.KID),
 ]
 GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     (urls.DIRECTORY, directory.directory),

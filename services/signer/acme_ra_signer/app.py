@@ -28,8 +28,8 @@ log = logging.getLogger("acme_ra_signer.app")
 READY_CHECK_TIMEOUT_SECONDS = 5.0
 # Pause before the issue consumer is restarted after it failed (seconds).
 CONSUMER_RESTART_SECONDS = 1.0
-# How long shutdown waits for NATS to drain (seconds).
-DRAIN_TIMEOUT_SECONDS = 5.0
+# How long shutdown waits for NATS to take the last acks (seconds).
+FLUSH_TIMEOUT_SECONDS = 5
 
 PATH_HEALTHZ = "/healthz"
 PATH_READYZ = "/readyz"
@@ -95,11 +95,13 @@ async def stop(runtime: Runtime) -> None:
     runtime.stop.set()
     if runtime.consumer is not None:
         await runtime.consumer
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(runtime.nc.drain(), DRAIN_TIMEOUT_SECONDS)
-    if not runtime.nc.is_closed:
+    # Flush (the last acks and events), then close. Not drain(): with the consumer's pull
+    # subscription still registered, nats-py's drain waits out its whole timeout.
+    if runtime.nc.is_connected:
         with contextlib.suppress(Exception):
-            await runtime.nc.close()
+            await runtime.nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
+    with contextlib.suppress(Exception):
+        await runtime.nc.close()
     await runtime.db.dispose()
     await runtime.driver.close()
 
@@ -147,7 +149,7 @@ async def metrics_endpoint() -> Response:
 async def _check(name: str, check: Awaitable[None]) -> tuple[str, str | None]:
     try:
         await asyncio.wait_for(check, READY_CHECK_TIMEOUT_SECONDS)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return name, "timed out"
     except Exception as error:  # noqa: BLE001 - reported, not raised
         return name, str(error) or type(error).__name__

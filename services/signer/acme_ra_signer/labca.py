@@ -164,28 +164,25 @@ def load_or_create(directory: Path) -> tuple[LabCA, bool]:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     with exclusive_lock(directory / LOCK_FILE):
-        created = False
         # Files are written keys first, certificates last: a certificate on disk means its key
         # is there too, and a half-created CA (a crash) is completed rather than trusted.
-        if (directory / ROOT_CERT).is_file() and (directory / ROOT_KEY).is_file():
-            root, root_key = _load_pair(directory / ROOT_CERT, directory / ROOT_KEY)
-        else:
+        root_created = not _pair_exists(directory, ROOT_CERT, ROOT_KEY)
+        if root_created:
             root, root_key = _create_root(directory)
-            created = True
-        if not created and (directory / INTERMEDIATE_CERT).is_file() and (directory / INTERMEDIATE_KEY).is_file():
-            intermediate, intermediate_key = _load_pair(
-                directory / INTERMEDIATE_CERT, directory / INTERMEDIATE_KEY
-            )
         else:
+            root, root_key = _load_pair(directory / ROOT_CERT, directory / ROOT_KEY)
+        # A new root needs a new intermediate, whatever is on disk.
+        intermediate_created = root_created or not _pair_exists(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY)
+        if intermediate_created:
             intermediate, intermediate_key = _create_intermediate(directory, root, root_key)
-            created = True
+        else:
+            intermediate, intermediate_key = _load_pair(directory / INTERMEDIATE_CERT, directory / INTERMEDIATE_KEY)
     try:
         intermediate.verify_directly_issued_by(root)
     except (ValueError, TypeError, InvalidSignature) as error:
         raise LabCAError(f"{directory}: the intermediate is not signed by the root ({error})") from None
-    if not isinstance(intermediate_key, ec.EllipticCurvePrivateKey):
-        raise LabCAError(f"{directory / INTERMEDIATE_KEY}: expected an ECDSA key")
-    return LabCA(root=root, intermediate=intermediate, intermediate_key=intermediate_key), created
+    ca = LabCA(root=root, intermediate=intermediate, intermediate_key=intermediate_key)
+    return ca, intermediate_created
 
 
 @contextlib.contextmanager
@@ -223,7 +220,9 @@ def private_key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> byte
     )
 
 
-def _key_usage(*, digital_signature: bool = False, key_encipherment: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
+def _key_usage(
+    *, digital_signature: bool = False, key_encipherment: bool = False, cert_sign: bool = False
+) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=False,
@@ -235,6 +234,10 @@ def _key_usage(*, digital_signature: bool = False, key_encipherment: bool = Fals
         encipher_only=False,
         decipher_only=False,
     )
+
+
+def _pair_exists(directory: Path, cert_name: str, key_name: str) -> bool:
+    return (directory / cert_name).is_file() and (directory / key_name).is_file()
 
 
 def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -294,7 +297,9 @@ def _create_intermediate(
             critical=False,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski), critical=False
+        )
         .sign(root_key, hashes.SHA384())
     )
     _write_pair(directory, INTERMEDIATE_CERT, INTERMEDIATE_KEY, cert, key)

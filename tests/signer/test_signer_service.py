@@ -1,0 +1,165 @@
+"""The signer app: health, readiness and metrics, and the issue consumer against a private
+JetStream-enabled nats-server (skipped when the binary is missing)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+
+from acme_ra import bus
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra.db.models import Certificate, Order
+from acme_ra_signer.app import create_app
+
+from .conftest import insert_order, make_csr
+
+NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class NatsServer:
+    def __init__(self, store: Path) -> None:
+        assert NATS_SERVER is not None
+        self.port = free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    if NATS_SERVER is None:
+        pytest.skip("nats-server binary not installed")
+    server = NatsServer(tmp_path / "jetstream")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def client(app: FastAPI) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://signer")
+
+
+async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_health_and_metrics_without_dependencies(settings: Settings) -> None:
+    app = create_app(settings)  # lifespan not run: nothing is connected
+    async with client(app) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["failed"] == {"signer": "starting"}
+        metrics = await http.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    for name in (
+        "acme_ra_certificates_issued_total",
+        "acme_ra_upstream_requests_total",
+        "acme_ra_upstream_request_duration_seconds",
+        "acme_ra_signer_jobs_in_flight",
+    ):
+        assert name in metrics.text
+
+
+async def test_consumer_issues_a_published_job_once(
+    settings: Settings, db_url: str, nats_server: NatsServer
+) -> None:
+    app = create_app(settings.model_copy(update={"nats_url": nats_server.url}))
+    db = Database(db_url)
+    nc = await bus.connect(nats_server.url, "signer-test")
+    try:
+        async with app.router.lifespan_context(app), client(app) as http:
+            ready = await http.get("/readyz")
+            assert ready.status_code == 200, ready.text
+            assert (settings.lab_ca_dir / "root.pem").is_file()
+
+            names = ["svc.example.test"]
+            order_id = await insert_order(db, names, make_csr(names))
+            js = nc.jetstream()
+            job = bus.IssueJob(order_id=order_id)
+            await bus.publish_job(js, bus.SUBJECT_ISSUE, job, f"issue-{order_id}")
+
+            async def is_valid() -> bool:
+                async with db.sessions() as session:
+                    order = await session.get(Order, order_id)
+                    return order is not None and order.status == "valid"
+
+            await wait_for(is_valid)
+            event = await js.get_last_msg(bus.EVENTS_STREAM, "acme.events.issued")
+            assert event.data is not None
+            assert bus.Event.model_validate_json(event.data).order_id == order_id
+
+            # A re-published job (e.g. by the reconciler, outside the dedup window) is only acked.
+            await bus.publish_job(js, bus.SUBJECT_ISSUE, job, f"issue-{order_id}-again")
+
+            async def queue_empty() -> bool:
+                info = await js.consumer_info(bus.JOBS_STREAM, bus.DURABLE_SIGNER)
+                return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+            await wait_for(queue_empty)
+            async with db.sessions() as session:
+                count = await session.scalar(
+                    select(func.count()).select_from(Certificate).where(Certificate.order_id == order_id)
+                )
+            assert count == 1
+            metrics = (await http.get("/metrics")).text
+            assert 'acme_ra_upstream_requests_total{operation="issue",outcome="ok"}' in metrics
+        assert app.state.runtime is None
+    finally:
+        await nc.close()
+        await db.dispose()
+
+
+async def test_readiness_names_nats_when_it_goes_away(
+    settings: Settings, db_url: str, nats_server: NatsServer
+) -> None:
+    app = create_app(settings.model_copy(update={"nats_url": nats_server.url}))
+    async with app.router.lifespan_context(app), client(app) as http:
+        assert (await http.get("/readyz")).status_code == 200
+        await asyncio.to_thread(nats_server.stop)
+
+        async def nats_reported() -> bool:
+            ready = await http.get("/readyz")
+            return ready.status_code == 503 and "nats" in ready.json()["failed"]
+
+        await wait_for(nats_reported)

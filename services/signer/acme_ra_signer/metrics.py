@@ -30,7 +30,7 @@ UPSTREAM_DURATION = Histogram(
 JOBS_IN_FLIGHT = Gauge("acme_ra_signer_jobs_in_flight", "Issue jobs being handled now.")
 JOBS = Counter(
     "acme_ra_signer_jobs_total",
-    "Issue jobs handled, by outcome (issued, failed, duplicate, retry).",
+    "Issue jobs handled, by outcome (issued, failed, duplicate, missing, retry).",
     ["outcome"],
 )
 

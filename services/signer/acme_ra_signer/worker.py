@@ -83,7 +83,7 @@ class IssueWorker:
             raise
         finally:
             metrics.JOBS_IN_FLIGHT.dec()
-            metrics.JOBS.labels("retry" if outcome == "missing" else outcome).inc()
+            metrics.JOBS.labels(outcome).inc()
             fields["outcome"] = outcome
             fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
             level = logging.WARNING if outcome in ("retry", "missing") else logging.INFO

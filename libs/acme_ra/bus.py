@@ -72,6 +72,32 @@ class Event(BaseModel):
     status: str | None = None
 
 
+class RevokeRequest(BaseModel):
+    """Revoke one certificate upstream (frontend → signer, NATS request/reply on acme.rpc.revoke).
+
+    The frontend has already authorised the requester; the signer revokes with the upstream
+    and records the revocation in the database before it replies."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = 1
+    certificate_id: str
+    reason: int = 0
+
+
+class RevokeReply(BaseModel):
+    """``outcome``: revoked | already_revoked | unavailable (try later) | rejected (``problem`` says why)."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = 1
+    outcome: Literal["revoked", "already_revoked", "unavailable", "rejected"]
+    problem: dict[str, str] | None = None
+
+
+# Queue group of the signers answering revoke requests; the frontend's wait for a reply (seconds).
+REVOKE_QUEUE_GROUP = "signer"
+REVOKE_RPC_TIMEOUT_SECONDS = 30
+
+
 JobT = TypeVar("JobT", bound=BaseModel)
 
 

@@ -15,7 +15,7 @@ from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.protocol.problems import Problem
-from acme_ra_frontend import accounts, authz, directory, orders, urls
+from acme_ra_frontend import accounts, authz, directory, orders, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
@@ -47,6 +47,7 @@ POST_ROUTES: list[tuple[str, Handler, Auth]] = [
     (urls.CHALLENGE, authz.challenge, Auth.KID),
     (urls.CERTIFICATE, orders.certificate, Auth.KID),
     (urls.KEY_CHANGE, accounts.key_change, Auth.KID),
+    (urls.REVOKE_CERT, revocation.revoke_cert, Auth.EITHER),
 ]
 GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     (urls.DIRECTORY, directory.directory),

@@ -136,6 +136,7 @@ class AcmeCall:
     jwk: josepy.JWK
     account: Account | None
     jobs: list[tuple[str, BaseModel, str]] = field(default_factory=list)
+    deferred: Callable[[], Awaitable[Response]] | None = None
 
     @property
     def is_post_as_get(self) -> bool:
@@ -148,6 +149,10 @@ class AcmeCall:
 
     def publish_after_commit(self, subject: str, job: BaseModel, msg_id: str) -> None:
         self.jobs.append((subject, job, msg_id))
+
+    def respond_after_commit(self, answer: Callable[[], Awaitable[Response]]) -> None:
+        """Produce the response after the transaction commits (e.g. to wait on another service)."""
+        self.deferred = answer
 
     def require_account(self) -> Account:
         assert self.account is not None
@@ -212,6 +217,8 @@ async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
             await bus.publish_job(state.js, subject, job, msg_id)
         except Exception as error:  # noqa: BLE001 - the reconciler re-publishes stuck jobs
             log.warning("job %s not published (will be re-published): %s", msg_id, error)
+    if call.deferred is not None:
+        return await call.deferred()
     return response
 
 

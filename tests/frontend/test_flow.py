@@ -181,3 +181,33 @@ async def test_key_change_rolls_the_account_key(account: TestAcmeClient) -> None
     fresh = await account.post(account.kid)
     assert fresh.status == 200
     assert fresh.body["key"] == new.public_key().to_partial_json()
+
+
+async def test_reconciler_republishes_stuck_challenge(account: TestAcmeClient, http: object) -> None:
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from acme_ra import bus
+    from acme_ra.db.models import Challenge
+    from acme_ra_frontend.reconciler import reconcile_once
+
+    order = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "stuck.example.org"}]})
+    authz = await account.post(order.body["authorizations"][0])
+    challenge = next(c for c in authz.body["challenges"] if c["type"] == "http-01")
+    reply = await account.post(challenge["url"], {})
+    assert reply.body["status"] == "processing"
+    state = account.http.app.state.ra  # type: ignore[attr-defined]
+    challenge_id = challenge["url"].rsplit("/", 1)[1]
+    async with state.db.transaction() as session:
+        await session.execute(
+            update(Challenge).where(Challenge.id == challenge_id).values(
+                updated_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+            )
+        )
+    subscription = await state.js.pull_subscribe(bus.SUBJECT_VALIDATE, durable=bus.DURABLE_VALIDATOR, stream=bus.JOBS_STREAM)
+    assert await reconcile_once(state) >= 1
+    seen = set()
+    for message in await subscription.fetch(50, timeout=2):
+        seen.add(bus.ValidateJob.model_validate_json(message.data).challenge_id)
+    assert challenge_id in seen

@@ -17,6 +17,7 @@ from acme_ra.db.engine import Database
 from acme_ra.protocol.problems import Problem
 from acme_ra_frontend import accounts, authz, directory, orders, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
+from acme_ra_frontend.reconciler import reconcile_forever
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
     Auth,
@@ -90,12 +91,16 @@ def create_app(settings: Settings) -> FastAPI:
         state = FrontendState(settings, db, nc, js, nonces)
         state.urls = {p: Urls(settings.external_url, p) for p in settings.provisioner_names}
         app.state.ra = state
-        purger = asyncio.create_task(purge_nonces_forever(db))
+        background = [
+            asyncio.create_task(purge_nonces_forever(db)),
+            asyncio.create_task(reconcile_forever(state)),
+        ]
         log.info("frontend ready", extra={"directory": state.urls[settings.provisioner_names[0]].directory})
         try:
             yield
         finally:
-            purger.cancel()
+            for task in background:
+                task.cancel()
             await nc.drain()
             await db.dispose()
 

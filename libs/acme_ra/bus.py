@@ -235,3 +235,7 @@ async def consume(
             task.add_done_callback(running.discard)
     if running:
         await asyncio.wait(running, timeout=30)
+    try:
+        await subscription.unsubscribe()
+    except Exception:  # noqa: BLE001 - the connection may already be gone
+        pass

@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 
-_RESERVED = set(vars(logging.makeLogRecord({})))
+# Record attributes that are not event fields (uvicorn adds an ANSI-coloured copy of the message).
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):

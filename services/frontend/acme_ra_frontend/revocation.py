@@ -12,6 +12,7 @@ import ipaddress
 
 import nats.errors
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.responses import Response
 from sqlalchemy import func, select
 
@@ -74,7 +75,7 @@ async def revoke_cert(call: AcmeCall) -> Response:
     stored = None
     for row in (await call.session.execute(select(Certificate).where(Certificate.serial == serial))).scalars():
         leaf = x509.load_pem_x509_certificate(row.chain_pem.encode())
-        if leaf.public_bytes(x509.base.serialization.Encoding.DER) == der:
+        if leaf.public_bytes(Encoding.DER) == der:
             stored = row
             break
     if stored is None:

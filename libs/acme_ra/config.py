@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ACME_RA_"
@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     cert_lifetime_days: int = Field(90, gt=0, le=398)
     # ACME_RA_DB_POOL_SIZE: connections per service process.
     db_pool_size: int = Field(10, gt=0)
+    # ACME_RA_SECRET_KEY / ACME_RA_SECRET_KEY_FILE: seals secrets at rest (EAB HMAC keys, the
+    # upstream account key). Unset: a key is created once in STATE_DIR/secret.key (labs only:
+    # replicas on several machines must share one key).
+    secret_key: SecretStr | None = None
+    secret_key_file: Path | None = None
+    # ACME_RA_EAB_REQUIRED: new accounts must carry an External Account Binding made with
+    # `acme-ra eab create`.
+    eab_required: bool = False
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -130,6 +138,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return value
 
+    @field_validator("secret_key_file")
+    @classmethod
+    def _check_secret_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist")
+        return value
+
     @model_validator(mode="after")
     def _check_tls_pair(self) -> "Settings":
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
@@ -154,6 +169,23 @@ class Settings(BaseSettings):
     @property
     def resolver_addresses(self) -> list[tuple[str, int]]:
         return [parse_host_port(v.strip(), 53) for v in self.dns_resolvers.split(",") if v.strip()]
+
+    def sealing_secret(self) -> bytes:
+        """The secret that seals secrets at rest (see ACME_RA_SECRET_KEY)."""
+        if self.secret_key is not None:
+            return self.secret_key.get_secret_value().encode()
+        if self.secret_key_file is not None:
+            return self.secret_key_file.read_bytes().strip()
+        path = self.state_dir / "secret.key"
+        if not path.exists():
+            import os
+            import secrets as _secrets
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(_secrets.token_urlsafe(32) + "\n")
+        return path.read_bytes().strip()
 
     @property
     def lab_ca_dir(self) -> Path:

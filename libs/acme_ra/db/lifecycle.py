@@ -6,9 +6,11 @@ outcome twice (a redelivered job) changes nothing the second time.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Any
 
+from cryptography import x509
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -125,6 +127,7 @@ async def store_certificate(
     if order.status != OrderStatus.processing.value or order.certificate_id:
         return None
     certificate = Certificate(
+        ari_cert_id=ari_cert_id_of_pem(chain_pem),
         order_id=order_id,
         account_id=order.account_id,
         serial=serial_hex,
@@ -138,6 +141,21 @@ async def store_certificate(
     order.certificate_id = certificate.id
     order.updated_at = utcnow()
     return certificate.id
+
+
+def ari_cert_id_of_pem(chain_pem: str) -> str | None:
+    """RFC 9773 certID of the chain's leaf: AKI keyIdentifier and serial, base64url, dot-joined."""
+    leaf = x509.load_pem_x509_certificate(chain_pem.encode())
+    try:
+        aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return None
+    if aki is None:
+        return None
+    serial = leaf.serial_number
+    serial_bytes = serial.to_bytes((serial.bit_length() + 8) // 8, "big")  # DER INTEGER content
+    encode = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
+    return f"{encode(aki)}.{encode(serial_bytes)}"
 
 
 async def fail_order(session: AsyncSession, order_id: str, error: dict[str, Any]) -> bool:

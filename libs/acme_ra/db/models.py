@@ -111,6 +111,26 @@ class Account(Base):
     contact: Mapped[list[Any]] = mapped_column(default=list)
     tos_agreed: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The External Account Binding key this account registered with, if any.
+    eab_kid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class EabKey(Base):
+    """An External Account Binding key for acme-ra's own clients (`acme-ra eab create`)."""
+
+    __tablename__ = "eab_keys"
+    kid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The HMAC key, sealed (acme_ra.sealing) with purpose "eab:<kid>".
+    hmac_key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    # Identifier policy for accounts bound to this key: {"allow": [...], "deny": [...]}.
+    policy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # The ACME profile orders of bound accounts get by default.
+    profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[dt.datetime | None]
+    # The account that used this key; a key binds one account only.
+    account_id: Mapped[str | None] = mapped_column(String(32), nullable=True, unique=True)
 
 
 class Order(Base):
@@ -132,6 +152,10 @@ class Order(Base):
     trace_context: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # draft-ietf-acme-profiles: the profile this order is issued under.
+    profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # RFC 9773: the ARI certID of the certificate this order replaces.
+    replaces: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
 
     __table_args__ = (Index("ix_orders_status_updated", "status", "updated_at"),)
 
@@ -189,3 +213,5 @@ class Certificate(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[int | None]
+    # RFC 9773 certID: base64url(AKI keyIdentifier) "." base64url(serial DER content).
+    ari_cert_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -9,12 +10,17 @@ from fastapi.responses import Response
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from acme_ra.db.models import Account, AccountStatus, Authorization, AuthzStatus, Order, OrderStatus
+from acme_ra.db.models import Account, AccountStatus, Authorization, AuthzStatus, EabKey, Order, OrderStatus
+from acme_ra.eab import sealing_purpose
+from acme_ra.protocol import eab
+from acme_ra.sealing import SealError
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.jws import thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
 from acme_ra_frontend.plumbing import AcmeCall, json_response
 from acme_ra_frontend.render import account_json
+
+log = logging.getLogger("acme_ra.frontend.accounts")
 
 # Most contacts one account may list.
 MAX_CONTACTS = 10
@@ -56,19 +62,53 @@ async def new_account(call: AcmeCall) -> Response:
     agreed = payload.get("termsOfServiceAgreed") is True
     if tos_url and not agreed:
         raise malformed(f"you must agree to the terms of service at {tos_url} (termsOfServiceAgreed)")
+    contact = check_contacts(payload.get("contact"))
+    binding = payload.get("externalAccountBinding")
+    eab_key = None
+    if binding is not None:
+        eab_key = await verify_external_account(call, binding)
+    elif call.state.settings.eab_required:
+        raise Problem("externalAccountRequired", "this server requires an External Account Binding (ask your RA operator for a key)")
     account = Account(
         key_thumbprint=key_id,
         jwk=call.jws.jwk_json or call.jwk.to_json(),
-        contact=check_contacts(payload.get("contact")),
+        contact=contact,
         tos_agreed=agreed,
+        eab_kid=eab_key.kid if eab_key else None,
     )
     call.session.add(account)
     try:
         await call.session.flush()
     except IntegrityError:  # the same key registered concurrently
         raise Problem("malformed", "an account with this key was created concurrently; retry", 409) from None
+    if eab_key is not None:
+        bound = await call.session.execute(
+            update(EabKey).where(EabKey.kid == eab_key.kid, EabKey.account_id.is_(None)).values(account_id=account.id)
+        )
+        if not bound.rowcount:  # type: ignore[attr-defined]
+            raise unauthorized("this External Account Binding key is already bound to another account")
     location = call.urls.account(account.id)
-    return json_response(account_json(account, call.urls), 201, {"Location": location})
+    body = account_json(account, call.urls)
+    if binding is not None:
+        body["externalAccountBinding"] = binding
+    return json_response(body, 201, {"Location": location})
+
+
+async def verify_external_account(call: AcmeCall, binding: Any) -> EabKey:
+    kid, alg, signing_input, mac, payload_jwk = eab.parse_binding(binding, call.jws.url)
+    key = (await call.session.execute(select(EabKey).where(EabKey.kid == kid))).scalar_one_or_none()
+    if key is None or key.revoked_at is not None:
+        raise unauthorized("unknown or revoked External Account Binding key id")
+    if key.account_id is not None:
+        raise unauthorized("this External Account Binding key is already bound to another account")
+    try:
+        hmac_key = call.state.sealer.open(key.hmac_key_sealed, sealing_purpose(kid))
+    except SealError:
+        log.error("EAB key %s cannot be opened: wrong ACME_RA_SECRET_KEY?", kid)
+        raise
+    eab.verify_binding_mac(alg, signing_input, mac, hmac_key)
+    eab.check_binding_key(payload_jwk, call.jws.jwk_json or call.jwk.to_json())
+    return key
 
 
 def owned_account(call: AcmeCall) -> Account:

@@ -15,6 +15,7 @@ from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.protocol.problems import Problem
+from acme_ra.sealing import Sealer
 from acme_ra_frontend import accounts, authz, directory, orders, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.reconciler import reconcile_forever
@@ -88,7 +89,7 @@ def create_app(settings: Settings) -> FastAPI:
         js = nc.jetstream()
         await bus.ensure_streams(js)
         nonces = NonceService(await load_or_create_key(db), settings.nonce_lifetime_seconds)
-        state = FrontendState(settings, db, nc, js, nonces)
+        state = FrontendState(settings, db, nc, js, nonces, Sealer(settings.sealing_secret()))
         state.urls = {p: Urls(settings.external_url, p) for p in settings.provisioner_names}
         app.state.ra = state
         background = [

@@ -10,7 +10,7 @@ from acme_ra_frontend.plumbing import AcmeCall, json_response, resolve_provision
 
 async def directory(request: Request) -> Response:
     state, urls = resolve_provisioner(request)
-    meta: dict[str, object] = {"externalAccountRequired": False}
+    meta: dict[str, object] = {"externalAccountRequired": state.settings.eab_required}
     if state.settings.terms_of_service_url:
         meta["termsOfService"] = state.settings.terms_of_service_url
     if state.settings.website_url:

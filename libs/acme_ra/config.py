@@ -60,8 +60,39 @@ class Settings(BaseSettings):
     # ACME_RA_TLS_CERT_FILE / ACME_RA_TLS_KEY_FILE: bring your own; unset = issued by the lab CA.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    # ACME_RA_UPSTREAM: the signer's back end.
-    upstream: Literal["lab"] = "lab"
+    # ACME_RA_UPSTREAM: the signer's back end: "lab" (dev and tests only) or "acme" (an ACME CA
+    # with External Account Binding: InCommon/Sectigo, Let's Encrypt, ZeroSSL, step-ca, Pebble).
+    upstream: Literal["lab", "acme"] = "lab"
+    # ACME_RA_CONFIG_FILE: optional YAML or TOML file; its `upstreams` section declares named
+    # upstreams selected per profile or provisioner (docs/upstream.md). Env vars suffice for one.
+    config_file: Path | None = None
+    # ACME_RA_UPSTREAM_*: the one upstream ACME CA (named "default") when upstream=acme.
+    # ACME_RA_UPSTREAM_DIRECTORY_URL: e.g. https://acme.sectigo.com/v2/InCommonRSAOV
+    upstream_directory_url: str = ""
+    # ACME_RA_UPSTREAM_EAB_KID / ACME_RA_UPSTREAM_EAB_HMAC_KEY (or _FILE): the EAB pair the CA gave.
+    upstream_eab_kid: str = ""
+    upstream_eab_hmac_key: SecretStr | None = None
+    upstream_eab_hmac_key_file: Path | None = None
+    # ACME_RA_UPSTREAM_EMAIL: contact of the upstream account (optional).
+    upstream_email: str = ""
+    # ACME_RA_UPSTREAM_CA_BUNDLE: PEM roots trusted for the upstream's TLS; unset = certifi's roots.
+    upstream_ca_bundle: Path | None = None
+    # ACME_RA_UPSTREAM_CERT_LIFETIME_DAYS: ask the upstream for this lifetime (notAfter); unset =
+    # the upstream's default (not every CA accepts notAfter).
+    upstream_cert_lifetime_days: int | None = Field(None, gt=0, le=3650)
+    # ACME_RA_UPSTREAM_AUTHZ_STRATEGY: upstream authorizations not already valid: "answer" the
+    # ACME_RA_UPSTREAM_CHALLENGE_TYPE challenge and poll, or "fail" the order.
+    upstream_authz_strategy: Literal["answer", "fail"] = "answer"
+    upstream_challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] = "http-01"
+    # ACME_RA_UPSTREAM_ACCOUNT_KEY_TYPE: key type of a new upstream account.
+    upstream_account_key_type: Literal["rsa2048", "ec256"] = "rsa2048"
+    # ACME_RA_UPSTREAM_HTTP_TIMEOUT_SECONDS: one HTTP request to the upstream.
+    upstream_http_timeout_seconds: float = Field(60.0, gt=0)
+    # ACME_RA_UPSTREAM_ORDER_TIMEOUT_SECONDS: how long one issue job waits for the upstream order
+    # (slow CAs sign in 30 s and more) before handing it back to the queue to resume later.
+    upstream_order_timeout_seconds: float = Field(600.0, gt=0)
+    # ACME_RA_UPSTREAM_PROXY: outbound HTTP(S) proxy for upstream traffic (http://host:port).
+    upstream_proxy: str = ""
     # ACME_RA_PROVISIONERS: comma list of provisioner names served under /acme/<name>/.
     provisioners: str = "acme"
     # ACME_RA_VALIDATION_HTTP_PORT / _TLS_PORT: where the validator connects (80/443 in production).
@@ -96,6 +127,15 @@ class Settings(BaseSettings):
     # ACME_RA_EAB_REQUIRED: new accounts must carry an External Account Binding made with
     # `acme-ra eab create`.
     eab_required: bool = False
+    # ACME_RA_POLICY_ALLOW / ACME_RA_POLICY_DENY: comma lists of identifier rules
+    # (name, .suffix, CIDR; see docs/policy.md). ACME_RA_POLICY_WILDCARDS: allow wildcard names.
+    policy_allow: str = ""
+    policy_deny: str = ""
+    policy_wildcards: bool = True
+    # ACME_RA_PROFILES: the ACME profiles offered, "name=description" comma list
+    # (draft-ietf-acme-profiles). ACME_RA_DEFAULT_PROFILE: used when an order names none.
+    profiles: str = "tlsserver=TLS server certificate for the names in the order"
+    default_profile: str = "tlsserver"
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -138,12 +178,28 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return value
 
+    @field_validator("policy_allow", "policy_deny")
+    @classmethod
+    def _check_policy_rules(cls, value: str) -> str:
+        from acme_ra.protocol.policy import parse_rules
+
+        parse_rules(value)
+        return value
+
     @field_validator("secret_key_file")
     @classmethod
     def _check_secret_file(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_file():
             raise ValueError(f"{value} does not exist")
         return value
+
+    @model_validator(mode="after")
+    def _check_default_profile(self) -> "Settings":
+        if self.default_profile not in self.profile_descriptions:
+            raise ValueError(
+                f"ACME_RA_DEFAULT_PROFILE {self.default_profile!r} is not one of ACME_RA_PROFILES"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_tls_pair(self) -> "Settings":
@@ -161,6 +217,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.state_dir / 'acme-ra.db').resolve()}"
+
+    @property
+    def profile_descriptions(self) -> dict[str, str]:
+        result = {}
+        for item in self.profiles.split(","):
+            name, _, description = item.partition("=")
+            if name.strip():
+                result[name.strip()] = description.strip() or name.strip()
+        return result
 
     @property
     def provisioner_names(self) -> list[str]:

@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -215,3 +216,71 @@ class Certificate(Base):
     revocation_reason: Mapped[int | None]
     # RFC 9773 certID: base64url(AKI keyIdentifier) "." base64url(serial DER content).
     ari_cert_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    # Alternate chains the upstream offered (Link rel="alternate"): PEM strings, same leaf,
+    # other issuers. None or [] when there are none.
+    alternate_chains_pem: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class UpstreamOrderState(str, enum.Enum):
+    """Where an upstream order stands; each is recorded *before* the step it names is taken."""
+
+    creating = "creating"  # about to POST newOrder: an order may exist upstream, URL unknown, never finalized
+    pending = "pending"  # the upstream order exists (url recorded); authorizations to satisfy
+    finalizing = "finalizing"  # about to POST finalize, or sent without a recorded answer
+    processing = "processing"  # finalize accepted; the upstream is signing
+    valid = "valid"  # certificate URL recorded: download (idempotent) and store
+    invalid = "invalid"  # the upstream refused; error holds why
+
+
+class UpstreamAccount(Base):
+    """The RA's own account at an upstream ACME CA: one per named upstream and directory URL,
+    registered once with EAB and reused by every issuance and revocation."""
+
+    __tablename__ = "upstream_accounts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    # The upstream's name ("default" for the ACME_RA_UPSTREAM_* one, else from ACME_RA_CONFIG_FILE).
+    upstream: Mapped[str] = mapped_column(String(64))
+    directory_url: Mapped[str] = mapped_column(String(1024))
+    # The account's private key (PKCS#8 PEM), sealed (acme_ra.sealing) with purpose
+    # "upstream-account:<id>". Created before registration, so replicas share one key.
+    key_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    # The account URL (JWS "kid") once registered; None until then or after the upstream lost it.
+    url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    eab_kid: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    registered_at: Mapped[dt.datetime | None]
+    # How many times the account was registered (more than 1: the upstream lost it).
+    registrations: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (UniqueConstraint("upstream", "directory_url", name="uq_upstream_accounts_upstream_directory"),)
+
+
+class UpstreamOrder(Base):
+    """The one upstream order of an acme-ra order (the primary key makes it one).
+
+    Written before each upstream step, so that a redelivered job, a restart or a second signer
+    resumes this order instead of creating another: at most one upstream certificate per order.
+    A signer works on it only while it holds the lease (``lease_owner`` until ``lease_until``).
+    """
+
+    __tablename__ = "upstream_orders"
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), primary_key=True)
+    upstream: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default=UpstreamOrderState.creating.value)
+    # The upstream order URL, its finalize URL and (once issued) the certificate URL.
+    url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    finalize_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    certificate_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # The account (URL) the upstream order belongs to.
+    account_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # Set when finalize is first attempted: from then on no other upstream order is ever created.
+    finalized_at: Mapped[dt.datetime | None]
+    # newOrder requests sent (more than 1: an earlier, never-finalized order was lost upstream).
+    orders_created: Mapped[int] = mapped_column(Integer, default=0)
+    # A problem as data when the upstream refused ({"type": ..., "detail": ...}).
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_until: Mapped[dt.datetime | None]
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

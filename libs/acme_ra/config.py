@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     order_lifetime_seconds: int = Field(86400, gt=0)
     # ACME_RA_AUTHZ_LIFETIME_SECONDS: how long a valid authorization may be reused (default 30 days).
     authz_lifetime_seconds: int = Field(30 * 86400, gt=0)
+    # ACME_RA_REUSE_VALID_AUTHORIZATIONS: a new order reuses the account's valid authorizations.
+    reuse_valid_authorizations: bool = True
     # ACME_RA_NONCE_LIFETIME_SECONDS: how long an issued nonce stays redeemable.
     nonce_lifetime_seconds: int = Field(3600, gt=0)
     # ACME_RA_RETRY_AFTER_SECONDS: Retry-After on processing challenges and orders.

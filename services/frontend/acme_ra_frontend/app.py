@@ -14,9 +14,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
+from acme_ra.protocol.policy import Policy, parse_rules
 from acme_ra.protocol.problems import Problem
 from acme_ra.sealing import Sealer
-from acme_ra_frontend import accounts, authz, directory, orders, revocation, urls
+from acme_ra_frontend import accounts, authz, directory, orders, renewal_info, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.reconciler import reconcile_forever
 from acme_ra_frontend.plumbing import (
@@ -54,6 +55,8 @@ POST_ROUTES: list[tuple[str, Handler, Auth]] = [
 GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     (urls.DIRECTORY, directory.directory),
     (urls.NEW_NONCE, directory.new_nonce),
+    (urls.RENEWAL_INFO, renewal_info.renewal_info),
+    (urls.RENEWAL_INFO_BASE, renewal_info.renewal_info),
 ]
 
 
@@ -89,7 +92,8 @@ def create_app(settings: Settings) -> FastAPI:
         js = nc.jetstream()
         await bus.ensure_streams(js)
         nonces = NonceService(await load_or_create_key(db), settings.nonce_lifetime_seconds)
-        state = FrontendState(settings, db, nc, js, nonces, Sealer(settings.sealing_secret()))
+        policy = Policy(parse_rules(settings.policy_allow), parse_rules(settings.policy_deny), settings.policy_wildcards)
+        state = FrontendState(settings, db, nc, js, nonces, Sealer(settings.sealing_secret()), policy)
         state.urls = {p: Urls(settings.external_url, p) for p in settings.provisioner_names}
         app.state.ra = state
         background = [

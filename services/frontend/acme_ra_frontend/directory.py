@@ -13,6 +13,7 @@ async def directory(request: Request) -> Response:
     meta: dict[str, object] = {"externalAccountRequired": state.settings.eab_required}
     if state.settings.terms_of_service_url:
         meta["termsOfService"] = state.settings.terms_of_service_url
+    meta["profiles"] = state.settings.profile_descriptions
     if state.settings.website_url:
         meta["website"] = state.settings.website_url
     body = {
@@ -21,6 +22,7 @@ async def directory(request: Request) -> Response:
         "newOrder": f"{urls.prefix}/new-order",
         "revokeCert": f"{urls.prefix}/revoke-cert",
         "keyChange": f"{urls.prefix}/key-change",
+        "renewalInfo": f"{urls.prefix}/renewal-info",
         "meta": meta,
     }
     return json_response(body, headers={"Cache-Control": "public, max-age=0, no-cache"})

@@ -13,6 +13,7 @@ from acme_ra.db.models import (
     AuthzStatus,
     Certificate,
     Challenge,
+    EabKey,
     Order,
     OrderAuthorization,
     OrderStatus,
@@ -27,7 +28,9 @@ from acme_ra.protocol.identifiers import (
     parse_identifier,
 )
 from acme_ra.protocol.jws import b64url_decode, check_public_key, raw_key
+from acme_ra.protocol.policy import Policy
 from acme_ra.protocol.problems import Problem, malformed, not_found, unauthorized
+from acme_ra_frontend.renewal_info import parse_cert_id
 from acme_ra_frontend.plumbing import AcmeCall, json_response
 from acme_ra_frontend.render import order_json
 
@@ -64,15 +67,77 @@ def challenge_types_for(identifier: Identifier) -> list[str]:
     return ["dns-01"] if identifier.wildcard else ["http-01", "dns-01"]
 
 
+def check_policy(identifiers: list[Identifier], policies: list[Policy]) -> None:
+    """Refuse identifiers the policies do not allow: one subproblem per refused identifier."""
+    refused = []
+    for identifier in identifiers:
+        for policy in policies:
+            reason = policy.refusal(identifier)
+            if reason:
+                refused.append({"type": "rejectedIdentifier", "detail": f"{identifier.value}: {reason}",
+                                "identifier": identifier.to_json()})
+                break
+    if refused:
+        detail = refused[0]["detail"] if len(refused) == 1 else f"{len(refused)} identifiers were refused by policy"
+        raise Problem("rejectedIdentifier", detail, subproblems=refused)
+
+
+def choose_profile(call: AcmeCall, requested: object, eab_key: EabKey | None) -> str:
+    offered = call.state.settings.profile_descriptions
+    if requested is None:
+        if eab_key is not None and eab_key.profile in offered:
+            return eab_key.profile
+        return call.state.settings.default_profile
+    if not isinstance(requested, str) or requested not in offered:
+        raise Problem("invalidProfile", f"profile {requested!r} is not offered; offered: {', '.join(offered)}")
+    return requested
+
+
+async def check_replaces(call: AcmeCall, cert_id: object, identifiers: list[Identifier]) -> str:
+    """RFC 9773 §5: the replaced certificate is the account's, shares a name, not yet replaced."""
+    if not isinstance(cert_id, str):
+        raise malformed("replaces must be an ARI certID string")
+    parse_cert_id(cert_id)
+    cert = (
+        await call.session.execute(select(Certificate).where(Certificate.ari_cert_id == cert_id))
+    ).scalars().first()
+    if cert is None:
+        raise Problem("malformed", "replaces names a certificate this server did not issue", 404)
+    if cert.account_id != call.require_account().id:
+        raise unauthorized("replaces names another account's certificate")
+    old = (await call.session.execute(select(Order.identifiers).where(Order.id == cert.order_id))).scalar_one()
+    if not {i["value"] for i in old} & {i.value for i in identifiers}:
+        raise malformed("the replacement order shares no identifier with the certificate it replaces")
+    taken = (
+        await call.session.execute(
+            select(Order.id).where(Order.replaces == cert_id, Order.status != OrderStatus.invalid.value).limit(1)
+        )
+    ).first()
+    if taken is not None:
+        raise Problem("alreadyReplaced", "this certificate has already been replaced by another order")
+    return cert_id
+
+
 async def new_order(call: AcmeCall) -> Response:
     account = call.require_account()
     payload = call.payload()
     identifiers = parse_identifiers(payload.get("identifiers"))
     if payload.get("notBefore") is not None or payload.get("notAfter") is not None:
         raise malformed("notBefore and notAfter are not supported; the profile sets the validity")
-    now = utcnow()
     settings = call.state.settings
+    eab_key = None
+    if account.eab_kid:
+        eab_key = (await call.session.execute(select(EabKey).where(EabKey.kid == account.eab_kid))).scalar_one_or_none()
+    policies = [call.state.policy] + ([Policy.from_data(eab_key.policy)] if eab_key and eab_key.policy else [])
+    check_policy(identifiers, policies)
+    profile = choose_profile(call, payload.get("profile"), eab_key)
+    replaces = None
+    if payload.get("replaces") is not None:
+        replaces = await check_replaces(call, payload["replaces"], identifiers)
+    now = utcnow()
     order = Order(
+        profile=profile,
+        replaces=replaces,
         id=new_id(),
         account_id=account.id,
         provisioner=call.urls.provisioner,
@@ -94,6 +159,7 @@ async def new_order(call: AcmeCall) -> Response:
                     Authorization.status == AuthzStatus.valid.value,
                     Authorization.wildcard == identifier.wildcard,
                     Authorization.expires > now + AUTHZ_REUSE_MARGIN,
+                    settings.reuse_valid_authorizations,
                 )
                 .order_by(Authorization.expires.desc())
                 .limit(1)
@@ -166,6 +232,8 @@ async def finalize(call: AcmeCall) -> Response:
     found, authz_ids = await load_order(call)
     if found.status != OrderStatus.ready.value:
         raise Problem("orderNotReady", f"the order is {found.status}, not ready")
+    if found.profile and found.profile not in call.state.settings.profile_descriptions:
+        raise Problem("invalidProfile", f"profile {found.profile!r} is no longer offered")
     payload = call.payload()
     csr_der = b64url_decode(payload.get("csr"), "csr")
     csr = parse_csr(csr_der)

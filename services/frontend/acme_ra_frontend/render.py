@@ -34,6 +34,10 @@ def order_json(order: Order, authz_ids: list[str], urls: Urls) -> dict[str, Any]
         "authorizations": [urls.authz(a) for a in authz_ids],
         "finalize": urls.finalize(order.id),
     }
+    if order.profile:
+        body["profile"] = order.profile
+    if order.replaces:
+        body["replaces"] = order.replaces
     if order.not_before:
         body["notBefore"] = timestamp(order.not_before)
     if order.not_after:

@@ -9,6 +9,7 @@ from nats.js import JetStreamContext
 
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
+from acme_ra.protocol.policy import Policy
 from acme_ra.sealing import Sealer
 from acme_ra_frontend.nonces import NonceService
 from acme_ra_frontend.urls import Urls
@@ -22,6 +23,7 @@ class FrontendState:
     js: JetStreamContext
     nonces: NonceService
     sealer: Sealer
+    policy: Policy
     urls: dict[str, Urls] = field(default_factory=dict)
 
     def urls_for(self, provisioner: str) -> Urls | None:

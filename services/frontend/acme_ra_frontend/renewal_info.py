@@ -1,0 +1,60 @@
+"""ACME Renewal Information (RFC 9773): an unauthenticated GET of a certificate's renewal window."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fastapi import Request
+from fastapi.responses import Response
+from sqlalchemy import select
+
+from acme_ra.db.models import Certificate
+from acme_ra.protocol.jws import b64url_decode
+from acme_ra.protocol.problems import Problem, malformed
+from acme_ra_frontend.plumbing import json_response, resolve_provisioner
+from acme_ra_frontend.render import timestamp
+
+# How long clients should wait before asking again (RFC 9773 §4.3; Boulder: 6 h).
+RETRY_AFTER_SECONDS = 6 * 3600
+
+
+def parse_cert_id(cert_id: str) -> tuple[bytes, bytes]:
+    """certID = base64url(AKI keyIdentifier) "." base64url(serial DER content), no padding."""
+    aki_b64, dot, serial_b64 = cert_id.partition(".")
+    if not dot or not aki_b64 or not serial_b64 or "." in serial_b64:
+        raise malformed("certID must be base64url(AKI) '.' base64url(serial)")
+    aki, serial = b64url_decode(aki_b64, "certID key identifier"), b64url_decode(serial_b64, "certID serial")
+    if not aki or not serial or (len(serial) > 1 and serial[0] == 0 and serial[1] < 0x80):
+        raise malformed("certID serial is not a DER INTEGER content")
+    return aki, serial
+
+
+def suggested_window(cert: Certificate) -> tuple[dt.datetime, dt.datetime]:
+    if cert.revoked_at is not None:  # renew now: a window already in the past
+        return cert.revoked_at - dt.timedelta(hours=1), cert.revoked_at
+    lifetime = cert.not_after - cert.not_before
+    if lifetime < dt.timedelta(days=10):
+        center = cert.not_before + lifetime / 2
+    else:
+        center = cert.not_before + lifetime * 2 / 3
+    spread = max(lifetime / 50, dt.timedelta(minutes=1))
+    return center - spread, center + spread
+
+
+async def renewal_info(request: Request) -> Response:
+    state, _urls = resolve_provisioner(request)
+    cert_id = request.path_params.get("cert_id", "")
+    if not cert_id:
+        raise malformed("renewalInfo needs a certID: GET <renewalInfo>/<certID>")
+    parse_cert_id(cert_id)
+    async with state.db.sessions() as session:
+        cert = (
+            await session.execute(select(Certificate).where(Certificate.ari_cert_id == cert_id))
+        ).scalars().first()
+    if cert is None:
+        raise Problem("malformed", "no certificate with this certID was issued here", 404)
+    start, end = suggested_window(cert)
+    body = {"suggestedWindow": {"start": timestamp(start), "end": timestamp(end)}}
+    return json_response(
+        body, headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "public, max-age=3600"}
+    )

@@ -10,11 +10,12 @@ from acme_ra import bus
 from acme_ra.db.engine import Database
 from acme_ra.db.models import utcnow
 from acme_ra_validator import worker
+from acme_ra_validator.dns01 import txt_record_value
 from acme_ra_validator.http01 import new_http_client
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.worker import ChallengeValidator, key_authorization
 
-from .conftest import HttpLab, unused_port
+from .conftest import DnsLab, HttpLab, unused_port
 from .rows import insert_pending_order, snapshot
 
 PATH = "/.well-known/acme-challenge/"
@@ -133,3 +134,15 @@ async def test_connection_failure_is_recorded(db: Database) -> None:
         await refused.handle(bus.ValidateJob(challenge_id=rows.challenge_id), FakeMsg())  # type: ignore[arg-type]
     after = await snapshot(db, rows)
     assert after["challenge"]["error"]["type"] == "connection"
+
+
+async def test_dns01_challenge_is_checked_with_the_configured_resolver(db: Database, dns_lab: DnsLab) -> None:
+    rows = await insert_pending_order(db, "example.test", challenge_type="dns-01")
+    dns_lab.zone.add(f'_acme-challenge.example.test. 60 IN TXT "{txt_record_value(rows.key_authorization)}"')
+    async with new_http_client() as http:
+        validator = ChallengeValidator(
+            db, http, dns_lab.resolver(), http_port=unused_port(), authz_lifetime=dt.timedelta(days=1)
+        )
+        await validator.handle(bus.ValidateJob(challenge_id=rows.challenge_id), FakeMsg())  # type: ignore[arg-type]
+    after = await snapshot(db, rows)
+    assert after["challenge"]["status"] == "valid" and after["order"]["status"] == "ready"

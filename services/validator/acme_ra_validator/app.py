@@ -2,6 +2,9 @@
 
 Every replica joins the one durable consumer ``bus.DURABLE_VALIDATOR``; JetStream hands each job
 to one of them and redelivers it if that replica dies before acking.
+
+NATS is joined in the background: the HTTP endpoints answer at once (/readyz says 503 until the
+consumer runs), and SIGTERM stops a validator that is still waiting for NATS.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import datetime as dt
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from nats.aio.client import Client as NATS
 from sqlalchemy import text
 
 from acme_ra import bus
@@ -30,6 +35,57 @@ log = logging.getLogger("acme_ra_validator.app")
 READY_DB_TIMEOUT_SECONDS = 2.0
 # Jobs handled at once by one replica.
 CONSUMER_CONCURRENCY = 16
+# Wait between two attempts to create the JetStream streams (e.g. JetStream not enabled yet).
+STREAM_SETUP_RETRY_SECONDS = 2.0
+# Wait between two cancels of a consumer task that is still connecting.
+CANCEL_RETRY_SECONDS = 0.2
+
+
+@dataclass
+class ConsumerState:
+    """What /readyz reports about the bus side."""
+
+    nc: NATS | None = None
+    consuming: bool = False
+    task: asyncio.Task[None] | None = None
+
+    def checks(self) -> dict[str, str]:
+        if self.nc is None:
+            nats_state = "connecting"
+        else:
+            nats_state = "ok" if self.nc.is_connected else "disconnected"
+        if self.task is not None and self.task.done():
+            consumer_state = "stopped"
+        else:
+            consumer_state = "ok" if self.consuming else "starting"
+        return {"nats": nats_state, "consumer": consumer_state}
+
+
+async def run_consumer(
+    settings: Settings, validator: ChallengeValidator, state: ConsumerState, stop: asyncio.Event
+) -> None:
+    """Connect (retrying forever), set up the streams, then consume until ``stop``."""
+    state.nc = await bus.connect(settings.nats_url, "acme-ra-validator")
+    js = state.nc.jetstream()
+    while True:
+        try:
+            await bus.ensure_streams(js)
+            break
+        except Exception as error:  # noqa: BLE001 - retried; /readyz says "starting" meanwhile
+            log.warning("JetStream streams not ready: %s", error)
+            await asyncio.sleep(STREAM_SETUP_RETRY_SECONDS)
+    validator.js = js
+    state.consuming = True
+    log.info("consuming validation jobs", extra={"durable": bus.DURABLE_VALIDATOR})
+    await bus.consume(
+        js,
+        bus.SUBJECT_VALIDATE,
+        bus.DURABLE_VALIDATOR,
+        bus.ValidateJob,
+        validator.handle,
+        stop,
+        concurrency=CONSUMER_CONCURRENCY,
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -37,41 +93,29 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.effective_database_url, settings.db_pool_size)
         http = new_http_client()
-        nc = None
+        validator = ChallengeValidator(
+            db,
+            http,
+            NameResolver(settings.resolver_addresses),
+            http_port=settings.validation_http_port,
+            authz_lifetime=dt.timedelta(seconds=settings.authz_lifetime_seconds),
+        )
+        state = ConsumerState()
+        stop = asyncio.Event()
+        state.task = asyncio.create_task(run_consumer(settings, validator, state, stop), name="validate-consumer")
+        state.task.add_done_callback(_report_consumer_exit)
+        app.state.db, app.state.consumer = db, state
+        log.info("validator started", extra={"listen": settings.validator_listen})
         try:
-            nc = await bus.connect(settings.nats_url, "acme-ra-validator")
-            js = nc.jetstream()
-            await bus.ensure_streams(js)
-            validator = ChallengeValidator(
-                db,
-                http,
-                NameResolver(settings.resolver_addresses),
-                http_port=settings.validation_http_port,
-                authz_lifetime=dt.timedelta(seconds=settings.authz_lifetime_seconds),
-                js=js,
-            )
-            stop = asyncio.Event()
-            consumer = asyncio.create_task(
-                bus.consume(
-                    js,
-                    bus.SUBJECT_VALIDATE,
-                    bus.DURABLE_VALIDATOR,
-                    bus.ValidateJob,
-                    validator.handle,
-                    stop,
-                    concurrency=CONSUMER_CONCURRENCY,
-                ),
-                name="validate-consumer",
-            )
-            consumer.add_done_callback(_report_consumer_exit)
-            app.state.db, app.state.nc, app.state.consumer = db, nc, consumer
-            log.info("validator started", extra={"listen": settings.validator_listen})
             yield
-            stop.set()
-            await asyncio.wait([consumer])  # bus.consume waits for its running jobs
         finally:
-            if nc is not None:
-                await nc.close()
+            stop.set()
+            if state.consuming:
+                await asyncio.wait([state.task])  # bus.consume waits for its running jobs
+            else:
+                await _cancel(state.task)  # still connecting or setting up: nothing in flight
+            if state.nc is not None:
+                await state.nc.close()
             await http.aclose()
             await db.dispose()
 
@@ -83,11 +127,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz(request: Request) -> JSONResponse:
-        checks = {
-            "database": "ok" if await _database_answers(request.app.state.db) else "unavailable",
-            "nats": "ok" if request.app.state.nc.is_connected else "disconnected",
-            "consumer": "stopped" if request.app.state.consumer.done() else "ok",
-        }
+        checks = {"database": "ok" if await _database_answers(request.app.state.db) else "unavailable"}
+        checks.update(request.app.state.consumer.checks())
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
 
@@ -106,6 +147,14 @@ async def _database_answers(db: Database) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means not ready
         return False
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel until done: on Python 3.11 a cancel that races a failed connect inside
+    ``asyncio.wait_for`` is lost, and nats-py would go on reconnecting forever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait([task], timeout=CANCEL_RETRY_SECONDS)
 
 
 def _report_consumer_exit(task: asyncio.Task[None]) -> None:

@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     order_lifetime_seconds: int = Field(86400, gt=0)
     # ACME_RA_AUTHZ_LIFETIME_SECONDS: how long a valid authorization may be reused (default 30 days).
     authz_lifetime_seconds: int = Field(30 * 86400, gt=0)
+    # ACME_RA_CHALLENGE_TYPES: the challenge types offered (comma list).
+    challenge_types: str = "http-01,dns-01"
     # ACME_RA_REUSE_VALID_AUTHORIZATIONS: a new order reuses the account's valid authorizations.
     reuse_valid_authorizations: bool = True
     # ACME_RA_NONCE_LIFETIME_SECONDS: how long an issued nonce stays redeemable.
@@ -180,6 +182,15 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return value
 
+    @field_validator("challenge_types")
+    @classmethod
+    def _check_challenge_types(cls, value: str) -> str:
+        known = {"http-01", "dns-01", "tls-alpn-01"}
+        types = {t.strip() for t in value.split(",") if t.strip()}
+        if not types or types - known:
+            raise ValueError(f"must be a comma list of {', '.join(sorted(known))}")
+        return value
+
     @field_validator("policy_allow", "policy_deny")
     @classmethod
     def _check_policy_rules(cls, value: str) -> str:
@@ -228,6 +239,10 @@ class Settings(BaseSettings):
             if name.strip():
                 result[name.strip()] = description.strip() or name.strip()
         return result
+
+    @property
+    def challenge_type_list(self) -> list[str]:
+        return [t.strip() for t in self.challenge_types.split(",") if t.strip()]
 
     @property
     def provisioner_names(self) -> list[str]:

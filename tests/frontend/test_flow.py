@@ -211,3 +211,18 @@ async def test_reconciler_republishes_stuck_challenge(account: TestAcmeClient, h
     for message in await subscription.fetch(50, timeout=2):
         seen.add(bus.ValidateJob.model_validate_json(message.data).challenge_id)
     assert challenge_id in seen
+
+
+async def test_ip_identifiers(account: TestAcmeClient) -> None:
+    reply = await account.post(
+        account.directory["newOrder"],
+        {"identifiers": [{"type": "ip", "value": "192.0.2.1"}, {"type": "ip", "value": "2001:DB8:0::1"}]},
+    )
+    assert reply.status == 201, reply.text
+    assert reply.body["identifiers"] == [{"type": "ip", "value": "192.0.2.1"}, {"type": "ip", "value": "2001:db8::1"}]
+    for url in reply.body["authorizations"]:
+        authz = await account.post(url)
+        assert authz.body["identifier"]["type"] == "ip"
+        assert "dns-01" not in [c["type"] for c in authz.body["challenges"]]
+    bad = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "ip", "value": "10.0.0.0/8"}]})
+    assert bad.status == 400 and bad.problem_type == "malformed"

@@ -89,12 +89,27 @@ def normalize_dns_name(raw: str) -> str:
     return name
 
 
-def parse_identifier(raw: Any, allowed_types: frozenset[str] = frozenset({"dns"})) -> Identifier:
+def normalize_ip(raw: str) -> str:
+    """RFC 8738: dotted-quad IPv4 or RFC 5952 IPv6, returned in canonical form."""
+    if "%" in raw or "/" in raw:
+        raise ValueError("IP identifier must be a bare address (no zone, no prefix)")
+    address = ipaddress.ip_address(raw)
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        raise ValueError("IPv4-mapped IPv6 addresses are not accepted; use the IPv4 address")
+    return address.compressed
+
+
+def parse_identifier(raw: Any, allowed_types: frozenset[str] = frozenset({"dns", "ip"})) -> Identifier:
     if not isinstance(raw, dict) or not isinstance(raw.get("type"), str) or not isinstance(raw.get("value"), str):
         raise IdentifierError("malformed", "identifier must be an object with string type and value", {})
     shown = {"type": raw["type"], "value": raw["value"][:300]}
     if raw["type"] not in allowed_types:
         raise IdentifierError("unsupportedIdentifier", f"identifier type {raw['type']!r} is not supported", shown)
+    if raw["type"] == "ip":
+        try:
+            return Identifier("ip", normalize_ip(raw["value"]))
+        except ValueError as error:
+            raise IdentifierError("malformed", f"{raw['value'][:300]!r} is not an IP address: {error}", shown) from None
     try:
         value = normalize_dns_name(raw["value"])
     except ValueError as error:

@@ -63,8 +63,15 @@ def parse_identifiers(raw: object) -> list[Identifier]:
     return identifiers
 
 
-def challenge_types_for(identifier: Identifier) -> list[str]:
-    return ["dns-01"] if identifier.wildcard else ["http-01", "dns-01"]
+def challenge_types_for(identifier: Identifier, offered: list[str]) -> list[str]:
+    """Wildcards: DNS only (§7.1.3); IP addresses: never dns-01 (RFC 8738 §7)."""
+    if identifier.wildcard:
+        wanted = ["dns-01"]
+    elif identifier.type == "ip":
+        wanted = ["http-01", "tls-alpn-01"]
+    else:
+        wanted = ["http-01", "dns-01", "tls-alpn-01"]
+    return [t for t in wanted if t in offered]
 
 
 def check_policy(identifiers: list[Identifier], policies: list[Policy]) -> None:
@@ -175,7 +182,12 @@ async def new_order(call: AcmeCall) -> Response:
                 expires=order.expires,
             )
             call.session.add(authz)
-            for challenge_type in challenge_types_for(identifier):
+            types = challenge_types_for(identifier, settings.challenge_type_list)
+            if not types:
+                raise Problem("rejectedIdentifier", f"no challenge type offered here can validate {identifier.value}",
+                              subproblems=[{"type": "rejectedIdentifier", "detail": "no usable challenge type",
+                                            "identifier": identifier.to_json()}])
+            for challenge_type in types:
                 call.session.add(Challenge(id=new_id(), authz_id=authz.id, type=challenge_type, updated_at=now))
             reusable = authz.id
             created_any = True

@@ -1,0 +1,75 @@
+"""The harness's own parts: the test DNS server with the certbot hooks, and the launcher's
+helpers that do not need a running topology."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+
+from acme_ra.launcher import LaunchError, Topology, settings_from_env
+from tests.support.certbot import AUTH_HOOK, CLEANUP_HOOK
+from tests.support.dns_server import TestDnsServer
+from tests.support.lab import TEST_ZONE, LabPorts, lab_environment
+
+pytestmark = pytest.mark.integration
+
+
+def ask(server: TestDnsServer, name: str, rdtype: str, tcp: bool = False) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype)
+    send = dns.query.tcp if tcp else dns.query.udp
+    return send(query, "127.0.0.1", port=server.port, timeout=2)
+
+
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+def test_names_in_the_zone_resolve_to_loopback(test_dns: TestDnsServer, tcp: bool) -> None:
+    answer = ask(test_dns, f"anything.{TEST_ZONE}", "A", tcp)
+    assert [rr.to_text() for rrset in answer.answer for rr in rrset] == ["127.0.0.1"]
+    assert ask(test_dns, "elsewhere.example", "A", tcp).rcode() == dns.rcode.NXDOMAIN
+    assert ask(test_dns, f"anything.{TEST_ZONE}", "AAAA", tcp).answer == []
+
+
+def test_hooks_publish_and_remove_txt_records(test_dns: TestDnsServer) -> None:
+    name = f"_acme-challenge.hooked.{TEST_ZONE}"
+    env = {"PATH": "/usr/bin:/bin", "TEST_DNS_TXT_DIR": str(test_dns.txt_dir),
+           "CERTBOT_DOMAIN": f"Hooked.{TEST_ZONE}"}
+    for value in ("first-value", "second-value"):  # a wildcard and its base name: two records
+        subprocess.run([AUTH_HOOK], env=env | {"CERTBOT_VALIDATION": value}, check=True)
+    answer = ask(test_dns, name, "TXT")
+    assert sorted(rr.to_text() for rrset in answer.answer for rr in rrset) == ['"first-value"', '"second-value"']
+    for value in ("first-value", "second-value"):
+        subprocess.run([CLEANUP_HOOK], env=env | {"CERTBOT_VALIDATION": value}, check=True)
+    assert ask(test_dns, name, "TXT").answer == []
+
+
+def test_settings_come_from_the_given_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ACME_RA_LISTEN", "127.0.0.1:1")
+    settings = settings_from_env({"ACME_RA_LISTEN": "127.0.0.1:2", "ACME_RA_STATE_DIR": "/srv/ra"})
+    assert settings.listen == "127.0.0.1:2"
+    assert settings.state_dir == Path("/srv/ra")
+
+
+def test_printed_certbot_command_names_the_validation_port(tmp_path: Path) -> None:
+    env = lab_environment(tmp_path / "my var", "sqlite+aiosqlite:///x.db", LabPorts.allocate())
+    topology = Topology(env)
+    command = topology.certbot_command()
+    port = topology.settings.validation_http_port
+    assert command.startswith(f"REQUESTS_CA_BUNDLE='{tmp_path}/my var/ca-bundle.pem' ")
+    assert f"--http-01-port {port} " in command
+    assert f"--server {topology.directory_url} " in command
+
+
+def test_a_service_that_cannot_start_fails_start_up_and_stops_the_rest(
+    fresh_database_url: str, tmp_path: Path
+) -> None:
+    ports = LabPorts.allocate()
+    env = lab_environment(tmp_path / "var", fresh_database_url, ports)
+    env["ACME_RA_LISTEN"] = "192.0.2.1:443"  # an address this machine does not have
+    topology = Topology(env, nats_port=ports.nats, ready_timeout=30)
+    with pytest.raises(LaunchError, match="frontend exited with status"):
+        topology.start()
+    assert topology.services == {} and topology.nats is None

@@ -1,0 +1,81 @@
+"""The topology ``make dev`` runs (acme_ra.launcher.Topology), on free ports in a temp dir."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from acme_ra.config import ENV_PREFIX
+from acme_ra.launcher import Topology, free_port
+
+# Where the test DNS server's names resolve, and the zone it answers for.
+TEST_ZONE = "acme-ra.test"
+
+
+@dataclass(frozen=True)
+class LabPorts:
+    frontend: int
+    validator: int
+    signer: int
+    nats: int
+    http01: int  # ACME_RA_VALIDATION_HTTP_PORT: where certbot --standalone answers
+    tls_alpn: int
+
+    @classmethod
+    def allocate(cls) -> LabPorts:
+        ports: set[int] = set()
+        while len(ports) < 6:
+            ports.add(free_port())
+        return cls(*sorted(ports))
+
+
+def base_environment() -> dict[str, str]:
+    """This process's environment without any ACME_RA_* variable: tests say what they mean."""
+    return {key: value for key, value in os.environ.items() if not key.upper().startswith(ENV_PREFIX)}
+
+
+def lab_environment(state_dir: Path, database_url: str, ports: LabPorts,
+                    dns_resolvers: str = "") -> dict[str, str]:
+    """The children's environment: every port free, state and database private to the test."""
+    env = base_environment()
+    env.update({
+        f"{ENV_PREFIX}STATE_DIR": str(state_dir),
+        f"{ENV_PREFIX}DATABASE_URL": database_url,
+        f"{ENV_PREFIX}LISTEN": f"127.0.0.1:{ports.frontend}",
+        f"{ENV_PREFIX}EXTERNAL_URL": f"https://localhost:{ports.frontend}",
+        f"{ENV_PREFIX}VALIDATOR_LISTEN": f"127.0.0.1:{ports.validator}",
+        f"{ENV_PREFIX}SIGNER_LISTEN": f"127.0.0.1:{ports.signer}",
+        f"{ENV_PREFIX}VALIDATION_HTTP_PORT": str(ports.http01),
+        f"{ENV_PREFIX}VALIDATION_TLS_PORT": str(ports.tls_alpn),
+        f"{ENV_PREFIX}DNS_RESOLVERS": dns_resolvers,
+    })
+    return env
+
+
+@dataclass
+class Lab:
+    """A running topology and what tests need to use it."""
+
+    topology: Topology
+    ports: LabPorts
+    txt_dir: Path  # the test DNS server's TXT records (the certbot hooks write here)
+
+    @property
+    def directory_url(self) -> str:
+        return self.topology.directory_url
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.topology.ca_bundle
+
+    @property
+    def state_dir(self) -> Path:
+        return self.topology.state_dir
+
+    def logs(self) -> str:
+        """Every child's log, for a failing test's message."""
+        parts = []
+        for path in sorted(self.topology.log_dir.glob("*.log")):
+            parts.append(f"----- {path.name}\n{path.read_text(errors='replace')[-20000:]}")
+        return "\n".join(parts)

@@ -1,0 +1,33 @@
+# acme-ra: `make dev` runs everything on this machine, `make test` runs the whole suite.
+# Both create .venv (Python 3.11) and install the project into it first when needed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Re-install whenever pyproject.toml changes.
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: dev install test clean
+
+dev: install
+	$(BIN)/python -m acme_ra.cli dev
+
+install: $(INSTALLED)
+
+test: install
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+
+clean:
+	rm -rf var build .pytest_cache
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "acme-ra needs Python 3.11 (python3.11 or python3 on PATH)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		{ echo "acme-ra needs Python 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@

@@ -101,11 +101,26 @@ REVOKE_RPC_TIMEOUT_SECONDS = 30
 JobT = TypeVar("JobT", bound=BaseModel)
 
 
+async def _on_error(error: Exception) -> None:
+    log.warning("nats: %s", error or type(error).__name__)
+
+
+async def _on_disconnected() -> None:
+    log.warning("nats: disconnected; reconnecting")
+
+
+async def _on_reconnected() -> None:
+    log.info("nats: reconnected")
+
+
 async def connect(url: str, name: str) -> NATS:
     """Connect, reconnecting forever: a restarting nats-server must not kill a service."""
     return await nats.connect(
         url,
         name=name,
+        error_cb=_on_error,
+        disconnected_cb=_on_disconnected,
+        reconnected_cb=_on_reconnected,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

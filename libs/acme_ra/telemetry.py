@@ -55,3 +55,90 @@ def tracing_requested() -> bool:
     return exporter not in ("", "none") or bool(
         os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
+
+
+# Tracing ------------------------------------------------------------------------------------
+#
+# One trace per order: newOrder starts a root span whose W3C traceparent is stored with the order;
+# every later span about that order (any service) is started with that context as parent, and
+# jobs carry the publishing span's traceparent in their NATS headers.
+
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+from opentelemetry import context as otel_context  # noqa: E402
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # noqa: E402
+
+_propagator = TraceContextTextMapPropagator()
+_enabled = False
+tracer = trace.get_tracer("acme_ra")
+
+
+def init_tracing(service: str) -> bool:
+    """Install an SDK tracer provider when OTEL_* asks for one; returns whether tracing is on."""
+    global _enabled
+    if not tracing_requested():
+        return False
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+    name = os.environ.get("OTEL_SERVICE_NAME") or f"acme-ra-{service}"
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    kinds = [k.strip() for k in os.environ.get("OTEL_TRACES_EXPORTER", "otlp").split(",") if k.strip()]
+    for kind in kinds:
+        exporter: SpanExporter
+        if kind == "console":
+            exporter = ConsoleSpanExporter()
+        elif kind == "otlp":
+            protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+                "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+            )
+            if protocol != "http/protobuf":
+                raise SystemExit(
+                    f"acme-ra: invalid configuration: OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: "
+                    "only http/protobuf is supported"
+                )
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter()
+        else:
+            raise SystemExit(f"acme-ra: invalid configuration: OTEL_TRACES_EXPORTER={kind!r}: use otlp, console or none")
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _enabled = True
+    return True
+
+
+def tracing_enabled() -> bool:
+    return _enabled
+
+
+def shutdown_tracing() -> None:
+    provider = trace.get_tracer_provider()
+    if hasattr(provider, "shutdown"):
+        provider.shutdown()
+
+
+def context_from_traceparent(traceparent: str | None) -> otel_context.Context | None:
+    if not traceparent:
+        return None
+    return _propagator.extract({"traceparent": traceparent})
+
+
+def current_traceparent() -> str | None:
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier)
+    return carrier.get("traceparent")
+
+
+@contextmanager
+def span(name: str, traceparent: str | None = None, new_trace: bool = False, **attributes: Any) -> Iterator[Any]:
+    """A span under the order's trace (``traceparent``), the current span, or a new root."""
+    if not _enabled:
+        yield trace.INVALID_SPAN
+        return
+    parent = otel_context.Context() if new_trace else context_from_traceparent(traceparent)
+    with tracer.start_as_current_span(name, context=parent, attributes={k: v for k, v in attributes.items() if v is not None}) as current:
+        yield current

@@ -218,3 +218,9 @@ def payload_json(jws: ParsedJws) -> dict[str, Any]:
 def thumbprint(jwk: josepy.JWK) -> str:
     """RFC 7638 SHA-256 thumbprint, base64url."""
     return b64url_encode(jwk.thumbprint())
+
+
+def key_authorization(token: str, jwk: josepy.JWK | dict[str, Any]) -> str:
+    """RFC 8555 §8.1: token "." base64url(JWK thumbprint of the account key)."""
+    key = josepy.JWK.from_json(jwk) if isinstance(jwk, dict) else jwk
+    return f"{token}.{thumbprint(key)}"

@@ -7,7 +7,7 @@ import sys
 import uvicorn
 
 from acme_ra.config import get_settings, parse_host_port
-from acme_ra.telemetry import setup_logging
+from acme_ra.telemetry import init_tracing, setup_logging
 from acme_ra_frontend.app import create_app
 
 
@@ -29,6 +29,7 @@ def main() -> None:
         )
         raise SystemExit(2)
     setup_logging("frontend", settings.log_level)
+    init_tracing("frontend")
     host, port = parse_host_port(settings.listen)
     uvicorn.run(
         create_app(settings),

@@ -7,7 +7,7 @@ import datetime as dt
 from fastapi.responses import Response
 from sqlalchemy import select, update
 
-from acme_ra import bus
+from acme_ra import bus, telemetry
 from acme_ra.db.models import (
     Authorization,
     AuthzStatus,
@@ -143,6 +143,7 @@ async def new_order(call: AcmeCall) -> Response:
         replaces = await check_replaces(call, payload["replaces"], identifiers)
     now = utcnow()
     order = Order(
+        trace_context=telemetry.current_traceparent(),
         profile=profile,
         replaces=replaces,
         id=new_id(),

@@ -25,8 +25,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from acme_ra import bus
-from acme_ra.db.models import Account, AccountStatus
+from acme_ra import bus, telemetry
+from acme_ra.db.models import Account, AccountStatus, Certificate, Order, OrderAuthorization
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.problems import Problem, malformed, method_not_allowed, server_internal, unauthorized
 from acme_ra_frontend.state import FrontendState
@@ -135,7 +135,7 @@ class AcmeCall:
     jws: jwslib.ParsedJws
     jwk: josepy.JWK
     account: Account | None
-    jobs: list[tuple[str, BaseModel, str]] = field(default_factory=list)
+    jobs: list[tuple[str, BaseModel, str, str | None]] = field(default_factory=list)
     deferred: Callable[[], Awaitable[Response]] | None = None
 
     @property
@@ -148,7 +148,8 @@ class AcmeCall:
         return jwslib.payload_json(self.jws)
 
     def publish_after_commit(self, subject: str, job: BaseModel, msg_id: str) -> None:
-        self.jobs.append((subject, job, msg_id))
+        """Queue a job; it carries the current span's trace context (the order's trace)."""
+        self.jobs.append((subject, job, msg_id, telemetry.current_traceparent()))
 
     def respond_after_commit(self, answer: Callable[[], Awaitable[Response]]) -> None:
         """Produce the response after the transaction commits (e.g. to wait on another service)."""
@@ -211,15 +212,46 @@ async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
         jwslib.verify_signature(parsed, key)
         await state.nonces.redeem(session, parsed.nonce)
         call = AcmeCall(request, state, urls, session, parsed, key, account)
-        response = await handler(call)
-    for subject, job, msg_id in call.jobs:
+        if telemetry.tracing_enabled():
+            traceparent = await order_traceparent(session, request.path_params)
+            new_trace = handler.__name__ == "new_order"
+            with telemetry.span(f"acme.{handler.__name__}", traceparent, new_trace,
+                                **{"acme.account_id": account.id if account else None,
+                                   "acme.order_id": request.path_params.get("order_id")}):
+                response = await handler(call)
+        else:
+            response = await handler(call)
+    for subject, job, msg_id, traceparent in call.jobs:
         try:
-            await bus.publish_job(state.js, subject, job, msg_id)
+            await bus.publish_job(state.js, subject, job, msg_id, traceparent)
         except Exception as error:  # noqa: BLE001 - the reconciler re-publishes stuck jobs
             log.warning("job %s not published (will be re-published): %s", msg_id, error)
     if call.deferred is not None:
         return await call.deferred()
     return response
+
+
+async def order_traceparent(session: AsyncSession, params: dict[str, Any]) -> str | None:
+    """The trace context of the order a request is about (tracing only: one indexed lookup)."""
+    if "order_id" in params:
+        query = select(Order.trace_context).where(Order.id == params["order_id"])
+    elif "authz_id" in params:
+        query = (
+            select(Order.trace_context)
+            .join(OrderAuthorization, OrderAuthorization.order_id == Order.id)
+            .where(OrderAuthorization.authz_id == params["authz_id"])
+            .order_by(Order.created_at.desc())
+            .limit(1)
+        )
+    elif "certificate_id" in params:
+        query = (
+            select(Order.trace_context)
+            .join(Certificate, Certificate.order_id == Order.id)
+            .where(Certificate.id == params["certificate_id"])
+        )
+    else:
+        return None
+    return (await session.execute(query)).scalars().first()
 
 
 async def load_signing_account(session: AsyncSession, urls: Urls, kid: str) -> Account:

@@ -37,7 +37,7 @@ async def reconcile_once(state: FrontendState) -> int:
     async with state.db.transaction() as session:
         challenges = (
             await session.execute(
-                select(Challenge.id)
+                select(Challenge.id)  # no trace context: a re-published validation starts its own
                 .where(Challenge.status == ChallengeStatus.processing.value, Challenge.updated_at < now - CHALLENGE_DEADLINE)
                 .limit(BATCH)
             )

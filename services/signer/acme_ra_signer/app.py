@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
@@ -19,6 +20,7 @@ from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra_signer import metrics
+from acme_ra_signer.revoker import RevokeResponder
 from acme_ra_signer.upstream import UpstreamDriver, make_driver
 from acme_ra_signer.worker import IssueWorker
 
@@ -46,6 +48,9 @@ class Runtime:
     js: JetStreamContext
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     consumer: asyncio.Task[None] | None = None
+    revoker: RevokeResponder | None = None
+    revoke_subscription: Subscription | None = None
+    warm_up: asyncio.Task[None] | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -68,9 +73,15 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 async def start(settings: Settings) -> Runtime:
-    """Driver (loads or creates the lab CA), database, NATS, streams, then the issue consumer."""
-    driver = await asyncio.to_thread(make_driver, settings)
+    """Database, driver (the lab CA loaded or created; the acme upstreams configured), NATS,
+    streams, the issue consumer and the revoke responder; the upstream account is registered
+    in the background (start-up never waits for the upstream)."""
     db = Database(settings.effective_database_url, settings.db_pool_size)
+    try:
+        driver = await asyncio.to_thread(make_driver, settings, db)
+    except BaseException:
+        await db.dispose()
+        raise
     try:
         nc = await bus.connect(settings.nats_url, "acme-ra-signer")
     except BaseException:
@@ -86,6 +97,13 @@ async def start(settings: Settings) -> Runtime:
         raise
     worker = IssueWorker(db, driver, js)
     runtime.consumer = asyncio.create_task(_consume(runtime, worker), name="issue-consumer")
+    runtime.revoker = RevokeResponder(db, driver, js)
+    try:
+        runtime.revoke_subscription = await runtime.revoker.subscribe(nc)
+    except BaseException:
+        await stop(runtime)
+        raise
+    runtime.warm_up = asyncio.create_task(_warm_up(driver), name="upstream-warm-up")
     log.info("signer started", extra={"upstream": settings.upstream, "listen": settings.signer_listen})
     return runtime
 
@@ -93,8 +111,17 @@ async def start(settings: Settings) -> Runtime:
 async def stop(runtime: Runtime) -> None:
     """Finish the jobs in hand, then close NATS, the database and the driver."""
     runtime.stop.set()
+    if runtime.warm_up is not None and not runtime.warm_up.done():
+        runtime.warm_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runtime.warm_up
+    if runtime.revoke_subscription is not None:
+        with contextlib.suppress(Exception):
+            await runtime.revoke_subscription.unsubscribe()
     if runtime.consumer is not None:
         await runtime.consumer
+    if runtime.revoker is not None:
+        await runtime.revoker.wait_idle(FLUSH_TIMEOUT_SECONDS)
     # Flush (the last acks and events), then close. Not drain(): with the consumer's pull
     # subscription still registered, nats-py's drain waits out its whole timeout.
     if runtime.nc.is_connected:
@@ -104,6 +131,18 @@ async def stop(runtime: Runtime) -> None:
         await runtime.nc.close()
     await runtime.db.dispose()
     await runtime.driver.close()
+
+
+async def _warm_up(driver: UpstreamDriver) -> None:
+    """Check the upstream once at start (registering the ACME account if needed), so that a
+    refused EAB key shows in the log at once, naming the setting to fix; /readyz repeats it."""
+    try:
+        with metrics.upstream_call("check"):
+            await driver.check()
+    except Exception as error:  # noqa: BLE001 - reported, and /readyz keeps reporting it
+        log.error("upstream not ready: %s", error, extra={"upstream": driver.name})
+    else:
+        log.info("upstream ready", extra={"upstream": driver.name})
 
 
 async def _consume(runtime: Runtime, worker: IssueWorker) -> None:

@@ -52,3 +52,18 @@ def upstream_call(operation: Operation) -> Iterator[None]:
     finally:
         UPSTREAM_DURATION.labels(operation).observe(time.perf_counter() - started)
         UPSTREAM_REQUESTS.labels(operation, outcome).inc()
+UPSTREAM_ACCOUNT_REGISTRATIONS = Counter(
+    "acme_ra_upstream_account_registrations_total",
+    "Upstream account registrations by upstream name (more than one: the upstream lost the account).",
+    ["upstream"],
+)
+UPSTREAM_ORDERS_CREATED = Counter(
+    "acme_ra_upstream_orders_created_total",
+    "newOrder requests sent upstream, by upstream name (one per acme-ra order unless one was lost).",
+    ["upstream"],
+)
+REVOCATIONS = Counter(
+    "acme_ra_signer_revocations_total",
+    "Revoke requests answered, by outcome (revoked, already_revoked, unavailable, rejected).",
+    ["outcome"],
+)

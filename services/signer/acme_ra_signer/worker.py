@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
+from sqlalchemy import update
 
 from acme_ra import bus
 from acme_ra.db import lifecycle
 from acme_ra.db.engine import Database
-from acme_ra.db.models import Order, OrderStatus
+from acme_ra.db.models import Certificate, Order, OrderStatus
 from acme_ra_signer import metrics
 from acme_ra_signer.upstream.base import (
     IssueRequest,
@@ -111,6 +112,8 @@ class IssueWorker:
             identifiers=list(order.identifiers),
             not_before=order.not_before,
             not_after=order.not_after,
+            provisioner=order.provisioner,
+            profile=order.profile,
         )
         try:
             async with self._keep_alive(msg):
@@ -122,6 +125,12 @@ class IssueWorker:
             certificate_id = await lifecycle.store_certificate(
                 session, order_id, chain.chain_pem, chain.serial_hex, chain.not_before, chain.not_after
             )
+            if certificate_id is not None and chain.alternate_chains_pem:
+                await session.execute(
+                    update(Certificate)
+                    .where(Certificate.id == certificate_id)
+                    .values(alternate_chains_pem=list(chain.alternate_chains_pem))
+                )
         await msg.ack()
         if certificate_id is None:
             return _Outcome("duplicate", {"serial": chain.serial_hex})

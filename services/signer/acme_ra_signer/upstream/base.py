@@ -28,6 +28,9 @@ class IssueRequest:
     identifiers: list[dict[str, str]]
     not_before: dt.datetime | None = None
     not_after: dt.datetime | None = None
+    # Which upstream serves the order (several upstreams: by profile, then provisioner).
+    provisioner: str | None = None
+    profile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class IssuedChain:
     serial_hex: str  # lowercase hex, format(serial, "x")
     not_before: dt.datetime  # timezone-aware UTC
     not_after: dt.datetime  # timezone-aware UTC
+    # Other chains for the same leaf (ACME ``Link: rel="alternate"``), each leaf first.
+    alternate_chains_pem: tuple[str, ...] = ()
 
 
 class UpstreamError(Exception):
@@ -68,8 +73,10 @@ class UpstreamDriver(abc.ABC):
         """Have the upstream sign ``request.csr_der`` for exactly ``request.identifiers``."""
 
     @abc.abstractmethod
-    async def revoke(self, cert_der: bytes, reason: int) -> None:
-        """Revoke a certificate this upstream issued (RFC 5280 reason code)."""
+    async def revoke(self, cert_der: bytes, reason: int, order_id: str | None = None) -> None:
+        """Revoke a certificate this upstream issued (RFC 5280 reason code). ``order_id``, the
+        acme-ra order it was issued for, tells a driver with several upstreams which one.
+        A certificate the upstream already holds as revoked counts as revoked."""
 
     @abc.abstractmethod
     async def check(self) -> None:

@@ -69,7 +69,7 @@ class LabDriver(UpstreamDriver):
             not_after=leaf.not_valid_after_utc,
         )
 
-    async def revoke(self, cert_der: bytes, reason: int) -> None:
+    async def revoke(self, cert_der: bytes, reason: int, order_id: str | None = None) -> None:
         """The lab CA publishes no CRL or OCSP: revocation is only checked and logged."""
         try:
             cert = x509.load_der_x509_certificate(cert_der)

@@ -1,0 +1,571 @@
+"""The ``acme`` upstream: any ACME CA with External Account Binding (InCommon/Sectigo, Let's
+Encrypt, ZeroSSL, step-ca, Pebble).
+
+An issuance walks one upstream order through its states, recording each state in the journal
+*before* taking the step (``upstream/journal.py``)::
+
+    creating ─newOrder─▶ pending ─(authorizations)─▶ finalizing ─finalize─▶ processing ─▶ valid ─download─▶ chain
+                                                                                       ╰─▶ invalid (rejected)
+
+A job that dies anywhere resumes from the recorded state. A new upstream order is created only
+while none was ever finalized, and the upstream itself finalizes an order at most once: so an
+acme-ra order gets at most one upstream certificate. Waiting honours the upstream's
+``Retry-After``, else backs off exponentially; a job waits at most
+``ACME_RA_UPSTREAM_ORDER_TIMEOUT_SECONDS`` and then hands the order back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any
+
+import httpx
+from acme import messages
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from sqlalchemy import select
+
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra.db.models import UpstreamOrder, UpstreamOrderState, utcnow
+from acme_ra.protocol.problems import STATUS_BY_TYPE
+from acme_ra.sealing import Sealer
+from acme_ra_signer import metrics
+from acme_ra_signer.upstream.accounts import Account, AccountStore
+from acme_ra_signer.upstream.acme_client import PEM_CHAIN, AcmeClient, AcmeProblem, link_urls, retry_after_seconds
+from acme_ra_signer.upstream.base import (
+    IssuedChain,
+    IssueRequest,
+    UpstreamDriver,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from acme_ra_signer.upstream.catalog import Catalog, Upstream, load_catalog, sealing_secret
+from acme_ra_signer.upstream.journal import LEASE_SECONDS, DbJournal, Journal
+
+log = logging.getLogger("acme_ra_signer.upstream.acme")
+
+State = UpstreamOrderState
+# Polling without a Retry-After: first wait, growth factor, longest wait (seconds).
+POLL_FIRST_SECONDS = 0.25
+POLL_FACTOR = 2.0
+POLL_MAX_SECONDS = 15.0
+# The longest Retry-After honoured as is (seconds); longer ones hand the job back to the queue.
+RETRY_AFTER_MAX_SECONDS = 300.0
+# A successful readiness check is trusted this long (seconds): probes must not hammer the CA.
+CHECK_CACHE_SECONDS = 30.0
+# Steps one issue call may take before it gives up (a guard against a state machine loop).
+MAX_STEPS = 50
+# Problem types that mean "try again later", never "this order cannot be issued".
+TRANSIENT_PROBLEMS = {
+    "serverInternal",
+    "rateLimited",
+    "badNonce",
+    "accountDoesNotExist",
+    "externalAccountRequired",
+    "userActionRequired",
+    "orderNotReady",
+    "about:blank",
+}
+
+
+class OrderLost(Exception):
+    """The upstream does not know the recorded order any more."""
+
+
+def problem_data(problem: AcmeProblem, upstream: str) -> dict[str, Any]:
+    """An upstream problem as a problem *as data* for the order (short type, our wording)."""
+    code = problem.code if problem.code in STATUS_BY_TYPE else "serverInternal"
+    detail = problem.detail
+    for sub in problem.error.subproblems or ():
+        identifier = f"{sub.identifier.value}: " if sub.identifier else ""
+        detail += f"; {identifier}{sub.detail or sub.typ}"
+    return {"type": code, "detail": f"the upstream CA ({upstream}) refused: {detail}"}
+
+
+class AcmeUpstream:
+    """One named upstream: its client, its account, and the order walk."""
+
+    def __init__(self, upstream: Upstream, db: Database, sealer: Sealer, client: AcmeClient, order_timeout: float):
+        self.config = upstream
+        self.name = upstream.name
+        self.client = client
+        self.accounts = AccountStore(db, sealer, upstream, client)
+        self.order_timeout = order_timeout
+        self._checked_at = -1e9
+
+    # Requests as the account -----------------------------------------------------------------
+
+    async def signed(
+        self, url: str, payload: Any, accept: str | None = None
+    ) -> tuple[httpx.Response, Account]:
+        """POST as the account; if the upstream no longer knows it, register again and retry."""
+        account = await self.accounts.current()
+        try:
+            return await self.client.post(url, payload, account.key, account.url, accept=accept), account
+        except AcmeProblem as problem:
+            if problem.code not in ("accountDoesNotExist", "unauthorized"):
+                raise
+            if problem.code == "unauthorized" and await self.accounts.is_valid(account):
+                raise  # the account is fine: the request itself is refused
+            account = await self.accounts.replace(account)
+        return await self.client.post(url, payload, account.key, account.url, accept=accept), account
+
+    def mapped(self, problem: AcmeProblem, what: str) -> UpstreamError:
+        if problem.status >= 500 or problem.code in TRANSIENT_PROBLEMS:
+            return UpstreamUnavailable(f"upstream {self.name}: {what}: {problem}")
+        return UpstreamRejected(problem_data(problem, self.name))
+
+    # Issuance ---------------------------------------------------------------------------------
+
+    async def issue(self, request: IssueRequest, journal: Journal) -> IssuedChain:
+        try:
+            csr = x509.load_der_x509_csr(request.csr_der)
+        except ValueError:
+            raise UpstreamRejected({"type": "badCSR", "detail": "the CSR is not valid DER"}) from None
+        deadline = time.monotonic() + self.order_timeout
+        for _ in range(MAX_STEPS):
+            state = journal.entry.state
+            try:
+                if state == State.creating.value:
+                    await self._create_order(request, journal)
+                elif state == State.pending.value:
+                    await self._advance_pending(journal, csr, deadline)
+                elif state == State.finalizing.value:
+                    await self._finalize(journal, csr)
+                elif state == State.processing.value:
+                    await self._await_certificate(journal, deadline)
+                elif state == State.valid.value:
+                    return await self._download(journal, csr)
+                elif state == State.invalid.value:
+                    raise UpstreamRejected(
+                        journal.entry.error or {"type": "serverInternal", "detail": "the upstream order failed"}
+                    )
+                else:
+                    raise UpstreamUnavailable(f"unknown upstream order state {state!r}")
+            except OrderLost:
+                await self._order_lost(journal)
+            except UpstreamRejected as rejected:
+                if journal.entry.state != State.invalid.value:
+                    await journal.save(state=State.invalid.value, error=rejected.problem)
+                raise
+        raise UpstreamUnavailable(f"upstream {self.name}: order did not settle in {MAX_STEPS} steps")
+
+    async def _create_order(self, request: IssueRequest, journal: Journal) -> None:
+        if journal.entry.finalized_at is not None:  # never: a finalized order is never replaced
+            raise UpstreamRejected(
+                {"type": "serverInternal", "detail": "the upstream order was finalized and cannot be replaced"}
+            )
+        directory = await self.client.directory()
+        body: dict[str, Any] = {"identifiers": [dict(i) for i in request.identifiers]}
+        validity = self._validity(request)
+        body.update(validity)
+        # Recorded before it is sent: a crash now leaves at most an unfinalized upstream order.
+        await journal.save(
+            state=State.creating.value,
+            orders_created=journal.entry.orders_created + 1,
+            url=None,
+            finalize_url=None,
+            certificate_url=None,
+        )
+        try:
+            response, account = await self.signed(directory["newOrder"], body)
+        except AcmeProblem as problem:
+            if validity and problem.status < 500 and any(
+                word in problem.detail.lower() for word in ("notafter", "notbefore", "validity", "lifetime")
+            ):
+                lifetime = self.config.setting("cert_lifetime_days")
+                raise UpstreamRejected(
+                    {
+                        "type": "malformed" if request.not_after else "serverInternal",
+                        "detail": f"the upstream CA ({self.name}) refuses the requested validity "
+                        f"{validity} (from the order, or {lifetime}): {problem.detail}",
+                    }
+                ) from None
+            raise self.mapped(problem, "newOrder") from None
+        metrics.UPSTREAM_ORDERS_CREATED.labels(self.name).inc()
+        order = messages.Order.from_json(response.json())
+        url = response.headers.get("Location")
+        if not url or not order.finalize:
+            raise UpstreamUnavailable(f"upstream {self.name}: newOrder answered without Location or finalize URL")
+        await journal.save(
+            state=State.pending.value, url=url, finalize_url=order.finalize, account_url=account.url
+        )
+        log.info("upstream order created", extra={"upstream": self.name, "upstream_order": url})
+
+    def _validity(self, request: IssueRequest) -> dict[str, str]:
+        validity: dict[str, str] = {}
+        if request.not_before is not None:
+            validity["notBefore"] = _rfc3339(request.not_before)
+        if request.not_after is not None:
+            validity["notAfter"] = _rfc3339(request.not_after)
+        elif self.config.cert_lifetime_days:
+            validity["notAfter"] = _rfc3339(utcnow() + dt.timedelta(days=self.config.cert_lifetime_days))
+        return validity
+
+    async def _order(self, journal: Journal) -> tuple[messages.Order, httpx.Response]:
+        url = journal.entry.url
+        if url is None:
+            raise OrderLost()
+        try:
+            response, _ = await self.signed(url, None)
+        except AcmeProblem as problem:
+            if problem.status == 404 or problem.code == "unauthorized":
+                raise OrderLost() from None
+            raise self.mapped(problem, "order") from None
+        return messages.Order.from_json(response.json()), response
+
+    async def _order_lost(self, journal: Journal) -> None:
+        entry = journal.entry
+        if entry.finalized_at is not None:
+            raise UpstreamRejected(
+                {
+                    "type": "serverInternal",
+                    "detail": f"the upstream CA ({self.name}) lost order {entry.url} after it was finalized; "
+                    "acme-ra does not order again, as that could issue a second certificate",
+                }
+            )
+        log.warning(
+            "upstream order lost before finalize; creating another",
+            extra={"upstream": self.name, "upstream_order": entry.url},
+        )
+        await journal.save(state=State.creating.value, url=None, finalize_url=None)
+
+    async def _advance_pending(self, journal: Journal, csr: x509.CertificateSigningRequest, deadline: float) -> None:
+        order, response = await self._order(journal)
+        status = order.status.name
+        if status == "pending":
+            await self._authorize(order, deadline, journal)
+            order, response = await self._order(journal)
+            status = order.status.name
+        if status == "ready":
+            # Recorded before finalize: from here on this upstream order is never replaced.
+            await journal.save(state=State.finalizing.value, finalized_at=journal.entry.finalized_at or utcnow())
+            await self._send_finalize(journal, csr, order)
+        elif status == "pending":  # authorizations valid, the order not ready yet: look again
+            await self._wait(retry_after_seconds(response), 0, deadline, "authorizing")
+            await journal.renew()
+        else:
+            await self._follow(journal, order)
+
+    async def _finalize(self, journal: Journal, csr: x509.CertificateSigningRequest) -> None:
+        """Resume an order recorded as finalizing: finalize unless the upstream already took it."""
+        order, _ = await self._order(journal)
+        if order.status.name == "ready":
+            await self._send_finalize(journal, csr, order)
+        elif order.status.name == "pending":
+            await journal.save(state=State.pending.value)
+        else:
+            await self._follow(journal, order)  # the finalize sent before a crash was taken
+
+    async def _send_finalize(
+        self, journal: Journal, csr: x509.CertificateSigningRequest, order: messages.Order
+    ) -> None:
+        finalize_url = journal.entry.finalize_url or order.finalize
+        try:
+            response, _ = await self.signed(finalize_url, messages.CertificateRequest(csr=csr))
+        except AcmeProblem as problem:
+            if problem.code == "orderNotReady":
+                return  # state stays finalizing: the next step looks at the order again
+            raise self.mapped(problem, "finalize") from None
+        await self._follow(journal, messages.Order.from_json(response.json()))
+
+    async def _follow(self, journal: Journal, order: messages.Order) -> None:
+        """Record what the upstream says of a finalized order."""
+        status = order.status.name
+        if status == "valid" and order.certificate:
+            await journal.save(state=State.valid.value, certificate_url=order.certificate)
+        elif status in ("processing", "valid"):
+            if journal.entry.state != State.processing.value:
+                await journal.save(state=State.processing.value)
+        elif status == "invalid":
+            error = order.error
+            detail = (error.detail or error.typ) if error else "the upstream order became invalid"
+            code = (error.code if error else None) or "serverInternal"
+            raise UpstreamRejected(
+                {"type": code if code in STATUS_BY_TYPE else "serverInternal",
+                 "detail": f"the upstream CA ({self.name}) refused: {detail}"}
+            )
+        else:
+            raise UpstreamUnavailable(f"upstream {self.name}: unexpected order status {status!r}")
+
+    async def _await_certificate(self, journal: Journal, deadline: float) -> None:
+        attempt = 0
+        while journal.entry.state == State.processing.value:
+            order, response = await self._order(journal)
+            if order.status.name == "processing" or (order.status.name == "valid" and not order.certificate):
+                await self._wait(retry_after_seconds(response), attempt, deadline, "signing")
+                await journal.renew()
+                attempt += 1
+                continue
+            if order.status.name in ("ready", "pending"):
+                # The finalize sent before a crash never arrived: finalize (this same order) again.
+                await journal.save(state=State.finalizing.value)
+                return
+            await self._follow(journal, order)
+
+    async def _authorize(self, order: messages.Order, deadline: float, journal: Journal) -> None:
+        """Skip valid (pre-validated) authorizations; answer or refuse the pending ones."""
+        waiting: list[str] = []
+        for url in order.authorizations:
+            authz = await self._authorization(url)
+            name = authz.identifier.value if authz.identifier else url
+            status = authz.status.name
+            if status == "valid":
+                continue
+            if status != "pending":
+                raise UpstreamRejected(
+                    {"type": "unauthorized", "detail": f"the upstream CA ({self.name}) holds the authorization of {name} as {status}"}
+                )
+            if self.config.authz_strategy == "fail":
+                raise UpstreamRejected(
+                    {
+                        "type": "unauthorized",
+                        "detail": f"the upstream CA ({self.name}) has not pre-validated {name} for this RA "
+                        f"(policy {self.config.setting('authz_strategy')}=fail)",
+                    }
+                )
+            challenge = next((c for c in authz.challenges if c.chall.typ == self.config.challenge_type), None)
+            if challenge is None:
+                raise UpstreamRejected(
+                    {
+                        "type": "unauthorized",
+                        "detail": f"the upstream CA ({self.name}) offers no {self.config.challenge_type} "
+                        f"challenge for {name}",
+                    }
+                )
+            if challenge.status.name == "pending":
+                try:
+                    await self.signed(challenge.uri, {})
+                except AcmeProblem as problem:
+                    raise self.mapped(problem, "challenge") from None
+            waiting.append(url)
+        for url in waiting:
+            attempt = 0
+            while True:
+                authz, response = await self._authorization_with_response(url)
+                status = authz.status.name
+                if status == "valid":
+                    break
+                if status != "pending":
+                    errors = [c.error.detail for c in authz.challenges if c.error is not None and c.error.detail]
+                    raise UpstreamRejected(
+                        {
+                            "type": "unauthorized",
+                            "detail": f"the upstream CA ({self.name}) did not validate "
+                            f"{authz.identifier.value if authz.identifier else url}: {'; '.join(errors) or status}",
+                        }
+                    )
+                await self._wait(retry_after_seconds(response), attempt, deadline, "validating")
+                await journal.renew()
+                attempt += 1
+
+    async def _authorization(self, url: str) -> messages.Authorization:
+        return (await self._authorization_with_response(url))[0]
+
+    async def _authorization_with_response(self, url: str) -> tuple[messages.Authorization, httpx.Response]:
+        try:
+            response, _ = await self.signed(url, None)
+        except AcmeProblem as problem:
+            if problem.status == 404:
+                raise OrderLost() from None
+            raise self.mapped(problem, "authorization") from None
+        return messages.Authorization.from_json(response.json()), response
+
+    async def _wait(self, retry_after: float | None, attempt: int, deadline: float, what: str) -> None:
+        if retry_after is not None:
+            delay = min(max(retry_after, POLL_FIRST_SECONDS), RETRY_AFTER_MAX_SECONDS)
+        else:
+            delay = min(POLL_FIRST_SECONDS * POLL_FACTOR**attempt, POLL_MAX_SECONDS)
+        if time.monotonic() + delay > deadline:
+            raise UpstreamUnavailable(
+                f"upstream {self.name} still {what} after {self.order_timeout:.0f}s; the job resumes it later"
+            )
+        await asyncio.sleep(delay)
+
+    async def _download(self, journal: Journal, csr: x509.CertificateSigningRequest) -> IssuedChain:
+        url = journal.entry.certificate_url
+        assert url is not None
+        try:
+            response, _ = await self.signed(url, None, accept=PEM_CHAIN)
+        except AcmeProblem as problem:
+            raise self.mapped(problem, "certificate download") from None
+        certs = _parse_chain(response.content, self.name)
+        leaf = certs[0]
+        if leaf.public_key() != csr.public_key():
+            raise UpstreamRejected(
+                {"type": "serverInternal", "detail": f"the upstream CA ({self.name}) returned a certificate for another key"}
+            )
+        alternates: list[str] = []
+        for alternate_url in link_urls(response, "alternate"):
+            try:
+                alternate, _ = await self.signed(alternate_url, None, accept=PEM_CHAIN)
+                chain = _parse_chain(alternate.content, self.name)
+            except (AcmeProblem, UpstreamError) as error:
+                log.warning("alternate chain not fetched: %s", error, extra={"upstream": self.name, "url": alternate_url})
+                continue
+            if chain[0] == leaf:
+                alternates.append(_pem(chain))
+        return IssuedChain(
+            chain_pem=_pem(certs),
+            serial_hex=format(leaf.serial_number, "x"),
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            alternate_chains_pem=tuple(alternates),
+        )
+
+    # Revocation and readiness --------------------------------------------------------------------
+
+    async def revoke(self, cert_der: bytes, reason: int) -> None:
+        directory = await self.client.directory()
+        try:
+            cert = x509.load_der_x509_certificate(cert_der)
+        except ValueError:
+            raise UpstreamRejected({"type": "malformed", "detail": "not a DER certificate"}) from None
+        try:
+            await self.signed(directory["revokeCert"], messages.Revocation(certificate=cert, reason=reason))
+        except AcmeProblem as problem:
+            if problem.code == "alreadyRevoked":
+                return
+            raise self.mapped(problem, "revokeCert") from None
+        log.info(
+            "certificate revoked upstream",
+            extra={"upstream": self.name, "serial": format(cert.serial_number, "x"), "reason": reason},
+        )
+
+    async def check(self) -> None:
+        """The directory answers and the account is registered and valid (cached when good)."""
+        if time.monotonic() - self._checked_at < CHECK_CACHE_SECONDS:
+            return
+        await self.client.directory(refresh=True)
+        account = await self.accounts.current()
+        if not await self.accounts.is_valid(account):
+            account = await self.accounts.replace(account)
+            if not await self.accounts.is_valid(account):
+                raise UpstreamUnavailable(f"upstream {self.name}: account {account.url} is not valid")
+        self._checked_at = time.monotonic()
+
+
+class AcmeDriver(UpstreamDriver):
+    """Every configured upstream ACME CA; each order goes to the one its profile or provisioner
+    selects, and stays with it (the journal records the name)."""
+
+    name = "acme"
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        db: Database,
+        sealer: Sealer,
+        *,
+        http_timeout: float = 60.0,
+        order_timeout: float = 600.0,
+        proxy: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
+        self.catalog = catalog
+        self.db = db
+        self.lease_seconds = lease_seconds
+        self.upstreams = {
+            name: AcmeUpstream(
+                config,
+                db,
+                sealer,
+                AcmeClient(
+                    config.directory_url,
+                    ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
+                    timeout=http_timeout,
+                    proxy=proxy,
+                    transport=transport,
+                ),
+                order_timeout,
+            )
+            for name, config in catalog.upstreams.items()
+        }
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        db: Database,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> AcmeDriver:
+        """Raises ``catalog.UpstreamConfigError`` (one line) when the configuration is unusable."""
+        catalog = load_catalog(settings)
+        sealer = Sealer(sealing_secret(settings))
+        return cls(
+            catalog,
+            db,
+            sealer,
+            http_timeout=settings.upstream_http_timeout_seconds,
+            order_timeout=settings.upstream_order_timeout_seconds,
+            proxy=settings.upstream_proxy or None,
+            transport=transport,
+            lease_seconds=lease_seconds,
+        )
+
+    def select(self, provisioner: str | None = None, profile: str | None = None) -> AcmeUpstream:
+        return self.upstreams[self.catalog.select(provisioner, profile).name]
+
+    async def issue(self, request: IssueRequest) -> IssuedChain:
+        chosen = self.catalog.select(request.provisioner, request.profile)
+        async with DbJournal.claim(self.db, request.order_id, chosen.name, self.lease_seconds) as journal:
+            upstream = self.upstreams.get(journal.entry.upstream)
+            if upstream is None:
+                raise UpstreamUnavailable(
+                    f"order {request.order_id} is with upstream {journal.entry.upstream!r}, which is no longer configured"
+                )
+            return await upstream.issue(request, journal)
+
+    async def revoke(self, cert_der: bytes, reason: int, order_id: str | None = None) -> None:
+        name = self.catalog.default
+        if order_id is not None:
+            async with self.db.sessions() as session:
+                recorded = (
+                    await session.execute(select(UpstreamOrder.upstream).where(UpstreamOrder.order_id == order_id))
+                ).scalar_one_or_none()
+            name = recorded or name
+        upstream = self.upstreams.get(name)
+        if upstream is None:
+            raise UpstreamRejected(
+                {"type": "serverInternal", "detail": f"the certificate's upstream {name!r} is no longer configured"}
+            )
+        await upstream.revoke(cert_der, reason)
+
+    async def check(self) -> None:
+        results = await asyncio.gather(*(u.check() for u in self.upstreams.values()), return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            error = failures[0]
+            if isinstance(error, UpstreamUnavailable):
+                raise error
+            raise UpstreamUnavailable(str(error) or type(error).__name__) from error
+
+    async def close(self) -> None:
+        for upstream in self.upstreams.values():
+            await upstream.client.close()
+
+
+def _rfc3339(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_chain(content: bytes, upstream: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(content)
+    except ValueError:
+        certs = []
+    if not certs:
+        raise UpstreamUnavailable(f"upstream {upstream}: the certificate URL returned no PEM chain")
+    return certs
+
+
+def _pem(certs: list[x509.Certificate]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)

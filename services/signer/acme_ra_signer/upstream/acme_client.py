@@ -1,0 +1,261 @@
+"""An asynchronous ACME (RFC 8555) client over httpx, on the ``acme`` package's messages and JWS.
+
+One ``AcmeClient`` per upstream directory: it fetches the directory, keeps a pool of nonces,
+signs requests (``acme.jws.JWS``), retries once on ``badNonce`` (RFC 8555 §6.5), and turns an
+error response into ``AcmeProblem``. What the errors *mean* for an issuance is the driver's
+business (``upstream/acme.py``); this module only speaks the protocol. Network failures and
+5xx answers without a problem document become ``UpstreamUnavailable``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import logging
+import re
+import ssl
+from dataclasses import dataclass
+from typing import Any
+
+import certifi
+import httpx
+import josepy as jose
+from acme import jws, messages
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from acme_ra_signer.upstream.base import UpstreamUnavailable
+
+log = logging.getLogger("acme_ra_signer.upstream.acme_client")
+# httpx logs every request at INFO; the signer logs one event per job instead.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+USER_AGENT = "acme-ra-signer/0.1 (+https://github.com/acme-ra)"
+JOSE_JSON = "application/jose+json"
+PEM_CHAIN = "application/pem-certificate-chain"
+PROBLEM_JSON = "application/problem+json"
+# RSA size and EC curve of new upstream account keys (ACME_RA_UPSTREAM_ACCOUNT_KEY_TYPE).
+ACCOUNT_KEY_TYPES = ("rsa2048", "ec256")
+
+
+class AcmeProblem(Exception):
+    """The upstream answered with an RFC 7807 problem document."""
+
+    def __init__(self, error: messages.Error, status: int, url: str, retry_after: float | None) -> None:
+        super().__init__(f"{url} -> {status} {error.typ}: {error.detail or ''}")
+        self.error = error
+        self.status = status
+        self.url = url
+        self.retry_after = retry_after
+
+    @property
+    def code(self) -> str:
+        """The short ACME type (``badNonce``, ``unauthorized``, ...), or the full type if foreign."""
+        return str(self.error.typ).removeprefix(messages.ERROR_PREFIX)
+
+    @property
+    def detail(self) -> str:
+        return str(self.error.detail or self.error.title or self.error.typ)
+
+
+@dataclass(frozen=True)
+class AccountKey:
+    """An upstream account's private key as a josepy JWK with its JWS algorithm."""
+
+    jwk: jose.JWK
+    alg: jose.JWASignature
+
+    @classmethod
+    def generate(cls, kind: str) -> AccountKey:
+        if kind == "ec256":
+            return cls.from_private_key(ec.generate_private_key(ec.SECP256R1()))
+        if kind == "rsa2048":
+            return cls.from_private_key(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+        raise ValueError(f"unknown account key type {kind!r}; known: {', '.join(ACCOUNT_KEY_TYPES)}")
+
+    @classmethod
+    def from_private_key(cls, key: Any) -> AccountKey:
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            alg = {256: jose.ES256, 384: jose.ES384, 521: jose.ES512}[key.curve.key_size]
+            return cls(jose.JWKEC(key=key), alg)
+        if isinstance(key, rsa.RSAPrivateKey):
+            return cls(jose.JWKRSA(key=key), jose.RS256)
+        raise ValueError(f"unsupported account key type {type(key).__name__}")
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> AccountKey:
+        return cls.from_private_key(serialization.load_pem_private_key(pem, password=None))
+
+    def to_pem(self) -> bytes:
+        key: Any = self.jwk.key
+        return bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+
+    @property
+    def public_jwk(self) -> jose.JWK:
+        return self.jwk.public_key()
+
+    @property
+    def thumbprint(self) -> str:
+        return jose.b64encode(self.jwk.thumbprint()).decode()
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
+    """Trust for the upstream's TLS: the configured bundle, else certifi's roots — never the
+    process environment (SSL_CERT_FILE and friends are ignored on purpose)."""
+    return ssl.create_default_context(cafile=ca_bundle or certifi.where())
+
+
+def retry_after_seconds(response: httpx.Response, now: dt.datetime | None = None) -> float | None:
+    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date); None if absent/bad."""
+    value = response.headers.get("Retry-After", "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds())
+
+
+_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+
+
+def link_urls(response: httpx.Response, rel: str) -> list[str]:
+    """Every ``Link`` URL with relation ``rel`` (several Link headers and several per header;
+    httpx's ``Response.links`` keeps only one per relation)."""
+    found: list[str] = []
+    for header in response.headers.get_list("link"):
+        for match in _LINK.finditer(header):
+            params = match.group(2)
+            rels = re.findall(r';\s*rel\s*=\s*"?([^";,]+)"?', params)
+            if any(rel in r.split() for r in rels):
+                found.append(str(response.url.join(match.group(1))))
+    return found
+
+
+class AcmeClient:
+    """Speaks ACME to one directory URL; safe to share between concurrent tasks."""
+
+    def __init__(
+        self,
+        directory_url: str,
+        *,
+        ca_bundle: str | None = None,
+        timeout: float = 60.0,
+        proxy: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.directory_url = directory_url
+        self.http = httpx.AsyncClient(
+            verify=tls_context(ca_bundle),
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
+            proxy=proxy or None,
+            trust_env=False,
+            headers={"User-Agent": USER_AGENT},
+            transport=transport,
+        )
+        self._directory: messages.Directory | None = None
+        self._nonces: list[str] = []
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def directory(self, refresh: bool = False) -> messages.Directory:
+        if self._directory is None or refresh:
+            response = await self._send("GET", self.directory_url)
+            self._check(response)
+            try:
+                self._directory = messages.Directory.from_json(response.json())
+                for needed in ("newNonce", "newAccount", "newOrder"):
+                    self._directory[needed]
+            except (ValueError, KeyError, jose.DeserializationError) as error:
+                raise UpstreamUnavailable(
+                    f"{self.directory_url} is not an ACME directory: {error}"
+                ) from None
+        return self._directory
+
+    async def post(
+        self,
+        url: str,
+        payload: jose.JSONDeSerializable | dict[str, Any] | None,
+        key: AccountKey,
+        kid: str | None,
+        accept: str | None = None,
+    ) -> httpx.Response:
+        """A JWS-signed POST (``payload`` None: POST-as-GET). ``kid`` None signs with the jwk
+        (newAccount, revocation by certificate key). One retry on ``badNonce``."""
+        if payload is None:
+            body = b""
+        elif isinstance(payload, dict):
+            body = json.dumps(payload).encode()
+        else:
+            body = payload.json_dumps().encode()
+        for attempt in (1, 2):
+            nonce = await self._nonce()
+            signed = jws.JWS.sign(
+                body, key=key.jwk, alg=key.alg, nonce=jose.decode_b64jose(nonce), url=url, kid=kid
+            )
+            headers = {"Content-Type": JOSE_JSON}
+            if accept:
+                headers["Accept"] = accept
+            response = await self._send("POST", url, content=signed.json_dumps().encode(), headers=headers)
+            try:
+                return self._check(response)
+            except AcmeProblem as problem:
+                if problem.code == "badNonce" and attempt == 1:
+                    log.info("upstream rejected a nonce; retrying once", extra={"url": url})
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    async def _nonce(self) -> str:
+        if self._nonces:
+            return self._nonces.pop()
+        directory = await self.directory()
+        response = await self._send("HEAD", directory["newNonce"])
+        if response.status_code >= 400:
+            self._check(response)
+        nonce = response.headers.get("Replay-Nonce")
+        if not nonce:
+            raise UpstreamUnavailable(f"{directory['newNonce']} gave no Replay-Nonce")
+        return nonce
+
+    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = await self.http.request(method, url, **kwargs)
+        except httpx.HTTPError as error:
+            raise UpstreamUnavailable(f"upstream {url} unreachable: {type(error).__name__}: {error}") from None
+        nonce = response.headers.get("Replay-Nonce")
+        if nonce:
+            try:
+                jose.decode_b64jose(nonce)
+                self._nonces.append(nonce)
+            except jose.DeserializationError:
+                log.warning("upstream sent an unusable Replay-Nonce", extra={"url": url})
+        return response
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        """The response if it succeeded; AcmeProblem for a problem document; else unavailable."""
+        if response.is_success:
+            return response
+        url = str(response.request.url)
+        retry_after = retry_after_seconds(response)
+        try:
+            error = messages.Error.from_json(response.json())
+        except (ValueError, jose.DeserializationError):
+            if response.status_code >= 500 or response.status_code == 429:
+                raise UpstreamUnavailable(
+                    f"upstream {url} answered {response.status_code} without a problem document"
+                ) from None
+            # A bare 4xx (Pebble answers 404 for an order it no longer knows).
+            error = messages.Error(typ="about:blank", detail=f"HTTP {response.status_code}")
+        raise AcmeProblem(error, response.status_code, url, retry_after)

@@ -1,0 +1,288 @@
+"""Named upstream ACME CAs, and which one serves an order.
+
+One upstream needs only environment variables (``ACME_RA_UPSTREAM_DIRECTORY_URL``, ...): it is
+named ``default``. Several live in ``ACME_RA_CONFIG_FILE`` (YAML or TOML)::
+
+    upstreams:
+      incommon-rsa:
+        directory_url: https://acme.sectigo.com/v2/InCommonRSAOV
+        eab_kid: kid-from-sectigo
+        eab_hmac_key_file: /run/secrets/incommon-rsa-hmac   # or eab_hmac_key: ...
+        email: pki@example.edu
+        cert_lifetime_days: 365          # optional; also ca_bundle, authz_strategy,
+        authz_strategy: fail             # challenge_type, account_key_type
+      incommon-ecc:
+        directory_url: https://acme.sectigo.com/v2/InCommonECCOV
+        eab_kid: other-kid
+        eab_hmac_key_file: /run/secrets/incommon-ecc-hmac
+    default_upstream: incommon-rsa       # optional when there is one upstream (or "default")
+    profiles:                            # an order's ACME profile picks its upstream ...
+      tlsserver: {upstream: incommon-rsa}
+      tlsserver-ecc: {upstream: incommon-ecc}
+    provisioners:                        # ... else its provisioner, else default_upstream
+      ecc: {upstream: incommon-ecc}
+
+Other top-level keys belong to other parts of acme-ra and are ignored here. Every problem is
+reported as one line naming the variable or the file and the key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from acme_ra.config import Settings
+
+DEFAULT_UPSTREAM = "default"
+PREFIX = "acme-ra: invalid configuration: "
+
+
+class UpstreamConfigError(Exception):
+    """The upstream configuration is unusable; ``str()`` is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """One upstream ACME CA as configured. ``origin`` names where each setting came from, for
+    error messages: ``ACME_RA_UPSTREAM_`` or ``/etc/acme-ra.yaml: upstreams.incommon.``."""
+
+    name: str
+    directory_url: str
+    eab_kid: str = ""
+    eab_hmac_key: SecretStr | None = field(default=None, repr=False)
+    email: str = ""
+    ca_bundle: Path | None = None
+    cert_lifetime_days: int | None = None
+    authz_strategy: Literal["answer", "fail"] = "answer"
+    challenge_type: str = "http-01"
+    account_key_type: Literal["rsa2048", "ec256"] = "rsa2048"
+    origin: str = "ACME_RA_UPSTREAM_"
+
+    def setting(self, name: str) -> str:
+        """How the operator spells setting ``name`` (e.g. ``eab_hmac_key``) for this upstream."""
+        if self.origin == "ACME_RA_UPSTREAM_":
+            return self.origin + name.upper()
+        return self.origin + name
+
+    @property
+    def has_eab(self) -> bool:
+        return bool(self.eab_kid and self.eab_hmac_key)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The configured upstreams and the rules that pick one for an order."""
+
+    upstreams: dict[str, Upstream]
+    default: str
+    by_profile: dict[str, str] = field(default_factory=dict)
+    by_provisioner: dict[str, str] = field(default_factory=dict)
+
+    def select(self, provisioner: str | None = None, profile: str | None = None) -> Upstream:
+        """The order's profile decides first, then its provisioner, then the default."""
+        if profile and profile in self.by_profile:
+            return self.upstreams[self.by_profile[profile]]
+        if provisioner and provisioner in self.by_provisioner:
+            return self.upstreams[self.by_provisioner[provisioner]]
+        return self.upstreams[self.default]
+
+
+class _FileUpstream(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    directory_url: str
+    eab_kid: str = ""
+    eab_hmac_key: SecretStr | None = None
+    eab_hmac_key_file: Path | None = None
+    email: str = ""
+    ca_bundle: Path | None = None
+    cert_lifetime_days: int | None = Field(None, gt=0, le=3650)
+    authz_strategy: Literal["answer", "fail"] | None = None
+    challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] | None = None
+    account_key_type: Literal["rsa2048", "ec256"] | None = None
+
+
+class _Route(BaseModel):
+    model_config = ConfigDict(extra="allow")  # profiles/provisioners may carry other settings
+    upstream: str | None = None
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    upstreams: dict[str, _FileUpstream] = Field(default_factory=dict)
+    default_upstream: str | None = None
+    profiles: dict[str, _Route | str] = Field(default_factory=dict)
+    provisioners: dict[str, _Route | str] = Field(default_factory=dict)
+
+
+def load_catalog(settings: Settings) -> Catalog:
+    """The upstreams of an ``ACME_RA_UPSTREAM=acme`` signer; raises UpstreamConfigError."""
+    upstreams: dict[str, Upstream] = {}
+    if settings.upstream_directory_url:
+        upstreams[DEFAULT_UPSTREAM] = _from_env(settings)
+    document = _read_file(settings.config_file) if settings.config_file else _File()
+    where = f"ACME_RA_CONFIG_FILE ({settings.config_file})"
+    for name, entry in document.upstreams.items():
+        if name in upstreams:
+            raise UpstreamConfigError(
+                f"{PREFIX}{where}: upstreams.{name}: the name {name!r} is taken by ACME_RA_UPSTREAM_DIRECTORY_URL"
+            )
+        if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
+            raise UpstreamConfigError(f"{PREFIX}{where}: upstreams.{name}: names are letters, digits, '-' and '_'")
+        upstreams[name] = _from_file(settings, name, entry)
+    if not upstreams:
+        raise UpstreamConfigError(
+            f"{PREFIX}ACME_RA_UPSTREAM_DIRECTORY_URL: required when ACME_RA_UPSTREAM=acme "
+            "(or declare upstreams in ACME_RA_CONFIG_FILE)"
+        )
+    default = document.default_upstream
+    if default is None:
+        if DEFAULT_UPSTREAM in upstreams:
+            default = DEFAULT_UPSTREAM
+        elif len(upstreams) == 1:
+            default = next(iter(upstreams))
+        else:
+            raise UpstreamConfigError(
+                f"{PREFIX}{where}: default_upstream: required with several upstreams "
+                f"({', '.join(sorted(upstreams))})"
+            )
+    if default not in upstreams:
+        raise UpstreamConfigError(f"{PREFIX}{where}: default_upstream: no upstream named {default!r}")
+    routes: dict[str, dict[str, str]] = {}
+    for section in ("profiles", "provisioners"):
+        routes[section] = {}
+        for key, route in getattr(document, section).items():
+            target = route if isinstance(route, str) else route.upstream
+            if target is None:
+                continue
+            if target not in upstreams:
+                raise UpstreamConfigError(
+                    f"{PREFIX}{where}: {section}.{key}.upstream: no upstream named {target!r}"
+                )
+            routes[section][key] = target
+    return Catalog(upstreams, default, routes["profiles"], routes["provisioners"])
+
+
+def sealing_secret(settings: Settings) -> bytes:
+    """The secret that seals the upstream account keys: required, never generated, with an
+    ACME upstream (every signer replica must hold the same one)."""
+    if settings.secret_key is None and settings.secret_key_file is None:
+        raise UpstreamConfigError(
+            f"{PREFIX}ACME_RA_SECRET_KEY: required when ACME_RA_UPSTREAM=acme (it seals the upstream "
+            "account key in the database); set it, or ACME_RA_SECRET_KEY_FILE, to the same value on every signer"
+        )
+    secret = settings.sealing_secret()
+    if len(secret) < 16:
+        name = "ACME_RA_SECRET_KEY" if settings.secret_key is not None else "ACME_RA_SECRET_KEY_FILE"
+        raise UpstreamConfigError(f"{PREFIX}{name}: must be at least 16 characters (e.g. openssl rand -base64 32)")
+    return secret
+
+
+def _from_env(settings: Settings) -> Upstream:
+    hmac_key = settings.upstream_eab_hmac_key
+    if hmac_key is None and settings.upstream_eab_hmac_key_file is not None:
+        hmac_key = _read_secret(settings.upstream_eab_hmac_key_file, "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE")
+    upstream = Upstream(
+        name=DEFAULT_UPSTREAM,
+        directory_url=settings.upstream_directory_url,
+        eab_kid=settings.upstream_eab_kid.strip(),
+        eab_hmac_key=hmac_key,
+        email=settings.upstream_email.strip(),
+        ca_bundle=settings.upstream_ca_bundle,
+        cert_lifetime_days=settings.upstream_cert_lifetime_days,
+        authz_strategy=settings.upstream_authz_strategy,
+        challenge_type=settings.upstream_challenge_type,
+        account_key_type=settings.upstream_account_key_type,
+        origin="ACME_RA_UPSTREAM_",
+    )
+    _check(upstream)
+    return upstream
+
+
+def _from_file(settings: Settings, name: str, entry: _FileUpstream) -> Upstream:
+    origin = f"ACME_RA_CONFIG_FILE ({settings.config_file}): upstreams.{name}."
+    hmac_key = entry.eab_hmac_key
+    if hmac_key is None and entry.eab_hmac_key_file is not None:
+        hmac_key = _read_secret(entry.eab_hmac_key_file, origin + "eab_hmac_key_file")
+    upstream = Upstream(
+        name=name,
+        directory_url=entry.directory_url,
+        eab_kid=entry.eab_kid.strip(),
+        eab_hmac_key=hmac_key,
+        email=entry.email.strip(),
+        ca_bundle=entry.ca_bundle,
+        cert_lifetime_days=entry.cert_lifetime_days,
+        authz_strategy=entry.authz_strategy or settings.upstream_authz_strategy,
+        challenge_type=entry.challenge_type or settings.upstream_challenge_type,
+        account_key_type=entry.account_key_type or settings.upstream_account_key_type,
+        origin=origin,
+    )
+    _check(upstream)
+    return upstream
+
+
+def _check(upstream: Upstream) -> None:
+    parts = urlsplit(upstream.directory_url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise UpstreamConfigError(
+            f"{PREFIX}{upstream.setting('directory_url')}={upstream.directory_url!r}: "
+            "must be the upstream's ACME directory URL (https://...)"
+        )
+    if bool(upstream.eab_kid) != bool(upstream.eab_hmac_key):
+        missing = "eab_hmac_key" if upstream.eab_kid else "eab_kid"
+        raise UpstreamConfigError(
+            f"{PREFIX}{upstream.setting(missing)}: the EAB key id and HMAC key go together"
+        )
+    if upstream.eab_hmac_key is not None:
+        text = upstream.eab_hmac_key.get_secret_value().strip()
+        try:
+            decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            decoded = b""
+        if not decoded:
+            raise UpstreamConfigError(
+                f"{PREFIX}{upstream.setting('eab_hmac_key')}: not a base64url HMAC key (as the CA gave it)"
+            )
+    if upstream.ca_bundle is not None and not upstream.ca_bundle.is_file():
+        raise UpstreamConfigError(f"{PREFIX}{upstream.setting('ca_bundle')}: {upstream.ca_bundle} does not exist")
+    if upstream.email and ("@" not in upstream.email or upstream.email.startswith("mailto:")):
+        raise UpstreamConfigError(
+            f"{PREFIX}{upstream.setting('email')}={upstream.email!r}: expected an address such as pki@example.org"
+        )
+
+
+def _read_secret(path: Path, name: str) -> SecretStr:
+    try:
+        return SecretStr(path.read_text().strip())
+    except OSError as error:
+        raise UpstreamConfigError(f"{PREFIX}{name}: cannot read {path}: {error.strerror}") from None
+
+
+def _read_file(path: Path) -> _File:
+    where = f"ACME_RA_CONFIG_FILE ({path})"
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UpstreamConfigError(f"{PREFIX}{where}: cannot read it: {error.strerror}") from None
+    try:
+        data: Any = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UpstreamConfigError(f"{PREFIX}{where}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: {first}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UpstreamConfigError(f"{PREFIX}{where}: expected a mapping at the top level")
+    try:
+        return _File.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = ".".join(str(part) for part in first.get("loc", ()))
+        raise UpstreamConfigError(f"{PREFIX}{where}: {loc}: {first.get('msg', 'invalid')}") from None

@@ -1,0 +1,195 @@
+"""The record of an upstream order, written before each upstream step (``upstream_orders``).
+
+The ACME driver never sends newOrder or finalize without first recording that it is about to;
+a redelivered job, a restart or another signer replica reads the record and resumes the same
+upstream order. A signer writes a record only while it holds its lease, renewed by a heartbeat;
+a signer that died loses the lease after ``lease_seconds`` and another one takes over.
+
+``MemoryJournal`` keeps the same record in memory, for upstream orders that belong to no
+acme-ra order (the frontend's own TLS certificate).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
+
+from sqlalchemy import or_, update
+from sqlalchemy.exc import IntegrityError
+
+from acme_ra.db.engine import Database
+from acme_ra.db.models import UpstreamOrder, UpstreamOrderState, utcnow
+from acme_ra_signer.upstream.base import UpstreamUnavailable
+
+log = logging.getLogger("acme_ra_signer.upstream.journal")
+
+# How long a signer's claim on an upstream order lasts without renewal (seconds); a signer that
+# died is replaced after at most this long. The heartbeat renews it every third of that.
+LEASE_SECONDS = 30.0
+
+
+class UpstreamBusy(UpstreamUnavailable):
+    """Another signer is working on this upstream order now; the job is retried later."""
+
+
+class LeaseLost(UpstreamUnavailable):
+    """This signer's lease expired and another signer took the order over; stop touching it."""
+
+
+@dataclasses.dataclass
+class Entry:
+    """What is known of the upstream order (mirrors an ``upstream_orders`` row)."""
+
+    upstream: str
+    state: str = UpstreamOrderState.creating.value
+    url: str | None = None
+    finalize_url: str | None = None
+    certificate_url: str | None = None
+    account_url: str | None = None
+    finalized_at: dt.datetime | None = None
+    orders_created: int = 0
+    error: dict[str, Any] | None = None
+
+
+class Journal(Protocol):
+    entry: Entry
+
+    async def save(self, **changes: Any) -> None:
+        """Record ``changes`` durably; only then may the step they announce be taken."""
+
+    async def renew(self) -> None:
+        """Keep the claim alive during a long wait."""
+
+
+class MemoryJournal:
+    """A journal that lives as long as the process (nothing to resume after a restart)."""
+
+    def __init__(self, upstream: str) -> None:
+        self.entry = Entry(upstream=upstream)
+
+    async def save(self, **changes: Any) -> None:
+        for name, value in changes.items():
+            setattr(self.entry, name, value)
+
+    async def renew(self) -> None:
+        return None
+
+
+_FIELDS = [f.name for f in dataclasses.fields(Entry)]
+
+
+class DbJournal:
+    """The ``upstream_orders`` row of one acme-ra order, held under a lease."""
+
+    def __init__(self, db: Database, order_id: str, entry: Entry, owner: str, lease_seconds: float) -> None:
+        self.db = db
+        self.order_id = order_id
+        self.entry = entry
+        self.owner = owner
+        self.lease_seconds = lease_seconds
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def claim(
+        cls, db: Database, order_id: str, upstream: str, lease_seconds: float = LEASE_SECONDS
+    ) -> AsyncIterator[DbJournal]:
+        """Load (or create) the order's record and hold its lease until the block ends.
+        Raises ``UpstreamBusy`` when another live signer holds it."""
+        owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
+        journal = cls(db, order_id, Entry(upstream=upstream), owner, lease_seconds)
+        await journal._take()
+        heartbeat = asyncio.create_task(journal._heartbeat(), name=f"lease-{order_id}")
+        try:
+            yield journal
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            with contextlib.suppress(Exception):  # an unreleased lease simply expires
+                await journal._release()
+
+    async def save(self, **changes: Any) -> None:
+        unknown = set(changes) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"not journal fields: {sorted(unknown)}")
+        await self._update(changes)
+        for name, value in changes.items():
+            setattr(self.entry, name, value)
+
+    async def renew(self) -> None:
+        await self._update({})
+
+    async def _take(self) -> None:
+        now = utcnow()
+        lease_until = now + dt.timedelta(seconds=self.lease_seconds)
+        try:
+            async with self.db.transaction() as session:
+                row = await session.get(UpstreamOrder, self.order_id)
+                if row is None:
+                    row = UpstreamOrder(
+                        order_id=self.order_id,
+                        upstream=self.entry.upstream,
+                        state=UpstreamOrderState.creating.value,
+                        orders_created=0,
+                        lease_owner=self.owner,
+                        lease_until=lease_until,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    session.add(row)
+                    await session.flush()
+                else:
+                    taken = await session.execute(
+                        update(UpstreamOrder)
+                        .where(
+                            UpstreamOrder.order_id == self.order_id,
+                            or_(UpstreamOrder.lease_owner.is_(None), UpstreamOrder.lease_until < now),
+                        )
+                        .values(lease_owner=self.owner, lease_until=lease_until)
+                    )
+                    if taken.rowcount == 0:  # type: ignore[attr-defined]
+                        raise UpstreamBusy(
+                            f"another signer is working on the upstream order of order {self.order_id}"
+                        )
+                    await session.refresh(row)
+                self.entry = Entry(**{name: getattr(row, name) for name in _FIELDS})
+        except IntegrityError:
+            raise UpstreamBusy(f"another signer created the upstream order record of order {self.order_id}") from None
+
+    async def _update(self, changes: dict[str, Any]) -> None:
+        now = utcnow()
+        async with self.db.transaction() as session:
+            result = await session.execute(
+                update(UpstreamOrder)
+                .where(UpstreamOrder.order_id == self.order_id, UpstreamOrder.lease_owner == self.owner)
+                .values(**changes, lease_until=now + dt.timedelta(seconds=self.lease_seconds), updated_at=now)
+            )
+            if result.rowcount == 0:  # type: ignore[attr-defined]
+                raise LeaseLost(f"lost the lease on the upstream order of order {self.order_id}")
+
+    async def _release(self) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(UpstreamOrder)
+                .where(UpstreamOrder.order_id == self.order_id, UpstreamOrder.lease_owner == self.owner)
+                .values(lease_owner=None, lease_until=None)
+            )
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                await self.renew()
+            except LeaseLost:
+                log.warning("lease lost", extra={"order_id": self.order_id})
+                return
+            except Exception as error:  # noqa: BLE001 - a database hiccup: try again next beat
+                log.warning("lease renewal failed: %s", error, extra={"order_id": self.order_id})

@@ -1,0 +1,163 @@
+"""Issuance through a real Pebble with External Account Binding."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from cryptography import x509
+
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra.db.models import UpstreamOrderState
+from acme_ra_signer.upstream.acme import AcmeDriver
+from acme_ra_signer.worker import IssueWorker
+
+from .conftest import (
+    acme_settings,
+    certificate_of,
+    make_acme_driver,
+    new_order,
+    order_row,
+    run_job,
+    upstream_accounts,
+    upstream_order_row,
+)
+from .pebble import Pebble
+
+NAMES = ["www.example.test", "api.example.test", "192.0.2.7"]
+
+
+async def test_issues_through_pebble_with_eab(pebble: Pebble, db: Database, driver: AcmeDriver) -> None:
+    order_id = await new_order(db, NAMES)
+    msg = await run_job(IssueWorker(db, driver), order_id)
+    assert msg.acks == 1
+
+    order = await order_row(db, order_id)
+    assert order.status == "valid", order.error
+    certificate = await certificate_of(db, order_id)
+    chain = x509.load_pem_x509_certificates(certificate.chain_pem.encode())
+    leaf, issuer = chain[0], chain[1]
+    # The chain ends in Pebble's intermediate, which its root signed.
+    assert issuer == pebble.intermediate()
+    leaf.verify_directly_issued_by(issuer)
+    issuer.verify_directly_issued_by(pebble.root())
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == sorted(NAMES[:2])
+    assert certificate.serial == format(leaf.serial_number, "x")
+    assert pebble.cert_status(certificate.serial)["Status"] == "Valid"
+    assert pebble.issued_count() == 1
+
+    record = await upstream_order_row(db, order_id)
+    assert record is not None
+    assert record.state == UpstreamOrderState.valid.value
+    assert record.orders_created == 1 and record.finalized_at is not None
+    assert record.url and record.certificate_url and record.lease_owner is None
+
+    # One account, registered once with EAB; its key is sealed, never stored in the clear.
+    [account] = await upstream_accounts(db)
+    assert account.url and account.registrations == 1 and account.eab_kid == pebble.eab_kid
+    assert b"PRIVATE KEY" not in account.key_sealed
+
+
+async def test_the_account_is_reused_by_every_issuance(pebble: Pebble, db: Database, driver: AcmeDriver) -> None:
+    worker = IssueWorker(db, driver)
+    for name in ("one.example.test", "two.example.test", "three.example.test"):
+        order_id = await new_order(db, [name])
+        await run_job(worker, order_id)
+        assert (await order_row(db, order_id)).status == "valid"
+    [account] = await upstream_accounts(db)
+    assert account.registrations == 1
+    assert pebble.issued_count() == 3
+
+    # A second driver (another replica, or a restart) uses the same stored account.
+    other = make_acme_driver(driver_settings(driver), db)
+    try:
+        order_id = await new_order(db, ["four.example.test"])
+        await run_job(IssueWorker(db, other), order_id)
+    finally:
+        await other.close()
+    [account] = await upstream_accounts(db)
+    assert account.registrations == 1
+
+
+def driver_settings(driver: AcmeDriver) -> Settings:
+    """Settings equivalent to the driver's, for building another driver on the same database."""
+    upstream = driver.catalog.upstreams["default"]
+    assert upstream.eab_hmac_key is not None and upstream.ca_bundle is not None
+    return Settings(
+        upstream="acme",
+        upstream_directory_url=upstream.directory_url,
+        upstream_eab_kid=upstream.eab_kid,
+        upstream_eab_hmac_key=upstream.eab_hmac_key,
+        upstream_ca_bundle=upstream.ca_bundle,
+        secret_key="upstream-tests-sealing-secret-0123456789",
+        tls_cert_file=None,
+        tls_key_file=None,
+        config_file=None,
+        secret_key_file=None,
+    )
+
+
+async def test_alternate_chains_are_stored(tmp_path: Path, db: Database, settings: Settings) -> None:
+    alt = Pebble(tmp_path / "pebble-alt", env={"PEBBLE_ALTERNATE_ROOTS": "1"})
+    driver = make_acme_driver(acme_settings(tmp_path, alt), db)
+    try:
+        order_id = await new_order(db, ["alt.example.test"])
+        await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+        alt.stop()
+    certificate = await certificate_of(db, order_id)
+    assert certificate.alternate_chains_pem is not None and len(certificate.alternate_chains_pem) == 1
+    main = x509.load_pem_x509_certificates(certificate.chain_pem.encode())
+    alternate = x509.load_pem_x509_certificates(certificate.alternate_chains_pem[0].encode())
+    assert alternate[0] == main[0]
+    assert alternate[1] != main[1]
+    main[0].verify_directly_issued_by(alternate[1])
+
+
+async def test_configured_lifetime_is_requested(tmp_path: Path, pebble: Pebble, db: Database) -> None:
+    driver = make_acme_driver(acme_settings(tmp_path, pebble, upstream_cert_lifetime_days=10), db)
+    try:
+        order_id = await new_order(db, ["short.example.test"])
+        await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    certificate = await certificate_of(db, order_id)
+    expected = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=10)
+    assert abs((certificate.not_after - expected).total_seconds()) < 300
+
+
+async def test_fail_strategy_refuses_names_the_upstream_has_not_validated(
+    tmp_path: Path, pebble: Pebble, db: Database
+) -> None:
+    driver = make_acme_driver(acme_settings(tmp_path, pebble, upstream_authz_strategy="fail"), db)
+    try:
+        order_id = await new_order(db, ["not-prevalidated.example.test"])
+        msg = await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    assert msg.acks == 1
+    order = await order_row(db, order_id)
+    assert order.status == "invalid"
+    assert order.error is not None and order.error["type"] == "unauthorized"
+    assert "not pre-validated not-prevalidated.example.test" in order.error["detail"]
+    assert "ACME_RA_UPSTREAM_AUTHZ_STRATEGY=fail" in order.error["detail"]
+    record = await upstream_order_row(db, order_id)
+    assert record is not None and record.state == "invalid" and record.finalized_at is None
+    assert pebble.issued_count() == 0
+
+
+async def test_a_csr_the_upstream_refuses_fails_the_order(pebble: Pebble, db: Database, driver: AcmeDriver) -> None:
+    from tests.signer.conftest import insert_order, make_csr
+
+    # The CSR names another host than the order: Pebble refuses to finalize.
+    order_id = await insert_order(db, ["right.example.test"], make_csr(["wrong.example.test"]))
+    msg = await run_job(IssueWorker(db, driver), order_id)
+    assert msg.acks == 1
+    order = await order_row(db, order_id)
+    assert order.status == "invalid"
+    assert order.error is not None and order.error["type"] in ("badCSR", "malformed", "unauthorized")
+    assert order.error["detail"].startswith("the upstream CA (default) refused")
+    assert pebble.issued_count() == 0

@@ -226,3 +226,10 @@ async def test_ip_identifiers(account: TestAcmeClient) -> None:
         assert "dns-01" not in [c["type"] for c in authz.body["challenges"]]
     bad = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "ip", "value": "10.0.0.0/8"}]})
     assert bad.status == 400 and bad.problem_type == "malformed"
+
+
+async def test_post_to_directory_is_405_with_get_allowed(client: TestAcmeClient) -> None:
+    response = await client.http.post(client.directory_url, content=b"{}")
+    assert response.status_code == 405
+    assert "GET" in response.headers["allow"]
+    assert response.headers["content-type"] == "application/problem+json"

@@ -126,3 +126,23 @@ async def test_renewal_info_window_and_replaces(account: TestAcmeClient, http: h
     unrelated = await account.post(account.directory["newOrder"],
                                    {"identifiers": [{"type": "dns", "value": "other.example.org"}], "replaces": cert_id})
     assert unrelated.problem_type == "malformed"
+
+
+async def test_certificate_download_with_alternate_chains(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from sqlalchemy import select
+
+    from acme_ra.db.models import Certificate
+
+    cert_id, pem = await issued_order(account, http, "alt.example.org")
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    async with state.db.transaction() as session:
+        row = (await session.execute(select(Certificate).where(Certificate.ari_cert_id == cert_id))).scalar_one()
+        row.alternate_chains_pem = [pem + "ALT-ONE\n"]
+        url = account.directory["newOrder"].replace("new-order", f"certificate/{row.id}")
+    main = await account.post(url)
+    assert main.status == 200 and main.headers["content-type"] == "application/pem-certificate-chain"
+    assert main.text == pem
+    assert f'<{url}/1>;rel="alternate"' in main.headers["link"]
+    alternate = await account.post(f"{url}/1")
+    assert alternate.text.endswith("ALT-ONE\n")
+    assert (await account.post(f"{url}/2")).status == 404

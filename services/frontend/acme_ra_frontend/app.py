@@ -49,6 +49,7 @@ POST_ROUTES: list[tuple[str, Handler, Auth]] = [
     (urls.AUTHZ, authz.authorization, Auth.KID),
     (urls.CHALLENGE, authz.challenge, Auth.KID),
     (urls.CERTIFICATE, orders.certificate, Auth.KID),
+    (urls.CERTIFICATE_ALTERNATE, orders.certificate, Auth.KID),
     (urls.KEY_CHANGE, accounts.key_change, Auth.KID),
     (urls.REVOKE_CERT, revocation.revoke_cert, Auth.EITHER),
 ]

@@ -283,4 +283,16 @@ async def certificate(call: AcmeCall) -> Response:
         raise not_found("certificate")
     if cert.account_id != call.require_account().id:
         raise unauthorized("this certificate belongs to another account")
-    return Response(cert.chain_pem.encode(), 200, media_type=PEM_CHAIN)
+    alternates = cert.alternate_chains_pem or []
+    index_text = call.request.path_params.get("alternate")
+    chain = cert.chain_pem
+    if index_text is not None:
+        if not index_text.isdigit() or not 1 <= int(index_text) <= len(alternates):
+            raise not_found("alternate chain")
+        chain = alternates[int(index_text) - 1]
+    base = call.urls.certificate(cert.id)
+    links = [f'<{base}/{n}>;rel="alternate"' for n in range(1, len(alternates) + 1) if str(n) != index_text]
+    if index_text is not None:
+        links.append(f'<{base}>;rel="alternate"')
+    headers = {"Link": ", ".join(links)} if links else None
+    return Response(chain.encode(), 200, headers=headers, media_type=PEM_CHAIN)

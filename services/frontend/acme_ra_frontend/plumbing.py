@@ -110,7 +110,8 @@ async def handle_unexpected(request: Request, error: Exception) -> Response:
 async def handle_http_error(_request: Request, error: Exception) -> Response:
     status = getattr(error, "status_code", 500)
     if status == 405:
-        return problem_response(method_not_allowed(["POST"]))
+        allowed = (getattr(error, "headers", None) or {}).get("Allow", "POST")
+        return problem_response(method_not_allowed([m.strip() for m in allowed.split(",")]))
     if status == 404:
         return problem_response(Problem("malformed", "no such resource", 404))
     if status >= 500:

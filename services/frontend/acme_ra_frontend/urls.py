@@ -16,6 +16,7 @@ FINALIZE = "/acme/{provisioner}/order/{order_id}/finalize"
 AUTHZ = "/acme/{provisioner}/authz/{authz_id}"
 CHALLENGE = "/acme/{provisioner}/challenge/{authz_id}/{challenge_id}"
 CERTIFICATE = "/acme/{provisioner}/certificate/{certificate_id}"
+CERTIFICATE_ALTERNATE = "/acme/{provisioner}/certificate/{certificate_id}/{alternate}"
 RENEWAL_INFO_BASE = "/acme/{provisioner}/renewal-info"
 RENEWAL_INFO = "/acme/{provisioner}/renewal-info/{cert_id}"
 

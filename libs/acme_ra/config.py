@@ -100,6 +100,8 @@ class Settings(BaseSettings):
     validation_tls_port: int = Field(443, gt=0, lt=65536)
     # ACME_RA_DNS_RESOLVERS: comma list of host[:port]; empty = the system's resolvers.
     dns_resolvers: str = ""
+    # ACME_RA_METRICS_LISTEN: the frontend's Prometheus /metrics listener (empty: off).
+    metrics_listen: str = "127.0.0.1:9123"
     # ACME_RA_VALIDATOR_LISTEN / ACME_RA_SIGNER_LISTEN: health and metrics of the workers.
     validator_listen: str = "127.0.0.1:9124"
     signer_listen: str = "127.0.0.1:9125"
@@ -143,10 +145,11 @@ class Settings(BaseSettings):
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("listen", "validator_listen", "signer_listen")
+    @field_validator("listen", "validator_listen", "signer_listen", "metrics_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        parse_host_port(value)
+        if value:
+            parse_host_port(value)
         return value
 
     @field_validator("external_url")

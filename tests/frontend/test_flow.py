@@ -233,3 +233,15 @@ async def test_post_to_directory_is_405_with_get_allowed(client: TestAcmeClient)
     assert response.status_code == 405
     assert "GET" in response.headers["allow"]
     assert response.headers["content-type"] == "application/problem+json"
+
+
+async def test_metrics_use_route_templates(account: TestAcmeClient) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from acme_ra_frontend.metrics import refresh_once
+
+    await refresh_once(account.http.app.state.ra)  # type: ignore[attr-defined]
+    page = generate_latest(REGISTRY).decode()
+    assert 'acme_ra_http_requests_total{method="POST",route="/acme/{provisioner}/new-account",status="201"}' in page
+    assert "acme_ra_nonces_redeemed" in page and 'acme_ra_jobs_pending{consumer="validator"}' in page
+    assert account.kid and account.kid.rsplit("/", 1)[1] not in page  # no ids as labels

@@ -9,6 +9,7 @@ import uvicorn
 from acme_ra.config import get_settings, parse_host_port
 from acme_ra.telemetry import init_tracing, setup_logging
 from acme_ra_frontend.app import create_app
+from acme_ra_frontend.metrics import start_metrics_server
 
 
 def main() -> None:
@@ -30,6 +31,8 @@ def main() -> None:
         raise SystemExit(2)
     setup_logging("frontend", settings.log_level)
     init_tracing("frontend")
+    if settings.metrics_listen:
+        start_metrics_server(settings.metrics_listen)
     host, port = parse_host_port(settings.listen)
     uvicorn.run(
         create_app(settings),

@@ -17,7 +17,7 @@ from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import Policy, parse_rules
 from acme_ra.protocol.problems import Problem
 from acme_ra.sealing import Sealer
-from acme_ra_frontend import accounts, authz, directory, orders, renewal_info, revocation, urls
+from acme_ra_frontend import metrics, accounts, authz, directory, orders, renewal_info, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.reconciler import reconcile_forever
 from acme_ra_frontend.plumbing import (
@@ -100,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
         background = [
             asyncio.create_task(purge_nonces_forever(db)),
             asyncio.create_task(reconcile_forever(state)),
+            asyncio.create_task(metrics.refresh_forever(state)),
         ]
         log.info("frontend ready", extra={"directory": state.urls[settings.provisioner_names[0]].directory})
         try:

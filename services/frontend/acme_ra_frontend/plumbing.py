@@ -29,6 +29,7 @@ from acme_ra import bus, telemetry
 from acme_ra.db.models import Account, AccountStatus, Certificate, Order, OrderAuthorization
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.problems import Problem, malformed, method_not_allowed, server_internal, unauthorized
+from acme_ra_frontend import metrics
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
 
@@ -73,14 +74,14 @@ class AcmeHeaders:
                 headers.append((b"access-control-allow-origin", b"*"))
                 headers.append((b"access-control-expose-headers", _EXPOSED.encode()))
                 message["headers"] = headers
+                elapsed = time.perf_counter() - started
+                template = getattr(scope.get("route"), "path", "unmatched")
+                metrics.HTTP_REQUESTS.labels(template, scope["method"], message["status"]).inc()
+                metrics.HTTP_SECONDS.labels(template, scope["method"]).observe(elapsed)
                 log.info(
                     "request",
-                    extra={
-                        "method": scope["method"],
-                        "path": path,
-                        "status": message["status"],
-                        "ms": round((time.perf_counter() - started) * 1000, 1),
-                    },
+                    extra={"method": scope["method"], "path": path, "status": message["status"],
+                           "ms": round(elapsed * 1000, 1)},
                 )
             await send(message)
 
@@ -94,6 +95,7 @@ def json_response(
 
 
 def problem_response(problem: Problem) -> Response:
+    metrics.PROBLEMS.labels(problem.type).inc()
     return json_response(problem.to_dict(), problem.status, problem.headers, PROBLEM_CONTENT_TYPE)
 
 

@@ -1,0 +1,67 @@
+"""Prometheus metrics of the frontend, served on ACME_RA_METRICS_LISTEN (never the ACME port).
+
+Labels are bounded: route templates, methods, status codes, order statuses. Never a domain,
+serial number or account id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from sqlalchemy import func, select
+
+from acme_ra import bus
+from acme_ra.config import parse_host_port
+from acme_ra.db.models import Order, RedeemedNonce
+from acme_ra_frontend.state import FrontendState
+
+log = logging.getLogger("acme_ra.frontend.metrics")
+
+# How often database and JetStream figures are refreshed (seconds).
+REFRESH_INTERVAL = 15
+
+HTTP_REQUESTS = Counter(
+    "acme_ra_http_requests_total", "ACME HTTP requests by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS = Histogram(
+    "acme_ra_http_request_duration_seconds", "ACME HTTP request latency by route template.",
+    ["route", "method"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+ORDERS = Gauge("acme_ra_orders", "Orders in the database by status.", ["status"])
+JOBS_PENDING = Gauge("acme_ra_jobs_pending", "JetStream jobs not yet delivered, by consumer.", ["consumer"])
+JOBS_UNACKED = Gauge("acme_ra_jobs_unacknowledged", "JetStream jobs delivered but not acknowledged, by consumer.", ["consumer"])
+NONCES_REDEEMED = Gauge("acme_ra_nonces_redeemed", "Redeemed nonces kept until they expire (the nonce store).")
+PROBLEMS = Counter("acme_ra_problems_total", "Problem documents sent, by type.", ["type"])
+
+
+def start_metrics_server(listen: str) -> None:
+    host, port = parse_host_port(listen)
+    start_http_server(port, addr=host.strip("[]"))
+
+
+async def refresh_once(state: FrontendState) -> None:
+    async with state.db.sessions() as session:
+        rows = (await session.execute(select(Order.status, func.count()).group_by(Order.status))).all()
+        nonces = (await session.execute(select(func.count()).select_from(RedeemedNonce))).scalar_one()
+    for status in ("pending", "ready", "processing", "valid", "invalid"):
+        ORDERS.labels(status).set(0)
+    for status, count in rows:
+        ORDERS.labels(status).set(count)
+    NONCES_REDEEMED.set(nonces)
+    for durable in (bus.DURABLE_VALIDATOR, bus.DURABLE_SIGNER):
+        info = await state.js.consumer_info(bus.JOBS_STREAM, durable)
+        JOBS_PENDING.labels(durable).set(info.num_pending or 0)
+        JOBS_UNACKED.labels(durable).set(info.num_ack_pending or 0)
+
+
+async def refresh_forever(state: FrontendState) -> None:
+    while True:
+        try:
+            await refresh_once(state)
+        except Exception as error:  # noqa: BLE001 - figures are advisory
+            log.warning("metrics refresh failed: %s", error)
+        await asyncio.sleep(REFRESH_INTERVAL)

@@ -142,6 +142,20 @@ class Settings(BaseSettings):
     # (draft-ietf-acme-profiles). ACME_RA_DEFAULT_PROFILE: used when an order names none.
     profiles: str = "tlsserver=TLS server certificate for the names in the order"
     default_profile: str = "tlsserver"
+    # Rate limits, shared by every frontend replica (kept in the database). 0 turns one off.
+    # ACME_RA_RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR
+    rate_new_accounts_per_ip_per_hour: int = Field(20, ge=0)
+    # ACME_RA_RATE_NEW_ORDERS_PER_ACCOUNT_PER_HOUR
+    rate_new_orders_per_account_per_hour: int = Field(300, ge=0)
+    # ACME_RA_RATE_FAILED_VALIDATIONS_PER_NAME_PER_HOUR (per account and name)
+    rate_failed_validations_per_name_per_hour: int = Field(5, ge=0)
+    # ACME_RA_RATE_CERTIFICATES_PER_DOMAIN_PER_WEEK (per registered domain; an RA fronts one
+    # organisation's domains, so the default is far above a public CA's)
+    rate_certificates_per_domain_per_week: int = Field(5000, ge=0)
+    # ACME_RA_RATE_NEW_ORDERS_PER_EAB_KEY_PER_HOUR (all accounts bound to one EAB key)
+    rate_new_orders_per_eab_key_per_hour: int = Field(1000, ge=0)
+    # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client.
+    trusted_proxies: str = ""
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -192,6 +206,13 @@ class Settings(BaseSettings):
         types = {t.strip() for t in value.split(",") if t.strip()}
         if not types or types - known:
             raise ValueError(f"must be a comma list of {', '.join(sorted(known))}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            ipaddress.ip_network(item, strict=False)
         return value
 
     @field_validator("policy_allow", "policy_deny")

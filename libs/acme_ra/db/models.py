@@ -284,3 +284,13 @@ class UpstreamOrder(Base):
     lease_until: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class RateCounter(Base):
+    """Fixed-window counters shared by every frontend replica (rate limits)."""
+
+    __tablename__ = "rate_counters"
+    # "<limit name>:<subject>", e.g. "orders-per-account:<account id>".
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    window_start: Mapped[dt.datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 MAX_DNS_NAME_LENGTH = 253
 MAX_LABEL_LENGTH = 63
@@ -18,6 +19,18 @@ MAX_LABEL_LENGTH = 63
 MAX_IDENTIFIERS_PER_ORDER = 100
 
 _LDH_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_psl = PublicSuffixList()
+
+
+def is_public_suffix(name: str) -> bool:
+    """``co.uk``, ``org``, ``github.io``: names nobody can prove they control for others."""
+    return bool(_psl.is_public(name))
+
+
+def registered_domain(name: str) -> str:
+    """The name's registered domain (public suffix + one label), or the name itself."""
+    base = name.removeprefix("*.")
+    return _psl.privatesuffix(base) or base
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,8 @@ def normalize_dns_name(raw: str) -> str:
                 raise ValueError(f"DNS label {label!r} is not valid IDNA") from None
     if labels[-1].isdigit():
         raise ValueError("DNS name has an all-numeric top-level label")
+    if is_public_suffix(base):
+        raise ValueError("DNS name is a public suffix")
     return name
 
 

@@ -17,6 +17,7 @@ from acme_ra.sealing import SealError
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.jws import thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
+from acme_ra_frontend import ratelimits
 from acme_ra_frontend.plumbing import AcmeCall, json_response
 from acme_ra_frontend.render import account_json
 
@@ -63,6 +64,11 @@ async def new_account(call: AcmeCall) -> Response:
     if tos_url and not agreed:
         raise malformed(f"you must agree to the terms of service at {tos_url} (termsOfServiceAgreed)")
     contact = check_contacts(payload.get("contact"))
+    settings = call.state.settings
+    await ratelimits.spend(
+        call.session, "accounts-per-ip", ratelimits.client_address(call.request, call.state.trusted_proxies),
+        settings.rate_new_accounts_per_ip_per_hour, ratelimits.HOUR, "new accounts from this address",
+    )
     binding = payload.get("externalAccountBinding")
     eab_key = None
     if binding is not None:

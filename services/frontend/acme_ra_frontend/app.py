@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -19,6 +20,7 @@ from acme_ra.protocol.problems import Problem
 from acme_ra.sealing import Sealer
 from acme_ra_frontend import metrics, accounts, authz, directory, orders, renewal_info, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
+from acme_ra_frontend.ratelimits import purge_old_counters
 from acme_ra_frontend.reconciler import reconcile_forever
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
@@ -96,6 +98,9 @@ def create_app(settings: Settings) -> FastAPI:
         policy = Policy(parse_rules(settings.policy_allow), parse_rules(settings.policy_deny), settings.policy_wildcards)
         state = FrontendState(settings, db, nc, js, nonces, Sealer(settings.sealing_secret()), policy)
         state.urls = {p: Urls(settings.external_url, p) for p in settings.provisioner_names}
+        state.trusted_proxies = [
+            ipaddress.ip_network(v.strip(), strict=False) for v in settings.trusted_proxies.split(",") if v.strip()
+        ]
         app.state.ra = state
         background = [
             asyncio.create_task(purge_nonces_forever(db)),
@@ -127,5 +132,7 @@ async def purge_nonces_forever(db: Database) -> None:
         await asyncio.sleep(NONCE_PURGE_INTERVAL)
         try:
             await NonceService.purge_expired(db)
+            async with db.transaction() as session:
+                await purge_old_counters(session)
         except Exception as error:  # noqa: BLE001 - try again next time
             log.warning("nonce purge failed: %s", error)

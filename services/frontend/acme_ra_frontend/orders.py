@@ -23,6 +23,7 @@ from acme_ra.db.models import (
 from acme_ra.protocol.csr import check_csr_identifiers, parse_csr
 from acme_ra.protocol.identifiers import (
     MAX_IDENTIFIERS_PER_ORDER,
+    registered_domain,
     Identifier,
     IdentifierError,
     parse_identifier,
@@ -31,6 +32,7 @@ from acme_ra.protocol.jws import b64url_decode, check_public_key, raw_key
 from acme_ra.protocol.policy import Policy
 from acme_ra.protocol.problems import Problem, malformed, not_found, unauthorized
 from acme_ra_frontend.renewal_info import parse_cert_id
+from acme_ra_frontend import ratelimits
 from acme_ra_frontend.plumbing import AcmeCall, json_response
 from acme_ra_frontend.render import order_json
 
@@ -138,6 +140,14 @@ async def new_order(call: AcmeCall) -> Response:
     policies = [call.state.policy] + ([Policy.from_data(eab_key.policy)] if eab_key and eab_key.policy else [])
     check_policy(identifiers, policies)
     profile = choose_profile(call, payload.get("profile"), eab_key)
+    await ratelimits.spend(call.session, "orders-per-account", account.id,
+                           settings.rate_new_orders_per_account_per_hour, ratelimits.HOUR, "new orders for this account")
+    if eab_key is not None:
+        await ratelimits.spend(call.session, "orders-per-eab-key", eab_key.kid,
+                               settings.rate_new_orders_per_eab_key_per_hour, ratelimits.HOUR,
+                               "new orders for this External Account Binding key")
+    await ratelimits.check_failed_validations(call.session, account.id, identifiers,
+                                              settings.rate_failed_validations_per_name_per_hour)
     replaces = None
     if payload.get("replaces") is not None:
         replaces = await check_replaces(call, payload["replaces"], identifiers)
@@ -258,6 +268,10 @@ async def finalize(call: AcmeCall) -> Response:
         raise Problem("badCSR", "the certificate key must not be the account key")
     identifiers = [Identifier(i["type"], i["value"]) for i in found.identifiers]
     check_csr_identifiers(csr, identifiers)
+    for domain in sorted({registered_domain(i.value) for i in identifiers if i.type == "dns"}):
+        await ratelimits.spend(call.session, "certificates-per-domain", domain,
+                               call.state.settings.rate_certificates_per_domain_per_week, ratelimits.WEEK,
+                               f"certificates for {domain} this week")
     now = utcnow()
     changed = await call.session.execute(
         update(Order)

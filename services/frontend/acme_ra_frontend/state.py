@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
@@ -25,6 +26,7 @@ class FrontendState:
     sealer: Sealer
     policy: Policy
     urls: dict[str, Urls] = field(default_factory=dict)
+    trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
 
     def urls_for(self, provisioner: str) -> Urls | None:
         return self.urls.get(provisioner)

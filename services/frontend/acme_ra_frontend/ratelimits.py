@@ -1,0 +1,89 @@
+"""Rate limits that hold across frontend replicas: fixed-window counters in the database.
+
+A counter is spent inside the request's own transaction, so a request refused for any reason
+(this limit included) does not count. Refusals are ``rateLimited`` (429) with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import math
+
+from fastapi import Request
+from sqlalchemy import delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from acme_ra.db.models import Authorization, AuthzStatus, RateCounter, utcnow
+from acme_ra.protocol.identifiers import Identifier
+from acme_ra.protocol.problems import Problem
+
+HOUR = dt.timedelta(hours=1)
+WEEK = dt.timedelta(days=7)
+
+
+def client_address(request: Request, trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    peer = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return peer
+    forwarded = request.headers.get("x-forwarded-for")
+    if forwarded and any(address in network for network in trusted_proxies):
+        return forwarded.split(",")[-1].strip() or peer
+    return peer
+
+
+def rate_limited(what: str, retry_after: dt.timedelta) -> Problem:
+    seconds = max(1, math.ceil(retry_after.total_seconds()))
+    return Problem("rateLimited", f"too many {what}; retry after {seconds} s", headers={"Retry-After": str(seconds)})
+
+
+async def spend(session: AsyncSession, name: str, subject: str, limit: int, window: dt.timedelta, what: str) -> None:
+    """Count one event against ``limit`` per ``window``; refuse when the limit is exceeded."""
+    if limit <= 0:
+        return
+    now = utcnow()
+    epoch = int(now.timestamp())
+    start_epoch = epoch - epoch % int(window.total_seconds())
+    window_start = dt.datetime.fromtimestamp(start_epoch, dt.timezone.utc)
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(RateCounter)
+        .values(key=f"{name}:{subject}"[:300], window_start=window_start, count=1)
+        .on_conflict_do_update(index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1})
+        .returning(RateCounter.count)
+    )
+    count = (await session.execute(statement)).scalar_one()
+    if count > limit:
+        raise rate_limited(what, window_start + window - now)
+
+
+async def check_failed_validations(
+    session: AsyncSession, account_id: str, identifiers: list[Identifier], limit: int
+) -> None:
+    """Refuse new orders for names this account failed to validate too often in the last hour."""
+    if limit <= 0:
+        return
+    since = utcnow() - HOUR
+    rows = (
+        await session.execute(
+            select(Authorization.identifier_value, func.count())
+            .where(
+                Authorization.account_id == account_id,
+                Authorization.status == AuthzStatus.invalid.value,
+                Authorization.identifier_value.in_([i.base_value for i in identifiers]),
+                Authorization.created_at > since,
+            )
+            .group_by(Authorization.identifier_value)
+        )
+    ).all()
+    for name, failures in rows:
+        if failures >= limit:
+            raise rate_limited(f"failed validations for {name}", HOUR)
+
+
+async def purge_old_counters(session: AsyncSession) -> None:
+    await session.execute(delete(RateCounter).where(RateCounter.window_start < utcnow() - WEEK - HOUR))

@@ -1,0 +1,51 @@
+"""Rate limits: counted in the database (so every replica sees them), 429 rateLimited + Retry-After."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from acme_ra.config import Settings
+from acme_ra_frontend.app import create_app
+from tests.conformance.client import TestAcmeClient
+from tests.frontend.conftest import EXTERNAL_URL
+
+
+@pytest.fixture(scope="module")
+async def limited_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    tight = settings.model_copy(update={
+        "rate_new_accounts_per_ip_per_hour": 1000, "rate_new_orders_per_account_per_hour": 2,
+        "rate_failed_validations_per_name_per_hour": 1,
+    })
+    app = create_app(tight)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+async def test_orders_per_account(limited_http: httpx.AsyncClient) -> None:
+    client = TestAcmeClient(limited_http, f"{EXTERNAL_URL}/acme/acme/directory")
+    await client.load_directory()
+    assert (await client.register()).status == 201
+    order = {"identifiers": [{"type": "dns", "value": "rl.example.org"}]}
+    assert (await client.post(client.directory["newOrder"], order)).status == 201
+    assert (await client.post(client.directory["newOrder"], order)).status == 201
+    third = await client.post(client.directory["newOrder"], order)
+    assert third.status == 429 and third.problem_type == "rateLimited"
+    assert 0 < int(third.headers["retry-after"]) <= 3600
+    # Another account is not affected.
+    other = TestAcmeClient(limited_http, client.directory_url)
+    await other.load_directory()
+    await other.register()
+    assert (await other.post(other.directory["newOrder"], order)).status == 201
+
+
+async def test_public_suffix_is_rejected(limited_http: httpx.AsyncClient) -> None:
+    client = TestAcmeClient(limited_http, f"{EXTERNAL_URL}/acme/acme/directory")
+    await client.load_directory()
+    await client.register()
+    reply = await client.post(client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "co.uk"}]})
+    assert reply.problem_type == "rejectedIdentifier"

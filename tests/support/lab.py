@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from acme_ra.config import ENV_PREFIX
+from acme_ra.config import ENV_PREFIX, Settings
 from acme_ra.launcher import Topology, free_port
 
 # Where the test DNS server's names resolve, and the zone it answers for.
@@ -50,6 +50,10 @@ def lab_environment(state_dir: Path, database_url: str, ports: LabPorts,
         f"{ENV_PREFIX}VALIDATION_TLS_PORT": str(ports.tls_alpn),
         f"{ENV_PREFIX}DNS_RESOLVERS": dns_resolvers,
     })
+    for field in Settings.model_fields:  # any other listener (metrics...): a free port too
+        name = f"{ENV_PREFIX}{field.upper()}"
+        if field.endswith("_listen") and name not in env:
+            env[name] = f"127.0.0.1:{free_port()}"
     return env
 
 

@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     validation_tls_port: int = Field(443, gt=0, lt=65536)
     # ACME_RA_DNS_RESOLVERS: comma list of host[:port]; empty = the system's resolvers.
     dns_resolvers: str = ""
+    # ACME_RA_VALIDATION_ALLOW_NETWORKS: comma list of CIDRs the validator may connect to although
+    # they are in its default deny list (loopback, private, link-local, ...); default "" (none).
+    # Labs (make dev, tests) set 127.0.0.0/8,::1/128: their clients answer on loopback.
+    validation_allow_networks: str = ""
+    # ACME_RA_VALIDATION_DENY_NETWORKS: comma list of CIDRs the validator never connects to, added
+    # to the default deny list and winning over the allow list; default "".
+    validation_deny_networks: str = ""
+    # ACME_RA_CAA_IDENTITIES: comma list of CA domain names CAA `issue`/`issuewild` records must
+    # name (in RA mode the upstream CA's, e.g. sectigo.com,incommon.org); default "" = no CAA check.
+    caa_identities: str = ""
     # ACME_RA_METRICS_LISTEN: the frontend's Prometheus /metrics listener (empty: off).
     metrics_listen: str = "127.0.0.1:9123"
     # ACME_RA_VALIDATOR_LISTEN / ACME_RA_SIGNER_LISTEN: health and metrics of the workers.
@@ -182,6 +192,13 @@ class Settings(BaseSettings):
         for item in filter(None, (v.strip() for v in value.split(","))):
             host, _ = parse_host_port(item, 53)
             ipaddress.ip_address(host)
+        return value
+
+    @field_validator("validation_allow_networks", "validation_deny_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            ipaddress.ip_network(item, strict=False)
         return value
 
     @field_validator("provisioners")
@@ -275,6 +292,10 @@ class Settings(BaseSettings):
     @property
     def resolver_addresses(self) -> list[tuple[str, int]]:
         return [parse_host_port(v.strip(), 53) for v in self.dns_resolvers.split(",") if v.strip()]
+
+    @property
+    def caa_identity_list(self) -> list[str]:
+        return [v.strip().lower() for v in self.caa_identities.split(",") if v.strip()]
 
     def sealing_secret(self) -> bytes:
         """The secret that seals secrets at rest (see ACME_RA_SECRET_KEY)."""

@@ -73,7 +73,7 @@ class ScriptedDriver(UpstreamDriver):
             raise self.error
         return await self.lab.issue(request)
 
-    async def revoke(self, cert_der: bytes, reason: int) -> None:
+    async def revoke(self, cert_der: bytes, reason: int, order_id: str | None = None) -> None:
         await self.lab.revoke(cert_der, reason)
 
     async def check(self) -> None:

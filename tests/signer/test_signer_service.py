@@ -163,3 +163,39 @@ async def test_readiness_names_nats_when_it_goes_away(
             return ready.status_code == 503 and "nats" in ready.json()["failed"]
 
         await wait_for(nats_reported)
+
+
+async def test_revoke_request_is_answered_over_nats(
+    settings: Settings, db_url: str, nats_server: NatsServer
+) -> None:
+    app = create_app(settings.model_copy(update={"nats_url": nats_server.url}))
+    db = Database(db_url)
+    nc = await bus.connect(nats_server.url, "frontend-test")
+    try:
+        async with app.router.lifespan_context(app):
+            names = ["revoke.example.test"]
+            order_id = await insert_order(db, names, make_csr(names))
+            await bus.publish_job(nc.jetstream(), bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}")
+
+            async def issued() -> bool:
+                async with db.sessions() as session:
+                    order = await session.get(Order, order_id)
+                    return order is not None and order.certificate_id is not None
+
+            await wait_for(issued)
+            async with db.sessions() as session:
+                order = await session.get(Order, order_id)
+                assert order is not None and order.certificate_id is not None
+                certificate_id = order.certificate_id
+            request = bus.RevokeRequest(certificate_id=certificate_id, reason=1)
+            message = await nc.request(bus.SUBJECT_REVOKE_RPC, request.model_dump_json().encode(), timeout=10)
+            assert bus.RevokeReply.model_validate_json(message.data).outcome == "revoked"
+            message = await nc.request(bus.SUBJECT_REVOKE_RPC, b"not json", timeout=10)
+            reply = bus.RevokeReply.model_validate_json(message.data)
+            assert reply.outcome == "rejected" and reply.problem is not None and reply.problem["type"] == "malformed"
+            async with db.sessions() as session:
+                certificate = await session.get(Certificate, certificate_id)
+                assert certificate is not None and certificate.revocation_reason == 1
+    finally:
+        await nc.close()
+        await db.dispose()

@@ -104,16 +104,20 @@ class AcmeUpstream:
         self, url: str, payload: Any, accept: str | None = None
     ) -> tuple[httpx.Response, Account]:
         """POST as the account; if the upstream no longer knows it, register again and retry."""
-        account = await self.accounts.current()
         try:
+            account = await self.accounts.current()
+            try:
+                return await self.client.post(url, payload, account.key, account.url, accept=accept), account
+            except AcmeProblem as problem:
+                if problem.code not in ("accountDoesNotExist", "unauthorized"):
+                    raise
+                if problem.code == "unauthorized" and await self.accounts.is_valid(account):
+                    raise  # the account is fine: the request itself is refused
+                account = await self.accounts.replace(account)
             return await self.client.post(url, payload, account.key, account.url, accept=accept), account
-        except AcmeProblem as problem:
-            if problem.code not in ("accountDoesNotExist", "unauthorized"):
-                raise
-            if problem.code == "unauthorized" and await self.accounts.is_valid(account):
-                raise  # the account is fine: the request itself is refused
-            account = await self.accounts.replace(account)
-        return await self.client.post(url, payload, account.key, account.url, accept=accept), account
+        except UpstreamUnavailable:
+            self._checked_at = -1e9  # readiness asks the upstream again
+            raise
 
     def mapped(self, problem: AcmeProblem, what: str) -> UpstreamError:
         if problem.status >= 500 or problem.code in TRANSIENT_PROBLEMS:
@@ -421,7 +425,11 @@ class AcmeUpstream:
     # Revocation and readiness --------------------------------------------------------------------
 
     async def revoke(self, cert_der: bytes, reason: int) -> None:
-        directory = await self.client.directory()
+        try:
+            directory = await self.client.directory()
+        except UpstreamUnavailable:
+            self._checked_at = -1e9
+            raise
         try:
             cert = x509.load_der_x509_certificate(cert_der)
         except ValueError:

@@ -89,7 +89,10 @@ def settings(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPath
         external_url=EXTERNAL_URL,
         state_dir=tmp_path_factory.mktemp("state"),
         provisioners="acme,other",
-        rate_new_accounts_per_ip_per_hour=0,  # the suite registers many accounts from one address
+        # The suite registers many accounts and orders from one address; tests/frontend/test_ratelimits.py
+        # checks the limits with an app of its own.
+        rate_new_accounts_per_ip_per_hour=0,
+        rate_new_orders_per_account_per_hour=0,
     )
 
 

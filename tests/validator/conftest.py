@@ -1,21 +1,37 @@
-"""Fixtures for the validator tests: a real DNS server (dnslib), a real HTTP server (asyncio),
-and a migrated SQLite database."""
+"""Fixtures for the validator tests: a real DNS server (dnslib), real HTTP and TLS servers
+(asyncio), challenge certificates, and a migrated SQLite database.
+
+The servers listen on loopback, which the validator refuses by default (SSRF guard): tests use
+``LAB_POLICY``, what ``ACME_RA_VALIDATION_ALLOW_NETWORKS=127.0.0.0/8,::1/128`` gives.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import datetime as dt
 import socket
-from collections.abc import AsyncIterator, Iterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, DNSRecord
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from dnslib import CAA, QTYPE, RCODE, RR, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from acme_ra.db.migrate import upgrade
+from acme_ra_validator.network import NetworkPolicy
 from acme_ra_validator.resolver import NameResolver
+from acme_ra_validator.tlsalpn01 import ID_PE_ACME_IDENTIFIER, acme_identifier_value
+
+# What the labs set: ACME_RA_VALIDATION_ALLOW_NETWORKS=127.0.0.0/8,::1/128.
+LAB_ALLOW_NETWORKS = "127.0.0.0/8,::1/128"
+LAB_POLICY = NetworkPolicy.from_lists(LAB_ALLOW_NETWORKS)
 
 
 def unused_port() -> int:
@@ -35,6 +51,11 @@ class ZoneResolver(BaseResolver):  # type: ignore[misc]
     def add(self, zone_line: str) -> None:
         for rr in RR.fromZone(zone_line):
             self.records.setdefault(str(rr.rname).lower(), []).append(rr)
+
+    def add_caa(self, name: str, tag: str, value: str, flags: int = 0) -> None:
+        """A CAA record (built directly: a zone line would take ";" for a comment)."""
+        rr = RR(DNSLabel(name), QTYPE.CAA, rdata=CAA(flags, tag, value), ttl=60)
+        self.records.setdefault(str(rr.rname).lower(), []).append(rr)
 
     def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
         reply = request.reply()
@@ -129,6 +150,104 @@ async def http_lab() -> AsyncIterator[HttpLab]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _close_at_once(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (ConnectionError, ssl.SSLError):
+        pass
+
+
+@dataclass
+class TlsLab:
+    """TLS servers on loopback, each presenting one certificate; records the SNI names seen."""
+
+    directory: Path
+    server_names: list[str | None] = field(default_factory=list)
+    servers: list[asyncio.Server] = field(default_factory=list)
+
+    async def serve(
+        self,
+        certificate: x509.Certificate,
+        key: ec.EllipticCurvePrivateKey,
+        alpn: tuple[str, ...] = ("acme-tls/1",),
+        handler: Handler = _close_at_once,
+        host: str = "127.0.0.1",
+    ) -> int:
+        """Start a server; returns its port."""
+        name = f"server-{len(self.servers)}"
+        cert_path, key_path = self.directory / f"{name}.crt", self.directory / f"{name}.key"
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_path, key_path)
+        context.set_alpn_protocols(list(alpn))
+        context.sni_callback = lambda _sock, server_name, _context: self.server_names.append(server_name)
+        server = await asyncio.start_server(_quiet(handler), host, 0, ssl=context)
+        self.servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        for server in self.servers:
+            server.close()
+            await server.wait_closed()
+
+
+def _quiet(handler: Handler) -> Handler:
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, ssl.SSLError):
+            pass
+
+    return run
+
+
+@pytest.fixture
+async def tls_lab(tmp_path: Path) -> AsyncIterator[TlsLab]:
+    lab = TlsLab(tmp_path)
+    try:
+        yield lab
+    finally:
+        await lab.close()
+
+
+def challenge_certificate(
+    names: list[x509.GeneralName],
+    key_authorization: str | None,
+    *,
+    critical: bool = True,
+    extension_value: bytes | None = None,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A self-signed tls-alpn-01 certificate: SANs ``names`` and (unless ``key_authorization`` is
+    None) the acmeIdentifier extension, or ``extension_value`` as its raw value."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme-tls-alpn-01 test")])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if key_authorization is not None or extension_value is not None:
+        value = extension_value if extension_value is not None else acme_identifier_value(key_authorization or "")
+        builder = builder.add_extension(x509.UnrecognizedExtension(ID_PE_ACME_IDENTIFIER, value), critical=critical)
+    return builder.sign(key, hashes.SHA256()), key
 
 
 @pytest.fixture(scope="session")

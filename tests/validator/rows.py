@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from acme_ra.db.engine import Database
+from acme_ra.protocol.jws import key_authorization
 from acme_ra.db.models import Account, Authorization, Challenge, Order, OrderAuthorization, utcnow
 
 
@@ -27,11 +28,19 @@ class PendingOrder:
 
     @property
     def key_authorization(self) -> str:
-        thumbprint = josepy.JWK.from_json(self.jwk).thumbprint()
-        return self.token + "." + base64.urlsafe_b64encode(thumbprint).rstrip(b"=").decode()
+        return key_authorization(self.token, self.jwk)
 
 
-async def insert_pending_order(db: Database, domain: str, challenge_type: str = "http-01") -> PendingOrder:
+async def insert_pending_order(
+    db: Database,
+    domain: str,
+    challenge_type: str = "http-01",
+    *,
+    identifier_type: str = "dns",
+    wildcard: bool = False,
+    provisioner: str = "acme",
+) -> PendingOrder:
+    """``domain`` is the authorization's value (without "*." for a wildcard)."""
     key = josepy.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
     jwk = key.public_key().to_json()
     thumbprint = base64.urlsafe_b64encode(key.thumbprint()).rstrip(b"=").decode()
@@ -42,14 +51,18 @@ async def insert_pending_order(db: Database, domain: str, challenge_type: str = 
         await session.flush()
         order = Order(
             account_id=account.id,
-            provisioner="acme",
+            provisioner=provisioner,
             expires=expires,
-            identifiers=[{"type": "dns", "value": domain}],
+            identifiers=[{"type": identifier_type, "value": ("*." if wildcard else "") + domain}],
             not_before=None,
             not_after=None,
         )
         authz = Authorization(
-            account_id=account.id, identifier_type="dns", identifier_value=domain, expires=expires
+            account_id=account.id,
+            identifier_type=identifier_type,
+            identifier_value=domain,
+            wildcard=wildcard,
+            expires=expires,
         )
         session.add_all([order, authz])
         await session.flush()

@@ -19,7 +19,7 @@ import pytest
 from acme_ra import bus
 from acme_ra.db.engine import Database
 
-from .conftest import HttpLab, unused_port
+from .conftest import LAB_ALLOW_NETWORKS, HttpLab, unused_port
 from .rows import insert_pending_order, snapshot
 
 pytestmark = pytest.mark.integration
@@ -103,6 +103,7 @@ async def service(tmp_path: Path, nats_lab: Nats, database_url: str, http_lab: H
         "ACME_RA_DATABASE_URL": database_url,
         "ACME_RA_VALIDATOR_LISTEN": listen,
         "ACME_RA_VALIDATION_HTTP_PORT": str(http_lab.port),
+        "ACME_RA_VALIDATION_ALLOW_NETWORKS": LAB_ALLOW_NETWORKS,  # http_lab answers on loopback
         "ACME_RA_DNS_RESOLVERS": "",
         "ACME_RA_STATE_DIR": str(tmp_path),
     }

@@ -7,7 +7,7 @@ import sys
 import uvicorn
 
 from acme_ra.config import get_settings, parse_host_port
-from acme_ra.telemetry import setup_logging
+from acme_ra.telemetry import init_tracing, setup_logging
 from acme_ra_validator.app import create_app
 
 
@@ -21,6 +21,7 @@ def main() -> None:
         )
         raise SystemExit(2)
     setup_logging("validator", settings.log_level)
+    init_tracing("validator")
     host, port = parse_host_port(settings.validator_listen)
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False, lifespan="on")
 

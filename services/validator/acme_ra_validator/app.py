@@ -21,13 +21,13 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NATS
 from sqlalchemy import text
 
-from acme_ra import bus
+from acme_ra import bus, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra_validator import metrics
 from acme_ra_validator.http01 import new_http_client
 from acme_ra_validator.resolver import NameResolver
-from acme_ra_validator.worker import ChallengeValidator
+from acme_ra_validator.worker import ChallengeValidator, ValidationOptions
 
 log = logging.getLogger("acme_ra_validator.app")
 
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
             db,
             http,
             NameResolver(settings.resolver_addresses),
-            http_port=settings.validation_http_port,
+            ValidationOptions.from_settings(settings),
             authz_lifetime=dt.timedelta(seconds=settings.authz_lifetime_seconds),
         )
         state = ConsumerState()
@@ -118,6 +118,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await state.nc.close()
             await http.aclose()
             await db.dispose()
+            if telemetry.tracing_enabled():
+                telemetry.shutdown_tracing()  # flush batched spans: uvicorn re-raises SIGTERM next
 
     app = FastAPI(title="acme-ra validator", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 

@@ -1,40 +1,60 @@
-"""http-01 (RFC 8555 §8.3): fetch the key authorization over plain HTTP.
+"""http-01 (RFC 8555 §8.3, RFC 8738 §4 for IP identifiers): fetch the key authorization over HTTP.
 
-The validator resolves the name itself and connects to each address in turn (IPv4 first) with
-the identifier in the Host header. Redirects are followed (at most ``MAX_REDIRECTS``) only to
-``http`` URLs on a DNS name and on the configured validation port; a redirect to https, to
-another port or to an IP address fails the challenge.
+The validator resolves the name itself, keeps the addresses the network policy permits, and
+connects to each in turn (IPv4 first) with the identifier in the Host header; an IP identifier is
+connected to directly (Host = the IP, IPv6 in brackets). Redirects are followed like Boulder does:
+at most ``MAX_REDIRECTS``, ``http`` on the validation HTTP port or ``https`` on the validation TLS
+port (certificate not verified: the challenge proves control, not the certificate), every target
+resolved and checked again.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+from dataclasses import dataclass
 
 import httpx
 
+from acme_ra import telemetry
 from acme_ra_validator.failure import ValidationFailure
-from acme_ra_validator.resolver import LookupFailed, NameNotFound, NameResolver
+from acme_ra_validator.network import NetworkPolicy, addresses_to_dial
+from acme_ra_validator.resolver import NameResolver
 
 HTTP01_PATH = "/.well-known/acme-challenge/"
-# Seconds to open a TCP connection to one address (before trying the next).
+# Seconds to open a TCP connection (and TLS, for https redirects) to one address.
 CONNECT_TIMEOUT_SECONDS = 5.0
 # Seconds between two reads of the response.
 READ_TIMEOUT_SECONDS = 10.0
 # The most of a response body that is read; anything longer cannot be a key authorization.
 MAX_BODY_BYTES = 64 * 1024
 MAX_REDIRECTS = 10
+# Longest redirect target followed (Boulder: 2000 characters of path).
+MAX_REDIRECT_URL_CHARS = 2000
 # How much of a wrong response a problem detail quotes.
 QUOTED_BODY_CHARS = 128
 USER_AGENT = "acme-ra-validator"
 _REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 
 
+@dataclass(frozen=True)
+class ValidationPorts:
+    """Where the validator connects: ACME_RA_VALIDATION_HTTP_PORT / ACME_RA_VALIDATION_TLS_PORT."""
+
+    http: int = 80
+    tls: int = 443
+
+    def for_scheme(self, scheme: str) -> int:
+        return self.tls if scheme == "https" else self.http
+
+
 def new_http_client() -> httpx.AsyncClient:
-    """The process's one client: no proxies from the environment, no redirects of its own,
-    no keep-alive (each validation opens fresh connections to the addresses it resolved)."""
+    """The process's one client: no proxies from the environment, no redirects of its own, no
+    keep-alive (each validation opens fresh connections to the addresses it resolved), and no
+    certificate verification for https redirects (as Boulder)."""
     return httpx.AsyncClient(
         trust_env=False,
+        verify=False,
         follow_redirects=False,
         timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
         limits=httpx.Limits(max_keepalive_connections=0),
@@ -49,17 +69,19 @@ def challenge_url(host: str, port: int, token: str) -> httpx.URL:
 async def check_http01(
     client: httpx.AsyncClient,
     resolver: NameResolver,
+    policy: NetworkPolicy,
+    ports: ValidationPorts,
     host: str,
-    port: int,
     token: str,
     key_authorization: str,
 ) -> None:
-    """Return when ``host`` serves ``key_authorization``; raise ValidationFailure otherwise."""
-    url = challenge_url(host, port, token)
+    """Return when ``host`` (a DNS name or an IP address) serves ``key_authorization``; raise
+    ValidationFailure otherwise."""
+    url = challenge_url(host, ports.http, token)
     for _ in range(MAX_REDIRECTS + 1):
-        status, location, body = await _fetch(client, resolver, url)
+        status, location, body = await _fetch(client, resolver, policy, url)
         if status in _REDIRECT_STATUSES and location:
-            url = _redirect_target(url, location, port)
+            url = _redirect_target(url, location, ports)
             continue
         break
     else:
@@ -75,30 +97,39 @@ async def check_http01(
         )
 
 
-async def _fetch(client: httpx.AsyncClient, resolver: NameResolver, url: httpx.URL) -> tuple[int, str | None, bytes]:
-    """GET ``url`` from the first of its addresses that accepts a connection."""
-    host = url.raw_host.decode("ascii")
-    try:
-        addresses = await resolver.addresses(host)
-    except NameNotFound as error:
-        raise ValidationFailure("dns", f"No valid IP addresses found for {host} ({error.reason})") from None
-    except LookupFailed as error:
-        raise ValidationFailure("dns", f"DNS problem: {error.reason} looking up A/AAAA for {host}") from None
+async def _fetch(
+    client: httpx.AsyncClient, resolver: NameResolver, policy: NetworkPolicy, url: httpx.URL
+) -> tuple[int, str | None, bytes]:
+    """GET ``url`` from the first of its permitted addresses that accepts a connection."""
+    host = url.raw_host.decode("ascii")  # IDNs in A-labels, IPv6 without brackets
+    addresses = await addresses_to_dial(resolver, policy, host)
     host_header = url.netloc.decode("ascii")
+    # TLS: SNI is the name (never an IP address), as a browser would send it.
+    extensions = {"sni_hostname": host} if url.scheme == "https" and not _is_ip(host) else {}
     failure: ValidationFailure | None = None
     for address in addresses:
-        try:
-            async with client.stream("GET", url.copy_with(host=address), headers={"Host": host_header}) as response:
-                body = await _read_body(response)
-                return response.status_code, response.headers.get("location"), body
-        except httpx.ConnectTimeout:
-            failure = ValidationFailure("connection", f"{address}: Fetching {url}: Timeout during connect")
-        except httpx.ConnectError:
-            failure = ValidationFailure("connection", f"{address}: Fetching {url}: Connection refused or unreachable")
-        except httpx.TimeoutException:
-            raise ValidationFailure("connection", f"{address}: Fetching {url}: Timeout during read") from None
-        except httpx.TransportError:
-            raise ValidationFailure("connection", f"{address}: Fetching {url}: Error reading the response") from None
+        with telemetry.span(
+            "validator.http_fetch", **{"url.full": str(url), "network.peer.address": address}
+        ) as span:
+            try:
+                async with client.stream(
+                    "GET", url.copy_with(host=address), headers={"Host": host_header}, extensions=extensions
+                ) as response:
+                    body = await _read_body(response)
+                    span.set_attribute("http.response.status_code", response.status_code)
+                    return response.status_code, response.headers.get("location"), body
+            except httpx.ConnectTimeout:
+                failure = ValidationFailure("connection", f"{address}: Fetching {url}: Timeout during connect")
+            except httpx.ConnectError:
+                failure = ValidationFailure(
+                    "connection", f"{address}: Fetching {url}: Connection refused or unreachable"
+                )
+            except httpx.TimeoutException:
+                raise ValidationFailure("connection", f"{address}: Fetching {url}: Timeout during read") from None
+            except httpx.TransportError:
+                raise ValidationFailure(
+                    "connection", f"{address}: Fetching {url}: Error reading the response"
+                ) from None
     raise failure or ValidationFailure("dns", f"No valid IP addresses found for {host}")
 
 
@@ -111,19 +142,34 @@ async def _read_body(response: httpx.Response) -> bytes:
     return bytes(body[:MAX_BODY_BYTES])
 
 
-def _redirect_target(current: httpx.URL, location: str, port: int) -> httpx.URL:
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _redirect_target(current: httpx.URL, location: str, ports: ValidationPorts) -> httpx.URL:
+    if len(location) > MAX_REDIRECT_URL_CHARS:
+        raise ValidationFailure(
+            "connection", f"Fetching {current}: redirect target longer than {MAX_REDIRECT_URL_CHARS} characters"
+        )
     try:
         target = current.join(location)
     except httpx.InvalidURL:
         raise ValidationFailure("connection", f"Fetching {current}: invalid redirect target") from None
-    if target.scheme != "http":
+    if target.scheme not in ("http", "https"):
         raise ValidationFailure(
             "connection", f"Fetching {current}: redirect to {target.scheme or 'a relative'} URL is not followed"
         )
-    if (target.port or 80) != port:
-        raise ValidationFailure("connection", f"Fetching {current}: redirect to port {target.port or 80} is not followed")
-    try:
-        ipaddress.ip_address(target.raw_host.decode("ascii").strip("[]"))
-    except ValueError:
-        return target.copy_with(fragment=None)
-    raise ValidationFailure("connection", f"Fetching {current}: redirect to an IP address is not followed")
+    if not target.raw_host:
+        raise ValidationFailure("connection", f"Fetching {current}: redirect target has no host")
+    default_port = 443 if target.scheme == "https" else 80
+    if (target.port or default_port) != ports.for_scheme(target.scheme):
+        raise ValidationFailure(
+            "connection",
+            f"Fetching {current}: redirect to {target.scheme} port {target.port or default_port} is not followed "
+            f"(only {ports.http} for http, {ports.tls} for https)",
+        )
+    return target.copy_with(fragment=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
-CHALLENGE_TYPES = ("http-01", "dns-01")
+CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
 
 VALIDATIONS = Counter(
     "acme_ra_validations_total",

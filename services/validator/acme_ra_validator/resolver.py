@@ -1,4 +1,4 @@
-"""Name resolution for validation: A/AAAA (http-01) and TXT (dns-01).
+"""Name resolution for validation: A/AAAA (http-01, tls-alpn-01), TXT (dns-01) and CAA.
 
 With ``ACME_RA_DNS_RESOLVERS`` set, every query goes to those servers (dnspython, no cache).
 Without it, addresses come from ``getaddrinfo`` (so /etc/hosts works) and TXT records from the
@@ -11,12 +11,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+from typing import NamedTuple
 
 import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.nameserver
 import dns.resolver
+import dns.reversename
+
+from acme_ra import telemetry
 
 # Total time one DNS lookup may take, retries included (seconds).
 DNS_LIFETIME_SECONDS = 5.0
@@ -45,9 +49,22 @@ class LookupFailed(ResolutionError):
     """SERVFAIL, timeout, refused: the answer is unknown."""
 
 
+class CaaRecord(NamedTuple):
+    """One CAA resource record (RFC 8659 §4.1): the tag lowercased, the value as sent."""
+
+    flags: int
+    tag: str
+    value: str
+
+
 def is_localhost_name(name: str) -> bool:
     name = name.rstrip(".").lower()
     return name == "localhost" or name.endswith(".localhost")
+
+
+def reverse_name(address: str) -> str:
+    """``x.x.x.x.in-addr.arpa`` / nibble ``ip6.arpa`` without the final dot (RFC 8738 §6)."""
+    return dns.reversename.from_address(address).to_text(omit_final_dot=True)
 
 
 class NameResolver:
@@ -86,10 +103,11 @@ class NameResolver:
             pass
         if is_localhost_name(name):
             return list(LOOPBACK_ADDRESSES)
-        if self._configured:
-            found = await self._query_addresses(name)
-        else:
-            found = await self._getaddrinfo(name)
+        with telemetry.span("validator.dns_lookup", **{"dns.question.name": name, "dns.question.type": "A/AAAA"}):
+            if self._configured:
+                found = await self._query_addresses(name)
+            else:
+                found = await self._getaddrinfo(name)
         unique = list(dict.fromkeys(found))
         return sorted(unique, key=lambda address: ipaddress.ip_address(address).version)
 
@@ -132,8 +150,20 @@ class NameResolver:
         """The TXT records at ``name`` (CNAMEs followed); each record's strings joined."""
         if is_localhost_name(name):
             raise NameNotFound("NXDOMAIN")
-        answer = await self._query(name, "TXT")
+        with telemetry.span("validator.dns_lookup", **{"dns.question.name": name, "dns.question.type": "TXT"}):
+            answer = await self._query(name, "TXT")
         return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer]
+
+    async def caa(self, name: str) -> list[CaaRecord]:
+        """The CAA RRset at ``name`` (CNAMEs followed); NameNotFound when there is none."""
+        if is_localhost_name(name):
+            raise NameNotFound("NXDOMAIN")
+        with telemetry.span("validator.dns_lookup", **{"dns.question.name": name, "dns.question.type": "CAA"}):
+            answer = await self._query(name, "CAA")
+        return [
+            CaaRecord(rdata.flags, rdata.tag.decode("ascii", "replace").lower(), rdata.value.decode("latin-1"))
+            for rdata in answer
+        ]
 
     async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
         try:

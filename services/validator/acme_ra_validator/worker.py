@@ -7,7 +7,6 @@ recorded with a conditional update, so a redelivery (to this or another replica)
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime as dt
 import logging
 import time
@@ -16,20 +15,24 @@ from typing import Any
 
 import dns.exception
 import httpx
-import josepy
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from sqlalchemy import select
 
-from acme_ra import bus
+from acme_ra import bus, telemetry
+from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.lifecycle import record_challenge_outcome
-from acme_ra.db.models import Account, Authorization, Challenge, ChallengeStatus
+from acme_ra.db.models import Account, Authorization, Challenge, ChallengeStatus, Order, OrderAuthorization
+from acme_ra.protocol.jws import key_authorization
 from acme_ra_validator import metrics
+from acme_ra_validator.caa import check_caa
 from acme_ra_validator.dns01 import check_dns01
 from acme_ra_validator.failure import ValidationFailure
-from acme_ra_validator.http01 import check_http01
+from acme_ra_validator.http01 import ValidationPorts, check_http01
+from acme_ra_validator.network import NetworkPolicy
 from acme_ra_validator.resolver import NameResolver
+from acme_ra_validator.tlsalpn01 import check_tls_alpn01
 
 log = logging.getLogger("acme_ra_validator.worker")
 
@@ -40,10 +43,31 @@ VALIDATION_TIMEOUT_SECONDS = 45.0
 SERVER_INTERNAL = {"type": "serverInternal", "detail": "validation failed unexpectedly"}
 
 
-def key_authorization(token: str, jwk: dict[str, Any]) -> str:
-    """``token.thumbprint`` with the RFC 7638 SHA-256 thumbprint in base64url, no padding."""
-    thumbprint = josepy.JWK.from_json(jwk).thumbprint()
-    return token + "." + base64.urlsafe_b64encode(thumbprint).rstrip(b"=").decode("ascii")
+@dataclass(frozen=True)
+class ValidationOptions:
+    """How challenges are checked (from the ACME_RA_* settings)."""
+
+    ports: ValidationPorts
+    network_policy: NetworkPolicy
+    # ACME_RA_CAA_IDENTITIES; empty = no CAA check.
+    caa_identities: tuple[str, ...] = ()
+    # ACME_RA_EXTERNAL_URL: account URLs (CAA accounturi) are built from it.
+    external_url: str = "https://localhost:8443"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ValidationOptions:
+        return cls(
+            ports=ValidationPorts(settings.validation_http_port, settings.validation_tls_port),
+            network_policy=NetworkPolicy.from_lists(
+                settings.validation_allow_networks, settings.validation_deny_networks
+            ),
+            caa_identities=tuple(settings.caa_identity_list),
+            external_url=settings.external_url,
+        )
+
+    def account_url(self, provisioner: str, account_id: str) -> str:
+        """The account's URL as clients see it (the frontend's ``Urls.account``)."""
+        return f"{self.external_url}/acme/{provisioner}/account/{account_id}"
 
 
 @dataclass(frozen=True)
@@ -56,7 +80,11 @@ class ChallengeToCheck:
     token: str
     identifier_type: str
     identifier_value: str
+    wildcard: bool
+    account_id: str
     jwk: dict[str, Any]
+    # The provisioner of the (first) order holding the authorization; None if there is none.
+    provisioner: str | None
 
 
 class ChallengeValidator:
@@ -67,15 +95,15 @@ class ChallengeValidator:
         db: Database,
         http: httpx.AsyncClient,
         resolver: NameResolver,
+        options: ValidationOptions,
         *,
-        http_port: int,
         authz_lifetime: dt.timedelta,
         js: JetStreamContext | None = None,
     ) -> None:
         self.db = db
         self.http = http
         self.resolver = resolver
-        self.http_port = http_port
+        self.options = options
         self.authz_lifetime = authz_lifetime
         self.js = js
 
@@ -86,23 +114,44 @@ class ChallengeValidator:
 
     async def _handle(self, job: bus.ValidateJob, msg: Msg) -> None:
         started = time.monotonic()
-        challenge = await self.load(job.challenge_id)
-        if challenge is None or challenge.status != ChallengeStatus.processing.value:
+        # The order's trace, carried by the job (absent when tracing is off).
+        traceparent = (msg.headers or {}).get("traceparent")
+        with telemetry.span(
+            "validator.validate", traceparent, **{"acme.challenge_id": job.challenge_id, "acme.order_id": job.order_id}
+        ) as span:
+            challenge = await self.load(job.challenge_id)
+            if challenge is not None:
+                span.set_attribute("acme.challenge_type", challenge.type)
+            if challenge is None or challenge.status != ChallengeStatus.processing.value:
+                await msg.ack()
+                outcome = "missing" if challenge is None else "duplicate"
+                span.set_attribute("acme.outcome", outcome)
+                self._log(job, challenge.type if challenge else None, outcome, started)
+                return
+            error = await self.validate(challenge)
+            async with self.db.transaction() as session:
+                changed = await record_challenge_outcome(session, challenge.challenge_id, error, self.authz_lifetime)
             await msg.ack()
-            self._log(job, challenge.type if challenge else None, "missing" if challenge is None else "duplicate", started)
-            return
-        error = await self.validate(challenge)
-        async with self.db.transaction() as session:
-            changed = await record_challenge_outcome(session, challenge.challenge_id, error, self.authz_lifetime)
-        await msg.ack()
-        result = "valid" if error is None else error["type"]
-        self._log(job, challenge.type, result if changed else "duplicate", started, error)
-        if changed and self.js is not None:
-            status = ChallengeStatus.valid.value if error is None else ChallengeStatus.invalid.value
-            event = bus.Event(kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id, status=status)
-            await bus.publish_event(self.js, event)
+            result = "valid" if error is None else error["type"]
+            span.set_attribute("acme.outcome", result if changed else "duplicate")
+            self._log(job, challenge.type, result if changed else "duplicate", started, error)
+            if changed and self.js is not None:
+                status = ChallengeStatus.valid.value if error is None else ChallengeStatus.invalid.value
+                event = bus.Event(
+                    kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id, status=status
+                )
+                await bus.publish_event(self.js, event)
 
     async def load(self, challenge_id: str) -> ChallengeToCheck | None:
+        first_order_provisioner = (
+            select(Order.provisioner)
+            .join(OrderAuthorization, OrderAuthorization.order_id == Order.id)
+            .where(OrderAuthorization.authz_id == Authorization.id)
+            .order_by(Order.created_at)
+            .limit(1)
+            .correlate(Authorization)
+            .scalar_subquery()
+        )
         async with self.db.sessions() as session:
             row = (
                 await session.execute(
@@ -112,7 +161,10 @@ class ChallengeValidator:
                         Challenge.token,
                         Authorization.identifier_type,
                         Authorization.identifier_value,
+                        Authorization.wildcard,
+                        Authorization.account_id,
                         Account.jwk,
+                        first_order_provisioner,
                     )
                     .join(Authorization, Authorization.id == Challenge.authz_id)
                     .join(Account, Account.id == Authorization.account_id)
@@ -147,17 +199,36 @@ class ChallengeValidator:
         return error
 
     async def _check(self, challenge: ChallengeToCheck) -> None:
+        """The challenge's own check, then CAA for DNS names. Raises ValidationFailure."""
+        options = self.options
         key_auth = key_authorization(challenge.token, challenge.jwk)
-        if challenge.type == "http-01" and challenge.identifier_type in ("dns", "ip"):
+        kind, value = challenge.identifier_type, challenge.identifier_value
+        if kind not in ("dns", "ip"):
+            raise ValidationFailure("malformed", f"identifiers of type {kind} cannot be validated")
+        if challenge.type == "dns-01":
+            if kind == "ip":
+                raise ValidationFailure("malformed", "dns-01 cannot validate an IP address identifier (RFC 8738 §7)")
+            await check_dns01(self.resolver, value, key_auth)
+        elif challenge.wildcard and challenge.type in ("http-01", "tls-alpn-01"):
+            raise ValidationFailure("malformed", f"{challenge.type} cannot validate a wildcard name (RFC 8555 §7.1.3)")
+        elif challenge.type == "http-01":
             await check_http01(
-                self.http, self.resolver, challenge.identifier_value, self.http_port, challenge.token, key_auth
+                self.http, self.resolver, options.network_policy, options.ports, value, challenge.token, key_auth
             )
-        elif challenge.type == "dns-01" and challenge.identifier_type == "dns":
-            await check_dns01(self.resolver, challenge.identifier_value, key_auth)
+        elif challenge.type == "tls-alpn-01":
+            await check_tls_alpn01(self.resolver, options.network_policy, options.ports.tls, kind, value, key_auth)
         else:
-            raise ValidationFailure(
-                "serverInternal",
-                f"challenge type {challenge.type} is not supported for {challenge.identifier_type} identifiers",
+            raise ValidationFailure("malformed", f"challenge type {challenge.type} is not supported")
+        if kind == "dns" and options.caa_identities:
+            # Without an order there is no account URL to match: an accounturi then never matches.
+            account_uri = options.account_url(challenge.provisioner, challenge.account_id) if challenge.provisioner else ""
+            await check_caa(
+                self.resolver,
+                value,
+                wildcard=challenge.wildcard,
+                identities=options.caa_identities,
+                account_uri=account_uri,
+                method=challenge.type,
             )
 
     def _log(

@@ -102,14 +102,12 @@ async def _handshake(address: str, port: int, server_name: str) -> bytes:
             raise _ConnectFailed(
                 ValidationFailure("connection", f"{where}: Connection refused or unreachable")
             ) from None
+        shaken = False
         try:
             try:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT_SECONDS):
-                    await writer.start_tls(
-                        client_context(),
-                        server_hostname=server_name,
-                        ssl_handshake_timeout=HANDSHAKE_TIMEOUT_SECONDS,
-                    )
+                    await writer.start_tls(client_context(), server_hostname=server_name)
+                shaken = True
             except TimeoutError:
                 raise ValidationFailure("connection", f"{where}: Timeout during the TLS handshake") from None
             except ssl.SSLError as error:
@@ -131,12 +129,21 @@ async def _handshake(address: str, port: int, server_name: str) -> bytes:
                 raise ValidationFailure("tls", f"{where}: the server presented no certificate")
             return bytes(der)
         finally:
-            writer.close()
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                    await writer.wait_closed()
-            except (TimeoutError, OSError, ssl.SSLError):
-                writer.transport.abort()  # a peer that ignores close_notify does not hold the job
+            await _close(writer, polite=shaken)
+
+
+async def _close(writer: asyncio.StreamWriter, polite: bool) -> None:
+    """After a handshake, close with close_notify (bounded: a peer that ignores it does not hold
+    the job); after a failed one, drop the connection."""
+    if polite:
+        writer.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await writer.wait_closed()
+            return
+        except (TimeoutError, OSError, ssl.SSLError):
+            pass
+    writer.transport.abort()
 
 
 def check_certificate(

@@ -213,7 +213,8 @@ async def test_job_accounturi_is_the_account_url_of_the_orders_provisioner(db: D
     rows = await insert_pending_order(db, "caa.example.test", challenge_type="dns-01", provisioner="team-a")
     account_url = f"https://ra.example:8443/acme/team-a/account/{rows.account_id}"
     dns_lab.zone.add(f'_acme-challenge.caa.example.test. 60 IN TXT "{txt_record_value(rows.key_authorization)}"')
-    dns_lab.zone.add_caa("caa.example.test.", "issue", f"ca.example; accounturi={account_url}; validationmethods=dns-01")
+    value = f"ca.example; accounturi={account_url}; validationmethods=dns-01"
+    dns_lab.zone.add_caa("caa.example.test.", "issue", value)
     await run_job(db, dns_lab, 80, rows.challenge_id)
     after = await snapshot(db, rows)
     assert after["challenge"]["status"] == "valid", after["challenge"]["error"]

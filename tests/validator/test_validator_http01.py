@@ -89,7 +89,12 @@ async def test_redirect_on_same_port_is_followed(client: httpx.AsyncClient, http
 
 @pytest.mark.parametrize(
     "location",
-    ["https://myhost.localhost:8443/x", "http://myhost.localhost:1/x", "http://127.0.0.1/x", "ftp://myhost.localhost/x"],
+    [
+        "https://myhost.localhost:8443/x",
+        "http://myhost.localhost:1/x",
+        "http://127.0.0.1/x",
+        "ftp://myhost.localhost/x",
+    ],
 )
 async def test_redirect_elsewhere_is_refused(client: httpx.AsyncClient, http_lab: HttpLab, location: str) -> None:
     http_lab.routes[PATH] = (301, {"Location": location}, b"")

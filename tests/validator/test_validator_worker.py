@@ -169,7 +169,9 @@ async def test_dns01_never_validates_an_ip_identifier(db: Database, validator: C
     }
 
 
-async def test_http01_validates_an_ip_identifier(db: Database, validator: ChallengeValidator, http_lab: HttpLab) -> None:
+async def test_http01_validates_an_ip_identifier(
+    db: Database, validator: ChallengeValidator, http_lab: HttpLab
+) -> None:
     rows = await insert_pending_order(db, "127.0.0.1", identifier_type="ip")
     http_lab.routes[PATH + rows.token] = (200, {}, rows.key_authorization.encode())
     await validator.handle(bus.ValidateJob(challenge_id=rows.challenge_id), FakeMsg())  # type: ignore[arg-type]

@@ -221,7 +221,9 @@ class ChallengeValidator:
             raise ValidationFailure("malformed", f"challenge type {challenge.type} is not supported")
         if kind == "dns" and options.caa_identities:
             # Without an order there is no account URL to match: an accounturi then never matches.
-            account_uri = options.account_url(challenge.provisioner, challenge.account_id) if challenge.provisioner else ""
+            account_uri = ""
+            if challenge.provisioner is not None:
+                account_uri = options.account_url(challenge.provisioner, challenge.account_id)
             await check_caa(
                 self.resolver,
                 value,

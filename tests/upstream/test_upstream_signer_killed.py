@@ -1,0 +1,137 @@
+"""The signer *process* killed (SIGKILL) mid-issuance, after the upstream order was created,
+then a new signer process finishes the job: exactly one certificate, in the database and at
+Pebble. Real processes: nats-server, Pebble behind a slow link, two signer processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import update
+
+from acme_ra import bus
+from acme_ra.db.engine import Database
+from acme_ra.db.models import UpstreamOrder, utcnow
+
+from .conftest import SECRET, certificate_count, free_port, new_order, order_row, upstream_order_row, wait_until
+from .pebble import Pebble
+from .slow_proxy import SlowProxy
+
+REPO = Path(__file__).resolve().parents[2]
+# Added to every chunk between the signer and Pebble: the whole issuance then takes seconds.
+LINK_DELAY_SECONDS = 0.12
+
+
+class SignerProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "acme_ra_signer"], env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def slow_link(pebble: Pebble) -> Iterator[SlowProxy]:
+    proxy = SlowProxy(pebble.port, LINK_DELAY_SECONDS)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def signer_env(tmp_path: Path, pebble: Pebble, directory_url: str, nats_url: str, db_url: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ACME_RA_")}
+    env.update(
+        ACME_RA_STATE_DIR=str(tmp_path / "var"),
+        ACME_RA_DATABASE_URL=db_url,
+        ACME_RA_NATS_URL=nats_url,
+        ACME_RA_SIGNER_LISTEN=f"127.0.0.1:{free_port()}",
+        ACME_RA_UPSTREAM="acme",
+        ACME_RA_UPSTREAM_DIRECTORY_URL=directory_url,
+        ACME_RA_UPSTREAM_EAB_KID=pebble.eab_kid,
+        ACME_RA_UPSTREAM_EAB_HMAC_KEY=pebble.eab_hmac_key,
+        ACME_RA_UPSTREAM_CA_BUNDLE=str(pebble.ca_bundle),
+        ACME_RA_SECRET_KEY=SECRET,
+    )
+    return env
+
+
+async def test_signer_killed_after_the_upstream_order_was_created(
+    tmp_path: Path, pebble: Pebble, slow_link: SlowProxy, db: Database, db_url: str, nats_url: str
+) -> None:
+    slow_url = f"https://127.0.0.1:{slow_link.port}/dir"
+    first = SignerProcess(signer_env(tmp_path, pebble, slow_url, nats_url, db_url), tmp_path / "signer-1.log")
+    second: SignerProcess | None = None
+    nc = await bus.connect(nats_url, "test")
+    try:
+        order_id = await new_order(db, ["killed.example.test", "www.killed.example.test"])
+
+        async def js_ready() -> bool:  # the signer has created the streams
+            try:
+                await nc.jetstream().stream_info(bus.JOBS_STREAM)
+                return True
+            except Exception:  # noqa: BLE001
+                return False
+
+        await wait_until(js_ready, timeout=30)
+        js = nc.jetstream()
+        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}")
+
+        async def upstream_order_created() -> bool:
+            record = await upstream_order_row(db, order_id)
+            return record is not None and record.url is not None
+
+        await wait_until(upstream_order_created, timeout=60, interval=0.01)
+        first.kill()
+        killed_in = (await upstream_order_row(db, order_id)).state  # type: ignore[union-attr]
+        assert killed_in in ("pending", "finalizing", "processing"), killed_in
+        assert (await order_row(db, order_id)).status == "processing"
+
+        # A new signer; the job comes back (here re-published as the reconciler does; JetStream
+        # itself redelivers after its ack wait). The dead signer's lease has run out by then
+        # (30 s in production; expiry itself is tested in test_upstream_never_twice).
+        async with db.transaction() as session:
+            await session.execute(
+                update(UpstreamOrder)
+                .where(UpstreamOrder.order_id == order_id)
+                .values(lease_until=utcnow() - dt.timedelta(seconds=1))
+            )
+        slow_link.delay = 0.0  # the same upstream URL (the account and order URLs depend on it), now fast
+        second = SignerProcess(signer_env(tmp_path, pebble, slow_url, nats_url, db_url), tmp_path / "signer-2.log")
+        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}-again")
+
+        async def valid() -> bool:
+            return (await order_row(db, order_id)).status == "valid"
+
+        await wait_until(valid, timeout=60)
+        assert await certificate_count(db, order_id) == 1
+        record = await upstream_order_row(db, order_id)
+        assert record is not None and record.orders_created == 1
+        time.sleep(0.5)  # anything still in flight would have issued by now
+        assert pebble.issued_count() == 1
+    finally:
+        await nc.close()
+        first.kill()
+        if second is not None:
+            second.stop()

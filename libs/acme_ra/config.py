@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     # ACME_RA_AUTHZ_LIFETIME_SECONDS: how long a valid authorization may be reused (default 30 days).
     authz_lifetime_seconds: int = Field(30 * 86400, gt=0)
     # ACME_RA_CHALLENGE_TYPES: the challenge types offered (comma list).
-    challenge_types: str = "http-01,dns-01"
+    challenge_types: str = "http-01,dns-01,tls-alpn-01"
     # ACME_RA_REUSE_VALID_AUTHORIZATIONS: a new order reuses the account's valid authorizations.
     reuse_valid_authorizations: bool = True
     # ACME_RA_NONCE_LIFETIME_SECONDS: how long an issued nonce stays redeemable.

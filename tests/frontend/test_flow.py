@@ -107,7 +107,7 @@ async def test_new_order_and_rejections(account: TestAcmeClient) -> None:
     assert [c["type"] for c in wildcard.body["challenges"]] == ["dns-01"]
     plain = await account.post(order["authorizations"][0])
     assert "wildcard" not in plain.body
-    assert sorted(c["type"] for c in plain.body["challenges"]) == ["dns-01", "http-01"]
+    assert sorted(c["type"] for c in plain.body["challenges"]) == ["dns-01", "http-01", "tls-alpn-01"]
 
     bad = await account.post(
         account.directory["newOrder"],

@@ -14,6 +14,8 @@ async def directory(request: Request) -> Response:
     if state.settings.terms_of_service_url:
         meta["termsOfService"] = state.settings.terms_of_service_url
     meta["profiles"] = state.settings.profile_descriptions
+    if state.settings.caa_identity_list:
+        meta["caaIdentities"] = state.settings.caa_identity_list
     if state.settings.website_url:
         meta["website"] = state.settings.website_url
     body = {

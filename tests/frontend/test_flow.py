@@ -245,3 +245,12 @@ async def test_metrics_use_route_templates(account: TestAcmeClient) -> None:
     assert 'acme_ra_http_requests_total{method="POST",route="/acme/{provisioner}/new-account",status="201"}' in page
     assert "acme_ra_nonces_redeemed" in page and 'acme_ra_jobs_pending{consumer="validator"}' in page
     assert account.kid and account.kid.rsplit("/", 1)[1] not in page  # no ids as labels
+
+
+async def test_health_and_readiness(http: object) -> None:
+    client = http  # the in-process app
+    healthz = await client.get("/healthz")  # type: ignore[attr-defined]
+    readyz = await client.get("/readyz")  # type: ignore[attr-defined]
+    assert healthz.status_code == 200
+    assert readyz.status_code == 200 and readyz.json()["checks"] == {"database": "ok", "nats": "ok"}
+    assert "replay-nonce" not in readyz.headers

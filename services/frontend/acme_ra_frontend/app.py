@@ -18,7 +18,7 @@ from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import Policy, parse_rules
 from acme_ra.protocol.problems import Problem
 from acme_ra.sealing import Sealer
-from acme_ra_frontend import metrics, accounts, authz, directory, orders, renewal_info, revocation, urls
+from acme_ra_frontend import accounts, health, metrics, authz, directory, orders, renewal_info, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.ratelimits import purge_old_counters
 from acme_ra_frontend.reconciler import reconcile_forever
@@ -111,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            state.stopping = True
             for task in background:
                 task.cancel()
             await nc.drain()
@@ -121,6 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_api_route(path, post_endpoint(handler, auth), methods=["POST"])
     for path, get_handler in GET_ROUTES:
         app.add_api_route(path, guarded(get_handler), methods=["GET", "HEAD"])
+    app.add_api_route("/healthz", health.healthz, methods=["GET", "HEAD"])
+    app.add_api_route("/readyz", health.readyz, methods=["GET", "HEAD"])
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_middleware(AcmeHeaders)

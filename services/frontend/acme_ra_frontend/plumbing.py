@@ -49,7 +49,7 @@ class AcmeHeaders:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not scope["path"].startswith("/acme/"):
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]

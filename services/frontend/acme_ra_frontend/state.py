@@ -27,6 +27,7 @@ class FrontendState:
     policy: Policy
     urls: dict[str, Urls] = field(default_factory=dict)
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
+    stopping: bool = False
 
     def urls_for(self, provisioner: str) -> Urls | None:
         return self.urls.get(provisioner)

@@ -1,0 +1,39 @@
+"""/healthz (the process is alive) and /readyz (it can serve: database and NATS answer).
+
+Load balancers probe these on the ACME listener; they sit outside /acme/ and carry no nonce.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import Request
+from fastapi.responses import Response
+from sqlalchemy import text
+
+from acme_ra_frontend.plumbing import json_response
+from acme_ra_frontend.state import FrontendState
+
+# How long /readyz waits for the database before calling it down (seconds).
+READY_TIMEOUT = 2.0
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    state: FrontendState | None = getattr(request.app.state, "ra", None)
+    checks: dict[str, str] = {}
+    if state is None or state.stopping:
+        return json_response({"status": "stopping"}, 503)
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            async with state.db.sessions() as session:
+                await session.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as error:  # noqa: BLE001 - reported, not raised
+        checks["database"] = f"down: {type(error).__name__}"
+    checks["nats"] = "ok" if state.nc.is_connected else "down"
+    ready = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)

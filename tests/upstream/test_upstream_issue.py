@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import time
 from pathlib import Path
 
+import httpx
 from cryptography import x509
 
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UpstreamOrderState
 from acme_ra_signer.upstream.acme import AcmeDriver
+from acme_ra_signer.upstream.acme_client import tls_context
 from acme_ra_signer.worker import IssueWorker
 
 from .conftest import (
@@ -161,3 +165,50 @@ async def test_a_csr_the_upstream_refuses_fails_the_order(pebble: Pebble, db: Da
     assert order.error is not None and order.error["type"] in ("badCSR", "malformed", "unauthorized")
     assert order.error["detail"].startswith("the upstream CA (default) refused")
     assert pebble.issued_count() == 0
+
+
+class SlowSigner(httpx.AsyncBaseTransport):
+    """Pebble, but its finalize answer and first order poll say "processing, Retry-After: 1"
+    (as a slow CA does); records when the order was polled."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.finalized_at: float | None = None
+        self.polls: list[float] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        path = request.url.path
+        if path.startswith("/finalize-order/"):
+            self.finalized_at = time.monotonic()
+            return await self._processing(response)
+        if path.startswith("/my-order/") and self.finalized_at is not None:
+            self.polls.append(time.monotonic())
+            if len(self.polls) == 1:
+                return await self._processing(response)
+        return response
+
+    async def _processing(self, response: httpx.Response) -> httpx.Response:
+        body = json.loads(await response.aread())
+        body["status"] = "processing"
+        body.pop("certificate", None)
+        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")]
+        return httpx.Response(response.status_code, headers=[*headers, ("Retry-After", "1")], json=body)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_retry_after_of_a_slow_upstream_is_honoured(pebble: Pebble, settings: Settings, db: Database) -> None:
+    slow = SlowSigner(httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle))))
+    driver = make_acme_driver(settings, db, transport=slow)
+    try:
+        order_id = await new_order(db, ["slow.example.test"])
+        await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    assert (await order_row(db, order_id)).status == "valid"
+    assert slow.finalized_at is not None and len(slow.polls) == 2
+    assert slow.polls[0] - slow.finalized_at >= 1.0
+    assert slow.polls[1] - slow.polls[0] >= 1.0
+    assert slow.polls[1] - slow.finalized_at < 4.0

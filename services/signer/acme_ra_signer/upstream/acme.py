@@ -138,9 +138,13 @@ class AcmeUpstream:
                 if state == State.creating.value:
                     await self._create_order(request, journal)
                 elif state == State.pending.value:
-                    await self._advance_pending(journal, csr, deadline)
+                    retry_after = await self._advance_pending(journal, csr, deadline)
+                    if retry_after is not None and journal.entry.state == State.processing.value:
+                        await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.finalizing.value:
-                    await self._finalize(journal, csr)
+                    retry_after = await self._finalize(journal, csr)
+                    if retry_after is not None and journal.entry.state == State.processing.value:
+                        await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.processing.value:
                     await self._await_certificate(journal, deadline)
                 elif state == State.valid.value:
@@ -239,7 +243,10 @@ class AcmeUpstream:
         )
         await journal.save(state=State.creating.value, url=None, finalize_url=None)
 
-    async def _advance_pending(self, journal: Journal, csr: x509.CertificateSigningRequest, deadline: float) -> None:
+    async def _advance_pending(
+        self, journal: Journal, csr: x509.CertificateSigningRequest, deadline: float
+    ) -> float | None:
+        """Authorize, then finalize; returns the finalize answer's Retry-After, if any."""
         order, response = await self._order(journal)
         status = order.status.name
         if status == "pending":
@@ -249,34 +256,37 @@ class AcmeUpstream:
         if status == "ready":
             # Recorded before finalize: from here on this upstream order is never replaced.
             await journal.save(state=State.finalizing.value, finalized_at=journal.entry.finalized_at or utcnow())
-            await self._send_finalize(journal, csr, order)
-        elif status == "pending":  # authorizations valid, the order not ready yet: look again
+            return await self._send_finalize(journal, csr, order)
+        if status == "pending":  # authorizations valid, the order not ready yet: look again
             await self._wait(retry_after_seconds(response), 0, deadline, "authorizing")
             await journal.renew()
         else:
             await self._follow(journal, order)
+        return None
 
-    async def _finalize(self, journal: Journal, csr: x509.CertificateSigningRequest) -> None:
+    async def _finalize(self, journal: Journal, csr: x509.CertificateSigningRequest) -> float | None:
         """Resume an order recorded as finalizing: finalize unless the upstream already took it."""
         order, _ = await self._order(journal)
         if order.status.name == "ready":
-            await self._send_finalize(journal, csr, order)
-        elif order.status.name == "pending":
+            return await self._send_finalize(journal, csr, order)
+        if order.status.name == "pending":
             await journal.save(state=State.pending.value)
         else:
             await self._follow(journal, order)  # the finalize sent before a crash was taken
+        return None
 
     async def _send_finalize(
         self, journal: Journal, csr: x509.CertificateSigningRequest, order: messages.Order
-    ) -> None:
+    ) -> float | None:
         finalize_url = journal.entry.finalize_url or order.finalize
         try:
             response, _ = await self.signed(finalize_url, messages.CertificateRequest(csr=csr))
         except AcmeProblem as problem:
             if problem.code == "orderNotReady":
-                return  # state stays finalizing: the next step looks at the order again
+                return None  # state stays finalizing: the next step looks at the order again
             raise self.mapped(problem, "finalize") from None
         await self._follow(journal, messages.Order.from_json(response.json()))
+        return retry_after_seconds(response)
 
     async def _follow(self, journal: Journal, order: messages.Order) -> None:
         """Record what the upstream says of a finalized order."""

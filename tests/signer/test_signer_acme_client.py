@@ -1,0 +1,136 @@
+"""The ACME client's protocol plumbing against a scripted server (httpx.MockTransport)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from acme_ra_signer.upstream.acme_client import AccountKey, AcmeClient, AcmeProblem, link_urls, retry_after_seconds
+from acme_ra_signer.upstream.base import UpstreamUnavailable
+
+BASE = "https://ca.test"
+DIRECTORY = {
+    "newNonce": f"{BASE}/nonce",
+    "newAccount": f"{BASE}/account",
+    "newOrder": f"{BASE}/order",
+    "revokeCert": f"{BASE}/revoke",
+    "meta": {"externalAccountRequired": True},
+}
+
+
+def problem(status: int, type_: str, nonce: str | None = None) -> httpx.Response:
+    headers = {"Content-Type": "application/problem+json"}
+    if nonce:
+        headers["Replay-Nonce"] = nonce
+    return httpx.Response(status, headers=headers, json={"type": f"urn:ietf:params:acme:error:{type_}", "detail": type_})
+
+
+def scripted(posts: list[Callable[[httpx.Request], httpx.Response]], log: list[httpx.Request]) -> httpx.MockTransport:
+    counter = iter(range(1000))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        log.append(request)
+        if request.url.path == "/directory":
+            return httpx.Response(200, json=DIRECTORY)
+        if request.url.path == "/nonce":
+            return httpx.Response(200, headers={"Replay-Nonce": f"bm9uY2U{next(counter)}"})
+        return posts.pop(0)(request)
+
+    return httpx.MockTransport(handler)
+
+
+def nonce_of(request: httpx.Request) -> str:
+    protected = json.loads(request.content)["protected"]
+    header = json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))
+    return str(header["nonce"])
+
+
+async def test_bad_nonce_is_retried_once_with_the_nonce_it_carried() -> None:
+    log: list[httpx.Request] = []
+    posts = [
+        lambda r: problem(400, "badNonce", nonce="ZnJlc2g"),
+        lambda r: httpx.Response(201, headers={"Location": f"{BASE}/acct/1", "Replay-Nonce": "bmV4dA"}, json={"status": "valid"}),
+    ]
+    client = AcmeClient(f"{BASE}/directory", transport=scripted(posts, log))
+    key = AccountKey.generate("ec256")
+    response = await client.post(DIRECTORY["newAccount"], {"termsOfServiceAgreed": True}, key, kid=None)
+    assert response.status_code == 201
+    first, second = [r for r in log if r.method == "POST"]
+    assert nonce_of(second) == "ZnJlc2g"  # the nonce of the badNonce answer, no extra HEAD
+    assert [r.method for r in log].count("HEAD") == 1
+    await client.close()
+
+
+async def test_a_second_bad_nonce_is_raised() -> None:
+    log: list[httpx.Request] = []
+    posts = [lambda r: problem(400, "badNonce", nonce="YQ"), lambda r: problem(400, "badNonce", nonce="Yg")]
+    client = AcmeClient(f"{BASE}/directory", transport=scripted(posts, log))
+    with pytest.raises(AcmeProblem) as raised:
+        await client.post(DIRECTORY["newOrder"], {}, AccountKey.generate("ec256"), kid=f"{BASE}/acct/1")
+    assert raised.value.code == "badNonce"
+    await client.close()
+
+
+async def test_server_errors_without_a_problem_and_network_failures_are_unavailable() -> None:
+    log: list[httpx.Request] = []
+    posts = [lambda r: httpx.Response(502, text="<html>bad gateway</html>")]
+    client = AcmeClient(f"{BASE}/directory", transport=scripted(posts, log))
+    with pytest.raises(UpstreamUnavailable, match="502 without a problem document"):
+        await client.post(DIRECTORY["newOrder"], {}, AccountKey.generate("rsa2048"), kid=f"{BASE}/acct/1")
+    await client.close()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = AcmeClient(f"{BASE}/directory", transport=httpx.MockTransport(refuse))
+    with pytest.raises(UpstreamUnavailable, match="unreachable: ConnectError"):
+        await client.directory()
+    await client.close()
+
+
+async def test_a_bare_404_is_a_problem_with_its_status() -> None:
+    log: list[httpx.Request] = []
+    client = AcmeClient(f"{BASE}/directory", transport=scripted([lambda r: httpx.Response(404)], log))
+    with pytest.raises(AcmeProblem) as raised:
+        await client.post(f"{BASE}/my-order/1", None, AccountKey.generate("ec256"), kid=f"{BASE}/acct/1")
+    assert raised.value.status == 404 and raised.value.code == "about:blank"
+    assert log[-1].content and json.loads(log[-1].content)["payload"] == ""  # POST-as-GET
+    await client.close()
+
+
+def test_retry_after_as_seconds_or_date() -> None:
+    request = httpx.Request("GET", f"{BASE}/x")
+    now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    assert retry_after_seconds(httpx.Response(200, headers={"Retry-After": "7"}, request=request)) == 7.0
+    dated = httpx.Response(200, headers={"Retry-After": "Thu, 01 Jan 2026 12:00:30 GMT"}, request=request)
+    assert retry_after_seconds(dated, now) == 30.0
+    assert retry_after_seconds(httpx.Response(200, headers={"Retry-After": "soon"}, request=request)) is None
+    assert retry_after_seconds(httpx.Response(200, request=request)) is None
+
+
+def test_every_alternate_link_is_found() -> None:
+    request = httpx.Request("POST", f"{BASE}/cert/1")
+    response = httpx.Response(
+        200,
+        request=request,
+        headers=[
+            ("Link", f'<{BASE}/dir>;rel="index"'),
+            ("Link", '</cert/1/alt/1>;rel="alternate", <https://ca.test/cert/1/alt/2>; rel=alternate'),
+        ],
+    )
+    assert link_urls(response, "alternate") == [f"{BASE}/cert/1/alt/1", f"{BASE}/cert/1/alt/2"]
+    assert link_urls(response, "index") == [f"{BASE}/dir"]
+
+
+def test_account_keys_round_trip_through_pem() -> None:
+    for kind in ("ec256", "rsa2048"):
+        key = AccountKey.generate(kind)
+        again = AccountKey.from_pem(key.to_pem())
+        assert again.thumbprint == key.thumbprint and again.alg == key.alg
+    with pytest.raises(ValueError, match="unknown account key type"):
+        AccountKey.generate("dsa")

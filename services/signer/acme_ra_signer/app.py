@@ -51,6 +51,7 @@ class Runtime:
     revoker: RevokeResponder | None = None
     revoke_subscription: Subscription | None = None
     warm_up: asyncio.Task[None] | None = None
+    tls_renewal: asyncio.Task[None] | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -104,6 +105,14 @@ async def start(settings: Settings) -> Runtime:
         await stop(runtime)
         raise
     runtime.warm_up = asyncio.create_task(_warm_up(driver), name="upstream-warm-up")
+    if settings.upstream == "acme" and settings.tls_cert_file is None:
+        from acme_ra_signer import frontend_tls
+        from acme_ra_signer.upstream.acme import AcmeDriver
+
+        assert isinstance(driver, AcmeDriver)
+        runtime.tls_renewal = asyncio.create_task(
+            frontend_tls.renew_forever(settings, driver, runtime.stop), name="frontend-tls-renewal"
+        )
     log.info("signer started", extra={"upstream": settings.upstream, "listen": settings.signer_listen})
     return runtime
 
@@ -111,10 +120,11 @@ async def start(settings: Settings) -> Runtime:
 async def stop(runtime: Runtime) -> None:
     """Finish the jobs in hand, then close NATS, the database and the driver."""
     runtime.stop.set()
-    if runtime.warm_up is not None and not runtime.warm_up.done():
-        runtime.warm_up.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runtime.warm_up
+    for task in (runtime.warm_up, runtime.tls_renewal):
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if runtime.revoke_subscription is not None:
         with contextlib.suppress(Exception):
             await runtime.revoke_subscription.unsubscribe()

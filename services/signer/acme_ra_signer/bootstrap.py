@@ -7,10 +7,15 @@ Synchronous, needs neither NATS nor the database. With the lab upstream it:
    external URL's host, localhost, 127.0.0.1 and ::1 — again only when it is missing, does not
    chain to the current lab CA, lacks one of those names, or is in the last third of its life.
 Safe to run at every start and from several processes at once.
+
+With the acme upstream there is no lab CA (no CA private key anywhere): unless
+``ACME_RA_TLS_CERT_FILE`` is set, the frontend's certificate comes from the upstream CA
+(``frontend_tls``), which needs the migrated database for the upstream account.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import logging
@@ -47,11 +52,10 @@ class BootstrapResult:
 
 def run(settings: Settings, now: dt.datetime | None = None) -> BootstrapResult:
     """Make sure the lab CA, the CA bundle and the frontend certificate exist; log one line."""
+    if settings.upstream == "acme":
+        return run_acme(settings)
     if settings.upstream != "lab":
-        raise BootstrapError(
-            f"ACME_RA_UPSTREAM={settings.upstream}: only the lab upstream is bootstrapped; "
-            "set ACME_RA_TLS_CERT_FILE and ACME_RA_TLS_KEY_FILE and give clients the upstream's roots"
-        )
+        raise BootstrapError(f"ACME_RA_UPSTREAM={settings.upstream}: nothing to bootstrap for it")
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     ca, created = labca.load_or_create(settings.lab_ca_dir)
     bundle = settings.state_dir / CA_BUNDLE
@@ -77,6 +81,52 @@ def run(settings: Settings, now: dt.datetime | None = None) -> BootstrapResult:
         },
     )
     return result
+
+
+def run_acme(settings: Settings) -> BootstrapResult:
+    """The frontend certificate from the upstream CA (or the operator's own pair)."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    bundle = settings.state_dir / CA_BUNDLE
+    if settings.tls_cert_file is not None:
+        frontend = "configured"
+    else:
+        from acme_ra_signer.upstream.catalog import UpstreamConfigError
+
+        try:
+            frontend = asyncio.run(_frontend_cert_from_upstream(settings))
+        except UpstreamConfigError as error:
+            raise BootstrapError(str(error)) from None
+    log.info(
+        "bootstrap: upstream acme (no lab CA), frontend certificate %s",
+        frontend,
+        extra={"frontend_cert": str(settings.frontend_tls_paths[0])},
+    )
+    return BootstrapResult(ca_bundle=bundle, lab_ca_created=False, frontend_cert=frontend)
+
+
+async def _frontend_cert_from_upstream(settings: Settings) -> str:
+    from acme_ra.db.engine import Database
+    from acme_ra_signer import frontend_tls
+    from acme_ra_signer.upstream.acme import AcmeDriver
+
+    db = Database(settings.effective_database_url, 2)
+    try:
+        driver = AcmeDriver.from_settings(settings, db)
+        try:
+            return await asyncio.wait_for(
+                frontend_tls.ensure(settings, driver, at_bootstrap=True),
+                frontend_tls.BOOTSTRAP_UPSTREAM_TIMEOUT_SECONDS,
+            )
+        except TimeoutError:
+            cert_path, key_path = settings.frontend_tls_paths
+            if frontend_tls.condition(cert_path, key_path, frontend_tls.frontend_names(settings.external_url)) == "missing":
+                frontend_tls.write_placeholder(cert_path, key_path, frontend_tls.frontend_names(settings.external_url))
+                return "placeholder"
+            return "failed"
+        finally:
+            await driver.close()
+    finally:
+        await db.dispose()
 
 
 def frontend_names(external_url: str) -> list[str]:

@@ -221,13 +221,12 @@ class AcmeClient:
         if self._nonces:
             return self._nonces.pop()
         directory = await self.directory()
-        response = await self._send("HEAD", directory["newNonce"])
+        response = await self._send("HEAD", directory["newNonce"])  # _send pools its nonce
         if response.status_code >= 400:
             self._check(response)
-        nonce = response.headers.get("Replay-Nonce")
-        if not nonce:
-            raise UpstreamUnavailable(f"{directory['newNonce']} gave no Replay-Nonce")
-        return nonce
+        if not self._nonces:
+            raise UpstreamUnavailable(f"{directory['newNonce']} gave no usable Replay-Nonce")
+        return self._nonces.pop()
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         try:

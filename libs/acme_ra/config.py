@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     # ACME_RA_VALIDATOR_LISTEN / ACME_RA_SIGNER_LISTEN: health and metrics of the workers.
     validator_listen: str = "127.0.0.1:9124"
     signer_listen: str = "127.0.0.1:9125"
+    # ACME_RA_ADMIN_LISTEN: the admin API (/api/) and web console (python -m acme_ra_admin);
+    # never the public ACME port. Plain HTTP: keep it on loopback or behind a TLS proxy.
+    admin_listen: str = "127.0.0.1:9443"
+    # ACME_RA_ADMIN_URL / ACME_RA_ADMIN_TOKEN: where the `acme-ra` command finds the admin API and
+    # the bearer token it sends there; unset URL: the command works on the database directly.
+    admin_url: str = ""
+    admin_token: SecretStr | None = None
+    # ACME_RA_TRACE_URL_TEMPLATE: the console's link to an order's trace, "{trace_id}" replaced,
+    # e.g. http://localhost:16686/trace/{trace_id} (Jaeger); empty: no link.
+    trace_url_template: str = ""
     # ACME_RA_TERMS_OF_SERVICE_URL: advertised in the directory; agreement then required.
     terms_of_service_url: str = ""
     # ACME_RA_WEBSITE_URL: advertised in the directory meta.
@@ -169,7 +179,7 @@ class Settings(BaseSettings):
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("listen", "validator_listen", "signer_listen", "metrics_listen")
+    @field_validator("listen", "validator_listen", "signer_listen", "metrics_listen", "admin_listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         if value:
@@ -185,6 +195,21 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment")
         return value.rstrip("/")
+
+    @field_validator("admin_url")
+    @classmethod
+    def _check_admin_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if value and (parts.scheme not in ("http", "https") or not parts.hostname):
+            raise ValueError("must be an absolute http(s) URL such as http://127.0.0.1:9443")
+        return value.rstrip("/")
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _check_trace_url_template(cls, value: str) -> str:
+        if value and "{trace_id}" not in value:
+            raise ValueError("must contain {trace_id}, e.g. http://localhost:16686/trace/{trace_id}")
+        return value
 
     @field_validator("dns_resolvers")
     @classmethod

@@ -294,3 +294,18 @@ class RateCounter(Base):
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
     window_start: Mapped[dt.datetime] = mapped_column(primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AdminToken(Base):
+    """A bearer token of the admin API and console (`acme-ra admin-token create`).
+
+    Only the SHA-256 of the token is stored: tokens are 256 random bits, so a fast hash is
+    enough, and a stolen table lets nobody in."""
+
+    __tablename__ = "admin_tokens"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]

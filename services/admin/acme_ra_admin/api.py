@@ -1,0 +1,146 @@
+"""The admin API under ``/api/``: bearer-token auth, one route per operation, JSON in and out.
+
+Every route calls :class:`acme_ra_admin.operations.AdminOperations`; its errors become
+``{"detail": "..."}`` with their status. A missing or wrong token gets 401 and a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from acme_ra.db.models import AccountStatus, OrderStatus
+from acme_ra_admin import schemas, tokens
+from acme_ra_admin.operations import AdminOperations
+from acme_ra_admin.repository import DEFAULT_LIMIT, MAX_LIMIT
+
+log = logging.getLogger("acme_ra_admin.api")
+
+PREFIX = "/api"
+bearer = HTTPBearer(auto_error=False, description="a token made with `acme-ra admin-token create`")
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="rows to return")]
+Offset = Annotated[int, Query(ge=0, description="rows to skip")]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def require_token(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> str:
+    """The id of the caller's live admin token; 401 (logged) otherwise."""
+    ops: AdminOperations = request.app.state.ops
+    reason = "missing bearer token"
+    if credentials is not None and credentials.scheme.lower() == "bearer":
+        async with ops.db.transaction() as session:
+            row = await tokens.authenticate(session, credentials.credentials)
+        if row is not None:
+            return row.id
+        reason = "unknown or revoked token"
+    log.warning("admin api: unauthorized request", extra={
+        "path": request.url.path, "method": request.method, "client": client_address(request), "reason": reason,
+    })
+    raise HTTPException(401, "a valid admin bearer token is required", headers={"WWW-Authenticate": "Bearer"})
+
+
+def operations(request: Request) -> AdminOperations:
+    ops: AdminOperations = request.app.state.ops
+    return ops
+
+
+Ops = Annotated[AdminOperations, Depends(operations)]
+ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": schemas.ErrorBody, "description": "no or wrong bearer token"},
+    404: {"model": schemas.ErrorBody, "description": "no such resource"},
+}
+
+router = APIRouter(prefix=PREFIX, dependencies=[Depends(require_token)], responses=ERRORS)
+
+
+@router.get("/accounts", tags=["accounts"])
+async def list_accounts(ops: Ops, status: AccountStatus | None = None, limit: Limit = DEFAULT_LIMIT,
+                        offset: Offset = 0) -> list[schemas.Account]:
+    return await ops.list_accounts(status.value if status else None, limit, offset)
+
+
+@router.get("/accounts/{account_id}", tags=["accounts"])
+async def show_account(ops: Ops, account_id: str) -> schemas.Account:
+    return await ops.get_account(account_id)
+
+
+@router.post("/accounts/{account_id}/deactivate", tags=["accounts"],
+             responses={409: {"model": schemas.ErrorBody, "description": "not a valid account"}})
+async def deactivate_account(ops: Ops, account_id: str) -> schemas.Account:
+    """Deactivate an account (its status becomes `revoked`: RFC 8555's word when the server does it)."""
+    return await ops.deactivate_account(account_id)
+
+
+@router.get("/eab-keys", tags=["eab-keys"])
+async def list_eab_keys(ops: Ops) -> list[schemas.EabKey]:
+    return await ops.list_eab_keys()
+
+
+@router.post("/eab-keys", tags=["eab-keys"], status_code=201,
+             responses={400: {"model": schemas.ErrorBody, "description": "bad policy rule or profile"}})
+async def create_eab_key(ops: Ops, body: schemas.EabKeyCreate) -> schemas.NewEabKey:
+    """Create an EAB key; the HMAC key is in this answer only."""
+    return await ops.create_eab_key(body)
+
+
+@router.post("/eab-keys/{kid}/revoke", tags=["eab-keys"],
+             responses={409: {"model": schemas.ErrorBody, "description": "already revoked"}})
+async def revoke_eab_key(ops: Ops, kid: str) -> schemas.EabKey:
+    return await ops.revoke_eab_key(kid)
+
+
+@router.get("/orders", tags=["orders"])
+async def list_orders(ops: Ops, status: OrderStatus | None = None,
+                      account: Annotated[str | None, Query(description="account id")] = None,
+                      limit: Limit = DEFAULT_LIMIT, offset: Offset = 0) -> list[schemas.Order]:
+    return await ops.list_orders(status.value if status else None, account, limit, offset)
+
+
+@router.get("/orders/{order_id}", tags=["orders"])
+async def show_order(ops: Ops, order_id: str) -> schemas.OrderDetail:
+    return await ops.get_order(order_id)
+
+
+@router.get("/certificates", tags=["certificates"])
+async def list_certificates(ops: Ops, account: Annotated[str | None, Query(description="account id")] = None,
+                            revoked: bool | None = None, limit: Limit = DEFAULT_LIMIT,
+                            offset: Offset = 0) -> list[schemas.Certificate]:
+    return await ops.list_certificates(account, revoked, limit, offset)
+
+
+@router.get("/certificates/{certificate}", tags=["certificates"])
+async def show_certificate(ops: Ops, certificate: str) -> schemas.CertificateDetail:
+    """By certificate id or serial number (hex)."""
+    return await ops.get_certificate(certificate)
+
+
+@router.post("/certificates/{certificate}/revoke", tags=["certificates"], responses={
+    400: {"model": schemas.ErrorBody, "description": "reason not allowed"},
+    409: {"model": schemas.ErrorBody, "description": "already revoked"},
+    502: {"model": schemas.ErrorBody, "description": "the upstream CA refused"},
+    503: {"model": schemas.ErrorBody, "description": "the signer or the upstream CA cannot be reached"},
+})
+async def revoke_certificate(ops: Ops, certificate: str, body: schemas.RevokeRequest | None = None) -> schemas.Revocation:
+    """Revoke at the upstream CA through the signer (the same path as ACME revokeCert)."""
+    return await ops.revoke_certificate(certificate, body.reason if body else 0)
+
+
+@router.get("/upstream", tags=["status"])
+async def upstream_status(ops: Ops) -> schemas.UpstreamStatus:
+    """The signer's readiness (its /readyz, which asks the upstream) and the upstream tables."""
+    return await ops.upstream_status()
+
+
+@router.get("/queues", tags=["status"])
+async def queue_status(ops: Ops) -> schemas.QueueStatus:
+    """The JetStream job backlog per durable consumer (validator, signer)."""
+    return await ops.queue_status()

@@ -1,0 +1,79 @@
+"""The admin service's FastAPI app: the API under /api/, the web console, /healthz and /readyz.
+
+It listens on ACME_RA_ADMIN_LISTEN, never on the public ACME port. The database is required;
+NATS (revocation, queue backlog) is connected in the background, so the console works while
+NATS is down and says so where it matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from acme_ra.config import Settings
+from acme_ra_admin import api, console
+from acme_ra_admin.operations import AdminOperations, OperationError
+
+PATH_HEALTHZ = "/healthz"
+PATH_READYZ = "/readyz"
+OPENAPI_PATH = f"{api.PREFIX}/openapi.json"
+
+
+def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAPI:
+    """``ops`` (tests): operations to use instead of ones built from ``settings``."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        operations = ops or AdminOperations.from_settings(settings)
+        operations.nats.start()
+        app.state.ops = operations
+        app.state.session_key = console.session_key(operations.settings.sealing_secret())
+        try:
+            yield
+        finally:
+            if ops is None:
+                await operations.close()
+
+    app = FastAPI(
+        title="acme-ra admin API",
+        version="1",
+        description="Accounts, EAB keys, orders, certificates, upstream and queue status of an acme-ra "
+        "Registration Authority. Every /api/ route wants `Authorization: Bearer <token>`; make a "
+        "token with `acme-ra admin-token create`.",
+        lifespan=lifespan,
+        openapi_url=OPENAPI_PATH,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_exception_handler(OperationError, _operation_error)  # type: ignore[arg-type]
+    app.include_router(api.router)
+    app.include_router(console.router)
+    app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"], include_in_schema=False)
+    app.add_api_route(PATH_READYZ, readyz, methods=["GET"], include_in_schema=False)
+    return app
+
+
+async def _operation_error(_request: Request, error: OperationError) -> JSONResponse:
+    return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when the database answers (NATS is optional: its status is reported)."""
+    ops: AdminOperations = request.app.state.ops
+    try:
+        async with ops.db.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as error:  # noqa: BLE001 - reported
+        return JSONResponse({"status": "unavailable", "failed": {"database": str(error) or type(error).__name__}},
+                            status_code=503)
+    nats = "connected" if ops.nats.client is not None and ops.nats.client.is_connected else (
+        "not configured" if not ops.nats.configured else "not connected")
+    return JSONResponse({"status": "ready", "nats": nats})

@@ -1,0 +1,345 @@
+"""The web console: server-rendered pages (Jinja2, no JavaScript) on the admin listener.
+
+Log in with an admin token; the session is a cookie (HttpOnly, SameSite=Strict) that names the
+token and an expiry under an HMAC, and is refused as soon as the token is revoked. Every form
+carries a CSRF token derived from the session.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import jinja2
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from acme_ra.db.models import OrderStatus
+from acme_ra_admin import schemas, tokens
+from acme_ra_admin.api import client_address
+from acme_ra_admin.operations import REVOCATION_REASONS, AdminOperations, OperationError
+
+log = logging.getLogger("acme_ra_admin.console")
+
+SESSION_COOKIE = "acme_ra_admin_session"
+# How long a console session lasts (seconds).
+SESSION_LIFETIME_SECONDS = 8 * 3600
+# Rows on a console list page.
+PAGE_ROWS = 100
+# The largest form body the console reads (bytes).
+MAX_FORM_BYTES = 16_384
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+TEMPLATES.filters["when"] = lambda value: value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else ""
+
+# Sent with every console page: no scripts at all, no framing, nothing sent elsewhere.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/accounts", "Accounts"),
+       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues")]
+
+
+def session_key(secret: bytes) -> bytes:
+    """The console's signing key, derived from the sealing secret (ACME_RA_SECRET_KEY)."""
+    return hmac.new(secret, b"acme-ra admin console session v1", hashlib.sha256).digest()
+
+
+def _mac(key: bytes, text: str) -> str:
+    return base64.urlsafe_b64encode(hmac.new(key, text.encode(), hashlib.sha256).digest()).rstrip(b"=").decode()
+
+
+def make_session(key: bytes, token_id: str, now: float | None = None) -> str:
+    expires = int((now or time.time()) + SESSION_LIFETIME_SECONDS)
+    body = f"{token_id}.{expires}"
+    return f"{body}.{_mac(key, body)}"
+
+
+def session_token_id(key: bytes, cookie: str | None, now: float | None = None) -> str | None:
+    """The token id a well-formed, unexpired, untampered session cookie names."""
+    if not cookie or cookie.count(".") != 2:
+        return None
+    token_id, expires, mac = cookie.split(".")
+    if not hmac.compare_digest(mac, _mac(key, f"{token_id}.{expires}")):
+        return None
+    if not expires.isdigit() or int(expires) < (now or time.time()):
+        return None
+    return token_id
+
+
+def csrf_token(key: bytes, cookie: str) -> str:
+    return _mac(key, "csrf:" + cookie)
+
+
+class Page:
+    """What one console request has: the operations, the session, and how to render."""
+
+    def __init__(self, request: Request, token_id: str | None) -> None:
+        self.request = request
+        self.ops: AdminOperations = request.app.state.ops
+        self.key: bytes = request.app.state.session_key
+        self.token_id = token_id
+        self.cookie = request.cookies.get(SESSION_COOKIE, "")
+
+    @property
+    def csrf(self) -> str:
+        return csrf_token(self.key, self.cookie)
+
+    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        context.setdefault("notice", None)
+        context.setdefault("error", None)
+        html = TEMPLATES.get_template(template).render(
+            nav=NAV, path=self.request.url.path, csrf=self.csrf if self.token_id else "",
+            logged_in=self.token_id is not None, **context,
+        )
+        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+
+async def current_page(request: Request) -> Page | None:
+    """The page of a logged-in session, or None (then the caller redirects to the login)."""
+    key: bytes = request.app.state.session_key
+    token_id = session_token_id(key, request.cookies.get(SESSION_COOKIE))
+    if token_id is None:
+        return None
+    ops: AdminOperations = request.app.state.ops
+    async with ops.db.transaction() as session:
+        if await tokens.live_token(session, token_id) is None:
+            return None
+    return Page(request, token_id)
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        return {}
+    return {k: v[-1] for k, v in parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
+
+
+async def checked_form(page: Page) -> dict[str, str] | None:
+    """The form of a POST whose CSRF token matches the session, else None."""
+    form = await read_form(page.request)
+    if not hmac.compare_digest(form.get("csrf", ""), page.csrf):
+        log.warning("admin console: CSRF token mismatch", extra={
+            "path": page.request.url.path, "client": client_address(page.request),
+        })
+        return None
+    return form
+
+
+def to_login() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303, headers=SECURITY_HEADERS)
+
+
+def forbidden(page: Page) -> HTMLResponse:
+    return page.render("message.html", status=403, title="Forbidden",
+                       error="The form has expired or did not come from this console. Reload the page and try again.")
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/")
+async def home(request: Request) -> Response:
+    return RedirectResponse("/orders" if await current_page(request) else "/login", status_code=303)
+
+
+@router.get("/console.css")
+async def stylesheet() -> Response:
+    css = (Path(__file__).parent / "templates" / "console.css").read_text()
+    return Response(css, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.get("/login")
+async def login_form(request: Request) -> Response:
+    return Page(request, None).render("login.html", title="Log in")
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await read_form(request)
+    ops: AdminOperations = request.app.state.ops
+    async with ops.db.transaction() as session:
+        row = await tokens.authenticate(session, form.get("token", "").strip())
+    if row is None:
+        log.warning("admin console: login refused", extra={"client": client_address(request),
+                                                          "reason": "unknown or revoked token"})
+        return Page(request, None).render("login.html", status=401, title="Log in",
+                                          error="That is not a valid admin token.")
+    log.info("admin console: login", extra={"client": client_address(request), "token_id": row.id})
+    response = RedirectResponse("/orders", status_code=303, headers=SECURITY_HEADERS)
+    response.set_cookie(
+        SESSION_COOKIE, make_session(request.app.state.session_key, row.id), max_age=SESSION_LIFETIME_SECONDS,
+        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    page = await current_page(request)
+    if page is not None and await checked_form(page) is None:
+        return forbidden(page)
+    response = to_login()
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/orders")
+async def orders(request: Request, status: str = "", account: str = "") -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    status = status if status in OrderStatus.__members__ else ""
+    rows = await page.ops.list_orders(status or None, account.strip() or None, PAGE_ROWS)
+    return page.render("orders.html", title="Orders", orders=rows, status=status, account=account,
+                       statuses=list(OrderStatus.__members__))
+
+
+@router.get("/orders/{order_id}")
+async def order(request: Request, order_id: str) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    try:
+        detail = await page.ops.get_order(order_id)
+    except OperationError as error:
+        return page.render("message.html", status=error.status, title="Order", error=error.detail)
+    return page.render("order.html", title=f"Order {order_id}", order=detail)
+
+
+@router.get("/certificates")
+async def certificates(request: Request) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    return await certificates_page(page)
+
+
+async def certificates_page(page: Page, status: int = 200, **context: Any) -> HTMLResponse:
+    rows = await page.ops.list_certificates(limit=PAGE_ROWS)
+    return page.render("certificates.html", status=status, title="Certificates", certificates=rows,
+                       reasons=REVOCATION_REASONS, **context)
+
+
+@router.post("/certificates/{certificate_id}/revoke")
+async def revoke_certificate(request: Request, certificate_id: str) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    form = await checked_form(page)
+    if form is None:
+        return forbidden(page)
+    try:
+        result = await page.ops.revoke_certificate(certificate_id, form.get("reason", "0"))
+    except OperationError as error:
+        return await certificates_page(page, status=error.status, error=error.detail)
+    return await certificates_page(page, notice=f"Certificate {result.certificate.serial} revoked.")
+
+
+@router.get("/accounts")
+async def accounts(request: Request) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    return await accounts_page(page)
+
+
+async def accounts_page(page: Page, status: int = 200, **context: Any) -> HTMLResponse:
+    rows = await page.ops.list_accounts(limit=PAGE_ROWS)
+    return page.render("accounts.html", status=status, title="Accounts", accounts=rows, **context)
+
+
+@router.post("/accounts/{account_id}/deactivate")
+async def deactivate_account(request: Request, account_id: str) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    if await checked_form(page) is None:
+        return forbidden(page)
+    try:
+        await page.ops.deactivate_account(account_id)
+    except OperationError as error:
+        return await accounts_page(page, status=error.status, error=error.detail)
+    return await accounts_page(page, notice=f"Account {account_id} deactivated.")
+
+
+@router.get("/eab-keys")
+async def eab_keys(request: Request) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    return await eab_keys_page(page)
+
+
+async def eab_keys_page(page: Page, status: int = 200, **context: Any) -> HTMLResponse:
+    context.setdefault("new_key", None)
+    rows = await page.ops.list_eab_keys()
+    return page.render("eab_keys.html", status=status, title="EAB keys", keys=rows,
+                       profiles=list(page.ops.settings.profile_descriptions), **context)
+
+
+@router.post("/eab-keys")
+async def create_eab_key(request: Request) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    form = await checked_form(page)
+    if form is None:
+        return forbidden(page)
+    try:
+        new_key = await page.ops.create_eab_key(schemas.EabKeyCreate(
+            label=form.get("label", "")[:200],
+            allow=[r for r in form.get("allow", "").replace("\n", ",").split(",") if r.strip()],
+            deny=[r for r in form.get("deny", "").replace("\n", ",").split(",") if r.strip()],
+            wildcards=form.get("no_wildcards") != "on",
+            profile=form.get("profile") or None,
+        ))
+    except OperationError as error:
+        return await eab_keys_page(page, status=error.status, error=error.detail)
+    return await eab_keys_page(page, new_key=new_key)
+
+
+@router.post("/eab-keys/{kid}/revoke")
+async def revoke_eab_key(request: Request, kid: str) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    if await checked_form(page) is None:
+        return forbidden(page)
+    try:
+        await page.ops.revoke_eab_key(kid)
+    except OperationError as error:
+        return await eab_keys_page(page, status=error.status, error=error.detail)
+    return await eab_keys_page(page, notice=f"EAB key {kid} revoked.")
+
+
+@router.get("/upstream")
+async def upstream(request: Request) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    return page.render("upstream.html", title="Upstream", status=await page.ops.upstream_status())
+
+
+@router.get("/queues")
+async def queues(request: Request) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    return page.render("queues.html", title="Queues", queues=await page.ops.queue_status())

@@ -1,0 +1,467 @@
+"""What an operator can do, once: the API, the console and ``acme-ra`` (on the database) all call
+:class:`AdminOperations`, which answers with :mod:`acme_ra_admin.schemas` models.
+
+Revocation goes to the signer over NATS (``acme.rpc.revoke``), exactly as the frontend's
+revokeCert does, so the upstream CA is told; the signer records it in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Any
+
+import httpx
+import nats
+import nats.errors
+from cryptography import x509
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from acme_ra import bus, eab
+from acme_ra.config import Settings, parse_host_port
+from acme_ra.db import models
+from acme_ra.db.engine import Database
+from acme_ra.protocol.policy import parse_rules
+from acme_ra.sealing import Sealer
+from acme_ra_admin import repository, schemas, tokens
+
+log = logging.getLogger("acme_ra_admin.operations")
+
+# RFC 5280 reason codes an administrator may give (certificateHold, removeFromCRL and the CA
+# compromise codes make no sense for an RA's end-entity certificates).
+REVOCATION_REASONS = {
+    "unspecified": 0,
+    "keyCompromise": 1,
+    "affiliationChanged": 3,
+    "superseded": 4,
+    "cessationOfOperation": 5,
+    "privilegeWithdrawn": 9,
+}
+# How long the signer's /readyz may take (seconds); it asks the upstream, so allow for that.
+SIGNER_READY_TIMEOUT_SECONDS = 10.0
+# How long a command-line connection to NATS may take (seconds).
+NATS_CONNECT_TIMEOUT_SECONDS = 3
+
+
+class OperationError(Exception):
+    """Something the caller asked for cannot be done; ``status`` is the HTTP status to answer."""
+
+    status = 400
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class NotFound(OperationError):
+    status = 404
+
+
+class Conflict(OperationError):
+    status = 409
+
+
+class Rejected(OperationError):
+    """The upstream CA refused."""
+
+    status = 502
+
+
+class Unavailable(OperationError):
+    status = 503
+
+
+def reason_code(reason: int | str) -> int:
+    """An RFC 5280 reason code from a number or its name (``1``, ``"1"``, ``keyCompromise``)."""
+    if isinstance(reason, str) and reason.strip().isdigit():
+        reason = int(reason)
+    if isinstance(reason, int) and not isinstance(reason, bool) and reason in REVOCATION_REASONS.values():
+        return reason
+    if isinstance(reason, str):
+        for name, code in REVOCATION_REASONS.items():
+            if name.lower() == reason.strip().lower():
+                return code
+    allowed = ", ".join(f"{code} ({name})" for name, code in REVOCATION_REASONS.items())
+    raise OperationError(f"revocation reason {reason!r} is not allowed; allowed: {allowed}")
+
+
+def trace_id(traceparent: str | None) -> str | None:
+    """The trace id inside a W3C traceparent (``00-<32 hex>-<16 hex>-<2 hex>``)."""
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    if len(parts) < 4 or len(parts[1]) != 32 or set(parts[1]) - set("0123456789abcdef") or parts[1] == "0" * 32:
+        return None
+    return parts[1]
+
+
+def http_base(listen: str) -> str:
+    """Where to connect to reach a listener bound to ``listen``."""
+    host, port = parse_host_port(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def certificate_names(chain_pem: str) -> list[str]:
+    try:
+        leaf = x509.load_pem_x509_certificate(chain_pem.encode())
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return []
+    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+class NatsLink:
+    """A NATS connection that may not exist yet: the admin service starts (and shows the
+    database) while NATS is down, and connects in the background."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.client: NATS | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
+    def start(self) -> None:
+        if self.url and self._task is None:
+            self._task = asyncio.create_task(self._connect_forever(), name="admin-nats-connect")
+
+    async def connect_once(self) -> None:
+        """For short-lived commands: connect now or raise :class:`Unavailable`."""
+        if not self.url:
+            raise Unavailable("ACME_RA_NATS_URL is not set")
+        try:
+            self.client = await nats.connect(
+                self.url, name="acme-ra-cli", allow_reconnect=False, connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS
+            )
+        except Exception as error:  # noqa: BLE001 - any failure means the same to the caller
+            raise Unavailable(f"cannot reach NATS at {self.url}: {error or type(error).__name__}") from None
+
+    async def _connect_forever(self) -> None:
+        while self.client is None:
+            try:
+                self.client = await bus.connect(self.url, "acme-ra-admin")
+            except Exception as error:  # noqa: BLE001 - retried
+                log.warning("nats: cannot connect to %s: %s; retrying", self.url, error or type(error).__name__)
+                await asyncio.sleep(2)
+
+    def require(self) -> NATS:
+        if not self.url:
+            raise Unavailable("ACME_RA_NATS_URL is not set: revocation and queue status need NATS")
+        if self.client is None or not self.client.is_connected:
+            raise Unavailable(f"NATS at {self.url} is not connected")
+        return self.client
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                await self.client.close()
+
+
+class AdminOperations:
+    def __init__(self, settings: Settings, db: Database, nats_link: NatsLink) -> None:
+        self.settings = settings
+        self.db = db
+        self.nats = nats_link
+        self._sealer: Sealer | None = None
+
+    @property
+    def sealer(self) -> Sealer:
+        if self._sealer is None:
+            self._sealer = Sealer(self.settings.sealing_secret())
+        return self._sealer
+
+    @classmethod
+    def from_settings(cls, settings: Settings, pool_size: int = 5) -> AdminOperations:
+        return cls(settings, Database(settings.effective_database_url, pool_size), NatsLink(settings.nats_url))
+
+    async def close(self) -> None:
+        await self.nats.close()
+        await self.db.dispose()
+
+    # Accounts -------------------------------------------------------------------------------
+
+    async def list_accounts(self, status: str | None = None, limit: int = repository.DEFAULT_LIMIT,
+                            offset: int = 0) -> list[schemas.Account]:
+        async with self.db.transaction() as session:
+            rows = await repository.list_accounts(session, status, limit, offset)
+        return [_account(row) for row in rows]
+
+    async def get_account(self, account_id: str) -> schemas.Account:
+        async with self.db.transaction() as session:
+            row = await session.get(models.Account, account_id)
+            if row is None:
+                raise NotFound(f"no account {account_id}")
+            orders, certificates = await repository.account_counts(session, account_id)
+        return _account(row, orders, certificates)
+
+    async def deactivate_account(self, account_id: str) -> schemas.Account:
+        async with self.db.transaction() as session:
+            row = await session.get(models.Account, account_id)
+            if row is None:
+                raise NotFound(f"no account {account_id}")
+            if not await repository.revoke_account(session, account_id):
+                raise Conflict(f"account {account_id} is already {row.status}")
+        log.info("account deactivated", extra={"account_id": account_id})
+        return await self.get_account(account_id)
+
+    # EAB keys -------------------------------------------------------------------------------
+
+    async def create_eab_key(self, request: schemas.EabKeyCreate) -> schemas.NewEabKey:
+        try:
+            allow, deny = parse_rules(request.allow), parse_rules(request.deny)
+        except ValueError as error:
+            raise OperationError(f"bad policy rule: {error}") from None
+        profiles = self.settings.profile_descriptions
+        if request.profile is not None and request.profile not in profiles:
+            raise OperationError(f"profile {request.profile!r} is not one of ACME_RA_PROFILES ({', '.join(profiles)})")
+        policy = None
+        if allow or deny or not request.wildcards:
+            policy = {"allow": allow, "deny": deny, "wildcards": request.wildcards}
+        async with self.db.transaction() as session:
+            new = await eab.create_key(session, self.sealer, request.label, policy, request.profile)
+            row = await repository.get_eab_key(session, new.kid)
+            assert row is not None
+        log.info("eab key created", extra={"kid": new.kid, "label": request.label})
+        return schemas.NewEabKey(**_eab_key(row).model_dump(), hmac_key=new.hmac_key)
+
+    async def list_eab_keys(self) -> list[schemas.EabKey]:
+        async with self.db.transaction() as session:
+            rows = await eab.list_keys(session)
+        return [_eab_key(row) for row in rows]
+
+    async def revoke_eab_key(self, kid: str) -> schemas.EabKey:
+        async with self.db.transaction() as session:
+            row = await repository.get_eab_key(session, kid)
+            if row is None:
+                raise NotFound(f"no EAB key {kid}")
+            if not await eab.revoke_key(session, kid):
+                raise Conflict(f"EAB key {kid} is already revoked")
+            await session.refresh(row)
+        log.info("eab key revoked", extra={"kid": kid})
+        return _eab_key(row)
+
+    # Orders ---------------------------------------------------------------------------------
+
+    async def list_orders(self, status: str | None = None, account_id: str | None = None,
+                          limit: int = repository.DEFAULT_LIMIT, offset: int = 0) -> list[schemas.Order]:
+        async with self.db.transaction() as session:
+            rows = await repository.list_orders(session, status, account_id, limit, offset)
+        return [self._order(row) for row in rows]
+
+    async def get_order(self, order_id: str) -> schemas.OrderDetail:
+        async with self.db.transaction() as session:
+            row = await session.get(models.Order, order_id)
+            if row is None:
+                raise NotFound(f"no order {order_id}")
+            authzs = await repository.order_authorizations(session, order_id)
+            upstream = await session.get(models.UpstreamOrder, order_id)
+        return schemas.OrderDetail(
+            **self._order(row).model_dump(),
+            authorizations=[_authorization(a, cs) for a, cs in authzs],
+            upstream=None if upstream is None else schemas.UpstreamOrder(
+                upstream=upstream.upstream, state=upstream.state, url=upstream.url,
+                orders_created=upstream.orders_created, error=upstream.error, updated_at=upstream.updated_at,
+            ),
+        )
+
+    def trace_url(self, trace: str | None) -> str | None:
+        template = self.settings.trace_url_template
+        return template.replace("{trace_id}", trace) if template and trace else None
+
+    def _order(self, row: models.Order) -> schemas.Order:
+        trace = trace_id(row.trace_context)
+        return schemas.Order(
+            id=row.id, account_id=row.account_id, provisioner=row.provisioner, status=row.status,
+            names=[str(i.get("value", "")) for i in row.identifiers or []],
+            profile=row.profile, created_at=row.created_at, updated_at=row.updated_at, expires=row.expires,
+            error=row.error, certificate_id=row.certificate_id, trace_id=trace, trace_url=self.trace_url(trace),
+        )
+
+    # Certificates ---------------------------------------------------------------------------
+
+    async def list_certificates(self, account_id: str | None = None, revoked: bool | None = None,
+                                limit: int = repository.DEFAULT_LIMIT, offset: int = 0) -> list[schemas.Certificate]:
+        async with self.db.transaction() as session:
+            rows = await repository.list_certificates(session, account_id, revoked, limit, offset)
+        return [_certificate(row) for row in rows]
+
+    async def get_certificate(self, id_or_serial: str) -> schemas.CertificateDetail:
+        row = await self._one_certificate(id_or_serial)
+        return schemas.CertificateDetail(**_certificate(row).model_dump(), chain_pem=row.chain_pem)
+
+    async def _one_certificate(self, id_or_serial: str) -> models.Certificate:
+        async with self.db.transaction() as session:
+            rows = await repository.find_certificates(session, id_or_serial)
+        if not rows:
+            raise NotFound(f"no certificate {id_or_serial}")
+        if len(rows) > 1:
+            raise Conflict(f"serial {id_or_serial} names {len(rows)} certificates; give the certificate id")
+        return rows[0]
+
+    async def revoke_certificate(self, id_or_serial: str, reason: int | str = 0) -> schemas.Revocation:
+        """Ask the signer to revoke upstream and record it (``bus.RevokeRequest``)."""
+        code = reason_code(reason)
+        row = await self._one_certificate(id_or_serial)
+        if row.revoked_at is not None:
+            raise Conflict(f"certificate {row.id} is already revoked")
+        client = self.nats.require()
+        request = bus.RevokeRequest(certificate_id=row.id, reason=code)
+        fields = {"certificate_id": row.id, "serial": row.serial, "reason": code}
+        try:
+            message = await client.request(
+                bus.SUBJECT_REVOKE_RPC, request.model_dump_json().encode(), timeout=bus.REVOKE_RPC_TIMEOUT_SECONDS
+            )
+            reply = bus.RevokeReply.model_validate_json(message.data)
+        except nats.errors.NoRespondersError:
+            raise Unavailable("no signer answers revocation requests; is the signer running?") from None
+        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError):
+            raise Unavailable("the signer did not answer in time; try again later") from None
+        log.info("certificate revocation: %s", reply.outcome, extra=fields | {"outcome": reply.outcome})
+        if reply.outcome == "already_revoked":
+            raise Conflict(f"certificate {row.id} is already revoked")
+        if reply.outcome == "rejected":
+            detail = (reply.problem or {}).get("detail", "the upstream CA refused the revocation")
+            raise Rejected(f"the upstream CA refused the revocation: {detail}")
+        if reply.outcome != "revoked":
+            raise Unavailable("the upstream CA cannot be reached now; try again later")
+        async with self.db.transaction() as session:
+            stored = await session.get(models.Certificate, row.id)
+            assert stored is not None
+        return schemas.Revocation(outcome="revoked", certificate=_certificate(stored))
+
+    # Upstream and queues --------------------------------------------------------------------
+
+    async def upstream_status(self) -> schemas.UpstreamStatus:
+        signer = await self.signer_status()
+        async with self.db.transaction() as session:
+            accounts = await repository.upstream_accounts(session)
+            states = await repository.upstream_order_states(session)
+            statuses = await repository.order_statuses(session)
+        return schemas.UpstreamStatus(
+            upstream=self.settings.upstream,
+            signer=signer,
+            accounts=[
+                schemas.UpstreamAccount(
+                    upstream=a.upstream, directory_url=a.directory_url, url=a.url, eab_kid=a.eab_kid,
+                    registered_at=a.registered_at, registrations=a.registrations,
+                )
+                for a in accounts
+            ],
+            upstream_orders=states,
+            orders=statuses,
+        )
+
+    async def signer_status(self) -> schemas.SignerStatus:
+        url = http_base(self.settings.signer_listen) + "/readyz"
+        try:
+            async with httpx.AsyncClient(trust_env=False, timeout=SIGNER_READY_TIMEOUT_SECONDS) as client:
+                response = await client.get(url)
+        except httpx.HTTPError as error:
+            return schemas.SignerStatus(url=url, reachable=False, ready=False,
+                                        failed={"signer": str(error) or type(error).__name__})
+        body: dict[str, Any] = {}
+        with contextlib.suppress(ValueError):
+            body = response.json()
+        failed = body.get("failed") if isinstance(body.get("failed"), dict) else {}
+        if response.status_code != 200 and not failed:
+            failed = {"signer": f"HTTP {response.status_code}"}
+        return schemas.SignerStatus(url=url, reachable=True, ready=response.status_code == 200,
+                                    failed={str(k): str(v) for k, v in failed.items()})
+
+    async def queue_status(self) -> schemas.QueueStatus:
+        try:
+            client = self.nats.require()
+        except Unavailable as error:
+            return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=False, error=error.detail)
+        js = client.jetstream()
+        try:
+            stream = await js.stream_info(bus.JOBS_STREAM)
+            consumers = []
+            for durable in (bus.DURABLE_VALIDATOR, bus.DURABLE_SIGNER):
+                try:
+                    info = await js.consumer_info(bus.JOBS_STREAM, durable)
+                except NotFoundError:
+                    continue
+                consumers.append(schemas.Consumer(
+                    name=durable, pending=info.num_pending or 0, ack_pending=info.num_ack_pending or 0,
+                    redelivered=info.num_redelivered or 0, waiting=info.num_waiting or 0,
+                ))
+        except NotFoundError:
+            return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=True,
+                                       error=f"stream {bus.JOBS_STREAM} does not exist yet (no service started?)")
+        except Exception as error:  # noqa: BLE001 - reported, not raised
+            return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=False, error=str(error) or type(error).__name__)
+        return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=True,
+                                   messages=stream.state.messages or 0, consumers=consumers)
+
+    # Admin tokens ---------------------------------------------------------------------------
+
+    async def create_admin_token(self, label: str = "") -> schemas.NewAdminToken:
+        async with self.db.transaction() as session:
+            row, token = await tokens.create_token(session, label)
+        log.info("admin token created", extra={"token_id": row.id, "label": label})
+        return schemas.NewAdminToken(**_admin_token(row).model_dump(), token=token)
+
+    async def list_admin_tokens(self) -> list[schemas.AdminToken]:
+        async with self.db.transaction() as session:
+            rows = await tokens.list_tokens(session)
+        return [_admin_token(row) for row in rows]
+
+    async def revoke_admin_token(self, token_id: str) -> None:
+        async with self.db.transaction() as session:
+            if await session.get(models.AdminToken, token_id) is None:
+                raise NotFound(f"no admin token {token_id}")
+            if not await tokens.revoke_token(session, token_id):
+                raise Conflict(f"admin token {token_id} is already revoked")
+        log.info("admin token revoked", extra={"token_id": token_id})
+
+
+def _account(row: models.Account, orders: int = 0, certificates: int = 0) -> schemas.Account:
+    return schemas.Account(id=row.id, status=row.status, contact=[str(c) for c in row.contact or []],
+                           created_at=row.created_at, eab_kid=row.eab_kid, orders=orders, certificates=certificates)
+
+
+def _eab_key(row: models.EabKey) -> schemas.EabKey:
+    status = "revoked" if row.revoked_at is not None else "bound" if row.account_id else "unused"
+    return schemas.EabKey(
+        kid=row.kid, label=row.label, policy=schemas.EabPolicy(**row.policy) if row.policy else None,
+        profile=row.profile, created_at=row.created_at, revoked_at=row.revoked_at, account_id=row.account_id,
+        status=status,
+    )
+
+
+def _authorization(row: models.Authorization, challenges: list[models.Challenge]) -> schemas.Authorization:
+    value = ("*." if row.wildcard else "") + row.identifier_value
+    return schemas.Authorization(
+        id=row.id, identifier=f"{row.identifier_type}:{value}", wildcard=row.wildcard, status=row.status,
+        expires=row.expires,
+        challenges=[schemas.Challenge(id=c.id, type=c.type, status=c.status, validated=c.validated, error=c.error)
+                    for c in challenges],
+    )
+
+
+def _certificate(row: models.Certificate) -> schemas.Certificate:
+    now = dt.datetime.now(dt.timezone.utc)
+    status = "revoked" if row.revoked_at is not None else "expired" if row.not_after <= now else "valid"
+    return schemas.Certificate(
+        id=row.id, order_id=row.order_id, account_id=row.account_id, serial=row.serial,
+        names=certificate_names(row.chain_pem), not_before=row.not_before, not_after=row.not_after,
+        created_at=row.created_at, status=status, revoked_at=row.revoked_at, revocation_reason=row.revocation_reason,
+    )
+
+
+def _admin_token(row: models.AdminToken) -> schemas.AdminToken:
+    return schemas.AdminToken(id=row.id, label=row.label, created_at=row.created_at,
+                              last_used_at=row.last_used_at, revoked_at=row.revoked_at)

@@ -1,0 +1,139 @@
+"""Every SQL statement of the admin API, console and CLI (reads, and the few writes they make)."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from acme_ra.db.models import (
+    Account,
+    AccountStatus,
+    Authorization,
+    AuthzStatus,
+    Certificate,
+    Challenge,
+    EabKey,
+    Order,
+    OrderAuthorization,
+    OrderStatus,
+    UpstreamAccount,
+    UpstreamOrder,
+)
+
+# Rows a list returns when the caller does not say (and the most it may ask for).
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+async def list_accounts(session: AsyncSession, status: str | None, limit: int, offset: int = 0) -> list[Account]:
+    query = select(Account).order_by(Account.created_at.desc(), Account.id)
+    if status:
+        query = query.where(Account.status == status)
+    return list((await session.execute(query.limit(limit).offset(offset))).scalars())
+
+
+async def account_counts(session: AsyncSession, account_id: str) -> tuple[int, int]:
+    """(orders, certificates) of one account."""
+    orders = await session.scalar(select(func.count()).select_from(Order).where(Order.account_id == account_id))
+    certs = await session.scalar(
+        select(func.count()).select_from(Certificate).where(Certificate.account_id == account_id)
+    )
+    return int(orders or 0), int(certs or 0)
+
+
+async def revoke_account(session: AsyncSession, account_id: str) -> bool:
+    """Server-initiated deactivation (RFC 8555 §7.1.6: status ``revoked``); its pending
+    authorizations and unfinished orders go with it, as with a client's own deactivation."""
+    changed = await session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.status == AccountStatus.valid.value)
+        .values(status=AccountStatus.revoked.value)
+    )
+    if not changed.rowcount:  # type: ignore[attr-defined]
+        return False
+    await session.execute(
+        update(Authorization)
+        .where(Authorization.account_id == account_id, Authorization.status == AuthzStatus.pending.value)
+        .values(status=AuthzStatus.deactivated.value)
+    )
+    await session.execute(
+        update(Order)
+        .where(Order.account_id == account_id, Order.status.in_([OrderStatus.pending.value, OrderStatus.ready.value]))
+        .values(status=OrderStatus.invalid.value,
+                error={"type": "unauthorized", "detail": "account deactivated by an administrator"})
+    )
+    return True
+
+
+async def get_eab_key(session: AsyncSession, kid: str) -> EabKey | None:
+    return await session.get(EabKey, kid)
+
+
+async def list_orders(
+    session: AsyncSession, status: str | None, account_id: str | None, limit: int, offset: int = 0
+) -> list[Order]:
+    query = select(Order).order_by(Order.created_at.desc(), Order.id)
+    if status:
+        query = query.where(Order.status == status)
+    if account_id:
+        query = query.where(Order.account_id == account_id)
+    return list((await session.execute(query.limit(limit).offset(offset))).scalars())
+
+
+async def order_authorizations(session: AsyncSession, order_id: str) -> list[tuple[Authorization, list[Challenge]]]:
+    authzs = list(
+        (
+            await session.execute(
+                select(Authorization)
+                .join(OrderAuthorization, OrderAuthorization.authz_id == Authorization.id)
+                .where(OrderAuthorization.order_id == order_id)
+                .order_by(OrderAuthorization.position)
+            )
+        ).scalars()
+    )
+    challenges = list(
+        (
+            await session.execute(
+                select(Challenge).where(Challenge.authz_id.in_([a.id for a in authzs])).order_by(Challenge.type)
+            )
+        ).scalars()
+    ) if authzs else []
+    return [(authz, [c for c in challenges if c.authz_id == authz.id]) for authz in authzs]
+
+
+async def list_certificates(
+    session: AsyncSession, account_id: str | None, revoked: bool | None, limit: int, offset: int = 0
+) -> list[Certificate]:
+    query = select(Certificate).order_by(Certificate.created_at.desc(), Certificate.id)
+    if account_id:
+        query = query.where(Certificate.account_id == account_id)
+    if revoked is True:
+        query = query.where(Certificate.revoked_at.is_not(None))
+    elif revoked is False:
+        query = query.where(Certificate.revoked_at.is_(None))
+    return list((await session.execute(query.limit(limit).offset(offset))).scalars())
+
+
+async def find_certificates(session: AsyncSession, id_or_serial: str) -> list[Certificate]:
+    """By id, else by serial (hex, any case, with or without colons and leading zeros)."""
+    row = await session.get(Certificate, id_or_serial)
+    if row is not None:
+        return [row]
+    serial = id_or_serial.replace(":", "").lower().lstrip("0") or "0"
+    return list((await session.execute(select(Certificate).where(Certificate.serial == serial))).scalars())
+
+
+async def upstream_accounts(session: AsyncSession) -> list[UpstreamAccount]:
+    return list(
+        (await session.execute(select(UpstreamAccount).order_by(UpstreamAccount.upstream, UpstreamAccount.created_at))).scalars()
+    )
+
+
+async def upstream_order_states(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(UpstreamOrder.state, func.count()).group_by(UpstreamOrder.state))
+    return {state: int(count) for state, count in rows.all()}
+
+
+async def order_statuses(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(select(Order.status, func.count()).group_by(Order.status))
+    return {status: int(count) for status, count in rows.all()}

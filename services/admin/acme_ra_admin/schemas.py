@@ -1,0 +1,179 @@
+"""What the admin API sends and accepts (and what ``acme-ra ... --json`` prints)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Account(BaseModel):
+    id: str
+    status: str
+    contact: list[str]
+    created_at: dt.datetime
+    eab_kid: str | None
+    orders: int = 0
+    certificates: int = 0
+
+
+class EabPolicy(BaseModel):
+    allow: list[str] = Field(default_factory=list, description="identifier rules: name, .suffix or CIDR")
+    deny: list[str] = Field(default_factory=list)
+    wildcards: bool = True
+
+
+class EabKey(BaseModel):
+    kid: str
+    label: str
+    policy: EabPolicy | None
+    profile: str | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+    account_id: str | None
+    status: Literal["unused", "bound", "revoked"]
+
+
+class NewEabKey(EabKey):
+    hmac_key: str = Field(description="base64url; shown once, never again")
+
+
+class EabKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field("", max_length=200)
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    wildcards: bool = True
+    profile: str | None = None
+
+
+class Challenge(BaseModel):
+    id: str
+    type: str
+    status: str
+    validated: dt.datetime | None
+    error: dict[str, Any] | None
+
+
+class Authorization(BaseModel):
+    id: str
+    identifier: str
+    wildcard: bool
+    status: str
+    expires: dt.datetime
+    challenges: list[Challenge]
+
+
+class UpstreamOrder(BaseModel):
+    upstream: str
+    state: str
+    url: str | None
+    orders_created: int
+    error: dict[str, Any] | None
+    updated_at: dt.datetime
+
+
+class Order(BaseModel):
+    id: str
+    account_id: str
+    provisioner: str
+    status: str
+    names: list[str]
+    profile: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    expires: dt.datetime
+    error: dict[str, Any] | None
+    certificate_id: str | None
+    trace_id: str | None
+    trace_url: str | None
+
+
+class OrderDetail(Order):
+    authorizations: list[Authorization]
+    upstream: UpstreamOrder | None
+
+
+class Certificate(BaseModel):
+    id: str
+    order_id: str
+    account_id: str
+    serial: str
+    names: list[str]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    created_at: dt.datetime
+    status: Literal["valid", "expired", "revoked"]
+    revoked_at: dt.datetime | None
+    revocation_reason: int | None
+
+
+class CertificateDetail(Certificate):
+    chain_pem: str
+
+
+class RevokeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: int | str = Field(0, description="RFC 5280 reason code or name, e.g. 1 or keyCompromise")
+
+
+class Revocation(BaseModel):
+    outcome: Literal["revoked"]
+    certificate: Certificate
+
+
+class SignerStatus(BaseModel):
+    url: str
+    reachable: bool
+    ready: bool
+    failed: dict[str, str] = Field(default_factory=dict)
+
+
+class UpstreamAccount(BaseModel):
+    upstream: str
+    directory_url: str
+    url: str | None
+    eab_kid: str | None
+    registered_at: dt.datetime | None
+    registrations: int
+
+
+class UpstreamStatus(BaseModel):
+    upstream: str
+    signer: SignerStatus
+    accounts: list[UpstreamAccount]
+    upstream_orders: dict[str, int] = Field(description="upstream orders by state")
+    orders: dict[str, int] = Field(description="acme-ra orders by status")
+
+
+class Consumer(BaseModel):
+    name: str
+    pending: int = Field(description="jobs not yet delivered")
+    ack_pending: int = Field(description="jobs delivered, not yet acknowledged")
+    redelivered: int
+    waiting: int = Field(description="pull requests waiting (idle workers)")
+
+
+class QueueStatus(BaseModel):
+    stream: str
+    reachable: bool
+    messages: int = 0
+    consumers: list[Consumer] = Field(default_factory=list)
+    error: str | None = None
+
+
+class AdminToken(BaseModel):
+    id: str
+    label: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+
+class NewAdminToken(AdminToken):
+    token: str = Field(description="shown once, never again")
+
+
+class ErrorBody(BaseModel):
+    detail: str

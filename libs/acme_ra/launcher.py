@@ -51,6 +51,9 @@ TAIL_LINES = 30
 SERVICES = ("signer", "validator", "frontend")
 # The lab name in the printed certbot command: the validator resolves *.localhost to loopback.
 LAB_NAME = "myhost.localhost"
+# Settings a lab (``make dev``, the tests) gets unless its environment says otherwise: its ACME
+# clients answer challenges on this machine, and the validator refuses loopback by default.
+LAB_DEFAULTS = {ENV_PREFIX + "VALIDATION_ALLOW_NETWORKS": "127.0.0.0/8,::1/128"}
 
 _PR_SET_PDEATHSIG = 1
 
@@ -140,15 +143,19 @@ class Child:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._echo = echo
         self._log = log_path.open("ab")
-        self.process = subprocess.Popen(
-            argv,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-            preexec_fn=_die_with_parent if _LIBC is not None else None,
-        )
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
+                preexec_fn=_die_with_parent if _LIBC is not None else None,
+            )
+        except BaseException:
+            self._log.close()
+            raise
         self._pump = threading.Thread(target=self._copy_output, name=f"output-{name}", daemon=True)
         self._pump.start()
 
@@ -171,7 +178,9 @@ class Child:
         return self.process.poll()
 
     def describe_failure(self) -> str:
-        lines = "\n".join(f"    {line}" for line in self.tail)
+        if self.process.poll() is not None:
+            self._pump.join(2)  # its last words
+        lines = "\n".join(f"    {line}" for line in list(self.tail))
         return f"last output of {self.name} ({self.log_path}):\n{lines}" if lines else f"{self.name} wrote nothing"
 
     def terminate(self) -> None:
@@ -197,9 +206,10 @@ class Child:
 class Topology:
     """nats-server (embedded unless configured), migrations, bootstrap, and the three services.
 
-    ``env`` is the environment of every child (default: this process's); the settings are read
-    from it exactly as the services read them. ``echo`` receives the children's output as well
-    as their log files (``make dev``: the terminal; tests: nothing).
+    ``env`` is the environment of every child (default: this process's) on top of
+    :data:`LAB_DEFAULTS`; the settings are read from it exactly as the services read them.
+    ``echo`` receives the children's output as well as their log files (``make dev``: the
+    terminal; tests: nothing).
     """
 
     def __init__(
@@ -211,7 +221,7 @@ class Topology:
         echo: IO[bytes] | None = None,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
     ) -> None:
-        self.env = dict(os.environ if env is None else env)
+        self.env = LAB_DEFAULTS | dict(os.environ if env is None else env)
         self.settings = settings if settings is not None else settings_from_env(self.env)
         self.state_dir = self.settings.state_dir.resolve()
         self.log_dir = self.state_dir / "logs"
@@ -280,6 +290,8 @@ class Topology:
             f"  database         {database}",
             f"  NATS             {nats}",
             f"  logs             {self.log_dir}/",
+            f"  validation       may reach {self.settings.validation_allow_networks or 'no private network'}"
+            " (ACME_RA_VALIDATION_ALLOW_NETWORKS)",
             "",
             f"Get a certificate for {LAB_NAME} (http-01; *.localhost resolves to this machine):",
             f"  {self.certbot_command()}",
@@ -433,6 +445,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``make dev``: start, print how to use it, wait for Ctrl-C or a death, stop."""
+    for name, value in LAB_DEFAULTS.items():
+        os.environ.setdefault(name, value)
     settings = get_settings()  # one line and exit 2 on bad configuration
     topology = Topology(settings=settings, nats_port=args.nats_port, echo=sys.stderr.buffer)
 

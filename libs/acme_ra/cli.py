@@ -1,16 +1,42 @@
-"""``acme-ra``: the operator's command.
+"""``acme-ra``: the operator's command (typer).
 
-    acme-ra dev       everything on one machine (what ``make dev`` runs)
-    acme-ra migrate   apply the database migrations to ACME_RA_DATABASE_URL
+    acme-ra dev            everything on one machine (what ``make dev`` runs)
+    acme-ra db migrate     apply the database migrations to ACME_RA_DATABASE_URL (alias: ``migrate``)
+    acme-ra config check   validate the configuration, print the effective settings (secrets masked)
+    acme-ra eab | accounts | orders | certs | upstream | queues | admin-token ...
+                           operator commands (``acme_ra_admin.commands``): on the database, or
+                           through the admin API with --url / ACME_RA_ADMIN_URL
+
+Every command reads the same ``ACME_RA_*`` settings as the services. Exit codes: 0 done,
+1 refused or failed, 2 bad usage or configuration, 3 not found, 4 not authorized.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Annotated, Any
 
-from acme_ra import launcher
-from acme_ra.config import get_settings
+import typer
+
+from acme_ra.config import ENV_PREFIX, Settings, get_settings
+
+app = typer.Typer(
+    name="acme-ra",
+    help="acme-ra, an ACME Registration Authority in front of an upstream CA.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+db_app = typer.Typer(help="The database schema.", no_args_is_help=True)
+config_app = typer.Typer(help="The ACME_RA_* configuration.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+
+# Shown instead of a secret's value.
+MASK = "********"
 
 
 def migrate() -> int:
@@ -23,16 +49,106 @@ def migrate() -> int:
     return 0
 
 
+@app.command("dev")
+def dev(
+    nats_port: Annotated[int | None, typer.Option(
+        help="port of the embedded nats-server (default 4222, or any free port if taken)")] = None,
+) -> None:
+    """Run everything on this machine: nats-server, migrations, the services (make dev)."""
+    from acme_ra import launcher
+
+    raise typer.Exit(launcher.run(argparse.Namespace(nats_port=nats_port)))
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Apply the database migrations to ACME_RA_DATABASE_URL (same as `db migrate`)."""
+    raise typer.Exit(migrate())
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Apply the database migrations to ACME_RA_DATABASE_URL."""
+    raise typer.Exit(migrate())
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """Every setting by its variable name, secrets masked (passwords inside URLs too)."""
+    from pydantic import SecretStr
+    from sqlalchemy.engine import make_url
+
+    shown: dict[str, Any] = {}
+    for field in Settings.model_fields:
+        value = getattr(settings, field)
+        if isinstance(value, SecretStr):
+            value = MASK
+        elif field == "database_url":
+            value = make_url(settings.effective_database_url).render_as_string(hide_password=True)
+        elif isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            scheme, rest = value.split("://", 1)
+            value = f"{scheme}://{MASK}@{rest.split('@', 1)[1]}"  # user:password@host
+        elif value is not None and not isinstance(value, (str, int, float, bool)):
+            value = str(value)
+        shown[ENV_PREFIX + field.upper()] = value
+    return shown
+
+
+def config_problems(settings: Settings) -> list[str]:
+    """What the settings class cannot see on its own: the upstream catalogue, the sealing key."""
+    problems = []
+    if settings.upstream == "acme":
+        from acme_ra_signer.upstream.catalog import UpstreamConfigError, load_catalog
+
+        try:
+            load_catalog(settings)
+        except UpstreamConfigError as error:
+            problems.append(str(error).removeprefix("acme-ra: "))
+    if settings.secret_key is not None and len(settings.secret_key.get_secret_value()) < 16:
+        problems.append("invalid configuration: ACME_RA_SECRET_KEY: must be at least 16 characters")
+    if settings.secret_key is None and settings.secret_key_file is None and settings.upstream != "lab":
+        problems.append("warning: ACME_RA_SECRET_KEY(_FILE) unset: secrets are sealed with STATE_DIR/secret.key, "
+                        "which every replica must share")
+    return problems
+
+
+@config_app.command("check")
+def config_check(as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Validate the configuration and print the effective settings, secrets masked.
+    Exit status 2 when the configuration is invalid."""
+    settings = get_settings()  # one line and exit 2 on an invalid variable
+    problems = config_problems(settings)
+    errors = [p for p in problems if not p.startswith("warning:")]
+    shown = effective_settings(settings)
+    if as_json:
+        typer.echo(json.dumps({"valid": not errors, "problems": problems, "settings": shown}, indent=2))
+    else:
+        width = max(len(name) for name in shown)
+        for name, value in shown.items():
+            typer.echo(f"{name.ljust(width)}  {'' if value is None else value}")
+        for problem in problems:
+            typer.echo(f"acme-ra: {problem}", err=True)
+        if not errors:
+            typer.echo("configuration is valid", err=True)
+    raise typer.Exit(2 if errors else 0)
+
+
+def _mount_operator_commands() -> None:
+    from acme_ra_admin.commands import register
+
+    register(app)
+
+
+_mount_operator_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="acme-ra", description="acme-ra, an ACME Registration Authority")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
-    dev = commands.add_parser("dev", help="run everything on this machine: nats-server, migrations, the services")
-    launcher.add_arguments(dev)
-    commands.add_parser("migrate", help="apply the database migrations to ACME_RA_DATABASE_URL")
-    args = parser.parse_args(argv)
-    if args.command == "dev":
-        return launcher.run(args)
-    return migrate()
+    """Run ``acme-ra``; the exit status is returned (``SystemExit`` is caught)."""
+    try:
+        app(args=argv, prog_name="acme-ra")
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
 
 
 if __name__ == "__main__":

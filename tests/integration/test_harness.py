@@ -69,7 +69,7 @@ def test_a_service_that_cannot_start_fails_start_up_and_stops_the_rest(
     ports = LabPorts.allocate()
     env = lab_environment(tmp_path / "var", fresh_database_url, ports)
     env["ACME_RA_LISTEN"] = "192.0.2.1:443"  # an address this machine does not have
-    topology = Topology(env, nats_port=ports.nats, ready_timeout=30)
+    topology = Topology(env, nats_port=ports.nats)
     with pytest.raises(LaunchError, match="frontend exited with status"):
         topology.start()
     assert topology.services == {} and topology.nats is None

@@ -85,12 +85,12 @@ def path_starts(prefix: str, nth: int = 1) -> Callable[[httpx.Request], bool]:
 # UpstreamOrderState is left behind by one of them.
 KILL_POINTS = {
     "newOrder answered, URL not recorded": (lambda: path_starts("/order-plz"), True),
-    "upstream order created and recorded": (lambda: path_starts("/my-order/"), True),
+    "upstream order created and recorded": (lambda: path_starts("/authZ/"), True),
     "challenge answered": (lambda: path_starts("/chalZ/"), True),
     "finalize about to be sent": (lambda: path_starts("/finalize-order/"), False),
     "finalize taken, answer lost": (lambda: path_starts("/finalize-order/"), True),
-    # newOrder's answer, the pending order, the order after its authorizations, then signing.
-    "signing (processing recorded)": (lambda: path_starts("/my-order/", nth=3), True),
+    # The order is first fetched once finalize answered "processing".
+    "signing (processing recorded)": (lambda: path_starts("/my-order/"), True),
     "certificate downloaded, not stored": (lambda: path_starts("/certZ/"), True),
 }
 

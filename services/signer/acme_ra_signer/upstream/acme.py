@@ -132,17 +132,19 @@ class AcmeUpstream:
         except ValueError:
             raise UpstreamRejected({"type": "badCSR", "detail": "the CSR is not valid DER"}) from None
         deadline = time.monotonic() + self.order_timeout
+        known: messages.Order | None = None  # newOrder's answer: no need to fetch it again
         for _ in range(MAX_STEPS):
             state = journal.entry.state
             try:
                 if state == State.creating.value:
-                    await self._create_order(request, journal)
+                    known = await self._create_order(request, journal)
                 elif state == State.pending.value:
-                    retry_after = await self._advance_pending(journal, csr, deadline)
+                    retry_after = await self._advance_pending(journal, csr, deadline, known)
+                    known = None
                     if retry_after is not None and journal.entry.state == State.processing.value:
                         await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.finalizing.value:
-                    retry_after = await self._finalize(journal, csr)
+                    retry_after = await self._finalize(journal, csr, deadline)
                     if retry_after is not None and journal.entry.state == State.processing.value:
                         await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.processing.value:
@@ -163,7 +165,7 @@ class AcmeUpstream:
                 raise
         raise UpstreamUnavailable(f"upstream {self.name}: order did not settle in {MAX_STEPS} steps")
 
-    async def _create_order(self, request: IssueRequest, journal: Journal) -> None:
+    async def _create_order(self, request: IssueRequest, journal: Journal) -> messages.Order:
         if journal.entry.finalized_at is not None:  # never: a finalized order is never replaced
             raise UpstreamRejected(
                 {"type": "serverInternal", "detail": "the upstream order was finalized and cannot be replaced"}
@@ -204,6 +206,7 @@ class AcmeUpstream:
             state=State.pending.value, url=url, finalize_url=order.finalize, account_url=account.url
         )
         log.info("upstream order created", extra={"upstream": self.name, "upstream_order": url})
+        return order
 
     def _validity(self, request: IssueRequest) -> dict[str, str]:
         validity: dict[str, str] = {}
@@ -244,32 +247,34 @@ class AcmeUpstream:
         await journal.save(state=State.creating.value, url=None, finalize_url=None)
 
     async def _advance_pending(
-        self, journal: Journal, csr: x509.CertificateSigningRequest, deadline: float
+        self, journal: Journal, csr: x509.CertificateSigningRequest, deadline: float, known: messages.Order | None
     ) -> float | None:
         """Authorize, then finalize; returns the finalize answer's Retry-After, if any."""
-        order, response = await self._order(journal)
+        response = None
+        if known is not None:
+            order = known
+        else:
+            order, response = await self._order(journal)
         status = order.status.name
         if status == "pending":
             await self._authorize(order, deadline, journal)
-            order, response = await self._order(journal)
-            status = order.status.name
+            # Every authorization is valid now, so the order is ready (RFC 8555 §7.1.6); an
+            # upstream that lags answers orderNotReady and the order is looked at again.
+            status = "ready"
         if status == "ready":
             # Recorded before finalize: from here on this upstream order is never replaced.
             await journal.save(state=State.finalizing.value, finalized_at=journal.entry.finalized_at or utcnow())
             return await self._send_finalize(journal, csr, order)
-        if status == "pending":  # authorizations valid, the order not ready yet: look again
-            await self._wait(retry_after_seconds(response), 0, deadline, "authorizing")
-            await journal.renew()
-        else:
-            await self._follow(journal, order)
+        await self._follow(journal, order)
         return None
 
-    async def _finalize(self, journal: Journal, csr: x509.CertificateSigningRequest) -> float | None:
+    async def _finalize(self, journal: Journal, csr: x509.CertificateSigningRequest, deadline: float) -> float | None:
         """Resume an order recorded as finalizing: finalize unless the upstream already took it."""
-        order, _ = await self._order(journal)
+        order, response = await self._order(journal)
         if order.status.name == "ready":
             return await self._send_finalize(journal, csr, order)
-        if order.status.name == "pending":
+        if order.status.name == "pending":  # not ready (yet): authorize again after a pause
+            await self._wait(retry_after_seconds(response), 0, deadline, "authorizing")
             await journal.save(state=State.pending.value)
         else:
             await self._follow(journal, order)  # the finalize sent before a crash was taken

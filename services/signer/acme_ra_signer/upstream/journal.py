@@ -171,6 +171,7 @@ class DbJournal:
                 update(UpstreamOrder)
                 .where(UpstreamOrder.order_id == self.order_id, UpstreamOrder.lease_owner == self.owner)
                 .values(**changes, lease_until=now + dt.timedelta(seconds=self.lease_seconds), updated_at=now)
+                .execution_options(synchronize_session=False)  # no ORM objects to keep in step
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise LeaseLost(f"lost the lease on the upstream order of order {self.order_id}")
@@ -181,6 +182,7 @@ class DbJournal:
                 update(UpstreamOrder)
                 .where(UpstreamOrder.order_id == self.order_id, UpstreamOrder.lease_owner == self.owner)
                 .values(lease_owner=None, lease_until=None)
+                .execution_options(synchronize_session=False)
             )
 
     async def _heartbeat(self) -> None:

@@ -1,0 +1,194 @@
+"""Benchmark (not a test): what the signer adds on top of the upstream's own time per issuance.
+
+Starts a Pebble (EAB, always-valid, no sleeps) and measures, for N orders of one name each:
+
+* baseline — the bare ACME protocol against Pebble with an already registered account, the
+  same HTTP client and the same requests an ACME client needs (newOrder, authorization,
+  challenge, poll, finalize, poll, download): Pebble's own time plus the network;
+* signer   — the signer's issue job end to end (``IssueWorker.handle``): load the order, claim
+  and journal the upstream order before each step, the same ACME walk, store the certificate;
+
+then the same with C orders at once. Run:
+
+    .venv/bin/python -m tests.upstream.bench_signer_overhead [-n 50] [-c 10] [--database-url URL]
+
+``--database-url`` takes an empty PostgreSQL database (postgresql+asyncpg://...); the default is
+a temporary SQLite file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from acme import messages
+from cryptography import x509
+from pydantic import SecretStr
+
+from acme_ra import bus
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra.db.migrate import upgrade
+from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream
+from acme_ra_signer.upstream.acme_client import PEM_CHAIN, tls_context
+from acme_ra_signer.worker import IssueWorker
+from tests.signer.conftest import insert_order, make_csr
+from tests.upstream.pebble import Pebble
+
+
+class Counting(httpx.AsyncBaseTransport):
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+        self.requests = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class Msg:
+    async def ack(self) -> None:
+        return None
+
+    async def in_progress(self) -> None:
+        return None
+
+
+async def bare_issuance(upstream: AcmeUpstream, name: str) -> None:
+    """The minimal ACME walk, no journal, no database (the account is already known)."""
+    directory = await upstream.client.directory()
+    csr = x509.load_der_x509_csr(make_csr([name]))
+    response, _ = await upstream.signed(directory["newOrder"], {"identifiers": [{"type": "dns", "value": name}]})
+    order_url = response.headers["Location"]
+    order = messages.Order.from_json(response.json())
+    for url in order.authorizations:
+        authz = messages.Authorization.from_json((await upstream.signed(url, None))[0].json())
+        if authz.status.name == "valid":
+            continue
+        challenge = next(c for c in authz.challenges if c.chall.typ == "http-01")
+        await upstream.signed(challenge.uri, {})
+        while messages.Authorization.from_json((await upstream.signed(url, None))[0].json()).status.name != "valid":
+            await asyncio.sleep(0.05)
+    response, _ = await upstream.signed(order.finalize, messages.CertificateRequest(csr=csr))
+    order = messages.Order.from_json(response.json())
+    delay = 0.25  # as the signer: look at once, then back off
+    while order.status.name != "valid":
+        order = messages.Order.from_json((await upstream.signed(order_url, None))[0].json())
+        if order.status.name != "valid":
+            await asyncio.sleep(delay)
+            delay *= 2
+    await upstream.signed(order.certificate, None, accept=PEM_CHAIN)
+
+
+def summary(label: str, seconds: list[float], requests: float, cpu: float) -> dict[str, Any]:
+    ordered = sorted(seconds)
+    p95 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]
+    row = {
+        "label": label,
+        "median_ms": statistics.median(seconds) * 1000,
+        "p95_ms": p95 * 1000,
+        "mean_ms": statistics.mean(seconds) * 1000,
+        "requests": requests,
+        "cpu_ms": cpu * 1000,
+    }
+    print(
+        f"  {label:<28} median {row['median_ms']:7.1f} ms   p95 {row['p95_ms']:7.1f} ms   "
+        f"mean {row['mean_ms']:7.1f} ms   {requests:4.1f} requests   {row['cpu_ms']:5.1f} ms CPU/issuance"
+    )
+    return row
+
+
+async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> tuple[list[float], float, float]:
+    """Per-issuance latencies, the wall time of the batch, and this process's CPU seconds."""
+    durations: list[float] = []
+    slots = asyncio.Semaphore(concurrency)
+
+    async def run(i: int) -> None:
+        async with slots:
+            started = time.perf_counter()
+            await one(i)
+            durations.append(time.perf_counter() - started)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    await asyncio.gather(*(run(i) for i in range(n)))
+    return durations, time.perf_counter() - started, time.process_time() - cpu
+
+
+async def bench(n: int, concurrency: int, database_url: str | None, workdir: Path) -> None:
+    pebble = Pebble(workdir / "pebble")
+    try:
+        url = database_url or f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+        await asyncio.to_thread(upgrade, url)
+        settings = Settings(
+            state_dir=workdir / "var",
+            database_url=url,
+            upstream="acme",
+            upstream_directory_url=pebble.directory_url,
+            upstream_eab_kid=pebble.eab_kid,
+            upstream_eab_hmac_key=SecretStr(pebble.eab_hmac_key),
+            upstream_ca_bundle=pebble.ca_bundle,
+            secret_key=SecretStr("benchmark-sealing-secret-0123456789"),
+            tls_cert_file=None,
+            tls_key_file=None,
+            config_file=None,
+            secret_key_file=None,
+        )
+        db = Database(url, pool_size=max(10, concurrency * 2))
+        counter = Counting(httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle)), limits=httpx.Limits(max_connections=100)))
+        driver = AcmeDriver.from_settings(settings, db, transport=counter)
+        upstream = driver.select()
+        worker = IssueWorker(db, driver)
+        await driver.check()  # register the account once, outside the measurements
+        print(f"Pebble 2.4.0 (EAB, PEBBLE_VA_ALWAYS_VALID=1, PEBBLE_VA_NOSLEEP=1); database {url.split(':')[0]}; n={n}")
+        for level in (1, concurrency):
+            print(f"concurrency {level}:")
+            # Warm up both paths (connections, caches).
+            await bare_issuance(upstream, "warm.bench.test")
+
+            counter.requests = 0
+            base, base_wall, base_cpu = await timed(
+                n, level, lambda i: bare_issuance(upstream, f"b{i}-{level}.bench.test")
+            )
+            b = summary("baseline (bare ACME)", base, counter.requests / n, base_cpu / n)
+
+            orders = []
+            for i in range(n):
+                names = [f"s{i}-{level}.bench.test"]
+                orders.append(await insert_order(db, names, make_csr(names)))
+            counter.requests = 0
+            sig, sig_wall, sig_cpu = await timed(
+                n, level, lambda i: worker.handle(bus.IssueJob(order_id=orders[i]), Msg())
+            )
+            s = summary("signer job (journaled)", sig, counter.requests / n, sig_cpu / n)
+            print(
+                f"  overhead: median {s['median_ms'] - b['median_ms']:+.1f} ms, mean {s['mean_ms'] - b['mean_ms']:+.1f} ms"
+                f" per issuance; throughput {n / base_wall:.1f}/s bare vs {n / sig_wall:.1f}/s signer"
+            )
+        await driver.close()
+        await db.dispose()
+    finally:
+        pebble.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=50, help="issuances per measurement")
+    parser.add_argument("-c", "--concurrency", type=int, default=10)
+    parser.add_argument("--database-url", default=None, help="an empty PostgreSQL database (default: SQLite)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        asyncio.run(bench(args.n, args.concurrency, args.database_url, Path(workdir)))
+
+
+if __name__ == "__main__":
+    main()

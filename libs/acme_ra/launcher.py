@@ -255,6 +255,11 @@ class Topology:
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
+    @property
+    def http01_needs_root(self) -> bool:
+        """certbot --standalone binds the validation port itself: below 1024 that takes root."""
+        return self.settings.validation_http_port < 1024 and hasattr(os, "geteuid") and os.geteuid() != 0
+
     def certbot_command(self, name: str = LAB_NAME) -> str:
         """A certbot command line that gets a certificate for ``name`` with http-01, as printed."""
         certbot = Path(sys.executable).parent / "certbot"
@@ -273,18 +278,18 @@ class Topology:
         ]
         command = " ".join(shlex.quote(arg) for arg in args)
         trust = f"REQUESTS_CA_BUNDLE={shlex.quote(str(self.ca_bundle))}"
-        if port < 1024 and hasattr(os, "geteuid") and os.geteuid() != 0:
-            return f"sudo env {trust} {command}"  # certbot binds the privileged port itself
-        return f"{trust} {command}"
+        return f"sudo env {trust} {command}" if self.http01_needs_root else f"{trust} {command}"
 
     def summary(self) -> str:
         database = make_url(self.settings.effective_database_url).render_as_string(hide_password=True)
         nats = f"{self.nats_url} ({'embedded' if self.embedded_nats else 'external'})"
+        upstream = self.settings.upstream
+        if upstream == "lab":
+            upstream = "lab CA (for development and tests only, never for production)"
         lines = [
             "",
             "acme-ra is running: signer, validator and frontend, each its own process.",
-            "  upstream         lab CA (for development and tests only, never for production)"
-            if self.settings.upstream == "lab" else f"  upstream         {self.settings.upstream}",
+            f"  upstream         {upstream}",
             f"  ACME directory   {self.directory_url}",
             f"  CA bundle        {self.ca_bundle}  (what ACME clients must trust)",
             f"  database         {database}",
@@ -296,7 +301,7 @@ class Topology:
             f"Get a certificate for {LAB_NAME} (http-01; *.localhost resolves to this machine):",
             f"  {self.certbot_command()}",
         ]
-        if self.settings.validation_http_port < 1024 and hasattr(os, "geteuid") and os.geteuid() != 0:
+        if self.http01_needs_root:
             lines.append(
                 f"  (port {self.settings.validation_http_port} needs root; for a port that does not, "
                 "restart with ACME_RA_VALIDATION_HTTP_PORT=8080 make dev)"

@@ -73,3 +73,14 @@ def test_a_service_that_cannot_start_fails_start_up_and_stops_the_rest(
     with pytest.raises(LaunchError, match="frontend exited with status"):
         topology.start()
     assert topology.services == {} and topology.nats is None
+
+
+def test_printed_certbot_command_uses_sudo_for_a_privileged_port_when_not_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    topology = Topology({"ACME_RA_STATE_DIR": str(tmp_path), "ACME_RA_VALIDATION_HTTP_PORT": "80"})
+    assert topology.certbot_command().startswith(f"sudo env REQUESTS_CA_BUNDLE={tmp_path}/ca-bundle.pem ")
+    assert "ACME_RA_VALIDATION_HTTP_PORT=8080 make dev" in topology.summary()
+    unprivileged = Topology({"ACME_RA_STATE_DIR": str(tmp_path), "ACME_RA_VALIDATION_HTTP_PORT": "8080"})
+    assert unprivileged.certbot_command().startswith("REQUESTS_CA_BUNDLE=")

@@ -1,0 +1,69 @@
+"""Shared by the deployment tests: the tools they need (missing ones fail with the install line,
+never a skip), a PostgreSQL database for the process lab, and the figures they report."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[2]
+# The lab's database server: the lane's PostgreSQL, else this machine's (as `make lab` uses).
+DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+APT_INSTALL = "apt-get install -y haproxy pebble postgresql"
+# Figures the lab tests measured; written to build/deploy-figures.json at the end.
+FIGURES: dict[str, Any] = {}
+
+
+def require_binaries() -> None:
+    missing = [name for name in ("haproxy", "pebble", "pebble-challtestsrv") if shutil.which(name) is None]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not installed: the process lab needs them. Install with: {APT_INSTALL}",
+                    pytrace=False)
+
+
+def _execute(url: str, statement: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(url, timeout=5)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database (dropped afterwards); fails clearly without a server."""
+    base = make_url(os.environ.get("ACME_RA_TEST_DATABASE_URL") or DEFAULT_POSTGRES_URL)
+    if base.get_backend_name() != "postgresql":
+        base = make_url(DEFAULT_POSTGRES_URL)
+    name = f"acme_ra_lab_{secrets.token_hex(4)}"
+    admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+    try:
+        _execute(admin, f'CREATE DATABASE "{name}"')
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.fail(f"the process lab needs PostgreSQL at {base.render_as_string(hide_password=True)} "
+                    f"({error}); install and start it: {APT_INSTALL}", pytrace=False)
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        _execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if FIGURES:
+        path = ROOT / "build" / "deploy-figures.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(FIGURES, indent=2) + "\n")

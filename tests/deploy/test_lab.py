@@ -1,0 +1,229 @@
+"""`make lab`'s process lab (acme_ra.lab.ProcessLab): 2 frontends behind HAProxy, 3 validators,
+the signer, Pebble upstream, challtestsrv DNS, PostgreSQL; every port free, state in tmp.
+
+1. 60 certificates through the load balancer, each account's requests alternating between the
+   frontends: no badNonce, no failure, and every validator did some of the work.
+2. Scaling: with a challenge server that answers after a delay, the same batch of validations
+   finishes clearly faster with 3 validators than with 1.
+3. A process that dies is restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from acme_ra.launcher import LaunchError, free_port
+from acme_ra.lab import ProcessLab, LabPorts
+from tests.support.lab import base_environment
+
+from .acme_load import (
+    ChallengeServer,
+    Traffic,
+    answer,
+    issue,
+    new_account,
+    order_challenge,
+    validations_total,
+    wait_valid,
+)
+from .conftest import FIGURES, postgres_database, require_binaries
+
+pytestmark = pytest.mark.integration
+
+CERTIFICATES = 60
+ACCOUNTS = 10  # each issues CERTIFICATES / ACCOUNTS certificates, one after the other
+# Scaling: this many validations, each answered after SLOW_SECONDS by the challenge server.
+SCALING_BATCH = 96
+SLOW_SECONDS = 2.5
+SCALING_MIN_RATIO = 1.8
+LAB_ZONE = "lab.test"  # challtestsrv answers 127.0.0.1 for every name
+
+
+@pytest.fixture(scope="module")
+def http01_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def challenges(http01_port: int) -> Iterator[ChallengeServer]:
+    with ChallengeServer(http01_port) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def process_lab(tmp_path_factory: pytest.TempPathFactory, http01_port: int,
+                challenges: ChallengeServer) -> Iterator[ProcessLab]:
+    require_binaries()
+    state_dir = tmp_path_factory.mktemp("lab") / "var"
+    with postgres_database() as database_url:
+        env = base_environment()
+        env.update({
+            "ACME_RA_STATE_DIR": str(state_dir),
+            "ACME_RA_DATABASE_URL": database_url,
+            "ACME_RA_EXTERNAL_URL": f"https://localhost:{free_port()}",
+            "ACME_RA_VALIDATION_HTTP_PORT": str(http01_port),
+        })
+        lab = ProcessLab(env, frontends=2, validators=3, ports=LabPorts(any_free=True), ready_timeout=90)
+        started = time.monotonic()
+        try:
+            lab.start()
+        except LaunchError as error:
+            pytest.fail(f"the lab did not start: {error}", pytrace=False)
+        FIGURES["lab start seconds"] = round(time.monotonic() - started, 1)
+        try:
+            yield lab
+        finally:
+            lab.stop()
+
+
+def ca_context(lab: ProcessLab) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(lab.ca_bundle))
+
+
+def metrics(url: str) -> str:
+    with httpx.Client(trust_env=False, timeout=5) as client:
+        response = client.get(url)
+        response.raise_for_status()
+        return response.text
+
+
+def validator_counts(lab: ProcessLab) -> dict[str, float]:
+    urls = lab.metrics_urls()
+    return {name: validations_total(metrics(urls[name])) for name in lab.validator_names()}
+
+
+def test_sixty_certificates_through_the_load_balancer(process_lab: ProcessLab,
+                                                      challenges: ChallengeServer) -> None:
+    lab = process_lab
+    before = validator_counts(lab)
+    traffic = Traffic()
+    failures: list[str] = []
+
+    async def one_account(index: int) -> None:
+        async with httpx.AsyncClient(verify=ca_context(lab), trust_env=False, timeout=30,
+                                     event_hooks={"response": [traffic.hook(index)]}) as http:
+            client = await new_account(http, lab.directory_url)
+            for number in range(CERTIFICATES // ACCOUNTS):
+                name = f"c{index}-{number}.{LAB_ZONE}"
+                try:
+                    await issue(client, name, challenges)
+                except (AssertionError, httpx.HTTPError) as error:
+                    failures.append(f"{name}: {error}")
+
+    async def all_accounts() -> None:
+        await asyncio.gather(*(one_account(index) for index in range(ACCOUNTS)))
+
+    started = time.monotonic()
+    asyncio.run(all_accounts())
+    elapsed = time.monotonic() - started
+    after = validator_counts(lab)
+    done = {name: after[name] - before.get(name, 0) for name in after}
+    FIGURES.update({
+        "60 certificates: seconds": round(elapsed, 1),
+        "60 certificates: failures": len(failures),
+        "60 certificates: badNonce": traffic.bad_nonces,
+        "60 certificates: problems": dict(traffic.problems),
+        "60 certificates: validations per validator": done,
+        "60 certificates: requests per frontend": dict(traffic.served_by),
+        "60 certificates: consecutive requests on another frontend": round(traffic.alternation(), 2),
+        "60 certificates: nonces redeemed on another frontend": f"{traffic.nonces_crossed}/{traffic.nonces_redeemed}",
+    })
+    print(json.dumps(FIGURES, indent=2))
+    assert not failures, "\n".join(failures[:10])
+    assert traffic.bad_nonces == 0
+    assert set(traffic.served_by) == {"frontend-1", "frontend-2"}, traffic.served_by
+    # Round robin: a client's next request goes to the other frontend (other clients' requests
+    # interleave, so not always), and nonces are redeemed on the frontend that did not issue them.
+    assert traffic.alternation() > 0.3
+    assert traffic.nonces_crossed > traffic.nonces_redeemed * 0.3
+    assert sum(done.values()) == CERTIFICATES
+    assert all(count > 0 for count in done.values()), f"a validator did nothing: {done}"
+
+
+async def timed_batch(lab: ProcessLab, challenges: ChallengeServer, label: str) -> float:
+    """SCALING_BATCH validations answered after SLOW_SECONDS each: the time from the first
+    challenge POST to the last answer the challenge server sent."""
+    async with httpx.AsyncClient(verify=ca_context(lab), trust_env=False, timeout=60) as http:
+        clients = [await new_account(http, lab.directory_url) for _ in range(8)]
+        prepared = [
+            await order_challenge(clients[i % len(clients)], f"{label}-{i}.{LAB_ZONE}", challenges)
+            for i in range(SCALING_BATCH)
+        ]
+        tokens = [url for _, _, url in prepared]
+        assert len(tokens) == SCALING_BATCH
+        challenges.served.clear()
+        challenges.delay = SLOW_SECONDS
+        try:
+            started = time.monotonic()
+            slots = asyncio.Semaphore(8)
+
+            async def post(i: int) -> None:
+                async with slots:
+                    await answer(clients[i % len(clients)], prepared[i][2])
+
+            await asyncio.gather(*(post(i) for i in range(SCALING_BATCH)))
+            deadline = time.monotonic() + 120
+            while len(challenges.served) < SCALING_BATCH:
+                assert time.monotonic() < deadline, f"{len(challenges.served)}/{SCALING_BATCH} validated"
+                await asyncio.sleep(0.1)
+            elapsed = max(challenges.served.values()) - started
+        finally:
+            challenges.delay = 0
+        for i, (_, authz_url, _) in enumerate(prepared):
+            await wait_valid(clients[i % len(clients)], authz_url)
+        return elapsed
+
+
+def test_three_validators_finish_a_slow_batch_faster_than_one(process_lab: ProcessLab,
+                                                              challenges: ChallengeServer) -> None:
+    lab = process_lab
+    lab.scale_validators(1)
+    assert lab.validator_names() == ["validator-1"]
+    one = asyncio.run(timed_batch(lab, challenges, "one"))
+    lab.scale_validators(3)
+    assert lab.validator_names() == ["validator-1", "validator-2", "validator-3"]
+    before = validator_counts(lab)
+    three = asyncio.run(timed_batch(lab, challenges, "three"))
+    after = validator_counts(lab)
+    ratio = one / three
+    FIGURES.update({
+        "scaling: batch": f"{SCALING_BATCH} validations, each answered after {SLOW_SECONDS}s",
+        "scaling: 1 validator seconds": round(one, 2),
+        "scaling: 3 validators seconds": round(three, 2),
+        "scaling: ratio": round(ratio, 2),
+        "scaling: validations per validator (3)": {n: after[n] - before.get(n, 0) for n in after},
+    })
+    print(json.dumps(FIGURES, indent=2))
+    assert ratio >= SCALING_MIN_RATIO, f"1 validator {one:.1f}s, 3 validators {three:.1f}s: ratio {ratio:.2f}"
+
+
+def test_a_process_that_dies_is_restarted(process_lab: ProcessLab) -> None:
+    lab = process_lab
+    service = lab.services["validator-2"]
+    assert service.child is not None
+    old_pid = service.child.process.pid
+    restarts = service.restarts
+    os.kill(old_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        child = lab.services["validator-2"].child
+        if service.restarts > restarts and child is not None and child.process.pid != old_pid:
+            try:
+                metrics(lab.metrics_urls()["validator-2"].replace("/metrics", "/readyz"))
+                break
+            except httpx.HTTPError:
+                pass
+        assert time.monotonic() < deadline, "validator-2 was not restarted"
+        time.sleep(0.2)
+    log = Path(lab.log_dir / "validator-2.log").read_text(errors="replace")
+    assert log.count("Uvicorn running") >= 2

@@ -7,13 +7,19 @@ BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make lab VALIDATORS=N: how many validator processes the lab runs.
+VALIDATORS ?= 2
 
-.PHONY: dev install test clean
+.PHONY: dev install test clean lab
 
 dev: install
 	$(BIN)/python -m acme_ra.cli dev
 
 install: $(INSTALLED)
+
+# The docker-compose topology as processes (needs: apt-get install -y pebble haproxy postgresql).
+lab: install
+	$(BIN)/python -m acme_ra.lab --validators $(VALIDATORS)
 
 test: install
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests

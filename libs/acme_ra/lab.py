@@ -16,7 +16,7 @@ The TLS certificates of HAProxy, the frontends and Pebble come from a throw-away
 must trust, as with ``make dev``. A process that dies is restarted (docker compose's
 ``restart: unless-stopped``); Ctrl-C stops everything.
 
-``python -m acme_ra.lab tls DIR`` writes the same TLS material for docker-compose's init job.
+``python -m acme_ra.lab init DIR`` writes the same TLS material for docker-compose's init job.
 """
 
 from __future__ import annotations
@@ -804,16 +804,20 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
 
 
-def write_tls(args: argparse.Namespace) -> int:
-    """``python -m acme_ra.lab tls DIR``: the lab TLS material (docker-compose's init job)."""
+def init(args: argparse.Namespace) -> int:
+    """``python -m acme_ra.lab init DIR``: docker-compose's init job writes the lab TLS material
+    (``DIR/tls``) and the sealing secret every service shares (``DIR/secret.key``)."""
+    directory = Path(args.directory)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
-    material = ensure_tls_material(Path(args.directory), {
-        "haproxy": names, "frontend": names, "pebble": names,
-    })
-    for path in material.directory.iterdir():  # readable by the other containers' users
-        if path.suffix in (".key",) or path.name.endswith("-combined.pem"):
-            path.chmod(0o644 if args.world_readable else 0o600)
-    print(f"lab TLS material in {material.directory} (CA: {material.ca})")
+    material = ensure_tls_material(directory / "tls", {"haproxy": names, "frontend": names, "pebble": names})
+    secret = directory / "secret.key"
+    if not secret.exists():
+        _write(secret, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+    if args.shared:  # read by containers that run as other users (HAProxy, Pebble)
+        for path in material.directory.iterdir():
+            if path.name != "ca.key":
+                path.chmod(0o644)
+    print(f"lab TLS material in {material.directory} (CA {material.ca}), sealing secret {secret}")
     return 0
 
 
@@ -824,15 +828,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frontends", type=int, default=DEFAULT_FRONTENDS, choices=(1, 2),
                         help=f"frontend processes behind HAProxy (default {DEFAULT_FRONTENDS})")
     commands = parser.add_subparsers(dest="command")
-    tls = commands.add_parser("tls", help="write the lab TLS CA and server certificates to a directory")
-    tls.add_argument("directory")
-    tls.add_argument("--names", default="localhost,127.0.0.1,::1",
-                     help="comma list of names of every server certificate")
-    tls.add_argument("--world-readable", action="store_true",
-                     help="keys readable by every user (containers that run as other users)")
+    setup = commands.add_parser("init", help="write the lab TLS material and sealing secret to a directory")
+    setup.add_argument("directory")
+    setup.add_argument("--names", default=",".join(LOCAL_NAMES),
+                       help="comma list of the names every server certificate carries")
+    setup.add_argument("--shared", action="store_true",
+                       help="TLS keys readable by every user (containers that run as other users)")
     args = parser.parse_args(argv)
-    if args.command == "tls":
-        return write_tls(args)
+    if args.command == "init":
+        return init(args)
     return run(args)
 
 

@@ -50,10 +50,11 @@ def pebble(tmp_path: Path) -> Iterator[Pebble]:
         server.stop()
 
 
-def acme_settings(tmp_path: Path, pebble: Pebble, **overrides: Any) -> Settings:
+def acme_settings(tmp_path: Path, pebble: Pebble, database_url: str, **overrides: Any) -> Settings:
+    """Settings of a signer using ``pebble`` as its one upstream (``ACME_RA_UPSTREAM_*``)."""
     values: dict[str, Any] = {
         "state_dir": tmp_path / "var",
-        "database_url": f"sqlite+aiosqlite:///{tmp_path / 'acme-ra.db'}",
+        "database_url": database_url,
         "external_url": "https://ra.example.test",
         "nats_url": "",
         "upstream": "acme",
@@ -77,9 +78,22 @@ def acme_settings(tmp_path: Path, pebble: Pebble, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def for_pebble(settings: Settings, pebble: Pebble, **overrides: Any) -> Settings:
+    """The same settings (same database, state dir) with ``pebble`` as the upstream."""
+    values: dict[str, Any] = {
+        "upstream_directory_url": pebble.directory_url,
+        "upstream_eab_kid": pebble.eab_kid,
+        "upstream_eab_hmac_key": SecretStr(pebble.eab_hmac_key),
+        "upstream_ca_bundle": pebble.ca_bundle,
+    }
+    values.update(overrides)
+    return settings.model_copy(update=values)
+
+
 @pytest.fixture
-def settings(tmp_path: Path, pebble: Pebble) -> Settings:
-    return acme_settings(tmp_path, pebble)
+def settings(tmp_path: Path, pebble: Pebble, fresh_database_url: str) -> Settings:
+    """SQLite, or PostgreSQL in the CI lane that sets ACME_RA_TEST_DATABASE_URL."""
+    return acme_settings(tmp_path, pebble, fresh_database_url)
 
 
 @pytest.fixture

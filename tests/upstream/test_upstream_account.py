@@ -11,6 +11,7 @@ import pytest
 from cryptography import x509
 from pydantic import SecretStr
 
+from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Order, UpstreamOrder
 from acme_ra_signer.upstream.accounts import AccountRefused
@@ -20,7 +21,7 @@ from acme_ra_signer.worker import IssueWorker
 
 from .conftest import (
     SECRET,
-    acme_settings,
+    for_pebble,
     certificate_of,
     make_acme_driver,
     new_order,
@@ -34,12 +35,12 @@ WRONG_HMAC = b64url(b"\x01" * 32)
 REPO = Path(__file__).resolve().parents[2]
 
 
-def signer_env(tmp_path: Path, pebble: Pebble, **extra: str) -> dict[str, str]:
+def signer_env(tmp_path: Path, pebble: Pebble, database_url: str, **extra: str) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("ACME_RA_")}
     env.update(
         {
             "ACME_RA_STATE_DIR": str(tmp_path / "var"),
-            "ACME_RA_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'acme-ra.db'}",
+            "ACME_RA_DATABASE_URL": database_url,
             "ACME_RA_UPSTREAM": "acme",
             "ACME_RA_UPSTREAM_DIRECTORY_URL": pebble.directory_url,
             "ACME_RA_UPSTREAM_EAB_KID": pebble.eab_kid,
@@ -64,9 +65,9 @@ def run_signer_command(env: dict[str, str], *args: str) -> subprocess.CompletedP
 
 
 async def test_wrong_eab_key_is_a_clear_error_naming_the_variable(
-    tmp_path: Path, pebble: Pebble, db: Database
+    pebble: Pebble, settings: Settings, db: Database
 ) -> None:
-    driver = make_acme_driver(acme_settings(tmp_path, pebble, upstream_eab_hmac_key=SecretStr(WRONG_HMAC)), db)
+    driver = make_acme_driver(for_pebble(settings, pebble, upstream_eab_hmac_key=SecretStr(WRONG_HMAC)), db)
     try:
         with pytest.raises(AccountRefused) as refused:
             await driver.check()
@@ -87,17 +88,17 @@ async def test_wrong_eab_key_is_a_clear_error_naming_the_variable(
 
 
 def test_check_upstream_command_reports_a_wrong_eab_key(tmp_path: Path, pebble: Pebble, db_url: str) -> None:
-    bad = run_signer_command(signer_env(tmp_path, pebble, ACME_RA_UPSTREAM_EAB_HMAC_KEY=WRONG_HMAC), "check-upstream")
+    bad = run_signer_command(signer_env(tmp_path, pebble, db_url, ACME_RA_UPSTREAM_EAB_HMAC_KEY=WRONG_HMAC), "check-upstream")
     assert bad.returncode == 1
     assert "upstream default: not ready" in bad.stderr and "ACME_RA_UPSTREAM_EAB_HMAC_KEY" in bad.stderr
 
-    good = run_signer_command(signer_env(tmp_path, pebble), "check-upstream")
+    good = run_signer_command(signer_env(tmp_path, pebble, db_url), "check-upstream")
     assert good.returncode == 0, good.stderr
     assert good.stdout.startswith("upstream default: ready (account https://127.0.0.1:")
 
 
 def test_missing_secret_is_a_one_line_configuration_error(tmp_path: Path, pebble: Pebble) -> None:
-    env = signer_env(tmp_path, pebble, ACME_RA_NATS_URL="nats://127.0.0.1:1")
+    env = signer_env(tmp_path, pebble, "sqlite+aiosqlite:///unused.db", ACME_RA_NATS_URL="nats://127.0.0.1:1")
     del env["ACME_RA_SECRET_KEY"]
     result = run_signer_command(env)
     assert result.returncode == 2
@@ -108,7 +109,7 @@ def test_missing_secret_is_a_one_line_configuration_error(tmp_path: Path, pebble
 
 
 def test_half_an_eab_pair_is_a_one_line_configuration_error(tmp_path: Path, pebble: Pebble) -> None:
-    env = signer_env(tmp_path, pebble, ACME_RA_NATS_URL="nats://127.0.0.1:1")
+    env = signer_env(tmp_path, pebble, "sqlite+aiosqlite:///unused.db", ACME_RA_NATS_URL="nats://127.0.0.1:1")
     del env["ACME_RA_UPSTREAM_EAB_HMAC_KEY"]
     result = run_signer_command(env)
     assert result.returncode == 2
@@ -137,7 +138,9 @@ async def test_account_lost_upstream_is_registered_again(pebble: Pebble, db: Dat
     await driver.check()
 
 
-async def test_orders_go_to_the_upstream_their_provisioner_selects(tmp_path: Path, db: Database) -> None:
+async def test_orders_go_to_the_upstream_their_provisioner_selects(
+    tmp_path: Path, settings: Settings, db: Database
+) -> None:
     rsa = Pebble(tmp_path / "pebble-rsa")
     ecc = Pebble(tmp_path / "pebble-ecc")
     hmac_file = tmp_path / "ecc.hmac"
@@ -164,10 +167,10 @@ profiles:
   tlsserver-ecc: incommon-ecc
 """
     )
-    settings = acme_settings(
-        tmp_path, rsa, config_file=config, upstream_directory_url="", upstream_eab_kid="", upstream_eab_hmac_key=None
+    configured = settings.model_copy(
+        update={"config_file": config, "upstream_directory_url": "", "upstream_eab_kid": "", "upstream_eab_hmac_key": None}
     )
-    driver = make_acme_driver(settings, db)
+    driver = make_acme_driver(configured, db)
     try:
         worker = IssueWorker(db, driver)
         default_order = await new_order(db, ["rsa.example.test"])

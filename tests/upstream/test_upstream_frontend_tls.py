@@ -16,7 +16,7 @@ from acme_ra_signer import bootstrap, frontend_tls
 from acme_ra_signer.app import create_app
 from acme_ra_signer.worker import IssueWorker
 
-from .conftest import acme_settings, make_acme_driver, new_order, run_job, upstream_accounts, wait_until
+from .conftest import make_acme_driver, new_order, run_job, upstream_accounts, wait_until
 from .pebble import Pebble
 
 
@@ -42,10 +42,12 @@ def test_bootstrap_obtains_the_frontend_certificate_once(pebble: Pebble, setting
     assert not settings.lab_ca_dir.exists()
 
 
-def test_bootstrap_keeps_a_configured_pair_and_creates_no_ca(tmp_path: Path, pebble: Pebble, db_url: str) -> None:
+def test_bootstrap_keeps_a_configured_pair_and_creates_no_ca(
+    tmp_path: Path, pebble: Pebble, settings: Settings, db_url: str
+) -> None:
     cert, key = tmp_path / "own.crt", tmp_path / "own.key"
     frontend_tls.write_placeholder(cert, key, ["ra.example.test"])
-    settings = acme_settings(tmp_path, pebble, tls_cert_file=cert, tls_key_file=key)
+    settings = settings.model_copy(update={"tls_cert_file": cert, "tls_key_file": key})
     assert bootstrap.run(settings).frontend_cert == "configured"
     assert not settings.lab_ca_dir.exists() and not (settings.state_dir / "tls").exists()
     assert pebble.issued_count() == 0

@@ -18,7 +18,7 @@ from acme_ra_signer.upstream.acme_client import tls_context
 from acme_ra_signer.worker import IssueWorker
 
 from .conftest import (
-    acme_settings,
+    for_pebble,
     certificate_of,
     make_acme_driver,
     new_order,
@@ -105,7 +105,7 @@ def driver_settings(driver: AcmeDriver) -> Settings:
 
 async def test_alternate_chains_are_stored(tmp_path: Path, db: Database, settings: Settings) -> None:
     alt = Pebble(tmp_path / "pebble-alt", env={"PEBBLE_ALTERNATE_ROOTS": "1"})
-    driver = make_acme_driver(acme_settings(tmp_path, alt), db)
+    driver = make_acme_driver(for_pebble(settings, alt), db)
     try:
         order_id = await new_order(db, ["alt.example.test"])
         await run_job(IssueWorker(db, driver), order_id)
@@ -121,8 +121,8 @@ async def test_alternate_chains_are_stored(tmp_path: Path, db: Database, setting
     main[0].verify_directly_issued_by(alternate[1])
 
 
-async def test_configured_lifetime_is_requested(tmp_path: Path, pebble: Pebble, db: Database) -> None:
-    driver = make_acme_driver(acme_settings(tmp_path, pebble, upstream_cert_lifetime_days=10), db)
+async def test_configured_lifetime_is_requested(pebble: Pebble, settings: Settings, db: Database) -> None:
+    driver = make_acme_driver(for_pebble(settings, pebble, upstream_cert_lifetime_days=10), db)
     try:
         order_id = await new_order(db, ["short.example.test"])
         await run_job(IssueWorker(db, driver), order_id)
@@ -134,9 +134,9 @@ async def test_configured_lifetime_is_requested(tmp_path: Path, pebble: Pebble, 
 
 
 async def test_fail_strategy_refuses_names_the_upstream_has_not_validated(
-    tmp_path: Path, pebble: Pebble, db: Database
+    pebble: Pebble, settings: Settings, db: Database
 ) -> None:
-    driver = make_acme_driver(acme_settings(tmp_path, pebble, upstream_authz_strategy="fail"), db)
+    driver = make_acme_driver(for_pebble(settings, pebble, upstream_authz_strategy="fail"), db)
     try:
         order_id = await new_order(db, ["not-prevalidated.example.test"])
         msg = await run_job(IssueWorker(db, driver), order_id)

@@ -17,7 +17,7 @@ from acme_ra.db.engine import Database
 from acme_ra.db.models import Certificate, Order
 from acme_ra_signer.app import create_app
 
-from .conftest import acme_settings, certificate_of, new_order, wait_until
+from .conftest import certificate_of, for_pebble, new_order, wait_until
 from .pebble import Pebble, b64url
 
 # RFC 5280 reason codes.
@@ -138,9 +138,9 @@ async def test_revoke_refused_upstream_is_rejected_with_a_problem(
 
 
 async def test_readiness_names_the_eab_variable_when_the_key_is_wrong(
-    tmp_path: Path, pebble: Pebble, db_url: str, nats_url: str
+    pebble: Pebble, settings: Settings, db_url: str, nats_url: str
 ) -> None:
-    wrong = acme_settings(tmp_path, pebble, nats_url=nats_url, upstream_eab_hmac_key=SecretStr(b64url(b"\x02" * 32)))
+    wrong = for_pebble(settings, pebble, nats_url=nats_url, upstream_eab_hmac_key=SecretStr(b64url(b"\x02" * 32)))
     app = create_app(wrong)
     async with app.router.lifespan_context(app), client(app) as http:
         ready = await http.get("/readyz")

@@ -101,14 +101,14 @@ class Page:
     def csrf(self) -> str:
         return csrf_token(self.key, self.cookie)
 
-    def render(self, template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def render(self, template: str, code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("notice", None)
         context.setdefault("error", None)
         html = TEMPLATES.get_template(template).render(
             nav=NAV, path=self.request.url.path, csrf=self.csrf if self.token_id else "",
             logged_in=self.token_id is not None, **context,
         )
-        return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+        return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
 
 
 async def current_page(request: Request) -> Page | None:
@@ -147,7 +147,7 @@ def to_login() -> RedirectResponse:
 
 
 def forbidden(page: Page) -> HTMLResponse:
-    return page.render("message.html", status=403, title="Forbidden",
+    return page.render("message.html", code=403, title="Forbidden",
                        error="The form has expired or did not come from this console. Reload the page and try again.")
 
 
@@ -179,7 +179,7 @@ async def login(request: Request) -> Response:
     if row is None:
         log.warning("admin console: login refused", extra={"client": client_address(request),
                                                           "reason": "unknown or revoked token"})
-        return Page(request, None).render("login.html", status=401, title="Log in",
+        return Page(request, None).render("login.html", code=401, title="Log in",
                                           error="That is not a valid admin token.")
     log.info("admin console: login", extra={"client": client_address(request), "token_id": row.id})
     response = RedirectResponse("/orders", status_code=303, headers=SECURITY_HEADERS)
@@ -219,7 +219,7 @@ async def order(request: Request, order_id: str) -> Response:
     try:
         detail = await page.ops.get_order(order_id)
     except OperationError as error:
-        return page.render("message.html", status=error.status, title="Order", error=error.detail)
+        return page.render("message.html", code=error.status, title="Order", error=error.detail)
     return page.render("order.html", title=f"Order {order_id}", order=detail)
 
 
@@ -233,7 +233,7 @@ async def certificates(request: Request) -> Response:
 
 async def certificates_page(page: Page, status: int = 200, **context: Any) -> HTMLResponse:
     rows = await page.ops.list_certificates(limit=PAGE_ROWS)
-    return page.render("certificates.html", status=status, title="Certificates", certificates=rows,
+    return page.render("certificates.html", code=status, title="Certificates", certificates=rows,
                        reasons=REVOCATION_REASONS, **context)
 
 
@@ -262,7 +262,7 @@ async def accounts(request: Request) -> Response:
 
 async def accounts_page(page: Page, status: int = 200, **context: Any) -> HTMLResponse:
     rows = await page.ops.list_accounts(limit=PAGE_ROWS)
-    return page.render("accounts.html", status=status, title="Accounts", accounts=rows, **context)
+    return page.render("accounts.html", code=status, title="Accounts", accounts=rows, **context)
 
 
 @router.post("/accounts/{account_id}/deactivate")
@@ -290,7 +290,7 @@ async def eab_keys(request: Request) -> Response:
 async def eab_keys_page(page: Page, status: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("new_key", None)
     rows = await page.ops.list_eab_keys()
-    return page.render("eab_keys.html", status=status, title="EAB keys", keys=rows,
+    return page.render("eab_keys.html", code=status, title="EAB keys", keys=rows,
                        profiles=list(page.ops.settings.profile_descriptions), **context)
 
 

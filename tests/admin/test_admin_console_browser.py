@@ -1,0 +1,135 @@
+"""The web console in headless Chromium (selenium + Debian's chromium-driver), beside the real
+topology: log in with an admin token, create an EAB key, see an issued order, revoke its
+certificate (through the signer). Screenshots go to build/screenshots/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .conftest import AdminService, issue
+
+pytestmark = pytest.mark.integration
+
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+# How long the browser waits for an element (seconds).
+WAIT_SECONDS = 20
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        message = "needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="acme-ra-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+                 f"--user-data-dir={profile}", "--window-size=1400,900"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.implicitly_wait(WAIT_SECONDS)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def shot(driver: object, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))  # type: ignore[attr-defined]
+
+
+def test_console_login_eab_key_order_and_revocation(admin_service: AdminService, browser: object,
+                                                    tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    issued = issue(admin_service, "console.localhost", tmp_path)
+    driver = browser
+    base = admin_service.url
+
+    # Not logged in: every page sends the browser to the login form.
+    driver.get(f"{base}/certificates")  # type: ignore[attr-defined]
+    assert driver.current_url == f"{base}/login"  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "token").send_keys("acmera_not-a-token")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+    assert "not a valid admin token" in driver.find_element(By.CSS_SELECTOR, ".error").text  # type: ignore[attr-defined]
+    shot(driver, "01-login-refused")
+
+    driver.find_element(By.ID, "token").send_keys(admin_service.token)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+    assert driver.current_url == f"{base}/orders"  # type: ignore[attr-defined]
+    cookie = driver.get_cookie("acme_ra_admin_session")  # type: ignore[attr-defined]
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    shot(driver, "02-orders")
+
+    # The issued order, with its status.
+    row = driver.find_element(By.CSS_SELECTOR, f'tr[data-order="{issued.order["id"]}"]')  # type: ignore[attr-defined]
+    assert "console.localhost" in row.text and "valid" in row.text
+    shot(driver, "02-orders")
+    row.find_element(By.LINK_TEXT, issued.order["id"]).click()
+    assert "dns:console.localhost" in driver.find_element(By.TAG_NAME, "main").text  # type: ignore[attr-defined]
+    shot(driver, "03-order")
+
+    # A new EAB key: its HMAC key is shown once.
+    driver.find_element(By.LINK_TEXT, "EAB keys").click()  # type: ignore[attr-defined]
+    driver.find_element(By.NAME, "label").send_keys("physics department")  # type: ignore[attr-defined]
+    driver.find_element(By.NAME, "allow").send_keys(".physics.example.edu")  # type: ignore[attr-defined]
+    driver.find_element(By.NAME, "no_wildcards").click()  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "create-eab-key").click()  # type: ignore[attr-defined]
+    kid = driver.find_element(By.ID, "new-kid").text  # type: ignore[attr-defined]
+    hmac_key = driver.find_element(By.ID, "new-hmac").text  # type: ignore[attr-defined]
+    assert kid.startswith("kid-") and len(hmac_key) == 43
+    shot(driver, "04-eab-key-created")
+    with httpx.Client(base_url=base, headers=admin_service.auth, trust_env=False) as client:
+        keys = {k["kid"]: k for k in client.get("/api/eab-keys").json()}
+    assert keys[kid]["label"] == "physics department"
+    assert keys[kid]["policy"] == {"allow": [".physics.example.edu"], "deny": [], "wildcards": False}
+    driver.get(f"{base}/eab-keys")  # type: ignore[attr-defined]
+    assert hmac_key not in driver.page_source  # type: ignore[attr-defined]
+
+    # Revoke the certificate: the signer revokes upstream and records it.
+    driver.find_element(By.LINK_TEXT, "Certificates").click()  # type: ignore[attr-defined]
+    row = driver.find_element(By.CSS_SELECTOR, f'tr[data-certificate="{issued.certificate["id"]}"]')  # type: ignore[attr-defined]
+    assert "valid" in row.text
+    Select(row.find_element(By.NAME, "reason")).select_by_visible_text("keyCompromise")
+    shot(driver, "05-certificates")
+    row.find_element(By.CSS_SELECTOR, "button.danger").click()
+    notice = driver.find_element(By.CSS_SELECTOR, ".notice").text  # type: ignore[attr-defined]
+    assert f"Certificate {issued.certificate['serial']} revoked." == notice
+    row = driver.find_element(By.CSS_SELECTOR, f'tr[data-certificate="{issued.certificate["id"]}"]')  # type: ignore[attr-defined]
+    assert "revoked (reason 1)" in row.text
+    shot(driver, "06-certificate-revoked")
+    with httpx.Client(base_url=base, headers=admin_service.auth, trust_env=False) as client:
+        stored = client.get(f"/api/certificates/{issued.certificate['id']}").json()
+    assert stored["status"] == "revoked" and stored["revocation_reason"] == 1
+
+    # Upstream health and the queue backlog.
+    driver.find_element(By.LINK_TEXT, "Upstream").click()  # type: ignore[attr-defined]
+    assert driver.find_element(By.ID, "signer-health").text.startswith("ready")  # type: ignore[attr-defined]
+    shot(driver, "07-upstream")
+    driver.find_element(By.LINK_TEXT, "Queues").click()  # type: ignore[attr-defined]
+    table = driver.find_element(By.ID, "queues").text  # type: ignore[attr-defined]
+    assert "validator" in table and "signer" in table
+    shot(driver, "08-queues")
+
+    # Log out: the session is gone.
+    driver.find_element(By.CSS_SELECTOR, "form.logout button").click()  # type: ignore[attr-defined]
+    driver.get(f"{base}/orders")  # type: ignore[attr-defined]
+    assert driver.current_url == f"{base}/login"  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import json
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -14,7 +15,7 @@ from acme_ra_signer.upstream.acme_client import AccountKey, AcmeClient, AcmeProb
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 
 BASE = "https://ca.test"
-DIRECTORY = {
+DIRECTORY: dict[str, Any] = {
     "newNonce": f"{BASE}/nonce",
     "newAccount": f"{BASE}/account",
     "newOrder": f"{BASE}/order",
@@ -27,7 +28,9 @@ def problem(status: int, type_: str, nonce: str | None = None) -> httpx.Response
     headers = {"Content-Type": "application/problem+json"}
     if nonce:
         headers["Replay-Nonce"] = nonce
-    return httpx.Response(status, headers=headers, json={"type": f"urn:ietf:params:acme:error:{type_}", "detail": type_})
+    return httpx.Response(
+        status, headers=headers, json={"type": f"urn:ietf:params:acme:error:{type_}", "detail": type_}
+    )
 
 
 def scripted(posts: list[Callable[[httpx.Request], httpx.Response]], log: list[httpx.Request]) -> httpx.MockTransport:
@@ -54,7 +57,9 @@ async def test_bad_nonce_is_retried_once_with_the_nonce_it_carried() -> None:
     log: list[httpx.Request] = []
     posts = [
         lambda r: problem(400, "badNonce", nonce="ZnJlc2g"),
-        lambda r: httpx.Response(201, headers={"Location": f"{BASE}/acct/1", "Replay-Nonce": "bmV4dA"}, json={"status": "valid"}),
+        lambda r: httpx.Response(
+            201, headers={"Location": f"{BASE}/acct/1", "Replay-Nonce": "bmV4dA"}, json={"status": "valid"}
+        ),
     ]
     client = AcmeClient(f"{BASE}/directory", transport=scripted(posts, log))
     key = AccountKey.generate("ec256")

@@ -76,7 +76,12 @@ async def test_lab_revocation_is_recorded_once(settings: Settings, db: Database)
     assert reply == bus.RevokeReply(outcome="revoked")
     row = await stored(db, certificate.id)
     assert row.revoked_at is not None and row.revocation_reason == 4
-    assert js.published == [("acme.events.revoked", {"v": 1, "kind": "revoked", "order_id": certificate.order_id, "challenge_id": None, "status": None})]
+    assert js.published == [
+        (
+            "acme.events.revoked",
+            {"v": 1, "kind": "revoked", "order_id": certificate.order_id, "challenge_id": None, "status": None},
+        )
+    ]
 
     again = await responder.answer(bus.RevokeRequest(certificate_id=certificate.id, reason=1))
     assert again.outcome == "already_revoked"

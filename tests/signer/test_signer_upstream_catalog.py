@@ -57,16 +57,28 @@ def test_environment_alone_makes_the_default_upstream(tmp_path: Path) -> None:
     [
         ({}, "ACME_RA_UPSTREAM_DIRECTORY_URL: required when ACME_RA_UPSTREAM=acme"),
         ({"upstream_directory_url": "acme.example.org/dir"}, "ACME_RA_UPSTREAM_DIRECTORY_URL='acme.example.org/dir'"),
-        ({"upstream_directory_url": "https://ca.test/dir", "upstream_eab_kid": "k"}, "ACME_RA_UPSTREAM_EAB_HMAC_KEY: the EAB key id and HMAC key go together"),
         (
-            {"upstream_directory_url": "https://ca.test/dir", "upstream_eab_kid": "k", "upstream_eab_hmac_key": SecretStr("!!!")},
+            {"upstream_directory_url": "https://ca.test/dir", "upstream_eab_kid": "k"},
+            "ACME_RA_UPSTREAM_EAB_HMAC_KEY: the EAB key id and HMAC key go together",
+        ),
+        (
+            {
+                "upstream_directory_url": "https://ca.test/dir",
+                "upstream_eab_kid": "k",
+                "upstream_eab_hmac_key": SecretStr("!!!"),
+            },
             "ACME_RA_UPSTREAM_EAB_HMAC_KEY: not a base64url HMAC key",
         ),
-        ({"upstream_directory_url": "https://ca.test/dir", "upstream_ca_bundle": Path("/nonexistent.pem")}, "ACME_RA_UPSTREAM_CA_BUNDLE: /nonexistent.pem does not exist"),
+        (
+            {"upstream_directory_url": "https://ca.test/dir", "upstream_ca_bundle": Path("/nonexistent.pem")},
+            "ACME_RA_UPSTREAM_CA_BUNDLE: /nonexistent.pem does not exist",
+        ),
         ({"upstream_directory_url": "https://ca.test/dir", "upstream_email": "mailto:x@y"}, "ACME_RA_UPSTREAM_EMAIL="),
     ],
 )
-def test_environment_mistakes_are_one_line_naming_the_variable(tmp_path: Path, values: dict[str, Any], message: str) -> None:
+def test_environment_mistakes_are_one_line_naming_the_variable(
+    tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
     with pytest.raises(UpstreamConfigError) as error:
         load_catalog(settings(tmp_path, **values))
     text = str(error.value)
@@ -127,12 +139,25 @@ def test_env_upstream_and_file_upstreams_together(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("upstreams:\n  a:\n    directory_url: https://a.test/dir\n  b:\n    directory_url: https://b.test/dir\n", "default_upstream: required with several upstreams (a, b)"),
-        ("upstreams:\n  a:\n    directory_url: https://a.test/dir\n    eab_kdi: typo\n", "upstreams.a.eab_kdi: Extra inputs are not permitted"),
-        ("upstreams:\n  a:\n    directory_url: https://a.test/dir\nprovisioners:\n  x: {upstream: b}\n", "provisioners.x.upstream: no upstream named 'b'"),
+        (
+            "upstreams:\n  a:\n    directory_url: https://a.test/dir\n  b:\n    directory_url: https://b.test/dir\n",
+            "default_upstream: required with several upstreams (a, b)",
+        ),
+        (
+            "upstreams:\n  a:\n    directory_url: https://a.test/dir\n    eab_kdi: typo\n",
+            "upstreams.a.eab_kdi: Extra inputs are not permitted",
+        ),
+        (
+            "upstreams:\n  a:\n    directory_url: https://a.test/dir\nprovisioners:\n  x: {upstream: b}\n",
+            "provisioners.x.upstream: no upstream named 'b'",
+        ),
         ("upstreams: [1, 2\n", "not valid YAML"),
         ("- just a list\n", "expected a mapping at the top level"),
-        ("upstreams:\n  a:\n    directory_url: https://a.test/dir\n    eab_kid: k\n    eab_hmac_key_file: /nonexistent\n", "upstreams.a.eab_hmac_key_file: cannot read /nonexistent"),
+        (
+            "upstreams:\n  a:\n    directory_url: https://a.test/dir\n"
+            "    eab_kid: k\n    eab_hmac_key_file: /nonexistent\n",
+            "upstreams.a.eab_hmac_key_file: cannot read /nonexistent",
+        ),
     ],
 )
 def test_config_file_mistakes_are_one_line_naming_file_and_key(tmp_path: Path, text: str, message: str) -> None:

@@ -144,7 +144,11 @@ async def bench(n: int, concurrency: int, database_url: str | None, workdir: Pat
             secret_key_file=None,
         )
         db = Database(url, pool_size=max(10, concurrency * 2))
-        counter = Counting(httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle)), limits=httpx.Limits(max_connections=100)))
+        counter = Counting(
+            httpx.AsyncHTTPTransport(
+                verify=tls_context(str(pebble.ca_bundle)), limits=httpx.Limits(max_connections=100)
+            )
+        )
         driver = AcmeDriver.from_settings(settings, db, transport=counter)
         upstream = driver.select()
         worker = IssueWorker(db, driver)
@@ -171,7 +175,8 @@ async def bench(n: int, concurrency: int, database_url: str | None, workdir: Pat
             )
             s = summary("signer job (journaled)", sig, counter.requests / n, sig_cpu / n)
             print(
-                f"  overhead: median {s['median_ms'] - b['median_ms']:+.1f} ms, mean {s['mean_ms'] - b['mean_ms']:+.1f} ms"
+                f"  overhead: median {s['median_ms'] - b['median_ms']:+.1f} ms, "
+                f"mean {s['mean_ms'] - b['mean_ms']:+.1f} ms"
                 f" per issuance; throughput {n / base_wall:.1f}/s bare vs {n / sig_wall:.1f}/s signer"
             )
         await driver.close()

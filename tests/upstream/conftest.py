@@ -169,9 +169,7 @@ async def upstream_order_row(db: Database, order_id: str) -> UpstreamOrder | Non
 
 async def certificate_of(db: Database, order_id: str) -> Certificate:
     async with db.sessions() as session:
-        certificate = (
-            await session.execute(select(Certificate).where(Certificate.order_id == order_id))
-        ).scalar_one()
+        certificate = (await session.execute(select(Certificate).where(Certificate.order_id == order_id))).scalar_one()
         return certificate
 
 

@@ -88,7 +88,9 @@ async def test_wrong_eab_key_is_a_clear_error_naming_the_variable(
 
 
 def test_check_upstream_command_reports_a_wrong_eab_key(tmp_path: Path, pebble: Pebble, db_url: str) -> None:
-    bad = run_signer_command(signer_env(tmp_path, pebble, db_url, ACME_RA_UPSTREAM_EAB_HMAC_KEY=WRONG_HMAC), "check-upstream")
+    bad = run_signer_command(
+        signer_env(tmp_path, pebble, db_url, ACME_RA_UPSTREAM_EAB_HMAC_KEY=WRONG_HMAC), "check-upstream"
+    )
     assert bad.returncode == 1
     assert "upstream default: not ready" in bad.stderr and "ACME_RA_UPSTREAM_EAB_HMAC_KEY" in bad.stderr
 
@@ -104,7 +106,8 @@ def test_missing_secret_is_a_one_line_configuration_error(tmp_path: Path, pebble
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "acme-ra: invalid configuration: ACME_RA_SECRET_KEY: required when ACME_RA_UPSTREAM=acme (it seals "
-        "the upstream account key in the database); set it, or ACME_RA_SECRET_KEY_FILE, to the same value on every signer"
+        "the upstream account key in the database); set it, or ACME_RA_SECRET_KEY_FILE, "
+        "to the same value on every signer"
     ]
 
 
@@ -168,7 +171,12 @@ profiles:
 """
     )
     configured = settings.model_copy(
-        update={"config_file": config, "upstream_directory_url": "", "upstream_eab_kid": "", "upstream_eab_hmac_key": None}
+        update={
+            "config_file": config,
+            "upstream_directory_url": "",
+            "upstream_eab_kid": "",
+            "upstream_eab_hmac_key": None,
+        }
     )
     driver = make_acme_driver(configured, db)
     try:

@@ -64,7 +64,9 @@ async def test_issues_through_pebble_with_eab(pebble: Pebble, db: Database, driv
     assert b"PRIVATE KEY" not in account.key_sealed
 
 
-async def test_the_account_is_reused_by_every_issuance(pebble: Pebble, db: Database, driver: AcmeDriver) -> None:
+async def test_the_account_is_reused_by_every_issuance(
+    pebble: Pebble, settings: Settings, db: Database, driver: AcmeDriver
+) -> None:
     worker = IssueWorker(db, driver)
     for name in ("one.example.test", "two.example.test", "three.example.test"):
         order_id = await new_order(db, [name])
@@ -75,7 +77,7 @@ async def test_the_account_is_reused_by_every_issuance(pebble: Pebble, db: Datab
     assert pebble.issued_count() == 3
 
     # A second driver (another replica, or a restart) uses the same stored account.
-    other = make_acme_driver(driver_settings(driver), db)
+    other = make_acme_driver(settings, db)
     try:
         order_id = await new_order(db, ["four.example.test"])
         await run_job(IssueWorker(db, other), order_id)
@@ -83,24 +85,6 @@ async def test_the_account_is_reused_by_every_issuance(pebble: Pebble, db: Datab
         await other.close()
     [account] = await upstream_accounts(db)
     assert account.registrations == 1
-
-
-def driver_settings(driver: AcmeDriver) -> Settings:
-    """Settings equivalent to the driver's, for building another driver on the same database."""
-    upstream = driver.catalog.upstreams["default"]
-    assert upstream.eab_hmac_key is not None and upstream.ca_bundle is not None
-    return Settings(
-        upstream="acme",
-        upstream_directory_url=upstream.directory_url,
-        upstream_eab_kid=upstream.eab_kid,
-        upstream_eab_hmac_key=upstream.eab_hmac_key,
-        upstream_ca_bundle=upstream.ca_bundle,
-        secret_key="upstream-tests-sealing-secret-0123456789",
-        tls_cert_file=None,
-        tls_key_file=None,
-        config_file=None,
-        secret_key_file=None,
-    )
 
 
 async def test_alternate_chains_are_stored(tmp_path: Path, db: Database, settings: Settings) -> None:
@@ -192,7 +176,9 @@ class SlowSigner(httpx.AsyncBaseTransport):
         body = json.loads(await response.aread())
         body["status"] = "processing"
         body.pop("certificate", None)
-        headers = [(k, v) for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")]
+        headers = [
+            (k, v) for k, v in response.headers.items() if k.lower() not in ("content-length", "content-encoding")
+        ]
         return httpx.Response(response.status_code, headers=[*headers, ("Retry-After", "1")], json=body)
 
     async def aclose(self) -> None:

@@ -83,7 +83,7 @@ def path_starts(prefix: str, nth: int = 1) -> Callable[[httpx.Request], bool]:
 
 # Kill points, in Pebble's URL space: (a fresh "which request" predicate, after its response?). Every state of
 # UpstreamOrderState is left behind by one of them.
-KILL_POINTS = {
+KILL_POINTS: dict[str, tuple[Callable[[], Callable[[httpx.Request], bool]], bool]] = {
     "newOrder answered, URL not recorded": (lambda: path_starts("/order-plz"), True),
     "upstream order created and recorded": (lambda: path_starts("/authZ/"), True),
     "challenge answered": (lambda: path_starts("/chalZ/"), True),
@@ -107,7 +107,9 @@ STATE_LEFT = {
 }
 
 
-def killing_driver(settings: Settings, db: Database, pebble: Pebble, when: Callable[[httpx.Request], bool], after: bool) -> tuple[AcmeDriver, KillSwitch]:
+def killing_driver(
+    settings: Settings, db: Database, pebble: Pebble, when: Callable[[httpx.Request], bool], after: bool
+) -> tuple[AcmeDriver, KillSwitch]:
     switch = KillSwitch(httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle))), when, after)
     return make_acme_driver(settings, db, transport=switch), switch
 
@@ -187,9 +189,7 @@ async def test_the_same_job_on_two_signers_at_once_gives_one_certificate(
     try:
         workers = [IssueWorker(db, first), IssueWorker(db, second)]
         for order_id in order_ids:
-            results = await asyncio.gather(
-                *(run_job(worker, order_id) for worker in workers), return_exceptions=True
-            )
+            results = await asyncio.gather(*(run_job(worker, order_id) for worker in workers), return_exceptions=True)
             for result in results:
                 assert not isinstance(result, BaseException) or isinstance(result, UpstreamBusy), result
             if any(isinstance(result, UpstreamBusy) for result in results):

@@ -78,7 +78,9 @@ async def test_issue_and_revoke_through_the_signer_service(
             # alreadyRevoked counts as revoked and the database catches up.
             other = await issue_through_the_bus(nc, db, ["other.example.test"])
             leaf = x509.load_pem_x509_certificate(other.chain_pem.encode())
-            await app.state.runtime.driver.revoke(leaf.public_bytes(Encoding.DER), KEY_COMPROMISE, order_id=other.order_id)
+            await app.state.runtime.driver.revoke(
+                leaf.public_bytes(Encoding.DER), KEY_COMPROMISE, order_id=other.order_id
+            )
             assert pebble.cert_status(other.serial)["Status"] == "Revoked"
             assert (await revoke(nc, other.id, KEY_COMPROMISE)).outcome == "revoked"
             async with db.sessions() as session:
@@ -86,7 +88,10 @@ async def test_issue_and_revoke_through_the_signer_service(
                 assert row is not None and row.revocation_reason == KEY_COMPROMISE
 
             reply = await revoke(nc, "no-such-certificate", 0)
-            assert reply.outcome == "rejected" and reply.problem == {"type": "malformed", "detail": "no such certificate"}
+            assert reply.outcome == "rejected" and reply.problem == {
+                "type": "malformed",
+                "detail": "no such certificate",
+            }
 
             metrics = (await http.get("/metrics")).text
             assert 'acme_ra_signer_revocations_total{outcome="revoked"} ' in metrics

@@ -4,12 +4,12 @@ Pebble. Real processes: nats-server, Pebble behind a slow link, two signer proce
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -128,7 +128,7 @@ async def test_signer_killed_after_the_upstream_order_was_created(
         assert await certificate_count(db, order_id) == 1
         record = await upstream_order_row(db, order_id)
         assert record is not None and record.orders_created == 1
-        time.sleep(0.5)  # anything still in flight would have issued by now
+        await asyncio.sleep(0.5)  # anything still in flight would have issued by now
         assert pebble.issued_count() == 1
     finally:
         await nc.close()

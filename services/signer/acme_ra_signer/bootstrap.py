@@ -119,8 +119,9 @@ async def _frontend_cert_from_upstream(settings: Settings) -> str:
             )
         except TimeoutError:
             cert_path, key_path = settings.frontend_tls_paths
-            if frontend_tls.condition(cert_path, key_path, frontend_tls.frontend_names(settings.external_url)) == "missing":
-                frontend_tls.write_placeholder(cert_path, key_path, frontend_tls.frontend_names(settings.external_url))
+            names = frontend_tls.frontend_names(settings.external_url)
+            if frontend_tls.condition(cert_path, key_path, names) == "missing":
+                frontend_tls.write_placeholder(cert_path, key_path, names)
                 return "placeholder"
             return "failed"
         finally:

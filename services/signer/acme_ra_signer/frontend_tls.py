@@ -128,7 +128,12 @@ async def obtain(driver: AcmeDriver, cert_path: Path, key_path: Path, names: lis
         labca.write_atomic(bundle, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in issuers), 0o644)
     log.info(
         "frontend certificate issued by the upstream",
-        extra={"upstream": upstream.name, "names": names, "serial": chain.serial_hex, "not_after": chain.not_after.isoformat()},
+        extra={
+            "upstream": upstream.name,
+            "names": names,
+            "serial": chain.serial_hex,
+            "not_after": chain.not_after.isoformat(),
+        },
     )
 
 

@@ -75,7 +75,8 @@ class RevokeResponder:
                 request = bus.RevokeRequest.model_validate_json(msg.data)
             except ValidationError as error:
                 reply = bus.RevokeReply(
-                    outcome="rejected", problem={"type": "malformed", "detail": f"unreadable revoke request: {error.error_count()} errors"}
+                    outcome="rejected",
+                    problem={"type": "malformed", "detail": f"unreadable revoke request: {error.error_count()} errors"},
                 )
             else:
                 reply = await self.answer(request)
@@ -99,17 +100,19 @@ class RevokeResponder:
         metrics.REVOCATIONS.labels(reply.outcome).inc()
         fields["outcome"] = reply.outcome
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
-        log.log(logging.WARNING if reply.outcome in ("unavailable", "rejected") else logging.INFO,
-                "revoke: %s", reply.outcome, extra=fields)
+        log.log(
+            logging.WARNING if reply.outcome in ("unavailable", "rejected") else logging.INFO,
+            "revoke: %s",
+            reply.outcome,
+            extra=fields,
+        )
         return reply
 
     async def _answer(self, request: bus.RevokeRequest, fields: dict[str, Any]) -> bus.RevokeReply:
         async with self.db.sessions() as session:
             certificate = await session.get(Certificate, request.certificate_id)
         if certificate is None:
-            return bus.RevokeReply(
-                outcome="rejected", problem={"type": "malformed", "detail": "no such certificate"}
-            )
+            return bus.RevokeReply(outcome="rejected", problem={"type": "malformed", "detail": "no such certificate"})
         fields.update(order_id=certificate.order_id, serial=certificate.serial)
         if certificate.revoked_at is not None:
             return bus.RevokeReply(outcome="already_revoked")

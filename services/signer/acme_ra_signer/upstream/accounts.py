@@ -190,9 +190,7 @@ class AccountStore:
                 directory=directory,
             )
         elif getattr(getattr(directory, "meta", None), "external_account_required", False):
-            raise AccountRefused(
-                f"upstream {upstream.name} requires External Account Binding: set {eab_settings}"
-            )
+            raise AccountRefused(f"upstream {upstream.name} requires External Account Binding: set {eab_settings}")
         registration = messages.NewRegistration.from_data(
             email=upstream.email or None,
             terms_of_service_agreed=True,
@@ -205,10 +203,9 @@ class AccountStore:
                 raise UpstreamUnavailable(f"upstream {upstream.name}: account registration: {problem}") from None
             hint = f"; check {eab_settings}" if upstream.has_eab else ""
             raise AccountRefused(
-                f"upstream {upstream.name} refused the account registration "
-                f"({problem.code}: {problem.detail}){hint}"
+                f"upstream {upstream.name} refused the account registration ({problem.code}: {problem.detail}){hint}"
             ) from None
-        url = response.headers.get("Location")
+        url: str = response.headers.get("Location", "")
         if not url:
             raise UpstreamUnavailable(f"upstream {upstream.name}: newAccount answered without a Location")
         return url

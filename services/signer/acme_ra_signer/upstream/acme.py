@@ -100,9 +100,7 @@ class AcmeUpstream:
 
     # Requests as the account -----------------------------------------------------------------
 
-    async def signed(
-        self, url: str, payload: Any, accept: str | None = None
-    ) -> tuple[httpx.Response, Account]:
+    async def signed(self, url: str, payload: Any, accept: str | None = None) -> tuple[httpx.Response, Account]:
         """POST as the account; if the upstream no longer knows it, register again and retry."""
         try:
             account = await self.accounts.current()
@@ -185,8 +183,10 @@ class AcmeUpstream:
         try:
             response, account = await self.signed(directory["newOrder"], body)
         except AcmeProblem as problem:
-            if validity and problem.status < 500 and any(
-                word in problem.detail.lower() for word in ("notafter", "notbefore", "validity", "lifetime")
+            if (
+                validity
+                and problem.status < 500
+                and any(word in problem.detail.lower() for word in ("notafter", "notbefore", "validity", "lifetime"))
             ):
                 lifetime = self.config.setting("cert_lifetime_days")
                 raise UpstreamRejected(
@@ -198,13 +198,11 @@ class AcmeUpstream:
                 ) from None
             raise self.mapped(problem, "newOrder") from None
         metrics.UPSTREAM_ORDERS_CREATED.labels(self.name).inc()
-        order = messages.Order.from_json(response.json())
+        order: messages.Order = messages.Order.from_json(response.json())
         url = response.headers.get("Location")
         if not url or not order.finalize:
             raise UpstreamUnavailable(f"upstream {self.name}: newOrder answered without Location or finalize URL")
-        await journal.save(
-            state=State.pending.value, url=url, finalize_url=order.finalize, account_url=account.url
-        )
+        await journal.save(state=State.pending.value, url=url, finalize_url=order.finalize, account_url=account.url)
         log.info("upstream order created", extra={"upstream": self.name, "upstream_order": url})
         return order
 
@@ -306,8 +304,10 @@ class AcmeUpstream:
             detail = (error.detail or error.typ) if error else "the upstream order became invalid"
             code = (error.code if error else None) or "serverInternal"
             raise UpstreamRejected(
-                {"type": code if code in STATUS_BY_TYPE else "serverInternal",
-                 "detail": f"the upstream CA ({self.name}) refused: {detail}"}
+                {
+                    "type": code if code in STATUS_BY_TYPE else "serverInternal",
+                    "detail": f"the upstream CA ({self.name}) refused: {detail}",
+                }
             )
         else:
             raise UpstreamUnavailable(f"upstream {self.name}: unexpected order status {status!r}")
@@ -338,7 +338,10 @@ class AcmeUpstream:
                 continue
             if status != "pending":
                 raise UpstreamRejected(
-                    {"type": "unauthorized", "detail": f"the upstream CA ({self.name}) holds the authorization of {name} as {status}"}
+                    {
+                        "type": "unauthorized",
+                        "detail": f"the upstream CA ({self.name}) holds the authorization of {name} as {status}",
+                    }
                 )
             if self.config.authz_strategy == "fail":
                 raise UpstreamRejected(
@@ -417,7 +420,10 @@ class AcmeUpstream:
         leaf = certs[0]
         if leaf.public_key() != csr.public_key():
             raise UpstreamRejected(
-                {"type": "serverInternal", "detail": f"the upstream CA ({self.name}) returned a certificate for another key"}
+                {
+                    "type": "serverInternal",
+                    "detail": f"the upstream CA ({self.name}) returned a certificate for another key",
+                }
             )
         alternates: list[str] = []
         for alternate_url in link_urls(response, "alternate"):
@@ -425,7 +431,9 @@ class AcmeUpstream:
                 alternate, _ = await self.signed(alternate_url, None, accept=PEM_CHAIN)
                 chain = _parse_chain(alternate.content, self.name)
             except (AcmeProblem, UpstreamError) as error:
-                log.warning("alternate chain not fetched: %s", error, extra={"upstream": self.name, "url": alternate_url})
+                log.warning(
+                    "alternate chain not fetched: %s", error, extra={"upstream": self.name, "url": alternate_url}
+                )
                 continue
             if chain[0] == leaf:
                 alternates.append(_pem(chain))
@@ -543,7 +551,8 @@ class AcmeDriver(UpstreamDriver):
             upstream = self.upstreams.get(journal.entry.upstream)
             if upstream is None:
                 raise UpstreamUnavailable(
-                    f"order {request.order_id} is with upstream {journal.entry.upstream!r}, which is no longer configured"
+                    f"order {request.order_id} is with upstream {journal.entry.upstream!r}, "
+                    "which is no longer configured"
                 )
             return await upstream.issue(request, journal)
 

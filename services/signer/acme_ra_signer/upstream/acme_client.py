@@ -20,10 +20,15 @@ from typing import Any
 
 import certifi
 import httpx
-import josepy as jose
 from acme import jws, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from josepy.b64 import b64encode
+from josepy.errors import DeserializationError
+from josepy.interfaces import JSONDeSerializable
+from josepy.json_util import decode_b64jose
+from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
+from josepy.jwk import JWK, JWKEC, JWKRSA
 
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 
@@ -63,8 +68,8 @@ class AcmeProblem(Exception):
 class AccountKey:
     """An upstream account's private key as a josepy JWK with its JWS algorithm."""
 
-    jwk: jose.JWK
-    alg: jose.JWASignature
+    jwk: JWK
+    alg: JWASignature
 
     @classmethod
     def generate(cls, kind: str) -> AccountKey:
@@ -77,10 +82,10 @@ class AccountKey:
     @classmethod
     def from_private_key(cls, key: Any) -> AccountKey:
         if isinstance(key, ec.EllipticCurvePrivateKey):
-            alg = {256: jose.ES256, 384: jose.ES384, 521: jose.ES512}[key.curve.key_size]
-            return cls(jose.JWKEC(key=key), alg)
+            alg = {256: ES256, 384: ES384, 521: ES512}[key.curve.key_size]
+            return cls(JWKEC(key=key), alg)
         if isinstance(key, rsa.RSAPrivateKey):
-            return cls(jose.JWKRSA(key=key), jose.RS256)
+            return cls(JWKRSA(key=key), RS256)
         raise ValueError(f"unsupported account key type {type(key).__name__}")
 
     @classmethod
@@ -96,12 +101,12 @@ class AccountKey:
         )
 
     @property
-    def public_jwk(self) -> jose.JWK:
+    def public_jwk(self) -> JWK:
         return self.jwk.public_key()
 
     @property
     def thumbprint(self) -> str:
-        return jose.b64encode(self.jwk.thumbprint()).decode()
+        return b64encode(self.jwk.thumbprint()).decode()
 
 
 def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
@@ -126,7 +131,7 @@ def retry_after_seconds(response: httpx.Response, now: dt.datetime | None = None
     return max(0.0, (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds())
 
 
-_LINK = re.compile(r'<([^>]*)>\s*((?:;\s*[^;,]+)*)')
+_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
 
 def link_urls(response: httpx.Response, rel: str) -> list[str]:
@@ -177,16 +182,14 @@ class AcmeClient:
                 self._directory = messages.Directory.from_json(response.json())
                 for needed in ("newNonce", "newAccount", "newOrder"):
                     self._directory[needed]
-            except (ValueError, KeyError, jose.DeserializationError) as error:
-                raise UpstreamUnavailable(
-                    f"{self.directory_url} is not an ACME directory: {error}"
-                ) from None
+            except (ValueError, KeyError, DeserializationError) as error:
+                raise UpstreamUnavailable(f"{self.directory_url} is not an ACME directory: {error}") from None
         return self._directory
 
     async def post(
         self,
         url: str,
-        payload: jose.JSONDeSerializable | dict[str, Any] | None,
+        payload: JSONDeSerializable | dict[str, Any] | None,
         key: AccountKey,
         kid: str | None,
         accept: str | None = None,
@@ -201,9 +204,7 @@ class AcmeClient:
             body = payload.json_dumps().encode()
         for attempt in (1, 2):
             nonce = await self._nonce()
-            signed = jws.JWS.sign(
-                body, key=key.jwk, alg=key.alg, nonce=jose.decode_b64jose(nonce), url=url, kid=kid
-            )
+            signed = jws.JWS.sign(body, key=key.jwk, alg=key.alg, nonce=decode_b64jose(nonce), url=url, kid=kid)
             headers = {"Content-Type": JOSE_JSON}
             if accept:
                 headers["Accept"] = accept
@@ -236,9 +237,9 @@ class AcmeClient:
         nonce = response.headers.get("Replay-Nonce")
         if nonce:
             try:
-                jose.decode_b64jose(nonce)
+                decode_b64jose(nonce)
                 self._nonces.append(nonce)
-            except jose.DeserializationError:
+            except DeserializationError:
                 log.warning("upstream sent an unusable Replay-Nonce", extra={"url": url})
         return response
 
@@ -250,11 +251,11 @@ class AcmeClient:
         retry_after = retry_after_seconds(response)
         try:
             error = messages.Error.from_json(response.json())
-        except (ValueError, jose.DeserializationError):
+        except (ValueError, DeserializationError):
             if response.status_code >= 500 or response.status_code == 429:
                 raise UpstreamUnavailable(
                     f"upstream {url} answered {response.status_code} without a problem document"
                 ) from None
             # A bare 4xx (Pebble answers 404 for an order it no longer knows).
-            error = messages.Error(typ="about:blank", detail=f"HTTP {response.status_code}")
+            error = messages.Error.from_json({"type": "about:blank", "detail": f"HTTP {response.status_code}"})
         raise AcmeProblem(error, response.status_code, url, retry_after)

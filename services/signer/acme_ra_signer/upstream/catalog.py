@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from acme_ra.config import Settings
@@ -150,8 +150,7 @@ def load_catalog(settings: Settings) -> Catalog:
             default = next(iter(upstreams))
         else:
             raise UpstreamConfigError(
-                f"{PREFIX}{where}: default_upstream: required with several upstreams "
-                f"({', '.join(sorted(upstreams))})"
+                f"{PREFIX}{where}: default_upstream: required with several upstreams ({', '.join(sorted(upstreams))})"
             )
     if default not in upstreams:
         raise UpstreamConfigError(f"{PREFIX}{where}: default_upstream: no upstream named {default!r}")
@@ -163,9 +162,7 @@ def load_catalog(settings: Settings) -> Catalog:
             if target is None:
                 continue
             if target not in upstreams:
-                raise UpstreamConfigError(
-                    f"{PREFIX}{where}: {section}.{key}.upstream: no upstream named {target!r}"
-                )
+                raise UpstreamConfigError(f"{PREFIX}{where}: {section}.{key}.upstream: no upstream named {target!r}")
             routes[section][key] = target
     return Catalog(upstreams, default, routes["profiles"], routes["provisioners"])
 
@@ -237,9 +234,7 @@ def _check(upstream: Upstream) -> None:
         )
     if bool(upstream.eab_kid) != bool(upstream.eab_hmac_key):
         missing = "eab_hmac_key" if upstream.eab_kid else "eab_kid"
-        raise UpstreamConfigError(
-            f"{PREFIX}{upstream.setting(missing)}: the EAB key id and HMAC key go together"
-        )
+        raise UpstreamConfigError(f"{PREFIX}{upstream.setting(missing)}: the EAB key id and HMAC key go together")
     if upstream.eab_hmac_key is not None:
         text = upstream.eab_hmac_key.get_secret_value().strip()
         try:
@@ -275,14 +270,16 @@ def _read_file(path: Path) -> _File:
         data: Any = tomllib.loads(text) if path.suffix.lower() == ".toml" else yaml.safe_load(text)
     except (tomllib.TOMLDecodeError, yaml.YAMLError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UpstreamConfigError(f"{PREFIX}{where}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: {first}") from None
+        raise UpstreamConfigError(
+            f"{PREFIX}{where}: not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: {first}"
+        ) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise UpstreamConfigError(f"{PREFIX}{where}: expected a mapping at the top level")
     try:
         return _File.model_validate(data)
-    except ValidationError as error:
-        first = error.errors()[0]
-        loc = ".".join(str(part) for part in first.get("loc", ()))
-        raise UpstreamConfigError(f"{PREFIX}{where}: {loc}: {first.get('msg', 'invalid')}") from None
+    except ValidationError as invalid:
+        details = invalid.errors()[0]
+        loc = ".".join(str(part) for part in details.get("loc", ()))
+        raise UpstreamConfigError(f"{PREFIX}{where}: {loc}: {details.get('msg', 'invalid')}") from None

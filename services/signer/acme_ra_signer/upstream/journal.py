@@ -156,9 +156,7 @@ class DbJournal:
                         .values(lease_owner=self.owner, lease_until=lease_until)
                     )
                     if taken.rowcount == 0:  # type: ignore[attr-defined]
-                        raise UpstreamBusy(
-                            f"another signer is working on the upstream order of order {self.order_id}"
-                        )
+                        raise UpstreamBusy(f"another signer is working on the upstream order of order {self.order_id}")
                     await session.refresh(row)
                 self.entry = Entry(**{name: getattr(row, name) for name in _FIELDS})
         except IntegrityError:

@@ -90,12 +90,19 @@ def run_acme(settings: Settings) -> BootstrapResult:
     if settings.tls_cert_file is not None:
         frontend = "configured"
     else:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from acme_ra_signer.upstream.catalog import UpstreamConfigError
 
         try:
             frontend = asyncio.run(_frontend_cert_from_upstream(settings))
         except UpstreamConfigError as error:
-            raise BootstrapError(str(error)) from None
+            raise BootstrapError(str(error).removeprefix("acme-ra: ")) from None
+        except SQLAlchemyError as error:
+            raise BootstrapError(
+                f"the database ({settings.effective_database_url.split('://')[0]}) is not usable; "
+                f"run `acme-ra migrate` first ({type(error).__name__})"
+            ) from None
     log.info(
         "bootstrap: upstream acme (no lab CA), frontend certificate %s",
         frontend,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+
+import asyncpg.exceptions
+import nats.errors
+import sqlalchemy.exc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -63,6 +67,31 @@ GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
 ]
 
 
+# A database or NATS outage is not a bug: clients get 503 + Retry-After, not a 500.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.TimeoutError,
+)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """A dependency outage (database, NATS) rather than a bug."""
+    if isinstance(error, UNAVAILABLE_ERRORS):
+        return True
+    if isinstance(error, sqlalchemy.exc.DBAPIError):
+        return bool(error.connection_invalidated) or isinstance(
+            error.orig, (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+        ) or "database is locked" in str(error.orig)
+    return isinstance(error, (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError))
+
+
 def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     """Every error becomes a problem document inside the app, so the ACME headers are added."""
 
@@ -71,10 +100,16 @@ def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
             return await endpoint(request)
         except Problem as problem:
             return problem_response(problem)
-        except Exception:
-            log.exception("unexpected error on %s %s", request.method, request.url.path)
-            return problem_response(Problem("serverInternal", "internal error; try again later",
-                                            headers={"Retry-After": "60"}))
+        except Exception as error:
+            if not is_unavailable(error):
+                log.exception("unexpected error on %s %s", request.method, request.url.path)
+                return problem_response(Problem("serverInternal", "internal error; try again later",
+                                                headers={"Retry-After": "60"}))
+            log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, type(error).__name__)
+            return problem_response(
+                Problem("serverInternal", "the service is briefly unavailable; try again shortly", 503,
+                        headers={"Retry-After": "5"})
+            )
 
     return run
 

@@ -84,6 +84,8 @@ DEFAULT_PORTS = {
     "signer": 9125,
 }
 PORT_BASES = {"frontend": 8443, "frontend-metrics": 9130, "validator": 9140}
+# Servers the lab uses as they are when something already listens on their port.
+SHARED_PORTS = {"pebble", "pebble-management", "dns", "dns-management", "nats"}
 # Lifetime of the lab TLS CA and of the certificates it issues (renewed in their last third).
 TLS_CA_LIFETIME = dt.timedelta(days=3650)
 TLS_LEAF_LIFETIME = dt.timedelta(days=90)
@@ -108,7 +110,10 @@ class LabPorts:
 
     def __call__(self, key: str) -> int:
         if key not in self._ports:
-            self._ports[key] = free_port() if self._any_free else self.default(key)
+            port = free_port() if self._any_free else self.default(key)
+            if key not in SHARED_PORTS and not port_is_free(port):
+                port = free_port()  # the lab's own listeners move; shared servers are used as found
+            self._ports[key] = port
         return self._ports[key]
 
     @staticmethod
@@ -576,6 +581,7 @@ class ProcessLab:
             "LB_STATS_BIND": f"127.0.0.1:{stats}",
             "LB_FRONTEND_CA": frontend_ca,
             "LB_FRONTEND_NAME": "localhost",
+            "LB_ALLOW_PINNING": "1",  # a test client may alternate between the frontends
             # With one frontend, the second server line names the first one again.
             "LB_FRONTEND_1": f"127.0.0.1:{self.ports(frontends[0])}",
             "LB_FRONTEND_2": f"127.0.0.1:{self.ports(frontends[-1])}",
@@ -637,7 +643,9 @@ class ProcessLab:
         except subprocess.TimeoutExpired:
             child.terminate()
             child.wait_stopped(STOP_TIMEOUT_SECONDS)
-            raise LaunchError(f"{step} did not finish in {self.ready_timeout:.0f}s\n{child.describe_failure()}") from None
+            raise LaunchError(
+                f"{step} did not finish in {self.ready_timeout:.0f}s\n{child.describe_failure()}"
+            ) from None
         child.wait_stopped(STOP_TIMEOUT_SECONDS)
         if child.returncode != 0:
             raise LaunchError(f"{step} failed (exit status {child.returncode})\n{child.describe_failure()}")

@@ -79,12 +79,26 @@ class Traffic:
     nonces_redeemed: int = 0
     nonces_crossed: int = 0  # redeemed on another frontend than the one that issued them
     bad_nonces: int = 0
+    misrouted: int = 0  # served by another frontend than the one the request named
     problems: Counter[str] = field(default_factory=Counter)
     sequences: dict[int, list[str]] = field(default_factory=dict)  # client id -> frontends in order
+
+    def alternate(self, client_id: int, frontends: tuple[str, ...] = ("frontend-1", "frontend-2")) -> Any:
+        """A request hook that sends a client's requests to each frontend in turn (HAProxy's
+        X-Acme-Ra-Frontend, honoured in labs)."""
+        turn = [client_id]
+
+        async def on_request(request: httpx.Request) -> None:
+            request.headers["X-Acme-Ra-Frontend"] = frontends[turn[0] % len(frontends)]
+            turn[0] += 1
+
+        return on_request
 
     def hook(self, client_id: int) -> Any:
         async def on_response(response: httpx.Response) -> None:
             frontend = response.headers.get("x-served-by", "?")
+            wanted = response.request.headers.get("x-acme-ra-frontend")
+            self.misrouted += wanted is not None and wanted != frontend
             self.served_by[frontend] += 1
             self.sequences.setdefault(client_id, []).append(frontend)
             nonce = response.headers.get("replay-nonce")
@@ -107,7 +121,7 @@ class Traffic:
         """Share of a client's consecutive requests that went to another frontend than the last."""
         changes = pairs = 0
         for sequence in self.sequences.values():
-            for before, after in zip(sequence, sequence[1:]):
+            for before, after in zip(sequence, sequence[1:], strict=False):
                 pairs += 1
                 changes += before != after
         return changes / pairs if pairs else 0.0

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
 
 from .conftest import ROOT
@@ -91,7 +90,7 @@ def test_env_names_are_settings_and_ports_are_exposed() -> None:
     fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
     assert set(env) <= fields, sorted(set(env) - fields)
     exposed = {int(port) for keyword, rest in runtime_stage() if keyword == "EXPOSE" for port in rest.split()}
-    listeners = {int(parse_host_port(v)[1]) for k, v in env.items() if k.endswith("_LISTEN") or k == ENV_PREFIX + "LISTEN"}
+    listeners = {parse_host_port(v)[1] for k, v in env.items() if k.endswith("_LISTEN")}
     assert listeners == exposed
     for name in ("LISTEN", "METRICS_LISTEN", "VALIDATOR_LISTEN", "SIGNER_LISTEN"):
         assert parse_host_port(env[ENV_PREFIX + name])[0] == "0.0.0.0", name

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
 from acme_ra.launcher import settings_from_env
 
@@ -118,7 +117,8 @@ def test_a_deployment_per_service_with_probes(base: list[dict[str, Any]]) -> Non
             assert get["path"] == path, (service, probe)
             assert ports[get["port"]] == port, (service, probe)
             assert get.get("scheme", "HTTP") == ("HTTPS" if service == "frontend" else "HTTP")
-    frontend_ports = {p["name"]: p["containerPort"] for p in container(one(base, "Deployment", "acme-ra-frontend"))["ports"]}
+    frontend = container(one(base, "Deployment", "acme-ra-frontend"))
+    frontend_ports = {p["name"]: p["containerPort"] for p in frontend["ports"]}
     assert frontend_ports["metrics"] == parse_host_port(config["ACME_RA_METRICS_LISTEN"])[1]
 
 
@@ -184,7 +184,8 @@ def test_network_policies(base: list[dict[str, Any]], lab: list[dict[str, Any]])
             assert "0.0.0.0/0" not in _egress_cidrs(policy), policy["metadata"]["name"]
     upstream = one(lab, "NetworkPolicy", "acme-ra-signer-upstream")
     if shutil.which("kubectl"):  # the overlay's patch applied (without kubectl: resources unpatched)
-        assert upstream["spec"]["egress"][0]["to"] == [{"podSelector": {"matchLabels": {"acme-ra.io/role": "upstream"}}}]
+        pebble = {"podSelector": {"matchLabels": {"acme-ra.io/role": "upstream"}}}
+        assert upstream["spec"]["egress"][0]["to"] == [pebble]
     assert len(upstream["spec"]["egress"]) == 1
     # Only the services reach the database.
     database = one(base, "NetworkPolicy", "acme-ra-database-ingress")

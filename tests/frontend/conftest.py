@@ -2,40 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
 import socket
 import subprocess
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 
 from acme_ra.config import Settings
+from acme_ra.launcher import free_port, nats_server_binary
 from acme_ra.db.migrate import upgrade
 from acme_ra_frontend.app import create_app
 from tests.conformance.client import TestAcmeClient
+from tests.support import database
 
 EXTERNAL_URL = "https://ra.test"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = Path(sys.executable).parent / "nats-server"
-    if not binary.exists():
-        binary = Path(shutil.which("nats-server") or "nats-server")
+    binary = nats_server_binary()
     port = free_port()
     store = tmp_path_factory.mktemp("nats")
     process = subprocess.Popen(
@@ -57,28 +44,10 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A fresh database: PostgreSQL when ACME_RA_TEST_DATABASE_URL is set, else SQLite."""
-    base = os.environ.get("ACME_RA_TEST_DATABASE_URL")
-    if not base:
-        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('db') / 'ra.db'}"
+    """A fresh, migrated database of the lane's kind (tests/support/database.py)."""
+    with database.fresh_database(tmp_path_factory.mktemp("db")) as url:
         upgrade(url)
         yield url
-        return
-    name = f"acmera_{uuid.uuid4().hex[:12]}"
-    admin = base.replace("postgresql+asyncpg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
-
-    async def admin_sql(sql: str) -> None:
-        connection = await asyncpg.connect(admin)
-        try:
-            await connection.execute(sql)
-        finally:
-            await connection.close()
-
-    asyncio.run(admin_sql(f'CREATE DATABASE "{name}"'))
-    url = base.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    asyncio.run(admin_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,10 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 # make lab VALIDATORS=N: how many validator processes the lab runs.
 VALIDATORS ?= 2
+# make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; see docs/performance.md).
+BENCH_ARGS ?=
 
-.PHONY: dev install test clean lab
+.PHONY: dev install test clean lab bench
 
 dev: install
 	$(BIN)/python -m acme_ra.cli dev
@@ -23,6 +25,10 @@ lab: install
 
 test: install
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+
+# acme-ra (lab CA; Pebble upstream) against Pebble alone, on this machine's PostgreSQL (needs: pebble).
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf var build .pytest_cache

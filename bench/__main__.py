@@ -1,0 +1,212 @@
+"""``python -m bench`` (``make bench``): acme-ra against Pebble, on this machine, in one run.
+
+For each target in turn — (a) acme-ra with the lab CA, (b) acme-ra with a Pebble upstream (EAB),
+(c) Pebble alone validating for real — start it fresh, run the load generator (its own process,
+``bench.load``) at each concurrency level, measure newNonce, read the peak RSS of each service
+process, stop it. Then print the tables and the goals of issue 8, and write everything as JSON.
+Exits 1 when any request failed or a target did not run.
+
+    make bench                                  # the full run (a few minutes)
+    make bench BENCH_ARGS=--smoke               # a tiny run (what CI's smoke test does)
+    make bench BENCH_ARGS='--targets b --levels 16 --profile build/bench/profiles'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from acme_ra.launcher import LaunchError, free_port
+from bench import nonces, profiling, report
+from bench.load import DEFAULT_POLL_CAP_SECONDS, LoadConfig
+from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_rss_mb, tls_material
+
+# ACME_RA_DATABASE_URL of the PostgreSQL server the acme-ra targets use (a database of their
+# own is created on it and dropped afterwards). --database-url sqlite: SQLite files instead.
+DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+DEFAULT_LEVELS = "8,16"
+DEFAULT_COUNT = 300
+TARGET_KEYS = ("a", "b", "c")
+# The longest one generator run may take before it is stopped (seconds).
+LOAD_TIMEOUT_SECONDS = 1800
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--targets", default=",".join(TARGET_KEYS),
+                        help="comma list of a (acme-ra, lab CA), b (acme-ra, Pebble upstream), c (Pebble alone)")
+    parser.add_argument("--levels", default=DEFAULT_LEVELS, help=f"concurrency levels (default {DEFAULT_LEVELS})")
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
+                        help=f"certificates measured per level (default {DEFAULT_COUNT})")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="certificates per level before measuring (default: 2 × concurrency)")
+    parser.add_argument("--poll-cap", type=float, default=DEFAULT_POLL_CAP_SECONDS,
+                        help=f"longest wait between polls whatever Retry-After says (default {DEFAULT_POLL_CAP_SECONDS} s)")
+    parser.add_argument("--database-url", default=os.environ.get("ACME_RA_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+                        help="PostgreSQL server for acme-ra (postgresql+asyncpg://...; a database is created per "
+                             f"target and dropped), or 'sqlite' (default {DEFAULT_DATABASE_URL})")
+    parser.add_argument("--nonce-seconds", type=float, default=nonces.DEFAULT_SECONDS,
+                        help=f"length of the newNonce measurement (default {nonces.DEFAULT_SECONDS:.0f} s; 0: skip)")
+    parser.add_argument("--nonce-connections", type=int, default=nonces.DEFAULT_CONNECTIONS)
+    parser.add_argument("--ra-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment of the acme-ra services (repeatable), e.g. ACME_RA_DB_POOL_SIZE=20")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="record py-spy profiles of the acme-ra services during the load into DIR")
+    parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "work",
+                        help="state dirs and logs of the targets (emptied first)")
+    parser.add_argument("--json", type=Path, default=ROOT / "build" / "bench" / "results.json",
+                        help="where the results are written")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny run: concurrency 2, 3 certificates, 1 s of newNonce (CI's smoke test)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.levels, args.count, args.warmup = "2", 3, 1
+        args.nonce_seconds = min(args.nonce_seconds, 1.0)
+    args.level_list = [int(v) for v in args.levels.split(",") if v.strip()]
+    args.target_list = [v.strip() for v in args.targets.split(",") if v.strip()]
+    unknown = set(args.target_list) - set(TARGET_KEYS)
+    if unknown or not args.target_list:
+        parser.error(f"--targets: unknown {', '.join(sorted(unknown)) or 'none given'}")
+    if not args.level_list or min(args.level_list) < 1 or args.count < 1:
+        parser.error("--levels and --count must be positive")
+    for item in args.ra_env:
+        if "=" not in item:
+            parser.error(f"--ra-env {item!r}: expected NAME=VALUE")
+    return args
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gb = None
+    try:
+        memory_gb = round(int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True, check=False).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "load_average": os.getloadavg(),
+            "python": platform.python_version(), "kernel": platform.release(), "commit": commit or "unknown"}
+
+
+def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: int) -> Target:
+    tls = tls_material(workdir / "tls")
+    database = None if args.database_url == "sqlite" else args.database_url
+    extra_env = dict(item.split("=", 1) for item in args.ra_env)
+    if key == "a":
+        return AcmeRaTarget("a", "lab", workdir / "a", tls, http01_port, database, extra_env)
+    if key == "b":
+        return AcmeRaTarget("b", "pebble", workdir / "b", tls, http01_port, database, extra_env)
+    return PebbleTarget("c", workdir / "c", tls, http01_port)
+
+
+def run_load(target: Target, args: argparse.Namespace, workdir: Path, http01_port: int) -> dict[str, Any]:
+    config = LoadConfig(
+        directory_url=target.directory_url,
+        http01_port=http01_port,
+        levels=args.level_list,
+        count=args.count,
+        warmup=args.warmup,
+        poll_cap=args.poll_cap,
+        name_suffix=target.name_suffix,
+        ca_bundle=str(target.ca_bundle) if target.ca_bundle else None,
+        eab_kid=target.eab[0] if target.eab else None,
+        eab_hmac_key=target.eab[1] if target.eab else None,
+        watch_pids=target.watched_pids(),
+        watch_database=target.database_name,
+    )
+    config_path, result_path = workdir / f"load-{target.key}.json", workdir / f"result-{target.key}.json"
+    config_path.write_text(json.dumps(config.__dict__))
+    recording = None
+    if args.profile is not None and isinstance(target, AcmeRaTarget):
+        recording = profiling.Recording(args.profile, target.key, target.service_pids())
+        recording.start()
+    try:
+        subprocess.run([sys.executable, "-m", "bench.load", str(config_path), str(result_path)],
+                       cwd=ROOT, timeout=LOAD_TIMEOUT_SECONDS, check=False)
+    finally:
+        if recording is not None:
+            for name, path in recording.stop().items():
+                print(profiling.format_summary(f"({target.key}) {name} profile {path}", profiling.summarise(path)),
+                      flush=True)
+    if not result_path.is_file():
+        return {"setup_error": "the load generator wrote no result", "levels": []}
+    return dict(json.loads(result_path.read_text()))
+
+
+def measure_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: int) -> dict[str, Any]:
+    target = make_target(key, args, workdir, http01_port)
+    result: dict[str, Any] = {"key": key, "label": target.label}
+    print(f"bench: ({key}) {target.label}: starting", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    try:
+        target.start()
+        result["directory_url"] = target.directory_url
+        print(f"bench: ({key}) started in {time.monotonic() - started:.1f}s; load", file=sys.stderr, flush=True)
+        result["load"] = run_load(target, args, workdir, http01_port)
+        if args.nonce_seconds > 0:
+            result["new_nonce"] = nonces.measure(target.nonce_url(), args.nonce_seconds, args.nonce_connections,
+                                                 target.ca_bundle)
+        result["rss_mb"] = peak_rss_mb(target.service_pids())
+    except (TargetError, LaunchError, OSError) as error:
+        result["error"] = str(error)
+        print(f"bench: ({key}) failed: {error}", file=sys.stderr, flush=True)
+    finally:
+        try:
+            target.stop()
+        except Exception as error:  # noqa: BLE001 - report, and go on with the next target
+            print(f"bench: ({key}) stop failed: {error}", file=sys.stderr, flush=True)
+    if isinstance(target, AcmeRaTarget):
+        result["database"] = target.database.backend
+    result["log_dir"] = str(target.log_dir) if target.log_dir else None
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.profile is not None and profiling.available() is None:
+        print("bench: --profile needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
+    workdir = args.workdir.resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    info = machine()
+    print(f"bench: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, load average "
+          f"{' '.join(f'{v:.2f}' for v in info['load_average'])}, Python {info['python']}, commit {info['commit']}",
+          file=sys.stderr, flush=True)
+    http01_port = free_port()
+    targets = [measure_target(key, args, workdir, http01_port) for key in args.target_list]
+    results = {
+        "machine": info,
+        "command": " ".join([Path(sys.executable).name, "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {"levels": args.level_list, "count": args.count, "warmup": args.warmup,
+                     "poll_cap_seconds": args.poll_cap, "database": "sqlite" if args.database_url == "sqlite"
+                     else "postgresql", "ra_env": args.ra_env},
+        "targets": targets,
+        "errors": report.total_errors(targets),
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    print()
+    print(report.full_report(targets))
+    print(f"\nresults: {args.json}   logs: {workdir}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

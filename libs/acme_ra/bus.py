@@ -114,9 +114,13 @@ async def _on_reconnected() -> None:
 
 
 async def connect(url: str, name: str) -> NATS:
-    """Connect, reconnecting forever: a restarting nats-server must not kill a service."""
+    """Connect, reconnecting forever: a restarting nats-server must not kill a service.
+
+    ``url`` may list several servers of a cluster, comma-separated (``nats://a:4222,nats://b:4222``):
+    the client starts with any that answers and fails over to the others."""
+    servers = [server.strip() for server in url.split(",") if server.strip()]
     return await nats.connect(
-        url,
+        servers,
         name=name,
         error_cb=_on_error,
         disconnected_cb=_on_disconnected,
@@ -128,8 +132,12 @@ async def connect(url: str, name: str) -> NATS:
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> None:
-    """Create (or update) the job and event streams and the durable consumers. Idempotent."""
+async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:
+    """Create (or update) the job and event streams and the durable consumers. Idempotent.
+
+    ``replicas``: copies of each stream in a NATS cluster (3 for R3). None creates a stream with
+    one and keeps the replicas of a stream that exists, so that a service starting with the
+    default never scales down a stream an operator (or a replicated deployment) made R3."""
     jobs = StreamConfig(
         name=JOBS_STREAM,
         subjects=["acme.jobs.*"],
@@ -145,9 +153,11 @@ async def ensure_streams(js: JetStreamContext) -> None:
     )
     for config in (jobs, events):
         try:
-            await js.stream_info(config.name)  # type: ignore[arg-type]
+            info = await js.stream_info(config.name)  # type: ignore[arg-type]
+            config.num_replicas = replicas or info.config.num_replicas or 1
             await js.update_stream(config)
         except NotFoundError:
+            config.num_replicas = replicas or 1
             await js.add_stream(config)
     for durable, subject, ack_wait in (
         (DURABLE_VALIDATOR, SUBJECT_VALIDATE, VALIDATE_ACK_WAIT_SECONDS),

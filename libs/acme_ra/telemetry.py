@@ -35,6 +35,11 @@ class JsonFormatter(logging.Formatter):
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 event[key] = value
+        # The span the event happened in (an order's trace), unless the event names its own.
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            event.setdefault("trace_id", format(span_context.trace_id, "032x"))
+            event.setdefault("span_id", format(span_context.span_id, "016x"))
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(event, default=str).decode()

@@ -53,7 +53,7 @@ def serve() -> int:
     import uvicorn
 
     from acme_ra.config import get_settings, parse_host_port
-    from acme_ra.telemetry import setup_logging
+    from acme_ra.telemetry import init_tracing, setup_logging
     from acme_ra_signer.app import create_app
 
     settings = get_settings()
@@ -65,6 +65,7 @@ def serve() -> int:
         print(problem, file=sys.stderr)
         return 2
     setup_logging("signer", settings.log_level)
+    init_tracing("signer")
     host, port = parse_host_port(settings.signer_listen)
     uvicorn.run(
         create_app(settings),

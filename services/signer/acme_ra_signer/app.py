@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from acme_ra import bus
+from acme_ra import bus, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra_signer import metrics
@@ -64,6 +64,8 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             app.state.runtime = None
             await stop(runtime)
+            if telemetry.tracing_enabled():
+                telemetry.shutdown_tracing()  # flush batched spans: uvicorn re-raises SIGTERM next
 
     app = FastAPI(title="acme-ra signer", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = None

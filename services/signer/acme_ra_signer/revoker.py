@@ -21,11 +21,11 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from acme_ra import bus
+from acme_ra import bus, telemetry
 from acme_ra.db.engine import Database
-from acme_ra.db.models import Certificate, utcnow
+from acme_ra.db.models import Certificate, Order, utcnow
 from acme_ra_signer import metrics
 from acme_ra_signer.upstream.base import UpstreamDriver, UpstreamRejected, UpstreamUnavailable
 
@@ -79,7 +79,7 @@ class RevokeResponder:
                     problem={"type": "malformed", "detail": f"unreadable revoke request: {error.error_count()} errors"},
                 )
             else:
-                reply = await self.answer(request)
+                reply = await self.answer(request, (msg.headers or {}).get("traceparent"))
             if msg.reply:
                 await msg.respond(reply.model_dump_json().encode())
         except Exception:  # noqa: BLE001 - the frontend times out and answers 503
@@ -87,8 +87,30 @@ class RevokeResponder:
         finally:
             self._slots.release()
 
-    async def answer(self, request: bus.RevokeRequest) -> bus.RevokeReply:
-        """Revoke upstream, record, and say how it went (one log event per request)."""
+    async def answer(self, request: bus.RevokeRequest, traceparent: str | None = None) -> bus.RevokeReply:
+        """Revoke upstream, record, and say how it went (one log event per request), in a span of
+        the requester's trace (``traceparent``), else of the certificate's order's trace."""
+        if telemetry.tracing_enabled() and not traceparent:
+            traceparent = await self._order_traceparent(request.certificate_id)
+        attributes = {"acme.certificate_id": request.certificate_id, "acme.upstream": self.driver.name}
+        with telemetry.span("signer.revoke", traceparent, **attributes) as span:
+            reply = await self._answer_logged(request)
+            span.set_attribute("acme.outcome", reply.outcome)
+            return reply
+
+    async def _order_traceparent(self, certificate_id: str) -> str | None:
+        try:
+            async with self.db.sessions() as session:
+                query = (
+                    select(Order.trace_context)
+                    .join(Certificate, Certificate.order_id == Order.id)
+                    .where(Certificate.id == certificate_id)
+                )
+                return (await session.execute(query)).scalar_one_or_none()
+        except Exception:  # noqa: BLE001 - tracing only: the revocation goes on without it
+            return None
+
+    async def _answer_logged(self, request: bus.RevokeRequest) -> bus.RevokeReply:
         started = time.perf_counter()
         fields: dict[str, Any] = {"certificate_id": request.certificate_id, "reason": request.reason}
         reply = bus.RevokeReply(outcome="unavailable")
@@ -118,7 +140,9 @@ class RevokeResponder:
             return bus.RevokeReply(outcome="already_revoked")
         leaf = x509.load_pem_x509_certificate(certificate.chain_pem.encode())
         try:
-            with metrics.upstream_call("revoke"):
+            with metrics.upstream_call("revoke"), telemetry.span(
+                "signer.upstream.revoke", **{"acme.upstream": self.driver.name}
+            ):
                 await asyncio.wait_for(
                     self.driver.revoke(leaf.public_bytes(Encoding.DER), request.reason, order_id=certificate.order_id),
                     self.upstream_timeout,

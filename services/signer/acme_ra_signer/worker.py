@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
-from sqlalchemy import update
+from sqlalchemy import select, update
 
-from acme_ra import bus
+from acme_ra import bus, telemetry
 from acme_ra.db import lifecycle
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Certificate, Order, OrderStatus
@@ -68,6 +68,13 @@ class IssueWorker:
 
     async def handle(self, job: bus.IssueJob, msg: JobMessage) -> None:
         """Issue, store, ack. Raises (so ``bus.consume`` naks with backoff) when retrying may help."""
+        traceparent = await self._traceparent(job.order_id, msg)
+        with telemetry.span(
+            "signer.issue", traceparent, **{"acme.order_id": job.order_id, "acme.upstream": self.driver.name}
+        ) as span:
+            await self._handle_traced(job, msg, span)
+
+    async def _handle_traced(self, job: bus.IssueJob, msg: JobMessage, span: Any) -> None:
         started = time.perf_counter()
         fields: dict[str, Any] = {"order_id": job.order_id, "attempt": _attempt(msg)}
         outcome = "retry"
@@ -85,10 +92,22 @@ class IssueWorker:
         finally:
             metrics.JOBS_IN_FLIGHT.dec()
             metrics.JOBS.labels(outcome).inc()
+            span.set_attribute("acme.outcome", outcome)
             fields["outcome"] = outcome
             fields["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
             level = logging.WARNING if outcome in ("retry", "missing") else logging.INFO
             log.log(level, "issue job: %s", outcome, extra=fields)
+
+    async def _traceparent(self, order_id: str, msg: JobMessage) -> str | None:
+        """The order's trace: the job's ``traceparent`` header, else the one kept with the order
+        (a job published without it, e.g. by an older frontend). None when tracing is off."""
+        if not telemetry.tracing_enabled():
+            return None
+        headers = getattr(msg, "headers", None) or {}
+        if headers.get("traceparent"):
+            return str(headers["traceparent"])
+        async with self.db.sessions() as session:
+            return (await session.execute(select(Order.trace_context).where(Order.id == order_id))).scalar_one_or_none()
 
     async def _handle(self, order_id: str, msg: JobMessage, fields: dict[str, Any]) -> _Outcome:
         async with self.db.sessions() as session:
@@ -117,7 +136,9 @@ class IssueWorker:
         )
         try:
             async with self._keep_alive(msg):
-                with metrics.upstream_call("issue"):
+                with metrics.upstream_call("issue"), telemetry.span(
+                    "signer.upstream.issue", **{"acme.upstream": self.driver.name}
+                ):
                     chain = await self.driver.issue(request)
         except UpstreamRejected as rejected:
             return await self._fail(order_id, msg, rejected.problem)

@@ -513,6 +513,7 @@ class AcmeDriver(UpstreamDriver):
                     timeout=http_timeout,
                     proxy=proxy,
                     transport=transport,
+                    upstream=name,
                 ),
                 order_timeout,
             )

@@ -9,6 +9,7 @@ business (``upstream/acme.py``); this module only speaks the protocol. Network f
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
 import json
@@ -29,7 +30,9 @@ from josepy.interfaces import JSONDeSerializable
 from josepy.json_util import decode_b64jose
 from josepy.jwa import ES256, ES384, ES512, RS256, JWASignature
 from josepy.jwk import JWK, JWKEC, JWKRSA
+from opentelemetry import trace
 
+from acme_ra import telemetry
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 
 log = logging.getLogger("acme_ra_signer.upstream.acme_client")
@@ -131,6 +134,28 @@ def retry_after_seconds(response: httpx.Response, now: dt.datetime | None = None
     return max(0.0, (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds())
 
 
+# Path segments that are resource ids, not names: replaced by ``{id}`` in span names.
+_WORDS = re.compile(r"[a-z]{2,}(?:[-_][a-z]{2,})*|[a-z]{2,}(?:[A-Z][a-z]{2,})*")
+_HEX = re.compile(r"[0-9a-fA-F]{8,}")
+
+
+def url_template(url: str) -> str:
+    """The URL's path with its ids as ``{id}`` (``/my-order/Ab3x...`` -> ``/my-order/{id}``):
+    a span name that says which kind of resource, never which one."""
+
+    def is_id(segment: str) -> bool:
+        digits = sum(c.isdigit() for c in segment)
+        return (
+            segment.isdigit()
+            or bool(_HEX.fullmatch(segment))
+            or (len(segment) >= 10 and digits > 0)
+            or (len(segment) >= 16 and not _WORDS.fullmatch(segment))
+        )
+
+    path = httpx.URL(url).path
+    return "/".join("{id}" if segment and is_id(segment) else segment for segment in path.split("/")) or "/"
+
+
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
 
@@ -158,8 +183,10 @@ class AcmeClient:
         timeout: float = 60.0,
         proxy: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        upstream: str = "default",
     ) -> None:
         self.directory_url = directory_url
+        self.upstream = upstream  # the catalog's name, for spans
         self.http = httpx.AsyncClient(
             verify=tls_context(ca_bundle),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
@@ -230,10 +257,13 @@ class AcmeClient:
         return self._nonces.pop()
 
     async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self.http.request(method, url, **kwargs)
-        except httpx.HTTPError as error:
-            raise UpstreamUnavailable(f"upstream {url} unreachable: {type(error).__name__}: {error}") from None
+        with self._span(method, url) as span:
+            try:
+                response = await self.http.request(method, url, **kwargs)
+            except httpx.HTTPError as error:
+                span.set_attribute("error.type", type(error).__name__)
+                raise UpstreamUnavailable(f"upstream {url} unreachable: {type(error).__name__}: {error}") from None
+            span.set_attribute("http.response.status_code", response.status_code)
         nonce = response.headers.get("Replay-Nonce")
         if nonce:
             try:
@@ -242,6 +272,33 @@ class AcmeClient:
             except DeserializationError:
                 log.warning("upstream sent an unusable Replay-Nonce", extra={"url": url})
         return response
+
+    def _span(self, method: str, url: str) -> contextlib.AbstractContextManager[Any]:
+        """A client span per request, inside the job's span (an order's trace) only: readiness
+        checks and renewals in the background start no trace of their own."""
+        if not trace.get_current_span().is_recording():
+            return contextlib.nullcontext(trace.INVALID_SPAN)
+        template = url_template(url)
+        resource = next((name for name, known in self._resources().items() if known == url), None)
+        return telemetry.span(
+            f"{method} {template}",
+            **{
+                "http.request.method": method,
+                "url.template": template,
+                "server.address": httpx.URL(url).host,
+                "acme.upstream": self.upstream,
+                "acme.resource": resource,
+            },
+        )
+
+    def _resources(self) -> dict[str, str]:
+        """The directory's resource URLs by name (newNonce, newOrder, ...) once it is known."""
+        found = {"directory": self.directory_url}
+        if self._directory is not None:
+            for name in ("newNonce", "newAccount", "newOrder", "revokeCert", "keyChange", "renewalInfo"):
+                with contextlib.suppress(KeyError):
+                    found[name] = str(self._directory[name])
+        return found
 
     def _check(self, response: httpx.Response) -> httpx.Response:
         """The response if it succeeded; AcmeProblem for a problem document; else unavailable."""

@@ -12,7 +12,7 @@ VALIDATORS ?= 2
 # make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; see docs/performance.md).
 BENCH_ARGS ?=
 
-.PHONY: dev install test clean lab bench
+.PHONY: dev install test-packages test clean lab bench
 
 dev: install
 	$(BIN)/python -m acme_ra.cli dev
@@ -23,7 +23,12 @@ install: $(INSTALLED)
 lab: install
 	$(BIN)/python -m acme_ra.lab --validators $(VALIDATORS)
 
-test: install
+# Debian packages the tests drive for real (Pebble, lego, dehydrated, uacme, HAProxy, promtool,
+# Chromium, wrk): installed when missing.
+test-packages:
+	scripts/install-test-packages
+
+test: install test-packages
 	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
 
 # acme-ra (lab CA; Pebble upstream) against Pebble alone, on this machine's PostgreSQL (needs: pebble).

@@ -272,30 +272,43 @@ def _tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
+class NotReady(Exception):
+    """A readiness check answered, but not yet with 200; the message says what it answered."""
+
+
 def _http_ok(url: str, verify: ssl.SSLContext | bool = False) -> bool:
     with httpx.Client(trust_env=False, timeout=2, verify=verify) as client:
-        return client.get(url).status_code == 200
+        response = client.get(url)
+    if response.status_code != 200:
+        raise NotReady(f"{url} answered {response.status_code}: {response.text[:300]}")
+    return True
 
 
-def ensure_postgres_database(url: str) -> None:
-    """Create the database of a PostgreSQL URL when it does not exist yet (through ``postgres``)."""
+def ensure_postgres_database(url: str, *, recreate: bool = False) -> bool:
+    """Create the database of a PostgreSQL URL (through ``postgres``) when it does not exist, or
+    drop and create it again with ``recreate``. Returns whether it existed before."""
     import asyncpg
 
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql" or not parsed.database:
-        return
+        return False
 
-    async def create() -> None:
+    async def create() -> bool:
         admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
         connection = await asyncpg.connect(admin, timeout=5)
         try:
-            if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", parsed.database):
+            existed = bool(await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1",
+                                                     parsed.database))
+            if existed and recreate:
+                await connection.execute(f'DROP DATABASE "{parsed.database}" WITH (FORCE)')
+            if not existed or recreate:
                 await connection.execute(f'CREATE DATABASE "{parsed.database}"')
+            return existed
         finally:
             await connection.close()
 
     try:
-        asyncio.run(create())
+        return asyncio.run(create())
     except (OSError, asyncpg.PostgresError, TimeoutError) as error:
         shown = parsed.render_as_string(hide_password=True)
         raise LaunchError(
@@ -332,7 +345,7 @@ class ProcessLab:
         self.tls = TlsMaterial(self.lab_dir / "tls")
         # The files exist before the settings are read: the settings check that they do.
         self._write_tls_material()
-        self._write_secret_key()
+        self._new_secret = self._write_secret_key()
         self.settings = settings_from_env(self.env)
         self.services: dict[str, Service] = {}
         self.started_here: list[str] = []  # infrastructure the lab started (vs found running)
@@ -415,7 +428,7 @@ class ProcessLab:
                 self._start_challtestsrv()
             if self._uses_lab_pebble():
                 self._start_pebble()
-            ensure_postgres_database(self.settings.effective_database_url)
+            self._prepare_database()
             self._run_step("migrate", [sys.executable, "-m", "acme_ra.cli", "migrate"])
             self._run_step("bootstrap", [sys.executable, "-m", "acme_ra_signer", "bootstrap"])
             services = [self._add_signer()]
@@ -442,14 +455,27 @@ class ProcessLab:
         if not self.ca_bundle.is_file() or self.ca_bundle.read_bytes() != bundle:
             _write(self.ca_bundle, bundle, 0o644)
 
-    def _write_secret_key(self) -> None:
-        """The sealing secret every service shares (ACME_RA_SECRET_KEY_FILE), created once."""
+    def _write_secret_key(self) -> bool:
+        """The sealing secret every service shares (ACME_RA_SECRET_KEY_FILE), created once.
+        Returns whether it was created now."""
         if self.env.get(ENV_PREFIX + "SECRET_KEY"):
-            return
+            return False
         path = Path(self.env[ENV_PREFIX + "SECRET_KEY_FILE"])
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _write(path, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+        if path.exists():
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write(path, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+        return True
+
+    def _prepare_database(self) -> None:
+        """The lab's own database (the default URL) goes with its state dir: a new sealing secret
+        (a new or cleaned state dir) cannot open what an earlier lab sealed in it, so it starts
+        afresh. A database the user named is never dropped."""
+        url = self.settings.effective_database_url
+        recreate = self._new_secret and url == DEFAULT_DATABASE_URL
+        if ensure_postgres_database(url, recreate=recreate) and recreate:
+            self._say(f"database {make_url(url).database} was an earlier lab's (sealed with another "
+                      f"ACME_RA_SECRET_KEY): created anew")
 
     def _start_nats(self) -> None:
         if self.settings.nats_url:
@@ -486,10 +512,11 @@ class ProcessLab:
         if _tcp_listening(port):
             try:
                 _http_ok(directory, context)
-            except (OSError, httpx.HTTPError) as error:
+            except (OSError, httpx.HTTPError, NotReady) as error:
                 raise LaunchError(
-                    f"something listens on port {port} but {directory} does not answer with a certificate "
-                    f"that {bundle} trusts ({error}); stop it, or set ACME_RA_UPSTREAM_CA_BUNDLE to its TLS CA"
+                    f"something listens on port {port} but {directory} does not answer as a Pebble whose "
+                    f"certificate {bundle} trusts ({error}); stop it, or set ACME_RA_UPSTREAM_CA_BUNDLE "
+                    "to its TLS CA"
                 ) from None
             self.found_running.append(f"Pebble {directory} (already running)")
             return
@@ -630,10 +657,11 @@ class ProcessLab:
             try:
                 if service.ready():
                     return
-            except (OSError, httpx.HTTPError) as error:
+            except (OSError, httpx.HTTPError, NotReady) as error:
                 last_error = str(error) or type(error).__name__
             if time.monotonic() > deadline:
-                raise LaunchError(f"{service.name} not ready after {self.ready_timeout:.0f}s: {last_error}")
+                log = f"\n{child.describe_failure()}" if child is not None else ""
+                raise LaunchError(f"{service.name} not ready after {self.ready_timeout:.0f}s: {last_error}{log}")
             time.sleep(POLL_INTERVAL_SECONDS)
 
     def _run_step(self, step: str, argv: list[str]) -> None:

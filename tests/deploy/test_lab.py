@@ -23,10 +23,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
-from acme_ra.lab import LabPorts, ProcessLab
+from acme_ra.lab import LabPorts, ProcessLab, ensure_postgres_database
 from acme_ra.launcher import LaunchError, free_port
+from sqlalchemy.engine import make_url
 
 from tests.support.lab import base_environment
 
@@ -160,13 +162,16 @@ async def timed_batch(lab: ProcessLab, challenges: ChallengeServer, label: str) 
     """SCALING_BATCH validations answered after SLOW_SECONDS each: the time from the first
     challenge POST to the last answer the challenge server sent."""
     async with httpx.AsyncClient(verify=ca_context(lab), trust_env=False, timeout=60) as http:
-        clients = [await new_account(http, lab.directory_url) for _ in range(8)]
-        prepared = [
-            await order_challenge(clients[i % len(clients)], f"{label}-{i}.{LAB_ZONE}", challenges)
-            for i in range(SCALING_BATCH)
-        ]
-        tokens = [url for _, _, url in prepared]
-        assert len(tokens) == SCALING_BATCH
+        clients = await asyncio.gather(*(new_account(http, lab.directory_url) for _ in range(8)))
+
+        async def prepare(first: int) -> list[tuple[int, tuple[str, str, str]]]:
+            client = clients[first]
+            return [(i, await order_challenge(client, f"{label}-{i}.{LAB_ZONE}", challenges))
+                    for i in range(first, SCALING_BATCH, len(clients))]
+
+        batches = await asyncio.gather(*(prepare(first) for first in range(len(clients))))
+        prepared = [urls for _, urls in sorted(item for batch in batches for item in batch)]
+        assert len(prepared) == SCALING_BATCH
         challenges.served.clear()
         challenges.delay = SLOW_SECONDS
         try:
@@ -267,3 +272,29 @@ def test_something_else_on_the_pebble_port_is_refused_clearly(tmp_path: Path) ->
         with pytest.raises(LaunchError, match="ACME_RA_UPSTREAM_CA_BUNDLE"):
             lab.start()
     assert not lab.services
+
+
+def test_the_lab_database_is_created_and_recreated() -> None:
+    """`make lab` creates its database, and creates it anew for a new sealing secret."""
+    with postgres_database() as url:
+        parsed = make_url(url)
+        missing = parsed.set(database=f"{parsed.database}_new").render_as_string(hide_password=False)
+        admin = parsed.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
+        try:
+            assert ensure_postgres_database(missing) is False  # created
+            assert ensure_postgres_database(missing) is True  # kept
+            table = parsed.set(drivername="postgresql", database=f"{parsed.database}_new")
+            asyncio.run(_sql(table.render_as_string(hide_password=False), "CREATE TABLE sealed (x int)"))
+            assert ensure_postgres_database(missing, recreate=True) is True
+            assert asyncio.run(_sql(table.render_as_string(hide_password=False),
+                                    "SELECT to_regclass('sealed') IS NULL")) is True
+        finally:
+            asyncio.run(_sql(admin, f'DROP DATABASE IF EXISTS "{parsed.database}_new" WITH (FORCE)'))
+
+
+async def _sql(url: str, statement: str) -> object:
+    connection = await asyncpg.connect(url, timeout=5)
+    try:
+        return await connection.fetchval(statement)
+    finally:
+        await connection.close()

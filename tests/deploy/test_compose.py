@@ -204,3 +204,16 @@ def image_environment() -> dict[str, str]:
     from .test_image import dockerfile_env
 
     return {k: v for k, v in dockerfile_env().items() if k.startswith(ENV_PREFIX)}
+
+
+def test_files_named_by_settings_are_mounted(rendered: Mapping[str, Any]) -> None:
+    file_settings = {ENV_PREFIX + name.upper() for name, field in Settings.model_fields.items()
+                     if "Path" in str(field.annotation) and name != "state_dir"}
+    for name in ACME_RA_SERVICES - {"lab-init"}:
+        service = rendered["services"][name]
+        env = acme_ra_environment(service)
+        places = [v["target"] for v in service.get("volumes") or []]
+        places += ["/run/secrets/" + s.get("target", s["source"]) for s in service.get("secrets") or []]
+        for variable in file_settings & set(env):
+            assert any(env[variable] == p or env[variable].startswith(p.rstrip("/") + "/") for p in places), \
+                f"{name}: {variable}={env[variable]} is not mounted"

@@ -213,3 +213,37 @@ def test_config_names_are_settings_with_valid_values(which: str, request: pytest
             for variable in box.get("env", []):
                 if variable["name"].startswith(ENV_PREFIX):
                     assert variable["name"] in fields, (doc["metadata"]["name"], variable["name"])
+
+
+@pytest.mark.parametrize("which", ["base", "lab"])
+def test_each_container_reads_valid_settings_from_what_it_mounts(which: str, request: pytest.FixtureRequest,
+                                                                 tmp_path: Path) -> None:
+    """ConfigMap + the container's env, as the process reads them: every file a setting names is
+    on a volume the container mounts, and the settings load (they check that files exist)."""
+    docs = request.getfixturevalue(which)
+    config = one(docs, "ConfigMap", "acme-ra-config")["data"]
+    existing = tmp_path / "exists"
+    existing.write_text("x\n")
+    file_settings = {ENV_PREFIX + name.upper() for name, field in Settings.model_fields.items()
+                     if "Path" in str(field.annotation) and name != "state_dir"}
+    for doc in find(docs, "Deployment") + find(docs, "Job"):
+        if doc["metadata"]["name"] not in ("acme-ra-frontend", "acme-ra-validator", "acme-ra-signer",
+                                           "acme-ra-migrate"):
+            continue
+        box = container(doc)
+        env = dict(config)
+        for variable in box.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = variable["value"]
+            elif variable["name"] == ENV_PREFIX + "DATABASE_URL":
+                env[variable["name"]] = "postgresql+asyncpg://acme_ra:secret@postgres:5432/acme_ra"
+        mounts = [m["mountPath"] for m in box.get("volumeMounts", [])]
+        for name in file_settings & set(env):
+            assert any(env[name].startswith(m.rstrip("/") + "/") for m in mounts), \
+                f"{doc['metadata']['name']}: {name}={env[name]} is on no volume it mounts"
+            env[name] = str(existing)
+        settings = settings_from_env(env)
+        if doc["metadata"]["name"] in ("acme-ra-frontend", "acme-ra-signer"):
+            assert settings.secret_key_file is not None  # seals EAB keys and the upstream account key
+        if doc["metadata"]["name"] == "acme-ra-frontend":
+            assert settings.tls_cert_file is not None

@@ -213,7 +213,9 @@ def test_files_named_by_settings_are_mounted(rendered: Mapping[str, Any]) -> Non
         service = rendered["services"][name]
         env = acme_ra_environment(service)
         places = [v["target"] for v in service.get("volumes") or []]
-        places += ["/run/secrets/" + s.get("target", s["source"]) for s in service.get("secrets") or []]
+        for secret in service.get("secrets") or []:
+            target = secret.get("target", secret["source"])
+            places.append(target if target.startswith("/") else "/run/secrets/" + target)
         for variable in file_settings & set(env):
             assert any(env[variable] == p or env[variable].startswith(p.rstrip("/") + "/") for p in places), \
                 f"{name}: {variable}={env[variable]} is not mounted"

@@ -50,8 +50,8 @@ CERTIFICATES = 60
 ACCOUNTS = 10  # each issues CERTIFICATES / ACCOUNTS certificates, one after the other
 # Scaling: this many validations, each answered after SLOW_SECONDS by the challenge server.
 SCALING_BATCH = 96
-SLOW_SECONDS = 2.5
-SCALING_MIN_RATIO = 1.8
+SLOW_SECONDS = 3.0
+SCALING_MIN_RATIO = 1.6
 LAB_ZONE = "lab.test"  # challtestsrv answers 127.0.0.1 for every name
 
 

@@ -54,12 +54,12 @@ def _resources(directory: Path) -> Iterator[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def base() -> list[dict[str, Any]]:
+def base_docs() -> list[dict[str, Any]]:
     return render(BASE)
 
 
 @pytest.fixture(scope="module")
-def lab() -> list[dict[str, Any]]:
+def lab_docs() -> list[dict[str, Any]]:
     return render(LAB)
 
 
@@ -79,7 +79,7 @@ def container(deployment: dict[str, Any]) -> dict[str, Any]:
     return dict(containers[0])
 
 
-@pytest.mark.parametrize("which", ["base", "lab"])
+@pytest.mark.parametrize("which", ["base_docs", "lab_docs"])
 def test_every_object_passes_kubernetes_validate(which: str, request: pytest.FixtureRequest) -> None:
     import kubernetes_validate
 
@@ -95,12 +95,12 @@ def test_every_object_passes_kubernetes_validate(which: str, request: pytest.Fix
             pytest.fail(f"{doc['kind']}/{doc['metadata']['name']}: {error.message} at {list(error.path)}")
 
 
-def test_a_deployment_per_service_with_probes(base: list[dict[str, Any]]) -> None:
-    config = one(base, "ConfigMap", "acme-ra-config")["data"]
+def test_a_deployment_per_service_with_probes(base_docs: list[dict[str, Any]]) -> None:
+    config = one(base_docs, "ConfigMap", "acme-ra-config")["data"]
     listen = {"frontend": config["ACME_RA_LISTEN"], "validator": config["ACME_RA_VALIDATOR_LISTEN"],
               "signer": config["ACME_RA_SIGNER_LISTEN"]}
     for service in SERVICES:
-        deployment = one(base, "Deployment", f"acme-ra-{service}")
+        deployment = one(base_docs, "Deployment", f"acme-ra-{service}")
         spec = deployment["spec"]
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
         pod = spec["template"]["spec"]
@@ -117,30 +117,31 @@ def test_a_deployment_per_service_with_probes(base: list[dict[str, Any]]) -> Non
             assert get["path"] == path, (service, probe)
             assert ports[get["port"]] == port, (service, probe)
             assert get.get("scheme", "HTTP") == ("HTTPS" if service == "frontend" else "HTTP")
-    frontend = container(one(base, "Deployment", "acme-ra-frontend"))
+    frontend = container(one(base_docs, "Deployment", "acme-ra-frontend"))
     frontend_ports = {p["name"]: p["containerPort"] for p in frontend["ports"]}
     assert frontend_ports["metrics"] == parse_host_port(config["ACME_RA_METRICS_LISTEN"])[1]
 
 
-def test_autoscalers_and_disruption_budgets(base: list[dict[str, Any]]) -> None:
-    targets = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in find(base, "HorizontalPodAutoscaler")}
+def test_autoscalers_and_disruption_budgets(base_docs: list[dict[str, Any]]) -> None:
+    targets = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in find(base_docs, "HorizontalPodAutoscaler")}
     assert targets == {"acme-ra-frontend", "acme-ra-validator"}
-    for hpa in find(base, "HorizontalPodAutoscaler"):
+    for hpa in find(base_docs, "HorizontalPodAutoscaler"):
         assert hpa["spec"]["minReplicas"] >= 2 and hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
     for service in SERVICES:
-        deployment = one(base, "Deployment", f"acme-ra-{service}")
+        deployment = one(base_docs, "Deployment", f"acme-ra-{service}")
         labels = deployment["spec"]["template"]["metadata"]["labels"]
-        budgets = [p for p in find(base, "PodDisruptionBudget")
+        budgets = [p for p in find(base_docs, "PodDisruptionBudget")
                    if p["spec"]["selector"]["matchLabels"].items() <= labels.items()]
         assert len(budgets) == 1, service
 
 
-def test_secrets_are_referenced_never_inlined(base: list[dict[str, Any]], lab: list[dict[str, Any]]) -> None:
-    assert not find(base, "Secret"), "the base must not carry secrets"
-    config = one(base, "ConfigMap", "acme-ra-config")["data"]
+def test_secrets_are_referenced_never_inlined(base_docs: list[dict[str, Any]],
+                                             lab_docs: list[dict[str, Any]]) -> None:
+    assert not find(base_docs, "Secret"), "the base must not carry secrets"
+    config = one(base_docs, "ConfigMap", "acme-ra-config")["data"]
     assert not {ENV_PREFIX + name for name in SECRET_SETTINGS} & set(config)
     referenced: set[str] = set()
-    for doc in find(base, "Deployment") + find(base, "Job"):
+    for doc in find(base_docs, "Deployment") + find(base_docs, "Job"):
         pod = doc["spec"]["template"]["spec"]
         for box in pod["containers"]:
             for variable in box.get("env", []):
@@ -152,13 +153,13 @@ def test_secrets_are_referenced_never_inlined(base: list[dict[str, Any]], lab: l
         referenced |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
     assert referenced == {"acme-ra-secrets", "acme-ra-frontend-tls"}
     # The lab overlay provides them: generated from files, or by cert-manager.
-    generated = {s["metadata"]["name"].rsplit("-", 1)[0] for s in find(lab, "Secret")}
-    certificates = {c["spec"]["secretName"] for c in find(lab, "Certificate")}
+    generated = {s["metadata"]["name"].rsplit("-", 1)[0] for s in find(lab_docs, "Secret")}
+    certificates = {c["spec"]["secretName"] for c in find(lab_docs, "Certificate")}
     assert "acme-ra-secrets" in generated and "acme-ra-frontend-tls" in certificates
 
 
-def test_the_migration_job(base: list[dict[str, Any]]) -> None:
-    job = one(base, "Job", "acme-ra-migrate")
+def test_the_migration_job(base_docs: list[dict[str, Any]]) -> None:
+    job = one(base_docs, "Job", "acme-ra-migrate")
     assert container(job)["args"] == ["migrate"]
     assert job["spec"]["template"]["spec"]["restartPolicy"] in ("OnFailure", "Never")
 
@@ -168,35 +169,35 @@ def _egress_cidrs(policy: dict[str, Any]) -> list[str]:
             for peer in rule.get("to", []) if "ipBlock" in peer]
 
 
-def test_network_policies(base: list[dict[str, Any]], lab: list[dict[str, Any]]) -> None:
-    deny = one(base, "NetworkPolicy", "acme-ra-default-deny")["spec"]
+def test_network_policies(base_docs: list[dict[str, Any]], lab_docs: list[dict[str, Any]]) -> None:
+    deny = one(base_docs, "NetworkPolicy", "acme-ra-default-deny")["spec"]
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     # Validators may reach the internet, never private networks.
-    internet = one(base, "NetworkPolicy", "acme-ra-validator-internet")
+    internet = one(base_docs, "NetworkPolicy", "acme-ra-validator-internet")
     assert internet["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "validator"}
     assert "0.0.0.0/0" in _egress_cidrs(internet)
     blocks = [peer["ipBlock"] for rule in internet["spec"]["egress"] for peer in rule["to"]]
     assert all({"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"} <= set(b["except"]) for b in blocks
                if b["cidr"] == "0.0.0.0/0")
     # Nothing else gets 0.0.0.0/0; the signer reaches only the upstream (the lab: Pebble's pods).
-    for policy in find(base, "NetworkPolicy"):
+    for policy in find(base_docs, "NetworkPolicy"):
         if policy["metadata"]["name"] != "acme-ra-validator-internet":
             assert "0.0.0.0/0" not in _egress_cidrs(policy), policy["metadata"]["name"]
-    upstream = one(lab, "NetworkPolicy", "acme-ra-signer-upstream")
+    upstream = one(lab_docs, "NetworkPolicy", "acme-ra-signer-upstream")
     if shutil.which("kubectl"):  # the overlay's patch applied (without kubectl: resources unpatched)
         pebble = {"podSelector": {"matchLabels": {"acme-ra.io/role": "upstream"}}}
         assert upstream["spec"]["egress"][0]["to"] == [pebble]
     assert len(upstream["spec"]["egress"]) == 1
     # Only the services reach the database.
-    database = one(base, "NetworkPolicy", "acme-ra-database-ingress")
+    database = one(base_docs, "NetworkPolicy", "acme-ra-database-ingress")
     assert database["spec"]["podSelector"]["matchLabels"] == {"acme-ra.io/role": "database"}
     sources = database["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
     assert set(sources) == {"frontend", "validator", "signer", "migrate"}
-    postgres = one(lab, "Deployment", "postgres")
+    postgres = one(lab_docs, "Deployment", "postgres")
     assert postgres["spec"]["template"]["metadata"]["labels"]["acme-ra.io/role"] == "database"
 
 
-@pytest.mark.parametrize("which", ["base", "lab"])
+@pytest.mark.parametrize("which", ["base_docs", "lab_docs"])
 def test_config_names_are_settings_with_valid_values(which: str, request: pytest.FixtureRequest,
                                                      tmp_path: Path) -> None:
     docs = request.getfixturevalue(which)
@@ -215,7 +216,7 @@ def test_config_names_are_settings_with_valid_values(which: str, request: pytest
                     assert variable["name"] in fields, (doc["metadata"]["name"], variable["name"])
 
 
-@pytest.mark.parametrize("which", ["base", "lab"])
+@pytest.mark.parametrize("which", ["base_docs", "lab_docs"])
 def test_each_container_reads_valid_settings_from_what_it_mounts(which: str, request: pytest.FixtureRequest,
                                                                  tmp_path: Path) -> None:
     """ConfigMap + the container's env, as the process reads them: every file a setting names is

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import ipaddress
 import os
 import secrets
 import shutil
@@ -42,13 +40,10 @@ from typing import IO
 from urllib.parse import urlsplit
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from sqlalchemy.engine import make_url
 
 from acme_ra.config import ENV_PREFIX, Settings, get_settings
+from acme_ra.lab_tls import LOCAL_NAMES, TlsMaterial, ensure_tls_material, write_private
 from acme_ra.launcher import (
     LAB_DEFAULTS,
     POLL_INTERVAL_SECONDS,
@@ -57,6 +52,7 @@ from acme_ra.launcher import (
     Child,
     LaunchError,
     Topology,
+    _nats_ready,
     free_port,
     nats_server_binary,
     port_is_free,
@@ -86,9 +82,6 @@ DEFAULT_PORTS = {
 PORT_BASES = {"frontend": 8443, "frontend-metrics": 9130, "validator": 9140}
 # Servers the lab uses as they are when something already listens on their port.
 SHARED_PORTS = {"pebble", "pebble-management", "dns", "dns-management", "nats"}
-# Lifetime of the lab TLS CA and of the certificates it issues (renewed in their last third).
-TLS_CA_LIFETIME = dt.timedelta(days=3650)
-TLS_LEAF_LIFETIME = dt.timedelta(days=90)
 # Restart back-off of a process that died: first delay, doubled up to the maximum (seconds);
 # a process that ran this long before dying starts again from the first delay.
 RESTART_FIRST_DELAY_SECONDS = 1.0
@@ -97,8 +90,6 @@ RESTART_RESET_AFTER_SECONDS = 60.0
 # The lab's HAProxy configuration (the same file docker-compose mounts).
 HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
 INSTALL_HINT = "apt-get install -y pebble haproxy postgresql"
-
-LOCAL_NAMES = ["localhost", "127.0.0.1", "::1"]
 
 
 class LabPorts:
@@ -127,123 +118,6 @@ class LabPorts:
             service, _, number = key.removesuffix("-metrics").rpartition("-")
             return PORT_BASES[f"{service}-metrics"] + int(number)
         raise KeyError(key)
-
-
-# TLS material -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TlsMaterial:
-    """The lab TLS CA and what it issued, in one directory."""
-
-    directory: Path
-
-    @property
-    def ca(self) -> Path:
-        return self.directory / "ca.pem"
-
-    def cert(self, name: str) -> Path:
-        return self.directory / f"{name}.pem"
-
-    def key(self, name: str) -> Path:
-        return self.directory / f"{name}.key"
-
-    def combined(self, name: str) -> Path:
-        """Chain and key in one file (HAProxy's ``crt``)."""
-        return self.directory / f"{name}-combined.pem"
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "acme-ra lab (not for production)"),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
-
-
-def _general_name(name: str) -> x509.GeneralName:
-    try:
-        return x509.IPAddress(ipaddress.ip_address(name))
-    except ValueError:
-        return x509.DNSName(name)
-
-
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, path)
-
-
-def _load_ca(material: TlsMaterial, now: dt.datetime) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key_path = material.directory / "ca.key"
-    try:
-        cert = x509.load_pem_x509_certificate(material.ca.read_bytes())
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        if isinstance(key, ec.EllipticCurvePrivateKey) and cert.not_valid_after_utc - now > TLS_CA_LIFETIME / 3:
-            return cert, key
-    except (OSError, ValueError):
-        pass
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = _name("acme-ra lab TLS CA")
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + TLS_CA_LIFETIME)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    _write(key_path, _pem_key(key), 0o600)
-    _write(material.ca, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-    return cert, key
-
-
-def _leaf_is_good(material: TlsMaterial, name: str, ca: x509.Certificate, names: list[str], now: dt.datetime) -> bool:
-    try:
-        leaf = x509.load_pem_x509_certificate(material.cert(name).read_bytes())
-        key = serialization.load_pem_private_key(material.key(name).read_bytes(), password=None)
-        leaf.verify_directly_issued_by(ca)
-        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except Exception:  # noqa: BLE001 - missing, foreign or malformed: issue anew
-        return False
-    wanted = {_general_name(n) for n in names}
-    lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
-    return (key.public_key() == leaf.public_key() and wanted <= set(sans)
-            and leaf.not_valid_after_utc - now > lifetime / 3 and material.combined(name).is_file())
-
-
-def ensure_tls_material(directory: Path, leaves: Mapping[str, list[str]]) -> TlsMaterial:
-    """The lab TLS CA (kept across runs) and one server certificate per entry of ``leaves``
-    (``{"haproxy": ["localhost", ...]}``), each issued again only when missing or stale."""
-    now = dt.datetime.now(dt.timezone.utc)
-    material = TlsMaterial(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    ca, ca_key = _load_ca(material, now)
-    for leaf_name, names in leaves.items():
-        if _leaf_is_good(material, leaf_name, ca, names, now):
-            continue
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder().subject_name(_name(names[0])).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + TLS_LEAF_LIFETIME)
-            .add_extension(x509.SubjectAlternativeName([_general_name(n) for n in names]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        cert_pem = cert.public_bytes(serialization.Encoding.PEM)
-        _write(material.key(leaf_name), _pem_key(key), 0o600)
-        _write(material.cert(leaf_name), cert_pem, 0o644)
-        _write(material.combined(leaf_name), cert_pem + _pem_key(key), 0o600)
-    return material
 
 
 # Processes ----------------------------------------------------------------------------------
@@ -453,7 +327,7 @@ class ProcessLab:
         ensure_tls_material(self.tls.directory, {"haproxy": names, "frontend": LOCAL_NAMES, "pebble": LOCAL_NAMES})
         bundle = self.tls.ca.read_bytes()
         if not self.ca_bundle.is_file() or self.ca_bundle.read_bytes() != bundle:
-            _write(self.ca_bundle, bundle, 0o644)
+            write_private(self.ca_bundle, bundle, 0o644)
 
     def _write_secret_key(self) -> bool:
         """The sealing secret every service shares (ACME_RA_SECRET_KEY_FILE), created once.
@@ -464,7 +338,7 @@ class ProcessLab:
         if path.exists():
             return False
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write(path, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+        write_private(path, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
         return True
 
     def _prepare_database(self) -> None:
@@ -799,12 +673,6 @@ class ProcessLab:
         return "\n".join(lines)
 
 
-def _nats_ready(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
-        info = sock.recv(4096)
-    return info.startswith(b"INFO ") and b'"jetstream":true' in info
-
-
 # Command line -------------------------------------------------------------------------------
 
 
@@ -848,7 +716,7 @@ def init(args: argparse.Namespace) -> int:
     material = ensure_tls_material(directory / "tls", {"haproxy": names, "frontend": names, "pebble": names})
     secret = directory / "secret.key"
     if not secret.exists():
-        _write(secret, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+        write_private(secret, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
     if args.shared:  # read by containers that run as other users (HAProxy, Pebble)
         for path in material.directory.iterdir():
             if path.name != "ca.key":

@@ -84,6 +84,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def reference_loop_ms() -> float:
+    """A fixed pure-Python workload, best of 5 (ms): how fast this machine's cores are right now.
+    Runs on a busy machine take longer; compare it between runs before comparing figures."""
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        total = 0
+        for number in range(300_000):
+            total += number * 2 % 7
+        best = min(best, time.perf_counter() - started)
+    return round(1000 * best, 1)
+
+
 def machine() -> dict[str, Any]:
     cpu = "unknown"
     try:
@@ -101,7 +114,14 @@ def machine() -> dict[str, Any]:
     commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
                             capture_output=True, text=True, check=False).stdout.strip()
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": memory_gb, "load_average": os.getloadavg(),
-            "python": platform.python_version(), "kernel": platform.release(), "commit": commit or "unknown"}
+            "reference_loop_ms": reference_loop_ms(), "python": platform.python_version(),
+            "kernel": platform.release(), "commit": commit or "unknown"}
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, Python {info['python']}, "
+            f"commit {info['commit']}; load average {' '.join(f'{v:.2f}' for v in info['load_average'])}, "
+            f"reference loop {info['reference_loop_ms']} ms")
 
 
 def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: int) -> Target:
@@ -151,7 +171,7 @@ def run_load(target: Target, args: argparse.Namespace, workdir: Path, http01_por
 
 def measure_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: int) -> dict[str, Any]:
     target = make_target(key, args, workdir, http01_port)
-    result: dict[str, Any] = {"key": key, "label": target.label}
+    result: dict[str, Any] = {"key": key, "label": target.label, "load_average_before": os.getloadavg()}
     print(f"bench: ({key}) {target.label}: starting", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
@@ -163,6 +183,7 @@ def measure_target(key: str, args: argparse.Namespace, workdir: Path, http01_por
             result["new_nonce"] = nonces.measure(target.nonce_url(), args.nonce_seconds, args.nonce_connections,
                                                  target.ca_bundle)
         result["rss_mb"] = peak_rss_mb(target.service_pids())
+        result["load_average_after"] = os.getloadavg()
     except (TargetError, LaunchError, OSError) as error:
         result["error"] = str(error)
         print(f"bench: ({key}) failed: {error}", file=sys.stderr, flush=True)
@@ -186,9 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     info = machine()
-    print(f"bench: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, load average "
-          f"{' '.join(f'{v:.2f}' for v in info['load_average'])}, Python {info['python']}, commit {info['commit']}",
-          file=sys.stderr, flush=True)
+    print(machine_line(info), file=sys.stderr, flush=True)
     http01_port = free_port()
     targets = [measure_target(key, args, workdir, http01_port) for key in args.target_list]
     results = {
@@ -203,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     print()
+    print(machine_line(info))
     print(report.full_report(targets))
     print(f"\nresults: {args.json}   logs: {workdir}")
     return 1 if results["errors"] else 0

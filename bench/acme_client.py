@@ -15,13 +15,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+
+from bench.http_client import HttpClient
 
 JOSE = "application/jose+json"
 PROBLEM = "application/problem+json"
@@ -83,7 +84,7 @@ class Recorder:
 @dataclass
 class Answer:
     status: int
-    headers: httpx.Headers
+    headers: dict[str, str]
     body: Any  # parsed JSON, or the text for PEM
 
     @property
@@ -135,7 +136,7 @@ def make_csr(name: str) -> bytes:
 class AcmeClient:
     """One account's client. Not safe for concurrent use: one per worker."""
 
-    def __init__(self, http: httpx.AsyncClient, directory: dict[str, Any], recorder: Recorder) -> None:
+    def __init__(self, http: HttpClient, directory: dict[str, Any], recorder: Recorder) -> None:
         self.http = http
         self.directory = directory
         self.recorder = recorder
@@ -148,11 +149,11 @@ class AcmeClient:
 
     async def new_nonce(self) -> str:
         started = time.perf_counter()
-        response = await self.http.head(self.directory["newNonce"])
+        response = await self.http.request("HEAD", self.directory["newNonce"])
         self.recorder.record("newNonce", time.perf_counter() - started)
         nonce = response.headers.get("replay-nonce")
-        if response.status_code not in (200, 204) or not nonce:
-            raise AcmeError("newNonce", response.status_code, None, f"newNonce: HTTP {response.status_code}, no nonce")
+        if response.status not in (200, 204) or not nonce:
+            raise AcmeError("newNonce", response.status, None, f"newNonce: HTTP {response.status}, no nonce")
         return nonce
 
     def _jws(self, url: str, payload: Any, nonce: str) -> bytes:
@@ -173,7 +174,7 @@ class AcmeClient:
             self.nonce = None
             body = self._jws(url, payload, nonce)
             started = time.perf_counter()
-            response = await self.http.post(url, content=body, headers={"Content-Type": JOSE})
+            response = await self.http.request("POST", url, body, JOSE)
             self.recorder.record(endpoint, time.perf_counter() - started)
             self.nonce = response.headers.get("replay-nonce")
             retry_after = response.headers.get("retry-after")
@@ -181,12 +182,12 @@ class AcmeClient:
                 self.recorder.retry_after[retry_after] += 1
             content_type = response.headers.get("content-type", "")
             if content_type.startswith(("application/json", PROBLEM)):
-                parsed: Any = orjson.loads(response.content) if response.content else None
+                parsed: Any = orjson.loads(response.body) if response.body else None
             else:
-                parsed = response.text
-            if response.status_code in expect:
-                return Answer(response.status_code, response.headers, parsed)
-            error = AcmeError(endpoint, response.status_code, parsed)
+                parsed = response.body.decode("utf-8", "replace")
+            if response.status in expect:
+                return Answer(response.status, response.headers, parsed)
+            error = AcmeError(endpoint, response.status, parsed)
             if error.problem_type == "badNonce" and attempt < BAD_NONCE_RETRIES:
                 self.recorder.error(error)  # counted, then retried like a real client would
                 continue

@@ -24,14 +24,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import orjson
 
 from bench.acme_client import AcmeClient, AcmeError, Answer, Recorder, b64, make_csr
 from bench.challenge_server import ChallengeServer
+from bench.http_client import HttpClient, HttpError
 from bench.latency import summary
 
 # Longest wait between two polls, whatever Retry-After says (seconds).
-DEFAULT_POLL_CAP_SECONDS = 0.1
+DEFAULT_POLL_CAP_SECONDS = 0.05
 # The most one certificate may take, newOrder to download (seconds).
 DEFAULT_CERTIFICATE_TIMEOUT_SECONDS = 120.0
 # Timeout of one HTTP request (seconds).
@@ -76,9 +77,9 @@ class Counters:
 
 
 class LoadGenerator:
-    def __init__(self, config: LoadConfig, http: httpx.AsyncClient, challenges: ChallengeServer) -> None:
+    def __init__(self, config: LoadConfig, tls: ssl.SSLContext | None, challenges: ChallengeServer) -> None:
         self.config = config
-        self.http = http
+        self.tls = tls
         self.challenges = challenges
         self.recorder = Recorder()
         self.directory: dict[str, Any] = {}
@@ -86,13 +87,19 @@ class LoadGenerator:
         self.run_id = secrets.token_hex(3)
 
     async def setup(self) -> None:
-        response = await self.http.get(self.config.directory_url)
-        response.raise_for_status()
-        self.directory = response.json()
+        http = self.new_http_client()
+        try:
+            response = await http.request("GET", self.config.directory_url)
+        finally:
+            await http.close()
+        if response.status != 200:
+            raise HttpError(f"GET {self.config.directory_url}: HTTP {response.status}")
+        self.directory = orjson.loads(response.body)
         eab = None
         if self.config.eab_kid and self.config.eab_hmac_key:
             eab = (self.config.eab_kid, self.config.eab_hmac_key)
-        self.clients = [AcmeClient(self.http, self.directory, self.recorder) for _ in range(max(self.config.levels))]
+        self.clients = [AcmeClient(self.new_http_client(), self.directory, self.recorder)
+                        for _ in range(max(self.config.levels))]
         slots = asyncio.Semaphore(REGISTRATION_CONCURRENCY)
 
         async def register(client: AcmeClient) -> None:
@@ -100,6 +107,13 @@ class LoadGenerator:
                 await client.register(eab)
 
         await asyncio.gather(*(register(client) for client in self.clients))
+
+    def new_http_client(self) -> HttpClient:
+        return HttpClient(self.tls, REQUEST_TIMEOUT_SECONDS)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.http.close()
 
     # One certificate ----------------------------------------------------------------------
 
@@ -250,27 +264,24 @@ def postgres_backends_cpu(database: str | None) -> dict[int, float]:
 async def run(config: LoadConfig) -> dict[str, Any]:
     challenges = ChallengeServer(config.http01_host, config.http01_port)
     await challenges.start()
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else False
-    connections = 2 * max(config.levels) + REGISTRATION_CONCURRENCY
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    tls = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else None
     result: dict[str, Any] = {"config": asdict(config), "levels": [], "setup_error": None}
+    generator = LoadGenerator(config, tls, challenges)
     try:
-        async with httpx.AsyncClient(verify=verify, trust_env=False, timeout=REQUEST_TIMEOUT_SECONDS,
-                                     limits=limits) as http:
-            generator = LoadGenerator(config, http, challenges)
-            try:
-                await generator.setup()
-            except (AcmeError, httpx.HTTPError) as error:
-                result["setup_error"] = error.to_data() if isinstance(error, AcmeError) else repr(error)
-                return result
-            for concurrency in config.levels:
-                print(f"bench:   concurrency {concurrency}: {config.count} certificates ...", file=sys.stderr, flush=True)
-                level = await generator.level(concurrency)
-                print(f"bench:   concurrency {concurrency}: {level['certificates_per_second']} certificates/s, "
-                      f"p50 {level['issuance_ms'].get('p50')} ms, {level['failed']} failed",
-                      file=sys.stderr, flush=True)
-                result["levels"].append(level)
+        try:
+            await generator.setup()
+        except (AcmeError, HttpError, OSError) as error:
+            result["setup_error"] = error.to_data() if isinstance(error, AcmeError) else repr(error)
+            return result
+        for concurrency in config.levels:
+            print(f"bench:   concurrency {concurrency}: {config.count} certificates ...", file=sys.stderr, flush=True)
+            level = await generator.level(concurrency)
+            print(f"bench:   concurrency {concurrency}: {level['certificates_per_second']} certificates/s, "
+                  f"p50 {level['issuance_ms'].get('p50')} ms, {level['failed']} failed",
+                  file=sys.stderr, flush=True)
+            result["levels"].append(level)
     finally:
+        await generator.close()
         await challenges.stop()
     return result
 

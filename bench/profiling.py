@@ -34,7 +34,7 @@ CATEGORIES: list[tuple[str, str]] = [
     ("/sqlalchemy/", "SQLAlchemy"),
     ("/asyncpg/", "asyncpg"),
     ("/aiosqlite/", "aiosqlite / sqlite3"),
-    ("sqlite3", "aiosqlite / sqlite3"),
+    ("/sqlite3/", "aiosqlite / sqlite3"),
     ("/uvicorn/", "uvicorn"),
     ("/starlette/", "starlette / FastAPI"),
     ("/fastapi/", "starlette / FastAPI"),
@@ -49,11 +49,16 @@ CATEGORIES: list[tuple[str, str]] = [
     ("/dns/", "dnspython"),
     ("/opentelemetry/", "OpenTelemetry"),
     ("/prometheus_client/", "prometheus_client"),
-    ("logging/", "logging"),
+    ("/logging/", "logging"),
     ("/ssl.py", "ssl"),
     ("/asyncio/", "asyncio"),
     ("/uvloop/", "asyncio"),
     ("/json/", "json"),
+    ("/contextlib.py", "contextlib"),
+    ("<frozen", "Python runtime"),
+    ("/typing.py", "Python runtime"),
+    ("/enum.py", "Python runtime"),
+    ("/greenlet/", "greenlet (SQLAlchemy async bridge)"),
 ]
 
 
@@ -119,6 +124,7 @@ def _short(name: str, path: str) -> str:
 
 
 def category(path: str) -> str:
+    path = path if path.startswith("/") else "/" + path  # py-spy shortens site-packages paths
     for marker, name in CATEGORIES:
         if marker in path:
             return name
@@ -129,6 +135,7 @@ def summarise(path: Path, top: int = TOP) -> dict[str, Any]:
     """Samples, then the hottest frames by self and by inclusive time, and self time by library."""
     self_time: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
+    ours: Counter[str] = Counter()  # acme-ra's own functions, inclusive
     by_category: Counter[str] = Counter()
     total = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -145,18 +152,20 @@ def summarise(path: Path, top: int = TOP) -> dict[str, Any]:
         by_category[category(leaf_file)] += count
         for key in {_short(name, file) for name, file in frames}:
             inclusive[key] += count
+        for key in {_short(name, file) for name, file in frames if "acme_ra" in file and "__main__" not in file}:
+            ours[key] += count
 
     def share(counter: Counter[str]) -> list[tuple[str, float]]:
         return [(key, round(100 * n / total, 1)) for key, n in counter.most_common(top)] if total else []
 
     return {"samples": total, "self": share(self_time), "inclusive": share(inclusive),
-            "by_library": share(by_category)}
+            "by_library": share(by_category), "acme_ra_inclusive": share(ours)}
 
 
 def format_summary(title: str, summary: dict[str, Any]) -> str:
     lines = [f"{title}: {summary['samples']} samples at {SAMPLE_RATE} Hz (on-CPU only)"]
     for heading, key in (("self time by library", "by_library"), ("hottest frames, self", "self"),
-                         ("hottest frames, inclusive", "inclusive")):
+                         ("acme-ra's own functions, inclusive", "acme_ra_inclusive")):
         lines.append(f"  {heading}:")
         lines += [f"    {pct:5.1f}%  {name}" for name, pct in summary[key]]
     return "\n".join(lines)

@@ -115,6 +115,10 @@ def endpoint_table(targets: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _load(values: Any) -> str:
+    return f"{values[0]:.2f}" if values else "-"
+
+
 def process_table(targets: list[dict[str, Any]]) -> str:
     lines = ["newNonce (HEAD, keep-alive, one server process) and peak RSS (VmHWM) per process"]
     for target in targets:
@@ -128,7 +132,8 @@ def process_table(targets: list[dict[str, Any]]) -> str:
         else:
             nonce_text = f"not measured: {nonce.get('error', '-')[:200]}"
         rss = ", ".join(f"{name} {value} MB" for name, value in (target.get("rss_mb") or {}).items())
-        lines.append(f"  ({target['key']}) {target['label']}")
+        lines.append(f"  ({target['key']}) {target['label']}  (load average before/after: "
+                     f"{_load(target.get('load_average_before'))} / {_load(target.get('load_average_after'))})")
         lines.append(f"    newNonce  {nonce_text}")
         lines.append(f"    peak RSS  {rss or '-'}")
     return "\n".join(lines)

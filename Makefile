@@ -29,7 +29,7 @@ test-packages:
 	scripts/install-test-packages
 
 test: install test-packages
-	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=10 $(PYTEST_ARGS) tests
 
 # acme-ra (lab CA; Pebble upstream) against Pebble alone, on this machine's PostgreSQL (needs: pebble).
 bench: install

@@ -1,0 +1,77 @@
+"""Fixtures of the chaos tests: one PostgreSQL instance for the session (started here with
+Debian's initdb/pg_ctl, whatever database the lane uses, because a test restarts it), a fresh
+database per test, and a :class:`ChaosLab` per test that is always stopped. The figures of every
+test are printed at the end of the run and written to build/chaos-figures.json; the services'
+logs are kept in build/chaos-logs/<test>/."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.dns_server import TestDnsServer
+from tests.upstream.pebble import require_pebble
+
+from .lab import ChaosLab, run_sql
+from .load import FIGURES_FILE, Figures
+from .processes import PostgresServer
+
+FIGURES: list[Figures] = []
+# Every service's log of the last run of each chaos test (what a failure needs).
+LOGS_DIR = Path("build") / "chaos-logs"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def database(postgres: PostgresServer) -> Iterator[str]:
+    name = f"chaos_{secrets.token_hex(4)}"
+    run_sql(postgres.psql_url(), f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        if not (postgres.data / "postmaster.pid").exists():  # a test left it stopped
+            postgres.start()
+        run_sql(postgres.psql_url(), f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def chaos(request: pytest.FixtureRequest, tmp_path: Path, postgres: PostgresServer, database: str,
+                test_dns: TestDnsServer) -> AsyncIterator[ChaosLab]:
+    require_pebble()
+    lab = ChaosLab(request.node.name.removeprefix("test_"), tmp_path, postgres, database, test_dns.resolver_setting)
+    try:
+        yield lab
+    finally:
+        await lab.close()
+        lab.stop()
+        kept = Path(request.config.rootpath) / LOGS_DIR / lab.figures.test
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(lab.deployment.log_dir, kept)
+        if lab.figures.orders or lab.figures.faults:
+            FIGURES.append(lab.figures)
+            print("\n" + lab.figures.render())
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not FIGURES:
+        return
+    terminalreporter.section("chaos figures")
+    for figures in FIGURES:
+        terminalreporter.write_line(figures.render())
+    path = Path(terminalreporter.config.rootpath) / FIGURES_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([f.as_dict() | {"test": f.test} for f in FIGURES], indent=2, default=str) + "\n")

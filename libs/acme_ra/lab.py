@@ -140,6 +140,12 @@ class Service:
     delay: float = RESTART_FIRST_DELAY_SECONDS
 
 
+def haproxy_binary() -> str | None:
+    """Debian's haproxy lives in /usr/sbin, which a normal user's PATH may lack."""
+    found = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    return found if os.access(found, os.X_OK) else None
+
+
 def _tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -290,7 +296,7 @@ class ProcessLab:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self.log_dir.mkdir(exist_ok=True)
-            if shutil.which("haproxy") is None:
+            if haproxy_binary() is None:
                 raise LaunchError(f"no haproxy on PATH: the lab's load balancer. Install it: {INSTALL_HINT}")
             if not port_is_free(self.lb_port):
                 raise LaunchError(
@@ -487,7 +493,7 @@ class ProcessLab:
             "LB_FRONTEND_1": f"127.0.0.1:{self.ports(frontends[0])}",
             "LB_FRONTEND_2": f"127.0.0.1:{self.ports(frontends[-1])}",
         }
-        service = Service("haproxy", ["haproxy", "-db", "-f", str(HAPROXY_CONFIG)], env, echo=False,
+        service = Service("haproxy", [str(haproxy_binary()), "-db", "-f", str(HAPROXY_CONFIG)], env, echo=False,
                           ready=lambda: _http_ok(self.directory_url, self._client_context()),
                           endpoints={"metrics": f"http://127.0.0.1:{stats}/metrics"})
         self.services["haproxy"] = service

@@ -89,6 +89,8 @@ RESTART_MAX_DELAY_SECONDS = 30.0
 RESTART_RESET_AFTER_SECONDS = 60.0
 # The lab's HAProxy configuration (the same file docker-compose mounts).
 HAPROXY_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy" / "haproxy.cfg"
+# The alert rules the lab's Prometheus configuration loads (the compose lab's too).
+ALERT_RULES = HAPROXY_CONFIG.parents[1] / "prometheus" / "alerts.yml"
 INSTALL_HINT = "apt-get install -y pebble haproxy postgresql"
 
 
@@ -502,14 +504,21 @@ class ProcessLab:
         self._wait_ready(service)
 
     def _write_prometheus_config(self) -> Path:
-        """A Prometheus scrape configuration for every /metrics of the lab (STATE_DIR/lab)."""
-        lines = ["# Written by `make lab`: prometheus --config.file=<this file>", "scrape_configs:"]
+        """A Prometheus configuration for every /metrics of the lab (STATE_DIR/lab/prometheus.yml):
+        the jobs of the compose lab's (frontend, validator, signer, haproxy) and its alert rules."""
+        jobs: dict[str, list[str]] = {}
         for service in self.services.values():
             url = service.endpoints.get("metrics")
             if url:
-                parts = urlsplit(url)
-                lines += [f"  - job_name: {service.name}", "    static_configs:",
-                          f"      - targets: ['{parts.netloc}']"]
+                job = service.name.split("-")[0] if service.name[-1].isdigit() else service.name
+                jobs.setdefault(job, []).append(urlsplit(url).netloc)
+        lines = ["# Written by `make lab`: prometheus --config.file=<this file>"]
+        if ALERT_RULES.is_file():
+            lines += ["rule_files:", f"  - {ALERT_RULES}"]
+        lines.append("scrape_configs:")
+        for job, targets in jobs.items():
+            lines += [f"  - job_name: {job}", "    static_configs:",
+                      f"      - targets: [{', '.join(repr(t) for t in targets)}]"]
         path = self.lab_dir / "prometheus.yml"
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -598,6 +607,7 @@ class ProcessLab:
         for service in added:
             self._wait_ready(service)
         self.validators = count
+        self._write_prometheus_config()
 
     def _stop_service(self, service: Service) -> None:
         if service.child is not None:

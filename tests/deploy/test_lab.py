@@ -298,3 +298,17 @@ async def _sql(url: str, statement: str) -> object:
         return await connection.fetchval(statement)
     finally:
         await connection.close()
+
+
+def test_the_prometheus_configuration_of_the_lab(process_lab: ProcessLab) -> None:
+    """STATE_DIR/lab/prometheus.yml: the compose lab's jobs, every /metrics of the lab, the alerts."""
+    import yaml
+
+    config = yaml.safe_load((process_lab.lab_dir / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    assert set(jobs) == {"frontend", "validator", "signer", "haproxy"}
+    assert len(jobs["frontend"]) == 2 and len(jobs["validator"]) == len(process_lab.validator_names())
+    for targets in jobs.values():
+        for target in targets:
+            assert metrics(f"http://{target}/metrics")
+    assert config["rule_files"] == [str(ROOT / "deploy" / "prometheus" / "alerts.yml")]

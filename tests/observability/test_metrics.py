@@ -54,8 +54,14 @@ def wait_for_page(url: str, ready: Callable[[list[Sample]], bool]) -> list[Sampl
 def pages(traced_pebble: TracedLab) -> dict[str, list[Sample]]:
     urls = traced_pebble.metrics_urls
     issued = len(traced_pebble.issued)
+
+    def settled(samples: list[Sample]) -> bool:
+        """Refreshed since the last issuance, every job acknowledged."""
+        backlog = value(samples, "acme_ra_jobs_pending") + value(samples, "acme_ra_jobs_unacknowledged")
+        return value(samples, "acme_ra_orders", status="valid") >= issued and backlog == 0
+
     return {
-        "frontend": wait_for_page(urls["frontend"], lambda s: value(s, "acme_ra_orders", status="valid") >= issued),
+        "frontend": wait_for_page(urls["frontend"], settled),
         "validator": scrape(urls["validator"]),
         "signer": scrape(urls["signer"]),
     }

@@ -3,7 +3,7 @@
 Start-up, in order: settings; the state dir; an embedded nats-server with JetStream (unless
 ``ACME_RA_NATS_URL`` is set); the database migrations (``acme-ra migrate``); the signer's
 bootstrap (lab CA, the frontend's TLS certificate, ``STATE_DIR/ca-bundle.pem``); the signer,
-validator and frontend; then a wait until each is ready. Every child's output goes to the
+validator, frontend and admin service; then a wait until each is ready. Every child's output goes to the
 terminal and to ``STATE_DIR/logs/<name>.log``. Ctrl-C or SIGTERM stops everything; a child that
 dies on its own stops everything too, with a non-zero exit.
 
@@ -47,8 +47,9 @@ POLL_INTERVAL_SECONDS = 0.2
 # Lines of a child's output kept in memory, shown when it fails.
 TAIL_LINES = 30
 
-# The services, in start order: the signer first (it owns the CA), the frontend last.
-SERVICES = ("signer", "validator", "frontend")
+# The services, in start order: the signer first (it owns the CA), then the ACME frontend; the
+# admin API and console (acme_ra_admin) last.
+SERVICES = ("signer", "validator", "frontend", "admin")
 # The lab name in the printed certbot command: the validator resolves *.localhost to loopback.
 LAB_NAME = "myhost.localhost"
 # Settings a lab (``make dev``, the tests) gets unless its environment says otherwise: its ACME
@@ -292,6 +293,8 @@ class Topology:
             f"  upstream         {upstream}",
             f"  ACME directory   {self.directory_url}",
             f"  CA bundle        {self.ca_bundle}  (what ACME clients must trust)",
+            f"  admin console    {_http_base(self.settings.admin_listen)}/  (log in with a token from"
+            " `acme-ra admin-token create`)",
             f"  database         {database}",
             f"  NATS             {nats}",
             f"  logs             {self.log_dir}/",
@@ -395,7 +398,7 @@ class Topology:
 
     def _wait_ready(self) -> None:
         services = list(self.services.values())
-        for name in ("signer", "validator"):
+        for name in ("signer", "validator", "admin"):
             url = _http_base(getattr(self.settings, f"{name}_listen")) + "/readyz"
             with httpx.Client(trust_env=False, timeout=2) as client:
                 self._wait_until(name, lambda: client.get(url).status_code == 200, services)

@@ -389,7 +389,10 @@ def certs_revoke(certificate: Annotated[str, typer.Argument(help="certificate id
 
 
 async def _revoke(ops: Any, certificate: str, reason: str) -> Any:
-    await ops.get_certificate(certificate)  # not found: say so before asking for NATS
+    from acme_ra_admin.operations import reason_code
+
+    reason_code(reason)  # a bad reason or an unknown certificate: say so before asking for NATS
+    await ops.get_certificate(certificate)
     await ops.nats.connect_once()
     return await ops.revoke_certificate(certificate, reason)
 

@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
+# ACME_RA_TEST_PEBBLE: another pebble binary (default: the one on PATH, Debian's /usr/bin/pebble).
+PEBBLE = os.environ.get("ACME_RA_TEST_PEBBLE") or shutil.which("pebble") or "/usr/bin/pebble"
 INSTALL_HINT = "apt-get install -y pebble  (Debian package: /usr/bin/pebble 2.4.0)"
 EAB_KID = "acme-ra-test-kid"
 # How long to wait for Pebble to listen after start (seconds).

@@ -4,12 +4,15 @@ the signer's spans, with a valid parent/child tree, the upstream calls, and no s
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import Issued, TracedLab
-from .otlp import ReceivedSpan, ancestors, broken_links
+from tests.support.dns_server import TestDnsServer
+
+from .conftest import Issued, TracedLab, issue, start_topology
+from .otlp import OtlpReceiver, ReceivedSpan, ancestors, broken_links
 
 pytestmark = pytest.mark.integration
 
@@ -18,6 +21,8 @@ SERVICES = {"acme-ra-frontend", "acme-ra-validator", "acme-ra-signer"}
 FRONTEND_SPANS = {"acme.new_order", "acme.authorization", "acme.challenge", "acme.finalize", "acme.certificate"}
 VALIDATOR_SPANS = {"validator.validate", "validator.dns_lookup", "validator.http_fetch", "validator.caa_check"}
 SIGNER_SPANS = {"signer.issue", "signer.upstream.issue"}
+# Long enough that nothing is exported while the test runs: only the flush at shutdown sends.
+SHUTDOWN_TEST_BATCH_DELAY_MS = 600_000
 # Attributes an upstream HTTP span carries.
 HTTP_ATTRIBUTES = {"http.request.method", "url.template", "http.response.status_code", "acme.upstream"}
 
@@ -149,3 +154,21 @@ def test_no_span_attribute_holds_a_secret(traced_lab: TracedLab, traced_pebble: 
         text = f"{span.name} {span.attributes}"
         for what, secret in secrets.items():
             assert secret not in text, f"{what} in {span.describe()}: {span.attributes}"
+
+
+def test_the_workers_flush_their_spans_when_stopped(
+    test_dns: TestDnsServer, tmp_path: Path, fresh_database_url: str
+) -> None:
+    """Spans still batched at SIGTERM are exported before the validator and signer exit."""
+    with OtlpReceiver() as otlp:
+        lab = start_topology(tmp_path, test_dns, fresh_database_url, otlp,
+                             {"OTEL_BSP_SCHEDULE_DELAY": str(SHUTDOWN_TEST_BATCH_DELAY_MS)})
+        try:
+            traced = TracedLab(lab, otlp, dict(lab.topology.child_env))
+            issue(traced, "flushed", tmp_path / "certbot")
+            batched = {span.service for span in otlp.snapshot()}
+        finally:
+            lab.topology.stop()
+        assert not {"acme-ra-validator", "acme-ra-signer"} & batched, "exported before the stop: the test proves nothing"
+        names = {(span.service, span.name) for span in otlp.snapshot()}
+    assert {("acme-ra-validator", "validator.validate"), ("acme-ra-signer", "signer.issue")} <= names, names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
@@ -198,3 +199,44 @@ async def test_retry_after_of_a_slow_upstream_is_honoured(pebble: Pebble, settin
     assert slow.polls[0] - slow.finalized_at >= 1.0
     assert slow.polls[1] - slow.polls[0] >= 1.0
     assert slow.polls[1] - slow.finalized_at < 4.0
+
+
+class RefusesValidity(httpx.AsyncBaseTransport):
+    """Pebble, but newOrder with a notAfter is refused as some CAs do."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self.inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/order-plz"):
+            payload = json.loads(await request.aread())["payload"]
+            body = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            if "notAfter" in body:
+                return httpx.Response(
+                    400,
+                    headers={"Content-Type": "application/problem+json", "Replay-Nonce": "cmVmdXNlZA"},
+                    json={"type": "urn:ietf:params:acme:error:malformed", "detail": "NotAfter is not supported"},
+                )
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_an_upstream_refusing_the_lifetime_fails_the_order_clearly(
+    pebble: Pebble, settings: Settings, db: Database
+) -> None:
+    inner = httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle)))
+    driver = make_acme_driver(
+        for_pebble(settings, pebble, upstream_cert_lifetime_days=30), db, transport=RefusesValidity(inner)
+    )
+    try:
+        order_id = await new_order(db, ["lifetime.example.test"])
+        await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    order = await order_row(db, order_id)
+    assert order.status == "invalid" and order.error is not None
+    assert "refuses the requested validity" in order.error["detail"]
+    assert "ACME_RA_UPSTREAM_CERT_LIFETIME_DAYS" in order.error["detail"]
+    assert pebble.issued_count() == 0

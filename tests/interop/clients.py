@@ -99,9 +99,7 @@ def san_names(certificate: x509.Certificate) -> set[str]:
 def assert_certificate(chain: list[x509.Certificate], roots: list[x509.Certificate], names: set[str]) -> None:
     """The leaf names exactly ``names`` and chains to one of ``roots`` for each of them."""
     assert san_names(chain[0]) == names, f"the leaf names {san_names(chain[0])}, expected {names}"
-    verifier = (
-        PolicyBuilder().store(Store(roots)).time(dt.datetime.now(dt.timezone.utc))
-    )
+    verifier = PolicyBuilder().store(Store(roots)).time(dt.datetime.now(dt.timezone.utc))
     for name in names:
         verifier.build_server_verifier(x509.DNSName(name.replace("*", "any", 1))).verify(chain[0], chain[1:])
 

@@ -55,9 +55,6 @@ class Certbot:
     def live(self, name: str) -> Path:
         return self.config_dir / "live" / name
 
-    def leaf(self, name: str) -> x509.Certificate:
-        return self.chain(name)[0]
-
     def chain(self, name: str) -> list[x509.Certificate]:
         return clients.load_chain(self.live(name) / "fullchain.pem")
 

@@ -50,9 +50,6 @@ class Dehydrated:
         assert result.returncode == 0, f"{result.describe()}\n{self.lab.logs()}"
         return result
 
-    def leaf(self, name: str) -> x509.Certificate:
-        return clients.load_chain(self.basedir / "certs" / name / "cert.pem")[0]
-
     def issued(self, name: str, names: set[str]) -> x509.Certificate:
         chain = clients.load_chain(self.basedir / "certs" / name / "fullchain.pem")
         clients.assert_certificate(chain, clients.load_roots(self.lab.ca_bundle), names)

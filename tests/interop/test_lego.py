@@ -4,8 +4,8 @@ through a topology whose upstream CA is a real Pebble."""
 
 from __future__ import annotations
 
-from pathlib import Path
 import ssl
+from pathlib import Path
 
 import httpx
 import pytest

@@ -82,7 +82,7 @@ def test_http01_issue_renew_revoke_with_either_key(uacme: Uacme, webroot: Challe
     uacme.issue([name], CHALLENGE_WEBROOT=str(webroot.directory))  # renewal: the authorization is reused
     second = uacme.issued(name, {name})
     assert second.serial_number != first.serial_number
-    backups = [path for path in uacme.cert_path(name).parent.glob("cert-*.pem")]
+    backups = list(uacme.cert_path(name).parent.glob("cert-*.pem"))
     assert len(backups) == 1, backups  # uacme kept the first certificate
 
     # The current certificate with the account key (kid), the first with its own key (jwk).

@@ -245,7 +245,7 @@ async def consume(
     while not stop.is_set():
         try:
             messages = await subscription.fetch(batch, timeout=1)
-        except NatsTimeoutError:
+        except (NatsTimeoutError, TimeoutError):  # nats-py raises either when no job came
             continue
         except Exception as error:  # noqa: BLE001 - NATS down: wait for the reconnect
             if stop.is_set():

@@ -28,8 +28,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def new_id() -> str:
-    """128 random bits, base64url: resource ids and challenge tokens."""
-    return secrets.token_urlsafe(16)
+    """128 random bits, base64url: resource ids and challenge tokens. Never starts with '-' or
+    '_', so an id is never mistaken for a command-line option."""
+    while True:
+        value = secrets.token_urlsafe(16)
+        if value[0] not in "-_":
+            return value
 
 
 def utcnow() -> dt.datetime:

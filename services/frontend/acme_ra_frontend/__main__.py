@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import sys
 
-import uvicorn
-
 from acme_ra.config import get_settings, parse_host_port
-from acme_ra.telemetry import init_tracing, setup_logging
-from acme_ra_frontend.app import create_app
-from acme_ra_frontend.metrics import start_metrics_server
 
 
 def main() -> None:
-    settings = get_settings()
+    settings = get_settings()  # before the heavy imports: a bad setting is reported at once
     if not settings.nats_url:
         print(
             "acme-ra: invalid configuration: ACME_RA_NATS_URL: required for the frontend "
@@ -29,6 +24,12 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    import uvicorn
+
+    from acme_ra.telemetry import init_tracing, setup_logging
+    from acme_ra_frontend.app import create_app
+    from acme_ra_frontend.metrics import start_metrics_server
+
     setup_logging("frontend", settings.log_level)
     init_tracing("frontend")
     if settings.metrics_listen:

@@ -40,6 +40,8 @@ from acme_ra_frontend.urls import Urls
 
 log = logging.getLogger("acme_ra.frontend")
 
+# How long start-up waits for NATS before giving up (a supervisor restarts the process).
+NATS_START_TIMEOUT = 30
 # How often expired redeemed nonces are deleted (seconds).
 NONCE_PURGE_INTERVAL = 300
 
@@ -126,7 +128,13 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.effective_database_url, settings.db_pool_size)
-        nc = await bus.connect(settings.nats_url, "acme-ra-frontend")
+        try:
+            nc = await asyncio.wait_for(bus.connect(settings.nats_url, "acme-ra-frontend"), NATS_START_TIMEOUT)
+        except (TimeoutError, OSError, nats.errors.NoServersError) as error:
+            log.error("cannot reach NATS at ACME_RA_NATS_URL=%s within %s s: %s",
+                      settings.nats_url, NATS_START_TIMEOUT, type(error).__name__)
+            await db.dispose()
+            raise SystemExit(3) from None
         js = nc.jetstream()
         await bus.ensure_streams(js)
         nonces = NonceService(await load_or_create_key(db), settings.nonce_lifetime_seconds)

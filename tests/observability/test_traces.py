@@ -94,7 +94,7 @@ def test_an_order_is_one_trace_across_the_three_services(traced_lab: TracedLab) 
     spans = trace_of(traced_lab, issued)
     assert_one_order_one_trace(spans)
     upstream = issued_by(spans)
-    assert upstream.attributes["acme.upstream"] == "lab"
+    assert upstream.attributes["acme.upstream_driver"] == "lab"
 
 
 def test_with_pebble_upstream_the_trace_holds_each_upstream_request(traced_pebble: TracedLab) -> None:
@@ -102,7 +102,7 @@ def test_with_pebble_upstream_the_trace_holds_each_upstream_request(traced_pebbl
     spans = trace_of(traced_pebble, issued)
     assert_one_order_one_trace(spans)
     upstream = issued_by(spans)
-    assert upstream.attributes["acme.upstream"] == "acme"
+    assert upstream.attributes["acme.upstream_driver"] == "acme"
 
     requests = [span for span in spans if upstream in ancestors(span, spans) and span.name != upstream.name]
     assert requests, "no upstream HTTP request in the trace"

@@ -92,7 +92,7 @@ class RevokeResponder:
         the requester's trace (``traceparent``), else of the certificate's order's trace."""
         if telemetry.tracing_enabled() and not traceparent:
             traceparent = await self._order_traceparent(request.certificate_id)
-        attributes = {"acme.certificate_id": request.certificate_id, "acme.upstream": self.driver.name}
+        attributes = {"acme.certificate_id": request.certificate_id, "acme.upstream_driver": self.driver.name}
         with telemetry.span("signer.revoke", traceparent, **attributes) as span:
             reply = await self._answer_logged(request)
             span.set_attribute("acme.outcome", reply.outcome)
@@ -141,7 +141,7 @@ class RevokeResponder:
         leaf = x509.load_pem_x509_certificate(certificate.chain_pem.encode())
         try:
             with metrics.upstream_call("revoke"), telemetry.span(
-                "signer.upstream.revoke", **{"acme.upstream": self.driver.name}
+                "signer.upstream.revoke", **{"acme.upstream_driver": self.driver.name}
             ):
                 await asyncio.wait_for(
                     self.driver.revoke(leaf.public_bytes(Encoding.DER), request.reason, order_id=certificate.order_id),

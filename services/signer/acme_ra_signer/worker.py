@@ -70,7 +70,7 @@ class IssueWorker:
         """Issue, store, ack. Raises (so ``bus.consume`` naks with backoff) when retrying may help."""
         traceparent = await self._traceparent(job.order_id, msg)
         with telemetry.span(
-            "signer.issue", traceparent, **{"acme.order_id": job.order_id, "acme.upstream": self.driver.name}
+            "signer.issue", traceparent, **{"acme.order_id": job.order_id, "acme.upstream_driver": self.driver.name}
         ) as span:
             await self._handle_traced(job, msg, span)
 
@@ -137,7 +137,7 @@ class IssueWorker:
         try:
             async with self._keep_alive(msg):
                 with metrics.upstream_call("issue"), telemetry.span(
-                    "signer.upstream.issue", **{"acme.upstream": self.driver.name}
+                    "signer.upstream.issue", **{"acme.upstream_driver": self.driver.name}
                 ):
                     chain = await self.driver.issue(request)
         except UpstreamRejected as rejected:

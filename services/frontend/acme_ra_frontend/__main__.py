@@ -29,14 +29,16 @@ def main() -> None:
     from acme_ra.telemetry import init_tracing, setup_logging
     from acme_ra_frontend.app import create_app
     from acme_ra_frontend.metrics import start_metrics_server
+    from acme_ra_frontend.tls_reload import TlsWatch
 
     setup_logging("frontend", settings.log_level)
     init_tracing("frontend")
     if settings.metrics_listen:
         start_metrics_server(settings.metrics_listen)
     host, port = parse_host_port(settings.listen)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host.strip("[]"),
         port=port,
         ssl_certfile=str(cert),
@@ -46,6 +48,10 @@ def main() -> None:
         proxy_headers=False,
         timeout_graceful_shutdown=10,
     )
+    config.load()
+    # The signer renews a certificate it obtained for us in place; reload it without a restart.
+    app.state.tls_watch = TlsWatch(config.ssl, cert, key)
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -150,6 +150,9 @@ def create_app(settings: Settings) -> FastAPI:
             asyncio.create_task(reconcile_forever(state)),
             asyncio.create_task(metrics.refresh_forever(state)),
         ]
+        tls_watch = getattr(app.state, "tls_watch", None)
+        if tls_watch is not None:
+            background.append(asyncio.create_task(tls_watch.run_forever()))
         log.info("frontend ready", extra={"directory": state.urls[settings.provisioner_names[0]].directory})
         try:
             yield

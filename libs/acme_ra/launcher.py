@@ -402,11 +402,12 @@ class Topology:
             url = _http_base(getattr(self.settings, f"{name}_listen")) + "/readyz"
             with httpx.Client(trust_env=False, timeout=2) as client:
                 self._wait_until(name, lambda: client.get(url).status_code == 200, services)
-        context = (
-            ssl.create_default_context(cafile=str(self.ca_bundle))
-            if self.settings.tls_cert_file is None
-            else ssl.create_default_context()
-        )
+        context = ssl.create_default_context()  # the system's roots (a real upstream's chain)
+        if self.settings.tls_cert_file is None and self.ca_bundle.exists():
+            context.load_verify_locations(cafile=str(self.ca_bundle))
+            # With an ACME upstream the bundle holds the issuers the upstream sent (an
+            # intermediate, without its root): trust it as an anchor of its own.
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         with httpx.Client(trust_env=False, timeout=2, verify=context) as client:
             self._wait_until(
                 "frontend", lambda: client.get(self.directory_url).status_code == 200, services

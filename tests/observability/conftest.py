@@ -127,7 +127,8 @@ def run_certbot(traced: TracedLab, args: list[str], workdir: Path) -> str:
     done = subprocess.run(command, env=certbot.trust_environment(traced.lab.ca_bundle), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=certbot.CERTBOT_TIMEOUT_SECONDS)
-    assert done.returncode == 0, f"certbot {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{traced.lab.logs()}"
+    assert done.returncode == 0, \
+        f"certbot {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{traced.lab.logs()}"
     return done.stdout
 
 

@@ -152,7 +152,8 @@ class OtlpReceiver:
 def broken_links(spans: list[ReceivedSpan]) -> list[str]:
     """Spans of one trace whose parent is not in it (more than one root counts too)."""
     ids = {span.span_id for span in spans}
-    problems = [f"parent missing: {span.describe()}" for span in spans if span.parent_span_id and span.parent_span_id not in ids]
+    problems = [f"parent missing: {span.describe()}" for span in spans
+                if span.parent_span_id and span.parent_span_id not in ids]
     roots = [span for span in spans if not span.parent_span_id]
     if len(roots) != 1:
         problems.append(f"{len(roots)} roots: {[span.describe() for span in roots]}")

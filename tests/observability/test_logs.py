@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 from .conftest import TracedLab
-from .otlp import ReceivedSpan
 
 pytestmark = pytest.mark.integration
 
@@ -31,10 +30,6 @@ def events(traced: TracedLab, service: str) -> list[dict[str, Any]]:
         assert isinstance(event, dict) and {"ts", "level", "service", "msg"} <= set(event), line
         found.append(event)
     return found
-
-
-def spans_by_id(traced: TracedLab) -> dict[str, ReceivedSpan]:
-    return {span.span_id: span for span in traced.otlp.snapshot()}
 
 
 def test_every_line_is_a_json_event(traced_pebble: TracedLab) -> None:

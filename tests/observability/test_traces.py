@@ -169,6 +169,6 @@ def test_the_workers_flush_their_spans_when_stopped(
             batched = {span.service for span in otlp.snapshot()}
         finally:
             lab.topology.stop()
-        assert not {"acme-ra-validator", "acme-ra-signer"} & batched, "exported before the stop: the test proves nothing"
+        assert not {"acme-ra-validator", "acme-ra-signer"} & batched, "exported before the stop: this proves nothing"
         names = {(span.service, span.name) for span in otlp.snapshot()}
     assert {("acme-ra-validator", "validator.validate"), ("acme-ra-signer", "signer.issue")} <= names, names

@@ -1,0 +1,460 @@
+"""The conformance checklist (../shared/reference/acme-conformance.md), line by line, for what the
+frontend decides on its own. Each test names the checklist lines it covers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import httpx
+import josepy
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy import update
+
+from acme_ra.db.lifecycle import record_challenge_outcome, store_certificate
+from acme_ra.db.models import Challenge, Order
+from tests.conformance.client import TestAcmeClient, alg_for, b64, make_csr, new_key
+from tests.frontend.test_policy_profiles_ari import issue_test_certificate
+
+
+def jose(body: bytes | str) -> dict[str, str]:
+    return {"Content-Type": "application/jose+json"}
+
+
+async def raw_post(account: TestAcmeClient, url: str, body: bytes) -> httpx.Response:
+    return await account.http.post(url, content=body, headers=jose(body))
+
+
+def problem(response: httpx.Response) -> str:
+    assert response.headers["content-type"] == "application/problem+json", response.text
+    return str(response.json()["type"]).removeprefix("urn:ietf:params:acme:error:")
+
+
+# 3.1 Transport ----------------------------------------------------------------------------------
+
+async def test_t2_t6_link_index_and_cors_on_post_responses(account: TestAcmeClient) -> None:
+    assert account.kid
+    reply = await account.post(account.kid)
+    assert '<https://ra.test/acme/acme/directory>;rel="index"' in reply.headers["link"]
+    assert reply.headers["access-control-allow-origin"] == "*"
+    assert "Replay-Nonce" in reply.headers["access-control-expose-headers"]
+    assert reply.headers["content-type"] == "application/json"
+
+
+async def test_t4_padded_base64url_is_malformed(account: TestAcmeClient) -> None:
+    assert account.kid
+    body = json.loads(account.sign(account.kid, "", await account.nonce()))
+    body["protected"] += "=" * (-len(body["protected"]) % 4 or 4)
+    response = await raw_post(account, account.kid, json.dumps(body).encode())
+    assert response.status_code == 400 and problem(response) == "malformed"
+
+
+async def test_t7_head_on_directory(client: TestAcmeClient) -> None:
+    response = await client.http.head(client.directory_url)
+    assert response.status_code == 200
+
+
+async def test_t8_unknown_resources_are_404(account: TestAcmeClient) -> None:
+    for path in ("order/nope", "authz/nope", "certificate/nope", "challenge/nope/nope"):
+        reply = await account.post(f"https://ra.test/acme/acme/{path}")
+        assert reply.status == 404 and reply.problem_type == "malformed", path
+
+
+async def test_t9_body_size_cap(account: TestAcmeClient) -> None:
+    response = await raw_post(account, account.directory["newOrder"], b"{" + b" " * 60_000 + b"}")
+    assert response.status_code == 413 and problem(response) == "malformed"
+
+
+# 3.2 JWS ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", ["general", "compact", "unprotected-header", "empty-signature", "b64-false", "extra-member"])
+async def test_j2_only_flattened_serialization(account: TestAcmeClient, variant: str) -> None:
+    assert account.kid
+    body = json.loads(account.sign(account.kid, "", await account.nonce()))
+    if variant == "general":
+        body = {"payload": body["payload"], "signatures": [{"protected": body["protected"], "signature": body["signature"]}]}
+    elif variant == "compact":
+        body = f'{body["protected"]}.{body["payload"]}.{body["signature"]}'
+    elif variant == "unprotected-header":
+        body["header"] = {"kid": account.kid}
+    elif variant == "empty-signature":
+        body["signature"] = ""
+    elif variant == "b64-false":
+        header = json.loads(b64decode(body["protected"]))
+        body["protected"] = b64(json.dumps({**header, "b64": False, "crit": ["b64"]}).encode())
+    else:
+        body["extra"] = 1
+    response = await raw_post(account, account.kid, json.dumps(body).encode())
+    assert response.status_code == 400 and problem(response) == "malformed", response.text
+
+
+def b64decode(value: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+
+
+async def test_j3_jwk_and_kid_together_is_malformed(account: TestAcmeClient) -> None:
+    assert account.kid
+    body = account.sign(account.kid, "", await account.nonce(), header_overrides={"jwk": account.key.public_key().to_partial_json()})
+    response = await raw_post(account, account.kid, body)
+    assert problem(response) == "malformed"
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", "RS512", "PS256"])
+async def test_j4_unsupported_algorithms(account: TestAcmeClient, alg: str) -> None:
+    assert account.kid
+    body = account.sign(account.kid, "", await account.nonce(), header_overrides={"alg": alg})
+    response = await raw_post(account, account.kid, body)
+    assert response.status_code == 400 and problem(response) == "badSignatureAlgorithm"
+    assert "ES256" in response.json()["algorithms"]
+
+
+async def test_j4_alg_must_match_the_key(client: TestAcmeClient) -> None:
+    body = client.sign(client.directory["newAccount"], {}, await client.nonce(), use_jwk=True, header_overrides={"alg": "ES384"})
+    assert problem(await raw_post(client, client.directory["newAccount"], body)) == "badSignatureAlgorithm"
+
+
+async def test_j5_weak_account_key_is_bad_public_key(client: TestAcmeClient) -> None:
+    weak = josepy.JWKRSA(key=rsa.generate_private_key(65537, 1024))
+    reply = await client.post(client.directory["newAccount"], {"termsOfServiceAgreed": True}, use_jwk=True, key=weak)
+    assert reply.status == 400 and reply.problem_type == "badPublicKey"
+
+
+async def test_j6_jwk_where_kid_is_required_and_back(account: TestAcmeClient) -> None:
+    jwk_signed = await account.post(account.directory["newOrder"], {"identifiers": []}, use_jwk=True)
+    assert jwk_signed.problem_type == "malformed"
+    body = account.sign(account.directory["newAccount"], {}, await account.nonce())  # kid
+    assert problem(await raw_post(account, account.directory["newAccount"], body)) == "malformed"
+
+
+async def test_j7_unknown_kid_is_account_does_not_exist(account: TestAcmeClient) -> None:
+    body = account.sign(account.directory["newOrder"], {}, await account.nonce(),
+                        header_overrides={"kid": "https://ra.test/acme/acme/account/unknown"})
+    response = await raw_post(account, account.directory["newOrder"], body)
+    assert response.status_code == 400 and problem(response) == "accountDoesNotExist"
+
+
+async def test_j8_bad_signature_and_non_json_payload(account: TestAcmeClient) -> None:
+    assert account.kid
+    body = json.loads(account.sign(account.kid, "", await account.nonce()))
+    body["signature"] = b64(b"\x00" * 64)
+    assert problem(await raw_post(account, account.kid, json.dumps(body).encode())) == "malformed"
+    body = json.loads(account.sign(account.kid, "", await account.nonce()))
+    protected, signature_input_payload = body["protected"], b64(b"not json")
+    alg = alg_for(account.key)
+    body = {"protected": protected, "payload": signature_input_payload,
+            "signature": b64(alg.sign(account.key.key, f"{protected}.{signature_input_payload}".encode()))}
+    assert problem(await raw_post(account, account.kid, json.dumps(body).encode())) == "malformed"
+
+
+async def test_j9_missing_url_is_malformed(account: TestAcmeClient) -> None:
+    assert account.kid
+    body = account.sign(account.kid, "", await account.nonce(), header_overrides={"url": None})
+    assert problem(await raw_post(account, account.kid, body)) == "malformed"
+
+
+async def test_j10_a4_unknown_fields_and_resource_are_ignored_not_reflected(client: TestAcmeClient) -> None:
+    reply = await client.register(resource="new-reg", somethingNew={"x": 1}, orders="https://evil", status="deactivated")
+    assert reply.status == 201, reply.text
+    assert "resource" not in reply.body and "somethingNew" not in reply.body
+    assert reply.body["status"] == "valid" and reply.body["orders"].startswith("https://ra.test/")
+
+
+# 3.3 Nonces -------------------------------------------------------------------------------------
+
+async def test_n1_post_as_get_new_nonce(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newNonce"])
+    assert reply.status == 200 and reply.headers["replay-nonce"]
+
+
+async def test_n2_n3_bad_nonce_carries_a_nonce_that_works(account: TestAcmeClient) -> None:
+    assert account.kid
+    for bad in (None, "", "!!!", b64(b"short")):
+        body = account.sign(account.kid, "", bad, header_overrides={} if bad is not None else None)
+        response = await raw_post(account, account.kid, body)
+        assert response.status_code == 400 and problem(response) == "badNonce", bad
+        fresh = response.headers["replay-nonce"]
+        retry = await raw_post(account, account.kid, account.sign(account.kid, "", fresh))
+        assert retry.status_code == 200
+
+
+async def test_n3_expired_nonce(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    import hashlib
+    import hmac
+    import struct
+
+    assert account.kid
+    nonces = http.app.state.ra.nonces  # type: ignore[attr-defined]
+    head = struct.pack(">Q", int((dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=5)).timestamp() * 1000)) + b"\x01" * 8
+    old = b64(head + hmac.new(nonces._key, head, hashlib.sha256).digest()[:16])
+    response = await raw_post(account, account.kid, account.sign(account.kid, "", old))
+    assert problem(response) == "badNonce" and "expired" in response.json()["detail"]
+
+
+async def test_n6_bad_signature_does_not_burn_the_nonce(account: TestAcmeClient) -> None:
+    assert account.kid
+    nonce = await account.nonce()
+    forged = account.sign(account.kid, "", nonce, key=new_key())
+    assert problem(await raw_post(account, account.kid, forged)) == "malformed"
+    good = await raw_post(account, account.kid, account.sign(account.kid, "", nonce))
+    assert good.status_code == 200
+
+
+# 3.4 / 3.6 Accounts -----------------------------------------------------------------------------
+
+async def test_g3_a7_empty_object_is_an_update_and_contact_changes(account: TestAcmeClient) -> None:
+    assert account.kid
+    unchanged = await account.post(account.kid, {})
+    assert unchanged.status == 200 and unchanged.body["contact"] == ["mailto:admin@example.org"]
+    updated = await account.post(account.kid, {"contact": ["mailto:new@example.org"], "orders": "x", "termsOfServiceAgreed": False})
+    assert updated.body["contact"] == ["mailto:new@example.org"]
+    assert updated.body["orders"].startswith("https://ra.test/")
+
+
+async def test_a6_contact_hfields_and_several_addresses(client: TestAcmeClient) -> None:
+    for contact in ("mailto:a@example.org?subject=x", "mailto:a@example.org,b@example.org"):
+        reply = await client.register(contact=[contact])
+        assert reply.problem_type == "invalidContact", contact
+
+
+async def test_a8_account_url_must_match_kid(account: TestAcmeClient) -> None:
+    other = TestAcmeClient(account.http, account.directory_url)
+    await other.load_directory()
+    await other.register()
+    assert other.kid
+    reply = await account.post(other.kid)
+    assert reply.status == 403 and reply.problem_type == "unauthorized"
+
+
+async def test_a9_deactivated_key_cannot_register_again(client: TestAcmeClient) -> None:
+    await client.register()
+    assert client.kid
+    await client.post(client.kid, {"status": "deactivated"})
+    again = await client.post(client.directory["newAccount"], {"termsOfServiceAgreed": True}, use_jwk=True)
+    assert again.status == 401 and again.problem_type == "unauthorized"
+
+
+async def test_a10_orders_list_paginates(account: TestAcmeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    from acme_ra_frontend import accounts
+
+    monkeypatch.setattr(accounts, "ORDERS_PAGE_SIZE", 2)
+    for n in range(3):
+        await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": f"page{n}.example.org"}]})
+    assert account.kid
+    first = await account.post(account.kid + "/orders")
+    assert len(first.body["orders"]) == 2
+    next_url = first.headers["link"].split(";rel=\"next\"")[0].split("<")[-1].rstrip(">")
+    second = await account.post(next_url)
+    assert second.status == 200 and second.body["orders"] and not set(second.body["orders"]) & set(first.body["orders"])
+
+
+# 3.8 Key rollover -------------------------------------------------------------------------------
+
+def inner_jws(new: josepy.JWK, url: str, payload: dict[str, object], extra: dict[str, object] | None = None) -> dict[str, str]:
+    header = {"alg": alg_for(new).name, "jwk": new.public_key().to_partial_json(), "url": url, **(extra or {})}
+    protected, body = b64(json.dumps(header).encode()), b64(json.dumps(payload).encode())
+    return {"protected": protected, "payload": body, "signature": b64(alg_for(new).sign(new.key, f"{protected}.{body}".encode()))}
+
+
+async def test_k2_k3_key_change_refusals_and_conflict(account: TestAcmeClient) -> None:
+    assert account.kid
+    url = account.directory["keyChange"]
+    old = account.key.public_key().to_partial_json()
+    new = new_key()
+    cases = [
+        (inner_jws(new, url + "x", {"account": account.kid, "oldKey": old}), "malformed"),
+        (inner_jws(new, url, {"account": account.kid + "x", "oldKey": old}), "malformed"),
+        (inner_jws(new, url, {"account": account.kid, "oldKey": new_key().public_key().to_partial_json()}), "unauthorized"),
+        (inner_jws(new, url, {"account": account.kid, "oldKey": old}, {"nonce": "abc"}), "malformed"),
+    ]
+    for inner, expected in cases:
+        reply = await account.post(url, inner)
+        assert reply.problem_type == expected, reply.text
+    other = TestAcmeClient(account.http, account.directory_url)
+    await other.load_directory()
+    await other.register()
+    taken = await account.post(url, inner_jws(other.key, url, {"account": account.kid, "oldKey": old}))
+    assert taken.status == 409 and taken.location == other.kid
+
+
+# 3.9 / 3.10 Orders, authorizations, challenges ----------------------------------------------------
+
+@pytest.mark.parametrize("value", ["example.org.", "*.*.example.org", "a*.example.org", "x." + "a" * 64 + ".org",
+                                   "xn--zz.example.org", "under_score.example.org", "*.org"])
+async def test_o3_bad_dns_names(account: TestAcmeClient, value: str) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": value}]})
+    assert reply.status == 400 and reply.problem_type == "rejectedIdentifier", value
+    assert reply.body["subproblems"][0]["identifier"]["value"] == value
+
+
+async def test_o1_o3_z1_z2_order_and_authorization_objects(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [
+        {"type": "dns", "value": "Obj.Example.ORG"}, {"type": "dns", "value": "obj.example.org"}]})
+    order = reply.body
+    assert order["identifiers"] == [{"type": "dns", "value": "obj.example.org"}]
+    assert order["expires"].endswith("Z") and order["finalize"].endswith("/finalize")
+    authz = (await account.post(order["authorizations"][0])).body
+    assert authz["status"] == "pending" and authz["expires"].endswith("Z")
+    for challenge in authz["challenges"]:
+        assert len(challenge["token"]) >= 22 and "=" not in challenge["token"]
+        assert challenge["status"] == "pending" and "validated" not in challenge and "error" not in challenge
+
+
+async def test_o1_not_before_is_refused(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "nb.example.org"}],
+                                                               "notBefore": "2030-01-01T00:00:00Z"})
+    assert reply.problem_type == "malformed"
+
+
+async def ready_order(account: TestAcmeClient, http: httpx.AsyncClient, names: list[str]) -> dict[str, object]:
+    """An order whose authorizations were validated (as the validator would record it)."""
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": n} for n in names]})
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    for url in reply.body["authorizations"]:
+        authz = await account.post(url)
+        challenge = next(c for c in authz.body["challenges"] if c["type"] == "http-01")
+        posted = await account.post(challenge["url"], {})
+        assert posted.body["status"] == "processing"
+        async with state.db.transaction() as session:
+            await record_challenge_outcome(session, challenge["url"].rsplit("/", 1)[1], None, dt.timedelta(days=30))
+    order = await account.post(reply.location or "")
+    assert order.body["status"] == "ready", order.text
+    return {"url": reply.location, **order.body}
+
+
+async def test_z3_z5_challenge_response_links_up_and_retries(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "z3.example.org"}]})
+    authz_url = reply.body["authorizations"][0]
+    authz = await account.post(authz_url)
+    challenge = next(c for c in authz.body["challenges"] if c["type"] == "http-01")
+    posted = await account.post(challenge["url"], {"unknownField": True})
+    assert posted.status == 200 and posted.body["status"] == "processing"
+    assert f'<{authz_url}>;rel="up"' in posted.headers["link"]
+    assert int(posted.headers["retry-after"]) >= 1
+    polled = await account.post(authz_url)
+    assert polled.body["status"] == "pending" and "retry-after" in polled.headers
+    second = await account.post(challenge["url"], {})  # already processing: same state, no new job
+    assert second.body["status"] == "processing"
+
+
+async def test_o4_valid_authorizations_are_reused(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    first = await ready_order(account, http, ["reuse.example.org"])
+    again = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "reuse.example.org"}]})
+    assert again.body["status"] == "ready"
+    assert again.body["authorizations"] == first["authorizations"]
+
+
+async def test_z7_authorization_deactivation_invalidates_the_order(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "z7.example.org"}]})
+    authz_url = reply.body["authorizations"][0]
+    deactivated = await account.post(authz_url, {"status": "deactivated"})
+    assert deactivated.status == 200 and deactivated.body["status"] == "deactivated"
+    order = await account.post(reply.location or "")
+    assert order.body["status"] == "invalid" and "error" in order.body
+    again = await account.post(authz_url, {"status": "deactivated"})
+    assert again.problem_type == "malformed"
+
+
+async def test_g4_other_accounts_resources_are_unauthorized(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    order = await ready_order(account, http, ["g4.example.org"])
+    other = TestAcmeClient(account.http, account.directory_url)
+    await other.load_directory()
+    await other.register()
+    authz_url = order["authorizations"][0]  # type: ignore[index]
+    assert (await other.post(authz_url)).problem_type == "unauthorized"
+    authz = await account.post(authz_url)
+    assert (await other.post(authz.body["challenges"][0]["url"])).problem_type == "unauthorized"
+
+
+async def test_o6_expired_order_is_invalid(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "o6.example.org"}]})
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    async with state.db.transaction() as session:
+        await session.execute(update(Order).where(Order.id == (reply.location or "").rsplit("/", 1)[1])
+                              .values(expires=dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)))
+    order = await account.post(reply.location or "")
+    assert order.body["status"] == "invalid"
+    csr, _ = make_csr(["o6.example.org"])
+    assert (await account.post(reply.body["finalize"], {"csr": b64(csr)})).problem_type == "orderNotReady"
+
+
+# 3.12 Finalize ----------------------------------------------------------------------------------
+
+async def test_f2_f3_f5_f7_bad_csrs_leave_the_order_ready(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    order = await ready_order(account, http, ["f.example.org", "www.f.example.org"])
+    finalize = str(order["finalize"])
+    weak = rsa.generate_private_key(65537, 1024)
+    bad = {
+        "missing name": b64(make_csr(["f.example.org"])[0]),
+        "extra name": b64(make_csr(["f.example.org", "www.f.example.org", "x.example.org"])[0]),
+        "cn not a san": b64(make_csr(["f.example.org", "www.f.example.org"], cn="other.example.org")[0]),
+        "account key": b64(make_csr(["f.example.org", "www.f.example.org"], key=account.key.key._wrapped)[0]),
+        "weak key": b64(make_csr(["f.example.org", "www.f.example.org"], key=weak)[0]),
+        "not der": b64(b"-----BEGIN CERTIFICATE REQUEST-----"),
+    }
+    for case, csr in bad.items():
+        reply = await account.post(finalize, {"csr": csr})
+        assert reply.status == 400 and reply.problem_type == "badCSR", (case, reply.text)
+    padded = await account.post(finalize, {"csr": b64(make_csr(["f.example.org"])[0]) + "=="})
+    assert padded.problem_type == "malformed"
+    assert (await account.post(str(order["url"]))).body["status"] == "ready"
+    good, _ = make_csr(["www.f.example.org", "f.example.org"], cn="f.example.org")
+    done = await account.post(finalize, {"csr": b64(good)})
+    assert done.status == 200 and done.body["status"] == "processing"
+    assert done.location == order["url"] and int(done.headers["retry-after"]) >= 1
+    again = await account.post(finalize, {"csr": b64(good)})
+    assert again.status == 403 and again.problem_type == "orderNotReady"
+
+
+# 3.13 / 3.14 Certificates and revocation --------------------------------------------------------
+
+async def test_c4_r2_r3_r4_download_and_revocation_rules(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    order = await ready_order(account, http, ["r.example.org"])
+    order_id = str(order["url"]).rsplit("/", 1)[1]
+    pem = issue_test_certificate(["r.example.org"])
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    async with state.db.transaction() as session:
+        await session.execute(update(Order).where(Order.id == order_id).values(status="processing"))
+        cert_id = await store_certificate(session, order_id, pem, format(cert.serial_number, "x"),
+                                          cert.not_valid_before_utc, cert.not_valid_after_utc)
+    url = f"https://ra.test/acme/acme/certificate/{cert_id}"
+    stranger = TestAcmeClient(account.http, account.directory_url)
+    await stranger.load_directory()
+    await stranger.register()
+    assert (await stranger.post(url)).problem_type == "unauthorized"
+    der = b64(cert.public_bytes(Encoding.DER))
+    revoke = account.directory["revokeCert"]
+    assert (await stranger.post(revoke, {"certificate": der})).problem_type == "unauthorized"
+    assert (await account.post(revoke, {"certificate": der, "reason": 7})).problem_type == "badRevocationReason"
+    assert (await account.post(revoke, {"certificate": der, "reason": "1"})).problem_type == "badRevocationReason"
+    unknown = issue_test_certificate(["r.example.org"])
+    unknown_der = b64(x509.load_pem_x509_certificate(unknown.encode()).public_bytes(Encoding.DER))
+    assert (await account.post(revoke, {"certificate": unknown_der})).status == 404
+    async with state.db.transaction() as session:
+        from acme_ra.db.models import Certificate
+
+        await session.execute(update(Certificate).where(Certificate.id == cert_id)
+                              .values(revoked_at=dt.datetime.now(dt.timezone.utc), revocation_reason=4))
+    assert (await account.post(revoke, {"certificate": der})).problem_type == "alreadyRevoked"
+
+
+# 3.15 Errors ------------------------------------------------------------------------------------
+
+def test_l2_problem_catalogue_is_the_registered_set() -> None:
+    from acme_ra.protocol.problems import STATUS_BY_TYPE
+
+    registered = {
+        "accountDoesNotExist", "alreadyRevoked", "badCSR", "badNonce", "badPublicKey", "badRevocationReason",
+        "badSignatureAlgorithm", "caa", "compound", "connection", "dns", "externalAccountRequired",
+        "incorrectResponse", "invalidContact", "malformed", "orderNotReady", "rateLimited", "rejectedIdentifier",
+        "serverInternal", "tls", "unauthorized", "unsupportedContact", "unsupportedIdentifier",
+        "userActionRequired", "alreadyReplaced", "invalidProfile",
+    }
+    assert set(STATUS_BY_TYPE) == registered
+    assert STATUS_BY_TYPE["rateLimited"] == 429 and STATUS_BY_TYPE["alreadyReplaced"] == 409

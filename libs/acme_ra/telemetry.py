@@ -147,3 +147,8 @@ def span(name: str, traceparent: str | None = None, new_trace: bool = False, **a
     parent = otel_context.Context() if new_trace else context_from_traceparent(traceparent)
     with tracer.start_as_current_span(name, context=parent, attributes={k: v for k, v in attributes.items() if v is not None}) as current:
         yield current
+
+
+def current_span() -> Any:
+    """The active span (a no-op span when tracing is off)."""
+    return trace.get_current_span()

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from acme_ra import bus
+from acme_ra import bus, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import Policy, parse_rules
@@ -162,6 +162,7 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
             await nc.drain()
             await db.dispose()
+            telemetry.shutdown_tracing()  # export the spans still batched
 
     app = FastAPI(title="acme-ra", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     for path, handler, auth in POST_ROUTES:

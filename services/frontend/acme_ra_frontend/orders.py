@@ -152,11 +152,13 @@ async def new_order(call: AcmeCall) -> Response:
     if payload.get("replaces") is not None:
         replaces = await check_replaces(call, payload["replaces"], identifiers)
     now = utcnow()
+    order_id = new_id()
+    telemetry.current_span().set_attribute("acme.order_id", order_id)
     order = Order(
         trace_context=telemetry.current_traceparent(),
         profile=profile,
         replaces=replaces,
-        id=new_id(),
+        id=order_id,
         account_id=account.id,
         provisioner=call.urls.provisioner,
         expires=now + dt.timedelta(seconds=settings.order_lifetime_seconds),

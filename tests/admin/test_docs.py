@@ -3,8 +3,8 @@ pages resolves, and the shell blocks of every page run, in order, against a runn
 
 A page's ```sh blocks run in one bash (``set -euo pipefail``), as a reader following the page
 would run them, in a directory where ``.venv``, ``tests`` and ``var`` are this checkout's and the
-test topology's, with the topology's settings in the environment and acme-ra installed (on PATH). Addresses the pages write
-for ``make dev`` stand for the topology's (see SUBSTITUTIONS). A block preceded by
+test topology's, with the topology's settings in the environment and acme-ra on PATH. Addresses
+the pages write for ``make dev`` stand for the topology's (see ``substitutions``). A block preceded by
 ``<!-- not-run: reason -->`` is skipped (it needs Kubernetes, a real upstream CA, a client not
 installed here, or runs until Ctrl-C); ``<!-- not-run-on: postgresql (reason) -->`` skips it on
 that database only.

@@ -44,7 +44,7 @@ file (a Kubernetes or Docker secret). Lists are comma-separated.
 
 FOOTER = """
 Tracing is off unless the standard OpenTelemetry variables ask for it (`OTEL_TRACES_EXPORTER`,
-`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, ...); see [monitoring.md](monitoring.md).
+`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`, ...); see [observability.md](observability.md).
 """
 
 

@@ -17,7 +17,7 @@ import pytest
 from tests.support.dns_server import TestDnsServer
 from tests.upstream.pebble import require_pebble
 
-from .lab import ChaosLab, run_sql
+from .lab import ChaosLab, migrate, run_sql
 from .load import FIGURES_FILE, Figures
 from .processes import PostgresServer
 
@@ -26,11 +26,17 @@ FIGURES: list[Figures] = []
 LOGS_DIR = Path("build") / "chaos-logs"
 
 
+# Migrated once per session; each test's database is a copy (CREATE DATABASE ... TEMPLATE).
+TEMPLATE_DATABASE = "chaos_template"
+
+
 @pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     server = PostgresServer()
     try:
         server.start()
+        run_sql(server.psql_url(), f'CREATE DATABASE "{TEMPLATE_DATABASE}"')
+        migrate(server.url(TEMPLATE_DATABASE), tmp_path_factory.mktemp("chaos-migrate"))
         yield server
     finally:
         server.remove()
@@ -39,7 +45,7 @@ def postgres() -> Iterator[PostgresServer]:
 @pytest.fixture
 def database(postgres: PostgresServer) -> Iterator[str]:
     name = f"chaos_{secrets.token_hex(4)}"
-    run_sql(postgres.psql_url(), f'CREATE DATABASE "{name}"')
+    run_sql(postgres.psql_url(), f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DATABASE}"')
     try:
         yield name
     finally:

@@ -26,7 +26,6 @@ import httpx
 from acme_ra.config import ENV_PREFIX
 from acme_ra.launcher import Child, free_port, nats_server_binary
 
-REPO = Path(__file__).resolve().parents[2]
 # Debian's PostgreSQL binaries (apt-get install -y postgresql-15).
 POSTGRES_BIN = Path(os.environ.get("ACME_RA_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
 POSTGRES_INSTALL_HINT = "apt-get install -y postgresql-15  (initdb and pg_ctl in /usr/lib/postgresql/15/bin)"
@@ -102,6 +101,11 @@ class PostgresServer:
         """``fast``: sessions are terminated, a clean shutdown; ``immediate``: as if it crashed."""
         if (self.data / "postmaster.pid").exists():
             self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def begin_smart_shutdown(self) -> None:
+        """``pg_ctl stop -m smart`` without waiting: new connections are refused ("the database
+        system is shutting down") while the sessions already open go on."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "smart", "-W", "stop")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
@@ -258,14 +262,6 @@ class Deployment:
         self.ca_bundle = ca_bundle
         self.services: list[Service] = []
         self._counts: dict[str, int] = {}
-
-    def migrate(self) -> None:
-        log = self.log_dir / "migrate.log"
-        with log.open("ab") as out:
-            done = subprocess.run([sys.executable, "-m", "acme_ra.cli", "migrate"], env=self.env, cwd=REPO,
-                                  stdout=out, stderr=subprocess.STDOUT, timeout=START_TIMEOUT_SECONDS)
-        if done.returncode != 0:
-            raise RuntimeError(f"migrate failed:\n{log.read_text()[-3000:]}")
 
     def start(self, kind: str, wait: bool = True, **overrides: str) -> Service:
         """Start one more ``kind`` process (its own health/listen port); wait until /readyz says 200."""

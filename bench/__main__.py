@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from acme_ra.launcher import LaunchError, free_port
+from acme_ra.launcher import LaunchError, free_port, port_is_free
 from bench import nonces, profiling, report
 from bench.load import DEFAULT_POLL_CAP_SECONDS, LoadConfig
 from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_rss_mb, tls_material
@@ -38,6 +39,8 @@ TARGET_KEYS = ("a", "b", "c")
 # The longest one generator run may take before it is stopped (seconds).
 LOAD_TIMEOUT_SECONDS = 1800
 ROOT = Path(__file__).resolve().parents[1]
+# Where the generator's http-01 server may listen (below the kernel's ephemeral ports).
+HTTP01_PORTS = (20000, 30000)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -124,6 +127,21 @@ def machine_line(info: dict[str, Any]) -> str:
             f"reference loop {info['reference_loop_ms']} ms")
 
 
+def http01_port_outside_ephemeral_range() -> int:
+    """A free port for the generator's http-01 server that no ``free_port()`` (ours, the
+    launcher's, anyone's) can hand out meanwhile: those come from the kernel's ephemeral range."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    candidates = [p for p in range(HTTP01_PORTS[0], HTTP01_PORTS[1]) if not low <= p <= high]
+    random.shuffle(candidates)
+    for port in candidates:
+        if port_is_free(port):
+            return port
+    return free_port()
+
+
 def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: int) -> Target:
     tls = tls_material(workdir / "tls")
     database = None if args.database_url == "sqlite" else args.database_url
@@ -180,8 +198,9 @@ def measure_target(key: str, args: argparse.Namespace, workdir: Path, http01_por
         print(f"bench: ({key}) started in {time.monotonic() - started:.1f}s; load", file=sys.stderr, flush=True)
         result["load"] = run_load(target, args, workdir, http01_port)
         if args.nonce_seconds > 0:
+            server = target.service_pids()
             result["new_nonce"] = nonces.measure(target.nonce_url(), args.nonce_seconds, args.nonce_connections,
-                                                 target.ca_bundle)
+                                                 target.ca_bundle, server.get("frontend") or server.get("pebble"))
         result["rss_mb"] = peak_rss_mb(target.service_pids())
         result["load_average_after"] = os.getloadavg()
     except (TargetError, LaunchError, OSError) as error:
@@ -208,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True)
     info = machine()
     print(machine_line(info), file=sys.stderr, flush=True)
-    http01_port = free_port()
+    http01_port = http01_port_outside_ephemeral_range()
     targets = [measure_target(key, args, workdir, http01_port) for key in args.target_list]
     results = {
         "machine": info,

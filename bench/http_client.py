@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import httptools
 
 USER_AGENT = "acme-ra-bench"
+# A connection idle this long is not reused (uvicorn closes idle keep-alive connections after
+# 5 s; reusing one the server is closing would fail the request), as httpx's keepalive_expiry.
+KEEPALIVE_EXPIRY_SECONDS = 4.0
 
 
 class HttpError(Exception):
@@ -33,6 +37,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.last_used = time.monotonic()
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[HttpResponse] | None = None
         self._head = False
@@ -91,6 +96,7 @@ class _Connection(asyncio.Protocol):
             return await self._waiter
         finally:
             self._waiter = None
+            self.last_used = time.monotonic()
 
 
 class HttpClient:
@@ -104,6 +110,9 @@ class HttpClient:
     async def _connection(self, host: str, port: int, tls: bool) -> _Connection:
         key = (host, port, tls)
         connection = self._connections.get(key)
+        if connection is not None and not connection.closed \
+                and time.monotonic() - connection.last_used > KEEPALIVE_EXPIRY_SECONDS:
+            self._drop(connection)
         if connection is None or connection.closed:
             context = (self.ssl_context or ssl.create_default_context()) if tls else None
             loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ import orjson
 
 from bench.acme_client import AcmeClient, AcmeError, Answer, Recorder, b64, make_csr
 from bench.challenge_server import ChallengeServer
+from bench.counters import InstructionCounters
 from bench.http_client import HttpClient, HttpError
 from bench.latency import summary
 
@@ -39,6 +40,10 @@ DEFAULT_CERTIFICATE_TIMEOUT_SECONDS = 120.0
 REQUEST_TIMEOUT_SECONDS = 30.0
 # Accounts registered at once before the levels start.
 REGISTRATION_CONCURRENCY = 4
+# Pseudo-endpoints: from the challenge POST until a poll sees the authorization valid, and from
+# the finalize POST until a poll sees the order valid (poll waits included).
+VALIDATED = "challenge→valid"
+ISSUED = "finalize→valid"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FAILED_STATES = {"invalid", "revoked", "deactivated", "expired"}
 
@@ -135,14 +140,17 @@ class LoadGenerator:
             token = challenge["token"]
             self.challenges.tokens[token] = client.key_authorization(token)
             answer = await client.post("challenge", challenge["url"], {})
+            answered = time.perf_counter()
             while authz.body["status"] != "valid":
                 if authz.body["status"] in FAILED_STATES:
                     raise AcmeError("authz-poll", authz.status, authz.body, f"authorization {authz.body['status']}")
                 await asyncio.sleep(self._wait(answer))
                 authz = answer = await client.post("authz-poll", authz_url)
                 counters.authz_polls += 1
+            self.recorder.record(VALIDATED, time.perf_counter() - answered)
         if token is not None:
             self.challenges.tokens.pop(token, None)
+        finalizing = time.perf_counter()
         current = await client.post("finalize", order.body["finalize"], {"csr": b64(csr)})
         while current.body["status"] != "valid":
             if current.body["status"] in FAILED_STATES:
@@ -150,6 +158,7 @@ class LoadGenerator:
             await asyncio.sleep(self._wait(current))
             current = await client.post("order-poll", order_url)
             counters.order_polls += 1
+        self.recorder.record(ISSUED, time.perf_counter() - finalizing)
         certificate = await client.post("certificate", current.body["certificate"])
         if not isinstance(certificate.body, str) or not certificate.body.startswith("-----BEGIN CERTIFICATE-----"):
             raise AcmeError("certificate", certificate.status, None, "certificate: not a PEM chain")
@@ -195,14 +204,19 @@ class LoadGenerator:
         cpu_started = time.process_time()
         watched_started = {name: process_cpu_seconds(pid) for name, pid in self.config.watch_pids.items()}
         backends_started = postgres_backends_cpu(self.config.watch_database)
+        instructions = InstructionCounters({**self.config.watch_pids, "postgresql": list(backends_started),
+                                            "load generator": os.getpid()})
+        instructions.start()
         counters, wall = await self.phase(concurrency, self.config.count, "m")
+        counted = instructions.stop()
         cpu = time.process_time() - cpu_started
         watched = {name: process_cpu_seconds(pid) for name, pid in self.config.watch_pids.items()}
         backends = postgres_backends_cpu(self.config.watch_database)
         if self.config.watch_database:
             watched_started["postgresql"] = 0.0
             watched["postgresql"] = sum(cpu_now - backends_started.get(pid, 0.0) for pid, cpu_now in backends.items())
-        requests = sum(len(values) for values in self.recorder.latencies.values())
+        requests = sum(len(values) for name, values in self.recorder.latencies.items()
+                       if name not in (VALIDATED, ISSUED))
         done = max(counters.completed, 1)
         cpu_ms = {name: round(1000 * (watched[name] - started) / done, 2)
                   for name, started in watched_started.items() if started is not None and watched[name] is not None}
@@ -227,6 +241,9 @@ class LoadGenerator:
             "warmup_errors": warmup_errors,
             "generator_cpu_percent": round(100 * cpu / wall, 1) if wall else 0.0,
             "cpu_ms_per_certificate": cpu_ms,
+            # Millions of instructions per certificate (perf stat; PostgreSQL: the backends that
+            # existed when the level started).
+            "minstr_per_certificate": {name: round(count / done / 1e6, 1) for name, count in counted.items()},
             "http01_served": self.challenges.served - served,
             "http01_missed": self.challenges.missed - missed,
         }
@@ -262,10 +279,14 @@ def postgres_backends_cpu(database: str | None) -> dict[int, float]:
 
 
 async def run(config: LoadConfig) -> dict[str, Any]:
-    challenges = ChallengeServer(config.http01_host, config.http01_port)
-    await challenges.start()
-    tls = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else None
     result: dict[str, Any] = {"config": asdict(config), "levels": [], "setup_error": None}
+    challenges = ChallengeServer(config.http01_host, config.http01_port)
+    try:
+        await challenges.start()
+    except OSError as error:
+        result["setup_error"] = f"the http-01 server cannot listen on port {config.http01_port}: {error}"
+        return result
+    tls = ssl.create_default_context(cafile=config.ca_bundle) if config.ca_bundle else None
     generator = LoadGenerator(config, tls, challenges)
     try:
         try:

@@ -22,17 +22,34 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from bench.counters import InstructionCounters
+
 # Connections kept open to the server during the measurement.
 DEFAULT_CONNECTIONS = 32
 DEFAULT_SECONDS = 5.0
 _REQUESTS_PER_SECOND = re.compile(r"Requests/sec:\s+([\d.]+)")
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_TOTAL = re.compile(r"(\d+) requests in")
 _LATENCY = re.compile(r"Latency\s+(\S+)\s+(\S+)\s+(\S+)")
 
 
 def measure(url: str, seconds: float = DEFAULT_SECONDS, connections: int = DEFAULT_CONNECTIONS,
-            ca_bundle: Path | None = None) -> dict[str, Any]:
+            ca_bundle: Path | None = None, server_pid: int | None = None) -> dict[str, Any]:
+    """newNonce requests per second; with ``server_pid``, also the server's instructions per request."""
+    counters = InstructionCounters({"server": server_pid} if server_pid else {})
+    counters.start()
+    try:
+        result = _measure(url, seconds, connections, ca_bundle)
+    finally:
+        counted = counters.stop()
+    requests = result.get("requests")
+    if "server" in counted and requests:
+        result["server_kinstr_per_request"] = round(counted["server"] / requests / 1000, 1)
+    return result
+
+
+def _measure(url: str, seconds: float, connections: int, ca_bundle: Path | None) -> dict[str, Any]:
     wrk = shutil.which("wrk")
     if wrk:
         return _with_wrk(wrk, url, seconds, connections)
@@ -70,6 +87,8 @@ def _wrk_once(wrk: str, url: str, seconds: float, connections: int, method: str)
         result["error"] = output.strip()[-2000:]
         return result
     result["requests_per_second"] = round(float(found.group(1)))
+    total = _TOTAL.search(output)
+    result["requests"] = int(total.group(1)) if total else None
     non_2xx = _NON_2XX.search(output)
     result["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
     socket_errors = _SOCKET_ERRORS.search(output)
@@ -109,7 +128,7 @@ async def _own_client(url: str, seconds: float, connections: int, ca_bundle: str
     elapsed = time.monotonic() - started
     return {"tool": "bench.nonces (own asyncio client, HEAD, keep-alive)", "connections": connections,
             "seconds": seconds, "requests_per_second": round(counts["ok"] / elapsed), "non_2xx": counts["other"],
-            "socket_errors": 0}
+            "socket_errors": 0, "requests": counts["ok"] + counts["other"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ GOAL_NONCES_PER_SECOND = 5000
 GOAL_RSS_MB = 150.0
 GOAL_CONCURRENCY = 16
 ENDPOINT_ORDER = ["newNonce", "newAccount", "newOrder", "authz", "challenge", "authz-poll", "finalize",
-                  "order-poll", "certificate"]
+                  "order-poll", "certificate", "challenge→valid", "finalize→valid"]
 
 
 def _fmt(value: Any, width: int = 8) -> str:
@@ -90,6 +90,11 @@ def cpu_table(targets: list[dict[str, Any]], cores: int | None = None) -> str:
             ceiling = cores * 1000 / total if total else 0.0
             lines.append(f"  ({target['key']}) c={level['concurrency']:<3} total {total:6.1f}  ceiling "
                          f"{ceiling:6.1f} certs/s  |  {parts}")
+            instructions = level.get("minstr_per_certificate") or {}
+            if instructions:
+                lines.append(f"  {'':14}million instructions per certificate: total "
+                             f"{sum(instructions.values()):.0f}  |  "
+                             + "  ".join(f"{name} {value:.0f}" for name, value in instructions.items()))
     return "\n".join(lines)
 
 
@@ -106,7 +111,7 @@ def endpoint_table(targets: list[dict[str, Any]]) -> str:
             stats = endpoints.get(name)
             if not stats or not stats.get("n"):
                 continue
-            lines.append(f"    {name:<12} {stats['p50']:>8.1f} / {stats['p95']:>8.1f} / {stats['p99']:>8.1f}"
+            lines.append(f"    {name:<15} {stats['p50']:>8.1f} / {stats['p95']:>8.1f} / {stats['p99']:>8.1f}"
                          f"   n={stats['n']}")
         seen = level.get("retry_after_seen") or {}
         shown = ", ".join(f"{value} s × {count}" for value, count in sorted(seen.items())) or "none"
@@ -129,6 +134,8 @@ def process_table(targets: list[dict[str, Any]]) -> str:
             nonce_text = (f"{nonce['requests_per_second']:>7} req/s ({nonce['tool']}, {nonce['connections']} "
                           f"connections, {nonce['seconds']:.0f} s, non-2xx {nonce.get('non_2xx', 0)}, "
                           f"socket errors {nonce.get('socket_errors', 0)})")
+            if nonce.get("server_kinstr_per_request"):
+                nonce_text += f"; {nonce['server_kinstr_per_request']:.0f} k instructions per request"
         else:
             nonce_text = f"not measured: {nonce.get('error', '-')[:200]}"
         rss = ", ".join(f"{name} {value} MB" for name, value in (target.get("rss_mb") or {}).items())

@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     rate_new_orders_per_eab_key_per_hour: int = Field(1000, ge=0)
     # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client.
     trusted_proxies: str = ""
+    # ACME_RA_SHUTDOWN_DELAY_SECONDS: on SIGTERM the frontend reports not-ready this long before it
+    # stops accepting connections (load balancers take it out first), then drains in-flight requests.
+    shutdown_delay_seconds: float = Field(2, ge=0, le=60)
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -39,3 +39,18 @@ async def test_outage_is_503_and_bug_is_500(error: Exception, status: int) -> No
     assert response.json()["type"] == "urn:ietf:params:acme:error:serverInternal"
     assert int(response.headers["retry-after"]) > 0
     assert "bug" not in response.text and "db down" not in response.text
+
+
+async def test_wrapped_asyncpg_outage_is_503() -> None:
+    import asyncpg.exceptions
+
+    try:
+        try:
+            raise asyncpg.exceptions.CannotConnectNowError("the database system is shutting down")
+        except Exception as inner:
+            raise RuntimeError("adapted") from inner
+    except RuntimeError as adapted:
+        wrapped = sqlalchemy.exc.DBAPIError("SELECT 1", {}, adapted)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app_raising(wrapped)), base_url="http://t") as client:
+        response = await client.get("/x")
+    assert response.status_code == 503

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
 from acme_ra.config import get_settings, parse_host_port
@@ -31,6 +32,27 @@ def main() -> None:
     from acme_ra_frontend.metrics import start_metrics_server
     from acme_ra_frontend.tls_reload import TlsWatch
 
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT: /readyz answers 503 at once, the listener keeps serving for
+        ACME_RA_SHUTDOWN_DELAY_SECONDS (load balancers take the replica out), then uvicorn
+        stops accepting and drains the requests in flight."""
+
+        def __init__(self, config: uvicorn.Config, app: object) -> None:
+            super().__init__(config)
+            self.acme_app = app
+            self.draining = False
+
+        def handle_exit(self, sig: int, frame: object) -> None:
+            state = getattr(self.acme_app.state, "ra", None)  # type: ignore[attr-defined]
+            if self.draining or state is None or settings.shutdown_delay_seconds <= 0:
+                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+                return
+            self.draining = True
+            state.stopping = True
+            asyncio.get_running_loop().call_later(
+                settings.shutdown_delay_seconds, super().handle_exit, sig, frame
+            )
+
     setup_logging("frontend", settings.log_level)
     init_tracing("frontend")
     if settings.metrics_listen:
@@ -51,7 +73,7 @@ def main() -> None:
     config.load()
     # The signer renews a certificate it obtained for us in place; reload it without a restart.
     app.state.tls_watch = TlsWatch(config.ssl, cert, key)
-    uvicorn.Server(config).run()
+    DrainingServer(config, app).run()
 
 
 if __name__ == "__main__":

@@ -83,15 +83,27 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+_DRIVER_OUTAGES = (
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, admin shutdown
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+)
+
+
 def is_unavailable(error: BaseException) -> bool:
-    """A dependency outage (database, NATS) rather than a bug."""
-    if isinstance(error, UNAVAILABLE_ERRORS):
+    """A dependency outage (database, NATS) rather than a bug. SQLAlchemy wraps the driver's
+    error (``error.orig``), which may wrap asyncpg's own (``__cause__``): look at the chain."""
+    if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
         return True
-    if isinstance(error, sqlalchemy.exc.DBAPIError):
-        return bool(error.connection_invalidated) or isinstance(
-            error.orig, (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
-        ) or "database is locked" in str(error.orig)
-    return isinstance(error, (asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError))
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, UNAVAILABLE_ERRORS + _DRIVER_OUTAGES) or "database is locked" in str(current):
+            return True
+        current = getattr(current, "orig", None) or current.__cause__ or current.__context__
+    return False
 
 
 def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:

@@ -26,10 +26,6 @@ ORDER_TIMEOUT_SECONDS = 150.0
 TEST_TIMEOUT_SECONDS = 240
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the frontend answers 500 while PostgreSQL shuts down or starts: a DBAPIError raised at connect "
-    "wraps asyncpg's CannotConnectNowError ('the database system is shutting down') or "
-    "ConnectionDoesNotExistError in error.orig.__cause__, which is_unavailable() does not look at"))
 async def test_postgres_restarted_mid_load(chaos: ChaosLab) -> None:
     async with asyncio.timeout(TEST_TIMEOUT_SECONDS):
         load = await chaos.start(validators=2)

@@ -21,7 +21,7 @@ ACCOUNTS = 5
 # Orders start this far apart, so that the fault lands on orders at every step (seconds).
 STAGGER_SECONDS = 0.1
 # How long the nats-server stays down (seconds).
-DOWN_SECONDS = 5.0
+DOWN_SECONDS = 3.0
 # The reconciler re-publishes a lost validation job after 60 s (its pass runs every 15 s).
 ORDER_TIMEOUT_SECONDS = 150.0
 TEST_TIMEOUT_SECONDS = 240

@@ -39,7 +39,10 @@ async def create_key(
     profile: str | None = None,
 ) -> NewEabKey:
     kid = "kid-" + secrets.token_urlsafe(12)
-    raw = secrets.token_bytes(HMAC_KEY_BYTES)
+    while True:  # a key printed as "-..." would be read as a command-line option by clients
+        raw = secrets.token_bytes(HMAC_KEY_BYTES)
+        if base64.urlsafe_b64encode(raw)[:1] not in (b"-", b"_"):
+            break
     session.add(
         EabKey(
             kid=kid,

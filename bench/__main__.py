@@ -34,8 +34,10 @@ from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_
 # own is created on it and dropped afterwards). --database-url sqlite: SQLite files instead.
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_LEVELS = "8,16"
-DEFAULT_COUNT = 300
+DEFAULT_COUNT = 200
 TARGET_KEYS = ("a", "b", "c")
+# How often a level is measured again on a restarted target when the server stopped answering.
+STUCK_ATTEMPTS = 3
 # The longest one generator run may take before it is stopped (seconds).
 LOAD_TIMEOUT_SECONDS = 1800
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,10 +156,38 @@ def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: 
 
 
 def run_load(target: Target, args: argparse.Namespace, workdir: Path, http01_port: int) -> dict[str, Any]:
+    """The generator at every level; a target that must start fresh (Pebble) is restarted
+    before each level after the first, and the generator then runs once per level."""
+    if not target.restart_per_level:
+        return _run_generator(target, args, workdir, http01_port, args.level_list)
+    merged: dict[str, Any] = {"levels": [], "setup_error": None, "stuck_attempts": []}
+    for number, level in enumerate(args.level_list):
+        for attempt in range(1, STUCK_ATTEMPTS + 1):
+            if number or attempt > 1:
+                target.restart()
+            result = _run_generator(target, args, workdir, http01_port, [level])
+            levels = result.get("levels", [])
+            if attempt < STUCK_ATTEMPTS and levels and levels[-1].get("aborted"):
+                # The server stopped answering (Pebble 2.4's lock cycle): this attempt says
+                # nothing about its speed. Start it afresh and measure the level again.
+                merged["stuck_attempts"].append({"concurrency": level, "attempt": attempt,
+                                                 "completed": levels[-1]["completed"]})
+                print(f"bench: ({target.key}) concurrency {level}: the server stopped answering; "
+                      "restarting it and measuring the level again", file=sys.stderr, flush=True)
+                continue
+            break
+        merged["levels"] += levels
+        merged["setup_error"] = merged["setup_error"] or result.get("setup_error")
+        merged.setdefault("config", result.get("config"))
+    return merged
+
+
+def _run_generator(target: Target, args: argparse.Namespace, workdir: Path, http01_port: int,
+                   levels: list[int]) -> dict[str, Any]:
     config = LoadConfig(
         directory_url=target.directory_url,
         http01_port=http01_port,
-        levels=args.level_list,
+        levels=levels,
         count=args.count,
         warmup=args.warmup,
         poll_cap=args.poll_cap,
@@ -170,6 +200,7 @@ def run_load(target: Target, args: argparse.Namespace, workdir: Path, http01_por
     )
     config_path, result_path = workdir / f"load-{target.key}.json", workdir / f"result-{target.key}.json"
     config_path.write_text(json.dumps(config.__dict__))
+    result_path.unlink(missing_ok=True)
     recording = None
     if args.profile is not None and isinstance(target, AcmeRaTarget):
         recording = profiling.Recording(args.profile, target.key, target.service_pids())
@@ -203,8 +234,9 @@ def measure_target(key: str, args: argparse.Namespace, workdir: Path, http01_por
                                                  target.ca_bundle, server.get("frontend") or server.get("pebble"))
         result["rss_mb"] = peak_rss_mb(target.service_pids())
         result["load_average_after"] = os.getloadavg()
-    except (TargetError, LaunchError, OSError) as error:
-        result["error"] = str(error)
+    except Exception as error:  # noqa: BLE001 - report it and go on with the next target
+        result["error"] = f"{type(error).__name__}: {error}" if not isinstance(error, (TargetError, LaunchError)) \
+            else str(error)
         print(f"bench: ({key}) failed: {error}", file=sys.stderr, flush=True)
     finally:
         try:
@@ -228,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(machine_line(info), file=sys.stderr, flush=True)
     http01_port = http01_port_outside_ephemeral_range()
-    targets = [measure_target(key, args, workdir, http01_port) for key in args.target_list]
+    targets: list[dict[str, Any]] = []
     results = {
         "machine": info,
         "command": " ".join([Path(sys.executable).name, "-m", "bench", *(argv if argv is not None else sys.argv[1:])]),
@@ -236,10 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                      "poll_cap_seconds": args.poll_cap, "database": "sqlite" if args.database_url == "sqlite"
                      else "postgresql", "ra_env": args.ra_env},
         "targets": targets,
-        "errors": report.total_errors(targets),
+        "errors": 0,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1))
+    for key in args.target_list:
+        targets.append(measure_target(key, args, workdir, http01_port))
+        results["errors"] = report.total_errors(targets)
+        args.json.write_text(json.dumps(results, indent=1))  # after each target: a crash keeps the rest
     print()
     print(machine_line(info))
     print(report.full_report(targets))

@@ -23,7 +23,11 @@ KEEPALIVE_EXPIRY_SECONDS = 4.0
 
 
 class HttpError(Exception):
-    """The connection failed or the server broke the protocol."""
+    """The connection failed, the server broke the protocol, or (``timed_out``) it did not answer."""
+
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclass
@@ -141,7 +145,7 @@ class HttpClient:
                 return await connection.send(request, head=method == "HEAD")
         except TimeoutError:
             self._drop(connection)
-            raise HttpError(f"{method} {url}: no answer within {self.timeout:.0f}s") from None
+            raise HttpError(f"{method} {url}: no answer within {self.timeout:.0f}s", timed_out=True) from None
         except HttpError:
             self._drop(connection)
             raise

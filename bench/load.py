@@ -78,6 +78,8 @@ class Counters:
     failed: int = 0
     authz_polls: int = 0
     order_polls: int = 0
+    timeouts: int = 0
+    aborted: bool = False
     issuance: list[float] = field(default_factory=list)
 
 
@@ -173,7 +175,7 @@ class LoadGenerator:
         counters = Counters()
 
         async def worker(client: AcmeClient) -> None:
-            while (index := next(next_index)) < count:
+            while not counters.aborted and (index := next(next_index)) < count:
                 try:
                     async with asyncio.timeout(self.config.certificate_timeout):
                         await self.issue(client, names[index], csrs[index], counters)
@@ -185,6 +187,13 @@ class LoadGenerator:
                     counters.failed += 1
                     self.recorder.errors.append({"endpoint": "?", "status": 0, "problem": None,
                                                  "error": f"{type(error).__name__}: {error}"})
+                    if isinstance(error, TimeoutError) or (isinstance(error, HttpError) and error.timed_out):
+                        counters.timeouts += 1
+                        if counters.timeouts >= concurrency and not counters.aborted:
+                            counters.aborted = True  # every worker waited in vain: the server is stuck
+                            self.recorder.errors.append({
+                                "endpoint": "?", "status": 0, "problem": None,
+                                "error": f"level aborted: {counters.timeouts} requests or certificates timed out"})
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(client) for client in self.clients[:concurrency]))
@@ -227,6 +236,7 @@ class LoadGenerator:
             "warmup": warmup,
             "completed": counters.completed,
             "failed": counters.failed,
+            "aborted": counters.aborted,
             "wall_seconds": round(wall, 3),
             "certificates_per_second": round(counters.completed / wall, 2) if wall else 0.0,
             "issuance_ms": summary(counters.issuance),

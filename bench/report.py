@@ -65,6 +65,9 @@ def ratio_lines(targets: list[dict[str, Any]]) -> str:
         return "\n".join(lines + ["  (c) did not run: no ratios"])
     for level in _levels(pebble):
         concurrency, base = level["concurrency"], level["certificates_per_second"]
+        if level["failed"] or level["errors"] or level["completed"] < level["count"]:
+            lines.append(f"  concurrency {concurrency:>3}: - ((c) had errors at this level: no ratio)")
+            continue
         parts = []
         for key in ("a", "b"):
             mine = level_of(by_key.get(key), concurrency)
@@ -149,6 +152,10 @@ def process_table(targets: list[dict[str, Any]]) -> str:
 def errors_text(targets: list[dict[str, Any]], limit: int = 10) -> str:
     lines = []
     for target in targets:
+        for stuck in (target.get("load") or {}).get("stuck_attempts", []):
+            lines.append(f"  ({target['key']}) c={stuck['concurrency']}: attempt {stuck['attempt']} stopped after "
+                         f"{stuck['completed']} certificates, the server no longer answering; measured again "
+                         "on a restarted server (not counted as errors)")
         for level in _levels(target):
             for error in level["errors"][:limit]:
                 lines.append(f"  ({target['key']}) c={level['concurrency']} {error['endpoint']}: "
@@ -193,8 +200,9 @@ def goals(targets: list[dict[str, Any]]) -> str:
     lines.append(f"  {verdict(None if p50 is None else p50 < GOAL_P50_MS)}  (b) p50 issuance < {GOAL_P50_MS:.0f} ms: "
                  f"{p50 if p50 is not None else '-'} ms")
     a, c = at_goal_level("a"), at_goal_level("c")
+    clean = c is not None and not c["failed"] and not c["errors"] and c["completed"] == c["count"]
     ratio = (a["certificates_per_second"] / c["certificates_per_second"]
-             if a and c and c["certificates_per_second"] else None)
+             if a and c and clean and c["certificates_per_second"] else None)
     lines.append(f"  {verdict(None if ratio is None else ratio >= GOAL_RATIO)}  (a)/(c) ≥ {GOAL_RATIO}: "
                  f"{f'{ratio:.2f}' if ratio is not None else '-'}")
     for key in ("a", "b"):

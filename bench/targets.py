@@ -204,12 +204,18 @@ class Target:
     name_suffix = ACME_RA_NAME_SUFFIX
     eab: tuple[str, str] | None = None
     log_dir: Path | None = None
+    # Started afresh before each concurrency level (see PebbleTarget).
+    restart_per_level = False
 
     def start(self) -> None:
         raise NotImplementedError
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
 
     def service_pids(self) -> dict[str, int]:
         """The processes whose peak RSS is reported, by name."""
@@ -337,7 +343,15 @@ class AcmeRaTarget(Target):
 
 
 class PebbleTarget(Target):
-    """Pebble alone: EAB required, validating http-01 for real against the generator's server."""
+    """Pebble alone: EAB required, validating http-01 for real against the generator's server.
+
+    Restarted before each level: Pebble 2.4's in-memory store scans every authorization on each
+    newOrder (slower as a run goes on) and can deadlock when authorizations are fetched while
+    new orders are created (authz lock, then store lock; the scan takes them the other way round,
+    letsencrypt/pebble#554 is of the same family). A fresh Pebble per level is its best case.
+    """
+
+    restart_per_level = True
 
     def __init__(self, key: str, workdir: Path, tls: TlsMaterial, http01_port: int) -> None:
         self.key = key

@@ -62,6 +62,8 @@ def migrate(database_url: str, state_dir: Path) -> None:
 
 
 class ChaosLab:
+    """What a chaos test starts, faults and counts; :meth:`stop` stops all of it."""
+
     def __init__(self, test: str, workdir: Path, postgres: PostgresServer, database: str, dns_resolver: str,
                  nats: NatsServer | NatsCluster | None = None) -> None:
         self.workdir = workdir
@@ -75,7 +77,6 @@ class ChaosLab:
         self.ca_bundle = tls_ca
         self.frontend_port = free_port()
         self.challenges = ChallengeServer(free_port())
-        self.upstream_port = self.pebble.port  # a proxy in front of Pebble changes it
         self.env = base_environment()
         self.env.update({
             f"{ENV_PREFIX}{key}": str(value) for key, value in {
@@ -128,7 +129,6 @@ class ChaosLab:
 
     def upstream_through(self, port: int) -> None:
         """Point the signer at a proxy in front of Pebble (before the signer starts)."""
-        self.upstream_port = port
         self.env[f"{ENV_PREFIX}UPSTREAM_DIRECTORY_URL"] = f"https://127.0.0.1:{port}/dir"
         self.deployment.env = dict(self.env)
 

@@ -50,10 +50,15 @@ def lab_environment(state_dir: Path, database_url: str, ports: LabPorts,
         f"{ENV_PREFIX}VALIDATION_TLS_PORT": str(ports.tls_alpn),
         f"{ENV_PREFIX}DNS_RESOLVERS": dns_resolvers,
     })
-    for field in Settings.model_fields:  # any other listener (metrics...): a free port too
+    taken = set(vars(ports).values())
+    for field in Settings.model_fields:  # any other listener (metrics, admin...): a free port too
         name = f"{ENV_PREFIX}{field.upper()}"
         if field.endswith("_listen") and name not in env:
-            env[name] = f"127.0.0.1:{free_port()}"
+            port = free_port()
+            while port in taken:  # free now, but already promised to another service
+                port = free_port()
+            taken.add(port)
+            env[name] = f"127.0.0.1:{port}"
     return env
 
 

@@ -97,8 +97,9 @@ def check_public_key(key: Any) -> None:
     if isinstance(key, rsa.RSAPublicKey):
         if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
             raise Problem("badPublicKey", f"RSA keys must have {MIN_RSA_BITS} to {MAX_RSA_BITS} bits")
-        if key.public_numbers().e not in (3, 65537) and key.public_numbers().e < 65537:
-            raise Problem("badPublicKey", "RSA public exponent is too small")
+        exponent = key.public_numbers().e
+        if exponent < 65537 or exponent % 2 == 0:
+            raise Problem("badPublicKey", "RSA public exponent must be odd and at least 65537")
     elif isinstance(key, ec.EllipticCurvePublicKey):
         if key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
             raise Problem("badPublicKey", f"curve {key.curve.name} is not supported")

@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None,
                         help="certificates per level before measuring (default: 2 × concurrency)")
     parser.add_argument("--poll-cap", type=float, default=DEFAULT_POLL_CAP_SECONDS,
-                        help=f"longest wait between polls whatever Retry-After says (default {DEFAULT_POLL_CAP_SECONDS} s)")
+                        help="longest wait between polls whatever Retry-After says "
+                             f"(default {DEFAULT_POLL_CAP_SECONDS} s)")
     parser.add_argument("--database-url", default=os.environ.get("ACME_RA_BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
                         help="PostgreSQL server for acme-ra (postgresql+asyncpg://...; a database is created per "
                              f"target and dropped), or 'sqlite' (default {DEFAULT_DATABASE_URL})")
@@ -141,7 +142,7 @@ def http01_port_outside_ephemeral_range() -> int:
     for port in candidates:
         if port_is_free(port):
             return port
-    return free_port()
+    return int(free_port())
 
 
 def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: int) -> Target:

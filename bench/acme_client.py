@@ -203,7 +203,8 @@ class AcmeClient:
             protected_b64 = b64(orjson.dumps({"alg": "HS256", "kid": kid, "url": url}))
             payload_b64 = b64(orjson.dumps(self.key.jwk))
             mac = hmac.new(b64decode(hmac_key), f"{protected_b64}.{payload_b64}".encode(), hashlib.sha256).digest()
-            payload["externalAccountBinding"] = {"protected": protected_b64, "payload": payload_b64, "signature": b64(mac)}
+            payload["externalAccountBinding"] = {"protected": protected_b64, "payload": payload_b64,
+                                                 "signature": b64(mac)}
         answer = await self.post("newAccount", url, payload, expect=(200, 201))
         if not answer.location:
             raise AcmeError("newAccount", answer.status, answer.body, "newAccount: no Location header")

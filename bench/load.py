@@ -227,8 +227,11 @@ class LoadGenerator:
         requests = sum(len(values) for name, values in self.recorder.latencies.items()
                        if name not in (VALIDATED, ISSUED))
         done = max(counters.completed, 1)
-        cpu_ms = {name: round(1000 * (watched[name] - started) / done, 2)
-                  for name, started in watched_started.items() if started is not None and watched[name] is not None}
+        cpu_ms = {}
+        for name, started in watched_started.items():
+            ended = watched.get(name)
+            if started is not None and ended is not None:
+                cpu_ms[name] = round(1000 * (ended - started) / done, 2)
         cpu_ms["load generator"] = round(1000 * cpu / done, 2)
         return {
             "concurrency": concurrency,

@@ -35,9 +35,9 @@ def level_of(target: dict[str, Any] | None, concurrency: int) -> dict[str, Any] 
 
 
 def issuance_table(targets: list[dict[str, Any]]) -> str:
-    lines = ["Issuance (full flow per certificate; latency in ms)",
-             f"  {'target':<34} {'conc':>4} {'certs':>6} {'certs/s':>8} {'p50':>8} {'p95':>8} {'p99':>8} "
-             f"{'errors':>6} {'req/cert':>8} {'polls a+o':>9} {'gen CPU':>7}"]
+    header = (f"  {'target':<34} {'conc':>4} {'certs':>6} {'certs/s':>8} {'p50':>8} {'p95':>8} {'p99':>8} "
+              f"{'errors':>6} {'req/cert':>8} {'polls a+o':>9} {'gen CPU':>7}")
+    lines = ["Issuance (full flow per certificate; latency in ms)", header]
     for target in targets:
         name = f"({target['key']}) {target['label']}"
         if target.get("error"):
@@ -81,8 +81,8 @@ def cpu_table(targets: list[dict[str, Any]], cores: int | None = None) -> str:
     """CPU time per certificate of every process of a target (robust to a busy machine), and
     the throughput that alone would allow if every core did nothing else."""
     cores = cores or os.cpu_count() or 1
-    lines = [f"CPU time per certificate (ms; processes the target runs, its PostgreSQL backends, the load "
-             f"generator) and the ceiling it implies on {cores} cores"]
+    lines = [(f"CPU time per certificate (ms; processes the target runs, its PostgreSQL backends, the load "
+              f"generator) and the ceiling it implies on {cores} cores")]
     for target in targets:
         for level in _levels(target):
             cpu = level.get("cpu_ms_per_certificate") or {}

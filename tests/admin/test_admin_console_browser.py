@@ -50,6 +50,18 @@ def browser() -> Iterator[object]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def arrive(driver: object, url: str) -> None:
+    """Wait until the browser shows `url`: a click returns before the navigation it starts ends."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))  # type: ignore[arg-type]
+    except TimeoutException:
+        pytest.fail(f"the browser shows {driver.current_url}, not {url}")  # type: ignore[attr-defined]
+
+
 def shot(driver: object, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))  # type: ignore[attr-defined]
@@ -74,7 +86,7 @@ def test_console_login_eab_key_order_and_revocation(admin_service: AdminService,
 
     driver.find_element(By.ID, "token").send_keys(admin_service.token)  # type: ignore[attr-defined]
     driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
-    assert driver.current_url == f"{base}/orders"  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/orders")
     cookie = driver.get_cookie("acme_ra_admin_session")  # type: ignore[attr-defined]
     assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     shot(driver, "02-orders")
@@ -131,5 +143,6 @@ def test_console_login_eab_key_order_and_revocation(admin_service: AdminService,
 
     # Log out: the session is gone.
     driver.find_element(By.CSS_SELECTOR, "form.logout button").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/login")
     driver.get(f"{base}/orders")  # type: ignore[attr-defined]
-    assert driver.current_url == f"{base}/login"  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/login")

@@ -8,9 +8,12 @@ Starts a Pebble (EAB, always-valid, no sleeps) and measures, for N orders of one
 * signer   — the signer's issue job end to end (``IssueWorker.handle``): load the order, claim
   and journal the upstream order before each step, the same ACME walk, store the certificate;
 
-then the same with C orders at once. Run:
+then the same with C orders at once. Exact counts per issuance come with it: upstream requests
+and the TCP connections they used (one keep-alive connection should carry them all), database
+transactions (commits and rollbacks), statements, and pool pre-pings. Run:
 
     .venv/bin/python -m tests.upstream.bench_signer_overhead [-n 50] [-c 10] [--database-url URL]
+        [--key-type ec256|rsa2048]
 
 ``--database-url`` takes an empty PostgreSQL database (postgresql+asyncpg://...); the default is
 a temporary SQLite file.
@@ -31,6 +34,7 @@ import httpx
 from acme import messages
 from cryptography import x509
 from pydantic import SecretStr
+from sqlalchemy import event
 
 from acme_ra import bus
 from acme_ra.config import Settings
@@ -44,13 +48,48 @@ from tests.upstream.pebble import Pebble
 
 
 class Counting(httpx.AsyncBaseTransport):
+    """Counts requests and the distinct connections (network streams) that carried them."""
+
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.requests = 0
+        self.streams: set[int] = set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests += 1
-        return await self.inner.handle_async_request(request)
+        response = await self.inner.handle_async_request(request)
+        self.streams.add(id(response.extensions.get("network_stream")))
+        return response
+
+
+class DbCounts:
+    """Transactions, statements and pre-pings of one engine (SQLAlchemy events)."""
+
+    def __init__(self, db: Database) -> None:
+        self.commits = self.rollbacks = self.statements = self.pings = 0
+        engine = db.engine.sync_engine
+        event.listen(engine, "commit", lambda _c: self._add("commits"))
+        event.listen(engine, "rollback", lambda _c: self._add("rollbacks"))
+        event.listen(engine, "before_cursor_execute", lambda *_a: self._add("statements"))
+        do_ping = engine.dialect.do_ping
+
+        def counted_ping(connection: Any) -> bool:
+            self.pings += 1
+            return bool(do_ping(connection))
+
+        engine.dialect.do_ping = counted_ping  # type: ignore[method-assign]
+
+    def _add(self, name: str) -> None:
+        setattr(self, name, getattr(self, name) + 1)
+
+    def reset(self) -> None:
+        self.commits = self.rollbacks = self.statements = self.pings = 0
+
+    def per(self, n: int) -> str:
+        return (
+            f"{self.commits / n:.1f} commits + {self.rollbacks / n:.1f} rollbacks, "
+            f"{self.statements / n:.1f} statements, {self.pings / n:.1f} pre-pings"
+        )
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -124,7 +163,7 @@ async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[None]])
     return durations, time.perf_counter() - started, time.process_time() - cpu
 
 
-async def bench(n: int, concurrency: int, database_url: str | None, workdir: Path) -> None:
+async def bench(n: int, concurrency: int, database_url: str | None, workdir: Path, key_type: str) -> None:
     pebble = Pebble(workdir / "pebble")
     try:
         url = database_url or f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
@@ -142,8 +181,10 @@ async def bench(n: int, concurrency: int, database_url: str | None, workdir: Pat
             tls_key_file=None,
             config_file=None,
             secret_key_file=None,
+            upstream_account_key_type=key_type,
         )
         db = Database(url, pool_size=max(10, concurrency * 2))
+        counts = DbCounts(db)
         counter = Counting(
             httpx.AsyncHTTPTransport(
                 verify=tls_context(str(pebble.ca_bundle)), limits=httpx.Limits(max_connections=100)
@@ -153,7 +194,10 @@ async def bench(n: int, concurrency: int, database_url: str | None, workdir: Pat
         upstream = driver.select()
         worker = IssueWorker(db, driver)
         await driver.check()  # register the account once, outside the measurements
-        print(f"Pebble 2.4.0 (EAB, PEBBLE_VA_ALWAYS_VALID=1, PEBBLE_VA_NOSLEEP=1); database {url.split(':')[0]}; n={n}")
+        print(
+            f"Pebble (EAB, PEBBLE_VA_ALWAYS_VALID=1, PEBBLE_VA_NOSLEEP=1); database {url.split(':')[0]}; "
+            f"account key {key_type}; n={n}"
+        )
         for level in (1, concurrency):
             print(f"concurrency {level}:")
             # Warm up both paths (connections, caches).
@@ -170,10 +214,13 @@ async def bench(n: int, concurrency: int, database_url: str | None, workdir: Pat
                 names = [f"s{i}-{level}.bench.test"]
                 orders.append(await insert_order(db, names, make_csr(names)))
             counter.requests = 0
+            counter.streams.clear()
+            counts.reset()
             sig, sig_wall, sig_cpu = await timed(
                 n, level, lambda i: worker.handle(bus.IssueJob(order_id=orders[i]), Msg())
             )
             s = summary("signer job (journaled)", sig, counter.requests / n, sig_cpu / n)
+            print(f"  per issuance: {counts.per(n)}; {len(counter.streams)} upstream connections in all")
             print(
                 f"  overhead: median {s['median_ms'] - b['median_ms']:+.1f} ms, "
                 f"mean {s['mean_ms'] - b['mean_ms']:+.1f} ms"
@@ -190,9 +237,10 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=50, help="issuances per measurement")
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("--database-url", default=None, help="an empty PostgreSQL database (default: SQLite)")
+    parser.add_argument("--key-type", default="ec256", choices=["ec256", "rsa2048"], help="upstream account key")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        asyncio.run(bench(args.n, args.concurrency, args.database_url, Path(workdir)))
+        asyncio.run(bench(args.n, args.concurrency, args.database_url, Path(workdir), args.key_type))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ default_upstream = "rsa"
 directory_url = "https://acme.sectigo.com/v2/InCommonRSAOV"
 eab_kid = "rsa-kid"
 eab_hmac_key = "{HMAC}"
+account_key_type = "rsa2048"
 cert_lifetime_days = 365
 
 [upstreams.ecc]

@@ -13,8 +13,10 @@ from pydantic import SecretStr
 
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra.db.models import Order, UpstreamOrder
-from acme_ra_signer.upstream.accounts import AccountRefused
+from acme_ra.db.models import Order, UpstreamAccount, UpstreamOrder
+from acme_ra.sealing import Sealer
+from acme_ra_signer.upstream.accounts import AccountRefused, sealing_purpose
+from acme_ra_signer.upstream.acme_client import AccountKey
 from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.worker import IssueWorker
@@ -157,6 +159,7 @@ upstreams:
     eab_kid: {rsa.eab_kid}
     eab_hmac_key: {rsa.eab_hmac_key}
     ca_bundle: {rsa.ca_bundle}
+    account_key_type: rsa2048
   incommon-ecc:
     directory_url: {ecc.directory_url}
     eab_kid: {ecc.eab_kid}
@@ -203,3 +206,48 @@ profiles:
         await driver.close()
         rsa.stop()
         ecc.stop()
+
+
+async def test_a_stored_rsa_account_keeps_its_key_when_the_default_is_ec256(
+    pebble: Pebble, settings: Settings, db: Database
+) -> None:
+    """The key type is read from the stored key: changing ACME_RA_UPSTREAM_ACCOUNT_KEY_TYPE (or
+    its default, ec256 since rsa2048) makes no new account; only a new account gets the new type."""
+
+    def stored_alg(account: UpstreamAccount) -> str:
+        pem = Sealer(settings.sealing_secret()).open(account.key_sealed, sealing_purpose(account.id))
+        return str(AccountKey.from_pem(pem).alg.name)
+
+    assert Settings.model_fields["upstream_account_key_type"].default == "ec256"
+    old = make_acme_driver(for_pebble(settings, pebble, upstream_account_key_type="rsa2048"), db)
+    try:
+        await run_job(IssueWorker(db, old), await new_order(db, ["rsa-before.example.test"]))
+    finally:
+        await old.close()
+    [account] = await upstream_accounts(db)
+    assert stored_alg(account) == "RS256"
+
+    upgraded = make_acme_driver(settings, db)  # the default key type, ec256
+    try:
+        order_id = await new_order(db, ["rsa-after.example.test"])
+        await run_job(IssueWorker(db, upgraded), order_id)
+        assert (await order_row(db, order_id)).status == "valid"
+        known = upgraded.select().accounts.known
+        assert known is not None and known.key.alg.name == "RS256"
+    finally:
+        await upgraded.close()
+    [same] = await upstream_accounts(db)
+    assert same.id == account.id and same.url == account.url and same.registrations == 1
+    assert stored_alg(same) == "RS256"
+
+    fresh = Pebble(pebble.workdir.parent / "pebble-new")  # another upstream: a new account, ec256
+    try:
+        driver = make_acme_driver(for_pebble(settings, fresh), db)
+        try:
+            await driver.check()
+        finally:
+            await driver.close()
+    finally:
+        fresh.stop()
+    [new] = [a for a in await upstream_accounts(db) if a.directory_url == fresh.directory_url]
+    assert stored_alg(new) == "ES256"

@@ -63,7 +63,7 @@ class Upstream:
     cert_lifetime_days: int | None = None
     authz_strategy: Literal["answer", "fail"] = "answer"
     challenge_type: str = "http-01"
-    account_key_type: Literal["rsa2048", "ec256"] = "rsa2048"
+    account_key_type: Literal["rsa2048", "ec256"] = "ec256"
     origin: str = "ACME_RA_UPSTREAM_"
 
     def setting(self, name: str) -> str:

@@ -126,7 +126,8 @@ class Settings(BaseSettings):
     # ACME_RA_TRACE_URL_TEMPLATE: the console's link to an order's trace, "{trace_id}" replaced,
     # e.g. http://localhost:16686/trace/{trace_id} (Jaeger); empty: no link.
     trace_url_template: str = ""
-    # ACME_RA_TERMS_OF_SERVICE_URL: advertised in the directory; agreement then required.
+    # ACME_RA_TERMS_OF_SERVICE_URL: advertised in the directory; agreement then required. A new URL
+    # is a change of terms: accounts must agree again (userActionRequired) before ordering.
     terms_of_service_url: str = ""
     # ACME_RA_WEBSITE_URL: advertised in the directory meta.
     website_url: str = ""

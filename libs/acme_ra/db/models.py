@@ -116,6 +116,9 @@ class Account(Base):
     contact: Mapped[list[Any]] = mapped_column(default=list)
     tos_agreed: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The terms of service (ACME_RA_TERMS_OF_SERVICE_URL) the account last agreed to; None: agreed
+    # before schema 0006 recorded it (taken as the terms in force when the account is next seen).
+    tos_agreed_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     # The External Account Binding key this account registered with, if any.
     eab_kid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 

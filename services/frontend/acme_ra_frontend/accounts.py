@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import hmac
+import html
 import logging
 import re
 from typing import Any
 
-from fastapi.responses import Response
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
@@ -18,8 +23,10 @@ from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.jws import thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
 from acme_ra_frontend import ratelimits
-from acme_ra_frontend.plumbing import AcmeCall, json_response
+from acme_ra_frontend.plumbing import AcmeCall, Handler, json_response, resolve_provisioner
 from acme_ra_frontend.render import account_json
+from acme_ra_frontend.state import FrontendState
+from acme_ra_frontend.urls import Urls
 
 log = logging.getLogger("acme_ra.frontend.accounts")
 
@@ -27,6 +34,9 @@ log = logging.getLogger("acme_ra.frontend.accounts")
 MAX_CONTACTS = 10
 # Orders per page of an account's orders list.
 ORDERS_PAGE_SIZE = 100
+# Where a person agrees to changed terms of service (the userActionRequired problem's instance):
+# the account id and a MAC of it and the terms' URL, so only whoever got the problem can agree.
+TERMS_AGREEMENT = "/acme/{provisioner}/terms/{account_id}/{token}"
 _EMAIL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
 
 
@@ -82,6 +92,8 @@ async def new_account(call: AcmeCall) -> Response:
         tos_agreed=agreed,
         eab_kid=eab_key.kid if eab_key else None,
     )
+    if agreed and tos_url:
+        account.tos_agreed_url = tos_url
     call.session.add(account)
     try:
         await call.session.flush()
@@ -210,3 +222,83 @@ async def key_change(call: AcmeCall) -> Response:
     except IntegrityError:
         raise Problem("malformed", "the new key was registered concurrently", 409) from None
     return json_response(account_json(acct, call.urls), 200, {"Location": call.urls.account(acct.id)})
+
+
+# Terms of service (RFC 8555 §7.3.3) -------------------------------------------------------------
+
+def terms_token(state: FrontendState, account_id: str, tos_url: str) -> str:
+    key = hashlib.sha256(b"acme-ra terms agreement\x00" + state.settings.sealing_secret()).digest()
+    mac = hmac.new(key, f"{account_id}\n{tos_url}".encode(), hashlib.sha256).digest()
+    return mac[:18].hex()
+
+
+def terms_agreement_url(state: FrontendState, urls: Urls, account_id: str, tos_url: str) -> str:
+    return f"{urls.prefix}/terms/{account_id}/{terms_token(state, account_id, tos_url)}"
+
+
+def check_current_terms(call: AcmeCall) -> None:
+    """403 userActionRequired while the account has not agreed to the terms now advertised."""
+    tos_url = call.state.settings.terms_of_service_url
+    acct = call.account
+    if not tos_url or acct is None or acct.tos_agreed_url == tos_url:
+        return
+    if acct.tos_agreed_url is None and acct.tos_agreed:
+        acct.tos_agreed_url = tos_url  # agreed before the agreed URL was recorded: these terms
+        return
+    raise Problem(
+        "userActionRequired",
+        f"the terms of service changed: read {tos_url} and agree at the instance URL, then retry",
+        headers={"Link": f'<{tos_url}>;rel="terms-of-service"'},
+        extra={"instance": terms_agreement_url(call.state, call.urls, acct.id, tos_url)},
+    )
+
+
+def requires_current_terms(handler: Handler) -> Handler:
+    """For the requests that lead to issuance (route table): account, key change and revocation
+    requests stay open to an account that has not agreed to changed terms."""
+
+    @functools.wraps(handler)
+    async def checked(call: AcmeCall) -> Response:
+        check_current_terms(call)
+        return await handler(call)
+
+    return checked
+
+
+async def terms_account(request: Request) -> tuple[FrontendState, Account, str]:
+    state, _urls = resolve_provisioner(request)
+    tos_url = state.settings.terms_of_service_url
+    account_id = request.path_params["account_id"]
+    expected = terms_token(state, account_id, tos_url) if tos_url else ""
+    if not expected or not hmac.compare_digest(expected, request.path_params["token"]):
+        raise Problem("malformed", "no such terms agreement (the terms may have changed again)", 404)
+    async with state.db.sessions() as session:
+        acct = (await session.execute(select(Account).where(Account.id == account_id))).scalar_one_or_none()
+    if acct is None:
+        raise Problem("malformed", "no such account", 404)
+    return state, acct, tos_url
+
+
+def terms_page(text: str, tos_url: str, form: bool) -> HTMLResponse:
+    link = html.escape(tos_url)
+    button = '<form method="post"><button type="submit">I agree to these terms</button></form>' if form else ""
+    return HTMLResponse(
+        "<!doctype html><meta charset=utf-8><title>Terms of service</title>"
+        f'<p>{text}</p><p>Terms of service: <a href="{link}">{link}</a></p>{button}'
+    )
+
+
+async def terms_agreement(request: Request) -> Response:
+    """GET: the terms' URL and an agree button; POST (the form): record the agreement."""
+    state, acct, tos_url = await terms_account(request)
+    if request.method == "POST":
+        async with state.db.transaction() as session:
+            await session.execute(
+                update(Account).where(Account.id == acct.id).values(tos_agreed=True, tos_agreed_url=tos_url)
+            )
+        log.info("account agreed to the terms of service", extra={"account_id": acct.id, "terms": tos_url})
+        return terms_page("Agreement recorded: the ACME client of this account may retry now.", tos_url, False)
+    if acct.tos_agreed_url == tos_url:
+        return terms_page("This ACME account has agreed to the current terms of service.", tos_url, False)
+    return terms_page("The terms of service of this ACME server changed. This ACME account must agree "
+                      "to them before it orders certificates again.", tos_url, True)

@@ -45,17 +45,18 @@ NATS_START_TIMEOUT = 30
 # How often expired redeemed nonces are deleted (seconds).
 NONCE_PURGE_INTERVAL = 300
 
-# The route table: path, handler, who signs.
+# The route table: path, handler, who signs. Requests that lead to issuance need the account's
+# agreement to the current terms of service (accounts.requires_current_terms).
 POST_ROUTES: list[tuple[str, Handler, Auth]] = [
     (urls.NEW_NONCE, directory.new_nonce_post, Auth.KID),
     (urls.NEW_ACCOUNT, accounts.new_account, Auth.JWK),
     (urls.ACCOUNT, accounts.account, Auth.KID),
     (urls.ACCOUNT_ORDERS, accounts.account_orders, Auth.KID),
-    (urls.NEW_ORDER, orders.new_order, Auth.KID),
+    (urls.NEW_ORDER, accounts.requires_current_terms(orders.new_order), Auth.KID),
     (urls.ORDER, orders.order, Auth.KID),
-    (urls.FINALIZE, orders.finalize, Auth.KID),
+    (urls.FINALIZE, accounts.requires_current_terms(orders.finalize), Auth.KID),
     (urls.AUTHZ, authz.authorization, Auth.KID),
-    (urls.CHALLENGE, authz.challenge, Auth.KID),
+    (urls.CHALLENGE, accounts.requires_current_terms(authz.challenge), Auth.KID),
     (urls.CERTIFICATE, orders.certificate, Auth.KID),
     (urls.CERTIFICATE_ALTERNATE, orders.certificate, Auth.KID),
     (urls.KEY_CHANGE, accounts.key_change, Auth.KID),
@@ -181,6 +182,10 @@ def create_app(settings: Settings) -> FastAPI:
         app.add_api_route(path, post_endpoint(handler, auth), methods=["POST"])
     for path, get_handler in GET_ROUTES:
         app.add_api_route(path, guarded(get_handler), methods=["GET", "HEAD"])
+    # POST-as-GET of the directory (RFC 8555 §6.3); a plain POST there is a 405.
+    app.add_api_route(urls.DIRECTORY, guarded(directory.directory_post), methods=["POST"])
+    # Where a person agrees to changed terms of service (a plain web page and its form).
+    app.add_api_route(accounts.TERMS_AGREEMENT, guarded(accounts.terms_agreement), methods=["GET", "HEAD", "POST"])
     app.add_api_route("/healthz", health.healthz, methods=["GET", "HEAD"])
     app.add_api_route("/readyz", health.readyz, methods=["GET", "HEAD"])
     app.add_exception_handler(Problem, handle_problem)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 from fastapi import Request
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from acme_ra.db.models import Certificate
 from acme_ra.protocol.jws import b64url_decode
@@ -16,6 +18,10 @@ from acme_ra_frontend.render import timestamp
 
 # How long clients should wait before asking again (RFC 9773 §4.3; Boulder: 6 h).
 RETRY_AFTER_SECONDS = 6 * 3600
+# How often, at most, a frontend re-reads the issuers it knows when a certID names an issuer it
+# has not seen (seconds), and how many recent certificates that read looks at.
+ISSUER_REFRESH_SECONDS = 300
+ISSUER_SAMPLE = 1000
 
 
 def parse_cert_id(cert_id: str) -> tuple[bytes, bytes]:
@@ -41,18 +47,56 @@ def suggested_window(cert: Certificate) -> tuple[dt.datetime, dt.datetime]:
     return center - spread, center + spread
 
 
+class KnownIssuers:
+    """The issuers' key identifiers (the first half of certIDs) this frontend has seen.
+
+    A certID naming an unknown issuer is malformed (400); an unknown serial of a known issuer is
+    not found (404). Learnt from every certificate found, and re-read from the most recent
+    certificates at most every ISSUER_REFRESH_SECONDS, so random certIDs cost no scan each.
+    """
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+        self.read_at = float("-inf")
+
+    async def knows(self, session: AsyncSession, aki: str) -> bool:
+        if aki in self.keys or time.monotonic() - self.read_at < ISSUER_REFRESH_SECONDS:
+            return aki in self.keys
+        self.read_at = time.monotonic()
+        recent = await session.execute(
+            select(Certificate.ari_cert_id)
+            .where(Certificate.ari_cert_id.is_not(None))
+            .order_by(Certificate.created_at.desc())
+            .limit(ISSUER_SAMPLE)
+        )
+        self.keys.update(str(v).partition(".")[0] for v in recent.scalars())
+        return aki in self.keys
+
+
+def known_issuers(request: Request) -> KnownIssuers:
+    issuers: KnownIssuers | None = getattr(request.app.state, "known_issuers", None)
+    if issuers is None:
+        issuers = request.app.state.known_issuers = KnownIssuers()
+    return issuers
+
+
 async def renewal_info(request: Request) -> Response:
     state, _urls = resolve_provisioner(request)
     cert_id = request.path_params.get("cert_id", "")
     if not cert_id:
         raise malformed("renewalInfo needs a certID: GET <renewalInfo>/<certID>")
     parse_cert_id(cert_id)
+    aki = cert_id.partition(".")[0]
+    issuers = known_issuers(request)
     async with state.db.sessions() as session:
         cert = (
             await session.execute(select(Certificate).where(Certificate.ari_cert_id == cert_id))
         ).scalars().first()
+        if cert is None and not await issuers.knows(session, aki):
+            raise malformed("the certID's key identifier names no issuer of this server")
     if cert is None:
         raise Problem("malformed", "no certificate with this certID was issued here", 404)
+    issuers.keys.add(aki)
     start, end = suggested_window(cert)
     body = {"suggestedWindow": {"start": timestamp(start), "end": timestamp(end)}}
     return json_response(

@@ -33,6 +33,7 @@ from acme_ra_frontend.plumbing import (
     acme_post,
     handle_http_error,
     handle_problem,
+    new_nonce_links,
     problem_response,
 )
 from acme_ra_frontend.state import FrontendState
@@ -154,6 +155,7 @@ def create_app(settings: Settings) -> FastAPI:
         policy = Policy(parse_rules(settings.policy_allow), parse_rules(settings.policy_deny), settings.policy_wildcards)
         state = FrontendState(settings, db, nc, js, nonces, Sealer(settings.sealing_secret()), policy)
         state.urls = {p: Urls(settings.external_url, p) for p in settings.provisioner_names}
+        state.new_nonce_links = new_nonce_links(state)
         state.trusted_proxies = [
             ipaddress.ip_network(v.strip(), strict=False) for v in settings.trusted_proxies.split(",") if v.strip()
         ]

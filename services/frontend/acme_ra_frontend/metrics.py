@@ -16,6 +16,7 @@ from acme_ra import bus
 from acme_ra.config import parse_host_port
 from acme_ra.db.models import Order, RedeemedNonce
 from acme_ra_frontend.state import FrontendState
+from acme_ra_frontend.urls import NEW_NONCE
 
 log = logging.getLogger("acme_ra.frontend.metrics")
 
@@ -31,6 +32,9 @@ HTTP_SECONDS = Histogram(
     ["route", "method"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+# HEAD/GET newNonce are answered before routing (plumbing.AcmeHeaders): counted, not timed.
+NEW_NONCE_HEAD = HTTP_REQUESTS.labels(NEW_NONCE, "HEAD", "200")
+NEW_NONCE_GET = HTTP_REQUESTS.labels(NEW_NONCE, "GET", "204")
 ORDERS = Gauge("acme_ra_orders", "Orders in the database by status.", ["status"])
 JOBS_PENDING = Gauge("acme_ra_jobs_pending", "JetStream jobs not yet delivered, by consumer.", ["consumer"])
 JOBS_UNACKED = Gauge("acme_ra_jobs_unacknowledged", "JetStream jobs delivered but not acknowledged, by consumer.", ["consumer"])

@@ -42,8 +42,28 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 _EXPOSED = "Link, Replay-Nonce, Location, Retry-After"
 
 
+# Headers of every newNonce answer but the nonce and the index link (RFC 8555 §7.2).
+_NONCE_HEAD_HEADERS = ((b"cache-control", b"no-store"), (b"content-length", b"0"))
+_NONCE_GET_HEADERS = ((b"cache-control", b"no-store"),)
+_CORS_HEADERS = ((b"access-control-allow-origin", b"*"), (b"access-control-expose-headers", _EXPOSED.encode()))
+_EMPTY_BODY: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+def new_nonce_links(state: FrontendState) -> dict[str, tuple[bytes, bytes]]:
+    """newNonce's path per provisioner → its ``Link rel="index"`` header (name, value), encoded once."""
+    return {
+        f"/acme/{name}/new-nonce": (b"link", f'<{urls.directory}>;rel="index"'.encode())
+        for name, urls in state.urls.items()
+    }
+
+
 class AcmeHeaders:
-    """Adds the headers every ACME response carries."""
+    """Adds the headers every ACME response carries, and answers HEAD/GET newNonce itself.
+
+    newNonce is the one request a client may send at any rate, without a signature: it is answered
+    here, before routing, with headers encoded once, a counter and no log line; the answer is the
+    one the route in directory.py would give (HEAD 200, GET 204, ``Cache-Control: no-store``).
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -52,6 +72,14 @@ class AcmeHeaders:
         if scope["type"] != "http" or not scope["path"].startswith("/acme/"):
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        if method == "HEAD" or method == "GET":
+            state_now: FrontendState | None = getattr(scope["app"].state, "ra", None)
+            if state_now is not None:
+                link = state_now.new_nonce_links.get(scope["path"])
+                if link is not None:
+                    await answer_new_nonce(state_now, method, link, send)
+                    return
         path: str = scope["path"]
         parts = path.split("/", 3)
         state: FrontendState | None = getattr(scope["app"].state, "ra", None)
@@ -86,6 +114,15 @@ class AcmeHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+async def answer_new_nonce(state: FrontendState, method: str, link: tuple[bytes, bytes], send: Send) -> None:
+    head = method == "HEAD"
+    headers = [*(_NONCE_HEAD_HEADERS if head else _NONCE_GET_HEADERS),
+               (b"replay-nonce", state.nonces.issue().encode()), link, *_CORS_HEADERS]
+    (metrics.NEW_NONCE_HEAD if head else metrics.NEW_NONCE_GET).inc()
+    await send({"type": "http.response.start", "status": 200 if head else 204, "headers": headers})
+    await send(_EMPTY_BODY)
 
 
 def json_response(

@@ -28,6 +28,8 @@ class FrontendState:
     urls: dict[str, Urls] = field(default_factory=dict)
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     stopping: bool = False
+    # "/acme/<provisioner>/new-nonce" → its Link rel="index" header, encoded once (plumbing.AcmeHeaders).
+    new_nonce_links: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
 
     def urls_for(self, provisioner: str) -> Urls | None:
         return self.urls.get(provisioner)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+from pathlib import Path
 
 import httpx
 import josepy
@@ -15,7 +17,7 @@ from sqlalchemy import update
 from acme_ra.db.lifecycle import record_challenge_outcome, store_certificate
 from acme_ra.db.models import Challenge, Order
 from tests.conformance.client import TestAcmeClient, alg_for, b64, make_csr, new_key
-from tests.frontend.test_policy_profiles_ari import issue_test_certificate
+from tests.frontend.test_policy_profiles_ari import issue_test_certificate, issued_order
 
 
 def jose(body: bytes | str) -> dict[str, str]:
@@ -458,3 +460,266 @@ def test_l2_problem_catalogue_is_the_registered_set() -> None:
     }
     assert set(STATUS_BY_TYPE) == registered
     assert STATUS_BY_TYPE["rateLimited"] == 429 and STATUS_BY_TYPE["alreadyReplaced"] == 409
+
+
+# Further lines: transport, JWS, nonces, directory ------------------------------------------------
+
+async def test_t2_link_index_on_errors_and_gets_not_on_the_directory(client: TestAcmeClient) -> None:
+    index = f'<{client.directory_url}>;rel="index"'
+    error = await client.post(client.directory["newAccount"], {"onlyReturnExisting": True}, use_jwk=True)
+    assert error.problem_type == "accountDoesNotExist" and index in error.headers.get_list("link")
+    nonce = await client.http.get(client.directory["newNonce"])
+    assert index in nonce.headers.get_list("link")
+    ari = await client.http.get(f"{client.directory['renewalInfo']}/AAAA.AQ")
+    assert ari.status_code == 400 and index in ari.headers.get_list("link")
+    directory = await client.http.get(client.directory_url)
+    assert "link" not in directory.headers
+
+
+async def test_t5_a_request_without_user_agent_is_served(account: TestAcmeClient) -> None:
+    """Decision: acme-ra does not refuse a request without User-Agent (Boulder does not either)."""
+    assert account.kid
+    request = account.http.build_request("POST", account.kid, content=account.sign(account.kid, "", await account.nonce()),
+                                         headers={"Content-Type": "application/jose+json"})
+    del request.headers["user-agent"]
+    assert (await account.http.send(request)).status_code == 200
+
+
+async def test_t8_ids_are_128_random_bits(account: TestAcmeClient) -> None:
+    assert account.kid
+    ids = [account.kid.rsplit("/", 1)[1]]
+    for n in range(2):
+        reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": f"t8-{n}.example.org"}]})
+        ids.append((reply.location or "").rsplit("/", 1)[1])
+        ids.append(reply.body["authorizations"][0].rsplit("/", 1)[1])
+    assert len(set(ids)) == len(ids) and all(len(i) >= 22 for i in ids)
+
+
+@pytest.mark.parametrize("case", ["no alg", "no key", "no nonce and no key"])
+async def test_j3_missing_members_are_malformed(account: TestAcmeClient, case: str) -> None:
+    assert account.kid
+    overrides: dict[str, object] = {"no alg": {"alg": None}, "no key": {"kid": None},
+                                    "no nonce and no key": {"kid": None, "nonce": None}}[case]  # type: ignore[assignment]
+    body = account.sign(account.kid, "", await account.nonce(), header_overrides=overrides)  # type: ignore[arg-type]
+    response = await raw_post(account, account.kid, body)
+    assert response.status_code == 400 and problem(response) in ("malformed", "badNonce"), response.text
+    if case != "no nonce and no key":
+        assert problem(response) == "malformed"
+
+
+async def test_n4_a_replay_nonce_request_header_is_ignored(account: TestAcmeClient) -> None:
+    assert account.kid
+    nonce = await account.nonce()
+    response = await account.http.post(account.kid, content=account.sign(account.kid, "", nonce),
+                                       headers={"Content-Type": "application/jose+json", "Replay-Nonce": "bogus"})
+    assert response.status_code == 200 and response.headers["replay-nonce"] != "bogus"
+
+
+async def test_d1_g5_no_new_authz_and_renewal_info_is_cacheable(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    assert "newAuthz" not in account.directory
+    cert_id, _pem = await issued_order(account, http, "g5.example.org")
+    response = await http.get(f"{account.directory['renewalInfo']}/{cert_id}")
+    assert response.status_code == 200 and "max-age" in response.headers["cache-control"]
+
+
+async def test_d2_website_and_caa_identities(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    saved = state.settings
+    state.settings = saved.model_copy(update={"website_url": "https://ra.test/about", "caa_identities": "ca.example, Other.Example"})
+    try:
+        meta = (await client.load_directory())["meta"]
+    finally:
+        state.settings = saved
+    assert meta["website"] == "https://ra.test/about" and meta["caaIdentities"] == ["ca.example", "other.example"]
+    assert meta["externalAccountRequired"] is False and "termsOfService" not in meta
+
+
+# Further lines: accounts and key rollover --------------------------------------------------------
+
+async def test_a1_a2_existing_key_returns_the_stored_account_unchanged(client: TestAcmeClient) -> None:
+    created = await client.register(contact=["mailto:first@example.org"])
+    assert created.status == 201 and created.body["contact"] == ["mailto:first@example.org"]
+    assert created.body["termsOfServiceAgreed"] is True
+    again = await client.post(client.directory["newAccount"], {"termsOfServiceAgreed": True, "contact": ["mailto:second@example.org"]},
+                              use_jwk=True)
+    assert again.status == 200 and again.location == created.location
+    assert again.body["contact"] == ["mailto:first@example.org"]
+
+
+async def test_a9_deactivation_invalidates_pending_orders_and_is_final(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from sqlalchemy import select
+
+    await client.register()
+    assert client.kid
+    pending = await client.post(client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "a9.example.org"}]})
+    authz_id = pending.body["authorizations"][0].rsplit("/", 1)[1]
+    assert (await client.post(client.kid, {"status": "deactivated"})).body["status"] == "deactivated"
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    from acme_ra.db.models import Authorization
+
+    async with state.db.sessions() as session:
+        order = (await session.execute(select(Order).where(Order.id == (pending.location or "").rsplit("/", 1)[1]))).scalar_one()
+        authz = (await session.execute(select(Authorization).where(Authorization.id == authz_id))).scalar_one()
+    assert order.status == "invalid" and authz.status == "deactivated"
+    reactivate = await client.post(client.kid, {"status": "valid"})
+    assert reactivate.status == 401 and reactivate.problem_type == "unauthorized"
+
+
+async def test_k2_new_key_must_differ_and_be_acceptable(account: TestAcmeClient) -> None:
+    assert account.kid
+    url = account.directory["keyChange"]
+    old = account.key.public_key().to_partial_json()
+    same = await account.post(url, inner_jws(account.key, url, {"account": account.kid, "oldKey": old}))
+    assert same.problem_type == "badPublicKey"
+    weak = josepy.JWKRSA(key=rsa.generate_private_key(65537, 1024))
+    refused = await account.post(url, inner_jws(weak, url, {"account": account.kid, "oldKey": old}))
+    assert refused.status == 400 and refused.problem_type == "badPublicKey"
+
+
+async def test_k4_orders_survive_a_rollover(account: TestAcmeClient) -> None:
+    assert account.kid
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "k4.example.org"}]})
+    url = account.directory["keyChange"]
+    new = new_key("ec384")
+    rolled = await account.post(url, inner_jws(new, url, {"account": account.kid, "oldKey": account.key.public_key().to_partial_json()}))
+    assert rolled.status == 200
+    account.key = new
+    order = await account.post(reply.location or "")
+    assert order.status == 200 and order.body["status"] == "pending"
+    authz = await account.post(order.body["authorizations"][0])
+    token = authz.body["challenges"][0]["token"]
+    assert account.key_authorization(token).endswith(b64(new.thumbprint()))
+
+
+# Further lines: orders, challenges, finalize, certificates ----------------------------------------
+
+async def test_o2_subproblems_carry_the_identifier_not_the_top_level(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [
+        {"type": "dns", "value": "bad..example.org"}, {"type": "dns", "value": "-bad.example.org"}]})
+    assert reply.status == 400 and "identifier" not in reply.body
+    assert [s["identifier"]["value"] for s in reply.body["subproblems"]] == ["bad..example.org", "-bad.example.org"]
+
+
+async def test_o7_every_new_order_is_a_new_order(account: TestAcmeClient) -> None:
+    """Decision: no idempotent reuse of pending orders; each newOrder is a 201 with its own URL."""
+    payload = {"identifiers": [{"type": "dns", "value": "o7.example.org"}]}
+    first = await account.post(account.directory["newOrder"], payload)
+    second = await account.post(account.directory["newOrder"], payload)
+    assert first.status == second.status == 201 and first.location != second.location
+
+
+async def test_o8_f8_retry_after_while_processing(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    order = await ready_order(account, http, ["o8.example.org"])
+    csr, _ = make_csr(["o8.example.org"])
+    done = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    assert done.status == 200 and done.body["status"] == "processing"
+    polled = await account.post(str(order["url"]))
+    assert polled.body["status"] == "processing" and int(polled.headers["retry-after"]) >= 1
+
+
+async def test_z3_answering_a_settled_challenge(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    order = await ready_order(account, http, ["z3s.example.org"])
+    authz = await account.post(order["authorizations"][0])  # type: ignore[index]
+    assert authz.body["status"] == "valid" and authz.body["expires"].endswith("Z")
+    answered = next(c for c in authz.body["challenges"] if c["status"] == "valid")
+    assert answered["validated"].endswith("Z")
+    again = await account.post(answered["url"], {})
+    assert again.status == 200 and again.body["status"] == "valid"
+    other = next(c for c in authz.body["challenges"] if c["status"] == "pending")
+    assert (await account.post(other["url"], {})).problem_type == "malformed"
+
+
+async def test_f4_f6_sha1_csr_and_unrequested_sans(account: TestAcmeClient, http: httpx.AsyncClient, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    order = await ready_order(account, http, ["f4.example.org"])
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def csr(extra: list[x509.GeneralName], digest: hashes.HashAlgorithm) -> str:
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("f4.example.org"), *extra]), False)
+        return b64(builder.sign(key, digest).public_bytes(serialization.Encoding.DER))
+
+    # cryptography refuses to sign with SHA-1: openssl makes that CSR.
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    subprocess.run(["openssl", "req", "-new", "-sha1", "-key", str(tmp_path / "key.pem"), "-subj", "/",
+                    "-addext", "subjectAltName=DNS:f4.example.org", "-outform", "DER", "-out", str(tmp_path / "sha1.der")],
+                   check=True, capture_output=True)
+    cases = {
+        "sha1": b64((tmp_path / "sha1.der").read_bytes()),
+        "email": csr([x509.RFC822Name("a@example.org")], hashes.SHA256()),
+        "uri": csr([x509.UniformResourceIdentifier("https://example.org/")], hashes.SHA256()),
+    }
+    for case, value in cases.items():
+        reply = await account.post(str(order["finalize"]), {"csr": value})
+        assert reply.status == 400 and reply.problem_type == "badCSR", (case, reply.text)
+
+
+async def test_c1_c3_only_certificates_and_pem_whatever_the_accept(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    """Decision (C3): only application/pem-certificate-chain is served; an Accept of
+    application/pkix-cert still gets the PEM chain."""
+    from sqlalchemy import select
+
+    from acme_ra.db.models import Certificate
+
+    cert_id, pem = await issued_order(account, http, "c1.example.org")
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    async with state.db.sessions() as session:
+        row_id = (await session.execute(select(Certificate.id).where(Certificate.ari_cert_id == cert_id))).scalar_one()
+    url = f"https://ra.test/acme/acme/certificate/{row_id}"
+    response = await account.http.post(url, content=account.sign(url, "", await account.nonce()),
+                                       headers={"Content-Type": "application/jose+json", "Accept": "application/pkix-cert"})
+    assert response.status_code == 200 and response.headers["content-type"] == "application/pem-certificate-chain"
+    blocks = [line for line in response.text.splitlines() if line.startswith("-----BEGIN")]
+    assert blocks and set(blocks) == {"-----BEGIN CERTIFICATE-----"}
+    assert response.text == pem
+
+
+# Further lines: revocation with a signer stand-in, ARI window ------------------------------------
+
+async def test_r2_r5_revocation_by_an_authorized_account_and_by_the_certificate_key(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from acme_ra import bus
+    from tests.frontend.test_policy_profiles_ari import issued_order as issue
+
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    asked: list[bus.RevokeRequest] = []
+
+    async def signer(message: object) -> None:  # stands in for the signer's revoke RPC
+        asked.append(bus.RevokeRequest.model_validate_json(message.data))  # type: ignore[attr-defined]
+        await message.respond(bus.RevokeReply(outcome="revoked").model_dump_json().encode())  # type: ignore[attr-defined]
+
+    subscription = await state.nc.subscribe(bus.SUBJECT_REVOKE_RPC, cb=signer)
+    try:
+        _cert_id, pem = await issue(account, http, "r5.example.org")
+        der = b64(x509.load_pem_x509_certificate(pem.encode()).public_bytes(Encoding.DER))
+        holder = TestAcmeClient(account.http, account.directory_url)
+        await holder.load_directory()
+        await holder.register()
+        await ready_order(holder, http, ["r5.example.org"])  # valid authorizations for every name
+        reply = await holder.post(account.directory["revokeCert"], {"certificate": der, "reason": 4})
+        assert reply.status == 200 and reply.text == "" and reply.headers["replay-nonce"]
+        assert asked and asked[-1].reason == 4
+    finally:
+        await subscription.unsubscribe()
+
+
+def test_x4_window_is_two_thirds_of_the_lifetime_and_past_once_revoked() -> None:
+    from acme_ra.db.models import Certificate
+    from acme_ra_frontend.renewal_info import suggested_window
+
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    cert = Certificate(not_before=start, not_after=start + dt.timedelta(days=90), revoked_at=None)
+    low, high = suggested_window(cert)
+    assert low < start + dt.timedelta(days=60) < high and high - low < dt.timedelta(days=4)
+    short = Certificate(not_before=start, not_after=start + dt.timedelta(days=6), revoked_at=None)
+    low, high = suggested_window(short)
+    assert low < start + dt.timedelta(days=3) < high
+    cert.revoked_at = start + dt.timedelta(days=10)
+    low, high = suggested_window(cert)
+    assert low < high <= cert.revoked_at

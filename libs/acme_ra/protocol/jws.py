@@ -113,8 +113,9 @@ def parse_inner_jws(body: bytes, expect_nonce: bool) -> ParsedJws:
         return parse_jws(body)
     try:
         return parse_jws(body, nonce_required=False)
-    except Problem as problem:
-        raise malformed(f"inner JWS: {problem.detail}") from None
+    except Problem as problem:  # an unacceptable new key stays badPublicKey (RFC 8555 §7.3.5)
+        raise Problem("badPublicKey" if problem.type == "badPublicKey" else "malformed",
+                      f"inner JWS: {problem.detail}") from None
 
 
 def parse_jws(body: bytes, nonce_required: bool = True) -> ParsedJws:

@@ -284,7 +284,8 @@ async def test_k2_k3_key_change_refusals_and_conflict(account: TestAcmeClient) -
 # 3.9 / 3.10 Orders, authorizations, challenges ----------------------------------------------------
 
 @pytest.mark.parametrize("value", ["example.org.", "*.*.example.org", "a*.example.org", "x." + "a" * 64 + ".org",
-                                   "xn--zz.example.org", "under_score.example.org", "*.org"])
+                                   "xn--zz.example.org", "under_score.example.org", "*.org",
+                                   ".".join(["a" * 63] * 4)])
 async def test_o3_bad_dns_names(account: TestAcmeClient, value: str) -> None:
     reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": value}]})
     assert reply.status == 400 and reply.problem_type == "rejectedIdentifier", value
@@ -723,3 +724,128 @@ def test_x4_window_is_two_thirds_of_the_lifetime_and_past_once_revoked() -> None
     cert.revoked_at = start + dt.timedelta(days=10)
     low, high = suggested_window(cert)
     assert low < high <= cert.revoked_at
+
+
+# Further lines: JWS keys, EAB, key rollover, orders, IP identifiers, profiles ----------------------
+
+async def test_j4_jwk_alg_disagreeing_with_the_header(client: TestAcmeClient) -> None:
+    jwk = {**client.key.public_key().to_partial_json(), "alg": "ES384"}
+    body = client.sign(client.directory["newAccount"], {"termsOfServiceAgreed": True}, await client.nonce(),
+                       use_jwk=True, header_overrides={"jwk": jwk})
+    response = await raw_post(client, client.directory["newAccount"], body)
+    assert response.status_code == 400 and problem(response) == "badSignatureAlgorithm"
+
+
+async def test_j5_ec_point_off_the_curve_is_bad_public_key(client: TestAcmeClient) -> None:
+    jwk = client.key.public_key().to_partial_json()
+    jwk["y"] = b64(bytes(31) + b"\x01")
+    body = client.sign(client.directory["newAccount"], {"termsOfServiceAgreed": True}, await client.nonce(),
+                       use_jwk=True, header_overrides={"jwk": jwk})
+    response = await raw_post(client, client.directory["newAccount"], body)
+    assert response.status_code == 400 and problem(response) == "badPublicKey"
+
+
+async def test_e2_e4_hs512_and_an_unsolicited_binding(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    """EAB is optional here (externalAccountRequired false): a binding sent anyway is verified,
+    so it may be reflected; HS512 works as HS256 does."""
+    from tests.frontend.test_eab import binding, new_eab_key
+
+    key = await new_eab_key(http)
+    eab = binding(client, key.kid, key.hmac_key, alg="HS512")
+    reply = await client.register(externalAccountBinding=eab)
+    assert reply.status == 201 and reply.body["externalAccountBinding"] == eab
+    stranger = TestAcmeClient(client.http, client.directory_url)
+    await stranger.load_directory()
+    forged = await stranger.register(externalAccountBinding=binding(stranger, key.kid, b64(b"k" * 32), alg="HS512"))
+    assert forged.problem_type == "unauthorized"
+
+
+async def test_k2_inner_signature_must_verify(account: TestAcmeClient) -> None:
+    assert account.kid
+    url = account.directory["keyChange"]
+    inner = inner_jws(new_key(), url, {"account": account.kid, "oldKey": account.key.public_key().to_partial_json()})
+    inner["signature"] = inner_jws(new_key(), url, {"account": account.kid})["signature"]
+    reply = await account.post(url, inner)
+    assert reply.status == 400 and reply.problem_type == "malformed"
+
+
+async def test_a9_deactivation_leaves_certificates_alone(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from sqlalchemy import select
+
+    from acme_ra.db.models import Certificate
+
+    await client.register()
+    assert client.kid
+    cert_id, _pem = await issued_order(client, http, "a9-cert.example.org")
+    await client.post(client.kid, {"status": "deactivated"})
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    async with state.db.sessions() as session:
+        cert = (await session.execute(select(Certificate).where(Certificate.ari_cert_id == cert_id))).scalar_one()
+    assert cert.revoked_at is None
+    assert (await http.get(f"{client.directory['renewalInfo']}/{cert_id}")).status_code == 200
+
+
+async def test_a10_orders_list_leaves_out_invalid_orders(client: TestAcmeClient) -> None:
+    await client.register()
+    assert client.kid
+    kept = await client.post(client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "a10k.example.org"}]})
+    dropped = await client.post(client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "a10d.example.org"}]})
+    await client.post(dropped.body["authorizations"][0], {"status": "deactivated"})
+    listed = (await client.post(client.kid + "/orders")).body["orders"]
+    assert kept.location in listed and dropped.location not in listed
+
+
+async def test_o4_an_order_cannot_be_changed(account: TestAcmeClient) -> None:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "o4i.example.org"}]})
+    change = await account.post(reply.location or "", {"identifiers": [{"type": "dns", "value": "other.example.org"}],
+                                                        "authorizations": []})
+    assert change.problem_type == "malformed"
+    again = await account.post(reply.location or "")
+    assert again.body["identifiers"] == reply.body["identifiers"]
+    assert again.body["authorizations"] == reply.body["authorizations"]
+
+
+async def test_v4_f3_ip_order_needs_ip_sans_not_a_cn(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "ip", "value": "192.0.2.44"}]})
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    authz = await account.post(reply.body["authorizations"][0])
+    challenge = next(c for c in authz.body["challenges"] if c["type"] == "http-01")
+    await account.post(challenge["url"], {})
+    async with state.db.transaction() as session:
+        await record_challenge_outcome(session, challenge["url"].rsplit("/", 1)[1], None, dt.timedelta(days=30))
+    key = ec.generate_private_key(ec.SECP256R1())
+
+    def csr(name: x509.Name, sans: list[x509.GeneralName]) -> str:
+        builder = x509.CertificateSigningRequestBuilder().subject_name(name)
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), False)
+        return b64(builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+    cn_only = csr(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "192.0.2.44")]), [])
+    dns_san = csr(x509.Name([]), [x509.DNSName("192.0.2.44")])
+    for value in (cn_only, dns_san):
+        refused = await account.post(reply.body["finalize"], {"csr": value})
+        assert refused.status == 400 and refused.problem_type == "badCSR", refused.text
+    good = csr(x509.Name([]), [x509.IPAddress(ipaddress.ip_address("192.0.2.44"))])
+    assert (await account.post(reply.body["finalize"], {"csr": good})).body["status"] == "processing"
+
+
+async def test_p4_finalize_with_a_withdrawn_profile(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    order = await ready_order(account, http, ["p4.example.org"])
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    saved = state.settings
+    state.settings = saved.model_copy(update={"profiles": "shortlived=Six-day certificates"})
+    try:
+        csr, _ = make_csr(["p4.example.org"])
+        reply = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    finally:
+        state.settings = saved
+    assert reply.status == 400 and reply.problem_type == "invalidProfile"
+    assert (await account.post(str(order["url"]))).body["status"] == "ready"

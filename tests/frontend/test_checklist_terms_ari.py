@@ -135,7 +135,7 @@ async def test_x1_x2_cert_ids_malformed_unknown_issuer_unknown_serial(account: T
     base = account.directory["renewalInfo"]
     aki, serial = cert_id.split(".")
     assert (await http.get(f"{base}/{cert_id}")).status_code == 200
-    assert (await http.get(f"{base}/{cert_id}/")).status_code in (200, 307)  # Starlette's slash redirect
+    assert (await http.get(f"{base}/{cert_id}/")).status_code == 200
     malformed = [f"{aki}=.{serial}", f"{aki}.{serial}=", aki, f"{aki}.", f".{serial}", f"{aki}.{serial}.x",
                  f"{aki}.AAE"]  # a serial with a needless leading zero is not DER
     for bad in malformed:

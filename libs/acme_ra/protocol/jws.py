@@ -176,6 +176,8 @@ def parse_jws(body: bytes, nonce_required: bool = True) -> ParsedJws:
     if has_jwk:
         jwk, jwk_json = load_jwk(header["jwk"])
         check_alg_matches_key(alg, jwk)
+        if isinstance(header["jwk"], dict) and header["jwk"].get("alg", alg) != alg:
+            raise bad_signature_algorithm(alg)  # the key says it is for another algorithm
     else:
         kid = header["kid"]
         if not isinstance(kid, str) or not kid:

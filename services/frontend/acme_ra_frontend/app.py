@@ -68,6 +68,7 @@ GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     (urls.NEW_NONCE, directory.new_nonce),
     (urls.RENEWAL_INFO, renewal_info.renewal_info),
     (urls.RENEWAL_INFO_BASE, renewal_info.renewal_info),
+    (urls.RENEWAL_INFO + "/", renewal_info.renewal_info),  # a trailing slash is accepted too
 ]
 
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import httpx
 from acme import messages
@@ -61,6 +61,9 @@ class Counting(httpx.AsyncBaseTransport):
         self.streams.add(id(response.extensions.get("network_stream")))
         return response
 
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
 
 class DbCounts:
     """Transactions, statements and pre-pings of one engine (SQLAlchemy events)."""
@@ -77,7 +80,7 @@ class DbCounts:
             self.pings += 1
             return bool(do_ping(connection))
 
-        engine.dialect.do_ping = counted_ping  # type: ignore[method-assign]
+        setattr(engine.dialect, "do_ping", counted_ping)  # noqa: B010 - a wrapper, for counting
 
     def _add(self, name: str) -> None:
         setattr(self, name, getattr(self, name) + 1)
@@ -90,9 +93,6 @@ class DbCounts:
             f"{self.commits / n:.1f} commits + {self.rollbacks / n:.1f} rollbacks, "
             f"{self.statements / n:.1f} statements, {self.pings / n:.1f} pre-pings"
         )
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class Msg:
@@ -163,7 +163,10 @@ async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[None]])
     return durations, time.perf_counter() - started, time.process_time() - cpu
 
 
-async def bench(n: int, concurrency: int, database_url: str | None, workdir: Path, key_type: str) -> None:
+KeyType = Literal["ec256", "rsa2048"]
+
+
+async def bench(n: int, concurrency: int, database_url: str | None, workdir: Path, key_type: KeyType) -> None:
     pebble = Pebble(workdir / "pebble")
     try:
         url = database_url or f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
@@ -240,7 +243,7 @@ def main() -> None:
     parser.add_argument("--key-type", default="ec256", choices=["ec256", "rsa2048"], help="upstream account key")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        asyncio.run(bench(args.n, args.concurrency, args.database_url, Path(workdir), args.key_type))
+        asyncio.run(bench(args.n, args.concurrency, args.database_url, Path(workdir), cast(KeyType, args.key_type)))
 
 
 if __name__ == "__main__":

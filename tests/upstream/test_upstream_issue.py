@@ -7,9 +7,11 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography import x509
+from sqlalchemy import event
 
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
@@ -63,6 +65,71 @@ async def test_issues_through_pebble_with_eab(pebble: Pebble, db: Database, driv
     [account] = await upstream_accounts(db)
     assert account.url and account.registrations == 1 and account.eab_kid == pebble.eab_kid
     assert b"PRIVATE KEY" not in account.key_sealed
+
+
+class Recorder(httpx.AsyncBaseTransport):
+    """Forwards to Pebble, noting each request and the connection (network stream) it went over."""
+
+    def __init__(self, pebble: Pebble) -> None:
+        self.inner = httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle)))
+        self.requests: list[str] = []
+        self.streams: set[int] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        self.requests.append(f"{request.method} {request.url.path.split('/')[1]}")
+        self.streams.add(id(response.extensions.get("network_stream")))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_one_issuance_one_connection_and_few_write_transactions(
+    pebble: Pebble, settings: Settings, db: Database
+) -> None:
+    """What an issuance costs: 7 upstream requests over one keep-alive connection, and the journal
+    plus the certificate in 5 writing transactions (new record + "creating"; "pending"; "finalizing";
+    "valid" + lease given up; the certificate), 6 if the upstream was still signing when asked."""
+    recorder = Recorder(pebble)
+    driver = make_acme_driver(settings, db, transport=recorder)
+    writes: list[list[str]] = []
+
+    def on_execute(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            conn.info.setdefault("writes", []).append(statement.split("(", 1)[0][:40])
+
+    def on_commit(conn: Any) -> None:
+        if conn.info.get("writes"):
+            writes.append(conn.info.pop("writes"))
+
+    def on_rollback(conn: Any) -> None:
+        conn.info.pop("writes", None)
+
+    engine = db.engine.sync_engine
+    try:
+        await driver.check()  # the account: registered once, not part of an issuance
+        order_id = await new_order(db, ["one.example.test"])
+        recorder.requests.clear()
+        recorder.streams.clear()
+        event.listen(engine, "before_cursor_execute", on_execute)
+        event.listen(engine, "commit", on_commit)
+        event.listen(engine, "rollback", on_rollback)
+        try:
+            await run_job(IssueWorker(db, driver), order_id)
+        finally:
+            event.remove(engine, "before_cursor_execute", on_execute)
+            event.remove(engine, "commit", on_commit)
+            event.remove(engine, "rollback", on_rollback)
+    finally:
+        await driver.close()
+    assert (await order_row(db, order_id)).status == "valid"
+    assert recorder.requests[:5] == ["POST order-plz", "POST authZ", "POST chalZ", "POST authZ", "POST finalize-order"]
+    assert recorder.requests[-1] == "POST certZ"
+    assert len(recorder.streams) == 1, recorder.requests
+    assert 5 <= len(writes) <= 6, writes
+    record = await upstream_order_row(db, order_id)
+    assert record is not None and record.state == "valid" and record.lease_owner is None
 
 
 async def test_the_account_is_reused_by_every_issuance(

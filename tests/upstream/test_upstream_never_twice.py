@@ -46,10 +46,18 @@ class KillSwitch(httpx.AsyncBaseTransport):
     """Forwards to Pebble; the first request matching ``when`` kills the job, before it is
     sent or after its response arrived (the upstream acted, the signer never learnt it)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, when: Callable[[httpx.Request], bool], after: bool) -> None:
+    def __init__(
+        self,
+        inner: httpx.AsyncBaseTransport,
+        when: Callable[[httpx.Request], bool],
+        after: bool,
+        finalize_retry_after: bool = False,
+    ) -> None:
         self.inner = inner
         self.when = when
         self.after = after
+        # Add "Retry-After: 0" to finalize's answer: the signer then waits (and records "processing").
+        self.finalize_retry_after = finalize_retry_after
         self.armed = True
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
@@ -62,6 +70,8 @@ class KillSwitch(httpx.AsyncBaseTransport):
             await response.aread()
             self.armed = False
             raise Killed(request.url.path)
+        if self.finalize_retry_after and request.url.path.startswith("/finalize-order/"):
+            response.headers["Retry-After"] = "0"
         return response
 
     async def aclose(self) -> None:
@@ -89,8 +99,10 @@ KILL_POINTS: dict[str, tuple[Callable[[], Callable[[httpx.Request], bool]], bool
     "challenge answered": (lambda: path_starts("/chalZ/"), True),
     "finalize about to be sent": (lambda: path_starts("/finalize-order/"), False),
     "finalize taken, answer lost": (lambda: path_starts("/finalize-order/"), True),
-    # The order is first fetched once finalize answered "processing".
-    "signing (processing recorded)": (lambda: path_starts("/my-order/"), True),
+    # The order is first fetched once finalize answered "processing" (noted, not yet written)...
+    "signing (processing noted)": (lambda: path_starts("/my-order/"), True),
+    # ... or after a wait for finalize's Retry-After, before which "processing" is written.
+    "signing (processing recorded before a wait)": (lambda: path_starts("/my-order/"), True),
     "certificate downloaded, not stored": (lambda: path_starts("/certZ/"), True),
 }
 
@@ -102,15 +114,27 @@ STATE_LEFT = {
     "challenge answered": "pending",
     "finalize about to be sent": "finalizing",
     "finalize taken, answer lost": "finalizing",
-    "signing (processing recorded)": "processing",
+    "signing (processing noted)": "finalizing",
+    "signing (processing recorded before a wait)": "processing",
     "certificate downloaded, not stored": "valid",
 }
 
 
+# Kill points reached only when the upstream asks the signer to wait after finalize.
+WAIT_AFTER_FINALIZE = {"signing (processing recorded before a wait)"}
+
+
 def killing_driver(
-    settings: Settings, db: Database, pebble: Pebble, when: Callable[[httpx.Request], bool], after: bool
+    settings: Settings,
+    db: Database,
+    pebble: Pebble,
+    when: Callable[[httpx.Request], bool],
+    after: bool,
+    finalize_retry_after: bool = False,
 ) -> tuple[AcmeDriver, KillSwitch]:
-    switch = KillSwitch(httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle))), when, after)
+    switch = KillSwitch(
+        httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle))), when, after, finalize_retry_after
+    )
     return make_acme_driver(settings, db, transport=switch), switch
 
 
@@ -119,7 +143,7 @@ async def test_killed_mid_issuance_then_resumed_gives_one_certificate(
     point: str, pebble: Pebble, settings: Settings, db: Database
 ) -> None:
     when, after = KILL_POINTS[point]
-    dying, switch = killing_driver(settings, db, pebble, when(), after)
+    dying, switch = killing_driver(settings, db, pebble, when(), after, point in WAIT_AFTER_FINALIZE)
     order_id = await new_order(db, ["resume.example.test", "www.resume.example.test"])
     try:
         with pytest.raises(Killed):

@@ -2,7 +2,8 @@
 Encrypt, ZeroSSL, step-ca, Pebble).
 
 An issuance walks one upstream order through its states, recording each state in the journal
-*before* taking the step (``upstream/journal.py``)::
+*before* taking the step (``upstream/journal.py``); what the upstream answered is recorded with
+the next step's record when no upstream request comes between, or before a wait::
 
     creating ─newOrder─▶ pending ─(authorizations)─▶ finalizing ─finalize─▶ processing ─▶ valid ─download─▶ chain
                                                                                        ╰─▶ invalid (rejected)
@@ -140,10 +141,12 @@ class AcmeUpstream:
                     retry_after = await self._advance_pending(journal, csr, deadline, known)
                     known = None
                     if retry_after is not None and journal.entry.state == State.processing.value:
+                        await journal.renew()  # record "processing" before waiting
                         await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.finalizing.value:
                     retry_after = await self._finalize(journal, csr, deadline)
                     if retry_after is not None and journal.entry.state == State.processing.value:
+                        await journal.renew()
                         await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.processing.value:
                     await self._await_certificate(journal, deadline)
@@ -159,7 +162,7 @@ class AcmeUpstream:
                 await self._order_lost(journal)
             except UpstreamRejected as rejected:
                 if journal.entry.state != State.invalid.value:
-                    await journal.save(state=State.invalid.value, error=rejected.problem)
+                    await journal.finish(state=State.invalid.value, error=rejected.problem)
                 raise
         raise UpstreamUnavailable(f"upstream {self.name}: order did not settle in {MAX_STEPS} steps")
 
@@ -202,7 +205,11 @@ class AcmeUpstream:
         url = response.headers.get("Location")
         if not url or not order.finalize:
             raise UpstreamUnavailable(f"upstream {self.name}: newOrder answered without Location or finalize URL")
-        await journal.save(state=State.pending.value, url=url, finalize_url=order.finalize, account_url=account.url)
+        created = {"state": State.pending.value, "url": url, "finalize_url": order.finalize, "account_url": account.url}
+        if order.status.name == "ready":
+            journal.note(**created)  # pre-validated: recorded with "finalizing", the very next step
+        else:
+            await journal.save(**created)
         log.info("upstream order created", extra={"upstream": self.name, "upstream_order": url})
         return order
 
@@ -295,10 +302,13 @@ class AcmeUpstream:
         """Record what the upstream says of a finalized order."""
         status = order.status.name
         if status == "valid" and order.certificate:
-            await journal.save(state=State.valid.value, certificate_url=order.certificate)
+            # What is left, the download, is idempotent: any signer may do it, without the lease.
+            await journal.finish(state=State.valid.value, certificate_url=order.certificate)
         elif status in ("processing", "valid"):
             if journal.entry.state != State.processing.value:
-                await journal.save(state=State.processing.value)
+                # No step depends on it (resuming "finalizing" also looks at the order first):
+                # written with the next record, or before a wait.
+                journal.note(state=State.processing.value)
         elif status == "invalid":
             error = order.error
             detail = (error.detail or error.typ) if error else "the upstream order became invalid"
@@ -317,6 +327,7 @@ class AcmeUpstream:
         while journal.entry.state == State.processing.value:
             order, response = await self._order(journal)
             if order.status.name == "processing" or (order.status.name == "valid" and not order.certificate):
+                await journal.renew()
                 await self._wait(retry_after_seconds(response), attempt, deadline, "signing")
                 await journal.renew()
                 attempt += 1

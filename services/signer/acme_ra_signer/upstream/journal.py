@@ -5,6 +5,11 @@ a redelivered job, a restart or another signer replica reads the record and resu
 upstream order. A signer writes a record only while it holds its lease, renewed by a heartbeat;
 a signer that died loses the lease after ``lease_seconds`` and another one takes over.
 
+Few transactions per issuance: the record of a new order is inserted by its first save (the
+lease with it: a second signer's insert fails), what the upstream answered and no step depends
+on is *noted* and written with the next save, the final state gives the lease up in the same
+write, and a renewal writes only when the lease needs it.
+
 ``MemoryJournal`` keeps the same record in memory, for upstream orders that belong to no
 acme-ra order (the frontend's own TLS certificate).
 """
@@ -19,10 +24,11 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from sqlalchemy import or_, update
+from sqlalchemy import insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from acme_ra.db.engine import Database
@@ -63,10 +69,19 @@ class Journal(Protocol):
     entry: Entry
 
     async def save(self, **changes: Any) -> None:
-        """Record ``changes`` durably; only then may the step they announce be taken."""
+        """Record ``changes`` (and anything noted) durably; only then may the step they announce
+        be taken."""
+
+    def note(self, **changes: Any) -> None:
+        """Take ``changes`` into the entry now and record them with the next write: for what the
+        upstream answered when no step depends on it being durable before the next save."""
+
+    async def finish(self, **changes: Any) -> None:
+        """Record a state from which every step left is idempotent (``valid``: download;
+        ``invalid``) and give up the claim in the same write."""
 
     async def renew(self) -> None:
-        """Keep the claim alive during a long wait."""
+        """Keep the claim alive during a long wait (writing what was noted)."""
 
 
 class MemoryJournal:
@@ -76,14 +91,21 @@ class MemoryJournal:
         self.entry = Entry(upstream=upstream)
 
     async def save(self, **changes: Any) -> None:
+        self.note(**changes)
+
+    def note(self, **changes: Any) -> None:
         for name, value in changes.items():
             setattr(self.entry, name, value)
+
+    async def finish(self, **changes: Any) -> None:
+        self.note(**changes)
 
     async def renew(self) -> None:
         return None
 
 
 _FIELDS = [f.name for f in dataclasses.fields(Entry)]
+_COLUMNS = [getattr(UpstreamOrder, name) for name in _FIELDS]
 
 
 class DbJournal:
@@ -95,14 +117,20 @@ class DbJournal:
         self.entry = entry
         self.owner = owner
         self.lease_seconds = lease_seconds
+        self._stored = True  # False: no row yet, the first write inserts it
+        self._released = False  # True after finish(): the lease was given up
+        self._noted: dict[str, Any] = {}
+        self._written_at = time.monotonic()  # when the lease was last written
+        self._lock = asyncio.Lock()  # one write at a time (the heartbeat writes too)
 
     @classmethod
     @contextlib.asynccontextmanager
     async def claim(
         cls, db: Database, order_id: str, upstream: str, lease_seconds: float = LEASE_SECONDS
     ) -> AsyncIterator[DbJournal]:
-        """Load (or create) the order's record and hold its lease until the block ends.
-        Raises ``UpstreamBusy`` when another live signer holds it."""
+        """Load the order's record and hold its lease until the block ends (a new record is
+        inserted, lease included, by the first save). Raises ``UpstreamBusy`` when another live
+        signer holds it."""
         owner = f"{socket.gethostname()[:32]}:{os.getpid()}:{secrets.token_hex(4)}"
         journal = cls(db, order_id, Entry(upstream=upstream), owner, lease_seconds)
         await journal._take()
@@ -117,64 +145,106 @@ class DbJournal:
                 await journal._release()
 
     async def save(self, **changes: Any) -> None:
+        self.note(**changes)
+        await self._write()
+
+    def note(self, **changes: Any) -> None:
         unknown = set(changes) - set(_FIELDS)
         if unknown:
             raise ValueError(f"not journal fields: {sorted(unknown)}")
-        await self._update(changes)
+        self._noted.update(changes)
         for name, value in changes.items():
             setattr(self.entry, name, value)
 
+    async def finish(self, **changes: Any) -> None:
+        self.note(**changes)
+        await self._write(release=True)
+
     async def renew(self) -> None:
-        await self._update({})
+        """Write what was noted; else renew the lease once a third of it has passed since the last
+        write (until then nobody can have taken it over, so there is nothing to write)."""
+        if self._released:
+            return
+        if self._noted or (self._stored and time.monotonic() - self._written_at >= self.lease_seconds / 3):
+            await self._write()
 
     async def _take(self) -> None:
         now = utcnow()
-        lease_until = now + dt.timedelta(seconds=self.lease_seconds)
+        async with self.db.transaction() as session:
+            row = (await session.execute(select(*_COLUMNS).where(UpstreamOrder.order_id == self.order_id))).first()
+            if row is None:
+                self._stored = False  # nothing to hold yet: the first save inserts the record
+                return
+            taken = (
+                await session.execute(
+                    update(UpstreamOrder)
+                    .where(
+                        UpstreamOrder.order_id == self.order_id,
+                        or_(UpstreamOrder.lease_owner.is_(None), UpstreamOrder.lease_until < now),
+                    )
+                    .values(lease_owner=self.owner, lease_until=now + dt.timedelta(seconds=self.lease_seconds))
+                    .returning(*_COLUMNS)
+                )
+            ).first()
+            if taken is None:
+                raise UpstreamBusy(f"another signer is working on the upstream order of order {self.order_id}")
+            self.entry = Entry(**taken._asdict())
+        self._written_at = time.monotonic()
+
+    async def _write(self, release: bool = False) -> None:
+        async with self._lock:
+            changes, self._noted = self._noted, {}
+            try:
+                if self._stored:
+                    await self._update(changes, release)
+                else:
+                    await self._insert(release)
+            except BaseException:
+                self._noted = {**changes, **self._noted}  # still to be written
+                raise
+            self._released = release
+
+    async def _insert(self, release: bool) -> None:
+        now = utcnow()
         try:
             async with self.db.transaction() as session:
-                row = await session.get(UpstreamOrder, self.order_id)
-                if row is None:
-                    row = UpstreamOrder(
+                await session.execute(
+                    insert(UpstreamOrder).values(
                         order_id=self.order_id,
-                        upstream=self.entry.upstream,
-                        state=UpstreamOrderState.creating.value,
-                        orders_created=0,
-                        lease_owner=self.owner,
-                        lease_until=lease_until,
+                        **dataclasses.asdict(self.entry),
+                        lease_owner=None if release else self.owner,
+                        lease_until=None if release else now + dt.timedelta(seconds=self.lease_seconds),
                         created_at=now,
                         updated_at=now,
                     )
-                    session.add(row)
-                    await session.flush()
-                else:
-                    taken = await session.execute(
-                        update(UpstreamOrder)
-                        .where(
-                            UpstreamOrder.order_id == self.order_id,
-                            or_(UpstreamOrder.lease_owner.is_(None), UpstreamOrder.lease_until < now),
-                        )
-                        .values(lease_owner=self.owner, lease_until=lease_until)
-                    )
-                    if taken.rowcount == 0:  # type: ignore[attr-defined]
-                        raise UpstreamBusy(f"another signer is working on the upstream order of order {self.order_id}")
-                    await session.refresh(row)
-                self.entry = Entry(**{name: getattr(row, name) for name in _FIELDS})
+                )
         except IntegrityError:
             raise UpstreamBusy(f"another signer created the upstream order record of order {self.order_id}") from None
+        self._stored = True
+        self._written_at = time.monotonic()
 
-    async def _update(self, changes: dict[str, Any]) -> None:
+    async def _update(self, changes: dict[str, Any], release: bool) -> None:
         now = utcnow()
+        mine = UpstreamOrder.lease_owner == self.owner
+        if self._released:  # finish() gave the lease up; nobody has taken it since
+            mine = or_(mine, UpstreamOrder.lease_owner.is_(None))
+        lease: dict[str, Any] = {"lease_owner": None, "lease_until": None}
+        if not release:
+            lease = {"lease_owner": self.owner, "lease_until": now + dt.timedelta(seconds=self.lease_seconds)}
         async with self.db.transaction() as session:
             result = await session.execute(
                 update(UpstreamOrder)
-                .where(UpstreamOrder.order_id == self.order_id, UpstreamOrder.lease_owner == self.owner)
-                .values(**changes, lease_until=now + dt.timedelta(seconds=self.lease_seconds), updated_at=now)
+                .where(UpstreamOrder.order_id == self.order_id, mine)
+                .values(**changes, **lease, updated_at=now)
                 .execution_options(synchronize_session=False)  # no ORM objects to keep in step
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
                 raise LeaseLost(f"lost the lease on the upstream order of order {self.order_id}")
+        self._written_at = time.monotonic()
 
     async def _release(self) -> None:
+        if not self._stored or self._released:
+            return
         async with self.db.transaction() as session:
             await session.execute(
                 update(UpstreamOrder)

@@ -18,6 +18,7 @@ LISTENERS = {
     "frontend": ("ACME_RA_LISTEN", "0.0.0.0:8443", "https"),
     "validator": ("ACME_RA_VALIDATOR_LISTEN", "0.0.0.0:9124", "http"),
     "signer": ("ACME_RA_SIGNER_LISTEN", "0.0.0.0:9125", "http"),
+    "admin": ("ACME_RA_ADMIN_LISTEN", "0.0.0.0:9443", "http"),
 }
 TIMEOUT_SECONDS = 4.0
 

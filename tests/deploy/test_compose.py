@@ -22,7 +22,9 @@ from .conftest import ROOT
 from .test_image import ENTRYPOINT_COMMANDS
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-ACME_RA_SERVICES = {"frontend-1", "frontend-2", "validator", "signer", "migrate", "lab-init"}
+ACME_RA_SERVICES = {"frontend-1", "frontend-2", "validator", "signer", "admin", "migrate", "lab-init"}
+# Where the header comment says the admin console is, and the host address it is published on.
+ADMIN_HOST, ADMIN_PORT = "127.0.0.1", 9443
 # What the issue asks the lab to contain.
 REQUIRED_SERVICES = ACME_RA_SERVICES | {
     "postgres", "nats", "pebble", "challtestsrv", "lb", "otel-collector", "jaeger", "prometheus", "grafana",
@@ -80,6 +82,7 @@ def test_commands_are_the_entrypoints(rendered: Mapping[str, Any]) -> None:
     assert rendered["services"]["validator"]["command"] == ["validator"]
     assert rendered["services"]["signer"]["command"] == ["signer"]
     assert rendered["services"]["migrate"]["command"] == ["migrate"]
+    assert rendered["services"]["admin"]["command"] == ["admin"]
 
 
 def port_of(bind: str) -> int:
@@ -104,9 +107,11 @@ def test_every_acme_ra_variable_is_a_setting_with_a_valid_value(rendered: Mappin
             if ENV_PREFIX + variable in env:
                 env[ENV_PREFIX + variable] = str(existing)
         settings = settings_from_env(env)
-        if name.startswith("frontend") or name in ("validator", "signer"):
+        if name.startswith("frontend") or name in ("validator", "signer", "admin"):
             assert settings.nats_url and settings.database_url.startswith("postgresql+asyncpg://")
             assert settings.upstream == "acme"
+        if name in ("signer", "admin"):  # the signer seals its upstream account key; admin the EAB keys
+            assert settings.secret_key_file is not None
 
 
 def test_ports_agree_with_the_code_and_configuration(rendered: Mapping[str, Any]) -> None:
@@ -155,6 +160,44 @@ def test_ports_agree_with_the_code_and_configuration(rendered: Mapping[str, Any]
     assert f"{dns_host}:{dns_port}" in services["pebble"]["command"]
 
 
+def test_the_admin_service(rendered: Mapping[str, Any]) -> None:
+    """The admin API and console: published on the host's loopback only, on the port the header
+    comment names, after the schema; it finds the signer's /readyz and never holds the upstream's
+    credentials; the image's healthcheck knows its listener."""
+    services = rendered["services"]
+    admin = services["admin"]
+    env = image_environment() | acme_ra_environment(admin)
+    settings = settings_from_env({k: v for k, v in env.items() if not k.endswith("_FILE")})
+    listen_port = parse_host_port(settings.admin_listen)[1]
+    assert [(p.get("host_ip"), int(p["published"]), int(p["target"])) for p in admin["ports"]] == [
+        (ADMIN_HOST, ADMIN_PORT, listen_port)]
+    header = COMPOSE_FILE.read_text().split("\nname:", 1)[0]
+    assert f"http://{ADMIN_HOST}:{ADMIN_PORT}/" in header
+    assert "docker compose exec admin acme-ra admin-token create" in header
+    # Its /readyz wants the database; revocation and the queue status want NATS.
+    assert admin["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert admin["depends_on"]["nats"]["condition"] == "service_healthy"
+    assert admin["restart"] == "unless-stopped"
+    # The upstream status: the signer's /readyz, at the signer's name and listen port.
+    signer_port = parse_host_port(settings_from_env(image_environment()).signer_listen)[1]
+    assert parse_host_port(settings.signer_listen) == ("signer", signer_port)
+    assert "{trace_id}" in settings.trace_url_template
+    assert not admin.get("secrets") and ENV_PREFIX + "UPSTREAM_EAB_HMAC_KEY_FILE" not in env
+    assert "healthcheck" not in admin or not admin["healthcheck"].get("disable")
+
+
+def test_only_the_signer_holds_the_upstream_credentials(rendered: Mapping[str, Any]) -> None:
+    for name, service in rendered["services"].items():
+        holds = bool(service.get("secrets")) or "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE" in (service.get("environment") or {})
+        assert holds == (name == "signer"), name
+
+
+def test_pebble_images_are_pinned(rendered: Mapping[str, Any]) -> None:
+    for name in ("pebble", "challtestsrv"):
+        image = rendered["services"][name]["image"]
+        assert re.fullmatch(r"ghcr\.io/letsencrypt/pebble(-challtestsrv)?:\d+\.\d+\.\d+", image), image
+
+
 def test_pebble_eab_is_the_example_configuration(rendered: Mapping[str, Any]) -> None:
     config = json.loads((ROOT / "deploy" / "pebble" / "pebble-config.json").read_text())["pebble"]
     assert config["externalAccountBindingRequired"] is True
@@ -180,7 +223,7 @@ def test_dependencies_exist_and_the_services_wait_for_the_schema(rendered: Mappi
     for name, service in services.items():
         for dependency in service.get("depends_on") or {}:
             assert dependency in services, f"{name} depends on unknown {dependency}"
-    for name in ("frontend-1", "frontend-2", "validator", "signer"):
+    for name in ("frontend-1", "frontend-2", "validator", "signer", "admin"):
         assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
         assert services[name]["restart"] == "unless-stopped"
 

@@ -125,6 +125,8 @@ def test_healthcheck_reads_the_service_listeners() -> None:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     env = dockerfile_env()
+    # Every long-running service the entrypoint starts (python -m acme_ra_<service>) has a listener.
+    assert set(module.LISTENERS) == {c for c, m in ENTRYPOINT_COMMANDS.items() if m == f"acme_ra_{c}"}
     for service, (variable, default, _scheme) in module.LISTENERS.items():
         assert variable in env, variable
         assert default == env[variable], (service, default, env[variable])

@@ -25,6 +25,8 @@ BASE = K8S / "base"
 LAB = K8S / "overlays" / "lab"
 KUBERNETES_VERSION = "1.30.0"
 SERVICES = ("frontend", "validator", "signer")
+# Every Deployment of acme-ra's own services (the admin API and console besides the three).
+DEPLOYMENTS = (*SERVICES, "admin")
 # Kinds of cert-manager (a CRD: no schema in kubernetes-validate) used by the lab overlay.
 CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
 # Settings that hold secrets: never a plain value in a manifest.
@@ -98,8 +100,8 @@ def test_every_object_passes_kubernetes_validate(which: str, request: pytest.Fix
 def test_a_deployment_per_service_with_probes(base_docs: list[dict[str, Any]]) -> None:
     config = one(base_docs, "ConfigMap", "acme-ra-config")["data"]
     listen = {"frontend": config["ACME_RA_LISTEN"], "validator": config["ACME_RA_VALIDATOR_LISTEN"],
-              "signer": config["ACME_RA_SIGNER_LISTEN"]}
-    for service in SERVICES:
+              "signer": config["ACME_RA_SIGNER_LISTEN"], "admin": config["ACME_RA_ADMIN_LISTEN"]}
+    for service in DEPLOYMENTS:
         deployment = one(base_docs, "Deployment", f"acme-ra-{service}")
         spec = deployment["spec"]
         assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
@@ -192,7 +194,7 @@ def test_network_policies(base_docs: list[dict[str, Any]], lab_docs: list[dict[s
     database = one(base_docs, "NetworkPolicy", "acme-ra-database-ingress")
     assert database["spec"]["podSelector"]["matchLabels"] == {"acme-ra.io/role": "database"}
     sources = database["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
-    assert set(sources) == {"frontend", "validator", "signer", "migrate"}
+    assert set(sources) == {"frontend", "validator", "signer", "admin", "migrate"}
     postgres = one(lab_docs, "Deployment", "postgres")
     assert postgres["spec"]["template"]["metadata"]["labels"]["acme-ra.io/role"] == "database"
 
@@ -229,7 +231,7 @@ def test_each_container_reads_valid_settings_from_what_it_mounts(which: str, req
                      if "Path" in str(field.annotation) and name != "state_dir"}
     for doc in find(docs, "Deployment") + find(docs, "Job"):
         if doc["metadata"]["name"] not in ("acme-ra-frontend", "acme-ra-validator", "acme-ra-signer",
-                                           "acme-ra-migrate"):
+                                           "acme-ra-admin", "acme-ra-migrate"):
             continue
         box = container(doc)
         env = dict(config)
@@ -244,7 +246,79 @@ def test_each_container_reads_valid_settings_from_what_it_mounts(which: str, req
                 f"{doc['metadata']['name']}: {name}={env[name]} is on no volume it mounts"
             env[name] = str(existing)
         settings = settings_from_env(env)
-        if doc["metadata"]["name"] in ("acme-ra-frontend", "acme-ra-signer"):
+        if doc["metadata"]["name"] in ("acme-ra-frontend", "acme-ra-signer", "acme-ra-admin"):
             assert settings.secret_key_file is not None  # seals EAB keys and the upstream account key
         if doc["metadata"]["name"] == "acme-ra-frontend":
             assert settings.tls_cert_file is not None
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy's podSelector (matchLabels, matchExpressions with In) selects
+    pods with these labels."""
+    selector = policy["spec"]["podSelector"]
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    return all(e["operator"] == "In" and labels.get(e["key"]) in e["values"]
+               for e in selector.get("matchExpressions", []))
+
+
+def _peers(rule: dict[str, Any], direction: str) -> list[dict[str, Any]]:
+    return list(rule.get("to" if direction == "egress" else "from", []))
+
+
+def _allowed_ports(docs: list[dict[str, Any]], labels: dict[str, str], direction: str) -> set[int]:
+    return {port["port"] for policy in find(docs, "NetworkPolicy") if _selects(policy, labels)
+            for rule in policy["spec"].get(direction, []) for port in rule.get("ports", [])}
+
+
+def test_the_admin_service(base_docs: list[dict[str, Any]], lab_docs: list[dict[str, Any]]) -> None:
+    """The admin API and console: one Deployment behind a ClusterIP Service, never public; its
+    policies open the database, NATS and the signer's /readyz to it, and its port to nobody but
+    pods labelled acme-ra.io/admin-client; it never mounts the upstream's credentials."""
+    config = one(base_docs, "ConfigMap", "acme-ra-config")["data"]
+    port = parse_host_port(config["ACME_RA_ADMIN_LISTEN"])[1]
+    deployment = one(base_docs, "Deployment", "acme-ra-admin")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "admin"
+    box = container(deployment)
+    env = {v["name"]: v.get("value") for v in box["env"]}
+    # The upstream status: the signer's /readyz, through the signer's Service.
+    signer_service = one(base_docs, "Service", "acme-ra-signer")
+    signer_port = parse_host_port(config["ACME_RA_SIGNER_LISTEN"])[1]
+    assert parse_host_port(env["ACME_RA_SIGNER_LISTEN"]) == ("acme-ra-signer", signer_port)
+    assert signer_port in {p["port"] for p in signer_service["spec"]["ports"]}
+    mounted = {item["key"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
+               for item in v["secret"].get("items", [])}
+    assert mounted == {"secret-key"}, "the admin service never holds the upstream's EAB key"
+
+    service = one(base_docs, "Service", "acme-ra-admin")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert [(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(port, "http")]
+    for docs in (base_docs, lab_docs):
+        assert not [d for d in find(docs, "Ingress") if "acme-ra-admin" in str(d)], "the admin is not public"
+        for svc in find(docs, "Service"):
+            assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", svc["metadata"]["name"]
+
+    # Egress: PostgreSQL, NATS and the signer's port only (and DNS, as every pod).
+    dns = {53}
+    assert _allowed_ports(base_docs, labels, "egress") - dns == {5432, 4222, signer_port}
+    signer_labels = one(base_docs, "Deployment", "acme-ra-signer")["spec"]["template"]["metadata"]["labels"]
+    to_signer = [peer for policy in find(base_docs, "NetworkPolicy") if _selects(policy, labels)
+                 for rule in policy["spec"].get("egress", []) if {p["port"] for p in rule["ports"]} == {signer_port}
+                 for peer in _peers(rule, "egress")]
+    assert to_signer and all(peer["podSelector"]["matchLabels"].items() <= signer_labels.items() for peer in to_signer)
+    # ... and the signer, the database and NATS let it in.
+    from_admin = [policy["metadata"]["name"] for policy in find(base_docs, "NetworkPolicy")
+                  for rule in policy["spec"].get("ingress", []) for peer in _peers(rule, "ingress")
+                  if "podSelector" in peer and "namespaceSelector" not in peer
+                  and _selects({"spec": {"podSelector": peer["podSelector"]}}, labels)]
+    for name in ("acme-ra-database-ingress", "acme-ra-nats-ingress", "acme-ra-signer-from-admin"):
+        assert name in from_admin, name
+    assert signer_port in _allowed_ports(base_docs, signer_labels, "ingress")
+    # Ingress: its port, from labelled pods of this namespace only (no ipBlock, no namespace).
+    rules = [rule for policy in find(base_docs, "NetworkPolicy") if _selects(policy, labels)
+             for rule in policy["spec"].get("ingress", [])]
+    assert rules and all({p["port"] for p in rule["ports"]} == {port} for rule in rules)
+    for rule in rules:
+        assert rule["from"] == [{"podSelector": {"matchLabels": {"acme-ra.io/admin-client": "true"}}}]

@@ -30,6 +30,7 @@ SUBJECT_VALIDATE = "acme.jobs.validate"
 SUBJECT_ISSUE = "acme.jobs.issue"
 SUBJECT_EVENTS = "acme.events.>"
 SUBJECT_REVOKE_RPC = "acme.rpc.revoke"
+SUBJECT_CAA_RPC = "acme.rpc.caa"
 
 DURABLE_VALIDATOR = "validator"
 DURABLE_SIGNER = "signer"
@@ -96,6 +97,39 @@ class RevokeReply(BaseModel):
 # Queue group of the signers answering revoke requests; the frontend's wait for a reply (seconds).
 REVOKE_QUEUE_GROUP = "signer"
 REVOKE_RPC_TIMEOUT_SECONDS = 30
+
+
+class CaaCheck(BaseModel):
+    """One DNS name to check: as its authorization was validated (name without "*.")."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    wildcard: bool = False
+    method: str
+
+
+class CaaRecheckRequest(BaseModel):
+    """Check CAA again at finalization for names validated too long ago (frontend → validator,
+    NATS request/reply on acme.rpc.caa)."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = 1
+    account_uri: str
+    checks: list[CaaCheck]
+
+
+class CaaRecheckReply(BaseModel):
+    """``outcome``: permitted | refused (``problem``: the caa or dns problem as data)."""
+
+    model_config = ConfigDict(extra="ignore")
+    v: Literal[1] = 1
+    outcome: Literal["permitted", "refused"]
+    problem: dict[str, str] | None = None
+
+
+# Queue group of the validators answering CAA re-checks; the frontend's wait for a reply (seconds).
+CAA_QUEUE_GROUP = "validator"
+CAA_RPC_TIMEOUT_SECONDS = 20
 
 
 JobT = TypeVar("JobT", bound=BaseModel)

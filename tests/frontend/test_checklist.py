@@ -849,3 +849,64 @@ async def test_p4_finalize_with_a_withdrawn_profile(account: TestAcmeClient, htt
         state.settings = saved
     assert reply.status == 400 and reply.problem_type == "invalidProfile"
     assert (await account.post(str(order["url"]))).body["status"] == "ready"
+
+
+# V6: CAA checked again at finalization -----------------------------------------------------------
+
+async def test_v6_stale_validation_has_caa_checked_again_at_finalize(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from acme_ra import bus
+    from acme_ra_frontend.caa_recheck import CAA_RECHECK_AFTER
+
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    answers: list[bus.CaaRecheckReply] = []
+    asked: list[bus.CaaRecheckRequest] = []
+
+    async def validator(message: object) -> None:  # stands in for the validators' queue group
+        asked.append(bus.CaaRecheckRequest.model_validate_json(message.data))  # type: ignore[attr-defined]
+        await message.respond(answers.pop(0).model_dump_json().encode())  # type: ignore[attr-defined]
+
+    saved = state.settings
+    state.settings = saved.model_copy(update={"caa_identities": "ca.example"})
+    subscription = await state.nc.subscribe(bus.SUBJECT_CAA_RPC, cb=validator)
+    try:
+        fresh = await ready_order(account, http, ["v6-fresh.example.org"])
+        csr, _ = make_csr(["v6-fresh.example.org"])
+        assert (await account.post(str(fresh["finalize"]), {"csr": b64(csr)})).status == 200
+        assert asked == []  # validated just now: no second look
+
+        stale = await ready_order(account, http, ["v6.example.org", "www.v6.example.org"])
+        async with state.db.transaction() as session:
+            authz_ids = [u.rsplit("/", 1)[1] for u in stale["authorizations"]]  # type: ignore[attr-defined]
+            await session.execute(update(Challenge).where(Challenge.authz_id == authz_ids[0], Challenge.status == "valid")
+                                  .values(validated=dt.datetime.now(dt.timezone.utc) - CAA_RECHECK_AFTER - dt.timedelta(minutes=1)))
+        csr, _ = make_csr(["v6.example.org", "www.v6.example.org"])
+        answers.append(bus.CaaRecheckReply(outcome="refused", problem={"type": "caa", "detail": "CAA record for v6.example.org prevents issuance"}))
+        refused = await account.post(str(stale["finalize"]), {"csr": b64(csr)})
+        assert refused.status == 403 and refused.problem_type == "caa", refused.text
+        assert [(c.name, c.method) for c in asked[-1].checks] == [("v6.example.org", "http-01")]
+        assert asked[-1].account_uri == account.kid
+        assert (await account.post(str(stale["url"]))).body["status"] == "ready"
+        answers.append(bus.CaaRecheckReply(outcome="permitted"))
+        assert (await account.post(str(stale["finalize"]), {"csr": b64(csr)})).body["status"] == "processing"
+    finally:
+        await subscription.unsubscribe()
+        state.settings = saved
+
+
+async def test_v6_no_validator_to_ask_is_503(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from acme_ra_frontend.caa_recheck import CAA_RECHECK_AFTER
+
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    order = await ready_order(account, http, ["v6-none.example.org"])
+    async with state.db.transaction() as session:
+        authz_id = order["authorizations"][0].rsplit("/", 1)[1]  # type: ignore[index]
+        await session.execute(update(Challenge).where(Challenge.authz_id == authz_id, Challenge.status == "valid")
+                              .values(validated=dt.datetime.now(dt.timezone.utc) - CAA_RECHECK_AFTER * 2))
+    saved = state.settings
+    state.settings = saved.model_copy(update={"caa_identities": "ca.example"})
+    try:
+        csr, _ = make_csr(["v6-none.example.org"])
+        reply = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    finally:
+        state.settings = saved
+    assert reply.status == 503 and reply.problem_type == "serverInternal" and reply.headers["retry-after"]

@@ -25,6 +25,7 @@ from acme_ra import bus, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra_validator import metrics
+from acme_ra_validator.caa_recheck import CaaRecheckResponder
 from acme_ra_validator.http01 import new_http_client
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.worker import ChallengeValidator, ValidationOptions
@@ -75,6 +76,8 @@ async def run_consumer(
             log.warning("JetStream streams not ready: %s", error)
             await asyncio.sleep(STREAM_SETUP_RETRY_SECONDS)
     validator.js = js
+    # CAA re-checks at finalization (acme.rpc.caa); the subscription ends with the connection.
+    await CaaRecheckResponder(validator.resolver, validator.options.caa_identities).subscribe(state.nc)
     state.consuming = True
     log.info("consuming validation jobs", extra={"durable": bus.DURABLE_VALIDATOR})
     await bus.consume(

@@ -9,7 +9,9 @@ What runs (the same ``ACME_RA_*`` variables as docker-compose.yml and ``make dev
   8055), both from Debian's ``pebble`` package; when something already listens on those ports,
   the lab uses it instead of starting its own;
 - two frontends behind HAProxy (Debian's ``haproxy``), which terminates TLS on the external URL's
-  port (8443) and re-encrypts to the frontends; ``--validators N`` validators; the signer.
+  port (8443) and re-encrypts to the frontends; ``--validators N`` validators; the signer;
+- the admin API and console (``python -m acme_ra_admin``) on ``ACME_RA_ADMIN_LISTEN``
+  (127.0.0.1:9443), as docker-compose.yml's ``admin`` service.
 
 The TLS certificates of HAProxy, the frontends and Pebble come from a throw-away *lab TLS CA*
 (``STATE_DIR/lab/tls``) whose root is written to ``STATE_DIR/ca-bundle.pem``: what ACME clients
@@ -36,7 +38,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -52,6 +54,7 @@ from acme_ra.launcher import (
     Child,
     LaunchError,
     Topology,
+    _http_base,
     _nats_ready,
     free_port,
     nats_server_binary,
@@ -78,6 +81,7 @@ DEFAULT_PORTS = {
     "nats": 4222,
     "haproxy-stats": 8404,
     "signer": 9125,
+    "admin": 9443,
 }
 PORT_BASES = {"frontend": 8443, "frontend-metrics": 9130, "validator": 9140}
 # Servers the lab uses as they are when something already listens on their port.
@@ -258,6 +262,7 @@ class ProcessLab:
             "DNS_RESOLVERS": f"127.0.0.1:{self.ports('dns')}",
             "TRUSTED_PROXIES": "127.0.0.1/32,::1/128",
             "SIGNER_LISTEN": f"127.0.0.1:{self.ports('signer')}",
+            "ADMIN_LISTEN": f"127.0.0.1:{self.ports('admin')}",
             "RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR": "0",
             "RATE_NEW_ORDERS_PER_ACCOUNT_PER_HOUR": "0",
             "RATE_CERTIFICATES_PER_DOMAIN_PER_WEEK": "0",
@@ -316,6 +321,7 @@ class ProcessLab:
             services = [self._add_signer()]
             services += [self._add_validator(number) for number in range(1, self.validators + 1)]
             services += [self._add_frontend(number) for number in range(1, self.frontends + 1)]
+            services.append(self._add_admin())
             for service in services:
                 self._spawn(service)
             for service in services:
@@ -467,6 +473,38 @@ class ProcessLab:
             endpoints={"metrics": f"http://127.0.0.1:{metrics}/metrics", "acme": f"https://localhost:{port}"})
         self.services[name] = service
         return service
+
+    @property
+    def admin_url(self) -> str:
+        """The admin API (``/api/``) and console, as ``make dev`` prints it."""
+        return _http_base(self.settings.admin_listen)
+
+    def _add_admin(self) -> Service:
+        """The admin API and console; ready when its database answers and it is connected to
+        NATS (revocation goes to the signer through NATS)."""
+        ready_url = self.admin_url + "/readyz"
+
+        def ready() -> bool:
+            with httpx.Client(trust_env=False, timeout=2) as client:
+                response = client.get(ready_url)
+            nats = response.json().get("nats") if response.status_code == 200 else None
+            if nats != "connected":
+                raise NotReady(f"{ready_url} answered {response.status_code}: {response.text[:300]}")
+            return True
+
+        service = Service("admin", [sys.executable, "-m", "acme_ra_admin"],
+                          dict(self.env, OTEL_SERVICE_NAME="acme-ra-admin"), ready=ready,
+                          endpoints={"console": self.admin_url + "/"})
+        self.services["admin"] = service
+        return service
+
+    def admin_token_command(self) -> str:
+        """The command line that makes an admin token on the lab's database."""
+        cli = Path(sys.executable).parent / "acme-ra"
+        command = f"{cli if cli.is_file() else 'acme-ra'} admin-token create --label me"
+        if self.env.get(ENV_PREFIX + "DATABASE_URL") == DEFAULT_DATABASE_URL:  # not in the user's shell
+            command = f"{ENV_PREFIX}DATABASE_URL={DEFAULT_DATABASE_URL} {command}"
+        return command
 
     def _frontend_context(self) -> ssl.SSLContext:
         if self.settings.tls_cert_file == self.tls.cert("frontend"):
@@ -620,7 +658,7 @@ class ProcessLab:
         if self._supervisor is not None:
             self._supervisor.join(STOP_TIMEOUT_SECONDS)
         with self._lock:
-            order = ["frontend", "validator", "signer", "haproxy", "pebble", "challtestsrv", "nats-server"]
+            order = ["frontend", "admin", "validator", "signer", "haproxy", "pebble", "challtestsrv", "nats-server"]
             for prefix in order:
                 group = [s for n, s in self.services.items() if n.startswith(prefix)]
                 for service in group:
@@ -639,7 +677,7 @@ class ProcessLab:
         while not self._stop.wait(POLL_INTERVAL_SECONDS):
             pass
 
-    def __enter__(self) -> ProcessLab:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -664,6 +702,7 @@ class ProcessLab:
              "and the signer, each its own process."),
             f"  ACME directory   {self.directory_url}  (HAProxy: TLS, round robin over the frontends)",
             f"  CA bundle        {self.ca_bundle}  (what ACME clients must trust)",
+            f"  admin console    {self.admin_url}/  (and the admin API, {self.admin_url}/api/)",
             f"  upstream         {settings.upstream}: {settings.upstream_directory_url or 'lab CA'}"
             + (f" (EAB {settings.upstream_eab_kid})" if settings.upstream_eab_kid else ""),
             f"  DNS              {settings.dns_resolvers or 'the system resolvers'}"
@@ -682,6 +721,9 @@ class ProcessLab:
             "",
             "Get a certificate for myhost.localhost (http-01; *.localhost resolves to this machine):",
             f"  {topology.certbot_command()}",
+            "",
+            "An admin token, to log in to the console or call the admin API (printed once):",
+            f"  {self.admin_token_command()}",
             "",
             "A process that dies is restarted. Ctrl-C stops everything.",
             "",

@@ -7,6 +7,8 @@ the signer, Pebble upstream, challtestsrv DNS, PostgreSQL; every port free, stat
 2. Scaling: with a challenge server that answers after a delay, the same batch of validations
    finishes clearly faster with 3 validators than with 1.
 3. A process that dies is restarted.
+4. The admin API answers with a token the CLI made on the lab's database, and revokes a
+   certificate through the signer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,12 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-from acme_ra.lab import LabPorts, ProcessLab, ensure_postgres_database
+from acme_ra.lab import (
+    DEFAULT_DATABASE_URL,
+    LabPorts,
+    ProcessLab,
+    ensure_postgres_database,
+)
 from acme_ra.launcher import LaunchError, free_port
 from sqlalchemy.engine import make_url
 
@@ -248,6 +255,7 @@ def test_the_image_healthcheck_against_the_lab_processes(process_lab: ProcessLab
         "frontend": ("ACME_RA_LISTEN", lab.services["frontend-1"].env["ACME_RA_LISTEN"]),
         "validator": ("ACME_RA_VALIDATOR_LISTEN", lab.services["validator-1"].env["ACME_RA_VALIDATOR_LISTEN"]),
         "signer": ("ACME_RA_SIGNER_LISTEN", lab.settings.signer_listen),
+        "admin": ("ACME_RA_ADMIN_LISTEN", lab.settings.admin_listen),
     }
     for service, (variable, listen) in listeners.items():
         env = dict(base_environment(), **{variable: listen})
@@ -258,6 +266,72 @@ def test_the_image_healthcheck_against_the_lab_processes(process_lab: ProcessLab
         result = subprocess.run([sys.executable, str(script), service], env=env, capture_output=True, text=True,
                                 timeout=30, check=False)
         assert result.returncode == 1, service
+
+
+@pytest.fixture(scope="module")
+def admin_token(process_lab: ProcessLab, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A token from the command the lab prints, run in the shell that started the lab (which
+    set ACME_RA_DATABASE_URL: the lab's database is not the default one)."""
+    command = process_lab.admin_token_command()
+    assert "admin-token create" in command
+    env = dict(base_environment(), ACME_RA_DATABASE_URL=process_lab.env["ACME_RA_DATABASE_URL"])
+    created = subprocess.run(["bash", "-c", f"{command} --json"], env=env, cwd=tmp_path_factory.mktemp("operator"),
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert created.returncode == 0, created.stderr
+    return str(json.loads(created.stdout)["token"])
+
+
+def test_the_admin_token_command_names_the_lab_database(tmp_path: Path) -> None:
+    """Without ACME_RA_DATABASE_URL the lab uses its own database, which a bare ``acme-ra``
+    would not (it defaults to SQLite): the printed command names it."""
+    env = dict(base_environment(), ACME_RA_STATE_DIR=str(tmp_path / "var"))
+    command = ProcessLab(env).admin_token_command()
+    assert command.startswith(f"ACME_RA_DATABASE_URL={DEFAULT_DATABASE_URL} ")
+    assert command.endswith("acme-ra admin-token create --label me")
+    mine = "postgresql+asyncpg://postgres@127.0.0.1:5432/mine"
+    assert "DATABASE_URL" not in ProcessLab(dict(env, ACME_RA_DATABASE_URL=mine)).admin_token_command()
+
+
+def admin_client(lab: ProcessLab, token: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=lab.admin_url, headers=headers, trust_env=False, timeout=60)
+
+
+def test_the_admin_api_of_the_lab(process_lab: ProcessLab, admin_token: str) -> None:
+    """The admin service the lab started, as make dev prints it: the API with a token the CLI
+    made (401 without one), the signer's status (HTTP) and the JetStream backlog (NATS)."""
+    lab = process_lab
+    assert lab.admin_url == f"http://{lab.settings.admin_listen}"
+    assert f"admin console    {lab.admin_url}/" in lab.summary()
+    with admin_client(lab, None) as anonymous:
+        assert anonymous.get("/api/eab-keys").status_code == 401
+    with admin_client(lab, admin_token) as admin:
+        assert admin.get("/api/eab-keys").status_code == 200
+        upstream = admin.get("/api/upstream").json()
+        assert upstream["signer"]["ready"] is True and upstream["upstream"] == "acme", upstream
+        queues = admin.get("/api/queues").json()
+        assert queues["reachable"] is True and {c["name"] for c in queues["consumers"]} == {"validator", "signer"}
+
+
+def test_the_admin_revokes_through_the_signer(process_lab: ProcessLab, admin_token: str,
+                                              challenges: ChallengeServer) -> None:
+    """A certificate issued through the load balancer, revoked with the admin API: the signer
+    (over NATS) revokes it at Pebble."""
+    lab = process_lab
+
+    async def issue_one() -> str:
+        async with httpx.AsyncClient(verify=ca_context(lab), trust_env=False, timeout=30) as http:
+            client = await new_account(http, lab.directory_url)
+            leaf = await issue(client, f"admin.{LAB_ZONE}", challenges)
+        return format(leaf.serial_number, "x")
+
+    serial = asyncio.run(issue_one())
+    with admin_client(lab, admin_token) as admin:
+        revoked = admin.post(f"/api/certificates/{serial}/revoke", json={"reason": "superseded"})
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["certificate"]["status"] == "revoked"
+        assert revoked.json()["certificate"]["revocation_reason"] == 4
+        assert admin.post(f"/api/certificates/{serial}/revoke", json={"reason": 4}).status_code == 409
 
 
 def test_something_else_on_the_pebble_port_is_refused_clearly(tmp_path: Path) -> None:

@@ -910,3 +910,55 @@ async def test_v6_no_validator_to_ask_is_503(account: TestAcmeClient, http: http
     finally:
         state.settings = saved
     assert reply.status == 503 and reply.problem_type == "serverInternal" and reply.headers["retry-after"]
+
+
+# L1: the other rate limits ------------------------------------------------------------------------
+
+async def test_l1_new_accounts_per_address(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    saved = state.settings
+    state.settings = saved.model_copy(update={"rate_new_accounts_per_ip_per_hour": 1})
+    try:
+        replies = []
+        for _ in range(2):
+            newcomer = TestAcmeClient(client.http, client.directory_url)
+            await newcomer.load_directory()
+            replies.append(await newcomer.register())
+    finally:
+        state.settings = saved
+    limited = [r for r in replies if r.status == 429]
+    assert limited and limited[0].problem_type == "rateLimited" and int(limited[0].headers["retry-after"]) > 0
+
+
+async def test_l1_failed_validations_per_name(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    for _ in range(2):
+        reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "l1f.example.org"}]})
+        authz = await account.post(reply.body["authorizations"][0])
+        challenge = next(c for c in authz.body["challenges"] if c["type"] == "http-01")
+        await account.post(challenge["url"], {})
+        async with state.db.transaction() as session:
+            await record_challenge_outcome(session, challenge["url"].rsplit("/", 1)[1],
+                                           {"type": "connection", "detail": "refused"}, dt.timedelta(days=30))
+    saved = state.settings
+    state.settings = saved.model_copy(update={"rate_failed_validations_per_name_per_hour": 2})
+    try:
+        again = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "l1f.example.org"}]})
+    finally:
+        state.settings = saved
+    assert again.status == 429 and again.problem_type == "rateLimited"
+
+
+async def test_l1_certificates_per_registered_domain(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    first = await ready_order(account, http, ["a.l1c.example"])
+    second = await ready_order(account, http, ["b.l1c.example"])
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    saved = state.settings
+    state.settings = saved.model_copy(update={"rate_certificates_per_domain_per_week": 1})
+    try:
+        one = await account.post(str(first["finalize"]), {"csr": b64(make_csr(["a.l1c.example"])[0])})
+        two = await account.post(str(second["finalize"]), {"csr": b64(make_csr(["b.l1c.example"])[0])})
+    finally:
+        state.settings = saved
+    assert one.status == 200 and two.status == 429 and two.problem_type == "rateLimited"
+    assert (await account.post(str(second["url"]))).body["status"] == "ready"

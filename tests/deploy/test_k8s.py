@@ -322,3 +322,11 @@ def test_the_admin_service(base_docs: list[dict[str, Any]], lab_docs: list[dict[
     assert rules and all({p["port"] for p in rule["ports"]} == {port} for rule in rules)
     for rule in rules:
         assert rule["from"] == [{"podSelector": {"matchLabels": {"acme-ra.io/admin-client": "true"}}}]
+
+
+def test_the_lab_pebble_is_the_compose_lab_pebble(lab_docs: list[dict[str, Any]]) -> None:
+    """A release of Pebble, not :latest, and the same in both labs."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    image = container(one(lab_docs, "Deployment", "pebble"))["image"]
+    assert image == compose["services"]["pebble"]["image"]
+    assert not image.endswith(":latest") and ":" in image

@@ -23,7 +23,7 @@ from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.jws import thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
 from acme_ra_frontend import ratelimits
-from acme_ra_frontend.plumbing import AcmeCall, Handler, json_response, resolve_provisioner
+from acme_ra_frontend.plumbing import AcmeCall, Handler, SigningAccount, json_response, resolve_provisioner
 from acme_ra_frontend.render import account_json
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
@@ -76,7 +76,7 @@ async def new_account(call: AcmeCall) -> Response:
     contact = check_contacts(payload.get("contact"))
     settings = call.state.settings
     await ratelimits.spend(
-        call.session, "accounts-per-ip", ratelimits.client_address(call.request, call.state.trusted_proxies),
+        call.conn, "accounts-per-ip", ratelimits.client_address(call.request, call.state.trusted_proxies),
         settings.rate_new_accounts_per_ip_per_hour, ratelimits.HOUR, "new accounts from this address",
     )
     binding = payload.get("externalAccountBinding")
@@ -129,7 +129,7 @@ async def verify_external_account(call: AcmeCall, binding: Any) -> EabKey:
     return key
 
 
-def owned_account(call: AcmeCall) -> Account:
+def owned_account(call: AcmeCall) -> SigningAccount:
     account = call.require_account()
     if call.request.path_params["account_id"] != account.id:
         raise unauthorized("the account URL does not match the JWS kid")
@@ -137,7 +137,8 @@ def owned_account(call: AcmeCall) -> Account:
 
 
 async def account(call: AcmeCall) -> Response:
-    acct = owned_account(call)
+    owned_account(call)
+    acct = await call.orm_account()
     if not call.is_post_as_get:
         payload = call.payload()
         status = payload.get("status")
@@ -189,7 +190,7 @@ async def account_orders(call: AcmeCall) -> Response:
 
 async def key_change(call: AcmeCall) -> Response:
     """Account key rollover (§7.3.5): the payload is a JWS signed by the new key."""
-    acct = call.require_account()
+    acct = await call.orm_account()
     inner = jwslib.parse_inner_jws(call.jws.payload, expect_nonce=False)
     if inner.url != call.jws.url:
         raise malformed("the inner JWS url must equal the outer JWS url")
@@ -236,14 +237,15 @@ def terms_agreement_url(state: FrontendState, urls: Urls, account_id: str, tos_u
     return f"{urls.prefix}/terms/{account_id}/{terms_token(state, account_id, tos_url)}"
 
 
-def check_current_terms(call: AcmeCall) -> None:
+async def check_current_terms(call: AcmeCall) -> None:
     """403 userActionRequired while the account has not agreed to the terms now advertised."""
     tos_url = call.state.settings.terms_of_service_url
     acct = call.account
     if not tos_url or acct is None or acct.tos_agreed_url == tos_url:
         return
     if acct.tos_agreed_url is None and acct.tos_agreed:
-        acct.tos_agreed_url = tos_url  # agreed before the agreed URL was recorded: these terms
+        # agreed before the agreed URL was recorded: these terms
+        await call.conn.execute(update(Account).where(Account.id == acct.id).values(tos_agreed_url=tos_url))
         return
     raise Problem(
         "userActionRequired",
@@ -259,7 +261,7 @@ def requires_current_terms(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def checked(call: AcmeCall) -> Response:
-        check_current_terms(call)
+        await check_current_terms(call)
         return await handler(call)
 
     return checked

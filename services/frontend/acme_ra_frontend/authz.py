@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from fastapi.responses import Response
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from acme_ra import bus
 from acme_ra.db.lifecycle import refresh_order_status
 from acme_ra.db.models import (
-    Authorization,
     AuthzStatus,
-    Challenge,
     ChallengeStatus,
     Order,
     OrderAuthorization,
@@ -18,29 +16,27 @@ from acme_ra.db.models import (
     utcnow,
 )
 from acme_ra.protocol.problems import malformed, not_found, unauthorized
+from acme_ra_frontend import queries
 from acme_ra_frontend.plumbing import AcmeCall, json_response
+from acme_ra_frontend.queries import AuthzRow, ChallengeRow
 from acme_ra_frontend.render import authz_json, challenge_json
 
 
-async def load_authz(call: AcmeCall, authz_id: str) -> tuple[Authorization, list[Challenge]]:
-    authz = (await call.session.execute(select(Authorization).where(Authorization.id == authz_id))).scalar_one_or_none()
-    if authz is None:
+async def load_authz(call: AcmeCall, authz_id: str) -> tuple[AuthzRow, list[ChallengeRow]]:
+    """The caller's authorization and its challenges (one statement), with expiry applied."""
+    found = await queries.authz_with_challenges(call.conn, authz_id)
+    if found is None:
         raise not_found("authorization")
+    authz, challenges = found
     if authz.account_id != call.require_account().id:
         raise unauthorized("this authorization belongs to another account")
     if authz.status in (AuthzStatus.pending.value, AuthzStatus.valid.value) and authz.expires <= utcnow():
         authz.status = AuthzStatus.expired.value
-    challenges = list(
-        (
-            await call.session.execute(
-                select(Challenge).where(Challenge.authz_id == authz.id).order_by(Challenge.type)
-            )
-        ).scalars()
-    )
+        await queries.expire_authz(call.conn, authz.id)
     return authz, challenges
 
 
-def retry_after_headers(call: AcmeCall, challenges: list[Challenge]) -> dict[str, str]:
+def retry_after_headers(call: AcmeCall, challenges: list[ChallengeRow]) -> dict[str, str]:
     if any(c.status == ChallengeStatus.processing.value for c in challenges):
         return {"Retry-After": str(call.state.settings.retry_after_seconds)}
     return {}
@@ -59,9 +55,9 @@ async def authorization(call: AcmeCall) -> Response:
     return json_response(authz_json(authz, challenges, call.urls), 200, retry_after_headers(call, challenges))
 
 
-async def deactivate_authz(call: AcmeCall, authz: Authorization) -> None:
+async def deactivate_authz(call: AcmeCall, authz: AuthzRow) -> None:
     authz.status = AuthzStatus.deactivated.value
-    await call.session.flush()
+    await queries.deactivate_authz(call.conn, authz.id)
     order_ids = (
         await call.session.execute(
             select(OrderAuthorization.order_id)
@@ -94,25 +90,10 @@ async def challenge(call: AcmeCall) -> Response:
     return json_response(challenge_json(found, call.urls), 200, headers)
 
 
-async def start_validation(call: AcmeCall, found: Challenge) -> bool:
-    """Claim the challenge (pending → processing) and queue one validation job after commit.
-    Another challenge of the same authorization already processing blocks this one."""
-    busy = (
-        await call.session.execute(
-            select(Challenge.id).where(
-                Challenge.authz_id == found.authz_id, Challenge.status == ChallengeStatus.processing.value
-            )
-        )
-    ).first()
-    if busy is not None:
-        return False
-    changed = await call.session.execute(
-        update(Challenge)
-        .where(Challenge.id == found.id, Challenge.status == ChallengeStatus.pending.value)
-        .values(status=ChallengeStatus.processing.value, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if not changed.rowcount:  # type: ignore[attr-defined]
+async def start_validation(call: AcmeCall, found: ChallengeRow) -> bool:
+    """Claim the challenge (pending → processing, one conditional UPDATE) and queue one validation
+    job after commit. Another challenge of the same authorization already processing blocks this one."""
+    if not await queries.claim_challenge(call.conn, found.id, found.authz_id, utcnow()):
         return False
     call.publish_after_commit(
         bus.SUBJECT_VALIDATE, bus.ValidateJob(challenge_id=found.id), f"validate-{found.id}"

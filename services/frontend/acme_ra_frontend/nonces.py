@@ -1,9 +1,9 @@
 """Replay nonces valid on every frontend replica, with no database write per nonce issued.
 
 A nonce is base64url(timestamp ‖ random ‖ HMAC(key, timestamp ‖ random)), under a key shared by
-all replicas through the database (``server_keys``). Redeeming inserts it into
-``redeemed_nonces`` in the request's own transaction: the primary key makes a second use fail,
-even when two requests race. Rows past the nonce lifetime are purged.
+all replicas through the database (``server_keys``). Redeeming (plumbing.redeem_nonce) inserts it
+into ``redeemed_nonces`` in the request's own transaction: the primary key makes a second use
+insert nothing, even when two requests race. Rows past the nonce lifetime are purged.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import secrets
 import struct
 import time
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from acme_ra.db.engine import Database
 from acme_ra.db.models import RedeemedNonce, ServerKey, utcnow
@@ -71,15 +69,6 @@ class NonceService:
         if expires <= utcnow():
             raise bad_nonce("nonce has expired")
         return expires
-
-    async def redeem(self, session: AsyncSession, nonce: str) -> None:
-        """Mark the nonce used inside the request's transaction; a second use is badNonce."""
-        expires = self.check(nonce)
-        # No savepoint: nothing has been written yet, and a failure rolls the request back.
-        try:
-            await session.execute(insert(RedeemedNonce).values(nonce=nonce, expires_at=expires))
-        except IntegrityError:
-            raise bad_nonce("nonce has already been used") from None
 
     @staticmethod
     async def purge_expired(db: Database) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from fastapi.responses import Response
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select
 
 from acme_ra import bus, telemetry
 from acme_ra.db.models import (
@@ -13,6 +14,7 @@ from acme_ra.db.models import (
     AuthzStatus,
     Certificate,
     Challenge,
+    ChallengeStatus,
     EabKey,
     Order,
     OrderAuthorization,
@@ -32,8 +34,9 @@ from acme_ra.protocol.jws import b64url_decode, check_public_key, raw_key
 from acme_ra.protocol.policy import Policy
 from acme_ra.protocol.problems import Problem, malformed, not_found, unauthorized
 from acme_ra_frontend.renewal_info import parse_cert_id
-from acme_ra_frontend import caa_recheck, ratelimits
+from acme_ra_frontend import caa_recheck, queries, ratelimits
 from acme_ra_frontend.plumbing import AcmeCall, json_response
+from acme_ra_frontend.queries import OrderRow
 from acme_ra_frontend.render import order_json
 
 # A reused valid authorization must stay valid at least this long after the order is created.
@@ -91,11 +94,12 @@ def check_policy(identifiers: list[Identifier], policies: list[Policy]) -> None:
         raise Problem("rejectedIdentifier", detail, subproblems=refused)
 
 
-def choose_profile(call: AcmeCall, requested: object, eab_key: EabKey | None) -> str:
+def choose_profile(call: AcmeCall, requested: object, eab_profile: str | None) -> str:
+    """The profile asked for, else the EAB key's default, else the server's."""
     offered = call.state.settings.profile_descriptions
     if requested is None:
-        if eab_key is not None and eab_key.profile in offered:
-            return eab_key.profile
+        if eab_profile is not None and eab_profile in offered:
+            return eab_profile
         return call.state.settings.default_profile
     if not isinstance(requested, str) or requested not in offered:
         raise Problem("invalidProfile", f"profile {requested!r} is not offered; offered: {', '.join(offered)}")
@@ -134,19 +138,21 @@ async def new_order(call: AcmeCall) -> Response:
     if payload.get("notBefore") is not None or payload.get("notAfter") is not None:
         raise malformed("notBefore and notAfter are not supported; the profile sets the validity")
     settings = call.state.settings
+    conn = call.conn
     eab_key = None
     if account.eab_kid:
-        eab_key = (await call.session.execute(select(EabKey).where(EabKey.kid == account.eab_kid))).scalar_one_or_none()
+        eab_key = (await conn.execute(select(EabKey.kid, EabKey.policy, EabKey.profile)
+                                      .where(EabKey.kid == account.eab_kid))).first()
     policies = [call.state.policy] + ([Policy.from_data(eab_key.policy)] if eab_key and eab_key.policy else [])
     check_policy(identifiers, policies)
-    profile = choose_profile(call, payload.get("profile"), eab_key)
-    await ratelimits.spend(call.session, "orders-per-account", account.id,
+    profile = choose_profile(call, payload.get("profile"), eab_key.profile if eab_key else None)
+    await ratelimits.spend(conn, "orders-per-account", account.id,
                            settings.rate_new_orders_per_account_per_hour, ratelimits.HOUR, "new orders for this account")
     if eab_key is not None:
-        await ratelimits.spend(call.session, "orders-per-eab-key", eab_key.kid,
+        await ratelimits.spend(conn, "orders-per-eab-key", eab_key.kid,
                                settings.rate_new_orders_per_eab_key_per_hour, ratelimits.HOUR,
                                "new orders for this External Account Binding key")
-    await ratelimits.check_failed_validations(call.session, account.id, identifiers,
+    await ratelimits.check_failed_validations(conn, account.id, identifiers,
                                               settings.rate_failed_validations_per_name_per_hour)
     replaces = None
     if payload.get("replaces") is not None:
@@ -154,92 +160,83 @@ async def new_order(call: AcmeCall) -> Response:
     now = utcnow()
     order_id = new_id()
     telemetry.current_span().set_attribute("acme.order_id", order_id)
-    order = Order(
-        trace_context=telemetry.current_traceparent(),
-        profile=profile,
-        replaces=replaces,
-        id=order_id,
-        account_id=account.id,
-        provisioner=call.urls.provisioner,
-        expires=now + dt.timedelta(seconds=settings.order_lifetime_seconds),
-        identifiers=[i.to_json() for i in identifiers],
-        updated_at=now,
-    )
-    call.session.add(order)
+    expires = now + dt.timedelta(seconds=settings.order_lifetime_seconds)
     authz_ids: list[str] = []
-    created_any = False
+    new_authzs: list[dict[str, Any]] = []
+    new_challenges: list[dict[str, Any]] = []
     for identifier in identifiers:
-        reusable = (
-            await call.session.execute(
-                select(Authorization.id)
-                .where(
-                    Authorization.account_id == account.id,
-                    Authorization.identifier_type == identifier.type,
-                    Authorization.identifier_value == identifier.base_value,
-                    Authorization.status == AuthzStatus.valid.value,
-                    Authorization.wildcard == identifier.wildcard,
-                    Authorization.expires > now + AUTHZ_REUSE_MARGIN,
-                    settings.reuse_valid_authorizations,
-                )
-                .order_by(Authorization.expires.desc())
-                .limit(1)
-            )
-        ).scalar_one_or_none()
+        reusable = None
+        if settings.reuse_valid_authorizations:
+            reusable = (await conn.execute(_REUSABLE_AUTHZ, {
+                "account_id": account.id, "type": identifier.type, "value": identifier.base_value,
+                "wildcard": identifier.wildcard, "after": now + AUTHZ_REUSE_MARGIN,
+            })).scalar_one_or_none()
         if reusable is None:
-            authz = Authorization(
-                id=new_id(),
-                account_id=account.id,
-                identifier_type=identifier.type,
-                identifier_value=identifier.base_value,
-                wildcard=identifier.wildcard,
-                expires=order.expires,
-            )
-            call.session.add(authz)
             types = challenge_types_for(identifier, settings.challenge_type_list)
             if not types:
                 raise Problem("rejectedIdentifier", f"no challenge type offered here can validate {identifier.value}",
                               subproblems=[{"type": "rejectedIdentifier", "detail": "no usable challenge type",
                                             "identifier": identifier.to_json()}])
-            for challenge_type in types:
-                call.session.add(Challenge(id=new_id(), authz_id=authz.id, type=challenge_type, updated_at=now))
-            reusable = authz.id
-            created_any = True
+            reusable = new_id()
+            new_authzs.append({"id": reusable, "account_id": account.id, "identifier_type": identifier.type,
+                               "identifier_value": identifier.base_value, "wildcard": identifier.wildcard,
+                               "status": AuthzStatus.pending.value, "expires": expires, "created_at": now})
+            new_challenges += [{"id": new_id(), "authz_id": reusable, "type": challenge_type, "token": new_id(),
+                                "status": ChallengeStatus.pending.value, "updated_at": now} for challenge_type in types]
         authz_ids.append(reusable)
-    if not created_any:  # every authorization reused, and each is valid
-        order.status = OrderStatus.ready.value
-    await call.session.flush()
-    for position, authz_id in enumerate(authz_ids):
-        call.session.add(OrderAuthorization(order_id=order.id, authz_id=authz_id, position=position))
-    await call.session.flush()
+    order = OrderRow(
+        id=order_id, account_id=account.id, provisioner=call.urls.provisioner,
+        # every authorization reused, and each is valid: ready at once
+        status=OrderStatus.pending.value if new_authzs else OrderStatus.ready.value,
+        expires=expires, identifiers=[i.to_json() for i in identifiers], not_before=None, not_after=None,
+        error=None, certificate_id=None, profile=profile, replaces=replaces,
+    )
+    await conn.execute(insert(Order), {
+        "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner, "status": order.status,
+        "expires": expires, "identifiers": order.identifiers, "profile": profile, "replaces": replaces,
+        "trace_context": telemetry.current_traceparent(), "created_at": now, "updated_at": now,
+    })
+    if new_authzs:
+        await conn.execute(insert(Authorization), new_authzs)
+        await conn.execute(insert(Challenge), new_challenges)
+    await conn.execute(insert(OrderAuthorization), [
+        {"order_id": order.id, "authz_id": authz_id, "position": position} for position, authz_id in enumerate(authz_ids)
+    ])
     return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
 
 
-async def load_order(call: AcmeCall) -> tuple[Order, list[str]]:
-    """The caller's order (404 for anyone else's), with expiry applied."""
-    order = (
-        await call.session.execute(select(Order).where(Order.id == call.request.path_params["order_id"]))
-    ).scalar_one_or_none()
-    if order is None or order.provisioner != call.urls.provisioner:
+# A valid authorization of the account for the same name, reusable by a new order.
+_REUSABLE_AUTHZ = (
+    select(Authorization.id)
+    .where(
+        Authorization.account_id == bindparam("account_id"),
+        Authorization.identifier_type == bindparam("type"),
+        Authorization.identifier_value == bindparam("value"),
+        Authorization.status == AuthzStatus.valid.value,
+        Authorization.wildcard == bindparam("wildcard"),
+        Authorization.expires > bindparam("after"),
+    )
+    .order_by(Authorization.expires.desc())
+    .limit(1)
+)
+
+
+async def load_order(call: AcmeCall) -> tuple[OrderRow, list[str]]:
+    """The caller's order (404 for anyone else's) and its authorization ids, with expiry applied."""
+    found = await queries.order_with_authz_ids(call.conn, call.request.path_params["order_id"])
+    if found is None or found[0].provisioner != call.urls.provisioner:
         raise not_found("order")
+    order, authz_ids = found
     if order.account_id != call.require_account().id:
         raise unauthorized("this order belongs to another account")
     if order.status in (OrderStatus.pending.value, OrderStatus.ready.value) and order.expires <= utcnow():
         order.status = OrderStatus.invalid.value
         order.error = {"type": "malformed", "detail": "the order expired"}
-        order.updated_at = utcnow()
-    authz_ids = list(
-        (
-            await call.session.execute(
-                select(OrderAuthorization.authz_id)
-                .where(OrderAuthorization.order_id == order.id)
-                .order_by(OrderAuthorization.position)
-            )
-        ).scalars()
-    )
+        await queries.expire_order(call.conn, order.id, order.error, utcnow())
     return order, authz_ids
 
 
-def order_response(call: AcmeCall, order: Order, authz_ids: list[str]) -> Response:
+def order_response(call: AcmeCall, order: OrderRow, authz_ids: list[str]) -> Response:
     headers = {"Location": call.urls.order(order.id)}
     if order.status == OrderStatus.processing.value:
         headers["Retry-After"] = str(call.state.settings.retry_after_seconds)
@@ -272,16 +269,10 @@ async def finalize(call: AcmeCall) -> Response:
     check_csr_identifiers(csr, identifiers)
     await caa_recheck.recheck_stale_caa(call, authz_ids)
     for domain in sorted({registered_domain(i.value) for i in identifiers if i.type == "dns"}):
-        await ratelimits.spend(call.session, "certificates-per-domain", domain,
+        await ratelimits.spend(call.conn, "certificates-per-domain", domain,
                                call.state.settings.rate_certificates_per_domain_per_week, ratelimits.WEEK,
                                f"certificates for {domain} this week")
-    now = utcnow()
-    changed = await call.session.execute(
-        update(Order)
-        .where(Order.id == found.id, Order.status == OrderStatus.ready.value)
-        .values(status=OrderStatus.processing.value, csr=csr_der, updated_at=now)
-    )
-    if not changed.rowcount:  # type: ignore[attr-defined]
+    if not await queries.claim_finalize(call.conn, found.id, csr_der, utcnow()):
         raise Problem("orderNotReady", "the order is already being finalized")
     found.status = OrderStatus.processing.value
     call.publish_after_commit(bus.SUBJECT_ISSUE, bus.IssueJob(order_id=found.id), f"issue-{found.id}")
@@ -291,11 +282,7 @@ async def finalize(call: AcmeCall) -> Response:
 async def certificate(call: AcmeCall) -> Response:
     if not call.is_post_as_get:
         raise malformed("certificates are downloaded with POST-as-GET (an empty payload)")
-    cert = (
-        await call.session.execute(
-            select(Certificate).where(Certificate.id == call.request.path_params["certificate_id"])
-        )
-    ).scalar_one_or_none()
+    cert = await queries.certificate(call.conn, call.request.path_params["certificate_id"])
     if cert is None:
         raise not_found("certificate")
     if cert.account_id != call.require_account().id:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
 import time
@@ -18,17 +19,20 @@ from typing import Any
 
 import josepy
 import orjson
+from josepy.jwk import JWK
 from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Text, bindparam, cast, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_ra import bus, telemetry
-from acme_ra.db.models import Account, AccountStatus, Certificate, Order, OrderAuthorization
+from acme_ra.db.models import Account, AccountStatus, Certificate, Order, OrderAuthorization, RedeemedNonce
 from acme_ra.protocol import jws as jwslib
-from acme_ra.protocol.problems import Problem, malformed, method_not_allowed, server_internal, unauthorized
+from acme_ra.protocol.problems import Problem, bad_nonce, malformed, method_not_allowed, server_internal, unauthorized
 from acme_ra_frontend import metrics
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
@@ -164,19 +168,44 @@ class Auth(enum.Enum):
     EITHER = "either"  # revokeCert: account or certificate key
 
 
+@dataclass(slots=True)
+class SigningAccount:
+    """The account that signed the request, read with the nonce redemption in one statement
+    (not an ORM object: handlers that change the account load it with ``AcmeCall.orm_account``)."""
+
+    id: str
+    status: str
+    key_thumbprint: str
+    jwk_text: str
+    tos_agreed: bool
+    tos_agreed_url: str | None
+    eab_kid: str | None
+
+
 @dataclass
 class AcmeCall:
-    """One verified ACME request, handed to a route handler."""
+    """One verified ACME request, handed to a route handler.
+
+    ``conn`` is the request's one transaction (SQLAlchemy Core, the hot paths); ``session`` is an
+    ORM session in that same transaction, created when a handler first needs it.
+    """
 
     request: Request
     state: FrontendState
     urls: Urls
-    session: AsyncSession
+    conn: AsyncConnection
     jws: jwslib.ParsedJws
     jwk: josepy.JWK
-    account: Account | None
+    account: SigningAccount | None
     jobs: list[tuple[str, BaseModel, str, str | None]] = field(default_factory=list)
     deferred: Callable[[], Awaitable[Response]] | None = None
+    orm: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        if self.orm is None:
+            self.orm = AsyncSession(bind=self.conn, expire_on_commit=False, autoflush=True)
+        return self.orm
 
     @property
     def is_post_as_get(self) -> bool:
@@ -195,9 +224,15 @@ class AcmeCall:
         """Produce the response after the transaction commits (e.g. to wait on another service)."""
         self.deferred = answer
 
-    def require_account(self) -> Account:
+    def require_account(self) -> SigningAccount:
         assert self.account is not None
         return self.account
+
+    async def orm_account(self) -> Account:
+        """The signing account as an ORM object, for handlers that change it."""
+        account = await self.session.get(Account, self.require_account().id)
+        assert account is not None
+        return account
 
 
 Handler = Callable[[AcmeCall], Awaitable[Response]]
@@ -241,26 +276,40 @@ async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
     if auth is Auth.KID and parsed.kid is None:
         raise malformed("this request must be signed with the account's kid, not a jwk")
 
-    async with state.db.transaction() as session:
+    try:
+        nonce_expires, nonce_problem = state.nonces.check(parsed.nonce), None
+    except Problem as problem:  # raised after the account and signature checks, as before
+        nonce_expires, nonce_problem = None, problem
+    async with state.db.engine.begin() as conn:
         account = None
         if parsed.kid is not None:
-            account = await load_signing_account(session, urls, parsed.kid)
-            key = josepy.JWK.from_json(account.jwk)
+            account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
+            key = parse_account_key(account.jwk_text)
         else:
             assert parsed.jwk is not None
             key = parsed.jwk
+            fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
         jwslib.verify_signature(parsed, key)
-        await state.nonces.redeem(session, parsed.nonce)
-        call = AcmeCall(request, state, urls, session, parsed, key, account)
-        if telemetry.tracing_enabled():
-            traceparent = await order_traceparent(session, request.path_params)
-            new_trace = handler.__name__ == "new_order"
-            with telemetry.span(f"acme.{handler.__name__}", traceparent, new_trace,
-                                **{"acme.account_id": account.id if account else None,
-                                   "acme.order_id": request.path_params.get("order_id")}):
+        if nonce_problem is not None:
+            raise nonce_problem
+        if not fresh:
+            raise bad_nonce("nonce has already been used")
+        call = AcmeCall(request, state, urls, conn, parsed, key, account)
+        try:
+            if telemetry.tracing_enabled():
+                traceparent = await order_traceparent(conn, request.path_params)
+                new_trace = handler.__name__ == "new_order"
+                with telemetry.span(f"acme.{handler.__name__}", traceparent, new_trace,
+                                    **{"acme.account_id": account.id if account else None,
+                                       "acme.order_id": request.path_params.get("order_id")}):
+                    response = await handler(call)
+            else:
                 response = await handler(call)
-        else:
-            response = await handler(call)
+            if call.orm is not None:
+                await call.orm.flush()
+        finally:
+            if call.orm is not None:
+                await call.orm.close()
     for subject, job, msg_id, traceparent in call.jobs:
         try:
             await bus.publish_job(state.js, subject, job, msg_id, traceparent)
@@ -271,7 +320,7 @@ async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
     return response
 
 
-async def order_traceparent(session: AsyncSession, params: dict[str, Any]) -> str | None:
+async def order_traceparent(conn: AsyncConnection, params: dict[str, Any]) -> str | None:
     """The trace context of the order a request is about (tracing only: one indexed lookup)."""
     if "order_id" in params:
         query = select(Order.trace_context).where(Order.id == params["order_id"])
@@ -291,16 +340,76 @@ async def order_traceparent(session: AsyncSession, params: dict[str, Any]) -> st
         )
     else:
         return None
-    return (await session.execute(query)).scalars().first()
+    return (await conn.execute(query)).scalars().first()
 
 
-async def load_signing_account(session: AsyncSession, urls: Urls, kid: str) -> Account:
+# The signing account's columns; the JWK as its stored JSON text (the key of the parsed-JWK cache).
+_ACCOUNT_COLUMNS = (
+    Account.id, Account.status, Account.key_thumbprint, cast(Account.jwk, Text).label("jwk_text"),
+    Account.tos_agreed, Account.tos_agreed_url, Account.eab_kid,
+)
+_NONCE_VALUES: dict[str, Any] = {"nonce": bindparam("nonce"), "expires_at": bindparam("expires")}
+# Redeeming a nonce: a second use inserts nothing (the primary key), whichever request commits first.
+_REDEEM = {
+    dialect: insert(RedeemedNonce).values(_NONCE_VALUES).on_conflict_do_nothing().returning(RedeemedNonce.nonce)
+    for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
+_ACCOUNT = select(*_ACCOUNT_COLUMNS).where(Account.id == bindparam("account_id"))
+# PostgreSQL: the account and the redemption in one statement, one round trip (a data-modifying
+# CTE always runs to completion, read or not).
+_redeemed = _REDEEM["postgresql"].cte("redeemed")
+_ACCOUNT_AND_REDEEM = select(
+    select(func.count()).select_from(_redeemed).scalar_subquery().label("fresh"), *_ACCOUNT_COLUMNS
+).where(Account.id == bindparam("account_id"))
+
+# Parsed account keys by their JSON text: a key never changes under the same text, so a cached key
+# is never stale (key rollover stores another text; status is read on every request).
+JWK_CACHE_SIZE = 10_000
+_jwk_cache: dict[str, JWK] = {}
+
+
+def parse_account_key(jwk_text: str) -> JWK:
+    cached = _jwk_cache.get(jwk_text)
+    if cached is not None:
+        return cached
+    if len(_jwk_cache) >= JWK_CACHE_SIZE:
+        _jwk_cache.clear()
+    key = JWK.from_json(orjson.loads(jwk_text))
+    assert isinstance(key, JWK)
+    _jwk_cache[jwk_text] = key
+    return key
+
+
+async def redeem_nonce(conn: AsyncConnection, nonce: str, expires: dt.datetime | None) -> bool:
+    """Record the nonce as used in the request's transaction; False if it was used before.
+    ``expires`` None: the nonce is not ours or has expired (nothing recorded)."""
+    if expires is None:
+        return False
+    result = await conn.execute(_REDEEM[conn.dialect.name], {"nonce": nonce, "expires": expires})
+    return result.first() is not None
+
+
+async def load_account_and_redeem(
+    conn: AsyncConnection, urls: Urls, kid: str, nonce: str, expires: dt.datetime | None
+) -> tuple[SigningAccount, bool]:
+    """The signing account (refused unless valid) and whether the nonce was fresh, redeemed in the
+    same transaction: one statement on PostgreSQL."""
     account_id = urls.account_id_from_kid(kid)
-    account = None
+    row = None
+    fresh = False
     if account_id is not None:
-        account = (await session.execute(select(Account).where(Account.id == account_id))).scalar_one_or_none()
-    if account is None:
+        if expires is not None and conn.dialect.name == "postgresql":
+            row = (await conn.execute(_ACCOUNT_AND_REDEEM, {"account_id": account_id, "nonce": nonce,
+                                                            "expires": expires})).first()
+            fresh = row is not None and row.fresh > 0
+        else:
+            row = (await conn.execute(_ACCOUNT, {"account_id": account_id})).first()
+            if row is not None:
+                fresh = await redeem_nonce(conn, nonce, expires)
+    if row is None:
         raise Problem("accountDoesNotExist", "no account exists with the key id given in the JWS")
+    account = SigningAccount(row.id, row.status, row.key_thumbprint, row.jwk_text, row.tos_agreed,
+                             row.tos_agreed_url, row.eab_kid)
     if account.status != AccountStatus.valid.value:
         raise unauthorized(f"account is {account.status}", 401)
-    return account
+    return account, fresh

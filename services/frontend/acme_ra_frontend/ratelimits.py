@@ -14,7 +14,7 @@ from fastapi import Request
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from acme_ra.db.models import Authorization, AuthzStatus, RateCounter, utcnow
 from acme_ra.protocol.identifiers import Identifier
@@ -41,7 +41,7 @@ def rate_limited(what: str, retry_after: dt.timedelta) -> Problem:
     return Problem("rateLimited", f"too many {what}; retry after {seconds} s", headers={"Retry-After": str(seconds)})
 
 
-async def spend(session: AsyncSession, name: str, subject: str, limit: int, window: dt.timedelta, what: str) -> None:
+async def spend(conn: AsyncConnection, name: str, subject: str, limit: int, window: dt.timedelta, what: str) -> None:
     """Count one event against ``limit`` per ``window``; refuse when the limit is exceeded."""
     if limit <= 0:
         return
@@ -49,27 +49,27 @@ async def spend(session: AsyncSession, name: str, subject: str, limit: int, wind
     epoch = int(now.timestamp())
     start_epoch = epoch - epoch % int(window.total_seconds())
     window_start = dt.datetime.fromtimestamp(start_epoch, dt.timezone.utc)
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     statement = (
         insert(RateCounter)
         .values(key=f"{name}:{subject}"[:300], window_start=window_start, count=1)
         .on_conflict_do_update(index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1})
         .returning(RateCounter.count)
     )
-    count = (await session.execute(statement)).scalar_one()
+    count = (await conn.execute(statement)).scalar_one()
     if count > limit:
         raise rate_limited(what, window_start + window - now)
 
 
 async def check_failed_validations(
-    session: AsyncSession, account_id: str, identifiers: list[Identifier], limit: int
+    conn: AsyncConnection, account_id: str, identifiers: list[Identifier], limit: int
 ) -> None:
     """Refuse new orders for names this account failed to validate too often in the last hour."""
     if limit <= 0:
         return
     since = utcnow() - HOUR
     rows = (
-        await session.execute(
+        await conn.execute(
             select(Authorization.identifier_value, func.count())
             .where(
                 Authorization.account_id == account_id,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from acme_ra.db.models import Account, Authorization, Challenge, Order, OrderStatus
+from acme_ra.db.models import Account, OrderStatus
 from acme_ra.protocol.problems import render_data
+from acme_ra_frontend.queries import AuthzRow, ChallengeRow, OrderRow
 from acme_ra_frontend.urls import Urls
 
 
@@ -26,7 +27,7 @@ def account_json(account: Account, urls: Urls) -> dict[str, Any]:
     return body
 
 
-def order_json(order: Order, authz_ids: list[str], urls: Urls) -> dict[str, Any]:
+def order_json(order: OrderRow, authz_ids: list[str], urls: Urls) -> dict[str, Any]:
     body: dict[str, Any] = {
         "status": order.status,
         "expires": timestamp(order.expires),
@@ -49,7 +50,7 @@ def order_json(order: Order, authz_ids: list[str], urls: Urls) -> dict[str, Any]
     return body
 
 
-def challenge_json(challenge: Challenge, urls: Urls) -> dict[str, Any]:
+def challenge_json(challenge: ChallengeRow, urls: Urls) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": challenge.type,
         "url": urls.challenge(challenge.authz_id, challenge.id),
@@ -63,7 +64,7 @@ def challenge_json(challenge: Challenge, urls: Urls) -> dict[str, Any]:
     return body
 
 
-def authz_json(authz: Authorization, challenges: list[Challenge], urls: Urls) -> dict[str, Any]:
+def authz_json(authz: AuthzRow, challenges: list[ChallengeRow], urls: Urls) -> dict[str, Any]:
     body: dict[str, Any] = {
         "identifier": {"type": authz.identifier_type, "value": authz.identifier_value},
         "status": authz.status,

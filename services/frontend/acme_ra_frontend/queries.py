@@ -1,0 +1,177 @@
+"""The hot paths' statements (SQLAlchemy Core on the request's connection) and the rows they give.
+
+Every ACME request polls or changes an order, an authorization or a challenge; these statements
+are built once, read a resource with what hangs off it in one round trip (an authorization with
+its challenges, an order with its authorization ids) and change state with conditional updates.
+The ORM session stays for the rare paths (accounts, revocation, deactivation). Parameters of
+UPDATE statements are named ``b_*`` (SQLAlchemy reserves the column names there).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from acme_ra.db.models import (
+    Authorization,
+    AuthzStatus,
+    Certificate,
+    Challenge,
+    ChallengeStatus,
+    Order,
+    OrderAuthorization,
+    OrderStatus,
+)
+
+
+@dataclass(slots=True)
+class AuthzRow:
+    id: str
+    account_id: str
+    identifier_type: str
+    identifier_value: str
+    wildcard: bool
+    status: str
+    expires: dt.datetime
+
+
+@dataclass(slots=True)
+class ChallengeRow:
+    id: str
+    authz_id: str
+    type: str
+    token: str
+    status: str
+    validated: dt.datetime | None
+    error: dict[str, Any] | None
+
+
+@dataclass(slots=True)
+class OrderRow:
+    id: str
+    account_id: str
+    provisioner: str
+    status: str
+    expires: dt.datetime
+    identifiers: list[Any]
+    not_before: dt.datetime | None
+    not_after: dt.datetime | None
+    error: dict[str, Any] | None
+    certificate_id: str | None
+    profile: str | None
+    replaces: str | None
+
+
+@dataclass(slots=True)
+class CertificateRow:
+    id: str
+    account_id: str
+    chain_pem: str
+    alternate_chains_pem: list[Any] | None
+
+
+_AUTHZ_COLUMNS = (Authorization.id, Authorization.account_id, Authorization.identifier_type,
+                  Authorization.identifier_value, Authorization.wildcard, Authorization.status, Authorization.expires)
+_CHALLENGE_COLUMNS = (Challenge.id, Challenge.authz_id, Challenge.type, Challenge.token, Challenge.status,
+                      Challenge.validated, Challenge.error)
+_ORDER_COLUMNS = (Order.id, Order.account_id, Order.provisioner, Order.status, Order.expires, Order.identifiers,
+                  Order.not_before, Order.not_after, Order.error, Order.certificate_id, Order.profile, Order.replaces)
+
+_AUTHZ_WITH_CHALLENGES = (
+    select(*_AUTHZ_COLUMNS, *_CHALLENGE_COLUMNS)
+    .outerjoin(Challenge, Challenge.authz_id == Authorization.id)
+    .where(Authorization.id == bindparam("authz_id"))
+    .order_by(Challenge.type)
+)
+_ORDER_WITH_AUTHZ_IDS = (
+    select(*_ORDER_COLUMNS, OrderAuthorization.authz_id)
+    .outerjoin(OrderAuthorization, OrderAuthorization.order_id == Order.id)
+    .where(Order.id == bindparam("order_id"))
+    .order_by(OrderAuthorization.position)
+)
+_CERTIFICATE = select(Certificate.id, Certificate.account_id, Certificate.chain_pem,
+                      Certificate.alternate_chains_pem).where(Certificate.id == bindparam("certificate_id"))
+
+_EXPIRE_AUTHZ = (
+    update(Authorization)
+    .where(Authorization.id == bindparam("b_authz_id"),
+           Authorization.status.in_([AuthzStatus.pending.value, AuthzStatus.valid.value]))
+    .values(status=AuthzStatus.expired.value)
+)
+_EXPIRE_ORDER = (
+    update(Order)
+    .where(Order.id == bindparam("b_order_id"), Order.status.in_([OrderStatus.pending.value, OrderStatus.ready.value]))
+    .values(status=OrderStatus.invalid.value, error=bindparam("b_error"), updated_at=bindparam("b_now"))
+)
+_other = Challenge.__table__.alias("other")
+# pending → processing, unless another challenge of the authorization is already processing.
+_CLAIM_CHALLENGE = (
+    update(Challenge)
+    .where(
+        Challenge.id == bindparam("b_challenge_id"),
+        Challenge.status == ChallengeStatus.pending.value,
+        ~exists().where(_other.c.authz_id == bindparam("b_authz_id"),
+                        _other.c.status == ChallengeStatus.processing.value),
+    )
+    .values(status=ChallengeStatus.processing.value, updated_at=bindparam("b_now"))
+)
+_DEACTIVATE_AUTHZ = (
+    update(Authorization).where(Authorization.id == bindparam("b_authz_id")).values(status=AuthzStatus.deactivated.value)
+)
+_CLAIM_FINALIZE = (
+    update(Order)
+    .where(Order.id == bindparam("b_order_id"), Order.status == OrderStatus.ready.value)
+    .values(status=OrderStatus.processing.value, csr=bindparam("b_csr"), updated_at=bindparam("b_now"))
+)
+
+
+async def authz_with_challenges(conn: AsyncConnection, authz_id: str) -> tuple[AuthzRow, list[ChallengeRow]] | None:
+    rows = (await conn.execute(_AUTHZ_WITH_CHALLENGES, {"authz_id": authz_id})).all()
+    if not rows:
+        return None
+    first = rows[0]
+    authz = AuthzRow(*first[:7])
+    challenges = [ChallengeRow(*row[7:]) for row in rows if row[7] is not None]
+    return authz, challenges
+
+
+async def order_with_authz_ids(conn: AsyncConnection, order_id: str) -> tuple[OrderRow, list[str]] | None:
+    rows = (await conn.execute(_ORDER_WITH_AUTHZ_IDS, {"order_id": order_id})).all()
+    if not rows:
+        return None
+    return OrderRow(*rows[0][:12]), [row[12] for row in rows if row[12] is not None]
+
+
+async def certificate(conn: AsyncConnection, certificate_id: str) -> CertificateRow | None:
+    row = (await conn.execute(_CERTIFICATE, {"certificate_id": certificate_id})).first()
+    return None if row is None else CertificateRow(*row)
+
+
+async def expire_authz(conn: AsyncConnection, authz_id: str) -> None:
+    await conn.execute(_EXPIRE_AUTHZ, {"b_authz_id": authz_id})
+
+
+async def expire_order(conn: AsyncConnection, order_id: str, error: dict[str, Any], now: dt.datetime) -> None:
+    await conn.execute(_EXPIRE_ORDER, {"b_order_id": order_id, "b_error": error, "b_now": now})
+
+
+async def claim_challenge(conn: AsyncConnection, challenge_id: str, authz_id: str, now: dt.datetime) -> bool:
+    """pending → processing in one statement; False if it was not pending or another challenge of
+    the authorization is processing."""
+    result = await conn.execute(_CLAIM_CHALLENGE, {"b_challenge_id": challenge_id, "b_authz_id": authz_id,
+                                                   "b_now": now})
+    return bool(result.rowcount)
+
+
+async def deactivate_authz(conn: AsyncConnection, authz_id: str) -> None:
+    await conn.execute(_DEACTIVATE_AUTHZ, {"b_authz_id": authz_id})
+
+
+async def claim_finalize(conn: AsyncConnection, order_id: str, csr: bytes, now: dt.datetime) -> bool:
+    """ready → processing with the CSR; False if another request finalized it first."""
+    result = await conn.execute(_CLAIM_FINALIZE, {"b_order_id": order_id, "b_csr": csr, "b_now": now})
+    return bool(result.rowcount)

@@ -43,6 +43,6 @@ def test_every_test_named_exists() -> None:
         source = ROOT / "tests" / path.removeprefix("tests/")
         if not source.is_file():
             missing.append(path)
-        elif function and not re.search(rf"^(async )?def {function}\(", source.read_text(), re.M):
+        elif function and not re.search(rf"^(async )?def {function}\(", source.read_text(), re.MULTILINE):
             missing.append(f"{path}::{function}")
     assert missing == []

@@ -962,3 +962,36 @@ async def test_l1_certificates_per_registered_domain(account: TestAcmeClient, ht
         state.settings = saved
     assert one.status == 200 and two.status == 429 and two.problem_type == "rateLimited"
     assert (await account.post(str(second["url"]))).body["status"] == "ready"
+
+
+async def test_e2_hs384_binding(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    from tests.frontend.test_eab import new_eab_key
+
+    key = await new_eab_key(http)
+    protected = b64(json.dumps({"alg": "HS384", "kid": key.kid, "url": client.directory["newAccount"]}).encode())
+    payload = b64(json.dumps(client.key.public_key().to_partial_json()).encode())
+    raw = base64.urlsafe_b64decode(key.hmac_key + "=" * (-len(key.hmac_key) % 4))
+    mac = hmac.new(raw, f"{protected}.{payload}".encode(), hashlib.sha384).digest()
+    reply = await client.register(externalAccountBinding={"protected": protected, "payload": payload, "signature": b64(mac)})
+    assert reply.status == 201, reply.text
+
+
+async def test_l1_new_orders_per_eab_key(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    from tests.frontend.test_eab import binding, new_eab_key
+
+    key = await new_eab_key(http)
+    assert (await client.register(externalAccountBinding=binding(client, key.kid, key.hmac_key))).status == 201
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    saved = state.settings
+    state.settings = saved.model_copy(update={"rate_new_orders_per_eab_key_per_hour": 1})
+    try:
+        order = {"identifiers": [{"type": "dns", "value": "l1e.example.org"}]}
+        first = await client.post(client.directory["newOrder"], order)
+        second = await client.post(client.directory["newOrder"], order)
+    finally:
+        state.settings = saved
+    assert first.status == 201 and second.status == 429 and second.problem_type == "rateLimited"

@@ -125,6 +125,9 @@ class LoadGenerator:
     # One certificate ----------------------------------------------------------------------
 
     def _wait(self, answer: Answer) -> float:
+        body = answer.body if isinstance(answer.body, dict) else {}
+        if body.get("type") and body.get("status") in ("valid", "invalid"):
+            return 0.0  # a challenge answered once its validation was over: poll the authorization now
         retry_after = answer.retry_after()
         return self.config.poll_cap if retry_after is None else min(retry_after, self.config.poll_cap)
 

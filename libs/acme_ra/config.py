@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     nonce_lifetime_seconds: int = Field(3600, gt=0)
     # ACME_RA_RETRY_AFTER_SECONDS: Retry-After on processing challenges and orders.
     retry_after_seconds: int = Field(1, ge=1, le=60)
+    # ACME_RA_ANSWER_WAIT_SECONDS: how long a challenge POST or finalize waits, after its commit,
+    # for the validator's or signer's event before it answers "processing" + Retry-After; 0: never.
+    answer_wait_seconds: float = Field(2.0, ge=0, le=10)
     # ACME_RA_CERT_LIFETIME_DAYS: lifetime of lab-CA certificates.
     cert_lifetime_days: int = Field(90, gt=0, le=398)
     # ACME_RA_DB_POOL_SIZE: connections per service process.

@@ -62,6 +62,8 @@ def settings(database_url: str, nats_url: str, tmp_path_factory: pytest.TempPath
         # checks the limits with an app of its own.
         rate_new_accounts_per_ip_per_hour=0,
         rate_new_orders_per_account_per_hour=0,
+        # No validator or signer runs here: answer at once (tests/frontend/test_answer_wait.py waits).
+        answer_wait_seconds=0,
     )
 
 

@@ -160,6 +160,7 @@ def create_app(settings: Settings) -> FastAPI:
         state.trusted_proxies = [
             ipaddress.ip_network(v.strip(), strict=False) for v in settings.trusted_proxies.split(",") if v.strip()
         ]
+        await state.work_events.start(nc)
         app.state.ra = state
         background = [
             asyncio.create_task(purge_nonces_forever(db)),
@@ -176,6 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
             state.stopping = True
             for task in background:
                 task.cancel()
+            await state.work_events.stop()
             await nc.drain()
             await db.dispose()
             telemetry.shutdown_tracing()  # export the spans still batched

@@ -86,7 +86,23 @@ async def challenge(call: AcmeCall) -> Response:
                 raise malformed(f"the authorization is {authz.status}; its challenges can no longer be answered")
             if await start_validation(call, found):
                 found.status = ChallengeStatus.processing.value
-    headers = {"Link": f'<{call.urls.authz(authz.id)}>;rel="up"', **retry_after_headers(call, [found])}
+                wait = call.state.settings.answer_wait_seconds
+                if wait > 0:  # answer once validated (waiting.py), from the row read again
+                    done = call.state.work_events.expect(found.id)
+                    call.on_done.append(lambda: call.state.work_events.forget(found.id, done))
+
+                    async def when_validated() -> Response:
+                        if await call.state.work_events.wait(found.id, done, wait):
+                            async with call.state.db.engine.connect() as conn:
+                                return challenge_response(call, await queries.challenge(conn, found.id) or found)
+                        return challenge_response(call, found)
+
+                    call.respond_after_commit(when_validated)
+    return challenge_response(call, found)
+
+
+def challenge_response(call: AcmeCall, found: ChallengeRow) -> Response:
+    headers = {"Link": f'<{call.urls.authz(found.authz_id)}>;rel="up"', **retry_after_headers(call, [found])}
     return json_response(challenge_json(found, call.urls), 200, headers)
 
 

@@ -200,6 +200,8 @@ class AcmeCall:
     jobs: list[tuple[str, BaseModel, str, str | None]] = field(default_factory=list)
     deferred: Callable[[], Awaitable[Response]] | None = None
     orm: AsyncSession | None = None
+    # Run once the request is over, answered or failed (e.g. forget a registered wait).
+    on_done: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def session(self) -> AsyncSession:
@@ -280,44 +282,50 @@ async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
         nonce_expires, nonce_problem = state.nonces.check(parsed.nonce), None
     except Problem as problem:  # raised after the account and signature checks, as before
         nonce_expires, nonce_problem = None, problem
-    async with state.db.engine.begin() as conn:
-        account = None
-        if parsed.kid is not None:
-            account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
-            key = parse_account_key(account.jwk_text)
-        else:
-            assert parsed.jwk is not None
-            key = parsed.jwk
-            fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
-        jwslib.verify_signature(parsed, key)
-        if nonce_problem is not None:
-            raise nonce_problem
-        if not fresh:
-            raise bad_nonce("nonce has already been used")
-        call = AcmeCall(request, state, urls, conn, parsed, key, account)
-        try:
-            if telemetry.tracing_enabled():
-                traceparent = await order_traceparent(conn, request.path_params)
-                new_trace = handler.__name__ == "new_order"
-                with telemetry.span(f"acme.{handler.__name__}", traceparent, new_trace,
-                                    **{"acme.account_id": account.id if account else None,
-                                       "acme.order_id": request.path_params.get("order_id")}):
-                    response = await handler(call)
+    call: AcmeCall | None = None
+    try:
+        async with state.db.engine.begin() as conn:
+            account = None
+            if parsed.kid is not None:
+                account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
+                key = parse_account_key(account.jwk_text)
             else:
-                response = await handler(call)
-            if call.orm is not None:
-                await call.orm.flush()
-        finally:
-            if call.orm is not None:
-                await call.orm.close()
-    for subject, job, msg_id, traceparent in call.jobs:
-        try:
-            await bus.publish_job(state.js, subject, job, msg_id, traceparent)
-        except Exception as error:  # noqa: BLE001 - the reconciler re-publishes stuck jobs
-            log.warning("job %s not published (will be re-published): %s", msg_id, error)
-    if call.deferred is not None:
-        return await call.deferred()
-    return response
+                assert parsed.jwk is not None
+                key = parsed.jwk
+                fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
+            jwslib.verify_signature(parsed, key)
+            if nonce_problem is not None:
+                raise nonce_problem
+            if not fresh:
+                raise bad_nonce("nonce has already been used")
+            call = AcmeCall(request, state, urls, conn, parsed, key, account)
+            try:
+                if telemetry.tracing_enabled():
+                    traceparent = await order_traceparent(conn, request.path_params)
+                    new_trace = handler.__name__ == "new_order"
+                    with telemetry.span(f"acme.{handler.__name__}", traceparent, new_trace,
+                                        **{"acme.account_id": account.id if account else None,
+                                           "acme.order_id": request.path_params.get("order_id")}):
+                        response = await handler(call)
+                else:
+                    response = await handler(call)
+                if call.orm is not None:
+                    await call.orm.flush()
+            finally:
+                if call.orm is not None:
+                    await call.orm.close()
+        for subject, job, msg_id, traceparent in call.jobs:
+            try:
+                await bus.publish_job(state.js, subject, job, msg_id, traceparent)
+            except Exception as error:  # noqa: BLE001 - the reconciler re-publishes stuck jobs
+                log.warning("job %s not published (will be re-published): %s", msg_id, error)
+        if call.deferred is not None:
+            return await call.deferred()
+        return response
+    finally:
+        if call is not None:
+            for done in call.on_done:
+                done()
 
 
 async def order_traceparent(conn: AsyncConnection, params: dict[str, Any]) -> str | None:

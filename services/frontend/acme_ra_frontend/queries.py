@@ -93,6 +93,7 @@ _ORDER_WITH_AUTHZ_IDS = (
     .where(Order.id == bindparam("order_id"))
     .order_by(OrderAuthorization.position)
 )
+_CHALLENGE = select(*_CHALLENGE_COLUMNS).where(Challenge.id == bindparam("challenge_id"))
 _CERTIFICATE = select(Certificate.id, Certificate.account_id, Certificate.chain_pem,
                       Certificate.alternate_chains_pem).where(Certificate.id == bindparam("certificate_id"))
 
@@ -144,6 +145,11 @@ async def order_with_authz_ids(conn: AsyncConnection, order_id: str) -> tuple[Or
     if not rows:
         return None
     return OrderRow(*rows[0][:12]), [row[12] for row in rows if row[12] is not None]
+
+
+async def challenge(conn: AsyncConnection, challenge_id: str) -> ChallengeRow | None:
+    row = (await conn.execute(_CHALLENGE, {"challenge_id": challenge_id})).first()
+    return None if row is None else ChallengeRow(*row)
 
 
 async def certificate(conn: AsyncConnection, certificate_id: str) -> CertificateRow | None:

@@ -14,6 +14,7 @@ from acme_ra.protocol.policy import Policy
 from acme_ra.sealing import Sealer
 from acme_ra_frontend.nonces import NonceService
 from acme_ra_frontend.urls import Urls
+from acme_ra_frontend.waiting import WorkEvents
 
 
 @dataclass
@@ -28,6 +29,8 @@ class FrontendState:
     urls: dict[str, Urls] = field(default_factory=dict)
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     stopping: bool = False
+    # Requests waiting for the validator's or signer's event (waiting.py).
+    work_events: WorkEvents = field(default_factory=WorkEvents)
     # "/acme/<provisioner>/new-nonce" → its Link rel="index" header, encoded once (plumbing.AcmeHeaders).
     new_nonce_links: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
 

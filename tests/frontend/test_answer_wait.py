@@ -1,0 +1,126 @@
+"""A challenge POST or a finalize answers once the work is done (waiting.py): the event is a hint,
+the answer is the row read again; without an event, "processing" + Retry-After after the wait."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from cryptography import x509
+
+from acme_ra import bus
+from acme_ra.db.lifecycle import record_challenge_outcome, store_certificate
+from tests.conformance.client import TestAcmeClient, b64, make_csr
+from tests.frontend.test_checklist import ready_order
+from tests.frontend.test_policy_profiles_ari import issue_test_certificate
+
+WAIT = 1.0
+
+
+@pytest.fixture
+def waiting(http: httpx.AsyncClient) -> Iterator[None]:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    saved = state.settings
+    state.settings = saved.model_copy(update={"answer_wait_seconds": WAIT})
+    yield
+    state.settings = saved
+
+
+async def pending_challenge(account: TestAcmeClient, name: str) -> str:
+    reply = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": name}]})
+    authz = await account.post(reply.body["authorizations"][0])
+    return str(next(c for c in authz.body["challenges"] if c["type"] == "http-01")["url"])
+
+
+async def test_challenge_answered_valid_once_validated(account: TestAcmeClient, http: httpx.AsyncClient,
+                                                       waiting: None) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+
+    async def validator(message: object) -> None:  # records the outcome, then says so
+        job = bus.ValidateJob.model_validate_json(message.data)  # type: ignore[attr-defined]
+        async with state.db.transaction() as session:
+            await record_challenge_outcome(session, job.challenge_id, None, dt.timedelta(days=30))
+        event = bus.Event(kind="validated", challenge_id=job.challenge_id, status="valid")
+        await state.nc.publish("acme.events.validated", event.model_dump_json().encode())
+
+    subscription = await state.nc.subscribe(bus.SUBJECT_VALIDATE, cb=validator)
+    try:
+        url = await pending_challenge(account, "wait-valid.example.org")
+        started = time.monotonic()
+        posted = await account.post(url, {})
+    finally:
+        await subscription.unsubscribe()
+    assert posted.status == 200 and posted.body["status"] == "valid", posted.text
+    assert "retry-after" not in posted.headers and posted.body["validated"]
+    assert time.monotonic() - started < WAIT
+    assert state.work_events.waiting == 0
+
+
+async def test_no_event_answers_processing_after_the_wait(account: TestAcmeClient, http: httpx.AsyncClient,
+                                                          waiting: None) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    url = await pending_challenge(account, "wait-none.example.org")
+    started = time.monotonic()
+    posted = await account.post(url, {})
+    assert WAIT <= time.monotonic() - started < WAIT + 1
+    assert posted.body["status"] == "processing" and int(posted.headers["retry-after"]) >= 1
+    assert state.work_events.waiting == 0
+
+
+async def test_an_event_for_a_row_not_done_still_answers_the_row(account: TestAcmeClient, http: httpx.AsyncClient,
+                                                                 waiting: None) -> None:
+    """A stray or early event: the answer is what the database says, not what the event says."""
+    state = http.app.state.ra  # type: ignore[attr-defined]
+
+    async def liar(message: object) -> None:
+        job = bus.ValidateJob.model_validate_json(message.data)  # type: ignore[attr-defined]
+        event = bus.Event(kind="validated", challenge_id=job.challenge_id, status="valid")
+        await state.nc.publish("acme.events.validated", event.model_dump_json().encode())
+
+    subscription = await state.nc.subscribe(bus.SUBJECT_VALIDATE, cb=liar)
+    try:
+        posted = await account.post(await pending_challenge(account, "wait-liar.example.org"), {})
+    finally:
+        await subscription.unsubscribe()
+    assert posted.body["status"] == "processing" and posted.headers["retry-after"]
+
+
+async def test_finalize_answered_valid_with_the_certificate_once_issued(
+    account: TestAcmeClient, http: httpx.AsyncClient, waiting: None
+) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    order = await ready_order(account, http, ["wait-issued.example.org"])
+
+    async def signer(message: object) -> None:
+        job = bus.IssueJob.model_validate_json(message.data)  # type: ignore[attr-defined]
+        pem = issue_test_certificate(["wait-issued.example.org"])
+        cert = x509.load_pem_x509_certificate(pem.encode())
+        async with state.db.transaction() as session:
+            await store_certificate(session, job.order_id, pem, format(cert.serial_number, "x"),
+                                    cert.not_valid_before_utc, cert.not_valid_after_utc)
+        event = bus.Event(kind="issued", order_id=job.order_id, status="valid")
+        await state.nc.publish("acme.events.issued", event.model_dump_json().encode())
+
+    subscription = await state.nc.subscribe(bus.SUBJECT_ISSUE, cb=signer)
+    try:
+        csr, _ = make_csr(["wait-issued.example.org"])
+        finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    finally:
+        await subscription.unsubscribe()
+    assert finalized.status == 200 and finalized.body["status"] == "valid", finalized.text
+    assert "retry-after" not in finalized.headers
+    downloaded = await account.post(finalized.body["certificate"])
+    assert downloaded.status == 200 and downloaded.text.startswith("-----BEGIN CERTIFICATE-----")
+
+
+async def test_a_refused_request_leaves_no_wait_behind(account: TestAcmeClient, http: httpx.AsyncClient,
+                                                       waiting: None) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    order = await ready_order(account, http, ["wait-refused.example.org"])
+    csr, _ = make_csr(["another-name.example.org"])
+    refused = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    assert refused.status == 400 and refused.problem_type == "badCSR"
+    assert state.work_events.waiting == 0

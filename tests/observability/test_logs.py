@@ -39,8 +39,9 @@ def test_every_line_is_a_json_event(traced_pebble: TracedLab) -> None:
 
 def test_job_events_carry_the_orders_trace_span_and_order_ids(traced_pebble: TracedLab) -> None:
     spans = traced_pebble.otlp.wait_for(
-        "the signer's job spans",
-        lambda received: sum(s.name == "signer.issue" for s in received) >= len(traced_pebble.issued),
+        "the signer's job spans (issue and revoke)",
+        lambda received: sum(s.name == "signer.issue" for s in received) >= len(traced_pebble.issued)
+        and sum(s.name == "signer.revoke" for s in received) >= len(traced_pebble.revoked),
     )
     by_id = {span.span_id: span for span in spans}
 

@@ -142,7 +142,10 @@ class ChaosLab:
         """How often the services logged what a fault makes them log."""
         text = "".join(path.read_text(errors="replace") for path in self.deployment.log_dir.glob("*.log"))
         return {
-            "jobs not published (left to the reconciler)": text.count("not published (will be re-published)"),
+            "jobs held by the outbox (publish failed or NATS away)":
+                text.count("not published, retrying shortly") + text.count("held until NATS answers"),
+            "jobs published by the outbox after a retry": text.count("published after a retry"),
+            "jobs left to the reconciler by the outbox": text.count("left to the reconciler after"),
             "reconciler passes that re-published": text.count("re-published stuck jobs"),
             "NATS disconnections seen by the services": text.count("nats: disconnected"),
             "jobs nak'ed for a retry": text.count("will be redelivered"),

@@ -165,6 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
         background = [
             asyncio.create_task(purge_nonces_forever(db)),
             asyncio.create_task(reconcile_forever(state)),
+            asyncio.create_task(state.outbox.run()),
             asyncio.create_task(metrics.refresh_forever(state)),
         ]
         tls_watch = getattr(app.state, "tls_watch", None)

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from acme_ra import bus, telemetry
+from acme_ra import telemetry
 from acme_ra.db.models import Account, AccountStatus, Certificate, Order, OrderAuthorization, RedeemedNonce
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.problems import Problem, bad_nonce, malformed, method_not_allowed, server_internal, unauthorized
@@ -315,10 +315,7 @@ async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
                 if call.orm is not None:
                     await call.orm.close()
         for subject, job, msg_id, traceparent in call.jobs:
-            try:
-                await bus.publish_job(state.js, subject, job, msg_id, traceparent)
-            except Exception as error:  # noqa: BLE001 - the reconciler re-publishes stuck jobs
-                log.warning("job %s not published (will be re-published): %s", msg_id, error)
+            await state.outbox.publish(subject, job, msg_id, traceparent)
         if call.deferred is not None:
             return await call.deferred()
         return response

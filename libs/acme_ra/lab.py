@@ -28,7 +28,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -59,6 +58,7 @@ from acme_ra.launcher import (
     free_port,
     nats_server_binary,
     port_is_free,
+    serve,
     settings_from_env,
 )
 
@@ -743,27 +743,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"acme-ra lab: {error}", file=sys.stderr)
         return 1
 
-    def on_signal(signum: int, _frame: object) -> None:
-        lab.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            lab.start()
-        except LaunchError as error:
-            print(f"acme-ra lab: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        print(lab.summary(), flush=True)
+    def wait() -> int:
         lab.wait()
         return 0
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        lab.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    return serve(lab, "acme-ra lab", wait)
 
 
 def init(args: argparse.Namespace) -> int:

@@ -26,9 +26,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import httpx
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
@@ -452,6 +452,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class Supervisor(Protocol):
+    """What ``serve`` runs: ``make dev``'s Topology and ``make lab``'s ProcessLab."""
+
+    def start(self) -> None: ...
+    def summary(self) -> str: ...
+    def request_stop(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def serve(supervisor: Supervisor, prefix: str, wait: Callable[[], int]) -> int:
+    """Start, print how to use it, ``wait()`` (its value is the exit status) until Ctrl-C, SIGTERM
+    or a death, then stop everything; signals during the stop are ignored."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        supervisor.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            supervisor.start()
+        except LaunchError as error:
+            print(f"{prefix}: {error}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        print(supervisor.summary(), flush=True)
+        return wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        supervisor.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run(args: argparse.Namespace) -> int:
     """``make dev``: start, print how to use it, wait for Ctrl-C or a death, stop."""
     for name, value in LAB_DEFAULTS.items():
@@ -459,34 +494,19 @@ def run(args: argparse.Namespace) -> int:
     settings = get_settings()  # one line and exit 2 on bad configuration
     topology = Topology(settings=settings, nats_port=args.nats_port, echo=sys.stderr.buffer)
 
-    def on_signal(signum: int, _frame: object) -> None:
-        topology.request_stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        try:
-            topology.start()
-        except LaunchError as error:
-            print(f"acme-ra: {error}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 0
-        print(topology.summary(), flush=True)
+    def watch() -> int:
         dead = topology.watch()
-        if dead is not None:
-            print(
-                f"acme-ra: {dead.name} exited unexpectedly with status {dead.returncode}; "
-                f"stopping everything (log: {dead.log_path})",
-                file=sys.stderr,
-                flush=True,
-            )
-        return 1 if dead is not None else 0
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
-        topology.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if dead is None:
+            return 0
+        print(
+            f"acme-ra: {dead.name} exited unexpectedly with status {dead.returncode}; "
+            f"stopping everything (log: {dead.log_path})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+
+    return serve(topology, "acme-ra", watch)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,20 +19,23 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, update
+import httpx
+from sqlalchemy import event, select, update
 
 from acme_ra.config import Settings
 from acme_ra.db.migrate import upgrade
-from acme_ra.db.models import Authorization, Challenge, Order
+from acme_ra.db.models import Authorization, Certificate, Challenge, Order
+from acme_ra.launcher import free_port, nats_server_binary
 from acme_ra.telemetry import setup_logging
 from acme_ra_frontend.app import create_app
-from tests.conformance.client import TestAcmeClient, make_csr
+from tests.conformance.client import TestAcmeClient, b64, make_csr
 from tests.frontend.test_policy_profiles_ari import issued_order
 from tests.support import database
 
@@ -119,16 +122,10 @@ async def measure(name: str, requests: list[tuple[str, bytes]], app: Asgi, expec
 
 
 async def run(settings: Settings, count: int) -> list[dict[str, Any]]:
-    # Logged as the service logs (one JSON line per request at info), into /dev/null.
-    setup_logging("frontend", "info")
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
-    logging.getLogger().handlers[0].setStream(devnull)  # type: ignore[attr-defined]
     app = create_app(settings)
     results = []
     async with app.router.lifespan_context(app):
         event.listen(app.state.ra.db.engine.sync_engine, "before_cursor_execute", count_statements)
-        import httpx
-
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL)
         http.app = app  # type: ignore[attr-defined]
         acme = TestAcmeClient(http, f"{EXTERNAL_URL}/acme/acme/directory")
@@ -175,17 +172,11 @@ async def run(settings: Settings, count: int) -> list[dict[str, Any]]:
         bodies = []
         for url, name in finalize_urls:
             csr, _ = make_csr([name])
-            from tests.conformance.client import b64
-
             bodies.append((url, await client.signed(url, {"csr": b64(csr)})))
         results.append(await measure("finalize", bodies, app, 200))
 
         _, pem = await issued_order(acme, http, "cert.example.org")
         async with state.db.sessions() as session:
-            from sqlalchemy import select
-
-            from acme_ra.db.models import Certificate
-
             cert_id = (await session.execute(select(Certificate.id).where(Certificate.chain_pem == pem))).scalar_one()
         cert_url = acme.directory["newOrder"].replace("new-order", f"certificate/{cert_id}")
         bodies = [(cert_url, await client.signed(cert_url)) for _ in range(count)]
@@ -207,17 +198,16 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="requests measured per kind (default 200)")
     parser.add_argument("--database-url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
     args = parser.parse_args()
-
-    from acme_ra.launcher import free_port, nats_server_binary
-
+    # Logged as the service logs (one JSON line per request at info), into /dev/null.
+    setup_logging("frontend", "info")
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
+    logging.getLogger().handlers[0].setStream(devnull)  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory() as work:
         if args.database_url != "sqlite":
             os.environ[database.TEST_DATABASE_ENV] = args.database_url
         else:
             os.environ.pop(database.TEST_DATABASE_ENV, None)
         port = free_port()
-        import subprocess
-
         nats = subprocess.Popen([str(nats_server_binary()), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", work],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

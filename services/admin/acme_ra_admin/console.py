@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -154,6 +155,26 @@ def forbidden(page: Page) -> HTMLResponse:
 router = APIRouter(include_in_schema=False)
 
 
+PageRenderer = Callable[..., Awaitable[HTMLResponse]]
+
+
+async def form_action(request: Request, render: PageRenderer,
+                      act: Callable[[Page, dict[str, str]], Awaitable[dict[str, Any]]]) -> Response:
+    """A console form: logged in, its CSRF token checked, then ``act``; the list page again, with
+    what ``act`` returns (a notice, a new key) or the operation's error and status."""
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    form = await checked_form(page)
+    if form is None:
+        return forbidden(page)
+    try:
+        context = await act(page, form)
+    except OperationError as error:
+        return await render(page, status=error.status, error=error.detail)
+    return await render(page, **context)
+
+
 @router.get("/")
 async def home(request: Request) -> Response:
     return RedirectResponse("/orders" if await current_page(request) else "/login", status_code=303)
@@ -239,17 +260,11 @@ async def certificates_page(page: Page, status: int = 200, **context: Any) -> HT
 
 @router.post("/certificates/{certificate_id}/revoke")
 async def revoke_certificate(request: Request, certificate_id: str) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
-    form = await checked_form(page)
-    if form is None:
-        return forbidden(page)
-    try:
+    async def act(page: Page, form: dict[str, str]) -> dict[str, Any]:
         result = await page.ops.revoke_certificate(certificate_id, form.get("reason", "0"))
-    except OperationError as error:
-        return await certificates_page(page, status=error.status, error=error.detail)
-    return await certificates_page(page, notice=f"Certificate {result.certificate.serial} revoked.")
+        return {"notice": f"Certificate {result.certificate.serial} revoked."}
+
+    return await form_action(request, certificates_page, act)
 
 
 @router.get("/accounts")
@@ -267,16 +282,11 @@ async def accounts_page(page: Page, status: int = 200, **context: Any) -> HTMLRe
 
 @router.post("/accounts/{account_id}/deactivate")
 async def deactivate_account(request: Request, account_id: str) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
-    if await checked_form(page) is None:
-        return forbidden(page)
-    try:
+    async def act(page: Page, _form: dict[str, str]) -> dict[str, Any]:
         await page.ops.deactivate_account(account_id)
-    except OperationError as error:
-        return await accounts_page(page, status=error.status, error=error.detail)
-    return await accounts_page(page, notice=f"Account {account_id} deactivated.")
+        return {"notice": f"Account {account_id} deactivated."}
+
+    return await form_action(request, accounts_page, act)
 
 
 @router.get("/eab-keys")
@@ -296,37 +306,29 @@ async def eab_keys_page(page: Page, status: int = 200, **context: Any) -> HTMLRe
 
 @router.post("/eab-keys")
 async def create_eab_key(request: Request) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
-    form = await checked_form(page)
-    if form is None:
-        return forbidden(page)
-    try:
+    def rules(text: str) -> list[str]:
+        return [rule for rule in text.replace("\n", ",").split(",") if rule.strip()]
+
+    async def act(page: Page, form: dict[str, str]) -> dict[str, Any]:
         new_key = await page.ops.create_eab_key(schemas.EabKeyCreate(
             label=form.get("label", "")[:200],
-            allow=[r for r in form.get("allow", "").replace("\n", ",").split(",") if r.strip()],
-            deny=[r for r in form.get("deny", "").replace("\n", ",").split(",") if r.strip()],
+            allow=rules(form.get("allow", "")),
+            deny=rules(form.get("deny", "")),
             wildcards=form.get("no_wildcards") != "on",
             profile=form.get("profile") or None,
         ))
-    except OperationError as error:
-        return await eab_keys_page(page, status=error.status, error=error.detail)
-    return await eab_keys_page(page, new_key=new_key)
+        return {"new_key": new_key}
+
+    return await form_action(request, eab_keys_page, act)
 
 
 @router.post("/eab-keys/{kid}/revoke")
 async def revoke_eab_key(request: Request, kid: str) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
-    if await checked_form(page) is None:
-        return forbidden(page)
-    try:
+    async def act(page: Page, _form: dict[str, str]) -> dict[str, Any]:
         await page.ops.revoke_eab_key(kid)
-    except OperationError as error:
-        return await eab_keys_page(page, status=error.status, error=error.detail)
-    return await eab_keys_page(page, notice=f"EAB key {kid} revoked.")
+        return {"notice": f"EAB key {kid} revoked."}
+
+    return await form_action(request, eab_keys_page, act)
 
 
 @router.get("/upstream")

@@ -76,21 +76,19 @@ class AcmeHeaders:
         if scope["type"] != "http" or not scope["path"].startswith("/acme/"):
             await self.app(scope, receive, send)
             return
+        state: FrontendState | None = getattr(scope["app"].state, "ra", None)
         method = scope["method"]
-        if method == "HEAD" or method == "GET":
-            state_now: FrontendState | None = getattr(scope["app"].state, "ra", None)
-            if state_now is not None:
-                link = state_now.new_nonce_links.get(scope["path"])
-                if link is not None:
-                    await answer_new_nonce(state_now, method, link, send)
-                    return
+        if state is not None and (method == "HEAD" or method == "GET"):
+            link = state.new_nonce_links.get(scope["path"])
+            if link is not None:
+                await answer_new_nonce(state, method, link, send)
+                return
         path: str = scope["path"]
         parts = path.split("/", 3)
-        state: FrontendState | None = getattr(scope["app"].state, "ra", None)
         index = None
-        if len(parts) >= 3 and parts[1] == "acme" and state and state.urls_for(parts[2]):
-            if not path.endswith("/directory"):
-                index = state.urls[parts[2]].directory
+        if (len(parts) >= 3 and parts[1] == "acme" and state and state.urls_for(parts[2])
+                and not path.endswith("/directory")):
+            index = state.urls[parts[2]].directory
         started = time.perf_counter()
 
         async def send_with_headers(message: Message) -> None:

@@ -91,7 +91,10 @@ async def test_concurrent_finalizes_challenges_and_nonces(chaos: ChaosLab) -> No
         })
 
     assert_nothing_lost(figures, [])
-    assert finalizes == {"200 processing": ORDERS, "403 orderNotReady": ORDERS}, finalizes
+    # One finalize of each pair wins: it answers processing, or valid when the certificate came
+    # within ACME_RA_ANSWER_WAIT_SECONDS; the other is refused.
+    assert finalizes["403 orderNotReady"] == ORDERS, finalizes
+    assert finalizes["200 processing"] + finalizes["200 valid"] == ORDERS, finalizes
     # Both answered 200; the one that lost the race shows the challenge as it read it (pending).
     assert sum(challenge_posts.values()) == 2 * ORDERS and all(k.startswith("200 ") for k in challenge_posts)
     assert validations == ORDERS, validations

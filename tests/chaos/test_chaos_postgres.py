@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 
 ORDERS = 30
 ACCOUNTS = 5
-STAGGER_SECONDS = 0.1
+# Orders start this far apart: the 30 starts span 9 s, so that orders begin before, during and
+# after the outage (an order takes well under a second when nothing fails).
+STAGGER_SECONDS = 0.3
 # Smart shutdown (new connections refused), then fast shutdown and this long down (seconds).
 SMART_SECONDS = 2.0
 DOWN_SECONDS = 4.0

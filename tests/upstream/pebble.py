@@ -45,9 +45,19 @@ def require_pebble() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (held open together while chosen, so never the same twice)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def b64url(data: bytes) -> str:
@@ -107,8 +117,7 @@ class Pebble:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca_bundle, cert, key = make_tls_material(workdir / "tls")
-        self.port = free_port()
-        self.management_port = free_port()
+        self.port, self.management_port, http_port, tls_port = free_ports(4)
         self.eab_kid = EAB_KID
         self.eab_hmac_key = b64url(secrets.token_bytes(32))
         self.config_path = workdir / "pebble-config.json"
@@ -120,8 +129,8 @@ class Pebble:
                         "managementListenAddress": f"127.0.0.1:{self.management_port}",
                         "certificate": str(cert),
                         "privateKey": str(key),
-                        "httpPort": free_port(),
-                        "tlsPort": free_port(),
+                        "httpPort": http_port,
+                        "tlsPort": tls_port,
                         "ocspResponderURL": "",
                         "externalAccountBindingRequired": True,
                         "externalAccountMACKeys": {self.eab_kid: self.eab_hmac_key},

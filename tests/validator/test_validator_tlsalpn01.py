@@ -169,7 +169,12 @@ async def test_connection_refused() -> None:
 
 async def test_silent_server_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tlsalpn01, "HANDSHAKE_TIMEOUT_SECONDS", 0.3)
-    silent = await asyncio.start_server(lambda _r, _w: asyncio.sleep(5), "127.0.0.1", 0)
+
+    async def say_nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # the ClientHello, until the validator gives up and hangs up
+        writer.close()  # else the writer is left to the garbage collector: a ResourceWarning later
+
+    silent = await asyncio.start_server(say_nothing, "127.0.0.1", 0)
     try:
         failure = await failure_of(silent.sockets[0].getsockname()[1])
     finally:

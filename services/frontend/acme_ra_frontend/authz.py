@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import Response
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra import bus
 from acme_ra.db.lifecycle import refresh_order_status
@@ -86,18 +87,12 @@ async def challenge(call: AcmeCall) -> Response:
                 raise malformed(f"the authorization is {authz.status}; its challenges can no longer be answered")
             if await start_validation(call, found):
                 found.status = ChallengeStatus.processing.value
-                wait = call.state.settings.answer_wait_seconds
-                if wait > 0:  # answer once validated (waiting.py), from the row read again
-                    done = call.state.work_events.expect(found.id)
-                    call.on_done.append(lambda: call.state.work_events.forget(found.id, done))
 
-                    async def when_validated() -> Response:
-                        if await call.state.work_events.wait(found.id, done, wait):
-                            async with call.state.db.engine.connect() as conn:
-                                return challenge_response(call, await queries.challenge(conn, found.id) or found)
-                        return challenge_response(call, found)
+                async def when_validated(conn: AsyncConnection | None) -> Response:
+                    again = await queries.challenge(conn, found.id) if conn is not None else None
+                    return challenge_response(call, again or found)
 
-                    call.respond_after_commit(when_validated)
+                call.respond_when_done(found.id, when_validated)
     return challenge_response(call, found)
 
 

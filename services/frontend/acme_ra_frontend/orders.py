@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi.responses import Response
 from sqlalchemy import bindparam, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra import bus, telemetry
 from acme_ra.db.models import (
@@ -276,19 +277,12 @@ async def finalize(call: AcmeCall) -> Response:
         raise Problem("orderNotReady", "the order is already being finalized")
     found.status = OrderStatus.processing.value
     call.publish_after_commit(bus.SUBJECT_ISSUE, bus.IssueJob(order_id=found.id), f"issue-{found.id}")
-    wait = call.state.settings.answer_wait_seconds
-    if wait > 0:  # answer once issued (waiting.py), from the row read again
-        done = call.state.work_events.expect(found.id)
-        call.on_done.append(lambda: call.state.work_events.forget(found.id, done))
 
-        async def when_issued() -> Response:
-            if await call.state.work_events.wait(found.id, done, wait):
-                async with call.state.db.engine.connect() as conn:
-                    again = await queries.order_with_authz_ids(conn, found.id)
-                return order_response(call, again[0] if again else found, authz_ids)
-            return order_response(call, found, authz_ids)
+    async def when_issued(conn: AsyncConnection | None) -> Response:
+        again = await queries.order_with_authz_ids(conn, found.id) if conn is not None else None
+        return order_response(call, again[0] if again else found, authz_ids)
 
-        call.respond_after_commit(when_issued)
+    call.respond_when_done(found.id, when_issued)
     return order_response(call, found, authz_ids)
 
 

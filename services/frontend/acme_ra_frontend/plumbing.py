@@ -224,6 +224,26 @@ class AcmeCall:
         """Produce the response after the transaction commits (e.g. to wait on another service)."""
         self.deferred = answer
 
+    def respond_when_done(self, key: str,
+                          answer: Callable[[AsyncConnection | None], Awaitable[Response]]) -> None:
+        """Answer once the validation or issuance of ``key`` (a challenge or order id) is done,
+        for at most ACME_RA_ANSWER_WAIT_SECONDS (waiting.py): ``answer(conn)`` reads the row again
+        on a connection of its own, or gets None when the wait ran out (answer as it stands)."""
+        wait = self.state.settings.answer_wait_seconds
+        if wait <= 0:
+            return
+        events = self.state.work_events
+        done = events.expect(key)  # before the commit: an event right after it is not missed
+        self.on_done.append(lambda: events.forget(key, done))
+
+        async def respond() -> Response:
+            if not await events.wait(key, done, wait):
+                return await answer(None)
+            async with self.state.db.engine.connect() as conn:
+                return await answer(conn)
+
+        self.respond_after_commit(respond)
+
     def require_account(self) -> SigningAccount:
         assert self.account is not None
         return self.account

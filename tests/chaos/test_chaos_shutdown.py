@@ -16,7 +16,7 @@ import time
 import httpx
 import pytest
 
-from tests.upstream.slow_proxy import SlowProxy
+from tests.support.tcp_proxy import TcpProxy
 
 from .lab import ChaosLab, assert_nothing_lost, metric, run_sql
 
@@ -156,7 +156,7 @@ async def test_validator_sigterm_finishes_its_validations(chaos: ChaosLab) -> No
 
 async def test_signer_sigterm_finishes_or_hands_back_its_jobs(chaos: ChaosLab) -> None:
     orders = 4
-    link = SlowProxy(chaos.pebble.port, 0.0)
+    link = TcpProxy(chaos.pebble.port)
     chaos.extra_stops.append(link.stop)
     chaos.upstream_through(link.port)
     async with asyncio.timeout(TEST_TIMEOUT_SECONDS):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.upstream.slow_proxy import SlowProxy
+from tests.support.tcp_proxy import TcpProxy
 
 from .lab import ChaosLab, assert_nothing_lost, run_sql
 
@@ -27,7 +27,7 @@ TEST_TIMEOUT_SECONDS = 200
 
 
 async def test_signer_killed_after_the_upstream_orders_were_created(chaos: ChaosLab) -> None:
-    link = SlowProxy(chaos.pebble.port, 0.0)
+    link = TcpProxy(chaos.pebble.port)
     chaos.extra_stops.append(link.stop)
     chaos.upstream_through(link.port)
     async with asyncio.timeout(TEST_TIMEOUT_SECONDS):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from .faults import CuttableProxy
+from tests.support.tcp_proxy import TcpProxy
 from .lab import ChaosLab, assert_nothing_lost, run_sql
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ TEST_TIMEOUT_SECONDS = 240
 
 
 async def test_upstream_unreachable_for_30_seconds(chaos: ChaosLab) -> None:
-    upstream = CuttableProxy(chaos.pebble.port)
+    upstream = TcpProxy(chaos.pebble.port)
     chaos.extra_stops.append(upstream.stop)
     chaos.upstream_through(upstream.port)
     async with asyncio.timeout(TEST_TIMEOUT_SECONDS):

@@ -21,17 +21,13 @@ from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Certificate, Order
+from acme_ra.launcher import free_port
 from acme_ra_signer.app import create_app
 
 from .conftest import insert_order, make_csr
 
 NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class NatsServer:

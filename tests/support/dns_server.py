@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
-import socket
 import sys
 from pathlib import Path
 from types import TracebackType

@@ -25,6 +25,7 @@ from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import Certificate, Order, UpstreamAccount, UpstreamOrder
+from acme_ra.launcher import free_port
 from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.worker import IssueWorker
 from tests.signer.conftest import insert_order, make_csr
@@ -188,11 +189,6 @@ async def upstream_accounts(db: Database) -> list[UpstreamAccount]:
 
 NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

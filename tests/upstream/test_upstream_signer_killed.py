@@ -20,9 +20,10 @@ from acme_ra import bus
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UpstreamOrder, utcnow
 
+from tests.support.tcp_proxy import TcpProxy
+
 from .conftest import SECRET, certificate_count, free_port, new_order, order_row, upstream_order_row, wait_until
 from .pebble import Pebble
-from .slow_proxy import SlowProxy
 
 REPO = Path(__file__).resolve().parents[2]
 # Added to every chunk between the signer and Pebble: the whole issuance then takes seconds.
@@ -52,8 +53,8 @@ class SignerProcess:
 
 
 @pytest.fixture
-def slow_link(pebble: Pebble) -> Iterator[SlowProxy]:
-    proxy = SlowProxy(pebble.port, LINK_DELAY_SECONDS)
+def slow_link(pebble: Pebble) -> Iterator[TcpProxy]:
+    proxy = TcpProxy(pebble.port, delay=LINK_DELAY_SECONDS)
     try:
         yield proxy
     finally:
@@ -78,7 +79,7 @@ def signer_env(tmp_path: Path, pebble: Pebble, directory_url: str, nats_url: str
 
 
 async def test_signer_killed_after_the_upstream_order_was_created(
-    tmp_path: Path, pebble: Pebble, slow_link: SlowProxy, db: Database, db_url: str, nats_url: str
+    tmp_path: Path, pebble: Pebble, slow_link: TcpProxy, db: Database, db_url: str, nats_url: str
 ) -> None:
     slow_url = f"https://127.0.0.1:{slow_link.port}/dir"
     first = SignerProcess(signer_env(tmp_path, pebble, slow_url, nats_url, db_url), tmp_path / "signer-1.log")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
-import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from dnslib import CAA, QTYPE, RCODE, RR, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from acme_ra.db.migrate import upgrade
+from acme_ra.launcher import free_port as unused_port  # noqa: F401 - the validator tests import it from here
 from acme_ra_validator.network import NetworkPolicy
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.tlsalpn01 import ID_PE_ACME_IDENTIFIER, acme_identifier_value
@@ -33,12 +33,6 @@ from acme_ra_validator.tlsalpn01 import ID_PE_ACME_IDENTIFIER, acme_identifier_v
 LAB_ALLOW_NETWORKS = "127.0.0.0/8,::1/128"
 LAB_POLICY = NetworkPolicy.from_lists(LAB_ALLOW_NETWORKS)
 
-
-def unused_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (connections are refused)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ZoneResolver(BaseResolver):  # type: ignore[misc]

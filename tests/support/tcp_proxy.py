@@ -1,8 +1,11 @@
-"""A TCP proxy in front of the upstream CA that can be cut: the upstream "goes away" (connections
-refused, open ones reset) and comes back on the same address, its state intact. Stopping Pebble
-itself would not do: a restarted Pebble forgets every account, order and certificate.
+"""A TCP proxy in front of a server (the upstream CA, usually Pebble) that tests can slow down or
+cut: every forwarded chunk waits ``delay`` seconds (a slow upstream), and ``cut()`` makes the
+server "go away" (connections refused, open ones reset) until ``restore()`` brings it back on the
+same address with its state intact (stopping Pebble itself would not do: a restarted Pebble
+forgets every account, order and certificate). TLS passes through untouched.
 
-It runs its own event loop in a thread, so that it keeps working while the test's loop waits.
+It runs its own event loop in a thread, so a test can use it from sync or async code while the
+test's loop waits, and a service in another process can talk through it.
 """
 
 from __future__ import annotations
@@ -10,23 +13,29 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+from collections.abc import Coroutine
+from typing import Any
+
+from acme_ra.launcher import free_port
+
+# SO_LINGER on, zero seconds: close() sends RST, not FIN (the far end sees the connection reset).
+_RESET_ON_CLOSE = b"\x01\x00\x00\x00\x00\x00\x00\x00"
 
 
-class CuttableProxy:
-    def __init__(self, target_port: int) -> None:
+class TcpProxy:
+    def __init__(self, target_port: int, delay: float = 0.0) -> None:
         self.target_port = target_port
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
-        self.connections = 0
+        self.delay = delay
+        self.port = free_port()
+        self.connections = 0  # connections forwarded to the target
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cuttable-proxy", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="tcp-proxy", daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
-            raise RuntimeError("proxy did not start")
+            raise RuntimeError("the TCP proxy did not start")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -55,6 +64,8 @@ class CuttableProxy:
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
             try:
                 while data := await source.read(65536):
+                    if self.delay:
+                        await asyncio.sleep(self.delay)
                     sink.write(data)
                     await sink.drain()
             except (ConnectionError, OSError):
@@ -65,11 +76,11 @@ class CuttableProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers -= {writer, up_writer}
 
-    def _call(self, work: object) -> None:
-        asyncio.run_coroutine_threadsafe(work, self._loop).result(10)  # type: ignore[arg-type]
+    def _call(self, work: Coroutine[Any, Any, None]) -> None:
+        asyncio.run_coroutine_threadsafe(work, self._loop).result(10)
 
     def cut(self) -> None:
-        """The upstream is gone: no listener, every open connection reset."""
+        """The target is gone: no listener, every open connection reset."""
 
         async def cut() -> None:
             if self._server is not None:
@@ -79,14 +90,15 @@ class CuttableProxy:
             for writer in list(self._writers):
                 transport = writer.transport
                 sock = transport.get_extra_info("socket")
-                if sock is not None:  # RST, not FIN: the far end sees the connection reset
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
                 transport.abort()
             self._writers.clear()
 
         self._call(cut())
 
     def restore(self) -> None:
+        """Listen again, on the same port."""
         self._call(self._listen())
 
     def stop(self) -> None:

@@ -11,9 +11,10 @@ from pathlib import Path
 import httpx
 import josepy
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy import update
 
+from acme_ra import blocked_keys
 from acme_ra.db.lifecycle import record_challenge_outcome, store_certificate
 from acme_ra.db.models import Challenge, Order
 from tests.conformance.client import TestAcmeClient, alg_for, b64, make_csr, new_key
@@ -995,3 +996,38 @@ async def test_l1_new_orders_per_eab_key(client: TestAcmeClient, http: httpx.Asy
     finally:
         state.settings = saved
     assert first.status == 201 and second.status == 429 and second.problem_type == "rateLimited"
+
+
+async def test_r6_keys_revoked_for_key_compromise_are_blocked(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    """Once a certificate is revoked for keyCompromise the signer blocks its key
+    (services/signer revoker.py, tested with the signer in tests/signer): here the block is
+    recorded directly, and every way of using the key again is refused."""
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    raw = ec.generate_private_key(ec.SECP256R1())
+    compromised = josepy.JWKEC(key=raw)
+    async with state.db.transaction() as session:
+        await blocked_keys.block(session, raw.public_key(), None)
+
+    # As a new account's key: badPublicKey, and no account is made.
+    newcomer = TestAcmeClient(account.http, account.directory_url, compromised)
+    await newcomer.load_directory()
+    refused = await newcomer.register()
+    assert refused.status == 400 and refused.problem_type == "badPublicKey", refused.text
+    assert "keyCompromise" in refused.body["detail"]
+
+    # As the new key of a rollover: badPublicKey, the account keeps its key.
+    assert account.kid
+    url = account.directory["keyChange"]
+    rolled = await account.post(url, inner_jws(compromised, url, {
+        "account": account.kid, "oldKey": account.key.public_key().to_partial_json()}))
+    assert rolled.status == 400 and rolled.problem_type == "badPublicKey", rolled.text
+    assert (await account.post(account.kid)).status == 200
+
+    # In a CSR: badCSR, and the order stays ready.
+    order = await ready_order(account, http, ["r6.example.org"])
+    csr, _ = make_csr(["r6.example.org"], raw)
+    finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    assert finalized.status == 400 and finalized.problem_type == "badCSR", finalized.text
+    assert (await account.post(str(order["url"]))).body["status"] == "ready"
+    fresh, _ = make_csr(["r6.example.org"])
+    assert (await account.post(str(order["finalize"]), {"csr": b64(fresh)})).status == 200

@@ -6,12 +6,13 @@ import asyncio
 import json
 from typing import Any
 
+from cryptography import x509
 from sqlalchemy import select
 
-from acme_ra import bus
+from acme_ra import blocked_keys, bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra.db.models import Certificate
+from acme_ra.db.models import BlockedKey, Certificate
 from acme_ra_signer.revoker import RevokeResponder
 from acme_ra_signer.upstream import IssuedChain, IssueRequest, UpstreamDriver, UpstreamRejected, UpstreamUnavailable
 from acme_ra_signer.upstream.lab import LabDriver
@@ -116,3 +117,26 @@ async def test_slow_upstream_is_unavailable_before_the_frontend_gives_up(setting
     responder = RevokeResponder(db, Slow(RuntimeError()), upstream_timeout=0.2)
     reply = await responder.answer(bus.RevokeRequest(certificate_id=certificate.id, reason=0))
     assert reply.outcome == "unavailable"
+
+
+async def test_key_compromise_blocks_the_key_other_reasons_do_not(settings: Settings, db: Database) -> None:
+    responder = RevokeResponder(db, LabDriver.from_settings(settings), FakeJetStream())  # type: ignore[arg-type]
+    superseded = await issued_certificate(db, settings)
+    compromised = await issued_certificate(db, settings)
+
+    async def blocked(certificate: Certificate) -> bool:
+        key = x509.load_pem_x509_certificate(certificate.chain_pem.encode()).public_key()
+        async with db.sessions() as session:
+            return await blocked_keys.is_blocked(session, key)
+
+    assert (await responder.answer(bus.RevokeRequest(certificate_id=superseded.id, reason=4))).outcome == "revoked"
+    assert not await blocked(superseded)
+    assert (await responder.answer(bus.RevokeRequest(certificate_id=compromised.id, reason=1))).outcome == "revoked"
+    assert await blocked(compromised)
+    async with db.sessions() as session:
+        row = await session.get(BlockedKey, blocked_keys.spki_sha256(
+            x509.load_pem_x509_certificate(compromised.chain_pem.encode()).public_key()))
+    assert row is not None and row.certificate_id == compromised.id
+    # Asked again: already revoked, still one block.
+    again = await responder.answer(bus.RevokeRequest(certificate_id=compromised.id, reason=1))
+    assert again.outcome == "already_revoked"

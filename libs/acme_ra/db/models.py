@@ -228,6 +228,18 @@ class Certificate(Base):
     alternate_chains_pem: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
+class BlockedKey(Base):
+    """A public key refused for accounts and CSRs: a certificate for it was revoked for
+    keyCompromise (acme_ra.blocked_keys)."""
+
+    __tablename__ = "blocked_keys"
+    # SHA-256 of the key's DER SubjectPublicKeyInfo, lowercase hex.
+    spki_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The certificate whose keyCompromise revocation blocked it.
+    certificate_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class UpstreamOrderState(str, enum.Enum):
     """Where an upstream order stands; each is recorded *before* the step it names is taken."""
 

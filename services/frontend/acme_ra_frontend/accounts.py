@@ -15,12 +15,13 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from acme_ra import blocked_keys
 from acme_ra.db.models import Account, AccountStatus, Authorization, AuthzStatus, EabKey, Order, OrderStatus
 from acme_ra.eab import sealing_purpose
 from acme_ra.protocol import eab
 from acme_ra.sealing import SealError
 from acme_ra.protocol import jws as jwslib
-from acme_ra.protocol.jws import thumbprint
+from acme_ra.protocol.jws import raw_key, thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
 from acme_ra_frontend import ratelimits
 from acme_ra_frontend.plumbing import AcmeCall, Handler, SigningAccount, json_response, resolve_provisioner
@@ -29,6 +30,9 @@ from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
 
 log = logging.getLogger("acme_ra.frontend.accounts")
+
+# Why a blocked key is refused (acme_ra.blocked_keys).
+BLOCKED_REASON = "a certificate for it was revoked for keyCompromise"
 
 # Most contacts one account may list.
 MAX_CONTACTS = 10
@@ -69,6 +73,8 @@ async def new_account(call: AcmeCall) -> Response:
         return json_response(account_json(existing, call.urls), 200, {"Location": location})
     if payload.get("onlyReturnExisting") is True:
         raise Problem("accountDoesNotExist", "no account exists with this key")
+    if await blocked_keys.is_blocked(call.conn, raw_key(call.jwk)):
+        raise Problem("badPublicKey", f"this key is blocked: {BLOCKED_REASON}")
     tos_url = call.state.settings.terms_of_service_url
     agreed = payload.get("termsOfServiceAgreed") is True
     if tos_url and not agreed:
@@ -208,6 +214,8 @@ async def key_change(call: AcmeCall) -> Response:
     new_thumbprint = thumbprint(inner.jwk)
     if new_thumbprint == acct.key_thumbprint:
         raise Problem("badPublicKey", "the new key is the current key")
+    if await blocked_keys.is_blocked(call.conn, raw_key(inner.jwk)):
+        raise Problem("badPublicKey", f"the new key is blocked: {BLOCKED_REASON}")
     holder = (
         await call.session.execute(select(Account.id).where(Account.key_thumbprint == new_thumbprint))
     ).scalar_one_or_none()

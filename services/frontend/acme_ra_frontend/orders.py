@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from acme_ra import bus, telemetry
+from acme_ra import blocked_keys, bus, telemetry
 from acme_ra.db.models import (
     Authorization,
     AuthzStatus,
@@ -266,6 +266,8 @@ async def finalize(call: AcmeCall) -> Response:
         raise Problem("badCSR", f"CSR key refused: {error.detail}") from None
     if csr.public_key() == raw_key(call.jwk):
         raise Problem("badCSR", "the certificate key must not be the account key")
+    if await blocked_keys.is_blocked(call.conn, csr.public_key()):
+        raise Problem("badCSR", "the CSR's key is blocked: a certificate for it was revoked for keyCompromise")
     identifiers = [Identifier(i["type"], i["value"]) for i in found.identifiers]
     check_csr_identifiers(csr, identifiers)
     await caa_recheck.recheck_stale_caa(call, authz_ids)

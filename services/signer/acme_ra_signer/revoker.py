@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy import select, update
 
-from acme_ra import bus, telemetry
+from acme_ra import blocked_keys, bus, telemetry
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Certificate, Order, utcnow
 from acme_ra_signer import metrics
@@ -160,6 +160,8 @@ class RevokeResponder:
                 .where(Certificate.id == certificate.id, Certificate.revoked_at.is_(None))
                 .values(revoked_at=utcnow(), revocation_reason=request.reason)
             )
+            if changed.rowcount and request.reason == blocked_keys.KEY_COMPROMISE:  # type: ignore[attr-defined]
+                await blocked_keys.block(session, leaf.public_key(), certificate.id)
         if changed.rowcount == 0:  # type: ignore[attr-defined]
             return bus.RevokeReply(outcome="already_revoked")  # a concurrent request recorded it first
         if self.js is not None:

@@ -2,44 +2,25 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
 from acme_ra.config import Settings
-from acme_ra.launcher import free_port, nats_server_binary
 from acme_ra.db.migrate import upgrade
 from acme_ra_frontend.app import create_app
 from tests.conformance.client import TestAcmeClient
 from tests.support import database
+from tests.support.nats import nats_server
 
 EXTERNAL_URL = "https://ra.test"
 
 
 @pytest.fixture(scope="session")
 def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = nats_server_binary()
-    port = free_port()
-    store = tmp_path_factory.mktemp("nats")
-    process = subprocess.Popen(
-        [str(binary), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"nats://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(10)
+    with nats_server(tmp_path_factory.mktemp("nats")) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="session")

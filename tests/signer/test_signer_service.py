@@ -4,10 +4,6 @@ JetStream-enabled nats-server (skipped when the binary is missing)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -21,50 +17,17 @@ from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Certificate, Order
-from acme_ra.launcher import free_port
 from acme_ra_signer.app import create_app
+from tests.support.nats import NatsServer
+from tests.support.nats import nats_server as running_nats_server
 
 from .conftest import insert_order, make_csr
-
-NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
-
-
-
-class NatsServer:
-    def __init__(self, store: Path) -> None:
-        assert NATS_SERVER is not None
-        self.port = free_port()
-        self.url = f"nats://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("nats-server did not start")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
 
 
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    if NATS_SERVER is None:
-        pytest.skip("nats-server binary not installed")
-    server = NatsServer(tmp_path / "jetstream")
-    try:
+    with running_nats_server(tmp_path / "jetstream") as server:
         yield server
-    finally:
-        server.stop()
 
 
 def client(app: FastAPI) -> httpx.AsyncClient:

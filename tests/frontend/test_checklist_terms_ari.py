@@ -78,6 +78,8 @@ async def test_a5_changed_terms_need_agreement_again(terms_http: httpx.AsyncClie
         # A person agrees on the instance page.
         page = await terms_http.get(instance)
         assert page.status_code == 200 and TERMS_V2 in page.text and "<form" in page.text
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
         forged = instance[:-4] + ("0000" if not instance.endswith("0000") else "1111")
         assert (await terms_http.post(forged)).status_code == 404
         assert (await terms_http.post(instance)).status_code == 200

@@ -289,12 +289,21 @@ async def terms_account(request: Request) -> tuple[FrontendState, Account, str]:
     return state, acct, tos_url
 
 
+# The agreement page: no scripts, no framing (a click on "I agree" must be the account holder's).
+TERMS_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",
+}
+
+
 def terms_page(text: str, tos_url: str, form: bool) -> HTMLResponse:
     link = html.escape(tos_url)
     button = '<form method="post"><button type="submit">I agree to these terms</button></form>' if form else ""
     return HTMLResponse(
         "<!doctype html><meta charset=utf-8><title>Terms of service</title>"
-        f'<p>{text}</p><p>Terms of service: <a href="{link}">{link}</a></p>{button}'
+        f'<p>{text}</p><p>Terms of service: <a href="{link}">{link}</a></p>{button}',
+        headers=TERMS_PAGE_HEADERS,
     )
 
 

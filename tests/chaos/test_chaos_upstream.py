@@ -11,6 +11,7 @@ import time
 import pytest
 
 from tests.support.tcp_proxy import TcpProxy
+
 from .lab import ChaosLab, assert_nothing_lost, run_sql
 
 pytestmark = pytest.mark.integration

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
 from acme_ra.lab import PEBBLE_EAB_HMAC_KEY, PEBBLE_EAB_KID
 from acme_ra.launcher import settings_from_env

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
 
 from .conftest import ROOT

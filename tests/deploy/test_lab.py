@@ -28,6 +28,8 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
+
 from acme_ra.lab import (
     DEFAULT_DATABASE_URL,
     LabPorts,
@@ -35,8 +37,6 @@ from acme_ra.lab import (
     ensure_postgres_database,
 )
 from acme_ra.launcher import LaunchError, free_port
-from sqlalchemy.engine import make_url
-
 from tests.support.lab import base_environment
 
 from .acme_load import (

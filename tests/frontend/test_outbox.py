@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from acme_ra import bus
 from acme_ra_frontend import outbox as outbox_module
 from acme_ra_frontend.outbox import Outbox

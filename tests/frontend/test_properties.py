@@ -10,7 +10,8 @@ import os
 from typing import Any
 
 import httpx
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.conformance.client import TestAcmeClient, b64
 

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from dnslib import QTYPE, RCODE, RR, A, DNSRecord, TXT
+from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 log = logging.getLogger("tests.dns")

@@ -16,15 +16,15 @@ from acme_ra.db.engine import Database
 from acme_ra.db.models import Order, UpstreamAccount, UpstreamOrder
 from acme_ra.sealing import Sealer
 from acme_ra_signer.upstream.accounts import AccountRefused, sealing_purpose
-from acme_ra_signer.upstream.acme_client import AccountKey
 from acme_ra_signer.upstream.acme import AcmeDriver
+from acme_ra_signer.upstream.acme_client import AccountKey
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.worker import IssueWorker
 
 from .conftest import (
     SECRET,
-    for_pebble,
     certificate_of,
+    for_pebble,
     make_acme_driver,
     new_order,
     order_row,

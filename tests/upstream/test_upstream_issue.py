@@ -21,8 +21,8 @@ from acme_ra_signer.upstream.acme_client import tls_context
 from acme_ra_signer.worker import IssueWorker
 
 from .conftest import (
-    for_pebble,
     certificate_of,
+    for_pebble,
     make_acme_driver,
     new_order,
     order_row,

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from sqlalchemy import select
 
 from acme_ra.db.engine import Database
-from acme_ra.protocol.jws import key_authorization
 from acme_ra.db.models import Account, Authorization, Challenge, Order, OrderAuthorization, utcnow
+from acme_ra.protocol.jws import key_authorization
 
 
 @dataclass

@@ -19,10 +19,10 @@ from acme_ra import blocked_keys
 from acme_ra.db.models import Account, AccountStatus, Authorization, AuthzStatus, EabKey, Order, OrderStatus
 from acme_ra.eab import sealing_purpose
 from acme_ra.protocol import eab
-from acme_ra.sealing import SealError
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.jws import raw_key, thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
+from acme_ra.sealing import SealError
 from acme_ra_frontend import ratelimits
 from acme_ra_frontend.plumbing import AcmeCall, Handler, SigningAccount, json_response, resolve_provisioner
 from acme_ra_frontend.render import account_json

@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg.exceptions
 import nats.errors
 import sqlalchemy.exc
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -22,10 +21,8 @@ from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import Policy, parse_rules
 from acme_ra.protocol.problems import Problem
 from acme_ra.sealing import Sealer
-from acme_ra_frontend import accounts, health, metrics, authz, directory, orders, renewal_info, revocation, urls
+from acme_ra_frontend import accounts, authz, directory, health, metrics, orders, renewal_info, revocation, urls
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
-from acme_ra_frontend.ratelimits import purge_old_counters
-from acme_ra_frontend.reconciler import reconcile_forever
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
     Auth,
@@ -36,6 +33,8 @@ from acme_ra_frontend.plumbing import (
     new_nonce_links,
     problem_response,
 )
+from acme_ra_frontend.ratelimits import purge_old_counters
+from acme_ra_frontend.reconciler import reconcile_forever
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
 

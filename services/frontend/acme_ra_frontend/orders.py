@@ -26,19 +26,19 @@ from acme_ra.db.models import (
 from acme_ra.protocol.csr import check_csr_identifiers, parse_csr
 from acme_ra.protocol.identifiers import (
     MAX_IDENTIFIERS_PER_ORDER,
-    registered_domain,
     Identifier,
     IdentifierError,
     parse_identifier,
+    registered_domain,
 )
 from acme_ra.protocol.jws import b64url_decode, check_public_key, raw_key
 from acme_ra.protocol.policy import Policy
 from acme_ra.protocol.problems import Problem, malformed, not_found, unauthorized
-from acme_ra_frontend.renewal_info import parse_cert_id
 from acme_ra_frontend import caa_recheck, queries, ratelimits
 from acme_ra_frontend.plumbing import AcmeCall, json_response
 from acme_ra_frontend.queries import OrderRow
 from acme_ra_frontend.render import order_json
+from acme_ra_frontend.renewal_info import parse_cert_id
 
 # A reused valid authorization must stay valid at least this long after the order is created.
 AUTHZ_REUSE_MARGIN = dt.timedelta(days=1)

@@ -19,9 +19,9 @@ from typing import Any
 
 import josepy
 import orjson
-from josepy.jwk import JWK
 from fastapi import Request
 from fastapi.responses import Response
+from josepy.jwk import JWK
 from pydantic import BaseModel
 from sqlalchemy import Text, bindparam, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert

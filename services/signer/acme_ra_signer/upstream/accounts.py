@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UpstreamAccount, new_id, utcnow
-from acme_ra.sealing import SealError, Sealer
+from acme_ra.sealing import Sealer, SealError
 from acme_ra_signer import metrics
 from acme_ra_signer.upstream.acme_client import AccountKey, AcmeClient, AcmeProblem
 from acme_ra_signer.upstream.base import UpstreamUnavailable

@@ -5,10 +5,10 @@ Revises: 0002
 Create Date: 2026-11-27
 """
 
-from alembic import op
 import sqlalchemy as sa
-import acme_ra.db.models
+from alembic import op
 
+import acme_ra.db.models
 
 revision = '0003'
 down_revision = '0002'

@@ -5,10 +5,10 @@ Revises: 0004
 Create Date: 2026-12-01
 """
 
-from alembic import op
 import sqlalchemy as sa
-import acme_ra.db.models
+from alembic import op
 
+import acme_ra.db.models
 
 revision = '0005'
 down_revision = '0004'

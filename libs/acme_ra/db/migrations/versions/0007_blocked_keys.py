@@ -5,8 +5,8 @@ Revises: 0006
 Create Date: 2026-11-27
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 import acme_ra.db.models
 

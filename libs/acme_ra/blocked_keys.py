@@ -35,7 +35,8 @@ async def is_blocked(db: AsyncConnection | AsyncSession, public_key: Any) -> boo
 
 async def block(db: AsyncConnection | AsyncSession, public_key: Any, certificate_id: str | None) -> None:
     """Block a key (a no-op when it is already blocked)."""
-    dialect = db.bind.dialect.name if isinstance(db, AsyncSession) else db.dialect.name
+    connection = await db.connection() if isinstance(db, AsyncSession) else db
+    dialect = connection.dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     await db.execute(
         insert(BlockedKey)

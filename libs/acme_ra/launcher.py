@@ -284,7 +284,7 @@ class Topology:
     def summary(self) -> str:
         database = make_url(self.settings.effective_database_url).render_as_string(hide_password=True)
         nats = f"{self.nats_url} ({'embedded' if self.embedded_nats else 'external'})"
-        upstream = self.settings.upstream
+        upstream: str = self.settings.upstream
         if upstream == "lab":
             upstream = "lab CA (for development and tests only, never for production)"
         lines = [

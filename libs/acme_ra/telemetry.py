@@ -139,7 +139,7 @@ def current_traceparent() -> str | None:
 
 
 @contextmanager
-def span(name: str, traceparent: str | None = None, new_trace: bool = False, **attributes: Any) -> Iterator[Any]:
+def span(name: str, traceparent: str | None = None, new_trace: bool = False, /, **attributes: Any) -> Iterator[Any]:
     """A span under the order's trace (``traceparent``), the current span, or a new root."""
     if not _enabled:
         yield trace.INVALID_SPAN

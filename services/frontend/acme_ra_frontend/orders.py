@@ -91,7 +91,7 @@ def check_policy(identifiers: list[Identifier], policies: list[Policy]) -> None:
                                 "identifier": identifier.to_json()})
                 break
     if refused:
-        detail = refused[0]["detail"] if len(refused) == 1 else f"{len(refused)} identifiers were refused by policy"
+        detail = str(refused[0]["detail"]) if len(refused) == 1 else f"{len(refused)} identifiers were refused by policy"
         raise Problem("rejectedIdentifier", detail, subproblems=refused)
 
 

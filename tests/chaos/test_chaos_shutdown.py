@@ -60,6 +60,17 @@ class SlowRequest:
         return int(status_line.split()[1]), rest
 
 
+async def jobs_in_flight(health_url: str, gauge: str, at_least: int, deadline: float) -> float:
+    """Wait until a worker's ``gauge`` (its /metrics, beside /readyz) shows ``at_least`` jobs."""
+    async with httpx.AsyncClient(trust_env=False, timeout=3) as http:
+        held = 0.0
+        while held < at_least:
+            assert time.monotonic() < deadline, f"only {held:g} jobs in flight ({gauge})"
+            await asyncio.sleep(0.05)
+            held = metric((await http.get(health_url.replace("/readyz", "/metrics"))).text, gauge)
+    return held
+
+
 async def readiness(url: str, context: ssl.SSLContext) -> str:
     try:
         async with httpx.AsyncClient(verify=context, trust_env=False, timeout=3) as http:
@@ -123,13 +134,7 @@ async def test_validator_sigterm_finishes_its_validations(chaos: ChaosLab) -> No
             orders.append((client, order_url, challenge_url))
         await asyncio.gather(*(load.answer(client, url, deadline) for client, _, url in orders))
         validator = chaos.deployment.running("validator")[0]
-        async with httpx.AsyncClient(trust_env=False, timeout=3) as http:
-            held = 0.0
-            while held < jobs:
-                assert time.monotonic() < deadline, f"only {held} validations in flight"
-                await asyncio.sleep(0.05)
-                held = metric((await http.get(validator.health_url.replace("/readyz", "/metrics"))).text,
-                              "acme_ra_validator_jobs_in_flight")
+        held = await jobs_in_flight(validator.health_url, "acme_ra_validator_jobs_in_flight", jobs, deadline)
         validator.sigterm()
         chaos.figures.fault(f"SIGTERM {validator.name} with {held:g} validations in flight")
         stopped = time.monotonic()
@@ -166,14 +171,8 @@ async def test_signer_sigterm_finishes_or_hands_back_its_jobs(chaos: ChaosLab) -
         link.delay = 0.1
         run = chaos.spawn(load.run(clients, orders, "st"))
         signer = chaos.deployment.running("signer")[0]
-        async with httpx.AsyncClient(trust_env=False, timeout=3) as http:
-            held = 0.0
-            deadline = time.monotonic() + 90
-            while held < orders:
-                assert time.monotonic() < deadline, f"only {held} issue jobs in flight"
-                await asyncio.sleep(0.05)
-                held = metric((await http.get(signer.health_url.replace("/readyz", "/metrics"))).text,
-                              "acme_ra_signer_jobs_in_flight")
+        held = await jobs_in_flight(signer.health_url, "acme_ra_signer_jobs_in_flight", orders,
+                                    time.monotonic() + 90)
         signer.sigterm()
         chaos.figures.fault(f"SIGTERM {signer.name} with {held:g} issue jobs in flight")
         stopped = time.monotonic()

@@ -27,7 +27,7 @@ async def recheck_stale_caa(call: AcmeCall, authz_ids: list[str]) -> None:
     if not identities or not authz_ids:
         return
     rows = (
-        await call.session.execute(
+        await call.conn.execute(  # Core on the request's connection: no ORM session for one SELECT
             select(Authorization.identifier_value, Authorization.wildcard, Challenge.type, Challenge.validated)
             .join(Challenge, Challenge.authz_id == Authorization.id)
             .where(

@@ -62,6 +62,9 @@ POST_ROUTES: list[tuple[str, Handler, Auth]] = [
     (urls.KEY_CHANGE, accounts.key_change, Auth.KID),
     (urls.REVOKE_CERT, revocation.revoke_cert, Auth.EITHER),
 ]
+# Handlers that only read when the request is POST-as-GET: no transaction then (acme_post).
+READS_AS_GET: set[Handler] = {accounts.account, accounts.account_orders, orders.order, authz.authorization,
+                              orders.certificate}
 GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     (urls.DIRECTORY, directory.directory),
     (urls.NEW_NONCE, directory.new_nonce),
@@ -131,8 +134,10 @@ def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
 
 
 def post_endpoint(handler: Handler, auth: Auth) -> Callable[[Request], Awaitable[Response]]:
+    reads_as_get = handler in READS_AS_GET
+
     async def endpoint(request: Request) -> Response:
-        return await acme_post(request, handler, auth)
+        return await acme_post(request, handler, auth, reads_as_get)
 
     endpoint.__name__ = handler.__name__
     return guarded(endpoint)

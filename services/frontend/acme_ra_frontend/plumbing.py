@@ -239,7 +239,7 @@ class AcmeCall:
         async def respond() -> Response:
             if not await events.wait(key, done, wait):
                 return await answer(None)
-            async with self.state.db.engine.connect() as conn:
+            async with self.state.autocommit.connect() as conn:  # reads only: no BEGIN/ROLLBACK
                 return await answer(conn)
 
         self.respond_after_commit(respond)
@@ -281,8 +281,15 @@ async def read_body(request: Request) -> bytes:
     return body
 
 
-async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
-    """Verify the JWS, run the handler in one transaction, then publish its jobs."""
+async def acme_post(request: Request, handler: Handler, auth: Auth, reads_as_get: bool = False) -> Response:
+    """Verify the JWS, run the handler in one transaction, then publish its jobs.
+
+    ``reads_as_get``: the handler only reads when the request is POST-as-GET (an order, an
+    authorization, a certificate). Such a request runs without BEGIN/COMMIT, each statement its
+    own transaction: the nonce is redeemed (with the account read) by one statement, the resource
+    read by the next, and the few writes these handlers make (expiring an order or authorization)
+    are single idempotent statements. Two round trips fewer, and a nonce stays redeemed even when
+    the request then fails."""
     state, urls = resolve_provisioner(request)
     body = await read_body(request)
     parsed = jwslib.parse_jws(body)
@@ -302,16 +309,25 @@ async def acme_post(request: Request, handler: Handler, auth: Auth) -> Response:
         nonce_expires, nonce_problem = None, problem
     call: AcmeCall | None = None
     try:
-        async with state.db.engine.begin() as conn:
+        read_only = reads_as_get and parsed.payload == b""
+        async with (state.autocommit.connect() if read_only else state.db.engine.begin()) as conn:
             account = None
-            if parsed.kid is not None:
-                account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
-                key = parse_account_key(account.jwk_text)
-            else:
+            if parsed.kid is None:
                 assert parsed.jwk is not None
                 key = parsed.jwk
                 fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
-            jwslib.verify_signature(parsed, key)
+                jwslib.verify_signature(parsed, key)  # a forged request rolls the redemption back (N6)
+            elif read_only:
+                # No transaction to roll back: the signature is checked before the nonce is
+                # redeemed, so that a forged request does not burn it (N6).
+                account, _ = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, None)
+                key = parse_account_key(account.jwk_text)
+                jwslib.verify_signature(parsed, key)
+                fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
+            else:
+                account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
+                key = parse_account_key(account.jwk_text)
+                jwslib.verify_signature(parsed, key)
             if nonce_problem is not None:
                 raise nonce_problem
             if not fresh:
@@ -416,7 +432,8 @@ async def load_account_and_redeem(
     conn: AsyncConnection, urls: Urls, kid: str, nonce: str, expires: dt.datetime | None
 ) -> tuple[SigningAccount, bool]:
     """The signing account (refused unless valid) and whether the nonce was fresh, redeemed in the
-    same transaction: one statement on PostgreSQL."""
+    same transaction: one statement on PostgreSQL. ``expires`` None: the nonce is not redeemed
+    (not ours, expired, or redeemed by the caller later)."""
     account_id = urls.account_id_from_kid(kid)
     row = None
     fresh = False

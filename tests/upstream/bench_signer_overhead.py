@@ -13,7 +13,11 @@ and the TCP connections they used (one keep-alive connection should carry them a
 transactions (commits and rollbacks), statements, and pool pre-pings. Run:
 
     .venv/bin/python -m tests.upstream.bench_signer_overhead [-n 50] [-c 10] [--database-url URL]
-        [--key-type ec256|rsa2048]
+        [--key-type ec256|rsa2048] [--transport lean|httpx] [--loop asyncio|uvloop]
+
+``--transport`` picks the HTTP transport under the signer's httpx client: ``lean`` (default, what
+the signer uses without a proxy: ``acme_ra.http_transport.LeanTransport``) or ``httpx`` (httpx's
+own, what it uses through a proxy). ``--loop uvloop`` runs on the services' event loop.
 
 ``--database-url`` takes an empty PostgreSQL database (postgresql+asyncpg://...); the default is
 a temporary SQLite file.
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import httpx
+import uvloop
 from acme import messages
 from cryptography import x509
 from pydantic import SecretStr
@@ -40,7 +45,8 @@ from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
-from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream
+from acme_ra.http_transport import LeanTransport
+from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream, poll_delay
 from acme_ra_signer.upstream.acme_client import PEM_CHAIN, tls_context
 from acme_ra_signer.worker import IssueWorker
 from tests.signer.conftest import insert_order, make_csr
@@ -48,18 +54,30 @@ from tests.upstream.pebble import Pebble
 
 
 class Counting(httpx.AsyncBaseTransport):
-    """Counts requests and the distinct connections (network streams) that carried them."""
+    """Counts requests and the connections that carried them: distinct network streams under
+    httpx's transport, connections opened under LeanTransport (which exposes no stream)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.requests = 0
         self.streams: set[int] = set()
+        self.opened_before = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests += 1
         response = await self.inner.handle_async_request(request)
         self.streams.add(id(response.extensions.get("network_stream")))
         return response
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.streams.clear()
+        self.opened_before = self.inner.connections_opened if isinstance(self.inner, LeanTransport) else 0
+
+    def connections(self) -> str:
+        if isinstance(self.inner, LeanTransport):  # those of the warm-up go on carrying requests
+            return f"{self.inner.connections_opened - self.opened_before} upstream connections opened"
+        return f"{len(self.streams)} upstream connections in all"
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -120,12 +138,12 @@ async def bare_issuance(upstream: AcmeUpstream, name: str) -> None:
             await asyncio.sleep(0.05)
     response, _ = await upstream.signed(order.finalize, messages.CertificateRequest(csr=csr))
     order = messages.Order.from_json(response.json())
-    delay = 0.25  # as the signer: look at once, then back off
+    attempt = 0  # as the signer: look at once, then back off
     while order.status.name != "valid":
         order = messages.Order.from_json((await upstream.signed(order_url, None))[0].json())
         if order.status.name != "valid":
-            await asyncio.sleep(delay)
-            delay *= 2
+            await asyncio.sleep(poll_delay(None, attempt))
+            attempt += 1
     await upstream.signed(order.certificate, None, accept=PEM_CHAIN)
 
 
@@ -166,7 +184,16 @@ async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[None]])
 KeyType = Literal["ec256", "rsa2048"]
 
 
-async def bench(n: int, concurrency: int, database_url: str | None, workdir: Path, key_type: KeyType) -> None:
+def transport_named(name: str, pebble: Pebble) -> httpx.AsyncBaseTransport:
+    trust = tls_context(str(pebble.ca_bundle))
+    if name == "lean":
+        return LeanTransport(ssl_context=trust)
+    return httpx.AsyncHTTPTransport(verify=trust, limits=httpx.Limits(max_connections=100))
+
+
+async def bench(
+    n: int, concurrency: int, database_url: str | None, workdir: Path, key_type: KeyType, transport: str
+) -> None:
     pebble = Pebble(workdir / "pebble")
     try:
         url = database_url or f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
@@ -188,25 +215,21 @@ async def bench(n: int, concurrency: int, database_url: str | None, workdir: Pat
         )
         db = Database(url, pool_size=max(10, concurrency * 2))
         counts = DbCounts(db)
-        counter = Counting(
-            httpx.AsyncHTTPTransport(
-                verify=tls_context(str(pebble.ca_bundle)), limits=httpx.Limits(max_connections=100)
-            )
-        )
+        counter = Counting(transport_named(transport, pebble))
         driver = AcmeDriver.from_settings(settings, db, transport=counter)
         upstream = driver.select()
         worker = IssueWorker(db, driver)
         await driver.check()  # register the account once, outside the measurements
         print(
             f"Pebble (EAB, PEBBLE_VA_ALWAYS_VALID=1, PEBBLE_VA_NOSLEEP=1); database {url.split(':')[0]}; "
-            f"account key {key_type}; n={n}"
+            f"account key {key_type}; transport {transport}; loop {type(asyncio.get_running_loop()).__module__}; n={n}"
         )
         for level in (1, concurrency):
             print(f"concurrency {level}:")
             # Warm up both paths (connections, caches).
             await bare_issuance(upstream, "warm.bench.test")
 
-            counter.requests = 0
+            counter.reset()
             base, base_wall, base_cpu = await timed(
                 n, level, lambda i: bare_issuance(upstream, f"b{i}-{level}.bench.test")
             )
@@ -216,14 +239,13 @@ async def bench(n: int, concurrency: int, database_url: str | None, workdir: Pat
             for i in range(n):
                 names = [f"s{i}-{level}.bench.test"]
                 orders.append(await insert_order(db, names, make_csr(names)))
-            counter.requests = 0
-            counter.streams.clear()
+            counter.reset()
             counts.reset()
             sig, sig_wall, sig_cpu = await timed(
                 n, level, lambda i: worker.handle(bus.IssueJob(order_id=orders[i]), Msg())
             )
             s = summary("signer job (journaled)", sig, counter.requests / n, sig_cpu / n)
-            print(f"  per issuance: {counts.per(n)}; {len(counter.streams)} upstream connections in all")
+            print(f"  per issuance: {counts.per(n)}; {counter.connections()}")
             print(
                 f"  overhead: median {s['median_ms'] - b['median_ms']:+.1f} ms, "
                 f"mean {s['mean_ms'] - b['mean_ms']:+.1f} ms"
@@ -241,9 +263,21 @@ def main() -> None:
     parser.add_argument("-c", "--concurrency", type=int, default=10)
     parser.add_argument("--database-url", default=None, help="an empty PostgreSQL database (default: SQLite)")
     parser.add_argument("--key-type", default="ec256", choices=["ec256", "rsa2048"], help="upstream account key")
+    parser.add_argument("--transport", default="lean", choices=["lean", "httpx"], help="HTTP transport to the CA")
+    parser.add_argument("--loop", default="asyncio", choices=["asyncio", "uvloop"], help="event loop")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir:
-        asyncio.run(bench(args.n, args.concurrency, args.database_url, Path(workdir), cast(KeyType, args.key_type)))
+    loop_factory = uvloop.new_event_loop if args.loop == "uvloop" else None
+    with tempfile.TemporaryDirectory() as workdir, asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(
+            bench(
+                args.n,
+                args.concurrency,
+                args.database_url,
+                Path(workdir),
+                cast(KeyType, args.key_type),
+                args.transport,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,446 @@
+"""``acme_ra.http_transport.LeanTransport`` against real local HTTP/1.1 servers (plain asyncio
+servers written here, TLS from the lab TLS CA), under both event loops it meets: asyncio's (tests,
+tools) and uvloop (the services under uvicorn).
+
+Each test is synchronous and runs its scenario on a fresh loop of the kind under test, so that the
+server and the client share that loop and nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import uvloop
+
+from acme_ra import http_transport
+from acme_ra.http_transport import LeanTransport
+from acme_ra.lab_tls import TlsMaterial, ensure_tls_material
+
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+CHUNKS = [b"first,", b"second,", b"third"]
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request: pytest.FixtureRequest) -> Callable[[Awaitable[None]], None]:
+    """Runs a scenario to its end on a new loop of the parametrized kind."""
+    factory = LOOPS[request.param]
+
+    def runner(scenario: Awaitable[None]) -> None:
+        with asyncio.Runner(loop_factory=factory) as loop_runner:
+            loop_runner.run(asyncio.wait_for(scenario, 20))
+
+    return runner
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class ScriptedServer:
+    """An HTTP/1.1 server whose paths each answer one way; counts the connections it accepted."""
+
+    port: int = 0
+    connections: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    most_in_flight: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                seen = await read_request(reader)
+                if seen is None:
+                    return
+                self.requests.append(seen)
+                self.in_flight += 1
+                self.most_in_flight = max(self.most_in_flight, self.in_flight)
+                try:
+                    keep_open = await self.answer(seen, reader, writer)
+                finally:
+                    self.in_flight -= 1
+                if not keep_open:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            return
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, ssl.SSLError):
+                pass
+
+    async def answer(self, seen: Seen, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """Writes the answer for ``seen.path``; False when the connection must close."""
+        path = seen.path.partition("?")[0]
+        if path == "/hello":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Seen: one\r\nX-Seen: two\r\n\r\nhello")
+        elif path == "/echo":
+            writer.write(
+                b"HTTP/1.1 201 Created\r\nContent-Type: application/octet-stream\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(seen.body)
+                + seen.body
+            )
+        elif path == "/chunked":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for chunk in CHUNKS:  # one write each, with a pause: the client sees them apart
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                await writer.drain()
+                await asyncio.sleep(0.01)
+            writer.write(b"0\r\n\r\n")
+        elif path == "/head":
+            # A HEAD answer announces the GET body's length but carries none.
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nReplay-Nonce: abc\r\n\r\n")
+        elif path == "/close":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye")
+            return False
+        elif path == "/until-close":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nthe body ends with the connection")
+            return False
+        elif path == "/silent-close":  # keep-alive announced, then closed anyway
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            return False
+        elif path == "/slow":
+            await asyncio.sleep(0.2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow")
+        elif path == "/hang":
+            await reader.read()  # until the client gives up and closes
+            return False
+        elif path == "/drop":
+            return False
+        else:
+            writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        return True
+
+
+async def read_request(reader: asyncio.StreamReader) -> Seen | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    request_line, *header_lines = head.decode("latin-1").split("\r\n")[:-2]
+    method, path, _ = request_line.split(" ")
+    headers = {name.lower(): value.strip() for name, value in (line.split(":", 1) for line in header_lines)}
+    if headers.get("transfer-encoding") == "chunked":
+        return Seen(method, path, headers, await read_chunks(reader))
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Seen(method, path, headers, body)
+
+
+async def read_chunks(reader: asyncio.StreamReader) -> bytes:
+    chunks = []
+    while size := int((await reader.readuntil(b"\r\n")).strip(), 16):
+        chunks.append(await reader.readexactly(size))
+        await reader.readexactly(2)
+    await reader.readexactly(2)  # the empty line after the last, empty chunk
+    return b"".join(chunks)
+
+
+@asynccontextmanager
+async def serving(tls: TlsMaterial | None = None) -> AsyncIterator[ScriptedServer]:
+    script = ScriptedServer()
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert("server"), tls.key("server"))
+    server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=context)
+    script.port = server.sockets[0].getsockname()[1]
+    try:
+        yield script
+    finally:
+        server.close()
+        await server.wait_closed()
+        await asyncio.sleep(0.05)  # let the handlers see their connections close
+
+
+@asynccontextmanager
+async def client(**options: object) -> AsyncIterator[tuple[httpx.AsyncClient, LeanTransport]]:
+    context = options.pop("ssl_context", None)
+    assert context is None or isinstance(context, ssl.SSLContext)
+    transport = LeanTransport(ssl_context=context)
+    async with httpx.AsyncClient(transport=transport, **options) as http:  # type: ignore[arg-type]
+        yield http, transport
+
+
+def test_sequential_requests_share_one_connection(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, transport):
+            for _ in range(5):
+                response = await http.get(f"http://127.0.0.1:{server.port}/hello")
+                assert response.status_code == 200
+                assert response.content == b"hello"
+                assert response.headers.get_list("x-seen") == ["one", "two"]
+                assert response.http_version == "HTTP/1.1"
+            assert server.connections == 1
+            assert transport.connections_opened == 1
+
+    run(scenario())
+
+
+def test_concurrent_requests_use_several_connections_within_the_bound(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            transport = LeanTransport(max_connections_per_origin=3)
+            async with httpx.AsyncClient(transport=transport) as http:
+                started = time.monotonic()
+                responses = await asyncio.gather(*(http.get(f"http://127.0.0.1:{server.port}/slow") for _ in range(6)))
+                elapsed = time.monotonic() - started
+            assert [r.content for r in responses] == [b"slow"] * 6
+            assert server.most_in_flight == 3  # concurrent, but never more than the bound
+            assert transport.connections_opened == 3
+            assert elapsed < 6 * 0.2  # in parallel: two rounds of 0.2 s, not six
+
+    run(scenario())
+
+
+def test_a_chunked_body_is_put_together(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, transport):
+            response = await http.get(f"http://127.0.0.1:{server.port}/chunked")
+            assert response.content == b"".join(CHUNKS)
+            assert "content-length" not in response.headers  # nothing the server did not send
+            assert (await http.get(f"http://127.0.0.1:{server.port}/hello")).content == b"hello"
+            assert transport.connections_opened == 1
+
+    run(scenario())
+
+
+def test_a_head_answer_has_no_body_and_the_connection_goes_on(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, transport):
+            for _ in range(2):
+                response = await http.head(f"http://127.0.0.1:{server.port}/head")
+                assert response.status_code == 200
+                assert response.content == b""
+                assert response.headers["Content-Length"] == "1234"
+                assert response.headers["Replay-Nonce"] == "abc"
+            assert (await http.get(f"http://127.0.0.1:{server.port}/hello")).content == b"hello"
+            assert transport.connections_opened == 1
+
+    run(scenario())
+
+
+def test_a_request_body_is_sent_with_its_length(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, _):
+            body = b'{"protected": "x"}' * 100
+            response = await http.post(
+                f"http://127.0.0.1:{server.port}/echo?q=1",
+                content=body,
+                headers={"Content-Type": "application/jose+json"},
+            )
+            assert response.status_code == 201
+            assert response.content == body
+            seen = server.requests[-1]
+            assert (seen.method, seen.path, seen.body) == ("POST", "/echo?q=1", body)
+            assert seen.headers["content-length"] == str(len(body))
+            assert seen.headers["content-type"] == "application/jose+json"
+            assert seen.headers["host"] == f"127.0.0.1:{server.port}"
+
+    run(scenario())
+
+
+def test_a_streamed_request_body_is_sent_chunked(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async def parts() -> AsyncIterator[bytes]:
+            for part in (b"one,", b"two,", b"three"):
+                yield part
+
+        async with serving() as server, client() as (http, transport):
+            response = await http.post(f"http://127.0.0.1:{server.port}/echo", content=parts())
+            assert response.content == b"one,two,three"
+            assert server.requests[-1].headers["transfer-encoding"] == "chunked"
+            assert (await http.get(f"http://127.0.0.1:{server.port}/hello")).content == b"hello"
+            assert transport.connections_opened == 1  # the body's framing was right
+
+    run(scenario())
+
+
+def test_a_request_saying_connection_close_does_not_leave_its_connection_for_others(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, transport):
+            await http.get(f"http://127.0.0.1:{server.port}/hello", headers={"Connection": "close"})
+            await http.get(f"http://127.0.0.1:{server.port}/hello")
+            assert transport.connections_opened == server.connections == 2
+
+    run(scenario())
+
+
+def test_after_the_server_closes_the_next_request_opens_a_new_connection(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, transport):
+            base = f"http://127.0.0.1:{server.port}"
+            assert (await http.get(f"{base}/close")).content == b"bye"  # Connection: close
+            assert (await http.get(f"{base}/hello")).content == b"hello"
+            assert (await http.get(f"{base}/until-close")).content == b"the body ends with the connection"
+            assert (await http.get(f"{base}/hello")).content == b"hello"
+            assert (await http.get(f"{base}/silent-close")).content == b"ok"  # closed without saying so
+            await asyncio.sleep(0.05)
+            assert (await http.get(f"{base}/hello")).content == b"hello"
+            assert server.connections == transport.connections_opened == 4
+
+    run(scenario())
+
+
+def test_a_connection_idle_too_long_is_not_reused(
+    run: Callable[[Awaitable[None]], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_transport, "KEEPALIVE_EXPIRY_SECONDS", 0.05)
+
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, transport):
+            await http.get(f"http://127.0.0.1:{server.port}/hello")
+            await http.get(f"http://127.0.0.1:{server.port}/hello")
+            assert transport.connections_opened == 1
+            await asyncio.sleep(0.1)
+            await http.get(f"http://127.0.0.1:{server.port}/hello")
+            assert transport.connections_opened == server.connections == 2
+
+    run(scenario())
+
+
+def test_a_server_hanging_up_without_an_answer_is_a_protocol_error(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, _):
+            with pytest.raises(httpx.RemoteProtocolError, match="disconnected"):
+                await http.get(f"http://127.0.0.1:{server.port}/drop")
+            assert (await http.get(f"http://127.0.0.1:{server.port}/hello")).content == b"hello"
+
+    run(scenario())
+
+
+def test_connection_refused_is_a_connect_error(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            port = server.port  # closed when the block ends: nothing listens there any more
+        async with client() as (http, _):
+            with pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{port}"):
+                await http.get(f"http://127.0.0.1:{port}/hello")
+
+    run(scenario())
+
+
+def test_no_answer_within_the_read_timeout_is_a_read_timeout(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client(timeout=httpx.Timeout(5.0, read=0.2)) as (http, transport):
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout):
+                await http.get(f"http://127.0.0.1:{server.port}/hang")
+            assert 0.15 < time.monotonic() - started < 2.0
+            # The slow answer below takes as long as the read timeout, in three pieces: a
+            # timeout between bytes, not for the whole answer.
+            assert (await http.get(f"http://127.0.0.1:{server.port}/chunked")).content == b"".join(CHUNKS)
+            assert transport.connections_opened == 2  # the timed-out connection was not reused
+
+    run(scenario())
+
+
+def test_the_connect_timeout_is_a_connect_timeout(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        # A server that accepts and never speaks: the TLS handshake, part of connecting, hangs.
+        async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(mute, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            async with client(ssl_context=ssl.create_default_context(), timeout=httpx.Timeout(5.0, connect=0.2)) as (
+                http,
+                _,
+            ):
+                with pytest.raises(httpx.ConnectTimeout):
+                    await http.get(f"https://127.0.0.1:{port}/hello")
+        finally:
+            server.close()
+            await server.wait_closed()
+            await asyncio.sleep(0.05)
+
+    run(scenario())
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsMaterial:
+    return ensure_tls_material(tmp_path_factory.mktemp("tls"), {"server": ["localhost", "127.0.0.1"]})
+
+
+@pytest.fixture(scope="module")
+def foreign_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_tls_material(tmp_path_factory.mktemp("foreign"), {}).ca
+
+
+def test_tls_with_the_right_ca_keeps_one_connection(run: Callable[[Awaitable[None]], None], tls: TlsMaterial) -> None:
+    async def scenario() -> None:
+        async with (
+            serving(tls) as server,
+            client(ssl_context=ssl.create_default_context(cafile=tls.ca)) as (
+                http,
+                transport,
+            ),
+        ):
+            for host in ("localhost", "localhost", "localhost"):
+                response = await http.post(f"https://{host}:{server.port}/echo", content=b"signed")
+                assert response.content == b"signed"
+            assert transport.connections_opened == server.connections == 1
+
+    run(scenario())
+
+
+def test_tls_with_a_wrong_ca_is_a_connect_error(
+    run: Callable[[Awaitable[None]], None], tls: TlsMaterial, foreign_ca: Path
+) -> None:
+    async def scenario() -> None:
+        async with (
+            serving(tls) as server,
+            client(ssl_context=ssl.create_default_context(cafile=foreign_ca)) as (
+                http,
+                _,
+            ),
+        ):
+            with pytest.raises(httpx.ConnectError, match="certificate verify failed"):
+                await http.get(f"https://localhost:{server.port}/hello")
+            assert server.requests == []
+
+    run(scenario())
+
+
+def test_closing_the_transport_closes_its_connections(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            transport = LeanTransport()
+            http = httpx.AsyncClient(transport=transport)
+            await http.get(f"http://127.0.0.1:{server.port}/hello")
+            pool = next(iter(transport._pools.values()))
+            connection = pool.idle[0]
+            await http.aclose()
+            await asyncio.sleep(0.05)
+            assert connection.lost
+            assert transport._pools == {}
+
+    run(scenario())

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Any
 
 from fastapi.responses import Response
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import and_, bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra import blocked_keys, bus, telemetry
@@ -153,12 +153,16 @@ async def new_order(call: AcmeCall) -> Response:
         await ratelimits.spend(conn, "orders-per-eab-key", eab_key.kid,
                                settings.rate_new_orders_per_eab_key_per_hour, ratelimits.HOUR,
                                "new orders for this External Account Binding key")
-    await ratelimits.check_failed_validations(conn, account.id, identifiers,
-                                              settings.rate_failed_validations_per_name_per_hour)
+    now = utcnow()
+    failure_limit = settings.rate_failed_validations_per_name_per_hour
+    failures, reusable_authzs = {}, {}
+    if settings.reuse_valid_authorizations or failure_limit > 0:
+        failures, reusable_authzs = await authz_history(conn, account.id, identifiers, now,
+                                                        settings.reuse_valid_authorizations)
+    ratelimits.check_failed_validations(failures, failure_limit)
     replaces = None
     if payload.get("replaces") is not None:
         replaces = await check_replaces(call, payload["replaces"], identifiers)
-    now = utcnow()
     order_id = new_id()
     telemetry.current_span().set_attribute("acme.order_id", order_id)
     expires = now + dt.timedelta(seconds=settings.order_lifetime_seconds)
@@ -166,12 +170,7 @@ async def new_order(call: AcmeCall) -> Response:
     new_authzs: list[dict[str, Any]] = []
     new_challenges: list[dict[str, Any]] = []
     for identifier in identifiers:
-        reusable = None
-        if settings.reuse_valid_authorizations:
-            reusable = (await conn.execute(_REUSABLE_AUTHZ, {
-                "account_id": account.id, "type": identifier.type, "value": identifier.base_value,
-                "wildcard": identifier.wildcard, "after": now + AUTHZ_REUSE_MARGIN,
-            })).scalar_one_or_none()
+        reusable = reusable_authzs.get((identifier.type, identifier.base_value, identifier.wildcard))
         if reusable is None:
             types = challenge_types_for(identifier, settings.challenge_type_list)
             if not types:
@@ -206,20 +205,42 @@ async def new_order(call: AcmeCall) -> Response:
     return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
 
 
-# A valid authorization of the account for the same name, reusable by a new order.
-_REUSABLE_AUTHZ = (
-    select(Authorization.id)
+# The account's authorizations for the order's names that matter to a new order, in one statement:
+# the invalid ones of the last hour (the failed-validations rate limit counts them per name) and
+# the valid ones that stay valid long enough to be reused.
+_AUTHZ_HISTORY = (
+    select(Authorization.id, Authorization.identifier_type, Authorization.identifier_value,
+           Authorization.wildcard, Authorization.status, Authorization.expires)
     .where(
         Authorization.account_id == bindparam("account_id"),
-        Authorization.identifier_type == bindparam("type"),
-        Authorization.identifier_value == bindparam("value"),
-        Authorization.status == AuthzStatus.valid.value,
-        Authorization.wildcard == bindparam("wildcard"),
-        Authorization.expires > bindparam("after"),
+        Authorization.identifier_value.in_(bindparam("values", expanding=True)),
+        or_(
+            and_(Authorization.status == AuthzStatus.invalid.value, Authorization.created_at > bindparam("since")),
+            and_(Authorization.status == AuthzStatus.valid.value, Authorization.expires > bindparam("after")),
+        ),
     )
-    .order_by(Authorization.expires.desc())
-    .limit(1)
 )
+
+
+async def authz_history(
+    conn: AsyncConnection, account_id: str, identifiers: list[Identifier], now: dt.datetime, reuse: bool
+) -> tuple[dict[str, int], dict[tuple[str, str, bool], str]]:
+    """Failed validations of the last hour per name, and the reusable valid authorization (the one
+    that lasts longest) per (type, name, wildcard) when reuse is on."""
+    rows = (await conn.execute(_AUTHZ_HISTORY, {
+        "account_id": account_id, "values": sorted({i.base_value for i in identifiers}),
+        "since": now - ratelimits.HOUR, "after": now + AUTHZ_REUSE_MARGIN,
+    })).all()
+    failures: dict[str, int] = {}
+    reusable: dict[tuple[str, str, bool], tuple[dt.datetime, str]] = {}
+    for authz_id, kind, value, wildcard, status, expires in rows:
+        if status == AuthzStatus.invalid.value:
+            failures[value] = failures.get(value, 0) + 1
+        elif reuse:
+            key = (kind, value, bool(wildcard))
+            if key not in reusable or expires > reusable[key][0]:
+                reusable[key] = (expires, authz_id)
+    return failures, {key: authz_id for key, (_, authz_id) in reusable.items()}
 
 
 async def load_order(call: AcmeCall) -> tuple[OrderRow, list[str]]:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
+from typing import Any
 
 from fastapi import Request
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from acme_ra.db.models import Authorization, AuthzStatus, RateCounter, utcnow
-from acme_ra.protocol.identifiers import Identifier
+from acme_ra.db.models import RateCounter, utcnow
 from acme_ra.protocol.problems import Problem
 
 HOUR = dt.timedelta(hours=1)
@@ -41,6 +41,19 @@ def rate_limited(what: str, retry_after: dt.timedelta) -> Problem:
     return Problem("rateLimited", f"too many {what}; retry after {seconds} s", headers={"Retry-After": str(seconds)})
 
 
+def _spend_statement(insert: Any) -> Any:
+    return (
+        insert(RateCounter)
+        .values(key=bindparam("key"), window_start=bindparam("window_start"), count=1)
+        .on_conflict_do_update(index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1})
+        .returning(RateCounter.count)
+    )
+
+
+# One upsert per spend, built once per dialect.
+_SPEND = {"postgresql": _spend_statement(pg_insert), "sqlite": _spend_statement(sqlite_insert)}
+
+
 async def spend(conn: AsyncConnection, name: str, subject: str, limit: int, window: dt.timedelta, what: str) -> None:
     """Count one event against ``limit`` per ``window``; refuse when the limit is exceeded."""
     if limit <= 0:
@@ -49,39 +62,19 @@ async def spend(conn: AsyncConnection, name: str, subject: str, limit: int, wind
     epoch = int(now.timestamp())
     start_epoch = epoch - epoch % int(window.total_seconds())
     window_start = dt.datetime.fromtimestamp(start_epoch, dt.timezone.utc)
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(RateCounter)
-        .values(key=f"{name}:{subject}"[:300], window_start=window_start, count=1)
-        .on_conflict_do_update(index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1})
-        .returning(RateCounter.count)
-    )
-    count = (await conn.execute(statement)).scalar_one()
+    count = (await conn.execute(_SPEND[conn.dialect.name],
+                                {"key": f"{name}:{subject}"[:300], "window_start": window_start})).scalar_one()
     if count > limit:
         raise rate_limited(what, window_start + window - now)
 
 
-async def check_failed_validations(
-    conn: AsyncConnection, account_id: str, identifiers: list[Identifier], limit: int
-) -> None:
-    """Refuse new orders for names this account failed to validate too often in the last hour."""
+def check_failed_validations(failures: dict[str, int], limit: int) -> None:
+    """Refuse a new order for a name this account failed to validate ``limit`` times in the last
+    hour (``failures``: invalid authorizations per name, from ``orders.authz_history``)."""
     if limit <= 0:
         return
-    since = utcnow() - HOUR
-    rows = (
-        await conn.execute(
-            select(Authorization.identifier_value, func.count())
-            .where(
-                Authorization.account_id == account_id,
-                Authorization.status == AuthzStatus.invalid.value,
-                Authorization.identifier_value.in_([i.base_value for i in identifiers]),
-                Authorization.created_at > since,
-            )
-            .group_by(Authorization.identifier_value)
-        )
-    ).all()
-    for name, failures in rows:
-        if failures >= limit:
+    for name, count in failures.items():
+        if count >= limit:
             raise rate_limited(f"failed validations for {name}", HOUR)
 
 

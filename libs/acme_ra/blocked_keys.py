@@ -11,7 +11,7 @@ import hashlib
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -28,8 +28,11 @@ def spki_sha256(public_key: Any) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+_IS_BLOCKED = select(BlockedKey.spki_sha256).where(BlockedKey.spki_sha256 == bindparam("spki_sha256"))
+
+
 async def is_blocked(db: AsyncConnection | AsyncSession, public_key: Any) -> bool:
-    found = await db.execute(select(BlockedKey.spki_sha256).where(BlockedKey.spki_sha256 == spki_sha256(public_key)))
+    found = await db.execute(_IS_BLOCKED, {"spki_sha256": spki_sha256(public_key)})
     return found.first() is not None
 
 

@@ -142,8 +142,7 @@ async def new_order(call: AcmeCall) -> Response:
     conn = call.conn
     eab_key = None
     if account.eab_kid:
-        eab_key = (await conn.execute(select(EabKey.kid, EabKey.policy, EabKey.profile)
-                                      .where(EabKey.kid == account.eab_kid))).first()
+        eab_key = (await conn.execute(_EAB_KEY, {"kid": account.eab_kid})).first()
     policies = [call.state.policy] + ([Policy.from_data(eab_key.policy)] if eab_key and eab_key.policy else [])
     check_policy(identifiers, policies)
     profile = choose_profile(call, payload.get("profile"), eab_key.profile if eab_key else None)
@@ -191,20 +190,26 @@ async def new_order(call: AcmeCall) -> Response:
         expires=expires, identifiers=[i.to_json() for i in identifiers], not_before=None, not_after=None,
         error=None, certificate_id=None, profile=profile, replaces=replaces,
     )
-    await conn.execute(insert(Order), {
+    await conn.execute(_INSERT_ORDER, {
         "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner, "status": order.status,
         "expires": expires, "identifiers": order.identifiers, "profile": profile, "replaces": replaces,
         "trace_context": telemetry.current_traceparent(), "created_at": now, "updated_at": now,
     })
     if new_authzs:
-        await conn.execute(insert(Authorization), new_authzs)
-        await conn.execute(insert(Challenge), new_challenges)
-    await conn.execute(insert(OrderAuthorization), [
+        await conn.execute(_INSERT_AUTHZ, new_authzs)
+        await conn.execute(_INSERT_CHALLENGE, new_challenges)
+    await conn.execute(_INSERT_ORDER_AUTHZ, [
         {"order_id": order.id, "authz_id": authz_id, "position": position} for position, authz_id in enumerate(authz_ids)
     ])
     return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
 
 
+# newOrder's statements, built once.
+_EAB_KEY = select(EabKey.kid, EabKey.policy, EabKey.profile).where(EabKey.kid == bindparam("kid"))
+_INSERT_ORDER = insert(Order)
+_INSERT_AUTHZ = insert(Authorization)
+_INSERT_CHALLENGE = insert(Challenge)
+_INSERT_ORDER_AUTHZ = insert(OrderAuthorization)
 # The account's authorizations for the order's names that matter to a new order, in one statement:
 # the invalid ones of the last hour (the failed-validations rate limit counts them per name) and
 # the valid ones that stay valid long enough to be reused.

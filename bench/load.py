@@ -216,7 +216,8 @@ class LoadGenerator:
         cpu_started = time.process_time()
         watched_started = {name: process_cpu_seconds(pid) for name, pid in self.config.watch_pids.items()}
         backends_started = postgres_backends_cpu(self.config.watch_database)
-        instructions = InstructionCounters({**self.config.watch_pids, "postgresql": list(backends_started),
+        trees = {name: process_tree(pid) for name, pid in self.config.watch_pids.items()}
+        instructions = InstructionCounters({**trees, "postgresql": list(backends_started),
                                             "load generator": os.getpid()})
         instructions.start()
         counters, wall = await self.phase(concurrency, self.config.count, "m")
@@ -265,13 +266,34 @@ class LoadGenerator:
         }
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc), or None when it is gone."""
+def _stat_fields(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its living children (a service that forks workers: the frontend with
+    ACME_RA_FRONTEND_WORKERS > 1)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and fields[1] == str(pid):
+                children.append(int(entry.name))
+    return [pid, *sorted(children)]
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time so far of a process and its living children (Linux /proc), or
+    None when the process is gone."""
+    total = None
+    for member in process_tree(pid):
+        fields = _stat_fields(member)
+        if fields is not None:
+            total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
 
 
 def postgres_backends_cpu(database: str | None) -> dict[int, float]:

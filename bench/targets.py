@@ -29,6 +29,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from acme_ra.config import ENV_PREFIX, Settings
+from bench.load import process_tree
 from acme_ra.lab import TlsMaterial, ensure_tls_material
 from acme_ra.launcher import STOP_TIMEOUT_SECONDS, Child, Topology, free_port
 
@@ -383,15 +384,17 @@ def tls_material(directory: Path) -> TlsMaterial:
 
 
 def peak_rss_mb(pids: Mapping[str, int]) -> dict[str, Any]:
-    """VmHWM (peak resident set) of each process, in MB; None when it is gone."""
+    """VmHWM (peak resident set) of each service, in MB: of its largest process when it forks
+    workers (the goal is per process); None when it is gone."""
     result: dict[str, Any] = {}
     for name, pid in pids.items():
-        try:
-            status = Path(f"/proc/{pid}/status").read_text()
-        except OSError:
-            result[name] = None
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                result[name] = round(int(line.split()[1]) / 1024, 1)
+        result[name] = None
+        for member in process_tree(pid):
+            try:
+                status = Path(f"/proc/{member}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    result[name] = max(result[name] or 0.0, round(int(line.split()[1]) / 1024, 1))
     return result

@@ -184,6 +184,9 @@ class Settings(BaseSettings):
     # ACME_RA_SHUTDOWN_DELAY_SECONDS: on SIGTERM the frontend reports not-ready this long before it
     # stops accepting connections (load balancers take it out first), then drains in-flight requests.
     shutdown_delay_seconds: float = Field(2, ge=0, le=60)
+    # ACME_RA_FRONTEND_WORKERS: frontend processes sharing the ACME port (one event loop each);
+    # up to one per core. Each has its own database pool (ACME_RA_DB_POOL_SIZE) and NATS connection.
+    frontend_workers: int = Field(1, ge=1, le=64)
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

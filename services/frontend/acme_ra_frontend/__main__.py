@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 from acme_ra.config import get_settings, parse_host_port
@@ -25,6 +26,11 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(2)
+    metrics_dir = None
+    if settings.frontend_workers > 1:
+        from acme_ra_frontend import workers
+
+        metrics_dir = workers.prepare_metrics_dir()  # before prometheus_client is imported
     import uvicorn
 
     from acme_ra.telemetry import init_tracing, setup_logging
@@ -54,27 +60,40 @@ def main() -> None:
             )
 
     setup_logging("frontend", settings.log_level)
-    init_tracing("frontend")
-    if settings.metrics_listen:
-        start_metrics_server(settings.metrics_listen)
     host, port = parse_host_port(settings.listen)
-    app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=host.strip("[]"),
-        port=port,
-        ssl_certfile=str(cert),
-        ssl_keyfile=str(key),
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=10,
-    )
-    config.load()
-    # The signer renews a certificate it obtained for us in place; reload it without a restart.
-    app.state.tls_watch = TlsWatch(config.ssl, cert, key)
-    DrainingServer(config, app).run()
 
+    def serve(sock: socket.socket | None = None) -> None:
+        """One frontend: its app, its TLS context (reloaded when the certificate changes), uvicorn."""
+        init_tracing("frontend")
+        app = create_app(settings)
+        config = uvicorn.Config(
+            app,
+            host=host.strip("[]"),
+            port=port,
+            ssl_certfile=str(cert),
+            ssl_keyfile=str(key),
+            log_config=None,
+            access_log=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=10,
+        )
+        config.load()
+        # The signer renews a certificate it obtained for us in place; reload it without a restart.
+        app.state.tls_watch = TlsWatch(config.ssl, cert, key)
+        DrainingServer(config, app).run(sockets=[sock] if sock is not None else None)
+
+    if settings.frontend_workers == 1:
+        if settings.metrics_listen:
+            start_metrics_server(settings.metrics_listen)
+        serve()
+        return
+    sock = workers.bind(host.strip("[]"), port)
+
+    def serve_metrics() -> None:  # in the parent, after the forks (a thread must not be forked)
+        if settings.metrics_listen:
+            start_metrics_server(settings.metrics_listen, multiprocess_dir=metrics_dir)
+
+    raise SystemExit(workers.run_workers(settings.frontend_workers, sock, serve, metrics_dir, serve_metrics))
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from sqlalchemy import func, select
 
 from acme_ra import bus
@@ -35,16 +37,28 @@ HTTP_SECONDS = Histogram(
 # HEAD/GET newNonce are answered before routing (plumbing.AcmeHeaders): counted, not timed.
 NEW_NONCE_HEAD = HTTP_REQUESTS.labels(NEW_NONCE, "HEAD", "200")
 NEW_NONCE_GET = HTTP_REQUESTS.labels(NEW_NONCE, "GET", "204")
-ORDERS = Gauge("acme_ra_orders", "Orders in the database by status.", ["status"])
-JOBS_PENDING = Gauge("acme_ra_jobs_pending", "JetStream jobs not yet delivered, by consumer.", ["consumer"])
-JOBS_UNACKED = Gauge("acme_ra_jobs_unacknowledged", "JetStream jobs delivered but not acknowledged, by consumer.", ["consumer"])
-NONCES_REDEEMED = Gauge("acme_ra_nonces_redeemed", "Redeemed nonces kept until they expire (the nonce store).")
+# Figures of the whole system, refreshed by every frontend worker: with several workers
+# (ACME_RA_FRONTEND_WORKERS) the most recent value is the figure, not one per worker.
+ORDERS = Gauge("acme_ra_orders", "Orders in the database by status.", ["status"], multiprocess_mode="mostrecent")
+JOBS_PENDING = Gauge("acme_ra_jobs_pending", "JetStream jobs not yet delivered, by consumer.", ["consumer"],
+                     multiprocess_mode="mostrecent")
+JOBS_UNACKED = Gauge("acme_ra_jobs_unacknowledged", "JetStream jobs delivered but not acknowledged, by consumer.",
+                     ["consumer"], multiprocess_mode="mostrecent")
+NONCES_REDEEMED = Gauge("acme_ra_nonces_redeemed", "Redeemed nonces kept until they expire (the nonce store).",
+                        multiprocess_mode="mostrecent")
 PROBLEMS = Counter("acme_ra_problems_total", "Problem documents sent, by type.", ["type"])
 
 
-def start_metrics_server(listen: str) -> None:
+def start_metrics_server(listen: str, multiprocess_dir: Path | None = None) -> None:
+    """/metrics on ``listen``; with ``multiprocess_dir``, the sum of every worker's files there."""
     host, port = parse_host_port(listen)
-    start_http_server(port, addr=host.strip("[]"))
+    registry = None
+    if multiprocess_dir is not None:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, str(multiprocess_dir))
+    start_http_server(port, addr=host.strip("[]"), **({"registry": registry} if registry else {}))
 
 
 async def refresh_once(state: FrontendState) -> None:

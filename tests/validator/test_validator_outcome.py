@@ -1,5 +1,5 @@
-"""``record_challenge_outcome`` in three statements gives the same rows as the step-by-step
-version it replaced (kept below as the reference): random orders sharing authorizations in every
+"""``record_challenge_outcome`` in three statements (one on PostgreSQL) gives the same rows as
+the step-by-step version it replaced (kept below as the reference): random orders sharing authorizations in every
 status, expired or not, each outcome applied to two identical copies and compared."""
 
 from __future__ import annotations
@@ -184,7 +184,17 @@ async def db(fresh_database_url: str) -> AsyncIterator[Database]:
         await database.dispose()
 
 
-async def test_the_outcome_in_three_statements_matches_the_reference(db: Database) -> None:
+async def outcome_via(db: Database, via: str, challenge_id: str, error: dict[str, Any] | None) -> bool:
+    """Through a Core autocommit connection, as the validator does, or an ORM session."""
+    if via == "autocommit":
+        async with db.autocommit() as conn:
+            return await record_challenge_outcome(conn, challenge_id, error, LIFETIME)
+    async with db.transaction() as session:
+        return await record_challenge_outcome(session, challenge_id, error, LIFETIME)
+
+
+@pytest.mark.parametrize("via", ["autocommit", "session"])
+async def test_the_outcome_in_three_statements_matches_the_reference(db: Database, via: str) -> None:
     async with db.transaction() as session:
         account = Account(key_thumbprint=new_id(), jwk={"kty": "EC"})
         session.add(account)
@@ -196,8 +206,7 @@ async def test_the_outcome_in_three_statements_matches_the_reference(db: Databas
         plan = scenario(rng)
         mine, theirs = await insert(db, account_id, plan), await insert(db, account_id, plan)
         before = utcnow()
-        async with db.transaction() as session:
-            changed = await record_challenge_outcome(session, mine["challenge"], plan["error"], LIFETIME)
+        changed = await outcome_via(db, via, mine["challenge"], plan["error"])
         async with db.transaction() as session:
             expected = await reference_outcome(session, theirs["challenge"], plan["error"], LIFETIME)
         assert changed == expected, plan

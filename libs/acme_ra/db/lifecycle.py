@@ -1,7 +1,9 @@
 """State transitions shared by the services, as conditional updates.
 
 Each function runs inside the caller's transaction and is idempotent: applying the same
-outcome twice (a redelivered job) changes nothing the second time.
+outcome twice (a redelivered job) changes nothing the second time. The hot ones (the validator's
+outcome, the signer's certificate and failure) take an ORM session or, cheaper, a Core
+connection (``Database.core_transaction``/``autocommit``), and run statements built once at import.
 """
 
 from __future__ import annotations
@@ -12,19 +14,23 @@ from typing import Any, cast
 
 from cryptography import x509
 from sqlalchemy import (
+    CTE,
     JSON,
     Exists,
+    Insert,
+    Select,
     Table,
     Update,
     bindparam,
     case,
     exists,
+    func,
     insert,
     or_,
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 
 from acme_ra.db.models import (
@@ -47,7 +53,15 @@ NO_LONGER_VALID: dict[str, Any] = {
 }
 
 
-# The validator's outcome as three statements built once (Core, on the tables: no ORM work and
+# A session (its connection is used) or a Core connection.
+Executor = AsyncSession | AsyncConnection
+
+
+async def _connection(executor: Executor) -> AsyncConnection:
+    return executor if isinstance(executor, AsyncConnection) else await executor.connection()
+
+
+# The validator's outcome as three statements (one on PostgreSQL) built once (Core, on the tables: no ORM work and
 # no cache key to compute per call). Parameters are named p_* (column names are reserved).
 _challenges = cast(Table, Challenge.__table__)
 _authzs = cast(Table, Authorization.__table__)
@@ -72,27 +86,35 @@ _VALIDATE_AUTHZ = (
 _INVALIDATE_AUTHZ = update(_authzs).where(*_PENDING_AUTHZ).values(status=AuthzStatus.invalid.value)
 
 
-def _settle_orders_statement() -> Update:
-    """Every pending order holding authorization ``p_authz_id``: ``invalid`` (with ``p_failure``)
+def _settle_orders_statement(authz_id: ColumnElement[Any], changed: CTE | None = None) -> Update:
+    """Every pending order holding authorization ``authz_id``: ``invalid`` (with ``p_failure``)
     when one of its authorizations is neither valid nor pending or has expired (``p_now``), else
-    ``ready`` when all are valid, else left pending (``refresh_order_status``, for all at once)."""
+    ``ready`` when all are valid, else left pending (``refresh_order_status``, for all at once).
+    ``changed`` (id, status, expires), when given, overrides the authorizations it holds: what a
+    data-modifying CTE of the same statement wrote, which the statement itself does not see."""
     held = _order_authzs.alias("held")
     authz = _authzs.alias("authz")
+    holdings = held.join(authz, authz.c.id == held.c.authz_id)
+    status: ColumnElement[Any] = authz.c.status
+    expires: ColumnElement[Any] = authz.c.expires
+    if changed is not None:
+        holdings = holdings.outerjoin(changed, changed.c.id == authz.c.id)
+        status, expires = func.coalesce(changed.c.status, status), func.coalesce(changed.c.expires, expires)
 
     def any_authorization(condition: ColumnElement[bool]) -> Exists:
-        return exists().where(held.c.order_id == _orders.c.id, authz.c.id == held.c.authz_id, condition)
+        return exists().select_from(holdings).where(held.c.order_id == _orders.c.id, condition)
 
     failed = any_authorization(
         or_(
-            authz.c.status.not_in([AuthzStatus.valid.value, AuthzStatus.pending.value]),
-            authz.c.expires <= bindparam("p_now"),
+            status.not_in([AuthzStatus.valid.value, AuthzStatus.pending.value]),
+            expires <= bindparam("p_now"),
         )
     )
-    unfinished = any_authorization(authz.c.status != AuthzStatus.valid.value)
+    unfinished = any_authorization(status != AuthzStatus.valid.value)
     return (
         update(_orders)
         .where(
-            _orders.c.id.in_(select(_order_authzs.c.order_id).where(_order_authzs.c.authz_id == bindparam("p_authz_id"))),
+            _orders.c.id.in_(select(_order_authzs.c.order_id).where(_order_authzs.c.authz_id == authz_id)),
             _orders.c.status == OrderStatus.pending.value,
             or_(failed, ~unfinished),
         )
@@ -104,11 +126,35 @@ def _settle_orders_statement() -> Update:
     )
 
 
-_SETTLE_ORDERS = _settle_orders_statement()
+_SETTLE_ORDERS = _settle_orders_statement(bindparam("p_authz_id"))
+
+
+def _outcome_statement() -> Select[Any]:
+    """PostgreSQL: the three statements of the outcome in one (data-modifying CTEs): the
+    challenge, its authorization if pending (``p_authz_status``; ``p_expires`` when valid), the
+    orders holding it as they stand once the authorization has changed. Selects the challenge's
+    authorization, so no row means the challenge was not processing and nothing changed."""
+    challenge = _FINISH_CHALLENGE.cte("challenge")
+    authz_id = select(challenge.c.authz_id).scalar_subquery()
+    authz = (
+        update(_authzs)
+        .where(_authzs.c.id == authz_id, _authzs.c.status == AuthzStatus.pending.value)
+        .values(
+            status=bindparam("p_authz_status"),
+            expires=func.coalesce(bindparam("p_expires", type_=_authzs.c.expires.type), _authzs.c.expires),
+        )
+        .returning(_authzs.c.id, _authzs.c.status, _authzs.c.expires)
+        .cte("changed_authz")
+    )
+    orders = _settle_orders_statement(authz_id, changed=authz).cte("orders")
+    return select(challenge.c.authz_id).add_cte(authz, orders)
+
+
+_OUTCOME = _outcome_statement()
 
 
 async def record_challenge_outcome(
-    session: AsyncSession,
+    session: Executor,
     challenge_id: str,
     error: dict[str, Any] | None,
     authz_lifetime: dt.timedelta,
@@ -118,38 +164,43 @@ async def record_challenge_outcome(
     The authorization follows the challenge, and every pending order holding that
     authorization becomes ``ready`` (all its authorizations valid) or ``invalid``.
     Returns False when the challenge was not processing (a duplicate job): nothing changed.
-    Three statements: the challenge (``RETURNING`` its authorization), the authorization, the orders.
+    Three statements: the challenge (``RETURNING`` its authorization), the authorization, the
+    orders; on PostgreSQL the three in one (``_outcome_statement``: an autocommit connection will
+    do), elsewhere in the caller's transaction (``Database.autocommit`` is one on SQLite).
     """
     now = utcnow()
     valid = error is None
-    conn = await session.connection()
-    authz_id = (
-        await conn.execute(
-            _FINISH_CHALLENGE,
-            {
-                "p_challenge_id": challenge_id,
-                "p_status": ChallengeStatus.valid.value if valid else ChallengeStatus.invalid.value,
-                "p_validated": now if valid else None,
-                "p_error": error,
-                "p_now": now,
-            },
-        )
-    ).scalar_one_or_none()
+    conn = await _connection(session)
+    challenge = {
+        "p_challenge_id": challenge_id,
+        "p_status": ChallengeStatus.valid.value if valid else ChallengeStatus.invalid.value,
+        "p_validated": now if valid else None,
+        "p_error": error,
+        "p_now": now,
+    }
+    if conn.dialect.name == "postgresql":
+        outcome = {
+            "p_authz_status": AuthzStatus.valid.value if valid else AuthzStatus.invalid.value,
+            "p_expires": now + authz_lifetime if valid else None,
+            "p_failure": error or NO_LONGER_VALID,
+        }
+        return (await conn.execute(_OUTCOME, {**challenge, **outcome})).first() is not None
+    authz_id = (await conn.execute(_FINISH_CHALLENGE, challenge)).scalar_one_or_none()
     if authz_id is None:
         return False
     if valid:
         await conn.execute(_VALIDATE_AUTHZ, {"p_authz_id": authz_id, "p_expires": now + authz_lifetime})
     else:
         await conn.execute(_INVALIDATE_AUTHZ, {"p_authz_id": authz_id})
-    await settle_pending_orders(session, authz_id, failure=error, now=now)
+    await settle_pending_orders(conn, authz_id, failure=error, now=now)
     return True
 
 
 async def settle_pending_orders(
-    session: AsyncSession, authz_id: str, failure: dict[str, Any] | None = None, now: dt.datetime | None = None
+    session: Executor, authz_id: str, failure: dict[str, Any] | None = None, now: dt.datetime | None = None
 ) -> None:
     """``refresh_order_status`` for every pending order holding ``authz_id``, in one UPDATE."""
-    conn = await session.connection()
+    conn = await _connection(session)
     await conn.execute(
         _SETTLE_ORDERS, {"p_authz_id": authz_id, "p_failure": failure or NO_LONGER_VALID, "p_now": now or utcnow()}
     )
@@ -197,11 +248,38 @@ _ORDER_ISSUED = (
     .values(status=OrderStatus.valid.value, certificate_id=bindparam("p_certificate_id"), updated_at=bindparam("p_now"))
     .returning(_orders.c.account_id)
 )
-_INSERT_CERTIFICATE = insert(cast(Table, Certificate.__table__))
+_certificates = cast(Table, Certificate.__table__)
+_INSERT_CERTIFICATE = insert(_certificates)
+# What store_certificate writes of a certificate, beside its account (revocation columns: NULL).
+_CERTIFICATE_FIELDS = (
+    "id", "ari_cert_id", "order_id", "serial", "chain_pem", "not_before", "not_after", "created_at",
+    "alternate_chains_pem",
+)
+
+
+def _issue_statement() -> Insert:
+    """PostgreSQL: ``_ORDER_ISSUED`` and the certificate's INSERT in one statement (a
+    data-modifying CTE): the certificate is inserted only when the order's UPDATE matched, with
+    its account; ``RETURNING`` says whether it was. One round trip, so autocommit will do."""
+    issued = _ORDER_ISSUED.cte("issued")
+    names = list(_CERTIFICATE_FIELDS)
+    # Named c_*: a parameter named after one of the orders' columns would be taken by the UPDATE.
+    row = select(
+        *(bindparam(f"c_{name}", type_=_certificates.c[name].type) for name in names), issued.c.account_id
+    ).select_from(issued)
+    return (
+        insert(_certificates)
+        .from_select([*names, "account_id"], row)
+        .add_cte(issued)
+        .returning(_certificates.c.id)
+    )
+
+
+_ISSUE = _issue_statement()
 
 
 async def store_certificate(
-    session: AsyncSession,
+    session: Executor,
     order_id: str,
     chain_pem: str,
     serial_hex: str,
@@ -211,31 +289,38 @@ async def store_certificate(
 ) -> str | None:
     """Store the issued chain and mark the order valid. Returns the certificate id, or None when
     the order is no longer processing or already has a certificate (a duplicate job): the first
-    one stands. Two statements: the order's conditional UPDATE (which locks it, ``RETURNING`` its
-    account), then the certificate's INSERT."""
+    one stands. The order's conditional UPDATE (which locks it, ``RETURNING`` its account), then
+    the certificate's INSERT: one statement on PostgreSQL (an autocommit connection will do),
+    two on SQLite (in a transaction: ``Database.autocommit`` is one there)."""
     certificate_id = new_id()
     now = utcnow()
-    conn = await session.connection()
-    account_id = (
-        await conn.execute(_ORDER_ISSUED, {"p_order_id": order_id, "p_certificate_id": certificate_id, "p_now": now})
-    ).scalar_one_or_none()
+    conn = await _connection(session)
+    certificate = dict(
+        zip(
+            _CERTIFICATE_FIELDS,
+            (
+                certificate_id,
+                ari_cert_id_of_pem(chain_pem),
+                order_id,
+                serial_hex,
+                chain_pem,
+                not_before,
+                not_after,
+                now,
+                alternate_chains_pem or None,
+            ),
+            strict=True,
+        )
+    )
+    order = {"p_order_id": order_id, "p_certificate_id": certificate_id, "p_now": now}
+    if conn.dialect.name == "postgresql":
+        values = {f"c_{name}": value for name, value in certificate.items()}
+        inserted = (await conn.execute(_ISSUE, {**values, **order})).scalar_one_or_none()
+        return None if inserted is None else certificate_id
+    account_id = (await conn.execute(_ORDER_ISSUED, order)).scalar_one_or_none()
     if account_id is None:
         return None
-    await conn.execute(
-        _INSERT_CERTIFICATE,
-        {
-            "id": certificate_id,
-            "ari_cert_id": ari_cert_id_of_pem(chain_pem),
-            "order_id": order_id,
-            "account_id": account_id,
-            "serial": serial_hex,
-            "chain_pem": chain_pem,
-            "not_before": not_before,
-            "not_after": not_after,
-            "created_at": now,
-            "alternate_chains_pem": alternate_chains_pem or None,
-        },
-    )
+    await conn.execute(_INSERT_CERTIFICATE, {**certificate, "account_id": account_id})
     return certificate_id
 
 
@@ -254,11 +339,16 @@ def ari_cert_id_of_pem(chain_pem: str) -> str | None:
     return f"{encode(aki)}.{encode(serial_bytes)}"
 
 
-async def fail_order(session: AsyncSession, order_id: str, error: dict[str, Any]) -> bool:
-    """Mark a processing order invalid with a problem (as data). False if it was not processing."""
-    changed = await session.execute(
-        update(Order)
-        .where(Order.id == order_id, Order.status == OrderStatus.processing.value)
-        .values(status=OrderStatus.invalid.value, error=error, updated_at=utcnow())
-    )
-    return bool(changed.rowcount)  # type: ignore[attr-defined]
+_FAIL_ORDER = (
+    update(_orders)
+    .where(_orders.c.id == bindparam("p_order_id"), _orders.c.status == OrderStatus.processing.value)
+    .values(status=OrderStatus.invalid.value, error=bindparam("p_error", type_=JSON), updated_at=bindparam("p_now"))
+)
+
+
+async def fail_order(session: Executor, order_id: str, error: dict[str, Any]) -> bool:
+    """Mark a processing order invalid with a problem (as data). False if it was not processing.
+    One statement: a Core connection in autocommit will do."""
+    conn = await _connection(session)
+    changed = await conn.execute(_FAIL_ORDER, {"p_order_id": order_id, "p_error": error, "p_now": utcnow()})
+    return bool(changed.rowcount)

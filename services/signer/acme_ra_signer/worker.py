@@ -3,6 +3,10 @@
 Idempotent: a redelivered or duplicated job finds the order no longer ``processing`` (or
 already holding a certificate) and only acks; ``lifecycle.store_certificate`` keeps the first
 certificate if two deliveries race. The job is acked only after the database commit.
+
+The job's database work is three round trips on PostgreSQL: the order's read and the
+certificate's store (one statement there) on autocommit connections, no ORM session, so that
+no BEGIN or COMMIT travels on its own.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class JobMessage(Protocol):
 
 # What an issue job reads of its order (built once: Core, no cache key to compute per job).
 _orders = cast(Table, Order.__table__)
+_TRACE_CONTEXT = select(_orders.c.trace_context).where(_orders.c.id == bindparam("p_order_id"))
 _READ_ORDER = select(
     _orders.c.status,
     _orders.c.certificate_id,
@@ -121,12 +126,12 @@ class IssueWorker:
         headers = getattr(msg, "headers", None) or {}
         if headers.get("traceparent"):
             return str(headers["traceparent"])
-        async with self.db.sessions() as session:
-            return (await session.execute(select(Order.trace_context).where(Order.id == order_id))).scalar_one_or_none()
+        async with self.db.autocommit() as conn:
+            return (await conn.execute(_TRACE_CONTEXT, {"p_order_id": order_id})).scalar_one_or_none()
 
     async def _handle(self, order_id: str, msg: JobMessage, fields: dict[str, Any]) -> _Outcome:
         # The one read of the order (storing the certificate reads nothing: a conditional UPDATE).
-        async with self.db.engine.connect() as conn:
+        async with self.db.autocommit() as conn:
             order = (await conn.execute(_READ_ORDER, {"p_order_id": order_id})).first()
         if order is None:
             # The frontend commits before it publishes, so this is a job for a deleted order.
@@ -158,9 +163,10 @@ class IssueWorker:
                     chain = await self.driver.issue(request)
         except UpstreamRejected as rejected:
             return await self._fail(order_id, msg, rejected.problem)
-        async with self.db.transaction() as session:
+        # One statement on PostgreSQL (two in SQLite's transaction): see store_certificate.
+        async with self.db.autocommit() as conn:
             certificate_id = await lifecycle.store_certificate(
-                session,
+                conn,
                 order_id,
                 chain.chain_pem,
                 chain.serial_hex,
@@ -176,8 +182,8 @@ class IssueWorker:
         return _Outcome("issued", {"certificate_id": certificate_id, "serial": chain.serial_hex})
 
     async def _fail(self, order_id: str, msg: JobMessage, problem: dict[str, Any]) -> _Outcome:
-        async with self.db.transaction() as session:
-            changed = await lifecycle.fail_order(session, order_id, problem)
+        async with self.db.autocommit() as conn:  # one conditional UPDATE
+            changed = await lifecycle.fail_order(conn, order_id, problem)
         await msg.ack()
         if not changed:
             return _Outcome("duplicate", {})

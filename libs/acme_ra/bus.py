@@ -245,9 +245,13 @@ async def consume(
     handler: Callable[[JobT, Msg], Awaitable[None]],
     stop: asyncio.Event,
     concurrency: int = 16,
-    batch: int = 16,
 ) -> None:
-    """Pull jobs in batches and run up to ``concurrency`` handlers at once.
+    """Pull jobs one at a time and run up to ``concurrency`` handlers at once.
+
+    One job per pull request, handed to its handler the moment it arrives: nats-py's
+    ``fetch(n)`` with n > 1, when no job is waiting, keeps the first job that arrives until n
+    have come or the fetch times out (up to a second of latency per job at a few jobs a second).
+    A pull request costs one message to and from nats-server per job, nothing at these rates.
 
     The handler acks (after its database commit). If it raises, the job is nak'ed with backoff
     and another delivery (perhaps on another replica) retries it. A message that does not parse
@@ -277,21 +281,27 @@ async def consume(
             slots.release()
 
     while not stop.is_set():
+        await slots.acquire()  # a free handler first: a pulled job starts at once
         try:
-            messages = await subscription.fetch(batch, timeout=1)
+            messages = await subscription.fetch(1, timeout=1)
         except (NatsTimeoutError, TimeoutError):  # nats-py raises either when no job came
+            slots.release()
             continue
         except Exception as error:  # noqa: BLE001 - NATS down: wait for the reconnect
+            slots.release()
             if stop.is_set():
                 break
             log.warning("fetch on %s failed: %s", subject, error)
             await asyncio.sleep(1)
             continue
-        for msg in messages:
-            await slots.acquire()
+        for index, msg in enumerate(messages):
+            if index:
+                await slots.acquire()
             task = asyncio.create_task(run_one(msg))
             running.add(task)
             task.add_done_callback(running.discard)
+        if not messages:
+            slots.release()
     if running:
         await asyncio.wait(running, timeout=30)
     try:

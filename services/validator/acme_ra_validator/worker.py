@@ -1,7 +1,8 @@
 """The job handler: one ``ValidateJob`` = load the challenge, check it, record the outcome, ack.
 
 Two round trips to PostgreSQL per job, on autocommit connections (no BEGIN, no COMMIT, no ORM
-session): the challenge's read, and the outcome as one statement.
+session): the challenge's read, and the outcome as one statement; a third when the challenge is
+valid: the orders holding its authorization looked at again after the commit (``settle_again``).
 
 Idempotent: a job whose challenge is no longer ``processing`` is only acked, and the outcome is
 recorded with a conditional update, so a redelivery (to this or another replica) changes nothing.
@@ -25,7 +26,7 @@ from sqlalchemy import Select, Table, bindparam, select
 from acme_ra import bus, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra.db.lifecycle import record_challenge_outcome
+from acme_ra.db.lifecycle import record_challenge_outcome, settle_pending_orders
 from acme_ra.db.models import Account, Authorization, Challenge, ChallengeStatus, Order, OrderAuthorization
 from acme_ra.protocol.jws import key_authorization
 from acme_ra_validator import metrics
@@ -78,6 +79,7 @@ class ChallengeToCheck:
     """What a check needs, read in one session that is closed before any network I/O."""
 
     challenge_id: str
+    authz_id: str
     type: str
     status: str
     token: str
@@ -107,6 +109,7 @@ def _load_challenge_statement() -> Select[Any]:
     )
     return (
         select(
+            challenges.c.authz_id,
             challenges.c.type,
             challenges.c.status,
             challenges.c.token,
@@ -172,6 +175,8 @@ class ChallengeValidator:
             # One statement on PostgreSQL, three in SQLite's transaction: see record_challenge_outcome.
             async with self.db.autocommit() as conn:
                 changed = await record_challenge_outcome(conn, challenge.challenge_id, error, self.authz_lifetime)
+            if changed and error is None:
+                await self.settle_again(challenge.authz_id)
             await msg.ack()
             result = "valid" if error is None else error["type"]
             span.set_attribute("acme.outcome", result if changed else "duplicate")
@@ -182,6 +187,15 @@ class ChallengeValidator:
                     kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id, status=status
                 )
                 await bus.publish_event(self.js, event)
+
+    async def settle_again(self, authz_id: str) -> None:
+        """Look at the orders holding a newly valid authorization once more, after the outcome
+        is committed. Two authorizations of one order validated at the same moment (two jobs,
+        here or in another validator) each see the other still pending in their own statement,
+        and the order would stay pending for ever; whichever commits last sees both valid here.
+        An order already settled is not touched (the UPDATE matches pending orders only)."""
+        async with self.db.autocommit() as conn:
+            await settle_pending_orders(conn, authz_id)
 
     async def load(self, challenge_id: str) -> ChallengeToCheck | None:
         """One SELECT, on an autocommit connection: a snapshot is all it needs (the outcome's

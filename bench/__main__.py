@@ -197,6 +197,7 @@ def _run_generator(target: Target, args: argparse.Namespace, workdir: Path, http
         eab_kid=target.eab[0] if target.eab else None,
         eab_hmac_key=target.eab[1] if target.eab else None,
         watch_pids=target.watched_pids(),
+        launcher_pid=os.getpid(),
         watch_database=target.database_name,
     )
     config_path, result_path = workdir / f"load-{target.key}.json", workdir / f"result-{target.key}.json"

@@ -64,6 +64,9 @@ class LoadConfig:
     certificate_timeout: float = DEFAULT_CERTIFICATE_TIMEOUT_SECONDS
     # Processes whose CPU time per certificate is reported, by name (the target's services).
     watch_pids: dict[str, int] = field(default_factory=dict)
+    # The process that started the target and copies its services' output into log files
+    # (acme_ra.launcher.Child): its own CPU, children not included.
+    launcher_pid: int | None = None
     # The PostgreSQL database whose backend processes' CPU time is reported as "postgresql".
     watch_database: str | None = None
 
@@ -215,6 +218,9 @@ class LoadGenerator:
         served, missed = self.challenges.served, self.challenges.missed
         cpu_started = time.process_time()
         watched_started = {name: process_cpu_seconds(pid) for name, pid in self.config.watch_pids.items()}
+        launcher = self.config.launcher_pid
+        if launcher is not None:
+            watched_started[LAUNCHER] = own_cpu_seconds(launcher)
         backends_started = postgres_backends_cpu(self.config.watch_database)
         trees = {name: process_tree(pid) for name, pid in self.config.watch_pids.items()}
         instructions = InstructionCounters({**trees, "postgresql": list(backends_started),
@@ -224,6 +230,8 @@ class LoadGenerator:
         counted = instructions.stop()
         cpu = time.process_time() - cpu_started
         watched = {name: process_cpu_seconds(pid) for name, pid in self.config.watch_pids.items()}
+        if launcher is not None:
+            watched[LAUNCHER] = own_cpu_seconds(launcher)
         backends = postgres_backends_cpu(self.config.watch_database)
         if self.config.watch_database:
             watched_started["postgresql"] = 0.0
@@ -266,6 +274,9 @@ class LoadGenerator:
         }
 
 
+LAUNCHER = "launcher (log copying)"
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -285,14 +296,20 @@ def process_tree(pid: int) -> list[int]:
     return [pid, *sorted(children)]
 
 
+def own_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time so far of one process (Linux /proc), or None when it is gone."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time so far of a process and its living children (Linux /proc), or
-    None when the process is gone."""
+    """User + system CPU time so far of a process and its living children, or None when the
+    process is gone."""
     total = None
     for member in process_tree(pid):
-        fields = _stat_fields(member)
-        if fields is not None:
-            total = (total or 0.0) + (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        seconds = own_cpu_seconds(member)
+        if seconds is not None:
+            total = (total or 0.0) + seconds
     return total
 
 

@@ -18,6 +18,14 @@ documents and certificate chains).
 Errors are httpx's: ``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``PoolTimeout`` and
 ``RemoteProtocolError``. A request is never sent twice: a connection that breaks under a
 request fails that request (an ACME POST may have been taken).
+
+Options for clients that talk to servers they do not trust (the validator's http-01 fetch):
+``keepalive=False`` closes every connection after its response (a fresh connection per request);
+``max_body_bytes`` keeps at most that much of a body, then closes the connection and marks the
+response ``extensions["body_truncated"]`` (an endless body neither fills memory nor keeps the
+request reading forever: the read timeout only bounds the wait between bytes); ``max_head_bytes``
+makes a status line and headers longer than that a ``RemoteProtocolError``. The ``sni_hostname`` request extension (as
+httpcore's) names the TLS server when the URL's host is an address.
 """
 
 from __future__ import annotations
@@ -40,7 +48,8 @@ MAX_CONNECTIONS_PER_ORIGIN = 20
 
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
-Origin = tuple[bytes, str, int]
+# (scheme, host, port, TLS server name when not the host): what a connection may be reused for.
+Origin = tuple[bytes, str, int, str | None]
 
 
 class _ExchangeFailed(Exception):
@@ -54,24 +63,38 @@ class _ExchangeFailed(Exception):
 class _Answer:
     """A parsed response: status, raw header pairs, body, and whether the connection stays open."""
 
-    __slots__ = ("body", "headers", "http_version", "keep_alive", "status")
+    __slots__ = ("body", "headers", "http_version", "keep_alive", "status", "truncated")
 
     def __init__(
-        self, status: int, headers: list[tuple[bytes, bytes]], body: bytes, http_version: str, keep_alive: bool
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        http_version: str,
+        keep_alive: bool,
+        truncated: bool = False,
     ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.http_version = http_version
         self.keep_alive = keep_alive
+        self.truncated = truncated
 
 
 class Http11Connection(asyncio.Protocol):
     """One HTTP/1.1 connection: a request is written whole, the response is parsed as it arrives
-    and handed to the waiting request when complete."""
+    and handed to the waiting request when complete (or, past ``max_body_bytes``, cut short)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        max_body_bytes: int | None = None,
+        max_head_bytes: int | None = None,
+    ) -> None:
         self.loop = loop
+        self.max_body_bytes = max_body_bytes
+        self.max_head_bytes = max_head_bytes
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = time.monotonic()
@@ -82,6 +105,9 @@ class Http11Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._headers_done = False
         self._until_close = False  # neither Content-Length nor chunked: the body ends with the connection
+        self._body_size = 0
+        self._cut = False  # the body passed max_body_bytes: the answer is given, the rest ignored
+        self._head_size = 0  # bytes received before the headers were complete (1xx answers included)
         self._read_timeout: float | None = None
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -104,6 +130,8 @@ class Http11Connection(asyncio.Protocol):
             self.close()
             return
         self._last_read = self.loop.time()
+        if not self._headers_done:
+            self._head_size += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -112,6 +140,8 @@ class Http11Connection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self._fail(httpx.RemoteProtocolError, f"malformed response: {error}")
             self.close()
+        else:
+            self._check_head_size()
 
     # httptools callbacks ----------------------------------------------------------------------
 
@@ -136,7 +166,20 @@ class Http11Connection(asyncio.Protocol):
         )
 
     def on_body(self, body: bytes) -> None:
-        self._body.append(body)
+        if self.max_body_bytes is None:
+            self._body.append(body)
+            return
+        if self._cut:
+            return
+        room = self.max_body_bytes - self._body_size
+        if len(body) <= room:
+            self._body.append(body)
+            self._body_size += len(body)
+            return
+        self._body.append(body[:room])
+        self._cut = True
+        self._answer(keep_alive=False, truncated=True)
+        self.close()
 
     def on_message_complete(self) -> None:
         if self._parser.get_status_code() < 200:  # 1xx interim answer: the real one follows
@@ -153,7 +196,8 @@ class Http11Connection(asyncio.Protocol):
             raise _ExchangeFailed(httpx.RemoteProtocolError, "the connection was closed before the request")
         self._head = head
         self._headers, self._body = [], []
-        self._headers_done = self._until_close = False
+        self._headers_done = self._until_close = self._cut = False
+        self._body_size = self._head_size = 0
         self._waiter = self.loop.create_future()
         self.transport.write(request)
         if read_timeout is not None:
@@ -193,11 +237,18 @@ class Http11Connection(asyncio.Protocol):
         self._fail(httpx.ReadTimeout, f"no data from the server for {self._read_timeout:g}s")
         self.close()
 
-    def _answer(self, keep_alive: bool) -> None:
+    def _check_head_size(self) -> None:
+        """``max_head_bytes``: a status line and headers that never end are a protocol error."""
+        if self.max_head_bytes is not None and not self._headers_done and self._head_size > self.max_head_bytes:
+            self._fail(httpx.RemoteProtocolError, f"response headers longer than {self.max_head_bytes} bytes")
+            self.close()
+
+    def _answer(self, keep_alive: bool, truncated: bool = False) -> None:
         if self._waiter is not None and not self._waiter.done():
             version = self._parser.get_http_version()
+            body = b"".join(self._body)
             self._waiter.set_result(
-                _Answer(self._parser.get_status_code(), self._headers, b"".join(self._body), version, keep_alive)
+                _Answer(self._parser.get_status_code(), self._headers, body, version, keep_alive, truncated)
             )
 
     def _fail(self, kind: type[httpx.TransportError], message: str) -> None:
@@ -207,11 +258,17 @@ class Http11Connection(asyncio.Protocol):
 
 class OriginPool:
     """The connections to one origin: idle ones to reuse (most recent first), and a bound on how
-    many requests, hence connections, are under way at once."""
+    many requests, hence connections, are under way at once. A pool with no idle connection and
+    no request (``users``) holds nothing and is dropped: a client dialling many addresses once
+    each (the validator) does not keep a pool per address forever."""
 
     def __init__(self, limit: int) -> None:
         self.idle: list[Http11Connection] = []
         self.slots = asyncio.Semaphore(limit)
+        self.users = 0  # requests waiting for or holding a slot
+
+    def unused(self) -> bool:
+        return self.users == 0 and not self.idle
 
     def take_idle(self) -> Http11Connection | None:
         """The most recently used idle connection still fit for a request; stale ones are closed."""
@@ -231,16 +288,23 @@ class OriginPool:
 
 class LeanTransport(httpx.AsyncBaseTransport):
     """``httpx.AsyncClient(transport=LeanTransport(ssl_context=...))``: HTTP/1.1 keep-alive over
-    asyncio protocols (see the module docstring for what it leaves out)."""
+    asyncio protocols (see the module docstring for what it leaves out, and for ``keepalive``,
+    ``max_body_bytes`` and ``max_head_bytes``)."""
 
     def __init__(
         self,
         ssl_context: ssl.SSLContext | None = None,
         *,
         max_connections_per_origin: int = MAX_CONNECTIONS_PER_ORIGIN,
+        keepalive: bool = True,
+        max_body_bytes: int | None = None,
+        max_head_bytes: int | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         self.max_connections_per_origin = max_connections_per_origin
+        self.keepalive = keepalive
+        self.max_body_bytes = max_body_bytes
+        self.max_head_bytes = max_head_bytes
         self.connections_opened = 0  # for tests and benchmarks: how well keep-alive works
         self._pools: dict[Origin, OriginPool] = {}
         self._busy: set[Http11Connection] = set()
@@ -250,28 +314,37 @@ class LeanTransport(httpx.AsyncBaseTransport):
         if self._closed:
             raise RuntimeError("LeanTransport used after aclose()")
         timeouts: Mapping[str, Any] = request.extensions.get("timeout") or {}
-        origin = _origin(request.url)
+        origin = _origin(request)
+        wire, reusable = request_bytes(request, await request.aread())
         pool = self._pools.get(origin)
         if pool is None:
             pool = self._pools[origin] = OriginPool(self.max_connections_per_origin)
-        wire, reusable = request_bytes(request, await request.aread())
-        await _acquire_slot(pool, timeouts.get("pool"), request)
+        pool.users += 1
         try:
-            connection = pool.take_idle() or await self._connect(origin, timeouts.get("connect"), request)
-            answer = await self._exchange(connection, wire, request, timeouts.get("read"))
+            await _acquire_slot(pool, timeouts.get("pool"), request)
+            try:
+                connection = pool.take_idle() or await self._connect(origin, timeouts.get("connect"), request)
+                answer = await self._exchange(connection, wire, request, timeouts.get("read"))
+            finally:
+                pool.slots.release()
+            if self.keepalive and answer.keep_alive and reusable and not self._closed:
+                pool.idle.append(connection)
+            else:
+                connection.close()
         finally:
-            pool.slots.release()
-        if answer.keep_alive and reusable and not self._closed:
-            pool.idle.append(connection)
-        else:
-            connection.close()
+            pool.users -= 1
+            if pool.unused() and self._pools.get(origin) is pool:
+                del self._pools[origin]
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1" if answer.http_version == "1.1" else b"HTTP/1.0"}
+        if answer.truncated:
+            extensions["body_truncated"] = True
         return httpx.Response(
             answer.status,
             headers=answer.headers,
             # A stream, not content=: httpx would add a Content-Length the server never sent.
             stream=httpx.ByteStream(answer.body),
             request=request,
-            extensions={"http_version": b"HTTP/1.1" if answer.http_version == "1.1" else b"HTTP/1.0"},
+            extensions=extensions,
         )
 
     async def aclose(self) -> None:
@@ -284,13 +357,17 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._busy.clear()
 
     async def _connect(self, origin: Origin, timeout: float | None, request: httpx.Request) -> Http11Connection:
-        scheme, host, port = origin
+        scheme, host, port, server_name = origin
         tls = self._tls_context() if scheme == b"https" else None
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
-                    lambda: Http11Connection(loop), host, port, ssl=tls, server_hostname=host if tls else None
+                    lambda: Http11Connection(loop, self.max_body_bytes, self.max_head_bytes),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=(server_name or host) if tls else None,
                 )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout:g}s", request=request) from None
@@ -325,11 +402,13 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 connection.close()
 
 
-def _origin(url: httpx.URL) -> Origin:
+def _origin(request: httpx.Request) -> Origin:
+    url = request.url
     scheme = url.raw_scheme
     if scheme not in _DEFAULT_PORTS:
         raise httpx.UnsupportedProtocol(f"LeanTransport speaks http and https, not {url.scheme!r}")
-    return scheme, url.host, url.port or _DEFAULT_PORTS[scheme]
+    server_name = request.extensions.get("sni_hostname") if scheme == b"https" else None
+    return scheme, url.host, url.port or _DEFAULT_PORTS[scheme], server_name
 
 
 async def _acquire_slot(pool: OriginPool, timeout: float | None, request: httpx.Request) -> None:

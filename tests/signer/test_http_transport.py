@@ -125,6 +125,20 @@ class ScriptedServer:
             return False
         elif path == "/drop":
             return False
+        elif path == "/big":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"b" * 1000)
+        elif path in ("/endless", "/endless-chunked"):  # a body that never ends, as fast as it is read
+            chunked = path == "/endless-chunked"
+            writer.write(b"HTTP/1.1 200 OK\r\n" + (b"Transfer-Encoding: chunked\r\n" if chunked else b"") + b"\r\n")
+            piece = b"e" * 16384
+            while True:
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                await writer.drain()
+        elif path == "/endless-headers":
+            writer.write(b"HTTP/1.1 200 OK\r\n")
+            while True:
+                writer.write(b"X-Padding: " + b"p" * 4096 + b"\r\n")
+                await writer.drain()
         else:
             writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
@@ -155,12 +169,17 @@ async def read_chunks(reader: asyncio.StreamReader) -> bytes:
 
 
 @asynccontextmanager
-async def serving(tls: TlsMaterial | None = None) -> AsyncIterator[ScriptedServer]:
+async def serving(
+    tls: TlsMaterial | None = None, server_names: list[str | None] | None = None
+) -> AsyncIterator[ScriptedServer]:
+    """A ScriptedServer on loopback; with TLS, the SNI name of each handshake goes to ``server_names``."""
     script = ScriptedServer()
     context = None
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(tls.cert("server"), tls.key("server"))
+        if server_names is not None:
+            context.sni_callback = lambda _socket, name, _context: server_names.append(name)
     server = await asyncio.start_server(script.handle, "127.0.0.1", 0, ssl=context)
     script.port = server.sockets[0].getsockname()[1]
     try:
@@ -442,5 +461,93 @@ def test_closing_the_transport_closes_its_connections(run: Callable[[Awaitable[N
             await asyncio.sleep(0.05)
             assert connection.lost
             assert transport._pools == {}
+
+    run(scenario())
+
+
+@asynccontextmanager
+async def lean_client(**options: object) -> AsyncIterator[tuple[httpx.AsyncClient, LeanTransport]]:
+    """A client whose transport takes ``options`` (keepalive, max_body_bytes, max_head_bytes)."""
+    transport = LeanTransport(**options)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=transport) as http:
+        yield http, transport
+
+
+def test_without_keepalive_each_request_has_its_own_connection(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, lean_client(keepalive=False) as (http, transport):
+            for _ in range(3):
+                assert (await http.get(f"http://127.0.0.1:{server.port}/hello")).content == b"hello"
+            assert server.connections == transport.connections_opened == 3
+            assert transport._pools == {}  # nothing kept per origin once its requests are done
+
+    run(scenario())
+
+
+def test_a_body_past_max_body_bytes_is_cut_and_its_connection_closed(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, lean_client(max_body_bytes=100) as (http, transport):
+            response = await http.get(f"http://127.0.0.1:{server.port}/big")
+            assert response.content == b"b" * 100
+            assert response.extensions["body_truncated"] is True
+            whole = await http.get(f"http://127.0.0.1:{server.port}/hello")
+            assert whole.content == b"hello"
+            assert "body_truncated" not in whole.extensions
+            assert transport.connections_opened == 2  # the cut connection, mid-body, was not reused
+
+    run(scenario())
+
+
+def test_a_body_of_exactly_max_body_bytes_is_whole(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, lean_client(max_body_bytes=5) as (http, transport):
+            for _ in range(2):
+                response = await http.get(f"http://127.0.0.1:{server.port}/hello")
+                assert response.content == b"hello"
+                assert "body_truncated" not in response.extensions
+            assert transport.connections_opened == 1
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("path", ["/endless", "/endless-chunked"])
+def test_an_endless_body_ends_at_max_body_bytes(run: Callable[[Awaitable[None]], None], path: str) -> None:
+    async def scenario() -> None:
+        async with serving() as server, lean_client(max_body_bytes=65536, keepalive=False) as (http, _):
+            started = time.monotonic()
+            response = await http.get(f"http://127.0.0.1:{server.port}{path}")
+            assert time.monotonic() - started < 2.0
+            assert response.content == b"e" * 65536
+            assert response.extensions["body_truncated"] is True
+
+    run(scenario())
+
+
+def test_headers_past_max_head_bytes_are_a_protocol_error(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, lean_client(max_head_bytes=16384) as (http, _):
+            with pytest.raises(httpx.RemoteProtocolError, match="headers longer than 16384 bytes"):
+                await http.get(f"http://127.0.0.1:{server.port}/endless-headers")
+            assert (await http.get(f"http://127.0.0.1:{server.port}/hello")).content == b"hello"
+
+    run(scenario())
+
+
+def test_the_sni_hostname_extension_names_the_tls_server(
+    run: Callable[[Awaitable[None]], None], tls: TlsMaterial
+) -> None:
+    async def scenario() -> None:
+        names: list[str | None] = []
+        async with (
+            serving(tls, names) as server,
+            client(ssl_context=ssl.create_default_context(cafile=tls.ca)) as (http, transport),
+        ):
+            url = f"https://127.0.0.1:{server.port}/hello"
+            for _ in range(2):
+                assert (await http.get(url, extensions={"sni_hostname": "localhost"})).content == b"hello"
+            assert (await http.get(url)).content == b"hello"
+            # One connection per server name: a connection made for one name is not used for another.
+            assert transport.connections_opened == 2
+            assert names == ["localhost", None]  # an address is never sent as SNI
 
     run(scenario())

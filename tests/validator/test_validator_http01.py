@@ -1,13 +1,19 @@
+"""http-01 against real HTTP servers on loopback: the HttpLab of conftest for well-behaved ones,
+``raw_server`` handlers written here for servers that misbehave (endless bodies or headers,
+silence, garbage, TLS where none is spoken)."""
+
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
 from cryptography import x509
 
+from acme_ra_validator import http01
 from acme_ra_validator.failure import ValidationFailure
 from acme_ra_validator.http01 import MAX_BODY_BYTES, ValidationPorts, check_http01, new_http_client
 from acme_ra_validator.network import NetworkPolicy
@@ -212,3 +218,178 @@ async def test_overlong_redirect_is_refused(client: httpx.AsyncClient, http_lab:
     with pytest.raises(ValidationFailure) as failure:
         await check(client, http_lab.port)
     assert "longer than 2000" in failure.value.detail
+
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@asynccontextmanager
+async def raw_server(handler: RawHandler) -> AsyncIterator[int]:
+    """A loopback server running ``handler`` per connection; yields its port. Its connections are
+    cut and its handlers finished before it returns: nothing outlives the test."""
+    handlers: list[asyncio.Task[None]] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.append(asyncio.current_task())  # type: ignore[arg-type]
+        writers.append(writer)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except ConnectionError:
+                pass
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()
+        for writer in writers:  # a handler still reading or writing sees its connection lost
+            writer.transport.abort()
+        await asyncio.gather(*handlers)
+
+
+async def read_head(reader: asyncio.StreamReader) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+
+
+def endless_body(framing: bytes, chunked: bool) -> RawHandler:
+    """Answers 200 with the key authorization followed by bytes that never end."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n" + framing + b"\r\n")
+        piece = KEY_AUTH.encode() + b"x" * 16384
+        while True:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            await writer.drain()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("framing", "chunked"),
+    [
+        (b"Content-Type: text/plain\r\n", False),  # the body ends with the connection: never
+        (b"Content-Length: 10000000000\r\n", False),
+        (b"Transfer-Encoding: chunked\r\n", True),
+    ],
+    ids=["until-close", "huge-length", "chunked"],
+)
+async def test_an_endless_body_is_cut_at_the_limit(client: httpx.AsyncClient, framing: bytes, chunked: bool) -> None:
+    async with raw_server(endless_body(framing, chunked)) as port:
+        started = time.monotonic()
+        with pytest.raises(ValidationFailure) as failure:
+            await check(client, port)
+        assert time.monotonic() - started < 2.0  # not the read timeout: the body was cut, not waited for
+    assert failure.value.type == "unauthorized"
+    assert f'got "{KEY_AUTH}xxx' in failure.value.detail
+    assert len(failure.value.detail) < 400
+
+
+async def test_a_body_of_exactly_the_limit_is_read_whole(client: httpx.AsyncClient, http_lab: HttpLab) -> None:
+    http_lab.routes[PATH] = (200, {}, KEY_AUTH.encode() + b" " * (MAX_BODY_BYTES - len(KEY_AUTH)))
+    await check(client, http_lab.port)  # the padding is trailing whitespace
+
+
+async def test_endless_headers_are_an_error_reading_the_response(client: httpx.AsyncClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        while True:
+            writer.write(b"X-Padding: " + b"a" * 4096 + b"\r\n")
+            await writer.drain()
+
+    async with raw_server(handler) as port:
+        with pytest.raises(ValidationFailure) as failure:
+            await check(client, port)
+    assert failure.value.to_data() == {
+        "type": "connection",
+        "detail": f"127.0.0.1: Fetching http://myhost.localhost:{port}{PATH}: Error reading the response",
+    }
+
+
+async def test_a_malformed_response_is_an_error_reading_the_response(client: httpx.AsyncClient) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"this is not HTTP\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(handler) as port:
+        with pytest.raises(ValidationFailure) as failure:
+            await check(client, port)
+    assert failure.value.type == "connection"
+    assert failure.value.detail.endswith("Error reading the response")
+
+
+async def test_a_silent_server_is_a_read_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http01, "READ_TIMEOUT_SECONDS", 0.3)
+
+    async def handler(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the validator gives up and closes
+
+    async with raw_server(handler) as port, new_http_client() as client:
+        started = time.monotonic()
+        with pytest.raises(ValidationFailure) as failure:
+            await check(client, port)
+        assert 0.25 < time.monotonic() - started < 3.0
+    assert failure.value.type == "connection"
+    assert failure.value.detail.endswith("Timeout during read")
+
+
+async def test_each_validation_opens_a_fresh_connection(client: httpx.AsyncClient) -> None:
+    connections: list[int] = []
+
+    async def keep_alive(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(0)
+        body = KEY_AUTH.encode()
+        while True:  # answers as long as the client asks on this connection
+            await read_head(reader)
+            connections[-1] += 1
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    async with raw_server(keep_alive) as port:
+        await check(client, port)
+        await check(client, port)
+    assert connections == [1, 1]
+
+
+async def test_an_https_redirect_to_a_server_without_tls_is_a_connection_failure(
+    client: httpx.AsyncClient, http_lab: HttpLab
+) -> None:
+    async def plain(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the ClientHello, answered in plain HTTP
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(plain) as tls_port:
+        http_lab.routes[PATH] = (301, {"Location": f"https://127.0.0.1:{tls_port}/x"}, b"")
+        with pytest.raises(ValidationFailure) as failure:
+            await check(client, http_lab.port, "127.0.0.1", tls_port=tls_port)
+    assert failure.value.to_data() == {
+        "type": "connection",
+        "detail": f"127.0.0.1: Fetching https://127.0.0.1:{tls_port}/x: Connection refused or unreachable",
+    }
+
+
+async def test_a_tls_handshake_that_hangs_is_a_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch, http_lab: HttpLab
+) -> None:
+    monkeypatch.setattr(http01, "CONNECT_TIMEOUT_SECONDS", 0.3)
+
+    async def mute(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    async with raw_server(mute) as tls_port, new_http_client() as client:
+        http_lab.routes[PATH] = (301, {"Location": f"https://127.0.0.1:{tls_port}/x"}, b"")
+        with pytest.raises(ValidationFailure) as failure:
+            await check(client, http_lab.port, "127.0.0.1", tls_port=tls_port)
+    assert failure.value.type == "connection"
+    assert failure.value.detail.endswith("Timeout during connect")

@@ -107,11 +107,13 @@ def dns_lab(dns_server: DnsLab) -> DnsLab:
 
 @dataclass
 class HttpLab:
-    """A tiny HTTP/1.1 server: ``routes[path] = (status, headers, body)``; records (path, Host)."""
+    """A tiny HTTP/1.1 server: ``routes[path] = (status, headers, body)``; records (path, Host),
+    and every request's headers (lower-case names) in ``headers``."""
 
     port: int = 0
     routes: dict[str, tuple[int, dict[str, str], bytes]] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -119,6 +121,7 @@ class HttpLab:
             _method, path, _version = head[0].split(" ", 2)
             headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
             self.requests.append((path, headers.get("host")))
+            self.headers.append(headers)
             status, extra, body = self.routes.get(path, (404, {}, b"not found"))
             lines = [f"HTTP/1.1 {status} Whatever", f"Content-Length: {len(body)}", "Connection: close"]
             lines += [f"{k}: {v}" for k, v in extra.items()]

@@ -45,6 +45,13 @@ async def test_success_with_trailing_whitespace(client: httpx.AsyncClient, http_
     assert http_lab.requests == [(PATH, f"myhost.localhost:{http_lab.port}")]
 
 
+async def test_asks_for_an_uncompressed_answer(client: httpx.AsyncClient, http_lab: HttpLab) -> None:
+    # A compressed body is decoded whole before the body cap applies: never ask for one.
+    http_lab.routes[PATH] = (200, {}, KEY_AUTH.encode())
+    await check(client, http_lab.port)
+    assert http_lab.headers[0]["accept-encoding"] == "identity"
+
+
 async def test_wrong_content(client: httpx.AsyncClient, http_lab: HttpLab) -> None:
     http_lab.routes[PATH] = (200, {}, b"something else")
     with pytest.raises(ValidationFailure) as failure:

@@ -76,7 +76,9 @@ def new_http_client() -> httpx.AsyncClient:
         trust_env=False,
         follow_redirects=False,
         timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
-        headers={"User-Agent": USER_AGENT, "Accept": "*/*"},
+        # identity: no compressed answers, whose few kilobytes httpx would decode to megabytes in
+        # one piece before the body cap is looked at (a key authorization is ~90 bytes).
+        headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"},
     )
 
 

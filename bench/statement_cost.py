@@ -10,7 +10,6 @@ SQLAlchemy Core; the difference is what a move of their hot statements to asyncp
 from __future__ import annotations
 
 import argparse
-import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable

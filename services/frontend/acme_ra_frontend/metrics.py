@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -52,13 +51,14 @@ PROBLEMS = Counter("acme_ra_problems_total", "Problem documents sent, by type.",
 def start_metrics_server(listen: str, multiprocess_dir: Path | None = None) -> None:
     """/metrics on ``listen``; with ``multiprocess_dir``, the sum of every worker's files there."""
     host, port = parse_host_port(listen)
-    registry = None
-    if multiprocess_dir is not None:
-        from prometheus_client import multiprocess
+    if multiprocess_dir is None:
+        start_http_server(port, addr=host.strip("[]"))
+        return
+    from prometheus_client import multiprocess
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, str(multiprocess_dir))
-    start_http_server(port, addr=host.strip("[]"), **({"registry": registry} if registry else {}))
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, str(multiprocess_dir))  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host.strip("[]"), registry=registry)
 
 
 async def refresh_once(state: FrontendState) -> None:

@@ -154,7 +154,8 @@ async def new_order(call: AcmeCall) -> Response:
                                "new orders for this External Account Binding key")
     now = utcnow()
     failure_limit = settings.rate_failed_validations_per_name_per_hour
-    failures, reusable_authzs = {}, {}
+    failures: dict[str, int] = {}
+    reusable_authzs: dict[tuple[str, str, bool], str] = {}
     if settings.reuse_valid_authorizations or failure_limit > 0:
         failures, reusable_authzs = await authz_history(conn, account.id, identifiers, now,
                                                         settings.reuse_valid_authorizations)

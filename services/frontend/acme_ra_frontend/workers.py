@@ -95,7 +95,7 @@ def run_workers(count: int, sock: socket.socket, serve: Callable[[socket.socket]
                 serve(sock)
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else 1
-            except BaseException:  # noqa: BLE001 - reported, and the worker's status says it
+            except BaseException:  # reported; the worker's exit status says it
                 log.exception("frontend worker %d failed", number)
                 code = 1
             finally:
@@ -145,4 +145,4 @@ def _mark_dead(pid: int, metrics_dir: Path | None) -> None:
     if metrics_dir is not None:
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid, str(metrics_dir))
+        multiprocess.mark_process_dead(pid, str(metrics_dir))  # type: ignore[no-untyped-call]

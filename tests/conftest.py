@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from acme_ra.launcher import LaunchError, Topology
 from tests.support import database
 from tests.support.dns_server import TestDnsServer
-from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment
+from tests.support.lab import TEST_ZONE, Lab, running_lab
 
 # Tests that use one of these fixtures count as having run on the lane's database.
 LANE_FIXTURES = {"lab_database_url", "fresh_database_url"}
@@ -47,18 +46,9 @@ def fresh_database_url(tmp_path: Path) -> Iterator[str]:
 def lab(test_dns: TestDnsServer, lab_database_url: str,
         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """nats-server, migrations, bootstrap and the three services, started by the launcher's code."""
-    ports = LabPorts.allocate()
-    env = lab_environment(tmp_path_factory.mktemp("lab") / "var", lab_database_url, ports,
-                          dns_resolvers=test_dns.resolver_setting)
-    topology = Topology(env, nats_port=ports.nats)
-    try:
-        topology.start()
-    except LaunchError as error:
-        pytest.fail(f"the topology did not start: {error}", pytrace=False)
-    try:
-        yield Lab(topology, ports, test_dns.txt_dir)
-    finally:
-        topology.stop()
+    with running_lab(tmp_path_factory.mktemp("lab") / "var", lab_database_url, test_dns.resolver_setting,
+                     test_dns.txt_dir) as lab:
+        yield lab
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -283,7 +283,7 @@ async def consume(
     while not stop.is_set():
         await slots.acquire()  # a free handler first: a pulled job starts at once
         try:
-            messages = await subscription.fetch(1, timeout=1)
+            [msg] = await subscription.fetch(1, timeout=1)
         except (NatsTimeoutError, TimeoutError):  # nats-py raises either when no job came
             slots.release()
             continue
@@ -294,14 +294,9 @@ async def consume(
             log.warning("fetch on %s failed: %s", subject, error)
             await asyncio.sleep(1)
             continue
-        for index, msg in enumerate(messages):
-            if index:
-                await slots.acquire()
-            task = asyncio.create_task(run_one(msg))
-            running.add(task)
-            task.add_done_callback(running.discard)
-        if not messages:
-            slots.release()
+        task = asyncio.create_task(run_one(msg))  # run_one releases the slot
+        running.add(task)
+        task.add_done_callback(running.discard)
     if running:
         await asyncio.wait(running, timeout=30)
     try:

@@ -122,8 +122,9 @@ def _http_base(listen: str) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the launcher dies, even by SIGKILL (Linux)."""
+def die_with_parent() -> None:
+    """In a child (before exec, or a forked worker): SIGTERM when the parent dies, even by
+    SIGKILL (Linux)."""
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -152,7 +153,7 @@ class Child:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
-                preexec_fn=_die_with_parent if _LIBC is not None else None,
+                preexec_fn=die_with_parent if _LIBC is not None else None,
             )
         except BaseException:
             self._log.close()

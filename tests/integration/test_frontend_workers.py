@@ -13,10 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from acme_ra.launcher import LaunchError, Topology
 from tests.support import certbot
 from tests.support.dns_server import TestDnsServer
-from tests.support.lab import Lab, LabPorts, lab_environment
+from tests.support.lab import Lab, running_lab
 
 pytestmark = pytest.mark.integration
 
@@ -54,18 +53,9 @@ def wait_until(condition: object, seconds: float = 20.0) -> bool:
 
 @pytest.fixture
 def workers_lab(test_dns: TestDnsServer, fresh_database_url: str, tmp_path: Path) -> Iterator[Lab]:
-    ports = LabPorts.allocate()
-    env = lab_environment(tmp_path / "var", fresh_database_url, ports, dns_resolvers=test_dns.resolver_setting)
-    env["ACME_RA_FRONTEND_WORKERS"] = str(WORKERS)
-    topology = Topology(env, nats_port=ports.nats)
-    try:
-        topology.start()
-    except LaunchError as error:
-        pytest.fail(f"the topology did not start: {error}", pytrace=False)
-    try:
-        yield Lab(topology, ports, test_dns.txt_dir)
-    finally:
-        topology.stop()
+    with running_lab(tmp_path / "var", fresh_database_url, test_dns.resolver_setting, test_dns.txt_dir,
+                     {"ACME_RA_FRONTEND_WORKERS": str(WORKERS)}) as lab:
+        yield lab
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from acme_ra.config import ENV_PREFIX, Settings
-from acme_ra.launcher import Topology, free_port
+from acme_ra.launcher import LaunchError, Topology, free_port
 
 # Where the test DNS server's names resolve, and the zone it answers for.
 TEST_ZONE = "acme-ra.test"
@@ -88,3 +92,22 @@ class Lab:
         for path in sorted(self.topology.log_dir.glob("*.log")):
             parts.append(f"----- {path.name}\n{path.read_text(errors='replace')[-20000:]}")
         return "\n".join(parts)
+
+
+@contextmanager
+def running_lab(state_dir: Path, database_url: str, dns_resolvers: str, txt_dir: Path,
+                extra_env: Mapping[str, str] | None = None) -> Iterator[Lab]:
+    """nats-server, migrations, bootstrap and the services, started by the launcher's code with
+    ``extra_env`` on top of the lab's environment; stopped afterwards."""
+    ports = LabPorts.allocate()
+    env = lab_environment(state_dir, database_url, ports, dns_resolvers=dns_resolvers)
+    env.update(extra_env or {})
+    topology = Topology(env, nats_port=ports.nats)
+    try:
+        topology.start()
+    except LaunchError as error:
+        pytest.fail(f"the topology did not start: {error}", pytrace=False)
+    try:
+        yield Lab(topology, ports, txt_dir)
+    finally:
+        topology.stop()

@@ -1,9 +1,9 @@
 """Engine and session factory: created once per process, one session per request or job.
 
-Beside the ORM session, two Core connections for the workers' hot paths, where an ORM session
-costs more client CPU than the statements it runs: ``autocommit()`` for a read that needs no
-transaction or one statement that is its own (no BEGIN and no COMMIT/ROLLBACK round trips on
-PostgreSQL), ``core_transaction()`` for several statements that must commit together.
+Beside the ORM session, ``autocommit()``: a Core connection for the hot paths (the frontend's
+reads, the workers' jobs), where an ORM session costs more client CPU than the statements it runs,
+for a read that needs no transaction or one statement that is its own (no BEGIN and no
+COMMIT/ROLLBACK round trips on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -78,10 +78,7 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        # Not on an AUTOCOMMIT connection (each statement its own transaction): a BEGIN there
-        # would open a transaction that nothing commits.
-        if connection.get_execution_options().get("isolation_level") != "AUTOCOMMIT":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -103,12 +100,6 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def core_transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A Core connection in one transaction: committed on success, rolled back on error."""
-        async with self.engine.begin() as conn:
-            yield conn
-
-    @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[AsyncConnection]:
         """A Core connection on which every statement commits on its own: for a read that needs no
         transaction, or a write that is one statement (atomic and durable by itself). Two
@@ -116,7 +107,7 @@ class Database:
 
         PostgreSQL: AUTOCOMMIT, so no BEGIN and no COMMIT/ROLLBACK round trips (a third of a
         one-statement transaction's client CPU). SQLite: one transaction (``BEGIN IMMEDIATE`` …
-        COMMIT), as ``core_transaction``: the file's lock is taken either way."""
+        COMMIT): the file's lock is taken either way."""
         if self.is_sqlite:
             async with self.engine.begin() as conn:
                 yield conn

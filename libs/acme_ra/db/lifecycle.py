@@ -3,7 +3,7 @@
 Each function runs inside the caller's transaction and is idempotent: applying the same
 outcome twice (a redelivered job) changes nothing the second time. The hot ones (the validator's
 outcome, the signer's certificate and failure) take an ORM session or, cheaper, a Core
-connection (``Database.core_transaction``/``autocommit``), and run statements built once at import.
+connection (``Database.autocommit`` or ``engine.begin()``), and run statements built once at import.
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ class AcmeCall:
         async def respond() -> Response:
             if not await events.wait(key, done, wait):
                 return await answer(None)
-            async with self.state.autocommit.connect() as conn:  # reads only: no BEGIN/ROLLBACK
+            async with self.state.db.autocommit() as conn:  # reads only: no BEGIN/ROLLBACK on PostgreSQL
                 return await answer(conn)
 
         self.respond_after_commit(respond)
@@ -285,11 +285,10 @@ async def acme_post(request: Request, handler: Handler, auth: Auth, reads_as_get
     """Verify the JWS, run the handler in one transaction, then publish its jobs.
 
     ``reads_as_get``: the handler only reads when the request is POST-as-GET (an order, an
-    authorization, a certificate). Such a request runs without BEGIN/COMMIT, each statement its
-    own transaction: the nonce is redeemed (with the account read) by one statement, the resource
-    read by the next, and the few writes these handlers make (expiring an order or authorization)
-    are single idempotent statements. Two round trips fewer, and a nonce stays redeemed even when
-    the request then fails."""
+    authorization, a certificate). Such a request runs on ``Database.autocommit`` (PostgreSQL: no
+    BEGIN/COMMIT, each statement its own transaction): the account read, the signature check, the
+    nonce redemption, the resource read; the few writes these handlers make (expiring an order or
+    authorization) are single idempotent statements. Two round trips fewer."""
     state, urls = resolve_provisioner(request)
     body = await read_body(request)
     parsed = jwslib.parse_jws(body)
@@ -310,7 +309,7 @@ async def acme_post(request: Request, handler: Handler, auth: Auth, reads_as_get
     call: AcmeCall | None = None
     try:
         read_only = reads_as_get and parsed.payload == b""
-        async with (state.autocommit.connect() if read_only else state.db.engine.begin()) as conn:
+        async with (state.db.autocommit() if read_only else state.db.engine.begin()) as conn:
             account = None
             if parsed.kid is None:
                 assert parsed.jwk is not None
@@ -320,7 +319,7 @@ async def acme_post(request: Request, handler: Handler, auth: Auth, reads_as_get
             elif read_only:
                 # No transaction to roll back: the signature is checked before the nonce is
                 # redeemed, so that a forged request does not burn it (N6).
-                account, _ = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, None)
+                account = await load_account(conn, urls, parsed.kid)
                 key = parse_account_key(account.jwk_text)
                 jwslib.verify_signature(parsed, key)
                 fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
@@ -428,28 +427,33 @@ async def redeem_nonce(conn: AsyncConnection, nonce: str, expires: dt.datetime |
     return result.first() is not None
 
 
-async def load_account_and_redeem(
-    conn: AsyncConnection, urls: Urls, kid: str, nonce: str, expires: dt.datetime | None
-) -> tuple[SigningAccount, bool]:
-    """The signing account (refused unless valid) and whether the nonce was fresh, redeemed in the
-    same transaction: one statement on PostgreSQL. ``expires`` None: the nonce is not redeemed
-    (not ours, expired, or redeemed by the caller later)."""
-    account_id = urls.account_id_from_kid(kid)
-    row = None
-    fresh = False
-    if account_id is not None:
-        if expires is not None and conn.dialect.name == "postgresql":
-            row = (await conn.execute(_ACCOUNT_AND_REDEEM, {"account_id": account_id, "nonce": nonce,
-                                                            "expires": expires})).first()
-            fresh = row is not None and row.fresh > 0
-        else:
-            row = (await conn.execute(_ACCOUNT, {"account_id": account_id})).first()
-            if row is not None:
-                fresh = await redeem_nonce(conn, nonce, expires)
+def signing_account(row: Any) -> SigningAccount:
+    """The account read for a request, refused unless it exists and is valid."""
     if row is None:
         raise Problem("accountDoesNotExist", "no account exists with the key id given in the JWS")
     account = SigningAccount(row.id, row.status, row.key_thumbprint, row.jwk_text, row.tos_agreed,
                              row.tos_agreed_url, row.eab_kid)
     if account.status != AccountStatus.valid.value:
         raise unauthorized(f"account is {account.status}", 401)
-    return account, fresh
+    return account
+
+
+async def load_account(conn: AsyncConnection, urls: Urls, kid: str) -> SigningAccount:
+    """The signing account alone (the nonce is redeemed by the caller, after the signature)."""
+    account_id = urls.account_id_from_kid(kid)
+    row = None if account_id is None else (await conn.execute(_ACCOUNT, {"account_id": account_id})).first()
+    return signing_account(row)
+
+
+async def load_account_and_redeem(
+    conn: AsyncConnection, urls: Urls, kid: str, nonce: str, expires: dt.datetime | None
+) -> tuple[SigningAccount, bool]:
+    """The signing account (refused unless valid) and whether the nonce was fresh, redeemed in the
+    same transaction: one statement on PostgreSQL."""
+    account_id = urls.account_id_from_kid(kid)
+    if account_id is None or expires is None or conn.dialect.name != "postgresql":
+        account = await load_account(conn, urls, kid)
+        return account, await redeem_nonce(conn, nonce, expires)
+    row = (await conn.execute(_ACCOUNT_AND_REDEEM, {"account_id": account_id, "nonce": nonce,
+                                                    "expires": expires})).first()
+    return signing_account(row), row is not None and row.fresh > 0

@@ -8,7 +8,6 @@ from functools import partial
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from acme_ra import bus
 from acme_ra.config import Settings
@@ -41,13 +40,8 @@ class FrontendState:
     # Jobs whose publish failed, retried within seconds (the reconciler is the last resort).
     outbox: Outbox = field(init=False)
 
-    # The database without BEGIN/COMMIT (each statement its own transaction), for reads that need
-    # no transaction: POST-as-GET and the answer after a wait (plumbing.acme_post).
-    autocommit: AsyncEngine = field(init=False)
-
     def __post_init__(self) -> None:
         self.outbox = Outbox(partial(bus.publish_job, self.js), lambda: self.nc.is_connected)
-        self.autocommit = self.db.engine.execution_options(isolation_level="AUTOCOMMIT")
 
     def urls_for(self, provisioner: str) -> Urls | None:
         return self.urls.get(provisioner)

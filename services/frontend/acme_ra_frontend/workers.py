@@ -17,7 +17,6 @@ worker and exits non-zero when one of them dies on its own, so that the supervis
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -29,9 +28,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from acme_ra.launcher import die_with_parent
+
 log = logging.getLogger("acme_ra.frontend.workers")
 
-_PR_SET_PDEATHSIG = 1
 # How long the parent waits for the workers after forwarding a stop signal (seconds); longer than
 # a worker's drain (ACME_RA_SHUTDOWN_DELAY_SECONDS + uvicorn's graceful shutdown).
 STOP_TIMEOUT_SECONDS = 90.0
@@ -63,11 +63,6 @@ def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
     return sock
 
 
-def _die_with_parent() -> None:
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def run_workers(count: int, sock: socket.socket, serve: Callable[[socket.socket], None],
                 metrics_dir: Path | None, after_fork: Callable[[], None]) -> int:
     """Fork ``count`` workers running ``serve(sock)``, then run ``after_fork()`` in the parent
@@ -89,7 +84,7 @@ def run_workers(count: int, sock: socket.socket, serve: Callable[[socket.socket]
         if pid == 0:  # the worker
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            _die_with_parent()
+            die_with_parent()
             code = 0
             try:
                 serve(sock)

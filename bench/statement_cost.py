@@ -1,8 +1,9 @@
 """``python -m bench.statement_cost``: client CPU of one SQL statement, SQLAlchemy against asyncpg.
 
-What a round trip to PostgreSQL costs the calling process, four ways: a prepared SELECT by primary
+What a round trip to PostgreSQL costs the calling process, six ways: a prepared SELECT by primary
 key through SQLAlchemy Core on an open connection, the same in ``engine.begin()`` (BEGIN, the
-statement, COMMIT), and both again through asyncpg alone. The services talk to PostgreSQL through
+statement, COMMIT), both again through ``acme_ra.db.fast.Statement`` (the SQLAlchemy construct's
+SQL run on the connection's asyncpg connection) and through asyncpg alone. The services talk to PostgreSQL through
 SQLAlchemy Core; the difference is what a move of their hot statements to asyncpg would buy
 (docs/performance.md). A table ``statement_cost_<random>`` is created and dropped.
 """
@@ -18,6 +19,8 @@ import asyncpg
 import uvloop
 from sqlalchemy import Column, Integer, MetaData, String, Table, bindparam, select
 from sqlalchemy.ext.asyncio import create_async_engine
+
+from acme_ra.db.fast import Statement
 
 DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 ROWS = 100
@@ -46,17 +49,29 @@ async def measure(url: str, count: int) -> dict[str, float]:
     try:
         prepared = await driver.prepare(f"SELECT id, value FROM {table.name} WHERE id = $1")
         results: dict[str, float] = {}
+        fast_by_id = Statement(by_id)
         async with engine.connect() as conn:
             async def core(i: int) -> object:
                 return (await conn.execute(by_id, {"id": i % ROWS})).first()
 
             results["SQLAlchemy Core, open connection"] = await cpu_per_call(core, count)
 
+            async def fast(i: int) -> object:
+                return (await fast_by_id.run(conn, {"id": i % ROWS})).first()
+
+            results["acme_ra.db.fast.Statement, open connection"] = await cpu_per_call(fast, count)
+
         async def core_transaction(i: int) -> object:
             async with engine.begin() as conn:
                 return (await conn.execute(by_id, {"id": i % ROWS})).first()
 
         results["SQLAlchemy Core, begin + statement + commit"] = await cpu_per_call(core_transaction, count // 4)
+
+        async def fast_transaction(i: int) -> object:
+            async with engine.begin() as conn:
+                return (await fast_by_id.run(conn, {"id": i % ROWS})).first()
+
+        results["fast.Statement, begin + statement + commit"] = await cpu_per_call(fast_transaction, count // 4)
 
         async def raw(i: int) -> object:
             return await prepared.fetchrow(i % ROWS)

@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from acme_ra.db.fast import Statement
 from acme_ra.db.models import BlockedKey
 
 # RFC 5280 CRLReason keyCompromise.
@@ -28,11 +29,15 @@ def spki_sha256(public_key: Any) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-_IS_BLOCKED = select(BlockedKey.spki_sha256).where(BlockedKey.spki_sha256 == bindparam("spki_sha256"))
+_IS_BLOCKED = Statement(select(BlockedKey.spki_sha256).where(BlockedKey.spki_sha256 == bindparam("spki_sha256")))
 
 
 async def is_blocked(db: AsyncConnection | AsyncSession, public_key: Any) -> bool:
-    found = await db.execute(_IS_BLOCKED, {"spki_sha256": spki_sha256(public_key)})
+    params = {"spki_sha256": spki_sha256(public_key)}
+    if isinstance(db, AsyncSession):
+        found = await db.execute(_IS_BLOCKED.statement, params)
+    else:
+        found = await _IS_BLOCKED.run(db, params)
     return found.first() is not None
 
 

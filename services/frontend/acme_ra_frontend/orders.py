@@ -10,6 +10,7 @@ from sqlalchemy import and_, bindparam, insert, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra import blocked_keys, bus, telemetry
+from acme_ra.db.fast import Statement
 from acme_ra.db.models import (
     Authorization,
     AuthzStatus,
@@ -142,7 +143,7 @@ async def new_order(call: AcmeCall) -> Response:
     conn = call.conn
     eab_key = None
     if account.eab_kid:
-        eab_key = (await conn.execute(_EAB_KEY, {"kid": account.eab_kid})).first()
+        eab_key = (await _EAB_KEY.run(conn, {"kid": account.eab_kid})).first()
     policies = [call.state.policy] + ([Policy.from_data(eab_key.policy)] if eab_key and eab_key.policy else [])
     check_policy(identifiers, policies)
     profile = choose_profile(call, payload.get("profile"), eab_key.profile if eab_key else None)
@@ -191,30 +192,32 @@ async def new_order(call: AcmeCall) -> Response:
         expires=expires, identifiers=[i.to_json() for i in identifiers], not_before=None, not_after=None,
         error=None, certificate_id=None, profile=profile, replaces=replaces,
     )
-    await conn.execute(_INSERT_ORDER, {
+    await _INSERT_ORDER.run(conn, {
         "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner, "status": order.status,
         "expires": expires, "identifiers": order.identifiers, "profile": profile, "replaces": replaces,
         "trace_context": telemetry.current_traceparent(), "created_at": now, "updated_at": now,
     })
     if new_authzs:
-        await conn.execute(_INSERT_AUTHZ, new_authzs)
-        await conn.execute(_INSERT_CHALLENGE, new_challenges)
-    await conn.execute(_INSERT_ORDER_AUTHZ, [
+        await _INSERT_AUTHZ.run(conn, new_authzs)
+        await _INSERT_CHALLENGE.run(conn, new_challenges)
+    await _INSERT_ORDER_AUTHZ.run(conn, [
         {"order_id": order.id, "authz_id": authz_id, "position": position} for position, authz_id in enumerate(authz_ids)
     ])
     return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
 
 
 # newOrder's statements, built once.
-_EAB_KEY = select(EabKey.kid, EabKey.policy, EabKey.profile).where(EabKey.kid == bindparam("kid"))
-_INSERT_ORDER = insert(Order)
-_INSERT_AUTHZ = insert(Authorization)
-_INSERT_CHALLENGE = insert(Challenge)
-_INSERT_ORDER_AUTHZ = insert(OrderAuthorization)
+_EAB_KEY = Statement(select(EabKey.kid, EabKey.policy, EabKey.profile).where(EabKey.kid == bindparam("kid")))
+_INSERT_ORDER = Statement(insert(Order), ["id", "account_id", "provisioner", "status", "expires", "identifiers",
+                                          "profile", "replaces", "trace_context", "created_at", "updated_at"])
+_INSERT_AUTHZ = Statement(insert(Authorization), ["id", "account_id", "identifier_type", "identifier_value",
+                                                  "wildcard", "status", "expires", "created_at"])
+_INSERT_CHALLENGE = Statement(insert(Challenge), ["id", "authz_id", "type", "token", "status", "updated_at"])
+_INSERT_ORDER_AUTHZ = Statement(insert(OrderAuthorization), ["order_id", "authz_id", "position"])
 # The account's authorizations for the order's names that matter to a new order, in one statement:
 # the invalid ones of the last hour (the failed-validations rate limit counts them per name) and
 # the valid ones that stay valid long enough to be reused.
-_AUTHZ_HISTORY = (
+_AUTHZ_HISTORY = Statement(
     select(Authorization.id, Authorization.identifier_type, Authorization.identifier_value,
            Authorization.wildcard, Authorization.status, Authorization.expires)
     .where(
@@ -233,7 +236,7 @@ async def authz_history(
 ) -> tuple[dict[str, int], dict[tuple[str, str, bool], str]]:
     """Failed validations of the last hour per name, and the reusable valid authorization (the one
     that lasts longest) per (type, name, wildcard) when reuse is on."""
-    rows = (await conn.execute(_AUTHZ_HISTORY, {
+    rows = (await _AUTHZ_HISTORY.run(conn, {
         "account_id": account_id, "values": sorted({i.base_value for i in identifiers}),
         "since": now - ratelimits.HOUR, "after": now + AUTHZ_REUSE_MARGIN,
     })).all()

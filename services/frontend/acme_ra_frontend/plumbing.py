@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from acme_ra import telemetry
+from acme_ra.db.fast import Statement
 from acme_ra.db.models import Account, AccountStatus, Certificate, Order, OrderAuthorization, RedeemedNonce
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.problems import Problem, bad_nonce, malformed, method_not_allowed, server_internal, unauthorized
@@ -389,16 +390,17 @@ _ACCOUNT_COLUMNS = (
 _NONCE_VALUES: dict[str, Any] = {"nonce": bindparam("nonce"), "expires_at": bindparam("expires")}
 # Redeeming a nonce: a second use inserts nothing (the primary key), whichever request commits first.
 _REDEEM = {
-    dialect: insert(RedeemedNonce).values(_NONCE_VALUES).on_conflict_do_nothing().returning(RedeemedNonce.nonce)
+    dialect: Statement(
+        insert(RedeemedNonce).values(_NONCE_VALUES).on_conflict_do_nothing().returning(RedeemedNonce.nonce))
     for dialect, insert in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
 }
-_ACCOUNT = select(*_ACCOUNT_COLUMNS).where(Account.id == bindparam("account_id"))
+_ACCOUNT = Statement(select(*_ACCOUNT_COLUMNS).where(Account.id == bindparam("account_id")))
 # PostgreSQL: the account and the redemption in one statement, one round trip (a data-modifying
 # CTE always runs to completion, read or not).
-_redeemed = _REDEEM["postgresql"].cte("redeemed")
-_ACCOUNT_AND_REDEEM = select(
+_redeemed = _REDEEM["postgresql"].statement.cte("redeemed")
+_ACCOUNT_AND_REDEEM = Statement(select(
     select(func.count()).select_from(_redeemed).scalar_subquery().label("fresh"), *_ACCOUNT_COLUMNS
-).where(Account.id == bindparam("account_id"))
+).where(Account.id == bindparam("account_id")))
 
 # Parsed account keys by their JSON text: a key never changes under the same text, so a cached key
 # is never stale (key rollover stores another text; status is read on every request).
@@ -423,7 +425,7 @@ async def redeem_nonce(conn: AsyncConnection, nonce: str, expires: dt.datetime |
     ``expires`` None: the nonce is not ours or has expired (nothing recorded)."""
     if expires is None:
         return False
-    result = await conn.execute(_REDEEM[conn.dialect.name], {"nonce": nonce, "expires": expires})
+    result = await _REDEEM[conn.dialect.name].run(conn, {"nonce": nonce, "expires": expires})
     return result.first() is not None
 
 
@@ -441,7 +443,7 @@ def signing_account(row: Any) -> SigningAccount:
 async def load_account(conn: AsyncConnection, urls: Urls, kid: str) -> SigningAccount:
     """The signing account alone (the nonce is redeemed by the caller, after the signature)."""
     account_id = urls.account_id_from_kid(kid)
-    row = None if account_id is None else (await conn.execute(_ACCOUNT, {"account_id": account_id})).first()
+    row = None if account_id is None else (await _ACCOUNT.run(conn, {"account_id": account_id})).first()
     return signing_account(row)
 
 
@@ -454,6 +456,6 @@ async def load_account_and_redeem(
     if account_id is None or expires is None or conn.dialect.name != "postgresql":
         account = await load_account(conn, urls, kid)
         return account, await redeem_nonce(conn, nonce, expires)
-    row = (await conn.execute(_ACCOUNT_AND_REDEEM, {"account_id": account_id, "nonce": nonce,
-                                                    "expires": expires})).first()
+    row = (await _ACCOUNT_AND_REDEEM.run(conn, {"account_id": account_id, "nonce": nonce,
+                                                "expires": expires})).first()
     return signing_account(row), row is not None and row.fresh > 0

@@ -1,4 +1,4 @@
-"""The hot paths' statements (SQLAlchemy Core on the request's connection) and the rows they give.
+"""The hot paths' statements (``acme_ra.db.fast``: asyncpg on PostgreSQL) and the rows they give.
 
 Every ACME request polls or changes an order, an authorization or a challenge; these statements
 are built once, read a resource with what hangs off it in one round trip (an authorization with
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import bindparam, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from acme_ra.db.fast import Statement
 from acme_ra.db.models import (
     Authorization,
     AuthzStatus,
@@ -81,36 +82,36 @@ _CHALLENGE_COLUMNS = (Challenge.id, Challenge.authz_id, Challenge.type, Challeng
 _ORDER_COLUMNS = (Order.id, Order.account_id, Order.provisioner, Order.status, Order.expires, Order.identifiers,
                   Order.not_before, Order.not_after, Order.error, Order.certificate_id, Order.profile, Order.replaces)
 
-_AUTHZ_WITH_CHALLENGES = (
+_AUTHZ_WITH_CHALLENGES = Statement(
     select(*_AUTHZ_COLUMNS, *_CHALLENGE_COLUMNS)
     .outerjoin(Challenge, Challenge.authz_id == Authorization.id)
     .where(Authorization.id == bindparam("authz_id"))
     .order_by(Challenge.type)
 )
-_ORDER_WITH_AUTHZ_IDS = (
+_ORDER_WITH_AUTHZ_IDS = Statement(
     select(*_ORDER_COLUMNS, OrderAuthorization.authz_id)
     .outerjoin(OrderAuthorization, OrderAuthorization.order_id == Order.id)
     .where(Order.id == bindparam("order_id"))
     .order_by(OrderAuthorization.position)
 )
-_CHALLENGE = select(*_CHALLENGE_COLUMNS).where(Challenge.id == bindparam("challenge_id"))
-_CERTIFICATE = select(Certificate.id, Certificate.account_id, Certificate.chain_pem,
-                      Certificate.alternate_chains_pem).where(Certificate.id == bindparam("certificate_id"))
+_CHALLENGE = Statement(select(*_CHALLENGE_COLUMNS).where(Challenge.id == bindparam("challenge_id")))
+_CERTIFICATE = Statement(select(Certificate.id, Certificate.account_id, Certificate.chain_pem,
+                                Certificate.alternate_chains_pem).where(Certificate.id == bindparam("certificate_id")))
 
-_EXPIRE_AUTHZ = (
+_EXPIRE_AUTHZ = Statement(
     update(Authorization)
     .where(Authorization.id == bindparam("b_authz_id"),
            Authorization.status.in_([AuthzStatus.pending.value, AuthzStatus.valid.value]))
     .values(status=AuthzStatus.expired.value)
 )
-_EXPIRE_ORDER = (
+_EXPIRE_ORDER = Statement(
     update(Order)
     .where(Order.id == bindparam("b_order_id"), Order.status.in_([OrderStatus.pending.value, OrderStatus.ready.value]))
     .values(status=OrderStatus.invalid.value, error=bindparam("b_error"), updated_at=bindparam("b_now"))
 )
 _other = Challenge.__table__.alias("other")
 # pending → processing, unless another challenge of the authorization is already processing.
-_CLAIM_CHALLENGE = (
+_CLAIM_CHALLENGE = Statement(
     update(Challenge)
     .where(
         Challenge.id == bindparam("b_challenge_id"),
@@ -120,10 +121,10 @@ _CLAIM_CHALLENGE = (
     )
     .values(status=ChallengeStatus.processing.value, updated_at=bindparam("b_now"))
 )
-_DEACTIVATE_AUTHZ = (
+_DEACTIVATE_AUTHZ = Statement(
     update(Authorization).where(Authorization.id == bindparam("b_authz_id")).values(status=AuthzStatus.deactivated.value)
 )
-_CLAIM_FINALIZE = (
+_CLAIM_FINALIZE = Statement(
     update(Order)
     .where(Order.id == bindparam("b_order_id"), Order.status == OrderStatus.ready.value)
     .values(status=OrderStatus.processing.value, csr=bindparam("b_csr"), updated_at=bindparam("b_now"))
@@ -131,7 +132,7 @@ _CLAIM_FINALIZE = (
 
 
 async def authz_with_challenges(conn: AsyncConnection, authz_id: str) -> tuple[AuthzRow, list[ChallengeRow]] | None:
-    rows = (await conn.execute(_AUTHZ_WITH_CHALLENGES, {"authz_id": authz_id})).all()
+    rows = (await _AUTHZ_WITH_CHALLENGES.run(conn, {"authz_id": authz_id})).all()
     if not rows:
         return None
     first = rows[0]
@@ -141,43 +142,43 @@ async def authz_with_challenges(conn: AsyncConnection, authz_id: str) -> tuple[A
 
 
 async def order_with_authz_ids(conn: AsyncConnection, order_id: str) -> tuple[OrderRow, list[str]] | None:
-    rows = (await conn.execute(_ORDER_WITH_AUTHZ_IDS, {"order_id": order_id})).all()
+    rows = (await _ORDER_WITH_AUTHZ_IDS.run(conn, {"order_id": order_id})).all()
     if not rows:
         return None
     return OrderRow(*rows[0][:12]), [row[12] for row in rows if row[12] is not None]
 
 
 async def challenge(conn: AsyncConnection, challenge_id: str) -> ChallengeRow | None:
-    row = (await conn.execute(_CHALLENGE, {"challenge_id": challenge_id})).first()
+    row = (await _CHALLENGE.run(conn, {"challenge_id": challenge_id})).first()
     return None if row is None else ChallengeRow(*row)
 
 
 async def certificate(conn: AsyncConnection, certificate_id: str) -> CertificateRow | None:
-    row = (await conn.execute(_CERTIFICATE, {"certificate_id": certificate_id})).first()
+    row = (await _CERTIFICATE.run(conn, {"certificate_id": certificate_id})).first()
     return None if row is None else CertificateRow(*row)
 
 
 async def expire_authz(conn: AsyncConnection, authz_id: str) -> None:
-    await conn.execute(_EXPIRE_AUTHZ, {"b_authz_id": authz_id})
+    await _EXPIRE_AUTHZ.run(conn, {"b_authz_id": authz_id})
 
 
 async def expire_order(conn: AsyncConnection, order_id: str, error: dict[str, Any], now: dt.datetime) -> None:
-    await conn.execute(_EXPIRE_ORDER, {"b_order_id": order_id, "b_error": error, "b_now": now})
+    await _EXPIRE_ORDER.run(conn, {"b_order_id": order_id, "b_error": error, "b_now": now})
 
 
 async def claim_challenge(conn: AsyncConnection, challenge_id: str, authz_id: str, now: dt.datetime) -> bool:
     """pending → processing in one statement; False if it was not pending or another challenge of
     the authorization is processing."""
-    result = await conn.execute(_CLAIM_CHALLENGE, {"b_challenge_id": challenge_id, "b_authz_id": authz_id,
-                                                   "b_now": now})
+    result = await _CLAIM_CHALLENGE.run(conn, {"b_challenge_id": challenge_id, "b_authz_id": authz_id,
+                                               "b_now": now})
     return bool(result.rowcount)
 
 
 async def deactivate_authz(conn: AsyncConnection, authz_id: str) -> None:
-    await conn.execute(_DEACTIVATE_AUTHZ, {"b_authz_id": authz_id})
+    await _DEACTIVATE_AUTHZ.run(conn, {"b_authz_id": authz_id})
 
 
 async def claim_finalize(conn: AsyncConnection, order_id: str, csr: bytes, now: dt.datetime) -> bool:
     """ready → processing with the CSR; False if another request finalized it first."""
-    result = await conn.execute(_CLAIM_FINALIZE, {"b_order_id": order_id, "b_csr": csr, "b_now": now})
+    result = await _CLAIM_FINALIZE.run(conn, {"b_order_id": order_id, "b_csr": csr, "b_now": now})
     return bool(result.rowcount)

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from acme_ra.db.fast import Statement
 from acme_ra.db.models import RateCounter, utcnow
 from acme_ra.protocol.problems import Problem
 
@@ -51,7 +52,7 @@ def _spend_statement(insert: Any) -> Any:
 
 
 # One upsert per spend, built once per dialect.
-_SPEND = {"postgresql": _spend_statement(pg_insert), "sqlite": _spend_statement(sqlite_insert)}
+_SPEND = {"postgresql": Statement(_spend_statement(pg_insert)), "sqlite": Statement(_spend_statement(sqlite_insert))}
 
 
 async def spend(conn: AsyncConnection, name: str, subject: str, limit: int, window: dt.timedelta, what: str) -> None:
@@ -62,8 +63,8 @@ async def spend(conn: AsyncConnection, name: str, subject: str, limit: int, wind
     epoch = int(now.timestamp())
     start_epoch = epoch - epoch % int(window.total_seconds())
     window_start = dt.datetime.fromtimestamp(start_epoch, dt.timezone.utc)
-    count = (await conn.execute(_SPEND[conn.dialect.name],
-                                {"key": f"{name}:{subject}"[:300], "window_start": window_start})).scalar_one()
+    count = (await _SPEND[conn.dialect.name].run(
+        conn, {"key": f"{name}:{subject}"[:300], "window_start": window_start})).scalar_one()
     if count > limit:
         raise rate_limited(what, window_start + window - now)
 

@@ -85,3 +85,19 @@ async def snapshot(db: Database, rows: PendingOrder) -> dict[str, dict[str, Any]
             row = (await session.execute(select(model).where(model.id == row_id))).scalar_one()
             found[name] = {column.name: getattr(row, column.key) for column in model.__table__.columns}
         return found
+
+
+async def add_authorization(db: Database, rows: PendingOrder, domain: str) -> PendingOrder:
+    """A second authorization of ``rows``' order (same account, same expiry), its http-01
+    challenge ``processing`` too; the returned rows name the same order."""
+    async with db.transaction() as session:
+        held = (await session.execute(select(Authorization).where(Authorization.id == rows.authz_id))).scalar_one()
+        authz = Authorization(account_id=rows.account_id, identifier_type="dns", identifier_value=domain,
+                              wildcard=False, expires=held.expires)
+        session.add(authz)
+        await session.flush()
+        session.add(OrderAuthorization(order_id=rows.order_id, authz_id=authz.id, position=1))
+        challenge = Challenge(authz_id=authz.id, type="http-01", status="processing", validated=None)
+        session.add(challenge)
+        await session.flush()
+        return PendingOrder(rows.account_id, rows.order_id, authz.id, challenge.id, challenge.token, rows.jwk)

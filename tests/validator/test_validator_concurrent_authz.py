@@ -18,14 +18,13 @@ from acme_ra import bus
 from acme_ra.db.engine import Database
 from acme_ra.db.lifecycle import record_challenge_outcome
 from acme_ra.db.migrate import upgrade
-from acme_ra.db.models import Authorization, Challenge, OrderAuthorization
 from acme_ra_validator.http01 import new_http_client
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.worker import ChallengeValidator
 from tests.support import database
 
 from .conftest import HttpLab
-from .rows import insert_pending_order, snapshot
+from .rows import add_authorization, insert_pending_order, snapshot
 from .test_validator_worker import PATH, FakeMsg, lab_options
 
 pytestmark = pytest.mark.skipif(database.backend() != "postgresql",
@@ -47,21 +46,12 @@ async def test_two_authorizations_valid_at_once_make_the_order_ready(
 ) -> None:
     first = await insert_pending_order(pg, "one.localhost")
     # A second authorization of the same order, its challenge processing too.
-    async with pg.transaction() as session:
-        other = Authorization(account_id=first.account_id, identifier_type="dns", identifier_value="two.localhost",
-                              wildcard=False, expires=first_expires(await snapshot(pg, first)))
-        session.add(other)
-        await session.flush()
-        session.add(OrderAuthorization(order_id=first.order_id, authz_id=other.id, position=1))
-        other_challenge = Challenge(authz_id=other.id, type="http-01", status="processing", validated=None)
-        session.add(other_challenge)
-        await session.flush()
-        other_challenge_id = other_challenge.id
+    other = await add_authorization(pg, first, "two.localhost")
 
     # Another validator's outcome for the second authorization: written, not yet committed.
     concurrent_conn = await pg.engine.connect()
     transaction = await concurrent_conn.begin()
-    assert await record_challenge_outcome(concurrent_conn, other_challenge_id, None, LIFETIME)
+    assert await record_challenge_outcome(concurrent_conn, other.challenge_id, None, LIFETIME)
 
     async with new_http_client() as http:
         validator = ChallengeValidator(pg, http, NameResolver([]), lab_options(http_lab.port), authz_lifetime=LIFETIME)
@@ -86,7 +76,27 @@ async def test_two_authorizations_valid_at_once_make_the_order_ready(
     assert (await snapshot(pg, first))["order"]["status"] == "ready"
 
 
-def first_expires(rows: dict[str, dict[str, object]]) -> dt.datetime:
-    expires = rows["authz"]["expires"]
-    assert isinstance(expires, dt.datetime)
-    return expires
+async def test_only_an_outcome_that_leaves_the_order_pending_looks_again(
+    pg: Database, http_lab: HttpLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await insert_pending_order(pg, "one.localhost")
+    second = await add_authorization(pg, first, "two.localhost")
+    async with new_http_client() as http:
+        validator = ChallengeValidator(pg, http, NameResolver([]), lab_options(http_lab.port), authz_lifetime=LIFETIME)
+        looked_again = []
+        settle_again = validator.settle_again
+
+        async def counted(authz_id: str) -> None:
+            looked_again.append(authz_id)
+            await settle_again(authz_id)
+
+        monkeypatch.setattr(validator, "settle_again", counted)
+        http_lab.routes[PATH + first.token] = (200, {}, first.key_authorization.encode())
+        await validator.handle(bus.ValidateJob(challenge_id=first.challenge_id), FakeMsg())  # type: ignore[arg-type]
+        assert looked_again == [first.authz_id]  # the second authorization was pending
+        assert (await snapshot(pg, first))["order"]["status"] == "pending"
+
+        http_lab.routes[PATH + second.token] = (200, {}, second.key_authorization.encode())
+        await validator.handle(bus.ValidateJob(challenge_id=second.challenge_id), FakeMsg())  # type: ignore[arg-type]
+        assert looked_again == [first.authz_id]  # the outcome's own statement made the order ready
+    assert (await snapshot(pg, first))["order"]["status"] == "ready"

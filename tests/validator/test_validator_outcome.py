@@ -1,6 +1,7 @@
 """``record_challenge_outcome`` in three statements (one on PostgreSQL) gives the same rows as
 the step-by-step version it replaced (kept below as the reference): random orders sharing authorizations in every
-status, expired or not, each outcome applied to two identical copies and compared."""
+status, expired or not, each outcome applied to two identical copies and compared. On PostgreSQL
+``finish_challenge`` also says whether it left an order holding the authorization pending."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from acme_ra.db.engine import Database
-from acme_ra.db.lifecycle import record_challenge_outcome
+from acme_ra.db.lifecycle import FinishedChallenge, finish_challenge, record_challenge_outcome
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import (
     Account,
@@ -29,6 +30,7 @@ from acme_ra.db.models import (
     new_id,
     utcnow,
 )
+from tests.support import database
 
 SCENARIOS = 60
 LIFETIME = dt.timedelta(days=30)
@@ -184,13 +186,15 @@ async def db(fresh_database_url: str) -> AsyncIterator[Database]:
         await database.dispose()
 
 
-async def outcome_via(db: Database, via: str, challenge_id: str, error: dict[str, Any] | None) -> bool:
+async def outcome_via(
+    db: Database, via: str, challenge_id: str, error: dict[str, Any] | None
+) -> FinishedChallenge | None:
     """Through a Core autocommit connection, as the validator does, or an ORM session."""
     if via == "autocommit":
         async with db.autocommit() as conn:
-            return await record_challenge_outcome(conn, challenge_id, error, LIFETIME)
+            return await finish_challenge(conn, challenge_id, error, LIFETIME)
     async with db.transaction() as session:
-        return await record_challenge_outcome(session, challenge_id, error, LIFETIME)
+        return await finish_challenge(session, challenge_id, error, LIFETIME)
 
 
 @pytest.mark.parametrize("via", ["autocommit", "session"])
@@ -202,15 +206,37 @@ async def test_the_outcome_in_three_statements_matches_the_reference(db: Databas
         account_id = account.id
     rng = random.Random(8555)
     seen: set[tuple[str, ...]] = set()
+    left_pending_seen = set()
     for _ in range(SCENARIOS):
         plan = scenario(rng)
         mine, theirs = await insert(db, account_id, plan), await insert(db, account_id, plan)
         before = utcnow()
-        changed = await outcome_via(db, via, mine["challenge"], plan["error"])
+        finished = await outcome_via(db, via, mine["challenge"], plan["error"])
         async with db.transaction() as session:
             expected = await reference_outcome(session, theirs["challenge"], plan["error"], LIFETIME)
-        assert changed == expected, plan
+        assert (finished is not None) == expected, plan
         got, want = await rows(db, mine, before), await rows(db, theirs, before)
         assert got == want, plan
         seen.update(status for status, _ in got["orders"])
+        if finished is not None:
+            assert finished.authz_id == mine["authzs"][0]
+            # Every order of a scenario holds the challenge's authorization.
+            pending = any(status == "pending" for status, _ in got["orders"])
+            left_pending = pending and database.backend() == "postgresql"
+            assert finished.orders_left_pending == left_pending, plan
+            left_pending_seen.add(finished.orders_left_pending)
     assert {"ready", "invalid", "pending"} <= seen  # the scenarios reach every outcome
+    assert left_pending_seen == ({True, False} if database.backend() == "postgresql" else {False})
+
+
+async def test_record_challenge_outcome_says_whether_anything_changed(db: Database) -> None:
+    async with db.transaction() as session:
+        account = Account(key_thumbprint=new_id(), jwk={"kty": "EC"})
+        session.add(account)
+        await session.flush()
+        account_id = account.id
+    plan = {"authzs": [("pending", False)], "orders": [("pending", [0])], "challenge": "processing", "error": None}
+    ids = await insert(db, account_id, plan)
+    async with db.autocommit() as conn:
+        assert await record_challenge_outcome(conn, ids["challenge"], None, LIFETIME) is True
+        assert await record_challenge_outcome(conn, ids["challenge"], None, LIFETIME) is False

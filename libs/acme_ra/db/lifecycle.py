@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any, cast
 
 from cryptography import x509
@@ -133,7 +134,9 @@ def _outcome_statement() -> Select[Any]:
     """PostgreSQL: the three statements of the outcome in one (data-modifying CTEs): the
     challenge, its authorization if pending (``p_authz_status``; ``p_expires`` when valid), the
     orders holding it as they stand once the authorization has changed. Selects the challenge's
-    authorization, so no row means the challenge was not processing and nothing changed."""
+    authorization, so no row means the challenge was not processing and nothing changed, and
+    whether an order holding it was left pending (all sub-statements see the snapshot the
+    statement started with, before the orders' UPDATE)."""
     challenge = _FINISH_CHALLENGE.cte("challenge")
     authz_id = select(challenge.c.authz_id).scalar_subquery()
     authz = (
@@ -146,24 +149,46 @@ def _outcome_statement() -> Select[Any]:
         .returning(_authzs.c.id, _authzs.c.status, _authzs.c.expires)
         .cte("changed_authz")
     )
-    orders = _settle_orders_statement(authz_id, changed=authz).cte("orders")
-    return select(challenge.c.authz_id).add_cte(authz, orders)
+    settled = _settle_orders_statement(authz_id, changed=authz).returning(_orders.c.id).cte("settled")
+    held, order = _order_authzs.alias("held_by"), _orders.alias("holder")
+    left_pending = (
+        exists()
+        .select_from(held.join(order, order.c.id == held.c.order_id))
+        .where(
+            held.c.authz_id == challenge.c.authz_id,
+            order.c.status == OrderStatus.pending.value,
+            order.c.id.not_in(select(settled.c.id)),
+        )
+    )
+    return select(challenge.c.authz_id, left_pending).add_cte(authz, settled)
 
 
 _OUTCOME = _outcome_statement()
 
 
-async def record_challenge_outcome(
+@dataclass(frozen=True)
+class FinishedChallenge:
+    """A challenge ``finish_challenge`` took out of ``processing``."""
+
+    authz_id: str
+    # PostgreSQL: an order holding the authorization is still pending as the outcome's statement
+    # saw it (another authorization of it pending, perhaps being validated at this very moment
+    # and not committed yet): look at it again once committed (``settle_pending_orders``).
+    # Elsewhere False: writers take the database in turn, so the outcome saw every other one.
+    orders_left_pending: bool
+
+
+async def finish_challenge(
     session: Executor,
     challenge_id: str,
     error: dict[str, Any] | None,
     authz_lifetime: dt.timedelta,
-) -> bool:
+) -> FinishedChallenge | None:
     """Finish a challenge that is ``processing``: valid when ``error`` is None, else invalid.
 
     The authorization follows the challenge, and every pending order holding that
     authorization becomes ``ready`` (all its authorizations valid) or ``invalid``.
-    Returns False when the challenge was not processing (a duplicate job): nothing changed.
+    Returns None when the challenge was not processing (a duplicate job): nothing changed.
     Three statements: the challenge (``RETURNING`` its authorization), the authorization, the
     orders; on PostgreSQL the three in one (``_outcome_statement``: an autocommit connection will
     do), elsewhere in the caller's transaction (``Database.autocommit`` is one on SQLite).
@@ -184,16 +209,27 @@ async def record_challenge_outcome(
             "p_expires": now + authz_lifetime if valid else None,
             "p_failure": error or NO_LONGER_VALID,
         }
-        return (await conn.execute(_OUTCOME, {**challenge, **outcome})).first() is not None
+        row = (await conn.execute(_OUTCOME, {**challenge, **outcome})).first()
+        return None if row is None else FinishedChallenge(row[0], bool(row[1]))
     authz_id = (await conn.execute(_FINISH_CHALLENGE, challenge)).scalar_one_or_none()
     if authz_id is None:
-        return False
+        return None
     if valid:
         await conn.execute(_VALIDATE_AUTHZ, {"p_authz_id": authz_id, "p_expires": now + authz_lifetime})
     else:
         await conn.execute(_INVALIDATE_AUTHZ, {"p_authz_id": authz_id})
     await settle_pending_orders(conn, authz_id, failure=error, now=now)
-    return True
+    return FinishedChallenge(authz_id, orders_left_pending=False)
+
+
+async def record_challenge_outcome(
+    session: Executor,
+    challenge_id: str,
+    error: dict[str, Any] | None,
+    authz_lifetime: dt.timedelta,
+) -> bool:
+    """``finish_challenge``; False when the challenge was not processing (nothing changed)."""
+    return await finish_challenge(session, challenge_id, error, authz_lifetime) is not None
 
 
 async def settle_pending_orders(

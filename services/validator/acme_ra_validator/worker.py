@@ -1,8 +1,9 @@
 """The job handler: one ``ValidateJob`` = load the challenge, check it, record the outcome, ack.
 
 Two round trips to PostgreSQL per job, on autocommit connections (no BEGIN, no COMMIT, no ORM
-session): the challenge's read, and the outcome as one statement; a third when the challenge is
-valid: the orders holding its authorization looked at again after the commit (``settle_again``).
+session): the challenge's read, and the outcome as one statement; a third only when that
+statement left an order holding the authorization pending: the order looked at again after the
+commit (``settle_again``).
 
 Idempotent: a job whose challenge is no longer ``processing`` is only acked, and the outcome is
 recorded with a conditional update, so a redelivery (to this or another replica) changes nothing.
@@ -26,7 +27,7 @@ from sqlalchemy import Select, Table, bindparam, select
 from acme_ra import bus, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra.db.lifecycle import record_challenge_outcome, settle_pending_orders
+from acme_ra.db.lifecycle import finish_challenge, settle_pending_orders
 from acme_ra.db.models import Account, Authorization, Challenge, ChallengeStatus, Order, OrderAuthorization
 from acme_ra.protocol.jws import key_authorization
 from acme_ra_validator import metrics
@@ -172,11 +173,12 @@ class ChallengeValidator:
                 self._log(job, challenge.type if challenge else None, outcome, started)
                 return
             error = await self.validate(challenge)
-            # One statement on PostgreSQL, three in SQLite's transaction: see record_challenge_outcome.
+            # One statement on PostgreSQL, three in SQLite's transaction: see finish_challenge.
             async with self.db.autocommit() as conn:
-                changed = await record_challenge_outcome(conn, challenge.challenge_id, error, self.authz_lifetime)
-            if changed and error is None:
-                await self.settle_again(challenge.authz_id)
+                finished = await finish_challenge(conn, challenge.challenge_id, error, self.authz_lifetime)
+            changed = finished is not None
+            if finished is not None and finished.orders_left_pending and error is None:
+                await self.settle_again(finished.authz_id)
             await msg.ack()
             result = "valid" if error is None else error["type"]
             span.set_attribute("acme.outcome", result if changed else "duplicate")
@@ -190,10 +192,11 @@ class ChallengeValidator:
 
     async def settle_again(self, authz_id: str) -> None:
         """Look at the orders holding a newly valid authorization once more, after the outcome
-        is committed. Two authorizations of one order validated at the same moment (two jobs,
-        here or in another validator) each see the other still pending in their own statement,
-        and the order would stay pending for ever; whichever commits last sees both valid here.
-        An order already settled is not touched (the UPDATE matches pending orders only)."""
+        is committed, when its statement left one pending. Two authorizations of one
+        order validated at the same moment (two jobs, here or in another validator) each see the
+        other still pending in their own statement, and the order would stay pending for ever;
+        whichever commits last sees both valid here. An order already settled is not touched
+        (the UPDATE matches pending orders only)."""
         async with self.db.autocommit() as conn:
             await settle_pending_orders(conn, authz_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
@@ -10,6 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
+from acme import jws
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from acme_ra_signer.upstream.acme_client import AccountKey, AcmeClient, AcmeProblem, link_urls, retry_after_seconds
 from acme_ra_signer.upstream.base import UpstreamUnavailable
@@ -139,3 +142,51 @@ def test_account_keys_round_trip_through_pem() -> None:
         assert again.thumbprint == key.thumbprint and again.alg == key.alg
     with pytest.raises(ValueError, match="unknown account key type"):
         AccountKey.generate("dsa")
+
+
+@pytest.mark.parametrize("curve_or_size", [ec.SECP256R1(), ec.SECP384R1(), ec.SECP521R1(), 2048])
+def test_signed_requests_verify_with_josepy(curve_or_size: ec.EllipticCurve | int) -> None:
+    """The JWS signed straight with cryptography is one that josepy (certbot's acme) verifies,
+    with the header RFC 8555 §6.2 asks for: kid or jwk, never both; the nonce as the server sent it."""
+    def new_key() -> AccountKey:
+        if isinstance(curve_or_size, int):
+            return AccountKey.from_private_key(rsa.generate_private_key(public_exponent=65537, key_size=curve_or_size))
+        return AccountKey.from_private_key(ec.generate_private_key(curve_or_size))
+
+    key, stranger = new_key(), new_key()
+    for kid in (f"{BASE}/acct/1", None):
+        body = key.signer.sign(b'{"identifiers":[]}', "bm9uY2UtMQ", f"{BASE}/order", kid)
+        parsed = jws.JWS.json_loads(body)
+        assert parsed.verify(key.public_jwk)
+        assert not parsed.verify(stranger.public_jwk)
+        header = parsed.signature.combined
+        assert parsed.payload == b'{"identifiers":[]}'
+        assert (header.alg, header.url, header.kid) == (key.alg, f"{BASE}/order", kid)
+        assert header.jwk == (key.public_jwk if kid is None else None)
+        protected = json.loads(body)["protected"]
+        assert json.loads(base64.urlsafe_b64decode(protected + "=" * (-len(protected) % 4)))["nonce"] == "bm9uY2UtMQ"
+    post_as_get = json.loads(key.signer.sign(b"", "bm9uY2UtMQ", f"{BASE}/order/1", f"{BASE}/acct/1"))
+    assert post_as_get["payload"] == ""
+
+
+async def test_a_proxy_carries_the_requests() -> None:
+    """With ACME_RA_UPSTREAM_PROXY the client speaks through httpx's transport and the proxy."""
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readline())
+        writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = AcmeClient(f"{BASE}/directory", proxy=f"http://127.0.0.1:{port}")
+    try:
+        with pytest.raises(UpstreamUnavailable, match="unreachable"):
+            await client.directory()
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+    assert seen == [b"CONNECT ca.test:443 HTTP/1.1\r\n"]

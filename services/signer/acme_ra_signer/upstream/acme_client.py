@@ -1,7 +1,7 @@
 """An asynchronous ACME (RFC 8555) client over httpx, on the ``acme`` package's messages and JWS.
 
 One ``AcmeClient`` per upstream directory: it fetches the directory, keeps a pool of nonces,
-signs requests (``acme.jws.JWS``), retries once on ``badNonce`` (RFC 8555 §6.5), and turns an
+signs requests (``upstream/jws.py``), retries once on ``badNonce`` (RFC 8555 §6.5), and turns an
 error response into ``AcmeProblem``. What the errors *mean* for an issuance is the driver's
 business (``upstream/acme.py``); this module only speaks the protocol. Network failures and
 5xx answers without a problem document become ``UpstreamUnavailable``.
@@ -20,12 +20,12 @@ import json
 import logging
 import re
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import certifi
 import httpx
-from acme import jws, messages
+from acme import messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy.b64 import b64encode
@@ -39,6 +39,7 @@ from opentelemetry import trace
 from acme_ra import telemetry
 from acme_ra.http_transport import LeanTransport
 from acme_ra_signer.upstream.base import UpstreamUnavailable
+from acme_ra_signer.upstream.jws import JwsSigner
 
 log = logging.getLogger("acme_ra_signer.upstream.acme_client")
 # httpx logs every request at INFO; the signer logs one event per job instead.
@@ -74,10 +75,12 @@ class AcmeProblem(Exception):
 
 @dataclass(frozen=True)
 class AccountKey:
-    """An upstream account's private key as a josepy JWK with its JWS algorithm."""
+    """An upstream account's private key as a josepy JWK with its JWS algorithm, and the signer
+    of its requests."""
 
     jwk: JWK
     alg: JWASignature
+    signer: JwsSigner = field(repr=False, compare=False)
 
     @classmethod
     def generate(cls, kind: str) -> AccountKey:
@@ -91,10 +94,12 @@ class AccountKey:
     def from_private_key(cls, key: Any) -> AccountKey:
         if isinstance(key, ec.EllipticCurvePrivateKey):
             alg = {256: ES256, 384: ES384, 521: ES512}[key.curve.key_size]
-            return cls(JWKEC(key=key), alg)
-        if isinstance(key, rsa.RSAPrivateKey):
-            return cls(JWKRSA(key=key), RS256)
-        raise ValueError(f"unsupported account key type {type(key).__name__}")
+            jwk: JWK = JWKEC(key=key)
+        elif isinstance(key, rsa.RSAPrivateKey):
+            alg, jwk = RS256, JWKRSA(key=key)
+        else:
+            raise ValueError(f"unsupported account key type {type(key).__name__}")
+        return cls(jwk, alg, JwsSigner(key, jwk.public_key().to_json()))
 
     @classmethod
     def from_pem(cls, pem: bytes) -> AccountKey:
@@ -207,22 +212,20 @@ class AcmeClient:
         self.directory_url = directory_url
         self.upstream = upstream  # the catalog's name, for spans
         trust = tls_context(ca_bundle)
-        if transport is None and not proxy:
-            transport = LeanTransport(ssl_context=trust)
-        self.http = httpx.AsyncClient(
-            verify=trust,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-            proxy=proxy or None,
-            trust_env=False,
-            headers={"User-Agent": USER_AGENT},
-            transport=transport,
-        )
+        if transport is None:
+            transport = (
+                httpx.AsyncHTTPTransport(verify=trust, proxy=proxy, trust_env=False)
+                if proxy
+                else LeanTransport(ssl_context=trust)
+            )
+        self.transport = transport
+        self._timeouts = httpx.Timeout(timeout, connect=min(timeout, 15.0)).as_dict()
         self._directory: messages.Directory | None = None
         self._resource_names: dict[str, str] = {directory_url: "directory"}  # span attributes
         self._nonces: list[str] = []
 
     async def close(self) -> None:
-        await self.http.aclose()
+        await self.transport.aclose()
 
     async def directory(self, refresh: bool = False) -> messages.Directory:
         if self._directory is None or refresh:
@@ -256,11 +259,11 @@ class AcmeClient:
             body = payload.json_dumps().encode()
         for attempt in (1, 2):
             nonce = await self._nonce()
-            signed = jws.JWS.sign(body, key=key.jwk, alg=key.alg, nonce=decode_b64jose(nonce), url=url, kid=kid)
+            signed = key.signer.sign(body, nonce, url, kid)
             headers = {"Content-Type": JOSE_JSON}
             if accept:
                 headers["Accept"] = accept
-            response = await self._send("POST", url, content=signed.json_dumps().encode(), headers=headers)
+            response = await self._send("POST", url, content=signed, headers=headers)
             try:
                 return self._check(response)
             except AcmeProblem as problem:
@@ -281,14 +284,31 @@ class AcmeClient:
             raise UpstreamUnavailable(f"{directory['newNonce']} gave no usable Replay-Nonce")
         return self._nonces.pop()
 
-    async def _send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    async def _send(
+        self, method: str, url: str, content: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """One request straight on the transport: ACME needs none of ``httpx.AsyncClient``'s
+        cookies, redirects, auth or URL merging, which cost more CPU than the exchange itself
+        (cookie extraction alone rebuilds the request per response)."""
+        request = httpx.Request(
+            method,
+            url,
+            headers={"User-Agent": USER_AGENT, **(headers or {})},
+            content=content,
+            extensions={"timeout": self._timeouts},
+        )
         with self._span(method, url) as span:
             try:
-                response = await self.http.request(method, url, **kwargs)
+                response = await self.transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
             except httpx.HTTPError as error:
                 span.set_attribute("error.type", type(error).__name__)
                 raise UpstreamUnavailable(f"upstream {url} unreachable: {type(error).__name__}: {error}") from None
             span.set_attribute("http.response.status_code", response.status_code)
+        response.request = request
         nonce = response.headers.get("Replay-Nonce")
         if nonce:
             try:

@@ -23,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from josepy.jwk import JWK
 from pydantic import BaseModel
-from sqlalchemy import Text, bindparam, cast, func, select
+from sqlalchemy import String, Text, bindparam, cast, exists, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -318,16 +318,12 @@ async def acme_post(request: Request, handler: Handler, auth: Auth, reads_as_get
                 fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
                 jwslib.verify_signature(parsed, key)  # a forged request rolls the redemption back (N6)
             elif read_only:
-                # No transaction to roll back: the signature is checked before the nonce is
-                # redeemed, so that a forged request does not burn it (N6).
-                account = await load_account(conn, urls, parsed.kid)
-                key = parse_account_key(account.jwk_text)
-                jwslib.verify_signature(parsed, key)
-                fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
+                account, key, fresh = await authenticate_read(conn, urls, parsed, nonce_expires)
             else:
                 account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
                 key = parse_account_key(account.jwk_text)
                 jwslib.verify_signature(parsed, key)
+                remember_account_key(account)
             if nonce_problem is not None:
                 raise nonce_problem
             if not fresh:
@@ -402,10 +398,37 @@ _ACCOUNT_AND_REDEEM = Statement(select(
     select(func.count()).select_from(_redeemed).scalar_subquery().label("fresh"), *_ACCOUNT_COLUMNS
 ).where(Account.id == bindparam("account_id")))
 
+# PostgreSQL, a POST-as-GET read by an account whose key this process has verified before: the
+# nonce is redeemed only if that key is still the account's, and the account read, in one statement.
+_key_still_current = exists().where(Account.id == bindparam("account_id"),
+                                    cast(Account.jwk, Text) == bindparam("jwk_text"))
+_redeemed_if_key = (
+    pg_insert(RedeemedNonce)
+    .from_select(["nonce", "expires_at"],
+                 select(bindparam("nonce", type_=String), bindparam("expires", type_=RedeemedNonce.expires_at.type))
+                 .where(_key_still_current))
+    .on_conflict_do_nothing()
+    .returning(RedeemedNonce.nonce)
+    .cte("redeemed_if_key")
+)
+_ACCOUNT_AND_REDEEM_IF_KEY = Statement(select(
+    select(func.count()).select_from(_redeemed_if_key).scalar_subquery().label("fresh"), *_ACCOUNT_COLUMNS
+).where(Account.id == bindparam("account_id")))
+
 # Parsed account keys by their JSON text: a key never changes under the same text, so a cached key
 # is never stale (key rollover stores another text; status is read on every request).
 JWK_CACHE_SIZE = 10_000
 _jwk_cache: dict[str, JWK] = {}
+# The key text each account's requests were last verified with in this process, by account id. Only
+# a hint: the statement that redeems the nonce checks it is still the account's (key rollover on
+# another replica), so a stale entry costs one more round trip, never a wrong answer.
+_verified_keys: dict[str, str] = {}
+
+
+def remember_account_key(account: SigningAccount) -> None:
+    if len(_verified_keys) >= JWK_CACHE_SIZE:
+        _verified_keys.clear()
+    _verified_keys[account.id] = account.jwk_text
 
 
 def parse_account_key(jwk_text: str) -> JWK:
@@ -427,6 +450,39 @@ async def redeem_nonce(conn: AsyncConnection, nonce: str, expires: dt.datetime |
         return False
     result = await _REDEEM[conn.dialect.name].run(conn, {"nonce": nonce, "expires": expires})
     return result.first() is not None
+
+
+async def authenticate_read(
+    conn: AsyncConnection, urls: Urls, parsed: jwslib.ParsedJws, expires: dt.datetime | None
+) -> tuple[SigningAccount, JWK, bool]:
+    """A POST-as-GET read, outside any transaction: no redemption to roll back, so the signature is
+    checked before the nonce is redeemed and a forged request does not burn it (N6). Whether the
+    nonce was fresh comes third.
+
+    The account, the check and the redemption take two statements; one on PostgreSQL when this
+    process has verified the account's key before: the signature is checked with that key, then one
+    statement redeems the nonce on condition that the key is still the account's, and reads the
+    account."""
+    assert parsed.kid is not None
+    account_id = urls.account_id_from_kid(parsed.kid)
+    known = _verified_keys.get(account_id) if account_id else None
+    if known is not None and expires is not None and conn.dialect.name == "postgresql":
+        key = parse_account_key(known)
+        try:
+            jwslib.verify_signature(parsed, key)
+        except Problem:
+            pass  # perhaps signed with a newer key: checked below against the stored one
+        else:
+            row = (await _ACCOUNT_AND_REDEEM_IF_KEY.run(conn, {"account_id": account_id, "nonce": parsed.nonce,
+                                                               "expires": expires, "jwk_text": known})).first()
+            if row is None or row.jwk_text == known:
+                return signing_account(row), key, row.fresh > 0
+        _verified_keys.pop(account_id, None)  # type: ignore[arg-type]
+    account = await load_account(conn, urls, parsed.kid)
+    key = parse_account_key(account.jwk_text)
+    jwslib.verify_signature(parsed, key)
+    remember_account_key(account)
+    return account, key, await redeem_nonce(conn, parsed.nonce, expires)
 
 
 def signing_account(row: Any) -> SigningAccount:

@@ -1,9 +1,9 @@
 """The job handler: one ``ValidateJob`` = load the challenge, check it, record the outcome, ack.
 
 Two round trips to PostgreSQL per job, on autocommit connections (no BEGIN, no COMMIT, no ORM
-session): the challenge's read, and the outcome as one statement; a third only when that
-statement left an order holding the authorization pending: the order looked at again after the
-commit (``settle_again``).
+session; straight on asyncpg, ``acme_ra.db.fast``): the challenge's read, and the outcome as one
+statement; a third only when that statement left an order holding the authorization pending: the
+order looked at again after the commit (``settle_again``).
 
 Idempotent: a job whose challenge is no longer ``processing`` is only acked, and the outcome is
 recorded with a conditional update, so a redelivery (to this or another replica) changes nothing.
@@ -27,6 +27,7 @@ from sqlalchemy import Select, Table, bindparam, select
 from acme_ra import bus, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
+from acme_ra.db.fast import Statement
 from acme_ra.db.lifecycle import finish_challenge, settle_pending_orders
 from acme_ra.db.models import Account, Authorization, Challenge, ChallengeStatus, Order, OrderAuthorization
 from acme_ra.protocol.jws import key_authorization
@@ -95,7 +96,7 @@ class ChallengeToCheck:
 
 def _load_challenge_statement() -> Select[Any]:
     """What a check needs of challenge ``p_challenge_id``, in one query (built once: Core on the
-    tables, no cache key to compute per job)."""
+    tables, run straight on asyncpg on PostgreSQL)."""
     challenges, authzs = cast(Table, Challenge.__table__), cast(Table, Authorization.__table__)
     accounts, orders = cast(Table, Account.__table__), cast(Table, Order.__table__)
     held = cast(Table, OrderAuthorization.__table__)
@@ -128,7 +129,7 @@ def _load_challenge_statement() -> Select[Any]:
     )
 
 
-_LOAD_CHALLENGE = _load_challenge_statement()
+_LOAD_CHALLENGE = Statement(_load_challenge_statement())
 
 
 class ChallengeValidator:
@@ -204,7 +205,7 @@ class ChallengeValidator:
         """One SELECT, on an autocommit connection: a snapshot is all it needs (the outcome's
         conditional UPDATE decides, whatever happened since)."""
         async with self.db.autocommit() as conn:
-            row = (await conn.execute(_LOAD_CHALLENGE, {"p_challenge_id": challenge_id})).one_or_none()
+            row = (await _LOAD_CHALLENGE.run(conn, {"p_challenge_id": challenge_id})).first()
         if row is None:
             return None
         return ChallengeToCheck(challenge_id, *row)

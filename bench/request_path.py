@@ -30,8 +30,8 @@ import httpx
 from sqlalchemy import event, select, update
 
 from acme_ra.config import Settings
-from acme_ra.db.migrate import upgrade
 from acme_ra.db.fast import Statement
+from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import Authorization, Certificate, Challenge, Order
 from acme_ra.launcher import free_port, nats_server_binary
 from acme_ra.telemetry import setup_logging

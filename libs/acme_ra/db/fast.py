@@ -25,9 +25,8 @@ from typing import Any
 import asyncpg
 from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Executable
 
-_DIALECT = PGDialect_asyncpg()
+_DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 # An expanding IN list (``in_(bindparam(..., expanding=True))`` or ``in_([literals])``) as
 # compiled; asyncpg gets it as one array parameter instead.
 _POSTCOMPILE = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
@@ -62,9 +61,9 @@ class Statement:
     ``scalar_one()`` and ``rowcount``, on either back end. ``params`` may be a list of dicts (an
     executemany: one round trip on asyncpg; rowcount and rows are not returned then)."""
 
-    __slots__ = ("statement", "columns", "_sql", "_binds", "_row", "_results", "_returns_rows")
+    __slots__ = ("_binds", "_results", "_returns_rows", "_row", "_sql", "columns", "statement")
 
-    def __init__(self, statement: Executable, columns: Sequence[str] | None = None) -> None:
+    def __init__(self, statement: Any, columns: Sequence[str] | None = None) -> None:
         """``columns``: for a bare ``insert(Table)``, the columns every execution gives values for."""
         self.statement = statement
         self.columns = list(columns) if columns is not None else None
@@ -79,7 +78,7 @@ class Statement:
         computed = [*compiled.insert_prefetch, *compiled.update_prefetch]
         if computed:  # defaults SQLAlchemy computes per execution: not in the SQL text
             raise ValueError(f"give {', '.join(c.key for c in computed)} a value in the statement")
-        processors = compiled._bind_processors  # noqa: SLF001 - SQLAlchemy's own per-bind converters
+        processors = compiled._bind_processors  # SQLAlchemy's own per-bind converters
         defaults = compiled.params
         names = list(compiled.positiontup or ())
         expanding = [name for _, name in _POSTCOMPILE.findall(str(compiled))]
@@ -93,9 +92,9 @@ class Statement:
         sql = _POSTCOMPILE.sub(as_array, str(compiled))
         self._binds = [(name, processors.get(name), defaults.get(name), name in numbers)
                        for name in plain + expanding]
-        columns = compiled._result_columns  # noqa: SLF001
+        columns = compiled._result_columns
         self._returns_rows = bool(columns)
-        self._results = [column.type._cached_result_processor(_DIALECT, None)  # noqa: SLF001
+        self._results = [column.type._cached_result_processor(_DIALECT, None)
                          for column in columns]
         self._row = namedtuple("Row", [column.keyname for column in columns], rename=True)  # type: ignore[misc]
         self._sql = sql
@@ -104,7 +103,7 @@ class Statement:
     def _arguments(self, params: Mapping[str, Any]) -> list[Any]:
         arguments = []
         for name, processor, default, is_list in self._binds:
-            value = params[name] if name in params else default
+            value = params.get(name, default)
             if processor is not None:
                 value = [processor(item) for item in value] if is_list else processor(value)
             elif is_list:
@@ -114,7 +113,7 @@ class Statement:
 
     async def run(self, conn: AsyncConnection, params: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Any:
         if conn.dialect.name != "postgresql":
-            return await conn.execute(self.statement, params)  # type: ignore[arg-type]
+            return await conn.execute(self.statement, params)
         sql = self._sql or self._compile()
         driver = await _joined_driver(conn)
         try:
@@ -145,10 +144,10 @@ def _rowcount(status: str) -> int:
 async def _joined_driver(conn: AsyncConnection) -> Any:
     """The asyncpg connection under ``conn``, in ``conn``'s transaction if it has one."""
     sync = conn.sync_connection
-    fairy = sync._dbapi_connection if sync is not None else None  # noqa: SLF001 - no greenlet hop
+    fairy = sync._dbapi_connection if sync is not None else None  # no greenlet hop
     if fairy is None:  # invalidated: let SQLAlchemy reconnect
         fairy = await conn.get_raw_connection()
-    adapted = fairy.dbapi_connection
-    if adapted.isolation_level != "autocommit" and adapted._transaction is None:  # noqa: SLF001
-        await adapted._start_transaction()  # noqa: SLF001 - SQLAlchemy's lazy BEGIN, done now
+    adapted: Any = fairy.dbapi_connection
+    if adapted.isolation_level != "autocommit" and adapted._transaction is None:
+        await adapted._start_transaction()  # SQLAlchemy's lazy BEGIN, done now
     return fairy.driver_connection

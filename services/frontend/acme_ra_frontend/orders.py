@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import orjson
 from fastapi.responses import Response
-from sqlalchemy import and_, bindparam, insert, or_, select
+from sqlalchemy import and_, bindparam, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra import blocked_keys, bus, telemetry
@@ -192,17 +193,7 @@ async def new_order(call: AcmeCall) -> Response:
         expires=expires, identifiers=[i.to_json() for i in identifiers], not_before=None, not_after=None,
         error=None, certificate_id=None, profile=profile, replaces=replaces,
     )
-    await _INSERT_ORDER.run(conn, {
-        "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner, "status": order.status,
-        "expires": expires, "identifiers": order.identifiers, "profile": profile, "replaces": replaces,
-        "trace_context": telemetry.current_traceparent(), "created_at": now, "updated_at": now,
-    })
-    if new_authzs:
-        await _INSERT_AUTHZ.run(conn, new_authzs)
-        await _INSERT_CHALLENGE.run(conn, new_challenges)
-    await _INSERT_ORDER_AUTHZ.run(conn, [
-        {"order_id": order.id, "authz_id": authz_id, "position": position} for position, authz_id in enumerate(authz_ids)
-    ])
+    await insert_order(conn, order, now, telemetry.current_traceparent(), authz_ids, new_authzs, new_challenges)
     return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
 
 
@@ -214,6 +205,71 @@ _INSERT_AUTHZ = Statement(insert(Authorization), ["id", "account_id", "identifie
                                                   "wildcard", "status", "expires", "created_at"])
 _INSERT_CHALLENGE = Statement(insert(Challenge), ["id", "authz_id", "type", "token", "status", "updated_at"])
 _INSERT_ORDER_AUTHZ = Statement(insert(OrderAuthorization), ["order_id", "authz_id", "position"])
+# PostgreSQL: the order, its new authorizations and challenges and its authorization list in one
+# statement (data-modifying CTEs; the foreign keys are checked at its end): one round trip, not four.
+_INSERT_ORDER_AND_AUTHZS = Statement(text("""
+WITH new_order AS (
+    INSERT INTO orders (id, account_id, provisioner, status, expires, identifiers, profile, replaces,
+                        trace_context, created_at, updated_at)
+    VALUES (:id, :account_id, :provisioner, :status, :expires, CAST(:identifiers AS json), :profile, :replaces,
+            :trace_context, :now, :now)
+), new_authzs AS (
+    INSERT INTO authorizations (id, account_id, identifier_type, identifier_value, wildcard, status, expires,
+                                created_at)
+    SELECT a.id, :account_id, a.kind, a.value, a.wildcard, :authz_status, :expires, :now
+    FROM unnest(CAST(:authz_ids AS varchar[]), CAST(:authz_kinds AS varchar[]), CAST(:authz_values AS varchar[]),
+                CAST(:authz_wildcards AS boolean[])) AS a(id, kind, value, wildcard)
+), new_challenges AS (
+    INSERT INTO challenges (id, authz_id, type, token, status, updated_at)
+    SELECT c.id, c.authz_id, c.type, c.token, :challenge_status, :now
+    FROM unnest(CAST(:challenge_ids AS varchar[]), CAST(:challenge_authz_ids AS varchar[]),
+                CAST(:challenge_types AS varchar[]), CAST(:challenge_tokens AS varchar[])) AS c(id, authz_id, type, token)
+)
+INSERT INTO order_authorizations (order_id, authz_id, position)
+SELECT :id, o.authz_id, o.position - 1
+FROM unnest(CAST(:order_authz_ids AS varchar[])) WITH ORDINALITY AS o(authz_id, position)
+"""))
+
+
+def _naive_utc(moment: dt.datetime) -> dt.datetime:
+    """As UTCDateTime stores it (the text statement above gets no type processing)."""
+    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+
+
+async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime, trace_context: str | None,
+                       authz_ids: list[str], new_authzs: list[dict[str, Any]],
+                       new_challenges: list[dict[str, Any]]) -> None:
+    """The new order's rows: one statement on PostgreSQL, four elsewhere."""
+    if conn.dialect.name == "postgresql":
+        await _INSERT_ORDER_AND_AUTHZS.run(conn, {
+            "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner,
+            "status": order.status, "expires": _naive_utc(order.expires),
+            "identifiers": orjson.dumps(order.identifiers).decode(), "profile": order.profile,
+            "replaces": order.replaces, "trace_context": trace_context, "now": _naive_utc(now),
+            "authz_status": AuthzStatus.pending.value, "challenge_status": ChallengeStatus.pending.value,
+            "authz_ids": [a["id"] for a in new_authzs], "authz_kinds": [a["identifier_type"] for a in new_authzs],
+            "authz_values": [a["identifier_value"] for a in new_authzs],
+            "authz_wildcards": [a["wildcard"] for a in new_authzs],
+            "challenge_ids": [c["id"] for c in new_challenges],
+            "challenge_authz_ids": [c["authz_id"] for c in new_challenges],
+            "challenge_types": [c["type"] for c in new_challenges],
+            "challenge_tokens": [c["token"] for c in new_challenges],
+            "order_authz_ids": authz_ids,
+        })
+        return
+    await _INSERT_ORDER.run(conn, {
+        "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner, "status": order.status,
+        "expires": order.expires, "identifiers": order.identifiers, "profile": order.profile,
+        "replaces": order.replaces, "trace_context": trace_context, "created_at": now, "updated_at": now,
+    })
+    if new_authzs:
+        await _INSERT_AUTHZ.run(conn, new_authzs)
+        await _INSERT_CHALLENGE.run(conn, new_challenges)
+    await _INSERT_ORDER_AUTHZ.run(conn, [
+        {"order_id": order.id, "authz_id": authz_id, "position": position} for position, authz_id in enumerate(authz_ids)
+    ])
+
+
 # The account's authorizations for the order's names that matter to a new order, in one statement:
 # the invalid ones of the last hour (the failed-validations rate limit counts them per name) and
 # the valid ones that stay valid long enough to be reused.

@@ -35,6 +35,8 @@ from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 DEFAULT_LEVELS = "8,16"
 DEFAULT_COUNT = 200
+# Frontend processes of the acme-ra targets: one per core of the 2-core machine the goals are set on.
+DEFAULT_FRONTEND_WORKERS = 2
 TARGET_KEYS = ("a", "b", "c")
 # How often a level is measured again on a restarted target when the server stopped answering.
 STUCK_ATTEMPTS = 3
@@ -65,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--nonce-connections", type=int, default=nonces.DEFAULT_CONNECTIONS)
     parser.add_argument("--ra-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment of the acme-ra services (repeatable), e.g. ACME_RA_DB_POOL_SIZE=20")
+    parser.add_argument("--frontend-workers", type=int, default=DEFAULT_FRONTEND_WORKERS, metavar="N",
+                        help="ACME_RA_FRONTEND_WORKERS of the acme-ra targets: frontend processes sharing the "
+                             f"listening socket (default {DEFAULT_FRONTEND_WORKERS}, the cores of the machine "
+                             "the goals name; an --ra-env ACME_RA_FRONTEND_WORKERS=... wins)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record py-spy profiles of the acme-ra services during the load into DIR")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench" / "work",
@@ -87,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for item in args.ra_env:
         if "=" not in item:
             parser.error(f"--ra-env {item!r}: expected NAME=VALUE")
+    if args.frontend_workers < 1:
+        parser.error("--frontend-workers must be at least 1")
+    if not any(item.startswith("ACME_RA_FRONTEND_WORKERS=") for item in args.ra_env):
+        args.ra_env.append(f"ACME_RA_FRONTEND_WORKERS={args.frontend_workers}")
     return args
 
 
@@ -143,6 +153,14 @@ def http01_port_outside_ephemeral_range() -> int:
         if port_is_free(port):
             return port
     return int(free_port())
+
+
+def frontend_processes(target: Target) -> int:
+    """How many processes answered the newNonce measurement (the goal is per frontend process)."""
+    if not isinstance(target, AcmeRaTarget):
+        return 1
+    workers = target.extra_env.get("ACME_RA_FRONTEND_WORKERS", "1")
+    return int(workers) if workers.isdigit() and int(workers) > 0 else 1
 
 
 def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: int) -> Target:
@@ -234,6 +252,7 @@ def measure_target(key: str, args: argparse.Namespace, workdir: Path, http01_por
             server = target.service_pids()
             result["new_nonce"] = nonces.measure(target.nonce_url(), args.nonce_seconds, args.nonce_connections,
                                                  target.ca_bundle, server.get("frontend") or server.get("pebble"))
+            result["new_nonce"]["processes"] = frontend_processes(target)
         result["rss_mb"] = peak_rss_mb(target.service_pids())
         result["load_average_after"] = os.getloadavg()
     except Exception as error:  # noqa: BLE001 - report it and go on with the next target

@@ -134,8 +134,8 @@ def nonce_per_process(nonce: dict[str, Any]) -> int | None:
 
 
 def process_table(targets: list[dict[str, Any]]) -> str:
-    lines = ["newNonce (HEAD, keep-alive; over all frontend processes and per process) and peak RSS (VmHWM) "
-             "per process"]
+    heading = "newNonce (HEAD, keep-alive; all frontend processes and per process) and peak RSS (VmHWM) per process"
+    lines = [heading]
     for target in targets:
         if target.get("error") and not target.get("rss_mb"):
             continue

@@ -75,7 +75,7 @@ async def run_consumer(
         except Exception as error:  # noqa: BLE001 - retried; /readyz says "starting" meanwhile
             log.warning("JetStream streams not ready: %s", error)
             await asyncio.sleep(STREAM_SETUP_RETRY_SECONDS)
-    validator.js = js
+    validator.nc = state.nc
     # CAA re-checks at finalization (acme.rpc.caa); the subscription ends with the connection.
     await CaaRecheckResponder(validator.resolver, validator.options.caa_identities).subscribe(state.nc)
     state.consuming = True

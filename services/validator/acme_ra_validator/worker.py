@@ -20,8 +20,8 @@ from typing import Any, cast
 
 import dns.exception
 import httpx
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 from sqlalchemy import Select, Table, bindparam, select
 
 from acme_ra import bus, telemetry
@@ -145,14 +145,15 @@ class ChallengeValidator:
         options: ValidationOptions,
         *,
         authz_lifetime: dt.timedelta,
-        js: JetStreamContext | None = None,
+        nc: NATS | None = None,
     ) -> None:
         self.db = db
         self.http = http
         self.resolver = resolver
         self.options = options
         self.authz_lifetime = authz_lifetime
-        self.js = js
+        # Where the validated events go once connected (run_consumer sets it).
+        self.nc = nc
 
     async def handle(self, job: bus.ValidateJob, msg: Msg) -> None:
         """The ``bus.consume`` handler. Raises only when the outcome could not be stored."""
@@ -186,12 +187,12 @@ class ChallengeValidator:
             result = "valid" if error is None else error["type"]
             span.set_attribute("acme.outcome", result if changed else "duplicate")
             self._log(job, challenge.type, result if changed else "duplicate", started, error)
-            if changed and self.js is not None:
+            if changed and self.nc is not None:
                 status = ChallengeStatus.valid.value if error is None else ChallengeStatus.invalid.value
                 event = bus.Event(
                     kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id, status=status
                 )
-                await bus.publish_event(self.js, event)
+                await bus.publish_event_unconfirmed(self.nc, event)
 
     async def settle_again(self, authz_id: str) -> None:
         """Look at the orders holding a newly valid authorization once more, after the outcome

@@ -25,6 +25,7 @@ from acme_ra_frontend import accounts, authz, directory, health, metrics, orders
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
+    Atomicity,
     Auth,
     Handler,
     acme_post,
@@ -62,9 +63,12 @@ POST_ROUTES: list[tuple[str, Handler, Auth]] = [
     (urls.KEY_CHANGE, accounts.key_change, Auth.KID),
     (urls.REVOKE_CERT, revocation.revoke_cert, Auth.EITHER),
 ]
-# Handlers that only read when the request is POST-as-GET: no transaction then (acme_post).
-READS_AS_GET: set[Handler] = {accounts.account, accounts.account_orders, orders.order, authz.authorization,
-                              orders.certificate}
+# Handlers that need no transaction, always or when the request is POST-as-GET (acme_post).
+ATOMICITY: dict[Handler, Atomicity] = {
+    **{handler: Atomicity.NONE_FOR_POST_AS_GET for handler in (
+        accounts.account, accounts.account_orders, orders.order, authz.authorization, orders.certificate)},
+    authz.challenge: Atomicity.NONE,
+}
 GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     (urls.DIRECTORY, directory.directory),
     (urls.NEW_NONCE, directory.new_nonce),
@@ -134,10 +138,10 @@ def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
 
 
 def post_endpoint(handler: Handler, auth: Auth) -> Callable[[Request], Awaitable[Response]]:
-    reads_as_get = handler in READS_AS_GET
+    atomicity = ATOMICITY.get(handler, Atomicity.TRANSACTION)
 
     async def endpoint(request: Request) -> Response:
-        return await acme_post(request, handler, auth, reads_as_get)
+        return await acme_post(request, handler, auth, atomicity)
 
     endpoint.__name__ = handler.__name__
     return guarded(endpoint)

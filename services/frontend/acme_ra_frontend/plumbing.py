@@ -282,14 +282,27 @@ async def read_body(request: Request) -> bytes:
     return body
 
 
-async def acme_post(request: Request, handler: Handler, auth: Auth, reads_as_get: bool = False) -> Response:
+class Atomicity(enum.Enum):
+    """Whether a handler needs the request's one transaction."""
+
+    TRANSACTION = "transaction"
+    # Only reads when the request is POST-as-GET (an order, an authorization, a certificate).
+    NONE_FOR_POST_AS_GET = "none for POST-as-GET"
+    # Every write it makes is one conditional or idempotent statement, atomic by itself (the
+    # challenge POST claims the challenge with one UPDATE).
+    NONE = "none"
+
+
+async def acme_post(request: Request, handler: Handler, auth: Auth,
+                    atomicity: Atomicity = Atomicity.TRANSACTION) -> Response:
     """Verify the JWS, run the handler in one transaction, then publish its jobs.
 
-    ``reads_as_get``: the handler only reads when the request is POST-as-GET (an order, an
-    authorization, a certificate). Such a request runs on ``Database.autocommit`` (PostgreSQL: no
-    BEGIN/COMMIT, each statement its own transaction): the account read, the signature check, the
-    nonce redemption, the resource read; the few writes these handlers make (expiring an order or
-    authorization) are single idempotent statements. Two round trips fewer."""
+    A handler that needs no transaction (``atomicity``) runs on ``Database.autocommit``
+    (PostgreSQL: no BEGIN/COMMIT, each statement its own transaction): the account read, the
+    signature check, the nonce redemption, the resource read; the few writes these handlers make
+    (expiring an order or authorization, claiming a challenge) are single statements. Two round
+    trips fewer. With no transaction to roll back, a request refused after its signature was
+    checked keeps its nonce spent, as any refused request does at Boulder and Pebble."""
     state, urls = resolve_provisioner(request)
     body = await read_body(request)
     parsed = jwslib.parse_jws(body)
@@ -309,16 +322,17 @@ async def acme_post(request: Request, handler: Handler, auth: Auth, reads_as_get
         nonce_expires, nonce_problem = None, problem
     call: AcmeCall | None = None
     try:
-        read_only = reads_as_get and parsed.payload == b""
-        async with (state.db.autocommit() if read_only else state.db.engine.begin()) as conn:
+        no_transaction = atomicity is Atomicity.NONE or (
+            atomicity is Atomicity.NONE_FOR_POST_AS_GET and parsed.payload == b"")
+        async with (state.db.autocommit() if no_transaction else state.db.engine.begin()) as conn:
             account = None
             if parsed.kid is None:
                 assert parsed.jwk is not None
                 key = parsed.jwk
                 fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
                 jwslib.verify_signature(parsed, key)  # a forged request rolls the redemption back (N6)
-            elif read_only:
-                account, key, fresh = await authenticate_read(conn, urls, parsed, nonce_expires)
+            elif no_transaction:
+                account, key, fresh = await authenticate_outside_transaction(conn, urls, parsed, nonce_expires)
             else:
                 account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
                 key = parse_account_key(account.jwk_text)
@@ -452,10 +466,10 @@ async def redeem_nonce(conn: AsyncConnection, nonce: str, expires: dt.datetime |
     return result.first() is not None
 
 
-async def authenticate_read(
+async def authenticate_outside_transaction(
     conn: AsyncConnection, urls: Urls, parsed: jwslib.ParsedJws, expires: dt.datetime | None
 ) -> tuple[SigningAccount, JWK, bool]:
-    """A POST-as-GET read, outside any transaction: no redemption to roll back, so the signature is
+    """A request outside any transaction: no redemption to roll back, so the signature is
     checked before the nonce is redeemed and a forged request does not burn it (N6). Whether the
     nonce was fresh comes third.
 

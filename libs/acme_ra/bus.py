@@ -9,14 +9,16 @@ travels in the ``traceparent`` header.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
@@ -249,6 +251,27 @@ def redelivery_delay(msg: Msg) -> float:
 
 Handler = Callable[[JobT, Msg], Awaitable[None]]
 
+# A pull request asks for as many jobs as there are idle handlers and waits this long for them;
+# nats-server then answers 408 for the jobs it still owes (seconds). Short, so that a request a
+# restarted nats-server forgot is soon replaced.
+PULL_EXPIRES_SECONDS = 1.0
+# A pull request neither filled nor answered by then is given up (a reconnect lost it).
+PULL_GIVE_UP_SECONDS = PULL_EXPIRES_SECONDS + 1.0
+# Wait after a pull request nats-server refused (no such consumer, ...) before the next one.
+PULL_ERROR_WAIT_SECONDS = 1.0
+_STATUS = "Status"  # the header of nats-server's status messages (408, 409, 503)
+_EXPIRED = "408"
+
+
+class _PullRequest:
+    """The one pull request waiting in nats-server: jobs still owed, when to give it up. Each has
+    its own reply subject, so that a status (408 at expiry) is told from a given-up request's."""
+
+    __slots__ = ("reply", "owed", "give_up")
+
+    def __init__(self, reply: str, owed: int) -> None:
+        self.reply, self.owed, self.give_up = reply, owed, time.monotonic() + PULL_GIVE_UP_SECONDS
+
 
 async def consume(
     js: JetStreamContext,
@@ -259,60 +282,103 @@ async def consume(
     stop: asyncio.Event,
     concurrency: int = 16,
 ) -> None:
-    """Pull jobs one at a time and run up to ``concurrency`` handlers at once.
+    """Pull jobs for idle handlers and run up to ``concurrency`` of them at once.
 
-    One job per pull request, handed to its handler the moment it arrives: nats-py's
-    ``fetch(n)`` with n > 1, when no job is waiting, keeps the first job that arrives until n
-    have come or the fetch times out (up to a second of latency per job at a few jobs a second).
-    A pull request costs one message to and from nats-server per job, nothing at these rates.
+    One pull request at a time asks for as many jobs as there are idle handlers; nats-server
+    sends each job the moment one is there, and its handler starts at once. The next request goes
+    when this one is filled or has expired. nats-py's ``fetch(n)`` would instead keep the first
+    job until n had come or the fetch timed out, and ``fetch(1)`` costs a pull request per job
+    (a message to nats-server and back, a write of the flusher's).
 
     The handler acks (after its database commit). If it raises, the job is nak'ed with backoff
     and another delivery (perhaps on another replica) retries it. A message that does not parse
-    is terminated: retrying cannot fix it.
+    is terminated: retrying cannot fix it. A job that comes after ``stop`` is nak'ed at once, for
+    another replica to take. (A job for a request given up after a reconnect still runs, beyond
+    ``concurrency`` if need be.)
     """
-    subscription = await js.pull_subscribe(subject, durable=durable, stream=JOBS_STREAM)
-    slots = asyncio.Semaphore(concurrency)
+    await js.consumer_info(JOBS_STREAM, durable)  # the consumer exists (ensure_streams made it)
+    nc: NATS = js._nc  # pull requests are plain requests on the JetStream API's subject
+    next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{durable}"
+    inbox = nc.new_inbox()
     running: set[asyncio.Task[None]] = set()
+    wake = asyncio.Event()
+    waiting: _PullRequest | None = None
+    refused_until = 0.0
+    sent = 0
 
     async def run_one(msg: Msg) -> None:
         try:
-            try:
-                job = model.model_validate_json(msg.data)
-            except ValueError as error:
-                log.error("dropping unreadable job on %s: %s", subject, error)
-                await msg.term()
-                return
-            try:
-                await handler(job, msg)
-            except Exception:
-                log.exception("job on %s failed; will be redelivered", subject)
-                try:
-                    await msg.nak(delay=redelivery_delay(msg))
-                except Exception:  # noqa: BLE001 - the ack_wait timeout redelivers anyway
-                    pass
-        finally:
-            slots.release()
-
-    while not stop.is_set():
-        await slots.acquire()  # a free handler first: a pulled job starts at once
+            job = model.model_validate_json(msg.data)
+        except ValueError as error:
+            log.error("dropping unreadable job on %s: %s", subject, error)
+            await msg.term()
+            return
         try:
-            [msg] = await subscription.fetch(1, timeout=1)
-        except (NatsTimeoutError, TimeoutError):  # nats-py raises either when no job came
-            slots.release()
-            continue
-        except Exception as error:  # noqa: BLE001 - NATS down: wait for the reconnect
-            slots.release()
-            if stop.is_set():
-                break
-            log.warning("fetch on %s failed: %s", subject, error)
-            await asyncio.sleep(1)
-            continue
-        task = asyncio.create_task(run_one(msg))  # run_one releases the slot
+            await handler(job, msg)
+        except Exception:
+            log.exception("job on %s failed; will be redelivered", subject)
+            try:
+                await msg.nak(delay=redelivery_delay(msg))
+            except Exception:  # noqa: BLE001 - the ack_wait timeout redelivers anyway
+                pass
+
+    def finished(task: asyncio.Task[None]) -> None:
+        running.discard(task)
+        wake.set()
+
+    async def delivered(msg: Msg) -> None:
+        nonlocal waiting, refused_until
+        status = msg.headers.get(_STATUS) if msg.headers else None
+        if status is not None:  # on the request's own reply subject
+            if waiting is not None and msg.subject == waiting.reply:
+                waiting = None
+                wake.set()
+            if status != _EXPIRED:
+                log.warning("pull request on %s refused: %s %s", subject, status, msg.headers.get("Description"))
+                refused_until = time.monotonic() + PULL_ERROR_WAIT_SECONDS
+            return
+        # A job comes with its own subject: it counts against the waiting request.
+        if waiting is not None:
+            waiting.owed -= 1
+            if waiting.owed <= 0:
+                waiting = None
+                wake.set()
+        if stop.is_set():
+            await msg.nak()
+            return
+        task = asyncio.create_task(run_one(msg))
         running.add(task)
-        task.add_done_callback(running.discard)
-    if running:
-        await asyncio.wait(running, timeout=30)
+        task.add_done_callback(finished)
+
+    subscription = await nc.subscribe(f"{inbox}.*", cb=delivered)
+    stopping = asyncio.create_task(stop.wait())
+    stopping.add_done_callback(lambda _: wake.set())
     try:
-        await subscription.unsubscribe()
-    except Exception:  # noqa: BLE001 - the connection may already be gone
-        pass
+        while not stop.is_set():
+            wake.clear()
+            now = time.monotonic()
+            if waiting is not None and waiting.give_up <= now:
+                waiting = None
+            idle = concurrency - len(running)
+            if waiting is None and idle > 0 and now >= refused_until:
+                sent += 1
+                waiting = _PullRequest(f"{inbox}.{sent}", idle)
+                pull = {"batch": idle, "expires": int(PULL_EXPIRES_SECONDS * 1e9)}
+                try:
+                    await nc.publish(next_subject, json.dumps(pull).encode(), reply=waiting.reply)
+                except Exception as error:  # noqa: BLE001 - NATS closed or its buffer full: wait
+                    log.warning("pull request on %s failed: %s", subject, error)
+                    waiting, refused_until = None, now + PULL_ERROR_WAIT_SECONDS
+            # Until a handler finishes, the request ends, stop, or the give-up or retry time.
+            until = waiting.give_up if waiting is not None else refused_until if refused_until > now else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if until is None else until - now):
+                    await wake.wait()
+        if running:
+            await asyncio.wait(running, timeout=30)
+    finally:
+        stopping.cancel()
+        try:
+            await subscription.unsubscribe()
+        except Exception:  # noqa: BLE001 - the connection may already be gone
+            pass

@@ -30,7 +30,8 @@ _DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 # An expanding IN list (``in_(bindparam(..., expanding=True))`` or ``in_([literals])``) as
 # compiled; asyncpg gets it as one array parameter instead.
 _POSTCOMPILE = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
-# Errors after which the connection is unusable (PostgreSQL restarted, network cut).
+# Errors after which the connection is unusable (PostgreSQL restarted, network cut); others are
+# recognised by the connection being closed afterwards.
 _LOST = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
          asyncpg.exceptions.PostgresConnectionError, ConnectionError, OSError)
 
@@ -81,7 +82,7 @@ class Statement:
         processors = compiled._bind_processors  # SQLAlchemy's own per-bind converters
         defaults = compiled.params
         names = list(compiled.positiontup or ())
-        expanding = [name for _, name in _POSTCOMPILE.findall(str(compiled))]
+        expanding = list(dict.fromkeys(name for _, name in _POSTCOMPILE.findall(str(compiled))))
         plain = [name for name in names if name not in expanding]
         numbers = {name: len(plain) + 1 + i for i, name in enumerate(expanding)}
 
@@ -125,9 +126,14 @@ class Statement:
                 status = await driver.execute(sql, *arguments)
                 return Rows([], _rowcount(status))
             records = await driver.fetch(sql, *arguments)
-        except _LOST:
+        except Exception as error:
+            if not isinstance(error, _LOST) and not driver.is_closed():
+                raise
+            # Gone (PostgreSQL restarted, the backend terminated): not back into the pool, and an
+            # outage to the caller (the frontend answers 503, a worker's job is retried), as
+            # SQLAlchemy's own statements report it.
             await conn.invalidate()
-            raise
+            raise ConnectionError(f"the database connection was lost: {type(error).__name__}: {error}") from error
         return Rows([self._row._make(_convert(record, self._results)) for record in records], len(records))
 
 

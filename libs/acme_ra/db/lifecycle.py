@@ -316,7 +316,7 @@ def _issue_statement() -> Insert:
     )
 
 
-_ISSUE = _issue_statement()
+_ISSUE = Statement(_issue_statement())
 
 
 async def store_certificate(
@@ -356,7 +356,7 @@ async def store_certificate(
     order = {"p_order_id": order_id, "p_certificate_id": certificate_id, "p_now": now}
     if conn.dialect.name == "postgresql":
         values = {f"c_{name}": value for name, value in certificate.items()}
-        inserted = (await conn.execute(_ISSUE, {**values, **order})).scalar_one_or_none()
+        inserted = (await _ISSUE.run(conn, {**values, **order})).first()
         return None if inserted is None else certificate_id
     account_id = (await conn.execute(_ORDER_ISSUED, order)).scalar_one_or_none()
     if account_id is None:

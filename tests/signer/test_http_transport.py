@@ -551,3 +551,68 @@ def test_the_sni_hostname_extension_names_the_tls_server(
             assert names == ["localhost", None]  # an address is never sent as SNI
 
     run(scenario())
+
+
+# send(): the same exchange without httpx's request and response objects --------------------------
+
+
+def test_send_writes_what_httpx_would_and_shares_the_pool(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (http, transport):
+            url = f"http://127.0.0.1:{server.port}/echo?q=1&r=a%2Fb"
+            body = b'{"protected": "x"}' * 10
+            headers = {"Content-Type": "application/jose+json", "User-Agent": "t/1"}
+            await http.post(url, content=body, headers=headers)
+            through_httpx = server.requests[-1]
+            answer = await transport.send("POST", url, [(k.encode(), v.encode()) for k, v in headers.items()], body)
+            straight = server.requests[-1]
+            assert (answer.status, answer.body) == (201, body)
+            assert (straight.method, straight.path, straight.body) == ("POST", "/echo?q=1&r=a%2Fb", body)
+            for name in ("host", "content-length", "content-type", "user-agent"):
+                assert straight.headers[name] == through_httpx.headers[name], name
+            await transport.send("GET", f"http://127.0.0.1:{server.port}/hello")
+            assert "content-length" not in server.requests[-1].headers  # as httpx: none on a bodiless GET
+            assert server.connections == 1 and transport.connections_opened == 1
+
+    run(scenario())
+
+
+def test_send_head_reads_no_body_and_keeps_the_connection(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (_, transport):
+            head = await transport.send("HEAD", f"http://127.0.0.1:{server.port}/head")
+            assert (head.status, head.body) == (200, b"")
+            assert head.headers == [(b"Content-Length", b"1234"), (b"Replay-Nonce", b"abc")]
+            hello = await transport.send("GET", f"http://127.0.0.1:{server.port}/hello")
+            assert (hello.status, hello.body) == (200, b"hello")
+            assert server.connections == 1
+
+    run(scenario())
+
+
+def test_send_host_header_has_no_userinfo(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server, client() as (_, transport):
+            await transport.send("GET", f"http://user@127.0.0.1:{server.port}/hello")
+            assert server.requests[-1].headers["host"] == f"127.0.0.1:{server.port}"
+            assert server.requests[-1].path == "/hello"
+
+    run(scenario())
+
+
+def test_send_fails_as_httpx_would(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            port = server.port
+        async with client() as (_, transport):
+            with pytest.raises(httpx.ConnectError, match=f"127.0.0.1:{port}"):
+                await transport.send("GET", f"http://127.0.0.1:{port}/hello")
+            with pytest.raises(httpx.UnsupportedProtocol):
+                await transport.send("GET", f"ftp://127.0.0.1:{port}/hello")
+        async with serving() as server, client() as (_, transport):
+            with pytest.raises(httpx.ReadTimeout):
+                await transport.send("GET", f"http://127.0.0.1:{server.port}/hang", timeouts={"read": 0.1})
+            with pytest.raises(httpx.RemoteProtocolError):
+                await transport.send("GET", f"http://127.0.0.1:{server.port}/drop")
+
+    run(scenario())

@@ -14,7 +14,14 @@ import pytest
 from acme import jws
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from acme_ra_signer.upstream.acme_client import AccountKey, AcmeClient, AcmeProblem, link_urls, retry_after_seconds
+from acme_ra_signer.upstream.acme_client import (
+    AccountKey,
+    AcmeClient,
+    AcmeProblem,
+    UpstreamResponse,
+    link_urls,
+    retry_after_seconds,
+)
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 
 BASE = "https://ca.test"
@@ -111,28 +118,38 @@ async def test_a_bare_404_is_a_problem_with_its_status() -> None:
     await client.close()
 
 
+def answer(*headers: tuple[str, str], url: str = f"{BASE}/x") -> UpstreamResponse:
+    return UpstreamResponse(url, 200, [(name.encode(), value.encode()) for name, value in headers], b"")
+
+
 def test_retry_after_as_seconds_or_date() -> None:
-    request = httpx.Request("GET", f"{BASE}/x")
     now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
-    assert retry_after_seconds(httpx.Response(200, headers={"Retry-After": "7"}, request=request)) == 7.0
-    dated = httpx.Response(200, headers={"Retry-After": "Thu, 01 Jan 2026 12:00:30 GMT"}, request=request)
-    assert retry_after_seconds(dated, now) == 30.0
-    assert retry_after_seconds(httpx.Response(200, headers={"Retry-After": "soon"}, request=request)) is None
-    assert retry_after_seconds(httpx.Response(200, request=request)) is None
+    assert retry_after_seconds(answer(("Retry-After", "7"))) == 7.0
+    assert retry_after_seconds(answer(("Retry-After", "Thu, 01 Jan 2026 12:00:30 GMT")), now) == 30.0
+    assert retry_after_seconds(answer(("Retry-After", "soon"))) is None
+    assert retry_after_seconds(answer()) is None
 
 
 def test_every_alternate_link_is_found() -> None:
-    request = httpx.Request("POST", f"{BASE}/cert/1")
-    response = httpx.Response(
-        200,
-        request=request,
-        headers=[
-            ("Link", f'<{BASE}/dir>;rel="index"'),
-            ("Link", '</cert/1/alt/1>;rel="alternate", <https://ca.test/cert/1/alt/2>; rel=alternate'),
-        ],
+    response = answer(
+        ("Link", f'<{BASE}/dir>;rel="index"'),
+        ("link", '</cert/1/alt/1>;rel="alternate", <https://ca.test/cert/1/alt/2>; rel=alternate'),
+        url=f"{BASE}/cert/1",
     )
     assert link_urls(response, "alternate") == [f"{BASE}/cert/1/alt/1", f"{BASE}/cert/1/alt/2"]
     assert link_urls(response, "index") == [f"{BASE}/dir"]
+
+
+def test_response_headers_read_as_httpx_reads_them() -> None:
+    raw = [("Replay-Nonce", "abc"), ("X-Two", "a"), ("x-two", "b"), ("Location", "https://ca.test/o/1")]
+    ours = answer(*raw).headers
+    theirs = httpx.Response(200, headers=raw).headers
+    for name in ("replay-nonce", "X-TWO", "location", "absent"):
+        assert ours.get(name) == theirs.get(name), name
+        assert ours.get_list(name) == theirs.get_list(name), name
+    assert ours["Location"] == theirs["Location"]
+    with pytest.raises(KeyError):
+        ours["absent"]
 
 
 def test_account_keys_round_trip_through_pem() -> None:

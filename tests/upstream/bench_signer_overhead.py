@@ -15,9 +15,9 @@ transactions (commits and rollbacks), statements, and pool pre-pings. Run:
     .venv/bin/python -m tests.upstream.bench_signer_overhead [-n 50] [-c 10] [--database-url URL]
         [--key-type ec256|rsa2048] [--transport lean|httpx] [--loop asyncio|uvloop]
 
-``--transport`` picks the HTTP transport under the signer's httpx client: ``lean`` (default, what
-the signer uses without a proxy: ``acme_ra.http_transport.LeanTransport``) or ``httpx`` (httpx's
-own, what it uses through a proxy). ``--loop uvloop`` runs on the services' event loop.
+``--transport`` picks the signer's HTTP transport: ``lean`` (default, what the signer uses without
+a proxy: ``acme_ra.http_transport.LeanTransport``, called straight) or ``httpx`` (httpx's own,
+what it uses through a proxy). ``--loop uvloop`` runs on the services' event loop.
 
 ``--database-url`` takes an empty PostgreSQL database (postgresql+asyncpg://...); the default is
 a temporary SQLite file.
@@ -44,8 +44,9 @@ from sqlalchemy import event
 from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
+from acme_ra.db.fast import Statement
 from acme_ra.db.migrate import upgrade
-from acme_ra.http_transport import LeanTransport
+from acme_ra.http_transport import Answer, LeanTransport
 from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream, poll_delay
 from acme_ra_signer.upstream.acme_client import PEM_CHAIN, tls_context
 from acme_ra_signer.worker import IssueWorker
@@ -53,15 +54,32 @@ from tests.signer.conftest import insert_order, make_csr
 from tests.upstream.pebble import Pebble
 
 
+class CountingLean(LeanTransport):
+    """LeanTransport counting its requests (the signer calls ``send`` straight) and connections."""
+
+    requests = 0
+    opened_before = 0
+
+    async def send(self, *args: Any, **kwargs: Any) -> Answer:
+        self.requests += 1
+        return await super().send(*args, **kwargs)
+
+    def reset(self) -> None:
+        self.requests = 0
+        self.opened_before = self.connections_opened
+
+    def connections(self) -> str:  # those of the warm-up go on carrying requests
+        return f"{self.connections_opened - self.opened_before} upstream connections opened"
+
+
 class Counting(httpx.AsyncBaseTransport):
-    """Counts requests and the connections that carried them: distinct network streams under
-    httpx's transport, connections opened under LeanTransport (which exposes no stream)."""
+    """Counts the requests through an httpx transport and the connections that carried them
+    (distinct network streams)."""
 
     def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
         self.inner = inner
         self.requests = 0
         self.streams: set[int] = set()
-        self.opened_before = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.requests += 1
@@ -72,11 +90,8 @@ class Counting(httpx.AsyncBaseTransport):
     def reset(self) -> None:
         self.requests = 0
         self.streams.clear()
-        self.opened_before = self.inner.connections_opened if isinstance(self.inner, LeanTransport) else 0
 
     def connections(self) -> str:
-        if isinstance(self.inner, LeanTransport):  # those of the warm-up go on carrying requests
-            return f"{self.inner.connections_opened - self.opened_before} upstream connections opened"
         return f"{len(self.streams)} upstream connections in all"
 
     async def aclose(self) -> None:
@@ -84,10 +99,19 @@ class Counting(httpx.AsyncBaseTransport):
 
 
 class DbCounts:
-    """Transactions, statements and pre-pings of one engine (SQLAlchemy events)."""
+    """Transactions, statements and pre-pings of one engine (SQLAlchemy events), and the
+    statements ``acme_ra.db.fast.Statement`` runs straight on asyncpg (no SQLAlchemy event)."""
 
     def __init__(self, db: Database) -> None:
         self.commits = self.rollbacks = self.statements = self.pings = 0
+        run = Statement.run
+
+        async def counted_run(statement: Statement, conn: Any, params: Any) -> Any:
+            if conn.dialect.name == "postgresql":
+                self.statements += 1
+            return await run(statement, conn, params)
+
+        setattr(Statement, "run", counted_run)  # noqa: B010 - a wrapper, for counting
         engine = db.engine.sync_engine
         event.listen(engine, "commit", lambda _c: self._add("commits"))
         event.listen(engine, "rollback", lambda _c: self._add("rollbacks"))
@@ -184,11 +208,11 @@ async def timed(n: int, concurrency: int, one: Callable[[int], Awaitable[None]])
 KeyType = Literal["ec256", "rsa2048"]
 
 
-def transport_named(name: str, pebble: Pebble) -> httpx.AsyncBaseTransport:
+def counting_transport(name: str, pebble: Pebble) -> CountingLean | Counting:
     trust = tls_context(str(pebble.ca_bundle))
     if name == "lean":
-        return LeanTransport(ssl_context=trust)
-    return httpx.AsyncHTTPTransport(verify=trust, limits=httpx.Limits(max_connections=100))
+        return CountingLean(ssl_context=trust)
+    return Counting(httpx.AsyncHTTPTransport(verify=trust, limits=httpx.Limits(max_connections=100)))
 
 
 async def bench(
@@ -215,7 +239,7 @@ async def bench(
         )
         db = Database(url, pool_size=max(10, concurrency * 2))
         counts = DbCounts(db)
-        counter = Counting(transport_named(transport, pebble))
+        counter = counting_transport(transport, pebble)
         driver = AcmeDriver.from_settings(settings, db, transport=counter)
         upstream = driver.select()
         worker = IssueWorker(db, driver)

@@ -36,7 +36,14 @@ from acme_ra.protocol.problems import STATUS_BY_TYPE
 from acme_ra.sealing import Sealer
 from acme_ra_signer import metrics
 from acme_ra_signer.upstream.accounts import Account, AccountStore
-from acme_ra_signer.upstream.acme_client import PEM_CHAIN, AcmeClient, AcmeProblem, link_urls, retry_after_seconds
+from acme_ra_signer.upstream.acme_client import (
+    PEM_CHAIN,
+    AcmeClient,
+    AcmeProblem,
+    UpstreamResponse,
+    link_urls,
+    retry_after_seconds,
+)
 from acme_ra_signer.upstream.base import (
     IssuedChain,
     IssueRequest,
@@ -109,7 +116,7 @@ class AcmeUpstream:
 
     # Requests as the account -----------------------------------------------------------------
 
-    async def signed(self, url: str, payload: Any, accept: str | None = None) -> tuple[httpx.Response, Account]:
+    async def signed(self, url: str, payload: Any, accept: str | None = None) -> tuple[UpstreamResponse, Account]:
         """POST as the account; if the upstream no longer knows it, register again and retry."""
         try:
             account = await self.accounts.current()
@@ -231,7 +238,7 @@ class AcmeUpstream:
             validity["notAfter"] = _rfc3339(utcnow() + dt.timedelta(days=self.config.cert_lifetime_days))
         return validity
 
-    async def _order(self, journal: Journal) -> tuple[messages.Order, httpx.Response]:
+    async def _order(self, journal: Journal) -> tuple[messages.Order, UpstreamResponse]:
         url = journal.entry.url
         if url is None:
             raise OrderLost()
@@ -408,7 +415,7 @@ class AcmeUpstream:
     async def _authorization(self, url: str) -> messages.Authorization:
         return (await self._authorization_with_response(url))[0]
 
-    async def _authorization_with_response(self, url: str) -> tuple[messages.Authorization, httpx.Response]:
+    async def _authorization_with_response(self, url: str) -> tuple[messages.Authorization, UpstreamResponse]:
         try:
             response, _ = await self.signed(url, None)
         except AcmeProblem as problem:

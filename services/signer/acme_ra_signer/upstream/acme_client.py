@@ -7,8 +7,10 @@ business (``upstream/acme.py``); this module only speaks the protocol. Network f
 5xx answers without a problem document become ``UpstreamUnavailable``.
 
 Without a proxy the wire is ``acme_ra.http_transport.LeanTransport`` (HTTP/1.1 over asyncio
-protocols and httptools): httpx's own transport cost more CPU per upstream request than the rest
-of the signer's work on it. Through a proxy, httpx's transport does it all.
+protocols and httptools), called straight (``LeanTransport.send``: no ``httpx.Request`` or
+``httpx.Response`` per request); httpx's own transport cost more CPU per upstream request than
+the rest of the signer's work on it. Through a proxy, httpx's transport does it all. Either way
+the caller gets an ``UpstreamResponse``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ import json
 import logging
 import re
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urljoin
 
 import certifi
 import httpx
@@ -37,7 +41,7 @@ from josepy.jwk import JWK, JWKEC, JWKRSA
 from opentelemetry import trace
 
 from acme_ra import telemetry
-from acme_ra.http_transport import LeanTransport
+from acme_ra.http_transport import Answer, LeanTransport
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.upstream.jws import JwsSigner
 
@@ -46,6 +50,7 @@ log = logging.getLogger("acme_ra_signer.upstream.acme_client")
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
 USER_AGENT = "acme-ra-signer/0.1 (+https://github.com/acme-ra)"
+_USER_AGENT = (b"User-Agent", USER_AGENT.encode())
 JOSE_JSON = "application/jose+json"
 PEM_CHAIN = "application/pem-certificate-chain"
 PROBLEM_JSON = "application/problem+json"
@@ -71,6 +76,59 @@ class AcmeProblem(Exception):
     @property
     def detail(self) -> str:
         return str(self.error.detail or self.error.title or self.error.typ)
+
+
+class ResponseHeaders:
+    """An upstream response's headers by lower-cased name: ``httpx.Headers``'s ``get``,
+    ``get_list`` and ``[]``, as far as the signer reads them."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        self._values: dict[str, list[str]] = {}
+        for name, value in raw:
+            self._values.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The value; several headers of that name joined with commas (as httpx does)."""
+        values = self._values.get(name.lower())
+        return ", ".join(values) if values else default
+
+    def get_list(self, name: str) -> list[str]:
+        return list(self._values.get(name.lower(), ()))
+
+    def __getitem__(self, name: str) -> str:
+        value: str | None = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+
+class UpstreamResponse:
+    """An upstream answer, read whole: the part of ``httpx.Response`` the signer uses."""
+
+    __slots__ = ("content", "headers", "status_code", "url")
+
+    def __init__(self, url: str, status_code: int, headers: Sequence[tuple[bytes, bytes]], content: bytes) -> None:
+        self.url = url
+        self.status_code = status_code
+        self.headers = ResponseHeaders(headers)
+        self.content = content
+
+    @classmethod
+    def of_answer(cls, url: str, answer: Answer) -> UpstreamResponse:
+        return cls(url, answer.status, answer.headers, answer.body)
+
+    @classmethod
+    def of_httpx(cls, url: str, response: httpx.Response) -> UpstreamResponse:
+        return cls(url, response.status_code, response.headers.raw, response.content)
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    def json(self) -> Any:
+        return json.loads(self.content)
 
 
 @dataclass(frozen=True)
@@ -128,7 +186,7 @@ def tls_context(ca_bundle: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_bundle or certifi.where())
 
 
-def retry_after_seconds(response: httpx.Response, now: dt.datetime | None = None) -> float | None:
+def retry_after_seconds(response: UpstreamResponse, now: dt.datetime | None = None) -> float | None:
     """``Retry-After`` as seconds from now (delta-seconds or an HTTP date); None if absent/bad."""
     value = response.headers.get("Retry-After", "").strip()
     if not value:
@@ -183,7 +241,7 @@ def resource_names(directory_url: str, directory: messages.Directory) -> dict[st
 _LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]+)*)")
 
 
-def link_urls(response: httpx.Response, rel: str) -> list[str]:
+def link_urls(response: UpstreamResponse, rel: str) -> list[str]:
     """Every ``Link`` URL with relation ``rel`` (several Link headers and several per header;
     httpx's ``Response.links`` keeps only one per relation)."""
     found: list[str] = []
@@ -192,7 +250,7 @@ def link_urls(response: httpx.Response, rel: str) -> list[str]:
             params = match.group(2)
             rels = re.findall(r';\s*rel\s*=\s*"?([^";,]+)"?', params)
             if any(rel in r.split() for r in rels):
-                found.append(str(response.url.join(match.group(1))))
+                found.append(urljoin(str(response.url), match.group(1)))
     return found
 
 
@@ -248,7 +306,7 @@ class AcmeClient:
         key: AccountKey,
         kid: str | None,
         accept: str | None = None,
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """A JWS-signed POST (``payload`` None: POST-as-GET). ``kid`` None signs with the jwk
         (newAccount, revocation by certificate key). One retry on ``badNonce``."""
         if payload is None:
@@ -260,9 +318,9 @@ class AcmeClient:
         for attempt in (1, 2):
             nonce = await self._nonce()
             signed = key.signer.sign(body, nonce, url, kid)
-            headers = {"Content-Type": JOSE_JSON}
+            headers = [(b"Content-Type", JOSE_JSON.encode())]
             if accept:
-                headers["Accept"] = accept
+                headers.append((b"Accept", accept.encode()))
             response = await self._send("POST", url, content=signed, headers=headers)
             try:
                 return self._check(response)
@@ -285,30 +343,23 @@ class AcmeClient:
         return self._nonces.pop()
 
     async def _send(
-        self, method: str, url: str, content: bytes | None = None, headers: dict[str, str] | None = None
-    ) -> httpx.Response:
+        self, method: str, url: str, content: bytes = b"", headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> UpstreamResponse:
         """One request straight on the transport: ACME needs none of ``httpx.AsyncClient``'s
         cookies, redirects, auth or URL merging, which cost more CPU than the exchange itself
-        (cookie extraction alone rebuilds the request per response)."""
-        request = httpx.Request(
-            method,
-            url,
-            headers={"User-Agent": USER_AGENT, **(headers or {})},
-            content=content,
-            extensions={"timeout": self._timeouts},
-        )
+        (cookie extraction alone rebuilds the request per response). On ``LeanTransport`` not
+        even httpx's request and response objects."""
         with self._span(method, url) as span:
             try:
-                response = await self.transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
+                if isinstance(self.transport, LeanTransport):
+                    answer = await self.transport.send(method, url, [_USER_AGENT, *headers], content, self._timeouts)
+                    response = UpstreamResponse.of_answer(url, answer)
+                else:
+                    response = await self._send_httpx(method, url, content, headers)
             except httpx.HTTPError as error:
                 span.set_attribute("error.type", type(error).__name__)
                 raise UpstreamUnavailable(f"upstream {url} unreachable: {type(error).__name__}: {error}") from None
             span.set_attribute("http.response.status_code", response.status_code)
-        response.request = request
         nonce = response.headers.get("Replay-Nonce")
         if nonce:
             try:
@@ -317,6 +368,24 @@ class AcmeClient:
             except DeserializationError:
                 log.warning("upstream sent an unusable Replay-Nonce", extra={"url": url})
         return response
+
+    async def _send_httpx(
+        self, method: str, url: str, content: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> UpstreamResponse:
+        """The request through any httpx transport (a proxy's; tests' wrappers)."""
+        request = httpx.Request(
+            method,
+            url,
+            headers=[_USER_AGENT, *headers],
+            content=content or None,
+            extensions={"timeout": self._timeouts},
+        )
+        response = await self.transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return UpstreamResponse.of_httpx(url, response)
 
     def _span(self, method: str, url: str) -> contextlib.AbstractContextManager[Any]:
         """A client span per request, inside the job's span (an order's trace) only: readiness
@@ -336,11 +405,11 @@ class AcmeClient:
             },
         )
 
-    def _check(self, response: httpx.Response) -> httpx.Response:
+    def _check(self, response: UpstreamResponse) -> UpstreamResponse:
         """The response if it succeeded; AcmeProblem for a problem document; else unavailable."""
         if response.is_success:
             return response
-        url = str(response.request.url)
+        url = response.url
         retry_after = retry_after_seconds(response)
         try:
             error = messages.Error.from_json(response.json())

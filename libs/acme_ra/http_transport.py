@@ -48,6 +48,8 @@ import httpx
 # A connection idle this long is not reused (seconds): servers close idle keep-alive
 # connections after a few seconds (uvicorn: 5 s); reusing one they are closing fails the request.
 KEEPALIVE_EXPIRY_SECONDS = 4.0
+# How long aclose() waits for its connections to finish closing (a TLS close_notify, then the socket).
+CLOSE_WAIT_SECONDS = 1.0
 # Connections open at once to one (scheme, host, port); more requests wait for one to be free
 # (httpx's pool timeout).
 MAX_CONNECTIONS_PER_ORIGIN = 20
@@ -103,6 +105,7 @@ class Http11Connection(asyncio.Protocol):
         self.max_head_bytes = max_head_bytes
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.gone: asyncio.Future[None] = loop.create_future()  # done once the connection is closed
         self.idle_since = time.monotonic()
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Answer] | None = None
@@ -125,6 +128,8 @@ class Http11Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if not self.gone.done():
+            self.gone.set_result(None)
         if self._headers_done and self._until_close and exc is None:
             self._answer(keep_alive=False)
         else:
@@ -406,13 +411,19 @@ class LeanTransport(httpx.AsyncBaseTransport):
         return answer
 
     async def aclose(self) -> None:
+        """Close every connection and wait (briefly) until they are closed: a TLS connection ends
+        with a close_notify, and a loop closed before it leaves an unclosed transport behind."""
         self._closed = True
+        connections = [*(c for pool in self._pools.values() for c in pool.idle), *self._busy]
         for pool in self._pools.values():
             pool.close()
         self._pools.clear()
         for connection in self._busy:
             connection.close()
         self._busy.clear()
+        waiting = [c.gone for c in connections if c.transport is not None and not c.gone.done()]
+        if waiting:
+            await asyncio.wait(waiting, timeout=CLOSE_WAIT_SECONDS)
 
     async def _connect(self, origin: Origin, timeout: float | None, request: httpx.Request | None) -> Http11Connection:
         scheme, host, port, server_name = origin

@@ -30,7 +30,7 @@ import httpx
 from sqlalchemy import event, select, update
 
 from acme_ra.config import Settings
-from acme_ra.db.fast import Statement
+from acme_ra.db import fast
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import Authorization, Certificate, Challenge, Order
 from acme_ra.launcher import free_port, nats_server_binary
@@ -105,16 +105,6 @@ def count_statements(*_args: Any) -> None:
     STATEMENTS[0] += 1
 
 
-def count_fast_statements() -> None:
-    """Count the statements run through ``acme_ra.db.fast`` (asyncpg, not SQLAlchemy's events)."""
-    run = Statement.run
-
-    async def counted(self: Statement, conn: Any, params: Any) -> Any:
-        if conn.dialect.name == "postgresql":
-            count_statements()
-        return await run(self, conn, params)
-
-    Statement.run = counted  # type: ignore[method-assign]
 
 
 async def measure(name: str, requests: list[tuple[str, bytes]], app: Asgi, expect: int) -> dict[str, Any]:
@@ -139,7 +129,7 @@ async def run(settings: Settings, count: int) -> list[dict[str, Any]]:
     results = []
     async with app.router.lifespan_context(app):
         event.listen(app.state.ra.db.engine.sync_engine, "before_cursor_execute", count_statements)
-        count_fast_statements()
+        fast.observers.append(count_statements)  # those run straight on asyncpg
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL)
         http.app = app  # type: ignore[attr-defined]
         acme = TestAcmeClient(http, f"{EXTERNAL_URL}/acme/acme/directory")

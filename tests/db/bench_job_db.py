@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import event
 
 from acme_ra import bus
+from acme_ra.db import fast
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
 from acme_ra_signer import labca
@@ -42,7 +43,8 @@ from tests.validator.rows import insert_pending_order
 
 
 class DbCounts:
-    """Transactions and statements of one engine, from SQLAlchemy's events. A connection in
+    """Transactions and statements of one engine, from SQLAlchemy's events and those run straight
+    on asyncpg (``acme_ra.db.fast.observers``). A connection in
     AUTOCOMMIT sends no BEGIN, COMMIT or ROLLBACK: its statements are counted apart."""
 
     def __init__(self, db: Database) -> None:
@@ -51,6 +53,7 @@ class DbCounts:
         event.listen(engine, "commit", self._ended)
         event.listen(engine, "rollback", self._ended)
         event.listen(engine, "before_cursor_execute", self._statement)
+        fast.observers.append(lambda _statement, conn: self._statement(conn.sync_connection))  # on asyncpg
 
     @staticmethod
     def _is_autocommit(connection: Any) -> bool:

@@ -43,8 +43,8 @@ from sqlalchemy import event
 
 from acme_ra import bus
 from acme_ra.config import Settings
+from acme_ra.db import fast
 from acme_ra.db.engine import Database
-from acme_ra.db.fast import Statement
 from acme_ra.db.migrate import upgrade
 from acme_ra.http_transport import Answer, LeanTransport
 from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream, poll_delay
@@ -104,14 +104,7 @@ class DbCounts:
 
     def __init__(self, db: Database) -> None:
         self.commits = self.rollbacks = self.statements = self.pings = 0
-        run = Statement.run
-
-        async def counted_run(statement: Statement, conn: Any, params: Any) -> Any:
-            if conn.dialect.name == "postgresql":
-                self.statements += 1
-            return await run(statement, conn, params)
-
-        setattr(Statement, "run", counted_run)  # noqa: B010 - a wrapper, for counting
+        fast.observers.append(lambda _statement, _conn: self._add("statements"))
         engine = db.engine.sync_engine
         event.listen(engine, "commit", lambda _c: self._add("commits"))
         event.listen(engine, "rollback", lambda _c: self._add("rollbacks"))

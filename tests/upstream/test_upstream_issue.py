@@ -15,6 +15,7 @@ from cryptography import x509
 from sqlalchemy import event
 
 from acme_ra.config import Settings
+from acme_ra.db import fast
 from acme_ra.db.engine import Database
 from acme_ra.db.fast import Statement
 from acme_ra.db.models import UpstreamOrderState
@@ -109,13 +110,10 @@ async def test_one_issuance_one_connection_and_few_write_transactions(
         else:
             conn.info.setdefault("writes", []).append(statement.split("(", 1)[0][:40])
 
-    run = Statement.run
-
-    async def counted_run(statement: Statement, conn: Any, params: Any) -> Any:
-        if conn.dialect.name == "postgresql" and statement.statement.is_dml:
+    def on_fast_statement(statement: Statement, conn: Any) -> None:
+        if statement.statement.is_dml:
             assert conn.sync_connection.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
             writes.append([f"{statement.statement.__visit_name__.upper()} (asyncpg)"])
-        return await run(statement, conn, params)
 
     def on_commit(conn: Any) -> None:
         if conn.info.get("writes"):
@@ -131,7 +129,7 @@ async def test_one_issuance_one_connection_and_few_write_transactions(
         recorder.requests.clear()
         recorder.streams.clear()
         event.listen(engine, "before_cursor_execute", on_execute)
-        monkeypatch.setattr(Statement, "run", counted_run)
+        monkeypatch.setattr(fast, "observers", [on_fast_statement])
         event.listen(engine, "commit", on_commit)
         event.listen(engine, "rollback", on_rollback)
         try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-import orjson
 from fastapi.responses import Response
 from sqlalchemy import and_, bindparam, insert, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -228,12 +227,10 @@ WITH new_order AS (
 INSERT INTO order_authorizations (order_id, authz_id, position)
 SELECT :id, o.authz_id, o.position - 1
 FROM unnest(CAST(:order_authz_ids AS varchar[])) WITH ORDINALITY AS o(authz_id, position)
-"""))
-
-
-def _naive_utc(moment: dt.datetime) -> dt.datetime:
-    """As UTCDateTime stores it (the text statement above gets no type processing)."""
-    return moment.astimezone(dt.timezone.utc).replace(tzinfo=None)
+""").bindparams(  # the columns' own types, for their bind processing (naive UTC, JSON text)
+    bindparam("expires", type_=Order.expires.type), bindparam("now", type_=Order.created_at.type),
+    bindparam("identifiers", type_=Order.identifiers.type),
+))
 
 
 async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime, trace_context: str | None,
@@ -243,9 +240,9 @@ async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime,
     if conn.dialect.name == "postgresql":
         await _INSERT_ORDER_AND_AUTHZS.run(conn, {
             "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner,
-            "status": order.status, "expires": _naive_utc(order.expires),
-            "identifiers": orjson.dumps(order.identifiers).decode(), "profile": order.profile,
-            "replaces": order.replaces, "trace_context": trace_context, "now": _naive_utc(now),
+            "status": order.status, "expires": order.expires,
+            "identifiers": order.identifiers, "profile": order.profile,
+            "replaces": order.replaces, "trace_context": trace_context, "now": now,
             "authz_status": AuthzStatus.pending.value, "challenge_status": ChallengeStatus.pending.value,
             "authz_ids": [a["id"] for a in new_authzs], "authz_kinds": [a["identifier_type"] for a in new_authzs],
             "authz_values": [a["identifier_value"] for a in new_authzs],

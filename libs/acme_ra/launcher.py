@@ -433,7 +433,9 @@ class Topology:
             except (OSError, httpx.HTTPError) as error:
                 last_error = str(error) or type(error).__name__
             if time.monotonic() > deadline:
-                raise LaunchError(f"{what} not ready after {self.ready_timeout:.0f}s: {last_error}")
+                late = next((child for child in children if child.name == what), None)
+                details = f"\n{late.describe_failure()}" if late is not None else ""
+                raise LaunchError(f"{what} not ready after {self.ready_timeout:.0f}s: {last_error}{details}")
             time.sleep(POLL_INTERVAL_SECONDS)
 
 

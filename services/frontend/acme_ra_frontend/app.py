@@ -45,6 +45,8 @@ log = logging.getLogger("acme_ra.frontend")
 NATS_START_TIMEOUT = 30
 # How often expired redeemed nonces are deleted (seconds).
 NONCE_PURGE_INTERVAL = 300
+# How long shutdown waits for the cancelled background tasks (seconds).
+BACKGROUND_STOP_TIMEOUT = 5
 
 # The route table: path, handler, who signs. Requests that lead to issuance need the account's
 # agreement to the current terms of service (accounts.requires_current_terms).
@@ -186,6 +188,9 @@ def create_app(settings: Settings) -> FastAPI:
             state.stopping = True
             for task in background:
                 task.cancel()
+            # Let them finish before the pool closes: a task cancelled inside a query hands its
+            # connection back (or closes it) now; after dispose() aiosqlite's close never returns.
+            await asyncio.wait(background, timeout=BACKGROUND_STOP_TIMEOUT)
             await state.work_events.stop()
             await nc.drain()
             await db.dispose()

@@ -7,14 +7,19 @@ the one-statement path (the first read of each test puts the key in the process'
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import httpx
 import josepy
-from sqlalchemy import update
+from sqlalchemy import event, update
 
+from acme_ra.db import fast
 from acme_ra.db.models import Account
 from acme_ra.protocol.jws import thumbprint
-from tests.conformance.client import TestAcmeClient, new_key
-from tests.frontend.test_checklist import problem, raw_post
+from tests.conformance.client import TestAcmeClient, b64, make_csr, new_key
+from tests.frontend.test_checklist import problem, raw_post, ready_order
+from tests.frontend.test_policy_profiles_ari import issued_order
 
 
 async def read(account: TestAcmeClient, key: josepy.JWK | None = None, nonce: str | None = None) -> httpx.Response:
@@ -48,3 +53,121 @@ async def test_a_key_changed_by_another_replica_is_noticed(account: TestAcmeClie
     assert (await read(account, nonce=nonce)).status_code == 200  # the refused request left it unspent
     assert (await read(account)).status_code == 200
     assert problem(await read(account, key=old_key)) == "malformed"
+
+
+@contextlib.contextmanager
+def statements_counted(http: httpx.AsyncClient) -> Iterator[list[int]]:
+    """SQL statements sent while the block runs, on either back end."""
+    count = [0]
+
+    def seen(*_args: object) -> None:
+        count[0] += 1
+
+    engine = http.app.state.ra.db.engine.sync_engine  # type: ignore[attr-defined]
+    event.listen(engine, "before_cursor_execute", seen)
+    fast.observers.append(seen)
+    try:
+        yield count
+    finally:
+        fast.observers.remove(seen)
+        event.remove(engine, "before_cursor_execute", seen)
+
+
+def dialect(http: httpx.AsyncClient) -> str:
+    return str(http.app.state.ra.db.engine.dialect.name)  # type: ignore[attr-defined]
+
+
+async def test_a_known_accounts_resource_is_read_with_its_nonce_in_one_statement(
+    account: TestAcmeClient, http: httpx.AsyncClient
+) -> None:
+    """On PostgreSQL the account, the redemption and the resource (authorization with its
+    challenges, order with its authorization ids, certificate) come back in one statement; on
+    either back end the answers are the same and the nonce is spent."""
+    order = await account.post(account.directory["newOrder"], {"identifiers": [
+        {"type": "dns", "value": "b.example.org"}, {"type": "dns", "value": "a.example.org"}]})
+    assert order.status == 201 and order.location
+    authz_urls = order.body["authorizations"]
+    assert (await account.post(authz_urls[0])).status == 200  # the key is now known to the process
+    _, pem = await issued_order(account, http, "cert.example.org")
+    one_statement = dialect(http) == "postgresql"
+    for url in (*authz_urls, order.location):
+        nonce = await account.nonce()
+        with statements_counted(http) as count:
+            reply = await raw_post(account, url, account.sign(url, "", nonce))
+        assert reply.status_code == 200, reply.text
+        if one_statement:
+            assert count[0] == 1
+        assert problem(await raw_post(account, url, account.sign(url, "", nonce))) == "badNonce"
+    assert (await account.post(order.location)).body["authorizations"] == authz_urls  # in the order's order
+    authz = (await account.post(authz_urls[1])).body
+    assert authz["identifier"]["value"] == "a.example.org"
+    assert [c["type"] for c in authz["challenges"]] == sorted(c["type"] for c in authz["challenges"])
+
+    orders = (await account.post(account.kid + "/orders")).body["orders"]  # type: ignore[operator]
+    issued = next(o for o in [(await account.post(url)).body for url in orders] if o["status"] == "valid")
+    with statements_counted(http) as count:
+        certificate = await account.post(issued["certificate"])
+    assert certificate.status == 200 and certificate.text == pem
+    if one_statement:
+        assert count[0] == 1
+
+
+async def test_a_known_account_reading_a_missing_or_foreign_resource_is_refused(
+    account: TestAcmeClient, http: httpx.AsyncClient
+) -> None:
+    order = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "x.example.org"}]})
+    assert order.location
+    assert (await account.post(order.location)).status == 200  # the key is now known
+    missing = order.location.rsplit("/", 1)[0] + "/no-such-order"
+    response = await raw_post(account, missing, account.sign(missing, "", await account.nonce()))
+    assert response.status_code == 404 and problem(response) == "malformed"
+
+    other = TestAcmeClient(http, account.directory_url)
+    await other.load_directory()
+    assert (await other.register()).status == 201
+    other_order = await other.post(other.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "y.example.org"}]})
+    assert (await other.post(other_order.body["authorizations"][0])).status == 200  # known to the process too
+    for url in (order.location, order.body["authorizations"][0]):
+        assert problem(await raw_post(other, url, other.sign(url, "", await other.nonce()))) == "unauthorized"
+
+
+async def test_a_known_accounts_challenge_post_claims_without_a_transaction(
+    account: TestAcmeClient, http: httpx.AsyncClient
+) -> None:
+    """The challenge POST: the account, the redemption and the authorization in one statement on
+    PostgreSQL, then the claim; no BEGIN/COMMIT."""
+    order = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "c.example.org"}]})
+    authz = (await account.post(order.body["authorizations"][0])).body
+    url = next(c["url"] for c in authz["challenges"] if c["type"] == "http-01")
+    engine = http.app.state.ra.db.engine.sync_engine  # type: ignore[attr-defined]
+    begun: list[object] = []
+
+    def begin(connection: object) -> None:
+        begun.append(connection)
+
+    event.listen(engine, "begin", begin)
+    try:
+        with statements_counted(http) as count:
+            reply = await account.post(url, {})
+    finally:
+        event.remove(engine, "begin", begin)
+    assert reply.status == 200 and reply.body["status"] == "processing", reply.text
+    if dialect(http) == "postgresql":  # (SQLite's autocommit is a transaction of its own)
+        assert begun == [] and count[0] == 2
+    again = await account.post(url, {})
+    assert again.status == 200 and again.body["status"] == "processing"
+
+
+async def test_finalize_reads_its_order_with_the_account(account: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    """Finalize, in its transaction: the account, the redemption and the order in one statement on
+    PostgreSQL, then the rate counter and the claim (which also refuses a blocked key)."""
+    order = await ready_order(account, http, ["fin.example.org"])
+    csr, _ = make_csr(["fin.example.org"])
+    with statements_counted(http) as count:
+        finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    assert finalized.status == 200 and finalized.body["status"] == "processing", finalized.text
+    settings = http.app.state.ra.settings  # type: ignore[attr-defined]
+    if dialect(http) == "postgresql":
+        assert count[0] == 2 + (settings.rate_certificates_per_domain_per_week > 0)
+    again = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    assert again.status == 403 and again.problem_type == "orderNotReady", again.text

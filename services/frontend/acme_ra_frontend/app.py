@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import ipaddress
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,7 +22,18 @@ from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import Policy, parse_rules
 from acme_ra.protocol.problems import Problem
 from acme_ra.sealing import Sealer
-from acme_ra_frontend import accounts, authz, directory, health, metrics, orders, renewal_info, revocation, urls
+from acme_ra_frontend import (
+    accounts,
+    authz,
+    directory,
+    health,
+    metrics,
+    orders,
+    queries,
+    renewal_info,
+    revocation,
+    urls,
+)
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
@@ -70,6 +82,15 @@ ATOMICITY: dict[Handler, Atomicity] = {
     **{handler: Atomicity.NONE_FOR_POST_AS_GET for handler in (
         accounts.account, accounts.account_orders, orders.order, authz.authorization, orders.certificate)},
     authz.challenge: Atomicity.NONE,
+}
+# The resource each handler reads first, by the path parameter naming it: outside a transaction
+# it is read in the statement that authenticates the request (plumbing.authenticate_outside_transaction).
+READS: dict[Handler, queries.Read] = {
+    authz.authorization: queries.AUTHZ_READ,
+    authz.challenge: queries.AUTHZ_READ,
+    orders.order: queries.ORDER_READ,
+    orders.finalize: queries.ORDER_READ,
+    orders.certificate: queries.CERTIFICATE_READ,
 }
 GET_ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     (urls.DIRECTORY, directory.directory),
@@ -140,10 +161,12 @@ def guarded(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Req
 
 
 def post_endpoint(handler: Handler, auth: Auth) -> Callable[[Request], Awaitable[Response]]:
-    atomicity = ATOMICITY.get(handler, Atomicity.TRANSACTION)
+    inner = inspect.unwrap(handler)  # the handler itself under a wrapper (requires_current_terms)
+    atomicity = ATOMICITY.get(inner, Atomicity.TRANSACTION)
+    read = READS.get(inner)
 
     async def endpoint(request: Request) -> Response:
-        return await acme_post(request, handler, auth, atomicity)
+        return await acme_post(request, handler, auth, atomicity, read)
 
     endpoint.__name__ = handler.__name__
     return guarded(endpoint)

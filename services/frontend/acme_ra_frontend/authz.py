@@ -25,7 +25,7 @@ from acme_ra_frontend.render import authz_json, challenge_json
 
 async def load_authz(call: AcmeCall, authz_id: str) -> tuple[AuthzRow, list[ChallengeRow]]:
     """The caller's authorization and its challenges (one statement), with expiry applied."""
-    found = await queries.authz_with_challenges(call.conn, authz_id)
+    found = queries.authz_from_rows(await call.read(queries.AUTHZ_READ, authz_id))
     if found is None:
         raise not_found("authorization")
     authz, challenges = found

@@ -307,7 +307,7 @@ async def authz_history(
 
 async def load_order(call: AcmeCall) -> tuple[OrderRow, list[str]]:
     """The caller's order (404 for anyone else's) and its authorization ids, with expiry applied."""
-    found = await queries.order_with_authz_ids(call.conn, call.request.path_params["order_id"])
+    found = queries.order_from_rows(await call.read(queries.ORDER_READ, call.request.path_params["order_id"]))
     if found is None or found[0].provisioner != call.urls.provisioner:
         raise not_found("order")
     order, authz_ids = found
@@ -349,8 +349,6 @@ async def finalize(call: AcmeCall) -> Response:
         raise Problem("badCSR", f"CSR key refused: {error.detail}") from None
     if csr.public_key() == raw_key(call.jwk):
         raise Problem("badCSR", "the certificate key must not be the account key")
-    if await blocked_keys.is_blocked(call.conn, csr.public_key()):
-        raise Problem("badCSR", "the CSR's key is blocked: a certificate for it was revoked for keyCompromise")
     identifiers = [Identifier(i["type"], i["value"]) for i in found.identifiers]
     check_csr_identifiers(csr, identifiers)
     await caa_recheck.recheck_stale_caa(call, authz_ids)
@@ -358,7 +356,11 @@ async def finalize(call: AcmeCall) -> Response:
         await ratelimits.spend(call.conn, "certificates-per-domain", domain,
                                call.state.settings.rate_certificates_per_domain_per_week, ratelimits.WEEK,
                                f"certificates for {domain} this week")
-    if not await queries.claim_finalize(call.conn, found.id, csr_der, utcnow()):
+    # The claim is refused for a blocked key too (one statement for both, the usual case).
+    if not await queries.claim_finalize(call.conn, found.id, csr_der, blocked_keys.spki_sha256(csr.public_key()),
+                                        utcnow()):
+        if await blocked_keys.is_blocked(call.conn, csr.public_key()):
+            raise Problem("badCSR", "the CSR's key is blocked: a certificate for it was revoked for keyCompromise")
         raise Problem("orderNotReady", "the order is already being finalized")
     found.status = OrderStatus.processing.value
     call.publish_after_commit(bus.SUBJECT_ISSUE, bus.IssueJob(order_id=found.id), f"issue-{found.id}")
@@ -374,7 +376,8 @@ async def finalize(call: AcmeCall) -> Response:
 async def certificate(call: AcmeCall) -> Response:
     if not call.is_post_as_get:
         raise malformed("certificates are downloaded with POST-as-GET (an empty payload)")
-    cert = await queries.certificate(call.conn, call.request.path_params["certificate_id"])
+    cert = queries.certificate_from_rows(
+        await call.read(queries.CERTIFICATE_READ, call.request.path_params["certificate_id"]))
     if cert is None:
         raise not_found("certificate")
     if cert.account_id != call.require_account().id:

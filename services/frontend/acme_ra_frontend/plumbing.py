@@ -23,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from josepy.jwk import JWK
 from pydantic import BaseModel
-from sqlalchemy import String, Text, bindparam, cast, exists, func, select
+from sqlalchemy import String, Text, bindparam, cast, exists, func, select, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -35,6 +35,7 @@ from acme_ra.db.models import Account, AccountStatus, Certificate, Order, OrderA
 from acme_ra.protocol import jws as jwslib
 from acme_ra.protocol.problems import Problem, bad_nonce, malformed, method_not_allowed, server_internal, unauthorized
 from acme_ra_frontend import metrics
+from acme_ra_frontend.queries import Read
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
 
@@ -201,6 +202,16 @@ class AcmeCall:
     orm: AsyncSession | None = None
     # Run once the request is over, answered or failed (e.g. forget a registered wait).
     on_done: list[Callable[[], None]] = field(default_factory=list)
+    # The route's resource rows, read in the statement that authenticated the request.
+    prefetched: tuple[Read, list[Any]] | None = None
+
+    async def read(self, read: Read, key: str) -> list[Any]:
+        """The rows of ``read`` for ``key``: those read with the authentication, else read now."""
+        if self.prefetched is not None and self.prefetched[0] is read and self.request.path_params.get(read.param) == key:
+            rows = self.prefetched[1]
+            self.prefetched = None
+            return rows
+        return await read.rows(self.conn, key)
 
     @property
     def session(self) -> AsyncSession:
@@ -294,7 +305,7 @@ class Atomicity(enum.Enum):
 
 
 async def acme_post(request: Request, handler: Handler, auth: Auth,
-                    atomicity: Atomicity = Atomicity.TRANSACTION) -> Response:
+                    atomicity: Atomicity = Atomicity.TRANSACTION, read: Read | None = None) -> Response:
     """Verify the JWS, run the handler in one transaction, then publish its jobs.
 
     A handler that needs no transaction (``atomicity``) runs on ``Database.autocommit``
@@ -302,7 +313,10 @@ async def acme_post(request: Request, handler: Handler, auth: Auth,
     signature check, the nonce redemption, the resource read; the few writes these handlers make
     (expiring an order or authorization, claiming a challenge) are single statements. Two round
     trips fewer. With no transaction to roll back, a request refused after its signature was
-    checked keeps its nonce spent, as any refused request does at Boulder and Pebble."""
+    checked keeps its nonce spent, as any refused request does at Boulder and Pebble.
+
+    ``read``: the route's resource read; outside a transaction it may be run in the statement
+    that authenticates the request (``authenticate_outside_transaction``)."""
     state, urls = resolve_provisioner(request)
     body = await read_body(request)
     parsed = jwslib.parse_jws(body)
@@ -322,6 +336,7 @@ async def acme_post(request: Request, handler: Handler, auth: Auth,
         nonce_expires, nonce_problem = None, problem
     call: AcmeCall | None = None
     try:
+        prefetched = None
         no_transaction = atomicity is Atomicity.NONE or (
             atomicity is Atomicity.NONE_FOR_POST_AS_GET and parsed.payload == b"")
         async with (state.db.autocommit() if no_transaction else state.db.engine.begin()) as conn:
@@ -332,9 +347,11 @@ async def acme_post(request: Request, handler: Handler, auth: Auth,
                 fresh = await redeem_nonce(conn, parsed.nonce, nonce_expires)
                 jwslib.verify_signature(parsed, key)  # a forged request rolls the redemption back (N6)
             elif no_transaction:
-                account, key, fresh = await authenticate_outside_transaction(conn, urls, parsed, nonce_expires)
+                account, key, fresh, prefetched = await authenticate_outside_transaction(
+                    conn, urls, parsed, nonce_expires, read, request.path_params)
             else:
-                account, fresh = await load_account_and_redeem(conn, urls, parsed.kid, parsed.nonce, nonce_expires)
+                account, fresh, prefetched = await load_account_and_redeem(
+                    conn, urls, parsed.kid, parsed.nonce, nonce_expires, read, request.path_params)
                 key = parse_account_key(account.jwk_text)
                 jwslib.verify_signature(parsed, key)
                 remember_account_key(account)
@@ -343,6 +360,8 @@ async def acme_post(request: Request, handler: Handler, auth: Auth,
             if not fresh:
                 raise bad_nonce("nonce has already been used")
             call = AcmeCall(request, state, urls, conn, parsed, key, account)
+            if prefetched is not None:
+                call.prefetched = (read, prefetched)  # type: ignore[assignment]
             try:
                 if telemetry.tracing_enabled():
                     traceparent = await order_traceparent(conn, request.path_params)
@@ -429,6 +448,33 @@ _ACCOUNT_AND_REDEEM_IF_KEY = Statement(select(
     select(func.count()).select_from(_redeemed_if_key).scalar_subquery().label("fresh"), *_ACCOUNT_COLUMNS
 ).where(Account.id == bindparam("account_id")))
 
+# PostgreSQL, either of the two with the route's resource read (queries.Read) in the same
+# statement: one round trip for a whole POST-as-GET. The resource is outer-joined: the account's
+# row comes back whether or not the resource exists (its columns are then NULL).
+_AUTHENTICATED_READS: dict[tuple[Read, bool], Statement] = {}
+
+
+def _authenticated_read(read: Read, if_key: bool) -> Statement:
+    """``_ACCOUNT_AND_REDEEM_IF_KEY`` (``if_key``) or ``_ACCOUNT_AND_REDEEM``, with ``read``."""
+    statement = _AUTHENTICATED_READS.get((read, if_key))
+    if statement is None:
+        redeemed = _redeemed_if_key if if_key else _redeemed
+        resource = read.statement.statement.subquery("resource")
+        statement = _AUTHENTICATED_READS[read, if_key] = Statement(
+            select(select(func.count()).select_from(redeemed).scalar_subquery().label("fresh"),
+                   *_ACCOUNT_COLUMNS, *resource.c)
+            .select_from(Account).outerjoin(resource, true())
+            .where(Account.id == bindparam("account_id")))
+    return statement
+
+
+def _resource_key(read: Read | None, path_params: dict[str, Any] | None) -> str | None:
+    return path_params.get(read.param) if read is not None and path_params else None
+
+
+# Where the resource's columns start in a row of an authenticated read.
+_RESOURCE_COLUMN = 1 + len(_ACCOUNT_COLUMNS)
+
 # Parsed account keys by their JSON text: a key never changes under the same text, so a cached key
 # is never stale (key rollover stores another text; status is read on every request).
 JWK_CACHE_SIZE = 10_000
@@ -467,16 +513,17 @@ async def redeem_nonce(conn: AsyncConnection, nonce: str, expires: dt.datetime |
 
 
 async def authenticate_outside_transaction(
-    conn: AsyncConnection, urls: Urls, parsed: jwslib.ParsedJws, expires: dt.datetime | None
-) -> tuple[SigningAccount, JWK, bool]:
+    conn: AsyncConnection, urls: Urls, parsed: jwslib.ParsedJws, expires: dt.datetime | None,
+    read: Read | None = None, path_params: dict[str, Any] | None = None,
+) -> tuple[SigningAccount, JWK, bool, list[Any] | None]:
     """A request outside any transaction: no redemption to roll back, so the signature is
     checked before the nonce is redeemed and a forged request does not burn it (N6). Whether the
-    nonce was fresh comes third.
+    nonce was fresh comes third; fourth, the rows of ``read`` when they were read here (else None).
 
     The account, the check and the redemption take two statements; one on PostgreSQL when this
     process has verified the account's key before: the signature is checked with that key, then one
     statement redeems the nonce on condition that the key is still the account's, and reads the
-    account."""
+    account, and the route's resource with it (``read``, keyed by its path parameter)."""
     assert parsed.kid is not None
     account_id = urls.account_id_from_kid(parsed.kid)
     known = _verified_keys.get(account_id) if account_id else None
@@ -487,16 +534,24 @@ async def authenticate_outside_transaction(
         except Problem:
             pass  # perhaps signed with a newer key: checked below against the stored one
         else:
-            row = (await _ACCOUNT_AND_REDEEM_IF_KEY.run(conn, {"account_id": account_id, "nonce": parsed.nonce,
-                                                               "expires": expires, "jwk_text": known})).first()
+            params = {"account_id": account_id, "nonce": parsed.nonce, "expires": expires, "jwk_text": known}
+            resource_key = _resource_key(read, path_params)
+            if resource_key is not None:
+                assert read is not None
+                params[read.param] = resource_key
+                rows = (await _authenticated_read(read, if_key=True).run(conn, params)).all()
+                row, resource = _split_resource(rows)
+            else:
+                row = (await _ACCOUNT_AND_REDEEM_IF_KEY.run(conn, params)).first()
+                resource = None
             if row is None or row.jwk_text == known:
-                return signing_account(row), key, row.fresh > 0
+                return signing_account(row), key, row.fresh > 0, resource
         _verified_keys.pop(account_id, None)  # type: ignore[arg-type]
     account = await load_account(conn, urls, parsed.kid)
     key = parse_account_key(account.jwk_text)
     jwslib.verify_signature(parsed, key)
     remember_account_key(account)
-    return account, key, await redeem_nonce(conn, parsed.nonce, expires)
+    return account, key, await redeem_nonce(conn, parsed.nonce, expires), None
 
 
 def signing_account(row: Any) -> SigningAccount:
@@ -518,14 +573,27 @@ async def load_account(conn: AsyncConnection, urls: Urls, kid: str) -> SigningAc
 
 
 async def load_account_and_redeem(
-    conn: AsyncConnection, urls: Urls, kid: str, nonce: str, expires: dt.datetime | None
-) -> tuple[SigningAccount, bool]:
+    conn: AsyncConnection, urls: Urls, kid: str, nonce: str, expires: dt.datetime | None,
+    read: Read | None = None, path_params: dict[str, Any] | None = None,
+) -> tuple[SigningAccount, bool, list[Any] | None]:
     """The signing account (refused unless valid) and whether the nonce was fresh, redeemed in the
-    same transaction: one statement on PostgreSQL."""
+    same transaction: one statement on PostgreSQL, which reads the route's resource too (``read``;
+    its rows third, else None)."""
     account_id = urls.account_id_from_kid(kid)
     if account_id is None or expires is None or conn.dialect.name != "postgresql":
         account = await load_account(conn, urls, kid)
-        return account, await redeem_nonce(conn, nonce, expires)
-    row = (await _ACCOUNT_AND_REDEEM.run(conn, {"account_id": account_id, "nonce": nonce,
-                                                "expires": expires})).first()
-    return signing_account(row), row is not None and row.fresh > 0
+        return account, await redeem_nonce(conn, nonce, expires), None
+    params = {"account_id": account_id, "nonce": nonce, "expires": expires}
+    resource_key = _resource_key(read, path_params)
+    if resource_key is None:
+        row = (await _ACCOUNT_AND_REDEEM.run(conn, params)).first()
+        return signing_account(row), row is not None and row.fresh > 0, None
+    assert read is not None
+    params[read.param] = resource_key
+    row, resource = _split_resource((await _authenticated_read(read, if_key=False).run(conn, params)).all())
+    return signing_account(row), row is not None and row.fresh > 0, resource
+
+
+def _split_resource(rows: list[Any]) -> tuple[Any, list[Any]]:
+    """An authenticated read's rows: the account's row (None: no such account), the resource's."""
+    return (rows[0] if rows else None), [row[_RESOURCE_COLUMN:] for row in rows if row[_RESOURCE_COLUMN] is not None]

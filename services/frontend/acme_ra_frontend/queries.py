@@ -10,6 +10,7 @@ UPDATE statements are named ``b_*`` (SQLAlchemy reserves the column names there)
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ from acme_ra.db.fast import Statement
 from acme_ra.db.models import (
     Authorization,
     AuthzStatus,
+    BlockedKey,
     Certificate,
     Challenge,
     ChallengeStatus,
@@ -82,21 +84,37 @@ _CHALLENGE_COLUMNS = (Challenge.id, Challenge.authz_id, Challenge.type, Challeng
 _ORDER_COLUMNS = (Order.id, Order.account_id, Order.provisioner, Order.status, Order.expires, Order.identifiers,
                   Order.not_before, Order.not_after, Order.error, Order.certificate_id, Order.profile, Order.replaces)
 
-_AUTHZ_WITH_CHALLENGES = Statement(
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Read:
+    """How a route reads its resource: one statement, keyed by the path parameter of the same name,
+    whose first column is the resource's id. The rows come unordered: the functions below order
+    them. On PostgreSQL ``plumbing`` may run the read inside the statement that authenticates the
+    request (one round trip for both) and hand the rows over as ``AcmeCall.prefetched``."""
+
+    statement: Statement
+    param: str
+
+    async def rows(self, conn: AsyncConnection, key: str) -> list[Any]:
+        return (await self.statement.run(conn, {self.param: key})).all()
+
+
+AUTHZ_READ = Read(Statement(
     select(*_AUTHZ_COLUMNS, *_CHALLENGE_COLUMNS)
     .outerjoin(Challenge, Challenge.authz_id == Authorization.id)
     .where(Authorization.id == bindparam("authz_id"))
-    .order_by(Challenge.type)
-)
-_ORDER_WITH_AUTHZ_IDS = Statement(
-    select(*_ORDER_COLUMNS, OrderAuthorization.authz_id)
+), "authz_id")
+ORDER_READ = Read(Statement(
+    select(*_ORDER_COLUMNS, OrderAuthorization.authz_id, OrderAuthorization.position)
     .outerjoin(OrderAuthorization, OrderAuthorization.order_id == Order.id)
     .where(Order.id == bindparam("order_id"))
-    .order_by(OrderAuthorization.position)
-)
+), "order_id")
+CERTIFICATE_READ = Read(Statement(
+    select(Certificate.id, Certificate.account_id, Certificate.chain_pem, Certificate.alternate_chains_pem)
+    .where(Certificate.id == bindparam("certificate_id"))
+), "certificate_id")
 _CHALLENGE = Statement(select(*_CHALLENGE_COLUMNS).where(Challenge.id == bindparam("challenge_id")))
-_CERTIFICATE = Statement(select(Certificate.id, Certificate.account_id, Certificate.chain_pem,
-                                Certificate.alternate_chains_pem).where(Certificate.id == bindparam("certificate_id")))
 
 _EXPIRE_AUTHZ = Statement(
     update(Authorization)
@@ -124,28 +142,42 @@ _CLAIM_CHALLENGE = Statement(
 _DEACTIVATE_AUTHZ = Statement(
     update(Authorization).where(Authorization.id == bindparam("b_authz_id")).values(status=AuthzStatus.deactivated.value)
 )
+# ready → processing with the CSR, unless the CSR's key is blocked (blocked_keys).
 _CLAIM_FINALIZE = Statement(
     update(Order)
-    .where(Order.id == bindparam("b_order_id"), Order.status == OrderStatus.ready.value)
+    .where(Order.id == bindparam("b_order_id"), Order.status == OrderStatus.ready.value,
+           ~exists().where(BlockedKey.spki_sha256 == bindparam("b_spki_sha256")))
     .values(status=OrderStatus.processing.value, csr=bindparam("b_csr"), updated_at=bindparam("b_now"))
 )
 
 
-async def authz_with_challenges(conn: AsyncConnection, authz_id: str) -> tuple[AuthzRow, list[ChallengeRow]] | None:
-    rows = (await _AUTHZ_WITH_CHALLENGES.run(conn, {"authz_id": authz_id})).all()
+def authz_from_rows(rows: Sequence[Any]) -> tuple[AuthzRow, list[ChallengeRow]] | None:
+    """An authorization and its challenges (by type) from ``AUTHZ_READ``'s rows."""
     if not rows:
         return None
-    first = rows[0]
-    authz = AuthzRow(*first[:7])
-    challenges = [ChallengeRow(*row[7:]) for row in rows if row[7] is not None]
+    authz = AuthzRow(*rows[0][:7])
+    challenges = sorted((ChallengeRow(*row[7:]) for row in rows if row[7] is not None), key=lambda c: c.type)
     return authz, challenges
 
 
-async def order_with_authz_ids(conn: AsyncConnection, order_id: str) -> tuple[OrderRow, list[str]] | None:
-    rows = (await _ORDER_WITH_AUTHZ_IDS.run(conn, {"order_id": order_id})).all()
+def order_from_rows(rows: Sequence[Any]) -> tuple[OrderRow, list[str]] | None:
+    """An order and its authorization ids (in the order's order) from ``ORDER_READ``'s rows."""
     if not rows:
         return None
-    return OrderRow(*rows[0][:12]), [row[12] for row in rows if row[12] is not None]
+    linked = sorted((row for row in rows if row[12] is not None), key=lambda row: row[13])
+    return OrderRow(*rows[0][:12]), [row[12] for row in linked]
+
+
+def certificate_from_rows(rows: Sequence[Any]) -> CertificateRow | None:
+    return CertificateRow(*rows[0]) if rows else None
+
+
+async def authz_with_challenges(conn: AsyncConnection, authz_id: str) -> tuple[AuthzRow, list[ChallengeRow]] | None:
+    return authz_from_rows(await AUTHZ_READ.rows(conn, authz_id))
+
+
+async def order_with_authz_ids(conn: AsyncConnection, order_id: str) -> tuple[OrderRow, list[str]] | None:
+    return order_from_rows(await ORDER_READ.rows(conn, order_id))
 
 
 async def challenge(conn: AsyncConnection, challenge_id: str) -> ChallengeRow | None:
@@ -154,8 +186,7 @@ async def challenge(conn: AsyncConnection, challenge_id: str) -> ChallengeRow | 
 
 
 async def certificate(conn: AsyncConnection, certificate_id: str) -> CertificateRow | None:
-    row = (await _CERTIFICATE.run(conn, {"certificate_id": certificate_id})).first()
-    return None if row is None else CertificateRow(*row)
+    return certificate_from_rows(await CERTIFICATE_READ.rows(conn, certificate_id))
 
 
 async def expire_authz(conn: AsyncConnection, authz_id: str) -> None:
@@ -178,7 +209,9 @@ async def deactivate_authz(conn: AsyncConnection, authz_id: str) -> None:
     await _DEACTIVATE_AUTHZ.run(conn, {"b_authz_id": authz_id})
 
 
-async def claim_finalize(conn: AsyncConnection, order_id: str, csr: bytes, now: dt.datetime) -> bool:
-    """ready → processing with the CSR; False if another request finalized it first."""
-    result = await _CLAIM_FINALIZE.run(conn, {"b_order_id": order_id, "b_csr": csr, "b_now": now})
+async def claim_finalize(conn: AsyncConnection, order_id: str, csr: bytes, spki_sha256: str, now: dt.datetime) -> bool:
+    """ready → processing with the CSR; False if another request finalized it first or the CSR's
+    key (``spki_sha256``) is blocked."""
+    result = await _CLAIM_FINALIZE.run(conn, {"b_order_id": order_id, "b_csr": csr, "b_spki_sha256": spki_sha256,
+                                              "b_now": now})
     return bool(result.rowcount)

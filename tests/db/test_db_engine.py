@@ -5,6 +5,8 @@ POOL_PING_IDLE_SECONDS is pinged first and replaced without an error."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 import sqlalchemy.exc
@@ -73,5 +75,55 @@ async def test_a_busy_connection_is_not_pinged(fresh_database_url: str) -> None:
         for _ in range(5):
             await backend_pid(db)
         assert pings == 0
+    finally:
+        await db.dispose()
+
+
+async def autocommit_pid(db: Database) -> tuple[int, object]:
+    async with db.autocommit() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one()), conn
+
+
+async def test_autocommit_connections_are_kept_between_uses(fresh_database_url: str) -> None:
+    db = Database(fresh_database_url, pool_size=2)
+    try:
+        pid, conn = await autocommit_pid(db)
+        assert await autocommit_pid(db) == (pid, conn)  # the same connection, not checked out again
+        with pytest.raises(sqlalchemy.exc.ProgrammingError):
+            async with db.autocommit() as used:
+                assert used is conn
+                await used.execute(text("SELECT * FROM no_such_table"))
+        assert await autocommit_pid(db) == (pid, conn)  # a failed statement leaves it usable
+        with pytest.raises(asyncio.CancelledError):
+            async with db.autocommit() as used:
+                raise asyncio.CancelledError  # perhaps mid-statement: back to the pool, reset there
+        assert (await autocommit_pid(db))[1] is not conn
+    finally:
+        await db.dispose()
+    assert conn.closed  # type: ignore[attr-defined]
+
+
+async def test_a_kept_autocommit_connection_that_died_fails_once_then_is_replaced(fresh_database_url: str) -> None:
+    db = Database(fresh_database_url, pool_size=2)
+    try:
+        pid, _ = await autocommit_pid(db)
+        await terminate(fresh_database_url, pid)
+        with pytest.raises(sqlalchemy.exc.DBAPIError) as failed:
+            await autocommit_pid(db)
+        assert is_unavailable(failed.value)
+        assert (await autocommit_pid(db))[0] != pid
+    finally:
+        await db.dispose()
+
+
+async def test_a_kept_autocommit_connection_idle_too_long_is_pinged_by_the_pool(
+    fresh_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = Database(fresh_database_url, pool_size=2)
+    try:
+        pid, _ = await autocommit_pid(db)
+        monkeypatch.setattr(engine_module, "POOL_PING_IDLE_SECONDS", 0.0)
+        await terminate(fresh_database_url, pid)
+        assert (await autocommit_pid(db))[0] != pid  # no error: given back, pinged, replaced
     finally:
         await db.dispose()

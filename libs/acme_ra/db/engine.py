@@ -89,9 +89,10 @@ class Database:
         self.engine = create_engine(url, pool_size)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         # PostgreSQL: AUTOCOMMIT connections kept between uses (newest last, with when they were
-        # last given back), at most half the pool; the rest of the pool serves transactions.
+        # last given back), at most pool_size: the pool's overflow (as many again) then serves
+        # transactions, and the process never holds more than 2 × pool_size connections.
         self._idle: list[tuple[AsyncConnection, float]] = []
-        self._idle_max = max(1, pool_size // 2)
+        self._idle_max = pool_size
 
     @property
     def is_sqlite(self) -> bool:

@@ -86,7 +86,7 @@ class Recording:
             output = self.directory / f"{self.prefix}-{name}.txt"
             self.processes[name] = subprocess.Popen(
                 [binary, "record", "--pid", str(pid), "--rate", str(SAMPLE_RATE), "--format", "raw",
-                 "--nonblocking", "--output", str(output)],
+                 "--nonblocking", "--subprocesses", "--output", str(output)],  # the frontend's workers too
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             )
 

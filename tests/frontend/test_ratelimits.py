@@ -49,3 +49,24 @@ async def test_public_suffix_is_rejected(limited_http: httpx.AsyncClient) -> Non
     await client.register()
     reply = await client.post(client.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "co.uk"}]})
     assert reply.problem_type == "rejectedIdentifier"
+
+
+async def test_a_refused_new_order_does_not_count(limited_http: httpx.AsyncClient) -> None:
+    """newOrder runs without a transaction: its counters are spent last, just before the insert,
+    so an order refused for anything else (policy, a malformed replaces, an unknown profile)
+    leaves them as they were."""
+    client = TestAcmeClient(limited_http, f"{EXTERNAL_URL}/acme/acme/directory")
+    await client.load_directory()
+    assert (await client.register()).status == 201
+    refused = [
+        {"identifiers": [{"type": "dns", "value": "co.uk"}]},
+        {"identifiers": [{"type": "dns", "value": "rr.example.org"}], "replaces": "no.such-certificate"},
+        {"identifiers": [{"type": "dns", "value": "rr.example.org"}], "profile": "no-such-profile"},
+    ]
+    for payload in refused * 2:
+        reply = await client.post(client.directory["newOrder"], payload)
+        assert reply.status in (400, 403, 404), reply.text
+    order = {"identifiers": [{"type": "dns", "value": "rr.example.org"}]}
+    assert (await client.post(client.directory["newOrder"], order)).status == 201
+    assert (await client.post(client.directory["newOrder"], order)).status == 201
+    assert (await client.post(client.directory["newOrder"], order)).problem_type == "rateLimited"

@@ -147,12 +147,6 @@ async def new_order(call: AcmeCall) -> Response:
     policies = [call.state.policy] + ([Policy.from_data(eab_key.policy)] if eab_key and eab_key.policy else [])
     check_policy(identifiers, policies)
     profile = choose_profile(call, payload.get("profile"), eab_key.profile if eab_key else None)
-    await ratelimits.spend(conn, "orders-per-account", account.id,
-                           settings.rate_new_orders_per_account_per_hour, ratelimits.HOUR, "new orders for this account")
-    if eab_key is not None:
-        await ratelimits.spend(conn, "orders-per-eab-key", eab_key.kid,
-                               settings.rate_new_orders_per_eab_key_per_hour, ratelimits.HOUR,
-                               "new orders for this External Account Binding key")
     now = utcnow()
     failure_limit = settings.rate_failed_validations_per_name_per_hour
     failures: dict[str, int] = {}
@@ -185,6 +179,14 @@ async def new_order(call: AcmeCall) -> Response:
             new_challenges += [{"id": new_id(), "authz_id": reusable, "type": challenge_type, "token": new_id(),
                                 "status": ChallengeStatus.pending.value, "updated_at": now} for challenge_type in types]
         authz_ids.append(reusable)
+    # The rate counters last, just before the one statement that inserts the order: newOrder runs
+    # without a transaction (Atomicity.NONE), so nothing after a counter may refuse the request.
+    await ratelimits.spend(conn, "orders-per-account", account.id,
+                           settings.rate_new_orders_per_account_per_hour, ratelimits.HOUR, "new orders for this account")
+    if eab_key is not None:
+        await ratelimits.spend(conn, "orders-per-eab-key", eab_key.kid,
+                               settings.rate_new_orders_per_eab_key_per_hour, ratelimits.HOUR,
+                               "new orders for this External Account Binding key")
     order = OrderRow(
         id=order_id, account_id=account.id, provisioner=call.urls.provisioner,
         # every authorization reused, and each is valid: ready at once

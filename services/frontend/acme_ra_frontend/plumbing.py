@@ -300,7 +300,8 @@ class Atomicity(enum.Enum):
     # Only reads when the request is POST-as-GET (an order, an authorization, a certificate).
     NONE_FOR_POST_AS_GET = "none for POST-as-GET"
     # Every write it makes is one conditional or idempotent statement, atomic by itself (the
-    # challenge POST claims the challenge with one UPDATE).
+    # challenge POST claims the challenge with one UPDATE; newOrder inserts the order with its
+    # authorizations in one statement, after its rate counters, which nothing refuses after).
     NONE = "none"
 
 

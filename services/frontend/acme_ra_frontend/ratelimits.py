@@ -1,7 +1,10 @@
 """Rate limits that hold across frontend replicas: fixed-window counters in the database.
 
-A counter is spent inside the request's own transaction, so a request refused for any reason
-(this limit included) does not count. Refusals are ``rateLimited`` (429) with ``Retry-After``.
+A request refused for any other reason does not count: finalize spends its counters inside its
+transaction; newOrder, which runs without one, spends them last, just before the one statement that
+inserts the order. (A newOrder refused by the limit itself leaves its increment: the counter is
+then above the limit, which refuses the same requests until the window ends.) Refusals are
+``rateLimited`` (429) with ``Retry-After``.
 """
 
 from __future__ import annotations

@@ -136,7 +136,11 @@ except OSError:  # pragma: no cover - no libc to speak of
 
 
 class Child:
-    """One child process whose combined output goes to a log file and, optionally, a stream."""
+    """One child process whose combined output goes to a log file and, optionally, a stream.
+
+    With a stream (``make dev``: the terminal) a thread copies each line to both; without one
+    (tests, benchmarks) the child writes its log file itself, and nothing in this process
+    handles its lines (a benchmark's services write a line per request)."""
 
     def __init__(self, name: str, argv: list[str], env: Mapping[str, str], log_path: Path,
                  echo: IO[bytes] | None) -> None:
@@ -145,12 +149,13 @@ class Child:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._echo = echo
         self._log = log_path.open("ab")
+        self._log_start = self._log.tell()  # where this run's output begins
         try:
             self.process = subprocess.Popen(
                 argv,
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
+                stdout=subprocess.PIPE if echo is not None else self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the launcher only; it stops children in order
                 preexec_fn=die_with_parent if _LIBC is not None else None,
@@ -158,8 +163,10 @@ class Child:
         except BaseException:
             self._log.close()
             raise
-        self._pump = threading.Thread(target=self._copy_output, name=f"output-{name}", daemon=True)
-        self._pump.start()
+        self._pump: threading.Thread | None = None
+        if echo is not None:
+            self._pump = threading.Thread(target=self._copy_output, name=f"output-{name}", daemon=True)
+            self._pump.start()
 
     def _copy_output(self) -> None:
         assert self.process.stdout is not None
@@ -180,7 +187,9 @@ class Child:
         return self.process.poll()
 
     def describe_failure(self) -> str:
-        if self.process.poll() is not None:
+        if self._pump is None:
+            self._read_tail()
+        elif self.process.poll() is not None:
             self._pump.join(2)  # its last words
         lines = "\n".join(f"    {line}" for line in list(self.tail))
         return f"last output of {self.name} ({self.log_path}):\n{lines}" if lines else f"{self.name} wrote nothing"
@@ -201,8 +210,25 @@ class Child:
             except ProcessLookupError:
                 pass
             self.process.wait()
-        self._pump.join(5)
+        if self._pump is not None:
+            self._pump.join(5)
         self._log.close()
+
+    def _read_tail(self) -> None:
+        """The last lines the child wrote to its log file itself (this run's only)."""
+        try:
+            with self.log_path.open("rb") as log:
+                size = log.seek(0, os.SEEK_END)
+                start = max(self._log_start, size - 64 * 1024)
+                log.seek(start)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return
+        lines = text.splitlines()
+        if start > self._log_start and lines:
+            lines = lines[1:]  # perhaps cut in the middle
+        self.tail.clear()
+        self.tail.extend(lines[-TAIL_LINES:])
 
 
 class Topology:

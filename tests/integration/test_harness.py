@@ -3,7 +3,9 @@ helpers that do not need a running topology."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import dns.message
@@ -11,7 +13,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from acme_ra.launcher import LaunchError, Topology, settings_from_env
+from acme_ra.launcher import TAIL_LINES, Child, LaunchError, Topology, settings_from_env
 from tests.support.certbot import AUTH_HOOK, CLEANUP_HOOK
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import TEST_ZONE, LabPorts, lab_environment
@@ -84,3 +86,18 @@ def test_printed_certbot_command_uses_sudo_for_a_privileged_port_when_not_root(
     assert "ACME_RA_VALIDATION_HTTP_PORT=8080 make dev" in topology.summary()
     unprivileged = Topology({"ACME_RA_STATE_DIR": str(tmp_path), "ACME_RA_VALIDATION_HTTP_PORT": "8080"})
     assert unprivileged.certbot_command().startswith("REQUESTS_CA_BUNDLE=")
+
+
+def test_a_child_without_echo_writes_its_log_itself_and_its_failure_shows_its_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "child.log"
+    log.write_bytes(b"a line of the run before\n")
+    script = "import sys\nfor i in range(50): print('line', i, flush=True)\nsys.exit(3)"
+    child = Child("child", [sys.executable, "-c", script], os.environ, log, echo=None)
+    try:
+        child.process.wait(30)
+        described = child.describe_failure()
+    finally:
+        child.wait_stopped(5)
+    assert child.returncode == 3
+    assert described.splitlines()[1:] == [f"    line {i}" for i in range(50 - TAIL_LINES, 50)]
+    assert log.read_text().startswith("a line of the run before\nline 0\n")  # appended, not replaced

@@ -83,6 +83,7 @@ ATOMICITY: dict[Handler, Atomicity] = {
         accounts.account, accounts.account_orders, orders.order, authz.authorization, orders.certificate)},
     authz.challenge: Atomicity.NONE,
     orders.new_order: Atomicity.NONE,
+    orders.finalize: Atomicity.NONE,
 }
 # The resource each handler reads first, by the path parameter naming it: outside a transaction
 # it is read in the statement that authenticates the request (plumbing.authenticate_outside_transaction).

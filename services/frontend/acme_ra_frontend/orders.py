@@ -354,6 +354,9 @@ async def finalize(call: AcmeCall) -> Response:
     identifiers = [Identifier(i["type"], i["value"]) for i in found.identifiers]
     check_csr_identifiers(csr, identifiers)
     await caa_recheck.recheck_stale_caa(call, authz_ids)
+    # Without a transaction (Atomicity.NONE): the counters, then the claim, each a statement that
+    # holds by itself. Only a blocked key or a lost race with another finalize refuses the request
+    # after the counters were spent (it then counts: see ratelimits).
     for domain in sorted({registered_domain(i.value) for i in identifiers if i.type == "dns"}):
         await ratelimits.spend(call.conn, "certificates-per-domain", domain,
                                call.state.settings.rate_certificates_per_domain_per_week, ratelimits.WEEK,

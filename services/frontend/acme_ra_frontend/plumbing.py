@@ -301,7 +301,8 @@ class Atomicity(enum.Enum):
     NONE_FOR_POST_AS_GET = "none for POST-as-GET"
     # Every write it makes is one conditional or idempotent statement, atomic by itself (the
     # challenge POST claims the challenge with one UPDATE; newOrder inserts the order with its
-    # authorizations in one statement, after its rate counters, which nothing refuses after).
+    # authorizations in one statement and finalize claims the order with one, each after its rate
+    # counters: see ratelimits).
     NONE = "none"
 
 

@@ -1,9 +1,13 @@
 """Rate limits that hold across frontend replicas: fixed-window counters in the database.
 
-A request refused for any other reason does not count: finalize spends its counters inside its
-transaction; newOrder, which runs without one, spends them last, just before the one statement that
-inserts the order. (A newOrder refused by the limit itself leaves its increment: the counter is
-then above the limit, which refuses the same requests until the window ends.) Refusals are
+newOrder and finalize run without a transaction (one round trip each for BEGIN and COMMIT saved),
+so a counter's increment stays whatever happens next; they spend their counters after every check
+that can refuse the request, just before their one write (newOrder's insert, finalize's claim), so
+a request refused for another reason does not count. Exceptions, rare and harmless: a request
+refused by the limit itself leaves its increment (the counter is above the limit, which refuses
+the same requests until the window ends anyway); a finalize that loses a race with another
+finalize of the same order, or whose CSR key is blocked (both found by the claim), or whose order
+names a second registered domain over its limit, has spent its counters. Refusals are
 ``rateLimited`` (429) with ``Retry-After``.
 """
 

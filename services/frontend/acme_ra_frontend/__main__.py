@@ -35,7 +35,6 @@ def main() -> None:
 
     from acme_ra.telemetry import init_tracing, setup_logging
     from acme_ra_frontend.app import create_app
-    from acme_ra_frontend.coalescing import CoalescingHttpToolsProtocol
     from acme_ra_frontend.metrics import start_metrics_server
     from acme_ra_frontend.tls_reload import TlsWatch
 
@@ -77,7 +76,6 @@ def main() -> None:
             access_log=False,
             proxy_headers=False,
             timeout_graceful_shutdown=10,
-            http=CoalescingHttpToolsProtocol,  # a response's header and body in one TLS record
         )
         config.load()
         # The signer renews a certificate it obtained for us in place; reload it without a restart.

@@ -41,6 +41,7 @@ from acme_ra_frontend.plumbing import (
     Auth,
     Handler,
     acme_post,
+    direct_routes,
     handle_http_error,
     handle_problem,
     new_nonce_links,
@@ -222,8 +223,11 @@ def create_app(settings: Settings) -> FastAPI:
             telemetry.shutdown_tracing()  # export the spans still batched
 
     app = FastAPI(title="acme-ra", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    acme_endpoints = set()
     for path, handler, auth in POST_ROUTES:
-        app.add_api_route(path, post_endpoint(handler, auth), methods=["POST"])
+        endpoint = post_endpoint(handler, auth)
+        acme_endpoints.add(endpoint)
+        app.add_api_route(path, endpoint, methods=["POST"])
     for path, get_handler in GET_ROUTES:
         app.add_api_route(path, guarded(get_handler), methods=["GET", "HEAD"])
     # POST-as-GET of the directory (RFC 8555 §6.3); a plain POST there is a 405.
@@ -232,6 +236,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route(accounts.TERMS_AGREEMENT, guarded(accounts.terms_agreement), methods=["GET", "HEAD", "POST"])
     app.add_api_route("/healthz", health.healthz, methods=["GET", "HEAD"])
     app.add_api_route("/readyz", health.readyz, methods=["GET", "HEAD"])
+    app.state.direct_routes = direct_routes(app.router.routes, acme_endpoints)
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_middleware(AcmeHeaders)

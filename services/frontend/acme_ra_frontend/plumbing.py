@@ -92,6 +92,7 @@ class AcmeHeaders:
                 and not path.endswith("/directory")):
             index = state.urls[parts[2]].directory
         started = time.perf_counter()
+        direct = _direct_route(scope) if method == "POST" else None
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -117,7 +118,45 @@ class AcmeHeaders:
                 )
             await send(message)
 
+        if direct is not None:
+            response = await direct(Request(scope, receive))
+            await response(scope, receive, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectRoute:
+    """A POST route answered by ``AcmeHeaders`` itself (``direct_routes``)."""
+
+    route: Any  # starlette's Route: its path regex and parameter convertors, and the metrics' template
+    endpoint: Callable[[Request], Awaitable[Response]]
+
+
+def direct_routes(routes: list[Any], endpoints: set[Callable[[Request], Awaitable[Response]]]) -> list[DirectRoute]:
+    """The POST routes whose endpoint is one of ``endpoints`` (each turns every error into a
+    problem response itself): ``AcmeHeaders`` matches them and calls the endpoint with the
+    request, without the router and FastAPI's request plumbing (exception middleware, dependency
+    resolution, its route telemetry), which cost more than a POST-as-GET's own work. Other requests,
+    and any path these do not match, take the app's router as before."""
+    return [DirectRoute(route, route.endpoint) for route in routes
+            if getattr(route, "endpoint", None) in endpoints and "POST" in (getattr(route, "methods", None) or ())]
+
+
+def _direct_route(scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
+    routes: list[DirectRoute] | None = getattr(scope["app"].state, "direct_routes", None)
+    if not routes:
+        return None
+    path = scope["path"]
+    for direct in routes:
+        match = direct.route.path_regex.match(path)
+        if match is not None:
+            convertors = direct.route.param_convertors
+            scope["path_params"] = {name: convertors[name].convert(value) for name, value in match.groupdict().items()}
+            scope["route"] = direct.route
+            scope["endpoint"] = direct.endpoint
+            return direct.endpoint
+    return None
 
 
 async def answer_new_nonce(state: FrontendState, method: str, link: tuple[bytes, bytes], send: Send) -> None:

@@ -27,14 +27,16 @@ def router_calls(http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> li
 async def test_acme_posts_skip_the_router_and_the_rest_takes_it(
     account: TestAcmeClient, http: httpx.AsyncClient, router_calls: list[str]
 ) -> None:
-    order = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "d.example.org"}]})
+    order = await account.post(account.directory["newOrder"],
+                               {"identifiers": [{"type": "dns", "value": "d.example.org"}]})
     assert order.status == 201 and order.location
     assert (await account.post(order.location)).status == 200
     assert (await account.post(order.body["authorizations"][0])).status == 200
     assert router_calls == []
 
     assert (await http.get(account.directory_url)).status_code == 200  # GET: the router
-    directory_post = await http.post(account.directory_url, content=b"{}", headers={"content-type": "application/jose+json"})
+    jose = {"content-type": "application/jose+json"}
+    directory_post = await http.post(account.directory_url, content=b"{}", headers=jose)
     unknown = await http.post(account.directory_url.replace("/directory", "/no-such-thing"), content=b"{}",
                               headers={"content-type": "application/jose+json"})
     assert problem(unknown) == "malformed" and unknown.status_code == 404
@@ -43,5 +45,6 @@ async def test_acme_posts_skip_the_router_and_the_rest_takes_it(
     # Answered directly, the problem documents and ACME headers are those the router's path gives.
     refused = await http.post(account.directory["newOrder"], content=b"not a jws",
                               headers={"content-type": "application/jose+json"})
-    assert problem(refused) == "malformed" and refused.headers["replay-nonce"] and "rel=\"index\"" in refused.headers["link"]
+    assert problem(refused) == "malformed" and refused.headers["replay-nonce"]
+    assert 'rel="index"' in refused.headers["link"]
     assert len(router_calls) == 3

@@ -246,8 +246,9 @@ class AcmeCall:
 
     async def read(self, read: Read, key: str) -> list[Any]:
         """The rows of ``read`` for ``key``: those read with the authentication, else read now."""
-        if self.prefetched is not None and self.prefetched[0] is read and self.request.path_params.get(read.param) == key:
-            rows = self.prefetched[1]
+        prefetched = self.prefetched
+        if prefetched is not None and prefetched[0] is read and self.request.path_params.get(read.param) == key:
+            rows = prefetched[1]
             self.prefetched = None
             return rows
         return await read.rows(self.conn, key)

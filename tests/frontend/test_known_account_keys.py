@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import josepy
@@ -55,22 +57,37 @@ async def test_a_key_changed_by_another_replica_is_noticed(account: TestAcmeClie
     assert problem(await read(account, key=old_key)) == "malformed"
 
 
-@contextlib.contextmanager
-def statements_counted(http: httpx.AsyncClient) -> Iterator[list[int]]:
-    """SQL statements sent while the block runs, on either back end."""
-    count = [0]
+@dataclass
+class Sent:
+    statements: int = 0  # SQL statements, on either back end
+    begins: int = 0  # transactions begun (BEGIN)
 
-    def seen(*_args: object) -> None:
-        count[0] += 1
+
+@contextlib.contextmanager
+def statements_counted(http: httpx.AsyncClient) -> Iterator[Sent]:
+    """What the block sent to the database."""
+    sent = Sent()
+
+    def statement(*_args: object) -> None:
+        sent.statements += 1
+
+    def begin(*_args: object) -> None:
+        sent.begins += 1
 
     engine = http.app.state.ra.db.engine.sync_engine  # type: ignore[attr-defined]
-    event.listen(engine, "before_cursor_execute", seen)
-    fast.observers.append(seen)
+    event.listen(engine, "before_cursor_execute", statement)
+    event.listen(engine, "begin", begin)
+    fast.observers.append(statement)
     try:
-        yield count
+        yield sent
     finally:
-        fast.observers.remove(seen)
-        event.remove(engine, "before_cursor_execute", seen)
+        fast.observers.remove(statement)
+        event.remove(engine, "begin", begin)
+        event.remove(engine, "before_cursor_execute", statement)
+
+
+async def new_order(account: TestAcmeClient, name: str) -> Any:
+    return await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": name}]})
 
 
 def dialect(http: httpx.AsyncClient) -> str:
@@ -92,11 +109,11 @@ async def test_a_known_accounts_resource_is_read_with_its_nonce_in_one_statement
     one_statement = dialect(http) == "postgresql"
     for url in (*authz_urls, order.location):
         nonce = await account.nonce()
-        with statements_counted(http) as count:
+        with statements_counted(http) as sent:
             reply = await raw_post(account, url, account.sign(url, "", nonce))
         assert reply.status_code == 200, reply.text
         if one_statement:
-            assert count[0] == 1
+            assert sent.statements == 1
         assert problem(await raw_post(account, url, account.sign(url, "", nonce))) == "badNonce"
     assert (await account.post(order.location)).body["authorizations"] == authz_urls  # in the order's order
     authz = (await account.post(authz_urls[1])).body
@@ -105,17 +122,17 @@ async def test_a_known_accounts_resource_is_read_with_its_nonce_in_one_statement
 
     orders = (await account.post(account.kid + "/orders")).body["orders"]  # type: ignore[operator]
     issued = next(o for o in [(await account.post(url)).body for url in orders] if o["status"] == "valid")
-    with statements_counted(http) as count:
+    with statements_counted(http) as sent:
         certificate = await account.post(issued["certificate"])
     assert certificate.status == 200 and certificate.text == pem
     if one_statement:
-        assert count[0] == 1
+        assert sent.statements == 1
 
 
 async def test_a_known_account_reading_a_missing_or_foreign_resource_is_refused(
     account: TestAcmeClient, http: httpx.AsyncClient
 ) -> None:
-    order = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "x.example.org"}]})
+    order = await new_order(account, "x.example.org")
     assert order.location
     assert (await account.post(order.location)).status == 200  # the key is now known
     missing = order.location.rsplit("/", 1)[0] + "/no-such-order"
@@ -125,7 +142,7 @@ async def test_a_known_account_reading_a_missing_or_foreign_resource_is_refused(
     other = TestAcmeClient(http, account.directory_url)
     await other.load_directory()
     assert (await other.register()).status == 201
-    other_order = await other.post(other.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "y.example.org"}]})
+    other_order = await new_order(other, "y.example.org")
     assert (await other.post(other_order.body["authorizations"][0])).status == 200  # known to the process too
     for url in (order.location, order.body["authorizations"][0]):
         assert problem(await raw_post(other, url, other.sign(url, "", await other.nonce()))) == "unauthorized"
@@ -136,24 +153,14 @@ async def test_a_known_accounts_challenge_post_claims_without_a_transaction(
 ) -> None:
     """The challenge POST: the account, the redemption and the authorization in one statement on
     PostgreSQL, then the claim; no BEGIN/COMMIT."""
-    order = await account.post(account.directory["newOrder"], {"identifiers": [{"type": "dns", "value": "c.example.org"}]})
+    order = await new_order(account, "c.example.org")
     authz = (await account.post(order.body["authorizations"][0])).body
     url = next(c["url"] for c in authz["challenges"] if c["type"] == "http-01")
-    engine = http.app.state.ra.db.engine.sync_engine  # type: ignore[attr-defined]
-    begun: list[object] = []
-
-    def begin(connection: object) -> None:
-        begun.append(connection)
-
-    event.listen(engine, "begin", begin)
-    try:
-        with statements_counted(http) as count:
-            reply = await account.post(url, {})
-    finally:
-        event.remove(engine, "begin", begin)
+    with statements_counted(http) as sent:
+        reply = await account.post(url, {})
     assert reply.status == 200 and reply.body["status"] == "processing", reply.text
     if dialect(http) == "postgresql":  # (SQLite's autocommit is a transaction of its own)
-        assert begun == [] and count[0] == 2
+        assert sent.begins == 0 and sent.statements == 2
     again = await account.post(url, {})
     assert again.status == 200 and again.body["status"] == "processing"
 
@@ -163,21 +170,11 @@ async def test_finalize_reads_its_order_with_the_account(account: TestAcmeClient
     on PostgreSQL, then the rate counter and the claim (which also refuses a blocked key)."""
     order = await ready_order(account, http, ["fin.example.org"])
     csr, _ = make_csr(["fin.example.org"])
-    engine = http.app.state.ra.db.engine.sync_engine  # type: ignore[attr-defined]
-    begun: list[object] = []
-
-    def begin(connection: object) -> None:
-        begun.append(connection)
-
-    event.listen(engine, "begin", begin)
-    try:
-        with statements_counted(http) as count:
-            finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
-    finally:
-        event.remove(engine, "begin", begin)
+    with statements_counted(http) as sent:
+        finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
     assert finalized.status == 200 and finalized.body["status"] == "processing", finalized.text
     settings = http.app.state.ra.settings  # type: ignore[attr-defined]
     if dialect(http) == "postgresql":
-        assert begun == [] and count[0] == 2 + (settings.rate_certificates_per_domain_per_week > 0)
+        assert sent.begins == 0 and sent.statements == 2 + (settings.rate_certificates_per_domain_per_week > 0)
     again = await account.post(str(order["finalize"]), {"csr": b64(csr)})
     assert again.status == 403 and again.problem_type == "orderNotReady", again.text

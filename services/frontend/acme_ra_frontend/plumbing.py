@@ -125,37 +125,28 @@ class AcmeHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-@dataclass(frozen=True, slots=True)
-class DirectRoute:
-    """A POST route answered by ``AcmeHeaders`` itself (``direct_routes``)."""
-
-    route: Any  # starlette's Route: its path regex and parameter convertors, and the metrics' template
-    endpoint: Callable[[Request], Awaitable[Response]]
-
-
-def direct_routes(routes: list[Any], endpoints: set[Callable[[Request], Awaitable[Response]]]) -> list[DirectRoute]:
+def direct_routes(routes: list[Any], endpoints: set[Callable[[Request], Awaitable[Response]]]) -> list[Any]:
     """The POST routes whose endpoint is one of ``endpoints`` (each turns every error into a
     problem response itself): ``AcmeHeaders`` matches them and calls the endpoint with the
     request, without the router and FastAPI's request plumbing (exception middleware, dependency
     resolution, its route telemetry), which cost more than a POST-as-GET's own work. Other requests,
     and any path these do not match, take the app's router as before."""
-    return [DirectRoute(route, route.endpoint) for route in routes
+    return [route for route in routes
             if getattr(route, "endpoint", None) in endpoints and "POST" in (getattr(route, "methods", None) or ())]
 
 
 def _direct_route(scope: Scope) -> Callable[[Request], Awaitable[Response]] | None:
-    routes: list[DirectRoute] | None = getattr(scope["app"].state, "direct_routes", None)
-    if not routes:
-        return None
+    """The endpoint of the direct route ``scope`` matches (its path parameters, route and endpoint
+    set in ``scope`` as the router would), else None."""
     path = scope["path"]
-    for direct in routes:
-        match = direct.route.path_regex.match(path)
+    for route in getattr(scope["app"].state, "direct_routes", None) or ():
+        match = route.path_regex.match(path)
         if match is not None:
-            convertors = direct.route.param_convertors
+            convertors = route.param_convertors
             scope["path_params"] = {name: convertors[name].convert(value) for name, value in match.groupdict().items()}
-            scope["route"] = direct.route
-            scope["endpoint"] = direct.endpoint
-            return direct.endpoint
+            scope["route"] = route
+            scope["endpoint"] = route.endpoint
+            return route.endpoint  # type: ignore[no-any-return]
     return None
 
 
@@ -510,8 +501,16 @@ def _authenticated_read(read: Read, if_key: bool) -> Statement:
     return statement
 
 
-def _resource_key(read: Read | None, path_params: dict[str, Any] | None) -> str | None:
-    return path_params.get(read.param) if read is not None and path_params else None
+async def _authenticate(conn: AsyncConnection, alone: Statement, if_key: bool, params: dict[str, Any],
+                       read: Read | None, path_params: dict[str, Any] | None) -> tuple[Any, list[Any] | None]:
+    """Run ``alone`` (the account with its redemption), or the same with ``read`` when the path
+    names its resource: the account's row (None: no such account) and the resource's rows."""
+    key = path_params.get(read.param) if read is not None and path_params else None
+    if key is None:
+        return (await alone.run(conn, params)).first(), None
+    assert read is not None
+    rows = (await _authenticated_read(read, if_key).run(conn, {**params, read.param: key})).all()
+    return (rows[0] if rows else None), [row[_RESOURCE_COLUMN:] for row in rows if row[_RESOURCE_COLUMN] is not None]
 
 
 # Where the resource's columns start in a row of an authenticated read.
@@ -577,15 +576,7 @@ async def authenticate_outside_transaction(
             pass  # perhaps signed with a newer key: checked below against the stored one
         else:
             params = {"account_id": account_id, "nonce": parsed.nonce, "expires": expires, "jwk_text": known}
-            resource_key = _resource_key(read, path_params)
-            if resource_key is not None:
-                assert read is not None
-                params[read.param] = resource_key
-                rows = (await _authenticated_read(read, if_key=True).run(conn, params)).all()
-                row, resource = _split_resource(rows)
-            else:
-                row = (await _ACCOUNT_AND_REDEEM_IF_KEY.run(conn, params)).first()
-                resource = None
+            row, resource = await _authenticate(conn, _ACCOUNT_AND_REDEEM_IF_KEY, True, params, read, path_params)
             if row is None or row.jwk_text == known:
                 return signing_account(row), key, row.fresh > 0, resource
         _verified_keys.pop(account_id, None)  # type: ignore[arg-type]
@@ -626,16 +617,5 @@ async def load_account_and_redeem(
         account = await load_account(conn, urls, kid)
         return account, await redeem_nonce(conn, nonce, expires), None
     params = {"account_id": account_id, "nonce": nonce, "expires": expires}
-    resource_key = _resource_key(read, path_params)
-    if resource_key is None:
-        row = (await _ACCOUNT_AND_REDEEM.run(conn, params)).first()
-        return signing_account(row), row is not None and row.fresh > 0, None
-    assert read is not None
-    params[read.param] = resource_key
-    row, resource = _split_resource((await _authenticated_read(read, if_key=False).run(conn, params)).all())
+    row, resource = await _authenticate(conn, _ACCOUNT_AND_REDEEM, False, params, read, path_params)
     return signing_account(row), row is not None and row.fresh > 0, resource
-
-
-def _split_resource(rows: list[Any]) -> tuple[Any, list[Any]]:
-    """An authenticated read's rows: the account's row (None: no such account), the resource's."""
-    return (rows[0] if rows else None), [row[_RESOURCE_COLUMN:] for row in rows if row[_RESOURCE_COLUMN] is not None]

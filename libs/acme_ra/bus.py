@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
@@ -65,7 +66,12 @@ class IssueJob(BaseModel):
 
 
 class Event(BaseModel):
-    """Something happened to an order (any service → observers)."""
+    """Something happened to an order (any service → observers).
+
+    ``validated`` and ``failed``/``issued`` events carry the outcome as committed (the status
+    with ``validated``, ``error`` or ``certificate_id``), so that a frontend answering a waiting
+    request renders it without reading the row again (waiting.py); an event without them (an
+    older publisher) makes it read the row."""
 
     model_config = ConfigDict(extra="ignore")
     v: Literal[1] = 1
@@ -73,6 +79,12 @@ class Event(BaseModel):
     order_id: str | None = None
     challenge_id: str | None = None
     status: str | None = None
+    # A challenge's validation time (valid), as stored.
+    validated: dt.datetime | None = None
+    # The problem stored with an invalid challenge or order.
+    error: dict[str, Any] | None = None
+    # The certificate of an order that became valid (issued), or the one revoked.
+    certificate_id: str | None = None
 
 
 class RevokeRequest(BaseModel):

@@ -1,5 +1,6 @@
-"""A challenge POST or a finalize answers once the work is done (waiting.py): the event is a hint,
-the answer is the row read again; without an event, "processing" + Retry-After after the wait."""
+"""A challenge POST or a finalize answers once the work is done (waiting.py): with the outcome the
+event carries (no read of the row), or the row read again when the event carries none (an older
+publisher); without an event, "processing" + Retry-After after the wait."""
 
 from __future__ import annotations
 
@@ -35,8 +36,55 @@ async def pending_challenge(account: TestAcmeClient, name: str) -> str:
     return str(next(c for c in authz.body["challenges"] if c["type"] == "http-01")["url"])
 
 
+async def test_an_event_with_its_outcome_is_the_answer(account: TestAcmeClient, http: httpx.AsyncClient,
+                                                       waiting: None) -> None:
+    """The validator's event carries the outcome it committed: the frontend answers with it and
+    reads nothing (here nothing was committed, so a read would have said "processing")."""
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    validated = dt.datetime(2026, 11, 28, 12, 0, 7, 250000, tzinfo=dt.UTC)
+
+    async def validator(message: object) -> None:
+        job = bus.ValidateJob.model_validate_json(message.data)  # type: ignore[attr-defined]
+        event = bus.Event(kind="validated", challenge_id=job.challenge_id, status="valid", validated=validated)
+        await state.nc.publish("acme.events.validated", event.model_dump_json().encode())
+
+    subscription = await state.nc.subscribe(bus.SUBJECT_VALIDATE, cb=validator)
+    try:
+        posted = await account.post(await pending_challenge(account, "wait-outcome.example.org"), {})
+    finally:
+        await subscription.unsubscribe()
+    assert posted.body["status"] == "valid" and posted.body["validated"] == "2026-11-28T12:00:07Z", posted.text
+    assert "retry-after" not in posted.headers
+    again = await account.post(posted.body["url"])  # the database, which nobody changed
+    assert again.body["status"] == "processing"
+
+
+async def test_a_failed_event_answers_the_problem_it_carries(account: TestAcmeClient, http: httpx.AsyncClient,
+                                                             waiting: None) -> None:
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    order = await ready_order(account, http, ["wait-failed.example.org"])
+    problem = {"type": "rejectedIdentifier", "detail": "the upstream refused it"}  # as stored (lifecycle.fail_order)
+
+    async def signer(message: object) -> None:
+        job = bus.IssueJob.model_validate_json(message.data)  # type: ignore[attr-defined]
+        event = bus.Event(kind="failed", order_id=job.order_id, status="invalid", error=problem)
+        await state.nc.publish("acme.events.failed", event.model_dump_json().encode())
+
+    subscription = await state.nc.subscribe(bus.SUBJECT_ISSUE, cb=signer)
+    try:
+        csr, _ = make_csr(["wait-failed.example.org"])
+        finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
+    finally:
+        await subscription.unsubscribe()
+    assert finalized.body["status"] == "invalid", finalized.text
+    assert finalized.body["error"]["type"] == "urn:ietf:params:acme:error:rejectedIdentifier"
+    assert finalized.body["error"]["detail"] == problem["detail"]
+    assert "certificate" not in finalized.body
+
+
 async def test_challenge_answered_valid_once_validated(account: TestAcmeClient, http: httpx.AsyncClient,
                                                        waiting: None) -> None:
+    """An older validator's event (the status only): the row read again is the answer."""
     state = http.app.state.ra  # type: ignore[attr-defined]
 
     async def validator(message: object) -> None:  # records the outcome, then says so
@@ -72,7 +120,7 @@ async def test_no_event_answers_processing_after_the_wait(account: TestAcmeClien
 
 async def test_an_event_for_a_row_not_done_still_answers_the_row(account: TestAcmeClient, http: httpx.AsyncClient,
                                                                  waiting: None) -> None:
-    """A stray or early event: the answer is what the database says, not what the event says."""
+    """A stray or early event without its outcome: the answer is what the database says."""
     state = http.app.state.ra  # type: ignore[attr-defined]
 
     async def liar(message: object) -> None:

@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from acme_ra.config import Settings
+from acme_ra.db.models import Order
 from acme_ra_frontend.app import create_app
 from tests.conformance.client import TestAcmeClient
 from tests.frontend.conftest import EXTERNAL_URL
@@ -36,11 +38,19 @@ async def test_orders_per_account(limited_http: httpx.AsyncClient) -> None:
     third = await client.post(client.directory["newOrder"], order)
     assert third.status == 429 and third.problem_type == "rateLimited"
     assert 0 < int(third.headers["retry-after"]) <= 3600
+    # The refused order left nothing behind (on PostgreSQL the counter and the insert are one statement).
+    assert await orders_of(limited_http, str(client.kid)) == 2
     # Another account is not affected.
     other = TestAcmeClient(limited_http, client.directory_url)
     await other.load_directory()
     await other.register()
     assert (await other.post(other.directory["newOrder"], order)).status == 201
+
+
+async def orders_of(http: httpx.AsyncClient, account_url: str) -> int:
+    async with http.app.state.ra.db.engine.connect() as conn:  # type: ignore[attr-defined]
+        return int((await conn.execute(select(func.count()).select_from(Order).where(
+            Order.account_id == account_url.rsplit("/", 1)[-1]))).scalar_one())
 
 
 async def test_public_suffix_is_rejected(limited_http: httpx.AsyncClient) -> None:

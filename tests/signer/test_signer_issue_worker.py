@@ -48,7 +48,7 @@ class FakeMsg:
 
 
 class FakeJetStream:
-    """Captures published events."""
+    """Captures published events (a NATS client's or JetStream's ``publish``)."""
 
     def __init__(self) -> None:
         self.published: list[tuple[str, dict[str, Any]]] = []
@@ -120,7 +120,8 @@ async def test_processing_order_becomes_valid_with_a_certificate(db: Database, l
     assert msg.acks == 1
     [(subject, event)] = js.published
     assert subject == "acme.events.issued"
-    assert event == {"v": 1, "kind": "issued", "order_id": order_id, "challenge_id": None, "status": "valid"}
+    assert event == {"v": 1, "kind": "issued", "order_id": order_id, "challenge_id": None, "status": "valid",
+                     "validated": None, "error": None, "certificate_id": certificate.id}
     assert issued_total() == issued_before + 1
 
 
@@ -166,7 +167,9 @@ async def test_rejected_csr_makes_the_order_invalid(db: Database, lab: LabDriver
     assert order.error is not None and order.error["type"] == "badCSR" and order.error["detail"]
     assert await certificates_of(db, order_id) == []
     assert msg.acks == 1
-    assert [subject for subject, _ in js.published] == ["acme.events.failed"]
+    [(subject, event)] = js.published
+    assert subject == "acme.events.failed"
+    assert event["status"] == "invalid" and event["error"] == order.error  # the problem as stored
 
 
 async def test_upstream_unavailable_raises_without_ack(db: Database, lab: LabDriver) -> None:

@@ -80,7 +80,8 @@ async def test_lab_revocation_is_recorded_once(settings: Settings, db: Database)
     assert js.published == [
         (
             "acme.events.revoked",
-            {"v": 1, "kind": "revoked", "order_id": certificate.order_id, "challenge_id": None, "status": None},
+            {"v": 1, "kind": "revoked", "order_id": certificate.order_id, "challenge_id": None, "status": None,
+             "validated": None, "error": None, "certificate_id": certificate.id},
         )
     ]
 

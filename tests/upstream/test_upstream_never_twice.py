@@ -51,12 +51,13 @@ class KillSwitch(httpx.AsyncBaseTransport):
         inner: httpx.AsyncBaseTransport,
         when: Callable[[httpx.Request], bool],
         after: bool,
-        finalize_retry_after: bool = False,
+        finalize_retry_after: str | None = None,
     ) -> None:
         self.inner = inner
         self.when = when
         self.after = after
-        # Add "Retry-After: 0" to finalize's answer: the signer then waits (and records "processing").
+        # A Retry-After (seconds) on finalize's answer: the signer then waits; a wait longer than a
+        # third of the lease renews it, recording the "processing" noted before.
         self.finalize_retry_after = finalize_retry_after
         self.armed = True
 
@@ -70,8 +71,8 @@ class KillSwitch(httpx.AsyncBaseTransport):
             await response.aread()
             self.armed = False
             raise Killed(request.url.path)
-        if self.finalize_retry_after and request.url.path.startswith("/finalize-order/"):
-            response.headers["Retry-After"] = "0"
+        if self.finalize_retry_after is not None and request.url.path.startswith("/finalize-order/"):
+            response.headers["Retry-After"] = self.finalize_retry_after
         return response
 
     async def aclose(self) -> None:
@@ -101,8 +102,8 @@ KILL_POINTS: dict[str, tuple[Callable[[], Callable[[httpx.Request], bool]], bool
     "finalize taken, answer lost": (lambda: path_starts("/finalize-order/"), True),
     # The order is first fetched once finalize answered "processing" (noted, not yet written)...
     "signing (processing noted)": (lambda: path_starts("/my-order/"), True),
-    # ... or after a wait for finalize's Retry-After, before which "processing" is written.
-    "signing (processing recorded before a wait)": (lambda: path_starts("/my-order/"), True),
+    # ... or after a wait for finalize's Retry-After long enough to renew the lease, which wrote it.
+    "signing (processing recorded by a renewal)": (lambda: path_starts("/my-order/"), True),
     "certificate downloaded, not stored": (lambda: path_starts("/certZ/"), True),
 }
 
@@ -115,13 +116,14 @@ STATE_LEFT = {
     "finalize about to be sent": "finalizing",
     "finalize taken, answer lost": "finalizing",
     "signing (processing noted)": "finalizing",
-    "signing (processing recorded before a wait)": "processing",
+    "signing (processing recorded by a renewal)": "processing",
     "certificate downloaded, not stored": "valid",
 }
 
 
-# Kill points reached only when the upstream asks the signer to wait after finalize.
-WAIT_AFTER_FINALIZE = {"signing (processing recorded before a wait)"}
+# Kill points reached only when the upstream asks the signer to wait after finalize: the wait
+# (seconds) is longer than a third of the lease (TEST_LEASE_SECONDS).
+WAIT_AFTER_FINALIZE = {"signing (processing recorded by a renewal)": "1"}
 
 
 def killing_driver(
@@ -130,7 +132,7 @@ def killing_driver(
     pebble: Pebble,
     when: Callable[[httpx.Request], bool],
     after: bool,
-    finalize_retry_after: bool = False,
+    finalize_retry_after: str | None = None,
 ) -> tuple[AcmeDriver, KillSwitch]:
     switch = KillSwitch(
         httpx.AsyncHTTPTransport(verify=tls_context(str(pebble.ca_bundle))), when, after, finalize_retry_after
@@ -143,7 +145,7 @@ async def test_killed_mid_issuance_then_resumed_gives_one_certificate(
     point: str, pebble: Pebble, settings: Settings, db: Database
 ) -> None:
     when, after = KILL_POINTS[point]
-    dying, switch = killing_driver(settings, db, pebble, when(), after, point in WAIT_AFTER_FINALIZE)
+    dying, switch = killing_driver(settings, db, pebble, when(), after, WAIT_AFTER_FINALIZE.get(point))
     order_id = await new_order(db, ["resume.example.test", "www.resume.example.test"])
     try:
         with pytest.raises(Killed):

@@ -138,6 +138,9 @@ async def test_job_on_the_bus_is_validated(
         assert (event.challenge_id, event.order_id, event.status) == (rows.challenge_id, rows.order_id, "valid")
         after = await snapshot(db, rows)
         assert after["challenge"]["status"] == "valid" and after["order"]["status"] == "ready"
+        # The outcome as committed travels with the event (the frontend answers with it: waiting.py).
+        assert event.validated is not None and event.error is None
+        assert event.validated.replace(tzinfo=None) == after["challenge"]["validated"].replace(tzinfo=None)
     finally:
         await nc.close()
         await db.dispose()

@@ -181,6 +181,8 @@ class FinishedChallenge:
     # and not committed yet): look at it again once committed (``settle_pending_orders``).
     # Elsewhere False: writers take the database in turn, so the outcome saw every other one.
     orders_left_pending: bool
+    # When it was validated (as stored), None when it became invalid.
+    validated: dt.datetime | None = None
 
 
 async def finish_challenge(
@@ -215,7 +217,7 @@ async def finish_challenge(
             "p_failure": error or NO_LONGER_VALID,
         }
         row = (await _OUTCOME.run(conn, {**challenge, **outcome})).first()
-        return None if row is None else FinishedChallenge(row[0], bool(row[1]))
+        return None if row is None else FinishedChallenge(row[0], bool(row[1]), challenge["p_validated"])
     authz_id = (await conn.execute(_FINISH_CHALLENGE, challenge)).scalar_one_or_none()
     if authz_id is None:
         return None
@@ -224,7 +226,7 @@ async def finish_challenge(
     else:
         await conn.execute(_INVALIDATE_AUTHZ, {"p_authz_id": authz_id})
     await settle_pending_orders(conn, authz_id, failure=error, now=now)
-    return FinishedChallenge(authz_id, orders_left_pending=False)
+    return FinishedChallenge(authz_id, orders_left_pending=False, validated=challenge["p_validated"])
 
 
 async def record_challenge_outcome(

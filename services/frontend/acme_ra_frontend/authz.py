@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import datetime as dt
+from typing import Any
+
 from fastapi.responses import Response
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra import bus
 from acme_ra.db.lifecycle import refresh_order_status
@@ -88,12 +92,26 @@ async def challenge(call: AcmeCall) -> Response:
             if await start_validation(call, found):
                 found.status = ChallengeStatus.processing.value
 
-                async def when_validated(conn: AsyncConnection | None) -> Response:
-                    again = await queries.challenge(conn, found.id) if conn is not None else None
-                    return challenge_response(call, again or found)
+                async def when_validated(event: dict[str, Any] | None) -> Response:
+                    return challenge_response(call, await validated_challenge(call, found, event))
 
                 call.respond_when_done(found.id, when_validated)
     return challenge_response(call, found)
+
+
+async def validated_challenge(call: AcmeCall, found: ChallengeRow, event: dict[str, Any] | None) -> ChallengeRow:
+    """The challenge as its ``validated`` event says it ended (the outcome as committed); read
+    again when the event carries no outcome (an older validator); as it stands without an event."""
+    if event is None:
+        return found
+    status, validated, error = event.get("status"), event.get("validated"), event.get("error")
+    if status == ChallengeStatus.invalid.value and isinstance(error, dict):
+        return dataclasses.replace(found, status=status, error=error)
+    if status == ChallengeStatus.valid.value and isinstance(validated, str):
+        with contextlib.suppress(ValueError):
+            return dataclasses.replace(found, status=status, validated=dt.datetime.fromisoformat(validated))
+    async with call.state.db.autocommit() as conn:  # reads only: no BEGIN/ROLLBACK on PostgreSQL
+        return await queries.challenge(conn, found.id) or found
 
 
 def challenge_response(call: AcmeCall, found: ChallengeRow) -> Response:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -21,6 +22,7 @@ from acme_ra.db.models import (
     Order,
     OrderAuthorization,
     OrderStatus,
+    RateCounter,
     new_id,
     utcnow,
 )
@@ -179,14 +181,15 @@ async def new_order(call: AcmeCall) -> Response:
             new_challenges += [{"id": new_id(), "authz_id": reusable, "type": challenge_type, "token": new_id(),
                                 "status": ChallengeStatus.pending.value, "updated_at": now} for challenge_type in types]
         authz_ids.append(reusable)
-    # The rate counters last, just before the one statement that inserts the order: newOrder runs
-    # without a transaction (Atomicity.NONE), so nothing after a counter may refuse the request.
-    await ratelimits.spend(conn, "orders-per-account", account.id,
-                           settings.rate_new_orders_per_account_per_hour, ratelimits.HOUR, "new orders for this account")
+    # The rate counters last: newOrder runs without a transaction (Atomicity.NONE), so nothing after
+    # a counter may refuse the request. The account's counter is spent by the statement that
+    # inserts the order (insert_order).
     if eab_key is not None:
         await ratelimits.spend(conn, "orders-per-eab-key", eab_key.kid,
                                settings.rate_new_orders_per_eab_key_per_hour, ratelimits.HOUR,
                                "new orders for this External Account Binding key")
+    per_account = ratelimits.Spend("orders-per-account", account.id, settings.rate_new_orders_per_account_per_hour,
+                                   ratelimits.HOUR, "new orders for this account")
     order = OrderRow(
         id=order_id, account_id=account.id, provisioner=call.urls.provisioner,
         # every authorization reused, and each is valid: ready at once
@@ -194,7 +197,8 @@ async def new_order(call: AcmeCall) -> Response:
         expires=expires, identifiers=[i.to_json() for i in identifiers], not_before=None, not_after=None,
         error=None, certificate_id=None, profile=profile, replaces=replaces,
     )
-    await insert_order(conn, order, now, telemetry.current_traceparent(), authz_ids, new_authzs, new_challenges)
+    await insert_order(conn, order, now, telemetry.current_traceparent(), authz_ids, new_authzs, new_challenges,
+                       per_account)
     return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
 
 
@@ -207,40 +211,63 @@ _INSERT_AUTHZ = Statement(insert(Authorization), ["id", "account_id", "identifie
 _INSERT_CHALLENGE = Statement(insert(Challenge), ["id", "authz_id", "type", "token", "status", "updated_at"])
 _INSERT_ORDER_AUTHZ = Statement(insert(OrderAuthorization), ["order_id", "authz_id", "position"])
 # PostgreSQL: the order, its new authorizations and challenges and its authorization list in one
-# statement (data-modifying CTEs; the foreign keys are checked at its end): one round trip, not four.
-_INSERT_ORDER_AND_AUTHZS = Statement(text("""
-WITH new_order AS (
+# statement (data-modifying CTEs; the foreign keys are checked at its end): one round trip, not
+# four. With a rate limit, the counter's upsert comes first in the same statement and every insert
+# is conditional on the count it returns: a refused order inserts nothing, and the statement
+# answers the count (the limit's own round trip saved).
+_INSERT_ORDER_SQL = """
+WITH {spent}new_order AS (
     INSERT INTO orders (id, account_id, provisioner, status, expires, identifiers, profile, replaces,
                         trace_context, created_at, updated_at)
-    VALUES (:id, :account_id, :provisioner, :status, :expires, CAST(:identifiers AS json), :profile, :replaces,
-            :trace_context, :now, :now)
+    SELECT :id, :account_id, :provisioner, :status, :expires, CAST(:identifiers AS json), :profile, :replaces,
+           :trace_context, :now, :now{allowed_from}
 ), new_authzs AS (
     INSERT INTO authorizations (id, account_id, identifier_type, identifier_value, wildcard, status, expires,
                                 created_at)
     SELECT a.id, :account_id, a.kind, a.value, a.wildcard, :authz_status, :expires, :now
     FROM unnest(CAST(:authz_ids AS varchar[]), CAST(:authz_kinds AS varchar[]), CAST(:authz_values AS varchar[]),
-                CAST(:authz_wildcards AS boolean[])) AS a(id, kind, value, wildcard)
+                CAST(:authz_wildcards AS boolean[])) AS a(id, kind, value, wildcard){allowed_join}
 ), new_challenges AS (
     INSERT INTO challenges (id, authz_id, type, token, status, updated_at)
     SELECT c.id, c.authz_id, c.type, c.token, :challenge_status, :now
     FROM unnest(CAST(:challenge_ids AS varchar[]), CAST(:challenge_authz_ids AS varchar[]),
-                CAST(:challenge_types AS varchar[]), CAST(:challenge_tokens AS varchar[])) AS c(id, authz_id, type, token)
+                CAST(:challenge_types AS varchar[]),
+                CAST(:challenge_tokens AS varchar[])) AS c(id, authz_id, type, token){allowed_join}
+), new_links AS (
+    INSERT INTO order_authorizations (order_id, authz_id, position)
+    SELECT :id, o.authz_id, o.position - 1
+    FROM unnest(CAST(:order_authz_ids AS varchar[])) WITH ORDINALITY AS o(authz_id, position){allowed_join}
 )
-INSERT INTO order_authorizations (order_id, authz_id, position)
-SELECT :id, o.authz_id, o.position - 1
-FROM unnest(CAST(:order_authz_ids AS varchar[])) WITH ORDINALITY AS o(authz_id, position)
-""").bindparams(  # the columns' own types, for their bind processing (naive UTC, JSON text)
+SELECT {count}
+"""
+_RATE_SPENT = """spent AS (
+    INSERT INTO rate_counters (key, window_start, count) VALUES (:rate_key, :rate_window_start, 1)
+    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1
+    RETURNING count
+), allowed AS (
+    SELECT 1 FROM spent WHERE count <= :rate_limit
+), """
+_ORDER_BINDS = (  # the columns' own types, for their bind processing (naive UTC, JSON text)
     bindparam("expires", type_=Order.expires.type), bindparam("now", type_=Order.created_at.type),
     bindparam("identifiers", type_=Order.identifiers.type),
-))
+)
+_INSERT_ORDER_AND_AUTHZS = Statement(text(_INSERT_ORDER_SQL.format(
+    spent="", allowed_from="", allowed_join="", count="0")).bindparams(*_ORDER_BINDS))
+_SPEND_AND_INSERT_ORDER = Statement(text(_INSERT_ORDER_SQL.format(
+    spent=_RATE_SPENT, allowed_from=" FROM allowed", allowed_join=", allowed", count="count FROM spent",
+)).bindparams(*_ORDER_BINDS, bindparam("rate_window_start", type_=RateCounter.window_start.type))
+    .columns(RateCounter.count))
 
 
 async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime, trace_context: str | None,
                        authz_ids: list[str], new_authzs: list[dict[str, Any]],
-                       new_challenges: list[dict[str, Any]]) -> None:
-    """The new order's rows: one statement on PostgreSQL, four elsewhere."""
+                       new_challenges: list[dict[str, Any]], limit: ratelimits.Spend | None = None) -> None:
+    """The new order's rows, after ``limit``'s counter: one statement on PostgreSQL, five elsewhere.
+    Raises the limit's ``rateLimited`` problem (nothing inserted) when it is exceeded."""
+    if limit is not None and limit.limit <= 0:
+        limit = None
     if conn.dialect.name == "postgresql":
-        await _INSERT_ORDER_AND_AUTHZS.run(conn, {
+        values = {
             "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner,
             "status": order.status, "expires": order.expires,
             "identifiers": order.identifiers, "profile": order.profile,
@@ -254,8 +281,15 @@ async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime,
             "challenge_types": [c["type"] for c in new_challenges],
             "challenge_tokens": [c["token"] for c in new_challenges],
             "order_authz_ids": authz_ids,
-        })
+        }
+        if limit is None:
+            await _INSERT_ORDER_AND_AUTHZS.run(conn, values)
+            return
+        values.update(rate_key=limit.key, rate_window_start=limit.window_start(now), rate_limit=limit.limit)
+        limit.check((await _SPEND_AND_INSERT_ORDER.run(conn, values)).scalar_one(), now)
         return
+    if limit is not None:
+        await ratelimits.spend(conn, limit.name, limit.subject, limit.limit, limit.window, limit.what)
     await _INSERT_ORDER.run(conn, {
         "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner, "status": order.status,
         "expires": order.expires, "identifiers": order.identifiers, "profile": order.profile,
@@ -265,7 +299,8 @@ async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime,
         await _INSERT_AUTHZ.run(conn, new_authzs)
         await _INSERT_CHALLENGE.run(conn, new_challenges)
     await _INSERT_ORDER_AUTHZ.run(conn, [
-        {"order_id": order.id, "authz_id": authz_id, "position": position} for position, authz_id in enumerate(authz_ids)
+        {"order_id": order.id, "authz_id": authz_id, "position": position}
+        for position, authz_id in enumerate(authz_ids)
     ])
 
 
@@ -370,12 +405,26 @@ async def finalize(call: AcmeCall) -> Response:
     found.status = OrderStatus.processing.value
     call.publish_after_commit(bus.SUBJECT_ISSUE, bus.IssueJob(order_id=found.id), f"issue-{found.id}")
 
-    async def when_issued(conn: AsyncConnection | None) -> Response:
-        again = await queries.order_with_authz_ids(conn, found.id) if conn is not None else None
-        return order_response(call, again[0] if again else found, authz_ids)
+    async def when_issued(event: dict[str, Any] | None) -> Response:
+        return order_response(call, await issued_order(call, found, event), authz_ids)
 
     call.respond_when_done(found.id, when_issued)
     return order_response(call, found, authz_ids)
+
+
+async def issued_order(call: AcmeCall, found: OrderRow, event: dict[str, Any] | None) -> OrderRow:
+    """The order as its ``issued`` or ``failed`` event says it ended (the outcome as committed);
+    read again when the event carries no outcome (an older signer); as it stands without an event."""
+    if event is None:
+        return found
+    status, certificate_id, error = event.get("status"), event.get("certificate_id"), event.get("error")
+    if status == OrderStatus.valid.value and isinstance(certificate_id, str):
+        return dataclasses.replace(found, status=status, certificate_id=certificate_id)
+    if status == OrderStatus.invalid.value and isinstance(error, dict):
+        return dataclasses.replace(found, status=status, error=error)
+    async with call.state.db.autocommit() as conn:  # reads only: no BEGIN/ROLLBACK on PostgreSQL
+        again = await queries.order_with_authz_ids(conn, found.id)
+    return again[0] if again else found
 
 
 async def certificate(call: AcmeCall) -> Response:

@@ -268,10 +268,11 @@ class AcmeCall:
         self.deferred = answer
 
     def respond_when_done(self, key: str,
-                          answer: Callable[[AsyncConnection | None], Awaitable[Response]]) -> None:
+                          answer: Callable[[dict[str, Any] | None], Awaitable[Response]]) -> None:
         """Answer once the validation or issuance of ``key`` (a challenge or order id) is done,
-        for at most ACME_RA_ANSWER_WAIT_SECONDS (waiting.py): ``answer(conn)`` reads the row again
-        on a connection of its own, or gets None when the wait ran out (answer as it stands)."""
+        for at most ACME_RA_ANSWER_WAIT_SECONDS (waiting.py): ``answer(event)`` gets the event
+        that said so (a JSON object: ``bus.Event``), or None when the wait ran out (answer as it
+        stands)."""
         wait = self.state.settings.answer_wait_seconds
         if wait <= 0:
             return
@@ -280,10 +281,7 @@ class AcmeCall:
         self.on_done.append(lambda: events.forget(key, done))
 
         async def respond() -> Response:
-            if not await events.wait(key, done, wait):
-                return await answer(None)
-            async with self.state.db.autocommit() as conn:  # reads only: no BEGIN/ROLLBACK on PostgreSQL
-                return await answer(conn)
+            return await answer(await events.wait(key, done, wait))
 
         self.respond_after_commit(respond)
 

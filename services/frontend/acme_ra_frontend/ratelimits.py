@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -62,18 +63,38 @@ def _spend_statement(insert: Any) -> Any:
 _SPEND = {"postgresql": Statement(_spend_statement(pg_insert)), "sqlite": Statement(_spend_statement(sqlite_insert))}
 
 
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """One event to count against ``limit`` per ``window`` (a limit of 0 or less: no limit)."""
+
+    name: str
+    subject: str
+    limit: int
+    window: dt.timedelta
+    what: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.subject}"[:300]
+
+    def window_start(self, now: dt.datetime) -> dt.datetime:
+        epoch = int(now.timestamp())
+        return dt.datetime.fromtimestamp(epoch - epoch % int(self.window.total_seconds()), dt.timezone.utc)
+
+    def check(self, count: int, now: dt.datetime) -> None:
+        """Refuse when ``count`` (the counter after this event, at ``now``) exceeds the limit."""
+        if count > self.limit:
+            raise rate_limited(self.what, self.window_start(now) + self.window - now)
+
+
 async def spend(conn: AsyncConnection, name: str, subject: str, limit: int, window: dt.timedelta, what: str) -> None:
     """Count one event against ``limit`` per ``window``; refuse when the limit is exceeded."""
     if limit <= 0:
         return
-    now = utcnow()
-    epoch = int(now.timestamp())
-    start_epoch = epoch - epoch % int(window.total_seconds())
-    window_start = dt.datetime.fromtimestamp(start_epoch, dt.timezone.utc)
+    counted, now = Spend(name, subject, limit, window, what), utcnow()
     count = (await _SPEND[conn.dialect.name].run(
-        conn, {"key": f"{name}:{subject}"[:300], "window_start": window_start})).scalar_one()
-    if count > limit:
-        raise rate_limited(what, window_start + window - now)
+        conn, {"key": counted.key, "window_start": counted.window_start(now)})).scalar_one()
+    counted.check(count, now)
 
 
 def check_failed_validations(failures: dict[str, int], limit: int) -> None:

@@ -3,10 +3,17 @@
 Validation takes tens of milliseconds and lab issuance under a hundred; a client that honours
 ``Retry-After: 1`` would wait a second for each. So, after its commit, a challenge POST waits
 (at most ACME_RA_ANSWER_WAIT_SECONDS) for the validator's ``acme.events.validated`` and a
-finalize for the signer's ``acme.events.issued``/``failed``, then reads the row again and
-answers with what it says. Every frontend receives every event (a plain subscription, no queue
-group), so the replica holding the request hears it behind any load balancer. The event is only
-a hint: the answer always comes from the database, and a lost event costs the wait, no more.
+finalize for the signer's ``acme.events.issued``/``failed``, and answers with the outcome the
+event carries: the status with the validation time, the problem or the certificate, as the
+publisher committed them before publishing (``bus.Event``), so no read of the row follows. An
+event without them (an older publisher) makes the answer read the row again. Every frontend
+receives every event (a plain subscription, no queue group), so the replica holding the request
+hears it behind any load balancer; a lost event costs the wait, no more.
+
+The events are trusted as the jobs are: whoever may publish on the ``acme.*`` subjects is one of
+the RA's services (NATS credentials and per-service permissions keep others out: see
+docs/security.md). A forged event could at worst make one response tell a client a state the
+database does not hold; the next read of the order or challenge answers from the database.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -30,7 +38,7 @@ class WorkEvents:
     """The futures of the requests waiting in this process, by challenge or order id."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiting: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
         self._subscriptions: list[Subscription] = []
 
     async def start(self, nc: NATS) -> None:
@@ -46,22 +54,23 @@ class WorkEvents:
     def _handler(self, field: str):  # type: ignore[no-untyped-def]
         async def on_event(msg: Msg) -> None:
             try:
-                key = orjson.loads(msg.data).get(field)
+                event = orjson.loads(msg.data)
+                key = event.get(field)
             except (orjson.JSONDecodeError, AttributeError):
                 return
             for future in self._waiting.pop(key, ()) if isinstance(key, str) else ():
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(event)
 
         return on_event
 
-    def expect(self, key: str) -> asyncio.Future[None]:
+    def expect(self, key: str) -> asyncio.Future[dict[str, Any]]:
         """Register before the commit, so that an event arriving at any moment after is not missed."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, set()).add(future)
         return future
 
-    def forget(self, key: str, future: asyncio.Future[None]) -> None:
+    def forget(self, key: str, future: asyncio.Future[dict[str, Any]]) -> None:
         waiting = self._waiting.get(key)
         if waiting is not None:
             waiting.discard(future)
@@ -72,12 +81,12 @@ class WorkEvents:
     def waiting(self) -> int:
         return sum(len(futures) for futures in self._waiting.values())
 
-    async def wait(self, key: str, future: asyncio.Future[None], timeout: float) -> bool:
-        """True if the event came within ``timeout`` seconds; the registration is gone either way."""
+    async def wait(self, key: str, future: asyncio.Future[dict[str, Any]], timeout: float) -> dict[str, Any] | None:
+        """The event (as sent: a JSON object) if it came within ``timeout`` seconds, else None;
+        the registration is gone either way."""
         try:
-            await asyncio.wait_for(future, timeout)
-            return True
+            return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            return False
+            return None
         finally:
             self.forget(key, future)

@@ -98,7 +98,7 @@ async def start(settings: Settings) -> Runtime:
     except BaseException:
         await stop(runtime)
         raise
-    worker = IssueWorker(db, driver, js)
+    worker = IssueWorker(db, driver, nc)
     runtime.consumer = asyncio.create_task(_consume(runtime, worker), name="issue-consumer")
     runtime.revoker = RevokeResponder(db, driver, js)
     try:

@@ -165,5 +165,6 @@ class RevokeResponder:
         if changed.rowcount == 0:  # type: ignore[attr-defined]
             return bus.RevokeReply(outcome="already_revoked")  # a concurrent request recorded it first
         if self.js is not None:
-            await bus.publish_event(self.js, bus.Event(kind="revoked", order_id=certificate.order_id))
+            await bus.publish_event(self.js, bus.Event(kind="revoked", order_id=certificate.order_id,
+                                                       certificate_id=certificate.id))
         return bus.RevokeReply(outcome="revoked")

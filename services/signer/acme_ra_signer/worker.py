@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NATS
 from sqlalchemy import Table, bindparam, select
 
 from acme_ra import bus, telemetry
@@ -80,12 +80,13 @@ class IssueWorker:
         self,
         db: Database,
         driver: UpstreamDriver,
-        js: JetStreamContext | None = None,
+        nc: NATS | None = None,
         keepalive_seconds: float = KEEPALIVE_SECONDS,
     ) -> None:
         self.db = db
         self.driver = driver
-        self.js = js
+        # Where the issued and failed events go: a plain NATS publish (publish_event_unconfirmed).
+        self.nc = nc
         self.keepalive_seconds = keepalive_seconds
 
     async def handle(self, job: bus.IssueJob, msg: JobMessage) -> None:
@@ -181,7 +182,8 @@ class IssueWorker:
         if certificate_id is None:
             return _Outcome("duplicate", {"serial": chain.serial_hex})
         metrics.CERTIFICATES_ISSUED.inc()
-        await self._event(bus.Event(kind="issued", order_id=order_id, status=OrderStatus.valid.value))
+        await self._event(bus.Event(kind="issued", order_id=order_id, status=OrderStatus.valid.value,
+                                    certificate_id=certificate_id))
         return _Outcome("issued", {"certificate_id": certificate_id, "serial": chain.serial_hex})
 
     async def _fail(self, order_id: str, msg: JobMessage, problem: dict[str, Any]) -> _Outcome:
@@ -190,12 +192,13 @@ class IssueWorker:
         await msg.ack()
         if not changed:
             return _Outcome("duplicate", {})
-        await self._event(bus.Event(kind="failed", order_id=order_id, status=OrderStatus.invalid.value))
+        await self._event(bus.Event(kind="failed", order_id=order_id, status=OrderStatus.invalid.value,
+                                    error=problem))
         return _Outcome("failed", {"problem": problem.get("type"), "detail": problem.get("detail")})
 
     async def _event(self, event: bus.Event) -> None:
-        if self.js is not None:
-            await bus.publish_event(self.js, event)
+        if self.nc is not None:
+            await bus.publish_event_unconfirmed(self.nc, event)
 
     @contextlib.asynccontextmanager
     async def _keep_alive(self, msg: JobMessage) -> AsyncIterator[None]:

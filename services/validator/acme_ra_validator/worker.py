@@ -187,11 +187,10 @@ class ChallengeValidator:
             result = "valid" if error is None else error["type"]
             span.set_attribute("acme.outcome", result if changed else "duplicate")
             self._log(job, challenge.type, result if changed else "duplicate", started, error)
-            if changed and self.nc is not None:
+            if finished is not None and self.nc is not None:
                 status = ChallengeStatus.valid.value if error is None else ChallengeStatus.invalid.value
-                event = bus.Event(
-                    kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id, status=status
-                )
+                event = bus.Event(kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id,
+                                  status=status, validated=finished.validated, error=error)
                 await bus.publish_event_unconfirmed(self.nc, event)
 
     async def settle_again(self, authz_id: str) -> None:

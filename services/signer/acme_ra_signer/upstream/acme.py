@@ -156,12 +156,10 @@ class AcmeUpstream:
                     retry_after = await self._advance_pending(journal, csr, deadline, known)
                     known = None
                     if retry_after is not None and journal.entry.state == State.processing.value:
-                        await journal.renew()  # record "processing" before waiting
                         await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.finalizing.value:
                     retry_after = await self._finalize(journal, csr, deadline)
                     if retry_after is not None and journal.entry.state == State.processing.value:
-                        await journal.renew()
                         await self._wait(retry_after, 0, deadline, "signing")
                 elif state == State.processing.value:
                     await self._await_certificate(journal, deadline)
@@ -322,7 +320,7 @@ class AcmeUpstream:
         elif status in ("processing", "valid"):
             if journal.entry.state != State.processing.value:
                 # No step depends on it (resuming "finalizing" also looks at the order first):
-                # written with the next record, or before a wait.
+                # written with the next record, or with a renewal of the lease during a long wait.
                 journal.note(state=State.processing.value)
         elif status == "invalid":
             error = order.error

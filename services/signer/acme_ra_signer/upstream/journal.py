@@ -7,8 +7,8 @@ a signer that died loses the lease after ``lease_seconds`` and another one takes
 
 Few transactions per issuance: the record of a new order is inserted by its first save (the
 lease with it: a second signer's insert fails), what the upstream answered and no step depends
-on is *noted* and written with the next save, the final state gives the lease up in the same
-write, and a renewal writes only when the lease needs it.
+on is *noted* and written with the next save or lease renewal, the final state gives the lease
+up in the same write, and a renewal writes only when the lease needs it.
 
 Every write is one statement on ``Database.autocommit`` (PostgreSQL: durable when it returns,
 with no BEGIN/COMMIT round trips), built once as Core on the table (an update once per set of
@@ -89,7 +89,7 @@ class Journal(Protocol):
         ``invalid``) and give up the claim in the same write."""
 
     async def renew(self) -> None:
-        """Keep the claim alive during a long wait (writing what was noted)."""
+        """Keep the claim alive during a long wait (writing what was noted, when it writes)."""
 
 
 class MemoryJournal:
@@ -210,11 +210,12 @@ class DbJournal:
         await self._write(release=True)
 
     async def renew(self) -> None:
-        """Write what was noted; else renew the lease once a third of it has passed since the last
-        write (until then nobody can have taken it over, so there is nothing to write)."""
-        if self._released:
+        """Renew the lease once a third of it has passed since the last write (until then nobody
+        can have taken it over, so there is nothing to write), with what was noted. What was
+        noted waits for that or the next save: no step depends on it."""
+        if self._released or not self._stored:
             return
-        if self._noted or (self._stored and time.monotonic() - self._written_at >= self.lease_seconds / 3):
+        if time.monotonic() - self._written_at >= self.lease_seconds / 3:
             await self._write()
 
     async def _take(self) -> None:

@@ -202,11 +202,12 @@ async def finish_challenge(
     """
     now = utcnow()
     valid = error is None
+    validated = now if valid else None
     conn = await _connection(session)
     challenge = {
         "p_challenge_id": challenge_id,
         "p_status": ChallengeStatus.valid.value if valid else ChallengeStatus.invalid.value,
-        "p_validated": now if valid else None,
+        "p_validated": validated,
         "p_error": error,
         "p_now": now,
     }
@@ -217,7 +218,7 @@ async def finish_challenge(
             "p_failure": error or NO_LONGER_VALID,
         }
         row = (await _OUTCOME.run(conn, {**challenge, **outcome})).first()
-        return None if row is None else FinishedChallenge(row[0], bool(row[1]), challenge["p_validated"])
+        return None if row is None else FinishedChallenge(row[0], bool(row[1]), validated)
     authz_id = (await conn.execute(_FINISH_CHALLENGE, challenge)).scalar_one_or_none()
     if authz_id is None:
         return None
@@ -226,7 +227,7 @@ async def finish_challenge(
     else:
         await conn.execute(_INVALIDATE_AUTHZ, {"p_authz_id": authz_id})
     await settle_pending_orders(conn, authz_id, failure=error, now=now)
-    return FinishedChallenge(authz_id, orders_left_pending=False, validated=challenge["p_validated"])
+    return FinishedChallenge(authz_id, orders_left_pending=False, validated=validated)
 
 
 async def record_challenge_outcome(

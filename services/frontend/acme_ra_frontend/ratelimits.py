@@ -2,12 +2,13 @@
 
 newOrder and finalize run without a transaction (one round trip each for BEGIN and COMMIT saved),
 so a counter's increment stays whatever happens next; they spend their counters after every check
-that can refuse the request, just before their one write (newOrder's insert, finalize's claim), so
+that can refuse the request, just before their one write (newOrder's insert, finalize's claim; on
+PostgreSQL in that write's own statement, which then writes nothing when a limit is exceeded), so
 a request refused for another reason does not count. Exceptions, rare and harmless: a request
 refused by the limit itself leaves its increment (the counter is above the limit, which refuses
 the same requests until the window ends anyway); a finalize that loses a race with another
 finalize of the same order, or whose CSR key is blocked (both found by the claim), or whose order
-names a second registered domain over its limit, has spent its counters. Refusals are
+names another registered domain over its limit, has spent its counters. Refusals are
 ``rateLimited`` (429) with ``Retry-After``.
 """
 
@@ -79,7 +80,7 @@ class Spend:
 
     def window_start(self, now: dt.datetime) -> dt.datetime:
         epoch = int(now.timestamp())
-        return dt.datetime.fromtimestamp(epoch - epoch % int(self.window.total_seconds()), dt.timezone.utc)
+        return dt.datetime.fromtimestamp(epoch - epoch % int(self.window.total_seconds()), dt.UTC)
 
     def check(self, count: int, now: dt.datetime) -> None:
         """Refuse when ``count`` (the counter after this event, at ``now``) exceeds the limit."""

@@ -86,6 +86,18 @@ class Event(BaseModel):
     # The certificate of an order that became valid (issued), or the one revoked.
     certificate_id: str | None = None
 
+    def outcome(self) -> dict[str, Any] | None:
+        """The fields of the challenge or order row this event's outcome set, as committed (a
+        ``validated``, ``issued`` or ``failed`` event); None when it carries none (an older
+        publisher)."""
+        if self.status == "invalid" and self.error is not None:
+            return {"status": self.status, "error": self.error}
+        if self.status == "valid" and self.kind == "validated" and self.validated is not None:
+            return {"status": self.status, "validated": self.validated}
+        if self.status == "valid" and self.kind == "issued" and self.certificate_id is not None:
+            return {"status": self.status, "certificate_id": self.certificate_id}
+        return None
+
 
 class RevokeRequest(BaseModel):
     """Revoke one certificate upstream (frontend → signer, NATS request/reply on acme.rpc.revoke).

@@ -4,9 +4,12 @@ publisher); without an event, "processing" + Retry-After after the wait."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -36,6 +39,23 @@ async def pending_challenge(account: TestAcmeClient, name: str) -> str:
     return str(next(c for c in authz.body["challenges"] if c["type"] == "http-01")["url"])
 
 
+@contextlib.asynccontextmanager
+async def worker_answering(state: Any, subject: str,
+                           answer: Callable[[str], Awaitable[bus.Event]]) -> AsyncIterator[None]:
+    """A stand-in for the validator or the signer: every job on ``subject`` is answered by
+    publishing ``answer(its challenge or order id)``."""
+    async def on_job(message: Any) -> None:
+        job = json.loads(message.data)
+        event = await answer(job.get("challenge_id") or job["order_id"])
+        await state.nc.publish(f"acme.events.{event.kind}", event.model_dump_json().encode())
+
+    subscription = await state.nc.subscribe(subject, cb=on_job)
+    try:
+        yield
+    finally:
+        await subscription.unsubscribe()
+
+
 async def test_an_event_with_its_outcome_is_the_answer(account: TestAcmeClient, http: httpx.AsyncClient,
                                                        waiting: None) -> None:
     """The validator's event carries the outcome it committed: the frontend answers with it and
@@ -43,16 +63,11 @@ async def test_an_event_with_its_outcome_is_the_answer(account: TestAcmeClient, 
     state = http.app.state.ra  # type: ignore[attr-defined]
     validated = dt.datetime(2026, 11, 28, 12, 0, 7, 250000, tzinfo=dt.UTC)
 
-    async def validator(message: object) -> None:
-        job = bus.ValidateJob.model_validate_json(message.data)  # type: ignore[attr-defined]
-        event = bus.Event(kind="validated", challenge_id=job.challenge_id, status="valid", validated=validated)
-        await state.nc.publish("acme.events.validated", event.model_dump_json().encode())
+    async def validated_then(challenge_id: str) -> bus.Event:
+        return bus.Event(kind="validated", challenge_id=challenge_id, status="valid", validated=validated)
 
-    subscription = await state.nc.subscribe(bus.SUBJECT_VALIDATE, cb=validator)
-    try:
+    async with worker_answering(state, bus.SUBJECT_VALIDATE, validated_then):
         posted = await account.post(await pending_challenge(account, "wait-outcome.example.org"), {})
-    finally:
-        await subscription.unsubscribe()
     assert posted.body["status"] == "valid" and posted.body["validated"] == "2026-11-28T12:00:07Z", posted.text
     assert "retry-after" not in posted.headers
     again = await account.post(posted.body["url"])  # the database, which nobody changed
@@ -65,17 +80,12 @@ async def test_a_failed_event_answers_the_problem_it_carries(account: TestAcmeCl
     order = await ready_order(account, http, ["wait-failed.example.org"])
     problem = {"type": "rejectedIdentifier", "detail": "the upstream refused it"}  # as stored (lifecycle.fail_order)
 
-    async def signer(message: object) -> None:
-        job = bus.IssueJob.model_validate_json(message.data)  # type: ignore[attr-defined]
-        event = bus.Event(kind="failed", order_id=job.order_id, status="invalid", error=problem)
-        await state.nc.publish("acme.events.failed", event.model_dump_json().encode())
+    async def failed(order_id: str) -> bus.Event:
+        return bus.Event(kind="failed", order_id=order_id, status="invalid", error=problem)
 
-    subscription = await state.nc.subscribe(bus.SUBJECT_ISSUE, cb=signer)
-    try:
+    async with worker_answering(state, bus.SUBJECT_ISSUE, failed):
         csr, _ = make_csr(["wait-failed.example.org"])
         finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
-    finally:
-        await subscription.unsubscribe()
     assert finalized.body["status"] == "invalid", finalized.text
     assert finalized.body["error"]["type"] == "urn:ietf:params:acme:error:rejectedIdentifier"
     assert finalized.body["error"]["detail"] == problem["detail"]
@@ -87,20 +97,15 @@ async def test_challenge_answered_valid_once_validated(account: TestAcmeClient, 
     """An older validator's event (the status only): the row read again is the answer."""
     state = http.app.state.ra  # type: ignore[attr-defined]
 
-    async def validator(message: object) -> None:  # records the outcome, then says so
-        job = bus.ValidateJob.model_validate_json(message.data)  # type: ignore[attr-defined]
+    async def recorded_then(challenge_id: str) -> bus.Event:  # records the outcome, then says so
         async with state.db.transaction() as session:
-            await record_challenge_outcome(session, job.challenge_id, None, dt.timedelta(days=30))
-        event = bus.Event(kind="validated", challenge_id=job.challenge_id, status="valid")
-        await state.nc.publish("acme.events.validated", event.model_dump_json().encode())
+            await record_challenge_outcome(session, challenge_id, None, dt.timedelta(days=30))
+        return bus.Event(kind="validated", challenge_id=challenge_id, status="valid")
 
-    subscription = await state.nc.subscribe(bus.SUBJECT_VALIDATE, cb=validator)
-    try:
+    async with worker_answering(state, bus.SUBJECT_VALIDATE, recorded_then):
         url = await pending_challenge(account, "wait-valid.example.org")
         started = time.monotonic()
         posted = await account.post(url, {})
-    finally:
-        await subscription.unsubscribe()
     assert posted.status == 200 and posted.body["status"] == "valid", posted.text
     assert "retry-after" not in posted.headers and posted.body["validated"]
     assert time.monotonic() - started < WAIT
@@ -123,16 +128,11 @@ async def test_an_event_for_a_row_not_done_still_answers_the_row(account: TestAc
     """A stray or early event without its outcome: the answer is what the database says."""
     state = http.app.state.ra  # type: ignore[attr-defined]
 
-    async def liar(message: object) -> None:
-        job = bus.ValidateJob.model_validate_json(message.data)  # type: ignore[attr-defined]
-        event = bus.Event(kind="validated", challenge_id=job.challenge_id, status="valid")
-        await state.nc.publish("acme.events.validated", event.model_dump_json().encode())
+    async def liar(challenge_id: str) -> bus.Event:
+        return bus.Event(kind="validated", challenge_id=challenge_id, status="valid")
 
-    subscription = await state.nc.subscribe(bus.SUBJECT_VALIDATE, cb=liar)
-    try:
+    async with worker_answering(state, bus.SUBJECT_VALIDATE, liar):
         posted = await account.post(await pending_challenge(account, "wait-liar.example.org"), {})
-    finally:
-        await subscription.unsubscribe()
     assert posted.body["status"] == "processing" and posted.headers["retry-after"]
 
 
@@ -142,22 +142,17 @@ async def test_finalize_answered_valid_with_the_certificate_once_issued(
     state = http.app.state.ra  # type: ignore[attr-defined]
     order = await ready_order(account, http, ["wait-issued.example.org"])
 
-    async def signer(message: object) -> None:
-        job = bus.IssueJob.model_validate_json(message.data)  # type: ignore[attr-defined]
+    async def stored_then(order_id: str) -> bus.Event:  # stores a certificate, then says so
         pem = issue_test_certificate(["wait-issued.example.org"])
         cert = x509.load_pem_x509_certificate(pem.encode())
         async with state.db.transaction() as session:
-            await store_certificate(session, job.order_id, pem, format(cert.serial_number, "x"),
+            await store_certificate(session, order_id, pem, format(cert.serial_number, "x"),
                                     cert.not_valid_before_utc, cert.not_valid_after_utc)
-        event = bus.Event(kind="issued", order_id=job.order_id, status="valid")
-        await state.nc.publish("acme.events.issued", event.model_dump_json().encode())
+        return bus.Event(kind="issued", order_id=order_id, status="valid")
 
-    subscription = await state.nc.subscribe(bus.SUBJECT_ISSUE, cb=signer)
-    try:
+    async with worker_answering(state, bus.SUBJECT_ISSUE, stored_then):
         csr, _ = make_csr(["wait-issued.example.org"])
         finalized = await account.post(str(order["finalize"]), {"csr": b64(csr)})
-    finally:
-        await subscription.unsubscribe()
     assert finalized.status == 200 and finalized.body["status"] == "valid", finalized.text
     assert "retry-after" not in finalized.headers
     downloaded = await account.post(finalized.body["certificate"])

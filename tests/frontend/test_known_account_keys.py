@@ -179,3 +179,28 @@ async def test_finalize_reads_its_order_with_the_account(account: TestAcmeClient
         assert sent.begins == 0 and sent.statements == 2
     again = await account.post(str(order["finalize"]), {"csr": b64(csr)})
     assert again.status == 403 and again.problem_type == "orderNotReady", again.text
+
+
+async def test_new_order_spends_its_counters_in_its_insert(client: TestAcmeClient, http: httpx.AsyncClient) -> None:
+    """An account bound to an EAB key has two newOrder limits (its own and the key's): on
+    PostgreSQL both counters are spent by the statement that inserts the order, so newOrder sends
+    no more statements with them than without; elsewhere each is a statement of its own."""
+    from tests.frontend.test_eab import binding, new_eab_key
+
+    key = await new_eab_key(http)
+    assert (await client.register(externalAccountBinding=binding(client, key.kid, key.hmac_key))).status == 201
+    state = http.app.state.ra  # type: ignore[attr-defined]
+    saved = state.settings
+    assert (await new_order(client, "counted-warm-up.example.org")).status == 201  # the key now known
+    counted: dict[bool, int] = {}
+    try:
+        for limited in (False, True):
+            per_hour = 1000 if limited else 0
+            state.settings = saved.model_copy(update={"rate_new_orders_per_account_per_hour": per_hour,
+                                                      "rate_new_orders_per_eab_key_per_hour": per_hour})
+            with statements_counted(http) as sent:
+                assert (await new_order(client, f"counted-{limited}.example.org")).status == 201
+            counted[limited] = sent.statements
+    finally:
+        state.settings = saved
+    assert counted[True] == counted[False] + (0 if dialect(http) == "postgresql" else 2)

@@ -81,10 +81,10 @@ async def new_account(call: AcmeCall) -> Response:
         raise malformed(f"you must agree to the terms of service at {tos_url} (termsOfServiceAgreed)")
     contact = check_contacts(payload.get("contact"))
     settings = call.state.settings
-    await ratelimits.spend(
-        call.conn, "accounts-per-ip", ratelimits.client_address(call.request, call.state.trusted_proxies),
+    await ratelimits.spend(call.conn, ratelimits.Spend(
+        "accounts-per-ip", ratelimits.client_address(call.request, call.state.trusted_proxies),
         settings.rate_new_accounts_per_ip_per_hour, ratelimits.HOUR, "new accounts from this address",
-    )
+    ))
     binding = payload.get("externalAccountBinding")
     eab_key = None
     if binding is not None:

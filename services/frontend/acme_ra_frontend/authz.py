@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import datetime as dt
-from typing import Any
-
 from fastapi.responses import Response
 from sqlalchemy import select
 
@@ -92,26 +87,9 @@ async def challenge(call: AcmeCall) -> Response:
             if await start_validation(call, found):
                 found.status = ChallengeStatus.processing.value
 
-                async def when_validated(event: dict[str, Any] | None) -> Response:
-                    return challenge_response(call, await validated_challenge(call, found, event))
-
-                call.respond_when_done(found.id, when_validated)
+                call.respond_when_done(found.id, found, lambda conn: queries.challenge(conn, found.id),
+                                       lambda row: challenge_response(call, row))
     return challenge_response(call, found)
-
-
-async def validated_challenge(call: AcmeCall, found: ChallengeRow, event: dict[str, Any] | None) -> ChallengeRow:
-    """The challenge as its ``validated`` event says it ended (the outcome as committed); read
-    again when the event carries no outcome (an older validator); as it stands without an event."""
-    if event is None:
-        return found
-    status, validated, error = event.get("status"), event.get("validated"), event.get("error")
-    if status == ChallengeStatus.invalid.value and isinstance(error, dict):
-        return dataclasses.replace(found, status=status, error=error)
-    if status == ChallengeStatus.valid.value and isinstance(validated, str):
-        with contextlib.suppress(ValueError):
-            return dataclasses.replace(found, status=status, validated=dt.datetime.fromisoformat(validated))
-    async with call.state.db.autocommit() as conn:  # reads only: no BEGIN/ROLLBACK on PostgreSQL
-        return await queries.challenge(conn, found.id) or found
 
 
 def challenge_response(call: AcmeCall, found: ChallengeRow) -> Response:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi.responses import Response
@@ -182,14 +182,12 @@ async def new_order(call: AcmeCall) -> Response:
                                 "status": ChallengeStatus.pending.value, "updated_at": now} for challenge_type in types]
         authz_ids.append(reusable)
     # The rate counters last: newOrder runs without a transaction (Atomicity.NONE), so nothing after
-    # a counter may refuse the request. The account's counter is spent by the statement that
-    # inserts the order (insert_order).
+    # a counter may refuse the request. They are spent by the statement that inserts the order.
+    limits = [ratelimits.Spend("orders-per-account", account.id, settings.rate_new_orders_per_account_per_hour,
+                               ratelimits.HOUR, "new orders for this account")]
     if eab_key is not None:
-        await ratelimits.spend(conn, "orders-per-eab-key", eab_key.kid,
-                               settings.rate_new_orders_per_eab_key_per_hour, ratelimits.HOUR,
-                               "new orders for this External Account Binding key")
-    per_account = ratelimits.Spend("orders-per-account", account.id, settings.rate_new_orders_per_account_per_hour,
-                                   ratelimits.HOUR, "new orders for this account")
+        limits.append(ratelimits.Spend("orders-per-eab-key", eab_key.kid, settings.rate_new_orders_per_eab_key_per_hour,
+                                       ratelimits.HOUR, "new orders for this External Account Binding key"))
     order = OrderRow(
         id=order_id, account_id=account.id, provisioner=call.urls.provisioner,
         # every authorization reused, and each is valid: ready at once
@@ -198,7 +196,7 @@ async def new_order(call: AcmeCall) -> Response:
         error=None, certificate_id=None, profile=profile, replaces=replaces,
     )
     await insert_order(conn, order, now, telemetry.current_traceparent(), authz_ids, new_authzs, new_challenges,
-                       per_account)
+                       limits)
     return json_response(order_json(order, authz_ids, call.urls), 201, {"Location": call.urls.order(order.id)})
 
 
@@ -212,9 +210,9 @@ _INSERT_CHALLENGE = Statement(insert(Challenge), ["id", "authz_id", "type", "tok
 _INSERT_ORDER_AUTHZ = Statement(insert(OrderAuthorization), ["order_id", "authz_id", "position"])
 # PostgreSQL: the order, its new authorizations and challenges and its authorization list in one
 # statement (data-modifying CTEs; the foreign keys are checked at its end): one round trip, not
-# four. With a rate limit, the counter's upsert comes first in the same statement and every insert
-# is conditional on the count it returns: a refused order inserts nothing, and the statement
-# answers the count (the limit's own round trip saved).
+# four. With rate limits, their counters come first in the same statement (ratelimits.SPENT_CTES)
+# and every insert depends on ``allowed``: a refused order inserts nothing, and the statement
+# answers the counts (the limits' own round trips saved).
 _INSERT_ORDER_SQL = """
 WITH {spent}new_order AS (
     INSERT INTO orders (id, account_id, provisioner, status, expires, identifiers, profile, replaces,
@@ -238,34 +236,26 @@ WITH {spent}new_order AS (
     SELECT :id, o.authz_id, o.position - 1
     FROM unnest(CAST(:order_authz_ids AS varchar[])) WITH ORDINALITY AS o(authz_id, position){allowed_join}
 )
-SELECT {count}
+SELECT {result}
 """
-_RATE_SPENT = """spent AS (
-    INSERT INTO rate_counters (key, window_start, count) VALUES (:rate_key, :rate_window_start, 1)
-    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1
-    RETURNING count
-), allowed AS (
-    SELECT 1 FROM spent WHERE count <= :rate_limit
-), """
 _ORDER_BINDS = (  # the columns' own types, for their bind processing (naive UTC, JSON text)
     bindparam("expires", type_=Order.expires.type), bindparam("now", type_=Order.created_at.type),
     bindparam("identifiers", type_=Order.identifiers.type),
 )
 _INSERT_ORDER_AND_AUTHZS = Statement(text(_INSERT_ORDER_SQL.format(
-    spent="", allowed_from="", allowed_join="", count="0")).bindparams(*_ORDER_BINDS))
+    spent="", allowed_from="", allowed_join="", result="0")).bindparams(*_ORDER_BINDS))
 _SPEND_AND_INSERT_ORDER = Statement(text(_INSERT_ORDER_SQL.format(
-    spent=_RATE_SPENT, allowed_from=" FROM allowed", allowed_join=", allowed", count="count FROM spent",
-)).bindparams(*_ORDER_BINDS, bindparam("rate_window_start", type_=RateCounter.window_start.type))
-    .columns(RateCounter.count))
+    spent=ratelimits.SPENT_CTES + ", ", allowed_from=" FROM allowed", allowed_join=", allowed",
+    result="key, count FROM spent",
+)).bindparams(*_ORDER_BINDS, *ratelimits.SPENT_BINDS).columns(RateCounter.key, RateCounter.count))
 
 
 async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime, trace_context: str | None,
                        authz_ids: list[str], new_authzs: list[dict[str, Any]],
-                       new_challenges: list[dict[str, Any]], limit: ratelimits.Spend | None = None) -> None:
-    """The new order's rows, after ``limit``'s counter: one statement on PostgreSQL, five elsewhere.
-    Raises the limit's ``rateLimited`` problem (nothing inserted) when it is exceeded."""
-    if limit is not None and limit.limit <= 0:
-        limit = None
+                       new_challenges: list[dict[str, Any]], limits: Sequence[ratelimits.Spend] = ()) -> None:
+    """The new order's rows, after the counters of ``limits`` (of one window): one statement on
+    PostgreSQL. Raises the first exceeded limit's ``rateLimited`` (nothing inserted)."""
+    limits = ratelimits.active(limits)
     if conn.dialect.name == "postgresql":
         values = {
             "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner,
@@ -282,14 +272,14 @@ async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime,
             "challenge_tokens": [c["token"] for c in new_challenges],
             "order_authz_ids": authz_ids,
         }
-        if limit is None:
+        if not limits:
             await _INSERT_ORDER_AND_AUTHZS.run(conn, values)
             return
-        values.update(rate_key=limit.key, rate_window_start=limit.window_start(now), rate_limit=limit.limit)
-        limit.check((await _SPEND_AND_INSERT_ORDER.run(conn, values)).scalar_one(), now)
+        spent = await _SPEND_AND_INSERT_ORDER.run(conn, {**values, **ratelimits.spent_params(limits, now)})
+        ratelimits.check_spent(limits, spent.all(), now)
         return
-    if limit is not None:
-        await ratelimits.spend(conn, limit.name, limit.subject, limit.limit, limit.window, limit.what)
+    for limit in limits:
+        await ratelimits.spend(conn, limit)
     await _INSERT_ORDER.run(conn, {
         "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner, "status": order.status,
         "expires": order.expires, "identifiers": order.identifiers, "profile": order.profile,
@@ -406,26 +396,12 @@ async def finalize(call: AcmeCall) -> Response:
     found.status = OrderStatus.processing.value
     call.publish_after_commit(bus.SUBJECT_ISSUE, bus.IssueJob(order_id=found.id), f"issue-{found.id}")
 
-    async def when_issued(event: dict[str, Any] | None) -> Response:
-        return order_response(call, await issued_order(call, found, event), authz_ids)
-
-    call.respond_when_done(found.id, when_issued)
-    return order_response(call, found, authz_ids)
-
-
-async def issued_order(call: AcmeCall, found: OrderRow, event: dict[str, Any] | None) -> OrderRow:
-    """The order as its ``issued`` or ``failed`` event says it ended (the outcome as committed);
-    read again when the event carries no outcome (an older signer); as it stands without an event."""
-    if event is None:
-        return found
-    status, certificate_id, error = event.get("status"), event.get("certificate_id"), event.get("error")
-    if status == OrderStatus.valid.value and isinstance(certificate_id, str):
-        return dataclasses.replace(found, status=status, certificate_id=certificate_id)
-    if status == OrderStatus.invalid.value and isinstance(error, dict):
-        return dataclasses.replace(found, status=status, error=error)
-    async with call.state.db.autocommit() as conn:  # reads only: no BEGIN/ROLLBACK on PostgreSQL
+    async def reread(conn: AsyncConnection) -> OrderRow | None:
         again = await queries.order_with_authz_ids(conn, found.id)
-    return again[0] if again else found
+        return again[0] if again else None
+
+    call.respond_when_done(found.id, found, reread, lambda row: order_response(call, row, authz_ids))
+    return order_response(call, found, authz_ids)
 
 
 async def certificate(call: AcmeCall) -> Response:

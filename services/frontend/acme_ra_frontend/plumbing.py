@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import enum
 import logging
@@ -267,12 +268,13 @@ class AcmeCall:
         """Produce the response after the transaction commits (e.g. to wait on another service)."""
         self.deferred = answer
 
-    def respond_when_done(self, key: str,
-                          answer: Callable[[dict[str, Any] | None], Awaitable[Response]]) -> None:
-        """Answer once the validation or issuance of ``key`` (a challenge or order id) is done,
-        for at most ACME_RA_ANSWER_WAIT_SECONDS (waiting.py): ``answer(event)`` gets the event
-        that said so (a JSON object: ``bus.Event``), or None when the wait ran out (answer as it
-        stands)."""
+    def respond_when_done(self, key: str, found: Any, reread: Callable[[AsyncConnection], Awaitable[Any]],
+                          render: Callable[[Any], Response]) -> None:
+        """Answer once the validation or issuance of ``found`` (a challenge or order row, ``key``
+        its id) is done, for at most ACME_RA_ANSWER_WAIT_SECONDS (waiting.py): ``render`` gets the
+        row with the outcome the event carries (``bus.Event.outcome``), or the row read again by
+        ``reread`` when the event carries none (an older publisher), or ``found`` as it stands
+        when the wait ran out."""
         wait = self.state.settings.answer_wait_seconds
         if wait <= 0:
             return
@@ -281,7 +283,14 @@ class AcmeCall:
         self.on_done.append(lambda: events.forget(key, done))
 
         async def respond() -> Response:
-            return await answer(await events.wait(key, done, wait))
+            event = await events.wait(key, done, wait)
+            outcome = None if event is None else event.outcome()
+            if outcome is not None:
+                return render(dataclasses.replace(found, **outcome))
+            if event is None:
+                return render(found)
+            async with self.state.db.autocommit() as conn:  # reads only: no BEGIN/ROLLBACK on PostgreSQL
+                return render(await reread(conn) or found)
 
         self.respond_after_commit(respond)
 

@@ -211,48 +211,38 @@ async def deactivate_authz(conn: AsyncConnection, authz_id: str) -> None:
     await _DEACTIVATE_AUTHZ.run(conn, {"b_authz_id": authz_id})
 
 
-# PostgreSQL, finalize with rate limits: the counters' upsert and the claim in one statement, the
-# claim conditional on every count being within the limit (one window and limit for all).
-_SPEND_AND_CLAIM_FINALIZE = Statement(text("""
-WITH spent AS (
-    INSERT INTO rate_counters (key, window_start, count)
-    SELECT k.key, :window_start, 1 FROM unnest(CAST(:keys AS varchar[])) AS k(key)
-    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1
-    RETURNING key, count
-), claimed AS (
+# PostgreSQL, finalize with rate limits: their counters (ratelimits.SPENT_CTES) and the claim in
+# one statement, the claim conditional on every count being within its limit.
+_SPEND_AND_CLAIM_FINALIZE = Statement(text(f"""
+WITH {ratelimits.SPENT_CTES}, claimed AS (
     UPDATE orders SET status = :processing, csr = :csr, updated_at = :now
     WHERE id = :order_id AND status = :ready
       AND NOT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = :spki_sha256)
-      AND NOT EXISTS (SELECT 1 FROM spent WHERE count > :limit)
+      AND EXISTS (SELECT 1 FROM allowed)
     RETURNING id
 )
 SELECT spent.key, spent.count, (SELECT count(*) FROM claimed) AS claimed FROM spent
-""").bindparams(bindparam("window_start", type_=RateCounter.window_start.type),
-                bindparam("now", type_=Order.updated_at.type))
+""").bindparams(*ratelimits.SPENT_BINDS, bindparam("now", type_=Order.updated_at.type))
     .columns(RateCounter.key, RateCounter.count, column("claimed", Integer)))
 
 
 async def claim_finalize(conn: AsyncConnection, order_id: str, csr: bytes, spki_sha256: str, now: dt.datetime,
                          limits: Sequence[ratelimits.Spend] = ()) -> bool:
     """ready → processing with the CSR; False if another request finalized it first or the CSR's
-    key (``spki_sha256``) is blocked. ``limits`` (one window and one limit for all) are spent
-    first, in the claim's own statement on PostgreSQL; when one is exceeded nothing is claimed and
-    its ``rateLimited`` is raised."""
-    limits = [spend for spend in limits if spend.limit > 0]
+    key (``spki_sha256``) is blocked. The counters of ``limits`` (of one window) are spent first,
+    in the claim's own statement on PostgreSQL; when one is exceeded nothing is claimed and its
+    ``rateLimited`` is raised."""
+    limits = ratelimits.active(limits)
     if limits and conn.dialect.name == "postgresql":
-        first = limits[0]
-        assert all((s.limit, s.window) == (first.limit, first.window) for s in limits)
         rows = (await _SPEND_AND_CLAIM_FINALIZE.run(conn, {
-            "keys": [spend.key for spend in limits], "window_start": first.window_start(now), "limit": first.limit,
-            "processing": OrderStatus.processing.value, "ready": OrderStatus.ready.value,
-            "order_id": order_id, "csr": csr, "spki_sha256": spki_sha256, "now": now,
+            **ratelimits.spent_params(limits, now), "processing": OrderStatus.processing.value,
+            "ready": OrderStatus.ready.value, "order_id": order_id, "csr": csr, "spki_sha256": spki_sha256,
+            "now": now,
         })).all()
-        counts = {row.key: row.count for row in rows}
-        for spend in limits:
-            spend.check(counts[spend.key], now)
+        ratelimits.check_spent(limits, rows, now)
         return bool(rows[0].claimed)
-    for spend in limits:
-        await ratelimits.spend(conn, spend.name, spend.subject, spend.limit, spend.window, spend.what)
+    for limit in limits:
+        await ratelimits.spend(conn, limit)
     result = await _CLAIM_FINALIZE.run(conn, {"b_order_id": order_id, "b_csr": csr, "b_spki_sha256": spki_sha256,
                                               "b_now": now})
     return bool(result.rowcount)

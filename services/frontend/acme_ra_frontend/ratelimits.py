@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,14 +89,52 @@ class Spend:
             raise rate_limited(self.what, self.window_start(now) + self.window - now)
 
 
-async def spend(conn: AsyncConnection, name: str, subject: str, limit: int, window: dt.timedelta, what: str) -> None:
-    """Count one event against ``limit`` per ``window``; refuse when the limit is exceeded."""
-    if limit <= 0:
+def active(limits: Iterable[Spend]) -> list[Spend]:
+    """The limits that are set (a limit of 0 or less counts nothing)."""
+    return [limit for limit in limits if limit.limit > 0]
+
+
+async def spend(conn: AsyncConnection, counted: Spend) -> None:
+    """Count one event against its limit in a statement of its own; refuse when it is exceeded."""
+    if counted.limit <= 0:
         return
-    counted, now = Spend(name, subject, limit, window, what), utcnow()
+    now = utcnow()
     count = (await _SPEND[conn.dialect.name].run(
         conn, {"key": counted.key, "window_start": counted.window_start(now)})).scalar_one()
     counted.check(count, now)
+
+
+# PostgreSQL: the counters of some limits (of one window) spent inside another statement, which
+# starts ``WITH`` these CTEs: ``spent`` gives each key with its count after this event and
+# ``allowed`` one row when every count is within its limit, for the statement's writes to depend
+# on (newOrder's insert, finalize's claim: a refused request writes nothing but its counters).
+# Its parameters: ``spent_params``; its ``spent`` rows: ``check_spent``.
+SPENT_CTES = """limits AS (
+    SELECT * FROM unnest(CAST(:rate_keys AS varchar[]), CAST(:rate_limits AS integer[])) AS l(key, lim)
+), spent AS (
+    INSERT INTO rate_counters (key, window_start, count)
+    SELECT key, :rate_window_start, 1 FROM limits
+    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1
+    RETURNING key, count
+), allowed AS (
+    SELECT 1 AS ok WHERE NOT EXISTS (SELECT 1 FROM spent JOIN limits USING (key) WHERE spent.count > limits.lim)
+)"""
+SPENT_BINDS = (bindparam("rate_window_start", type_=RateCounter.window_start.type),)
+
+
+def spent_params(limits: Sequence[Spend], now: dt.datetime) -> dict[str, Any]:
+    first = limits[0]
+    if any(limit.window != first.window for limit in limits):
+        raise ValueError("the limits spent in one statement share one window")
+    return {"rate_keys": [limit.key for limit in limits], "rate_limits": [limit.limit for limit in limits],
+            "rate_window_start": first.window_start(now)}
+
+
+def check_spent(limits: Sequence[Spend], spent: Iterable[Any], now: dt.datetime) -> None:
+    """Refuse with the first of ``limits`` whose count (``spent``'s rows: key, count) exceeds it."""
+    counts = {row.key: row.count for row in spent}
+    for limit in limits:
+        limit.check(counts[limit.key], now)
 
 
 def check_failed_validations(failures: dict[str, int], limit: int) -> None:

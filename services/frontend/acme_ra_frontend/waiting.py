@@ -21,12 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from acme_ra import bus
 
 log = logging.getLogger("acme_ra.frontend.waiting")
 
@@ -38,7 +40,7 @@ class WorkEvents:
     """The futures of the requests waiting in this process, by challenge or order id."""
 
     def __init__(self) -> None:
-        self._waiting: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
+        self._waiting: dict[str, set[asyncio.Future[bus.Event]]] = {}
         self._subscriptions: list[Subscription] = []
 
     async def start(self, nc: NATS) -> None:
@@ -54,23 +56,29 @@ class WorkEvents:
     def _handler(self, field: str):  # type: ignore[no-untyped-def]
         async def on_event(msg: Msg) -> None:
             try:
-                event = orjson.loads(msg.data)
-                key = event.get(field)
+                data = orjson.loads(msg.data)
+                key = data.get(field)
             except (orjson.JSONDecodeError, AttributeError):
                 return
-            for future in self._waiting.pop(key, ()) if isinstance(key, str) else ():
+            if not isinstance(key, str) or key not in self._waiting:
+                return  # most events are for requests held elsewhere: parsed no further
+            try:
+                event = bus.Event.model_validate(data)
+            except ValidationError:
+                return  # not an event: the waits go on
+            for future in self._waiting.pop(key):
                 if not future.done():
                     future.set_result(event)
 
         return on_event
 
-    def expect(self, key: str) -> asyncio.Future[dict[str, Any]]:
+    def expect(self, key: str) -> asyncio.Future[bus.Event]:
         """Register before the commit, so that an event arriving at any moment after is not missed."""
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[bus.Event] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(key, set()).add(future)
         return future
 
-    def forget(self, key: str, future: asyncio.Future[dict[str, Any]]) -> None:
+    def forget(self, key: str, future: asyncio.Future[bus.Event]) -> None:
         waiting = self._waiting.get(key)
         if waiting is not None:
             waiting.discard(future)
@@ -81,9 +89,9 @@ class WorkEvents:
     def waiting(self) -> int:
         return sum(len(futures) for futures in self._waiting.values())
 
-    async def wait(self, key: str, future: asyncio.Future[dict[str, Any]], timeout: float) -> dict[str, Any] | None:
-        """The event (as sent: a JSON object) if it came within ``timeout`` seconds, else None;
-        the registration is gone either way."""
+    async def wait(self, key: str, future: asyncio.Future[bus.Event], timeout: float) -> bus.Event | None:
+        """The event if it came within ``timeout`` seconds, else None; the registration is gone
+        either way."""
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:

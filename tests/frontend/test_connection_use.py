@@ -33,10 +33,10 @@ FINALIZES = 6  # more than the pool's connections (POOL_SIZE + its overflow)
 @pytest.fixture
 async def small_pool_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings.model_copy(update={"db_pool_size": POOL_SIZE, "caa_identities": "ca.example"}))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL) as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL) as client):
+        client.app = app  # type: ignore[attr-defined]
+        yield client
 
 
 def connections_in_use(http: httpx.AsyncClient) -> int:

@@ -179,6 +179,17 @@ class Settings(BaseSettings):
     rate_certificates_per_domain_per_week: int = Field(5000, ge=0)
     # ACME_RA_RATE_NEW_ORDERS_PER_EAB_KEY_PER_HOUR (all accounts bound to one EAB key)
     rate_new_orders_per_eab_key_per_hour: int = Field(1000, ge=0)
+    # Caps on what one client can make the RA store (docs/security.md, "Caps and connection use").
+    # ACME_RA_LIMIT_PENDING_AUTHZ_PER_ACCOUNT: pending, unexpired authorizations one account may
+    # hold (Boulder: 1,000); a newOrder that would pass it is refused rateLimited. 0: no cap.
+    limit_pending_authz_per_account: int = Field(1000, ge=0)
+    # ACME_RA_LIMIT_IDENTIFIERS_PER_ORDER: identifiers in one order (Boulder: 100), else malformed.
+    limit_identifiers_per_order: int = Field(100, ge=1, le=1000)
+    # ACME_RA_LIMIT_ACCOUNTS_IPV6_PREFIX: ACME_RA_RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR counts an IPv6
+    # client per network of this prefix length (one client usually holds a whole /64).
+    limit_accounts_ipv6_prefix: int = Field(64, ge=0, le=128)
+    # ACME_RA_LIMIT_ACCOUNTS_IPV4_PREFIX: the same for an IPv4 client (32: per address).
+    limit_accounts_ipv4_prefix: int = Field(32, ge=0, le=32)
     # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client.
     trusted_proxies: str = ""
     # ACME_RA_SHUTDOWN_DELAY_SECONDS: on SIGTERM the frontend reports not-ready this long before it

@@ -182,6 +182,8 @@ class Authorization(Base):
 
     __table_args__ = (
         Index("ix_authz_reuse", "account_id", "identifier_type", "identifier_value", "status"),
+        # the pending authorizations per account cap (frontend ratelimits.check_pending_authorizations)
+        Index("ix_authz_pending_account", "account_id", "status", "expires"),
     )
 
 

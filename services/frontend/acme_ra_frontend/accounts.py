@@ -82,7 +82,9 @@ async def new_account(call: AcmeCall) -> Response:
     contact = check_contacts(payload.get("contact"))
     settings = call.state.settings
     await ratelimits.spend(call.conn, ratelimits.Spend(
-        "accounts-per-ip", ratelimits.client_address(call.request, call.state.trusted_proxies),
+        "accounts-per-ip", ratelimits.client_network(ratelimits.client_address(call.request, call.state.trusted_proxies),
+                                                     settings.limit_accounts_ipv4_prefix,
+                                                     settings.limit_accounts_ipv6_prefix),
         settings.rate_new_accounts_per_ip_per_hour, ratelimits.HOUR, "new accounts from this address",
     ))
     binding = payload.get("externalAccountBinding")

@@ -1,6 +1,7 @@
 """CAA checked again at finalization when a name's validation is older than CAA_RECHECK_AFTER
 (checklist V6; Boulder's RA does the same). The frontend does no DNS: it asks a validator over
-NATS (``acme.rpc.caa``, acme_ra_validator.caa_recheck) and waits for the answer.
+NATS (``acme.rpc.caa``, acme_ra_validator.caa_recheck) and waits for the answer, with the
+request's database connection given back meanwhile (``AcmeCall.without_connection``).
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ async def recheck_stale_caa(call: AcmeCall, authz_ids: list[str]) -> None:
         return
     request = bus.CaaRecheckRequest(account_uri=call.urls.account(call.require_account().id), checks=stale)
     try:
-        message = await call.state.nc.request(
+        # Up to CAA_RPC_TIMEOUT_SECONDS: without a database connection (finalize's claim, after it,
+        # is conditional, so an order that changed meanwhile is not finalized twice).
+        message = await call.without_connection(lambda: call.state.nc.request(
             bus.SUBJECT_CAA_RPC, request.model_dump_json().encode(), timeout=bus.CAA_RPC_TIMEOUT_SECONDS
-        )
+        ))
         reply = bus.CaaRecheckReply.model_validate_json(message.data)
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.errors.ConnectionClosedError,
             ValidationError):

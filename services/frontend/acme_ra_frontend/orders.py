@@ -48,11 +48,13 @@ AUTHZ_REUSE_MARGIN = dt.timedelta(days=1)
 PEM_CHAIN = "application/pem-certificate-chain"
 
 
-def parse_identifiers(raw: object) -> list[Identifier]:
+def parse_identifiers(raw: object, limit: int = MAX_IDENTIFIERS_PER_ORDER) -> list[Identifier]:
     if not isinstance(raw, list) or not raw:
         raise malformed("newOrder needs a non-empty identifiers array")
-    if len(raw) > MAX_IDENTIFIERS_PER_ORDER:
-        raise Problem("rejectedIdentifier", f"an order may have at most {MAX_IDENTIFIERS_PER_ORDER} identifiers")
+    # ACME_RA_LIMIT_IDENTIFIERS_PER_ORDER, checked before any is parsed. malformed, as Boulder
+    # answers: RFC 8555 has no type for it, and rejectedIdentifier would say a name is refused.
+    if len(raw) > limit:
+        raise malformed(f"an order may hold at most {limit} identifiers, not {len(raw)}")
     identifiers: list[Identifier] = []
     errors: list[IdentifierError] = []
     for item in raw:
@@ -138,10 +140,10 @@ async def check_replaces(call: AcmeCall, cert_id: object, identifiers: list[Iden
 async def new_order(call: AcmeCall) -> Response:
     account = call.require_account()
     payload = call.payload()
-    identifiers = parse_identifiers(payload.get("identifiers"))
+    settings = call.state.settings
+    identifiers = parse_identifiers(payload.get("identifiers"), settings.limit_identifiers_per_order)
     if payload.get("notBefore") is not None or payload.get("notAfter") is not None:
         raise malformed("notBefore and notAfter are not supported; the profile sets the validity")
-    settings = call.state.settings
     conn = call.conn
     eab_key = None
     if account.eab_kid:
@@ -181,6 +183,8 @@ async def new_order(call: AcmeCall) -> Response:
             new_challenges += [{"id": new_id(), "authz_id": reusable, "type": challenge_type, "token": new_id(),
                                 "status": ChallengeStatus.pending.value, "updated_at": now} for challenge_type in types]
         authz_ids.append(reusable)
+    await ratelimits.check_pending_authorizations(conn, account.id, len(new_authzs),
+                                                  settings.limit_pending_authz_per_account, now)
     # The rate counters last: newOrder runs without a transaction (Atomicity.NONE), so nothing after
     # a counter may refuse the request. They are spent by the statement that inserts the order.
     limits = [ratelimits.Spend("orders-per-account", account.id, settings.rate_new_orders_per_account_per_hour,

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import enum
@@ -16,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import josepy
 import orjson
@@ -47,6 +48,7 @@ MAX_BODY_BYTES = 50_000
 JOSE_CONTENT_TYPE = "application/jose+json"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 _EXPOSED = "Link, Replay-Nonce, Location, Retry-After"
+T = TypeVar("T")
 
 
 # Headers of every newNonce answer but the nonce and the index link (RFC 8555 §7.2).
@@ -235,6 +237,8 @@ class AcmeCall:
     on_done: list[Callable[[], None]] = field(default_factory=list)
     # The route's resource rows, read in the statement that authenticated the request.
     prefetched: tuple[Read, list[Any]] | None = None
+    # What holds ``conn`` when the handler runs without a transaction (``without_connection``).
+    held: contextlib.AsyncExitStack | None = None
 
     async def read(self, read: Read, key: str) -> list[Any]:
         """The rows of ``read`` for ``key``: those read with the authentication, else read now."""
@@ -259,6 +263,22 @@ class AcmeCall:
         if self.is_post_as_get:
             raise malformed("this resource needs a JSON payload, not POST-as-GET")
         return jwslib.payload_json(self.jws)
+
+    async def without_connection(self, wait: Callable[[], Awaitable[T]]) -> T:
+        """Await ``wait()`` (another service's answer on the bus) with the request's database
+        connection given back, and take a fresh one after it: a slow or missing answer must not hold
+        a pool connection (20 such waits emptied the pool). Handlers without a transaction only
+        (Atomicity.NONE): each statement before it is committed already, and what the handler
+        writes after it must hold by itself (a conditional statement)."""
+        if self.held is None:
+            raise RuntimeError("without_connection needs a handler without a transaction (Atomicity.NONE)")
+        if self.orm is not None:
+            await self.orm.close()
+            self.orm = None
+        await self.held.aclose()  # the connection goes back (SQLite: its transaction commits)
+        answer = await wait()
+        self.conn = await self.held.enter_async_context(self.state.db.autocommit())
+        return answer
 
     def publish_after_commit(self, subject: str, job: BaseModel, msg_id: str) -> None:
         """Queue a job; it carries the current span's trace context (the order's trace)."""
@@ -379,7 +399,8 @@ async def acme_post(request: Request, handler: Handler, auth: Auth,
         prefetched = None
         no_transaction = atomicity is Atomicity.NONE or (
             atomicity is Atomicity.NONE_FOR_POST_AS_GET and parsed.payload == b"")
-        async with (state.db.autocommit() if no_transaction else state.db.engine.begin()) as conn:
+        async with contextlib.AsyncExitStack() as held:  # a handler may give the connection back meanwhile
+            conn = await held.enter_async_context(state.db.autocommit() if no_transaction else state.db.engine.begin())
             account = None
             if parsed.kid is None:
                 assert parsed.jwk is not None
@@ -399,7 +420,7 @@ async def acme_post(request: Request, handler: Handler, auth: Auth,
                 raise nonce_problem
             if not fresh:
                 raise bad_nonce("nonce has already been used")
-            call = AcmeCall(request, state, urls, conn, parsed, key, account)
+            call = AcmeCall(request, state, urls, conn, parsed, key, account, held=held if no_transaction else None)
             if prefetched is not None:
                 call.prefetched = (read, prefetched)  # type: ignore[assignment]
             try:

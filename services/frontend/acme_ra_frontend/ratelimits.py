@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import bindparam, delete
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from acme_ra.db.fast import Statement
-from acme_ra.db.models import RateCounter, utcnow
+from acme_ra.db.models import Authorization, AuthzStatus, RateCounter, utcnow
 from acme_ra.protocol.problems import Problem
 
 HOUR = dt.timedelta(hours=1)
@@ -45,6 +45,23 @@ def client_address(request: Request, trusted_proxies: list[ipaddress.IPv4Network
     if forwarded and any(address in network for network in trusted_proxies):
         return forwarded.split(",")[-1].strip() or peer
     return peer
+
+
+def client_network(address: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
+    """What new accounts are counted per: the client's address, or the network of the given prefix
+    length around it (ACME_RA_LIMIT_ACCOUNTS_IPV6_PREFIX / _IPV4_PREFIX): one IPv6 client usually
+    holds a whole /64, so counting per address would give it unlimited accounts. An IPv4 address
+    seen as IPv4-mapped IPv6 (a dual-stack socket) counts as IPv4."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
+    if prefix == ip.max_prefixlen:
+        return str(ip)
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 def rate_limited(what: str, retry_after: dt.timedelta) -> Problem:
@@ -135,6 +152,38 @@ def check_spent(limits: Sequence[Spend], spent: Iterable[Any], now: dt.datetime)
     counts = {row.key: row.count for row in spent}
     for limit in limits:
         limit.check(counts[limit.key], now)
+
+
+# The account's pending authorizations that have not expired (a pending one past its expiry is
+# expired, whether or not a read has recorded it yet), and when the first of them expires:
+# an index range scan (ix_authz_pending_account: account, status, expires).
+_PENDING_AUTHZS = Statement(
+    select(func.count(), func.min(Authorization.expires)).where(
+        Authorization.account_id == bindparam("account_id"),
+        Authorization.status == AuthzStatus.pending.value,
+        Authorization.expires > bindparam("now"),
+    )
+)
+
+
+async def check_pending_authorizations(conn: AsyncConnection, account_id: str, new: int, cap: int,
+                                       now: dt.datetime) -> None:
+    """Refuse a new order whose ``new`` authorizations would take the account past ``cap`` pending
+    ones (ACME_RA_LIMIT_PENDING_AUTHZ_PER_ACCOUNT; 0: no cap), with ``Retry-After`` until the
+    first of them expires. A count, not a counter: an authorization that turns valid, invalid or
+    deactivated, or expires, is no longer counted, with nothing to update. Two orders racing
+    each other may pass it together by their own authorizations at most (it is a cap on growth,
+    not an exact quota)."""
+    if cap <= 0 or new == 0:
+        return
+    count, first_expiry = (await _PENDING_AUTHZS.run(conn, {"account_id": account_id, "now": now})).first()
+    if count + new > cap:
+        retry = (first_expiry - now) if first_expiry is not None else HOUR
+        seconds = max(1, math.ceil(retry.total_seconds()))
+        raise Problem("rateLimited",
+                      f"too many pending authorizations for this account ({count}, at most {cap}): complete or "
+                      f"deactivate them, or retry after {seconds} s when the first expires",
+                      headers={"Retry-After": str(seconds)})
 
 
 def check_failed_validations(failures: dict[str, int], limit: int) -> None:

@@ -1,0 +1,21 @@
+"""authorizations: an index for the pending authorizations per account cap
+
+Revision ID: 0010
+Revises: 0007
+Create Date: 2026-12-07
+"""
+
+from alembic import op
+
+revision = '0010'
+down_revision = '0007'  # the lead re-chains onto the head of main when merging
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index('ix_authz_pending_account', 'authorizations', ['account_id', 'status', 'expires'], unique=False)
+
+
+def downgrade() -> None:
+    op.drop_index('ix_authz_pending_account', table_name='authorizations')

@@ -427,3 +427,13 @@ async def test_another_accounts_url_is_unauthorized(lab: Lab, account: TestAcmeC
     body = account.sign(other.kid, {"status": "deactivated"}, await account.nonce())
     await refused(lab, account, other.kid, body, 403, "unauthorized")
     assert (await other.post(other.kid, "")).body["status"] == "valid"
+
+
+@pytest.mark.parametrize("resource", ["order", "authz", "certificate", "account"])
+async def test_nul_in_a_resource_path_is_never_a_500(lab: Lab, account: TestAcmeClient, resource: str) -> None:
+    """The path's id goes into SQL: PostgreSQL refuses NUL in text."""
+    assert account.kid is not None
+    url = account.kid.rsplit("/account/", 1)[0] + f"/{resource}/x%00y"
+    reply = await account.post(url, "")
+    assert reply.status in (400, 403, 404) and reply.problem_type in ("malformed", "unauthorized"), reply.text
+    assert_still_up(lab)

@@ -437,3 +437,11 @@ async def test_nul_in_a_resource_path_is_never_a_500(lab: Lab, account: TestAcme
     reply = await account.post(url, "")
     assert reply.status in (400, 403, 404) and reply.problem_type in ("malformed", "unauthorized"), reply.text
     assert_still_up(lab)
+
+
+@pytest.mark.parametrize("page", ["%C2%B2", "%D9%A1", "-1", "1e3", "99999999999999999999", "%00"])
+async def test_an_odd_orders_page_is_malformed(lab: Lab, account: TestAcmeClient, page: str) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` fails: the page number is ASCII digits only."""
+    assert account.kid is not None
+    url = f"{account.kid}/orders?page={page}"
+    await refused(lab, account, url, account.sign(url, "", await account.nonce()), 400, "malformed")

@@ -126,7 +126,10 @@ def load_protected_header(data: bytes) -> Any:
     lets a parser refuse them rather than take the last: no two readers of one header disagree)."""
     header = load_json(data, "JWS protected header")
     if isinstance(header, dict):
-        json.loads(data, object_pairs_hook=_unique_members)  # valid (orjson said so), shallow (checked)
+        try:
+            json.loads(data, object_pairs_hook=_unique_members)  # shallow (checked above)
+        except ValueError:  # what orjson accepts the json module should too: refused all the same
+            raise malformed("JWS protected header is not JSON") from None
     return header
 
 

@@ -176,7 +176,7 @@ async def deactivate(call: AcmeCall, acct: Account) -> None:
 async def account_orders(call: AcmeCall) -> Response:
     acct = owned_account(call)
     page_text = call.request.query_params.get("page", "0")
-    if not page_text.isdigit() or int(page_text) > 1_000_000:
+    if not (page_text.isascii() and page_text.isdigit()) or int(page_text) > 1_000_000:  # "²" is a digit
         raise malformed("page must be a small non-negative integer")
     page = int(page_text)
     ids = (

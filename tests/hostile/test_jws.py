@@ -36,11 +36,16 @@ async def client(lab: Lab) -> AsyncIterator[TestAcmeClient]:
         yield acme
 
 
-@pytest.fixture
-async def account(client: TestAcmeClient) -> TestAcmeClient:
-    reply = await client.register(contact=["mailto:hostile@example.org"])
-    assert reply.status == 201, reply.text
-    return client
+@pytest.fixture(scope="module")
+async def account(lab: Lab) -> AsyncIterator[TestAcmeClient]:
+    """One account for the module: the lab keeps its default limit of new accounts per address
+    (20 an hour), shared by every test on the lab."""
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(lab.ca_bundle)), timeout=30) as http:
+        acme = TestAcmeClient(http, lab.directory_url)
+        await acme.load_directory()
+        reply = await acme.register(contact=["mailto:hostile@example.org"])
+        assert reply.status == 201, reply.text
+        yield acme
 
 
 def signed(client: TestAcmeClient, protected: bytes | str, payload: bytes | str,
@@ -194,11 +199,10 @@ async def test_rsa_modulus_out_of_policy_is_bad_public_key(lab: Lab, client: Tes
     await refused(lab, client, url, signed(client, json.dumps(protected).encode(), b"{}"), 400, "badPublicKey")
 
 
-async def test_rsa_account_keys_of_2048_and_4096_bits_are_accepted(lab: Lab, client: TestAcmeClient) -> None:
-    for bits in (2048, 4096):
-        client.key, client.kid = josepy.JWKRSA(key=rsa.generate_private_key(65537, bits)), None
-        reply = await client.register()
-        assert reply.status == 201, reply.text
+async def test_an_rsa_account_key_of_4096_bits_is_accepted(lab: Lab, client: TestAcmeClient) -> None:
+    client.key = josepy.JWKRSA(key=rsa.generate_private_key(65537, 4096))  # 2048: the next test
+    reply = await client.register()
+    assert reply.status == 201, reply.text
 
 
 async def test_the_stored_jwk_is_canonical(lab: Lab, client: TestAcmeClient) -> None:

@@ -449,3 +449,23 @@ async def test_an_odd_orders_page_is_malformed(lab: Lab, account: TestAcmeClient
     assert account.kid is not None
     url = f"{account.kid}/orders?page={page}"
     await refused(lab, account, url, account.sign(url, "", await account.nonce()), 400, "malformed")
+
+
+async def test_key_change_stores_the_new_key_canonical(lab: Lab, client: TestAcmeClient) -> None:
+    """keyChange (RFC 8555 §7.3.5): the new key's extra members are not stored either."""
+    assert (await client.register()).status == 201
+    assert client.kid is not None
+    url = client.directory["keyChange"]
+    new = new_key("ec384")
+    jwk = new.public_key().to_partial_json()
+    inner_header = {"alg": "ES384", "url": url, "jwk": {**jwk, "use": "sig", "junk": "j" * 2000}}
+    inner_payload = {"account": client.kid, "oldKey": client.key.public_key().to_partial_json()}
+    inner = signed(client, json.dumps(inner_header).encode(), json.dumps(inner_payload).encode(), key=new)
+    reply = await client.post(url, json.loads(inner))
+    assert reply.status == 200, reply.text
+    assert reply.body["key"] == {"crv": "P-384", "kty": "EC", "x": jwk["x"], "y": jwk["y"]}
+    # An inner JWS whose new key is out of policy is badPublicKey (RFC 8555 §7.3.5).
+    client.key = new
+    bad = {**inner_header, "jwk": {**jwk, "y": jwk["x"]}}
+    inner = signed(client, json.dumps(bad).encode(), json.dumps({**inner_payload, "oldKey": jwk}).encode(), key=new)
+    await refused(lab, client, url, client.sign(url, json.loads(inner), await client.nonce()), 400, "badPublicKey")

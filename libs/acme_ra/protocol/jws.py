@@ -76,8 +76,10 @@ def shown(value: Any) -> str:
     """A client's value in a problem's detail: a short string's repr, else only its JSON type."""
     if isinstance(value, str):
         return repr(value[:40] + ("..." if len(value) > 40 else ""))
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)[:40]
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, (int, float)):
+        return "a JSON number"
     return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
 
 

@@ -91,6 +91,13 @@ async def test_a5_changed_terms_need_agreement_again(terms_http: httpx.AsyncClie
         set_terms(terms_http, TERMS_V1)
 
 
+async def test_a5_a_non_ascii_agreement_token_is_not_found(terms_http: httpx.AsyncClient) -> None:
+    set_terms(terms_http, TERMS_V1)
+    for token in ("%C3%A9" * 18, "%00" * 36, "x"):
+        reply = await terms_http.get(f"{EXTERNAL_URL}/acme/acme/terms/some-account/{token}")
+        assert (reply.status_code, reply.json()["type"]) == (404, "urn:ietf:params:acme:error:malformed"), reply.text
+
+
 async def test_a5_accounts_from_before_the_record_count_as_agreed(terms_http: httpx.AsyncClient) -> None:
     set_terms(terms_http, TERMS_V1)
     client = await terms_client(terms_http)

@@ -10,9 +10,7 @@ import hashlib
 import hmac
 from typing import Any
 
-import orjson
-
-from acme_ra.protocol.jws import b64url_decode, load_jwk, thumbprint
+from acme_ra.protocol.jws import b64url_decode, load_json, load_jwk, thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
 
 MAC_ALGORITHMS = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
@@ -25,11 +23,9 @@ def parse_binding(binding: Any, outer_url: str) -> tuple[str, str, bytes, bytes,
     protected_b64, payload_b64 = binding["protected"], binding["payload"]
     if not isinstance(protected_b64, str) or not isinstance(payload_b64, str):
         raise malformed("externalAccountBinding members must be strings")
-    try:
-        header = orjson.loads(b64url_decode(protected_b64, "externalAccountBinding protected header"))
-        payload = orjson.loads(b64url_decode(payload_b64, "externalAccountBinding payload"))
-    except orjson.JSONDecodeError:
-        raise malformed("externalAccountBinding header and payload must be JSON") from None
+    header = load_json(b64url_decode(protected_b64, "externalAccountBinding protected header"),
+                       "externalAccountBinding protected header")
+    payload = load_json(b64url_decode(payload_b64, "externalAccountBinding payload"), "externalAccountBinding payload")
     mac = b64url_decode(binding["signature"], "externalAccountBinding signature")
     if not isinstance(header, dict) or header.get("alg") not in MAC_ALGORITHMS:
         raise malformed("externalAccountBinding must use HS256, HS384 or HS512")

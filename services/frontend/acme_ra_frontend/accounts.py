@@ -178,7 +178,7 @@ async def deactivate(call: AcmeCall, acct: Account) -> None:
 async def account_orders(call: AcmeCall) -> Response:
     acct = owned_account(call)
     page_text = call.request.query_params.get("page", "0")
-    if not page_text.isdigit() or int(page_text) > 1_000_000:
+    if not (page_text.isascii() and page_text.isdigit()) or int(page_text) > 1_000_000:  # "²" is a digit
         raise malformed("page must be a small non-negative integer")
     page = int(page_text)
     ids = (
@@ -282,7 +282,8 @@ async def terms_account(request: Request) -> tuple[FrontendState, Account, str]:
     tos_url = state.settings.terms_of_service_url
     account_id = request.path_params["account_id"]
     expected = terms_token(state, account_id, tos_url) if tos_url else ""
-    if not expected or not hmac.compare_digest(expected, request.path_params["token"]):
+    token = request.path_params["token"].encode(errors="replace")  # compare_digest refuses non-ASCII text
+    if not expected or not hmac.compare_digest(expected.encode(), token):
         raise Problem("malformed", "no such terms agreement (the terms may have changed again)", 404)
     async with state.db.sessions() as session:
         acct = (await session.execute(select(Account).where(Account.id == account_id))).scalar_one_or_none()

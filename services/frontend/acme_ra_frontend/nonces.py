@@ -56,9 +56,9 @@ class NonceService:
     def check(self, nonce: str) -> dt.datetime:
         """Check a nonce was issued by a replica and is not expired; returns its expiry."""
         try:
-            raw = b64url_decode(nonce, "nonce")
+            raw = b64url_decode(nonce, "nonce")  # the canonical spelling only: one nonce, one redemption
         except Problem:
-            raise bad_nonce("nonce is not base64url") from None
+            raise bad_nonce("nonce is not canonical base64url") from None
         if len(raw) != _NONCE_BYTES:
             raise bad_nonce("nonce was not issued by this server")
         head, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]

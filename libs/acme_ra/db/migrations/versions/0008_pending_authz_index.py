@@ -1,14 +1,14 @@
 """authorizations: an index for the pending authorizations per account cap
 
-Revision ID: 0010
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-07
 """
 
 from alembic import op
 
-revision = '0010'
-down_revision = '0007'  # the lead re-chains onto the head of main when merging
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

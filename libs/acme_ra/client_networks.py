@@ -185,13 +185,15 @@ def read_document(path: Path) -> Any:
     return data.get(FILE_KEY)
 
 
-def build(entries: list[ClientNetwork]) -> ClientNetworks:
+def build(entries: list[ClientNetwork], where: str = ENV_NAME) -> ClientNetworks:
+    """The rules of ``entries``; a network listed twice is an error (``where``: the file's name)."""
     seen: dict[Network, ClientNetwork] = {}
     for entry in entries:
-        if entry.network in seen:
-            first = seen[entry.network].origin
-            also = "twice in " + first if first == entry.origin else f"in both {first} and {entry.origin}"
-            raise ClientNetworksError(f"{PREFIX}{FILE_KEY}: {entry.network} is listed {also}")
+        first = seen.get(entry.network)
+        if first is not None:
+            also = "twice" if first.origin == entry.origin else f"in {first.origin} too"
+            place = ENV_NAME if entry.origin == ENV_NAME else f"{where}: {FILE_KEY}"
+            raise ClientNetworksError(f"{PREFIX}{place}: {entry.network} is listed {also}")
         seen[entry.network] = entry
     return ClientNetworks(tuple(entries))
 
@@ -199,10 +201,10 @@ def build(entries: list[ClientNetwork]) -> ClientNetworks:
 def load_client_networks(settings: Settings) -> ClientNetworks:
     """The rules of the environment and the configuration file; raises ClientNetworksError."""
     entries = networks_from_env(settings.policy_client_networks)
+    where = f"ACME_RA_CONFIG_FILE ({settings.config_file})"
     if settings.config_file is not None:
-        where = f"ACME_RA_CONFIG_FILE ({settings.config_file})"
         entries += networks_from_document(read_document(settings.config_file), where)
-    return build(entries)
+    return build(entries, where)
 
 
 def file_signature(path: Path | None) -> tuple[int, int, int] | None:

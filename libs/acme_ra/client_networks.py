@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from acme_ra.config import Settings
 from acme_ra.protocol.identifiers import Identifier
@@ -137,7 +137,7 @@ def _policy(value: Any, where: str) -> Policy:
         return Policy(allow=_rules(value, where))
     unknown = set(value) - {"allow", "deny", "wildcards"}
     if unknown:
-        raise ClientNetworksError(f"{PREFIX}{where}: unknown key {sorted(unknown)[0]!r} (allow, deny, wildcards)")
+        raise ClientNetworksError(f"{PREFIX}{where}: unknown key {min(unknown)!r} (allow, deny, wildcards)")
     wildcards = value.get("wildcards", True)
     if not isinstance(wildcards, bool):
         raise ClientNetworksError(f"{PREFIX}{where}.wildcards: expected true or false")
@@ -159,7 +159,8 @@ def networks_from_document(data: Any, where: str) -> list[ClientNetwork]:
     if isinstance(data, list):
         return [ClientNetwork(parse_network(item, f"{where}[{i}]"), Policy(), origin) for i, item in enumerate(data)]
     if not isinstance(data, dict):
-        raise ClientNetworksError(f"{PREFIX}{where}: expected a mapping of CIDR to identifier rules, or a list of CIDRs")
+        raise ClientNetworksError(
+            f"{PREFIX}{where}: expected a mapping of CIDR to identifier rules, or a list of CIDRs")
     return [ClientNetwork(parse_network(str(key), f"{where}.{key}"), _policy(value, f"{where}.{key}"), origin)
             for key, value in data.items()]
 

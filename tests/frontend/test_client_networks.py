@@ -257,7 +257,8 @@ async def test_an_address_in_no_network_is_refused_everything(restricted_app: ob
                 assert response.headers["content-type"] == "application/problem+json"
                 assert response.json() == {
                     "type": "urn:ietf:params:acme:error:unauthorized", "status": 403,
-                    "detail": "203.0.113.9 may not use this ACME server (the address is in none of its client networks)"}
+                    "detail": "203.0.113.9 may not use this ACME server "
+                              "(the address is in none of its client networks)"}
         # Health checks are not ACME.
         assert (await http.get("/healthz")).status_code == 200
     assert refusals("network") == before + 5

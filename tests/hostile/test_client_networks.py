@@ -70,6 +70,7 @@ def haproxy(lab: Lab, tmp_path: Path) -> Iterator[None]:
     pem.write_text(cert.read_text() + key.read_text())
     port = lab.ports.frontend
     config = tmp_path / "haproxy.cfg"
+    server_options = f"ssl verify required ca-file {lab.ca_bundle} verifyhost localhost source {PROXY_SOURCE}"
     config.write_text(f"""\
 defaults
     mode http
@@ -82,7 +83,7 @@ frontend acme
     bind [::1]:{port} ssl crt {pem}
     default_backend frontend
 backend frontend
-    server frontend 127.0.0.1:{port} ssl verify required ca-file {lab.ca_bundle} verifyhost localhost source {PROXY_SOURCE}
+    server frontend 127.0.0.1:{port} {server_options}
 """)
     process = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -113,7 +114,8 @@ def assert_refused(reply: Reply, address: str) -> None:
     assert reply.status == 403, reply.text
     assert reply.headers["content-type"] == "application/problem+json"
     assert reply.problem_type == "unauthorized"
-    assert reply.body["detail"] == f"{address} may not use this ACME server (the address is in none of its client networks)"
+    assert reply.body["detail"] == (f"{address} may not use this ACME server "
+                                    "(the address is in none of its client networks)")
 
 
 async def order(lab: Lab, source: str, names: list[str], via: str = "127.0.0.1", **headers: str) -> Reply:
@@ -134,13 +136,13 @@ def assert_rejected(reply: Reply, name: str, network: str) -> None:
 
 def refusals(lab: Lab) -> dict[str, float]:
     text = httpx.get(f"http://{lab.topology.settings.metrics_listen}/metrics", timeout=10).text
-    found = re.findall(r'^acme_ra_client_network_refusals_total\{reason="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    found = re.findall(r'^acme_ra_client_network_refusals_total\{reason="(\w+)"\} ([0-9.e+]+)$', text, re.MULTILINE)
     return {reason: float(value) for reason, value in found}
 
 
 def gauge(lab: Lab, name: str) -> float:
     text = httpx.get(f"http://{lab.topology.settings.metrics_listen}/metrics", timeout=10).text
-    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.MULTILINE)
     assert match, name
     return float(match.group(1))
 
@@ -251,8 +253,8 @@ def test_a_bad_file_stops_the_frontend_with_one_line(tmp_path: Path) -> None:
     rules.write_text("client_networks:\n  10.1.0.0/16: [.ok.example, 10.0.0.0/99]\n")
     env = {"ACME_RA_CONFIG_FILE": str(rules), "ACME_RA_STATE_DIR": str(tmp_path / "var"), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([sys.executable, "-m", "acme_ra_frontend"], env=env, capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+    assert done.stderr.strip().splitlines() == [(
         f"acme-ra: invalid configuration: ACME_RA_CONFIG_FILE ({rules}): client_networks.10.1.0.0/16: "
-        "bad identifier rule: '10.0.0.0/99' does not appear to be an IPv4 or IPv6 network"]
+        "bad identifier rule: '10.0.0.0/99' does not appear to be an IPv4 or IPv6 network")]

@@ -102,7 +102,7 @@ class ClientNetworkWatch:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
             try:
                 self.reload_if_changed()
-            except Exception:  # noqa: BLE001 - the watch must outlive any surprise
+            except Exception:  # the watch must outlive any surprise
                 log.exception("client networks: reload failed")
 
 

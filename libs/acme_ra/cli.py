@@ -3,7 +3,7 @@
     acme-ra dev            everything on one machine (what ``make dev`` runs)
     acme-ra db migrate     apply the database migrations to ACME_RA_DATABASE_URL (alias: ``migrate``)
     acme-ra config check   validate the configuration, print the effective settings (secrets masked)
-    acme-ra eab | accounts | orders | certs | upstream | queues | admin-token ...
+    acme-ra eab | accounts | orders | certs | upstream | queues | policy | admin-token ...
                            operator commands (``acme_ra_admin.commands``): on the database, or
                            through the admin API with --url / ACME_RA_ADMIN_URL
 
@@ -94,7 +94,8 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
 
 
 def config_problems(settings: Settings) -> list[str]:
-    """What the settings class cannot see on its own: the upstream catalogue, the sealing key."""
+    """What the settings class cannot see on its own: the upstream catalogue, the client networks,
+    the sealing key."""
     problems = []
     if settings.upstream == "acme":
         from acme_ra_signer.upstream.catalog import UpstreamConfigError, load_catalog
@@ -103,6 +104,12 @@ def config_problems(settings: Settings) -> list[str]:
             load_catalog(settings)
         except UpstreamConfigError as error:
             problems.append(str(error).removeprefix("acme-ra: "))
+    from acme_ra.client_networks import ClientNetworksError, load_client_networks
+
+    try:
+        load_client_networks(settings)
+    except ClientNetworksError as error:
+        problems.append(str(error).removeprefix("acme-ra: "))
     if settings.secret_key is not None and len(settings.secret_key.get_secret_value()) < 16:
         problems.append("invalid configuration: ACME_RA_SECRET_KEY: must be at least 16 characters")
     if settings.secret_key is None and settings.secret_key_file is None and settings.upstream != "lab":

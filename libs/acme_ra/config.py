@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     upstream: Literal["lab", "acme"] = "lab"
     # ACME_RA_CONFIG_FILE: optional YAML or TOML file; its `upstreams` section declares named
     # upstreams selected per profile or provisioner (docs/upstream.md). Env vars suffice for one.
+    # Its `client_networks` section: who may use the ACME API (docs/policy.md).
     config_file: Path | None = None
     # ACME_RA_UPSTREAM_*: the one upstream ACME CA (named "default") when upstream=acme.
     # ACME_RA_UPSTREAM_DIRECTORY_URL: e.g. https://acme.sectigo.com/v2/InCommonRSAOV
@@ -163,6 +164,10 @@ class Settings(BaseSettings):
     policy_allow: str = ""
     policy_deny: str = ""
     policy_wildcards: bool = True
+    # ACME_RA_POLICY_CLIENT_NETWORKS: comma list of CIDRs whose clients may use the ACME API (any
+    # name the policy allows); `client_networks` in ACME_RA_CONFIG_FILE adds networks with their own
+    # identifier rules, reloaded when the file changes (docs/policy.md). Both unset: every address.
+    policy_client_networks: str = ""
     # ACME_RA_PROFILES: the ACME profiles offered, "name=description" comma list
     # (draft-ietf-acme-profiles). ACME_RA_DEFAULT_PROFILE: used when an order names none.
     profiles: str = "tlsserver=TLS server certificate for the names in the order"
@@ -285,6 +290,13 @@ class Settings(BaseSettings):
         from acme_ra.protocol.policy import parse_rules
 
         parse_rules(value)
+        return value
+
+    @field_validator("policy_client_networks")
+    @classmethod
+    def _check_client_networks(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            ipaddress.ip_network(item, strict=False)
         return value
 
     @field_validator("secret_key_file")

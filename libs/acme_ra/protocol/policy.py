@@ -56,13 +56,13 @@ class Policy:
     def to_data(self) -> dict[str, Any]:
         return {"allow": self.allow, "deny": self.deny, "wildcards": self.wildcards}
 
-    def refusal(self, identifier: Identifier) -> str | None:
-        """Why this identifier is refused, or None when it is allowed."""
+    def refusal(self, identifier: Identifier, whose: str = "this account") -> str | None:
+        """Why this identifier is refused, or None when it is allowed (``whose`` names who asks)."""
         if identifier.wildcard and not self.wildcards:
             return "wildcard names are not allowed"
         for rule in self.deny:
             if _matches(rule, identifier):
                 return f"denied by policy rule {rule!r}"
         if self.allow and not any(_matches(rule, identifier) for rule in self.allow):
-            return "not in the names this account may request"
+            return f"not in the names {whose} may request"
         return None

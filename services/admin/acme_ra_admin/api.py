@@ -144,3 +144,10 @@ async def upstream_status(ops: Ops) -> schemas.UpstreamStatus:
 async def queue_status(ops: Ops) -> schemas.QueueStatus:
     """The JetStream job backlog per durable consumer (validator, signer)."""
     return await ops.queue_status()
+
+
+@router.get("/policy", tags=["status"])
+async def policy(ops: Ops) -> schemas.PolicyView:
+    """The identifier policy (ACME_RA_POLICY_*) and the client networks (ACME_RA_POLICY_CLIENT_NETWORKS,
+    `client_networks` in ACME_RA_CONFIG_FILE) as the configuration says now."""
+    return await ops.policy()

@@ -1,5 +1,5 @@
 """The operator commands of ``acme-ra`` (mounted by :mod:`acme_ra.cli`): ``eab``, ``accounts``,
-``orders``, ``certs``, ``upstream``, ``queues`` and ``admin-token``.
+``orders``, ``certs``, ``upstream``, ``queues``, ``policy`` and ``admin-token``.
 
 Each command works on the database directly (the same ``ACME_RA_*`` settings as the services),
 or, given ``--url`` / ``ACME_RA_ADMIN_URL``, through the admin API with ``--token`` /
@@ -461,6 +461,43 @@ async def _queue_status(ops: Any) -> Any:
     return await ops.queue_status()
 
 
+# policy -------------------------------------------------------------------------------------
+
+policy_app = typer.Typer(help="The identifier policy and the client networks.", no_args_is_help=True)
+
+
+@policy_app.command("show")
+def policy_show(as_json: Json = False, url: Url = None, token: Token = None) -> None:
+    """The identifier policy and the client networks (who may use the ACME API, and what each may
+    order), as the configuration says now: ACME_RA_POLICY_* and ACME_RA_CONFIG_FILE, which the
+    frontends reload within seconds of a change. Exit status 2 when the file does not load
+    (the frontends then keep the rules they loaded before)."""
+
+    def body() -> None:
+        policy = call(url, token, "GET", "/policy", lambda ops: ops.policy())
+        identifiers, networks = policy["identifiers"], policy["client_networks"]
+        if as_json:
+            emit_json(policy)
+        else:
+            facts({"allow": identifiers["allow"] or "any name", "deny": identifiers["deny"] or "none",
+                   "wildcards": "allowed" if identifiers["wildcards"] else "refused",
+                   "client networks": {True: "only the networks below may use the ACME API",
+                                       False: "none configured: every address may use the ACME API",
+                                       None: "unknown: the file does not load"}[networks["restricted"]],
+                   "config file": networks["config_file"] or "(none)"},
+                  ["allow", "deny", "wildcards", "client networks", "config file"])
+            if networks["networks"]:
+                typer.echo("")
+                rows = [{**n, "allow": n["allow"] or "any name the policy allows",
+                         "wildcards": "yes" if n["wildcards"] else "no"} for n in networks["networks"]]
+                table(rows, [("network", "NETWORK"), ("allow", "MAY REQUEST"), ("deny", "DENIED"),
+                             ("wildcards", "WILDCARDS"), ("origin", "FROM")])
+        if networks["error"]:
+            raise CommandError(f"{networks['error']} (the frontends keep the rules they loaded before)", EXIT_USAGE)
+
+    run(body)
+
+
 # admin tokens -------------------------------------------------------------------------------
 
 tokens_app = typer.Typer(help="Bearer tokens of the admin API and console (on the database only).",
@@ -514,3 +551,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(upstream_app, name="upstream")
     app.add_typer(queues_app, name="queues")
     app.add_typer(tokens_app, name="admin-token")
+    app.add_typer(policy_app, name="policy")

@@ -54,7 +54,7 @@ SECURITY_HEADERS = {
 }
 
 NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/accounts", "Accounts"),
-       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues")]
+       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues"), ("/policy", "Policy")]
 
 
 def session_key(secret: bytes) -> bytes:
@@ -345,3 +345,11 @@ async def queues(request: Request) -> Response:
     if page is None:
         return to_login()
     return page.render("queues.html", title="Queues", queues=await page.ops.queue_status())
+
+
+@router.get("/policy")
+async def policy(request: Request) -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    return page.render("policy.html", title="Policy", policy=await page.ops.policy())

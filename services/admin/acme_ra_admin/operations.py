@@ -406,6 +406,30 @@ class AdminOperations:
         return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=True,
                                    messages=stream.state.messages or 0, consumers=consumers)
 
+    # Policy ---------------------------------------------------------------------------------
+
+    async def policy(self) -> schemas.PolicyView:
+        """The identifier policy and the client networks, read from the configuration now."""
+        from acme_ra.client_networks import ClientNetworksError, load_client_networks
+
+        settings = self.settings
+        config_file = str(settings.config_file) if settings.config_file else None
+        try:
+            rules = load_client_networks(settings)
+        except ClientNetworksError as error:
+            networks = schemas.ClientNetworks(restricted=None, networks=[], config_file=config_file,
+                                              error=str(error).removeprefix("acme-ra: "))
+        else:
+            networks = schemas.ClientNetworks(
+                restricted=rules.restricted, config_file=config_file,
+                networks=[schemas.ClientNetworkRule(**entry) for entry in rules.to_data()])
+        return schemas.PolicyView(
+            identifiers=schemas.IdentifierPolicy(allow=parse_rules(settings.policy_allow),
+                                                 deny=parse_rules(settings.policy_deny),
+                                                 wildcards=settings.policy_wildcards),
+            client_networks=networks,
+        )
+
     # Admin tokens ---------------------------------------------------------------------------
 
     async def create_admin_token(self, label: str = "") -> schemas.NewAdminToken:

@@ -177,3 +177,34 @@ class NewAdminToken(AdminToken):
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class IdentifierPolicy(BaseModel):
+    allow: list[str] = Field(description="ACME_RA_POLICY_ALLOW: identifier rules (name, .suffix or CIDR)")
+    deny: list[str] = Field(description="ACME_RA_POLICY_DENY")
+    wildcards: bool = Field(description="ACME_RA_POLICY_WILDCARDS")
+
+
+class ClientNetworkRule(BaseModel):
+    network: str
+    allow: list[str] = Field(description="identifier rules its clients may request; empty: any the policy allows")
+    deny: list[str]
+    wildcards: bool
+    origin: str = Field(description="ACME_RA_POLICY_CLIENT_NETWORKS or ACME_RA_CONFIG_FILE")
+
+
+class ClientNetworks(BaseModel):
+    restricted: bool | None = Field(description="false: every address may use the ACME API; null: unknown "
+                                                "(the file does not load)")
+    networks: list[ClientNetworkRule]
+    config_file: str | None = Field(description="ACME_RA_CONFIG_FILE, reloaded by the frontends when it changes")
+    error: str | None = Field(None, description="why the file does not load: the frontends keep the rules they "
+                                                "loaded before")
+
+
+class PolicyView(BaseModel):
+    """The rules as the configuration says now (the admin reads the same settings and file as the
+    frontends; they apply a change of the file within seconds, unless it does not load)."""
+
+    identifiers: IdentifierPolicy
+    client_networks: ClientNetworks

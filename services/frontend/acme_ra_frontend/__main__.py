@@ -11,6 +11,13 @@ from acme_ra.config import get_settings, parse_host_port
 
 def main() -> None:
     settings = get_settings()  # before the heavy imports: a bad setting is reported at once
+    from acme_ra.client_networks import ClientNetworksError, load_client_networks
+
+    try:
+        load_client_networks(settings)
+    except ClientNetworksError as error:
+        print(error, file=sys.stderr)
+        raise SystemExit(2) from None
     if not settings.nats_url:
         print(
             "acme-ra: invalid configuration: ACME_RA_NATS_URL: required for the frontend "

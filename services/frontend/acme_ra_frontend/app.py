@@ -34,6 +34,7 @@ from acme_ra_frontend import (
     revocation,
     urls,
 )
+from acme_ra_frontend.client_networks import ClientNetworkGate, ClientNetworkWatch
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
@@ -207,6 +208,7 @@ def create_app(settings: Settings) -> FastAPI:
         tls_watch = getattr(app.state, "tls_watch", None)
         if tls_watch is not None:
             background.append(asyncio.create_task(tls_watch.run_forever()))
+        background.append(asyncio.create_task(app.state.client_networks.run_forever()))
         log.info("frontend ready", extra={"directory": state.urls[settings.provisioner_names[0]].directory})
         try:
             yield
@@ -240,6 +242,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_middleware(AcmeHeaders)
+    # Outermost: an address in no client network is refused before anything else runs.
+    app.state.client_networks = ClientNetworkWatch(settings)  # raises ClientNetworksError
+    app.add_middleware(ClientNetworkGate, watch=app.state.client_networks)
     return app
 
 

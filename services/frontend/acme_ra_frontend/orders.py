@@ -38,6 +38,7 @@ from acme_ra.protocol.jws import b64url_decode, check_public_key, raw_key
 from acme_ra.protocol.policy import Policy
 from acme_ra.protocol.problems import Problem, malformed, not_found, unauthorized
 from acme_ra_frontend import caa_recheck, queries, ratelimits
+from acme_ra_frontend import client_networks
 from acme_ra_frontend.plumbing import AcmeCall, json_response
 from acme_ra_frontend.queries import OrderRow
 from acme_ra_frontend.render import order_json
@@ -150,6 +151,7 @@ async def new_order(call: AcmeCall) -> Response:
         eab_key = (await _EAB_KEY.run(conn, {"kid": account.eab_kid})).first()
     policies = [call.state.policy] + ([Policy.from_data(eab_key.policy)] if eab_key and eab_key.policy else [])
     check_policy(identifiers, policies)
+    client_networks.check_identifiers(call.request, identifiers)
     profile = choose_profile(call, payload.get("profile"), eab_key.profile if eab_key else None)
     now = utcnow()
     failure_limit = settings.rate_failed_validations_per_name_per_hour

@@ -36,15 +36,29 @@ WEEK = dt.timedelta(days=7)
 
 
 def client_address(request: Request, trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    """The peer's address; when the peer is a trusted proxy, the rightmost X-Forwarded-For hop
+    that is not itself a trusted proxy. Every X-Forwarded-For header counts, in order: HAProxy's
+    ``option forwardfor`` adds its own after any the client sent, and hops to the left of the
+    last untrusted one are the client's own words."""
     peer = request.client.host if request.client else "unknown"
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
+    if not _is_trusted(peer, trusted_proxies):
         return peer
-    forwarded = request.headers.get("x-forwarded-for")
-    if forwarded and any(address in network for network in trusted_proxies):
-        return forwarded.split(",")[-1].strip() or peer
-    return peer
+    hops = [hop.strip() for value in request.headers.getlist("x-forwarded-for") for hop in value.split(",")]
+    hops = [hop for hop in hops if hop]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted_proxies):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _is_trusted(address: str, trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in trusted_proxies)
 
 
 def client_network(address: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
@@ -388,7 +389,10 @@ async def consume(
     ``concurrency`` if need be.)
     """
     info = await js.consumer_info(JOBS_STREAM, durable)  # the consumer exists (ensure_streams made it)
-    heartbeat_every = (info.config.ack_wait or VALIDATE_ACK_WAIT_SECONDS) / HEARTBEATS_PER_ACK_WAIT
+    # Its ack wait as it is now, or this release's if shorter (another service may still edit
+    # a consumer an older release made).
+    ack_wait = min(info.config.ack_wait or math.inf, VALIDATE_ACK_WAIT_SECONDS, ISSUE_ACK_WAIT_SECONDS)
+    heartbeat_every = ack_wait / HEARTBEATS_PER_ACK_WAIT
     nc: NATS = js._nc  # pull requests are plain requests on the JetStream API's subject
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{durable}"
     inbox = nc.new_inbox()

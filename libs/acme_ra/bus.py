@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, TypeVar
@@ -40,12 +41,26 @@ DURABLE_SIGNER = "signer"
 
 # Window in which JetStream drops a second publish with the same Nats-Msg-Id (seconds).
 DEDUP_WINDOW_SECONDS = 120
-# How long a consumer may hold a job before JetStream redelivers it to another replica.
-VALIDATE_ACK_WAIT_SECONDS = 60
-ISSUE_ACK_WAIT_SECONDS = 120
-# Redelivery backoff; the last value repeats until max_deliver.
+# How long a job may go without a sign of life (an ack or an in-progress heartbeat) before
+# JetStream redelivers it to another replica: what a killed validator or signer (SIGKILL, OOM)
+# costs its job. Short, so that a crashed job is back in work within seconds (a client such as
+# lego waits 30 s for its certificate); a live job of any length is not redelivered, because
+# ``consume`` sends heartbeats while it runs (HEARTBEATS_PER_ACK_WAIT). No setting: these are
+# the bus's contract, and ``ensure_streams`` writes them to existing consumers too.
+VALIDATE_ACK_WAIT_SECONDS = 10
+ISSUE_ACK_WAIT_SECONDS = 10
+# A running job's heartbeats per ack wait: every 2.5 s for a 10 s ack wait, so three in a row may
+# be late (a busy event loop, a NATS reconnect) before a live job would be redelivered.
+HEARTBEATS_PER_ACK_WAIT = 4
+# Delay before the next delivery of a job whose handler failed (``consume`` naks with it); the
+# last value repeats until max_deliver. Deliberately not the consumer's ``backoff``: with one,
+# nats-server takes backoff[n] as the ack wait of the n-th delivery in place of ``ack_wait``
+# (a 1 s ack wait for the first, which a live job's heartbeats would have to beat, and 30 s
+# before a crashed job of a later delivery came back).
 REDELIVERY_BACKOFF_SECONDS = [1, 2, 5, 10, 30]
 MAX_DELIVER = 20
+# Jobs a consumer may hold unacknowledged, all replicas together.
+MAX_ACK_PENDING = 10_000
 
 
 class ValidateJob(BaseModel):
@@ -229,12 +244,31 @@ async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> N
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait,
             max_deliver=MAX_DELIVER,
-            max_ack_pending=10_000,
+            max_ack_pending=MAX_ACK_PENDING,
         )
         try:
-            await js.consumer_info(JOBS_STREAM, durable)
+            info = await js.consumer_info(JOBS_STREAM, durable)
         except NotFoundError:
             await js.add_consumer(JOBS_STREAM, consumer)
+            continue
+        await _update_consumer(js, info.config, consumer)
+
+
+async def _update_consumer(js: JetStreamContext, current: ConsumerConfig, wanted: ConsumerConfig) -> None:
+    """Bring an existing durable consumer to this release's ack wait, redelivery count and
+    backoff (none): a deployment whose consumers were made by an older release (60 s and 120 s
+    ack waits) gets the short ones. nats-server edits these in place (creating a durable that
+    exists with another config updates it); the pending jobs stay. A server that refuses the edit
+    is logged, and the service starts with the consumer as it is."""
+    fields = ("ack_wait", "max_deliver", "max_ack_pending", "backoff")
+    if all(getattr(current, name) == getattr(wanted, name) for name in fields):
+        return
+    try:
+        await js.add_consumer(JOBS_STREAM, wanted)
+    except Exception as error:  # noqa: BLE001 - a consumer we cannot edit still works
+        log.warning("consumer %s not updated (ack wait stays %s s): %s", wanted.durable_name, current.ack_wait, error)
+        return
+    log.info("consumer %s updated: ack wait %s s -> %s s", wanted.durable_name, current.ack_wait, wanted.ack_wait)
 
 
 async def publish_job(
@@ -287,6 +321,37 @@ _STATUS = "Status"  # the header of nats-server's status messages (408, 409, 503
 _EXPIRED = "408"
 
 
+class _Heartbeat:
+    """Tells JetStream, every ``every`` seconds, that a job is still being worked on
+    (``msg.in_progress()``, which restarts its ack wait), until :meth:`stop`. A timer rather than
+    a task: most jobs end before the first beat and cost no more than scheduling it."""
+
+    __slots__ = ("every", "msg", "sending", "timer")
+
+    def __init__(self, msg: Msg, every: float) -> None:
+        self.msg, self.every = msg, every
+        self.sending: asyncio.Task[None] | None = None
+        self.timer = asyncio.get_running_loop().call_later(every, self._beat)
+
+    def _beat(self) -> None:
+        if self.sending is None or self.sending.done():
+            self.sending = asyncio.get_running_loop().create_task(self._send())
+        self.timer = asyncio.get_running_loop().call_later(self.every, self._beat)
+
+    async def _send(self) -> None:
+        if self.msg.is_acked:
+            return
+        try:
+            await self.msg.in_progress()
+        except Exception as error:  # noqa: BLE001 - the next beat, or the redelivery, follows
+            log.debug("heartbeat not sent: %s", error)
+
+    def stop(self) -> None:
+        self.timer.cancel()
+        if self.sending is not None:
+            self.sending.cancel()
+
+
 class _PullRequest:
     """The one pull request waiting in nats-server: jobs still owed, when to give it up. Each has
     its own reply subject, so that a status (408 at expiry) is told from a given-up request's."""
@@ -314,13 +379,20 @@ async def consume(
     job until n had come or the fetch timed out, and ``fetch(1)`` costs a pull request per job
     (a message to nats-server and back, a write of the flusher's).
 
-    The handler acks (after its database commit). If it raises, the job is nak'ed with backoff
+    The handler acks (after its database commit). While it runs, a heartbeat (``in_progress``)
+    goes every ``HEARTBEATS_PER_ACK_WAIT``-th of the consumer's ack wait, so that a job of any
+    length stays with its handler, and a job whose process died is redelivered one ack wait
+    after its last heartbeat. If it raises, the job is nak'ed with backoff
     and another delivery (perhaps on another replica) retries it. A message that does not parse
     is terminated: retrying cannot fix it. A job that comes after ``stop`` is nak'ed at once, for
     another replica to take. (A job for a request given up after a reconnect still runs, beyond
     ``concurrency`` if need be.)
     """
-    await js.consumer_info(JOBS_STREAM, durable)  # the consumer exists (ensure_streams made it)
+    info = await js.consumer_info(JOBS_STREAM, durable)  # the consumer exists (ensure_streams made it)
+    # Its ack wait as it is now, or this release's if shorter (another service may still edit
+    # a consumer an older release made).
+    ack_wait = min(info.config.ack_wait or math.inf, VALIDATE_ACK_WAIT_SECONDS, ISSUE_ACK_WAIT_SECONDS)
+    heartbeat_every = ack_wait / HEARTBEATS_PER_ACK_WAIT
     nc: NATS = js._nc  # pull requests are plain requests on the JetStream API's subject
     next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{JOBS_STREAM}.{durable}"
     inbox = nc.new_inbox()
@@ -337,8 +409,12 @@ async def consume(
             log.error("dropping unreadable job on %s: %s", subject, error)
             await msg.term()
             return
+        heartbeat = _Heartbeat(msg, heartbeat_every)
         try:
-            await handler(job, msg)
+            try:
+                await handler(job, msg)
+            finally:
+                heartbeat.stop()
         except Exception:
             log.exception("job on %s failed; will be redelivered", subject)
             try:

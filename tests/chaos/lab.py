@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from acme_ra import bus
 from acme_ra.config import ENV_PREFIX
@@ -31,11 +30,6 @@ from .load import ChallengeServer, Figures, Load
 from .processes import Deployment, NatsCluster, NatsServer, PostgresServer
 
 SECRET = "chaos-tests-sealing-secret-0123456789abcdef"
-# Ack waits of the durable consumers in the chaos tests (seconds). Production's are 60 (validate)
-# and 120 (issue), which only lengthen a recovery; the tests create the consumers first with these
-# (bus.ensure_streams keeps a consumer that exists), and their figures say so.
-VALIDATE_ACK_WAIT_SECONDS = 6.0
-ISSUE_ACK_WAIT_SECONDS = 30.0
 
 
 def run_sql(url: str, *statements: str) -> list[list[asyncpg.Record]]:
@@ -153,10 +147,9 @@ class ChaosLab:
 
     # Start-up ----------------------------------------------------------------------------------
 
-    async def prepare_bus(self, validate_ack_wait: float = VALIDATE_ACK_WAIT_SECONDS,
-                          issue_ack_wait: float = ISSUE_ACK_WAIT_SECONDS, replicas: int | None = None) -> None:
-        """Streams and durable consumers made before any service starts (same names and
-        settings as bus.ensure_streams, shorter ack waits); with ``replicas`` for a cluster."""
+    async def prepare_bus(self, replicas: int | None = None) -> None:
+        """Streams and durable consumers made before any service starts, as production's
+        (bus.ensure_streams, its ack waits included); with ``replicas`` for a cluster."""
         nc = await bus.connect(self.nats.url, "chaos-test-setup")
         try:
             js = nc.jetstream()
@@ -169,18 +162,10 @@ class ChaosLab:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.5)
-            for durable, subject, ack_wait in (
-                (bus.DURABLE_VALIDATOR, bus.SUBJECT_VALIDATE, validate_ack_wait),
-                (bus.DURABLE_SIGNER, bus.SUBJECT_ISSUE, issue_ack_wait),
-            ):
-                await js.delete_consumer(bus.JOBS_STREAM, durable)
-                await js.add_consumer(bus.JOBS_STREAM, ConsumerConfig(
-                    durable_name=durable, filter_subject=subject, ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=ack_wait, max_deliver=bus.MAX_DELIVER, max_ack_pending=10_000,
-                ))
         finally:
             await nc.close()
-        self.figures.extra["ack waits (validate, issue)"] = f"{validate_ack_wait:g}s, {issue_ack_wait:g}s"
+        self.figures.extra["ack waits (validate, issue)"] = (
+            f"{bus.VALIDATE_ACK_WAIT_SECONDS:g}s, {bus.ISSUE_ACK_WAIT_SECONDS:g}s")
 
     async def start(self, frontends: int = 1, validators: int = 1, signers: int = 1, **bus_options: Any) -> Load:
         """nats (unless running), the bus, then the services (the database is a copy of the

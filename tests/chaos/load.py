@@ -163,6 +163,9 @@ class Load:
         )
         self.order_urls: list[str] = []
         self.certificates: dict[str, x509.Certificate] = {}  # order URL -> leaf
+        # name -> when (time.monotonic()) its challenge was answered ("answered"), its order was
+        # ready ("validated"), finalized ("finalized"), valid ("issued"): how long clients waited.
+        self.timeline: dict[str, dict[str, float]] = {}
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -325,11 +328,16 @@ class Load:
         deadline = time.monotonic() + self.order_timeout
         order_url, order = await self.new_order(client, name, deadline)
         _, challenge_url = await self.challenge_of(client, order, deadline)
+        marks = self.timeline.setdefault(name, {})
+        marks["answered"] = time.monotonic()
         await self.answer(client, challenge_url, deadline)
         order = await self.poll(client, order_url, {"ready", "valid"}, deadline)
+        marks["validated"] = time.monotonic()
         if order["status"] == "ready":
+            marks["finalized"] = time.monotonic()
             await self.finalize(client, order_url, order, name, deadline)
             order = await self.poll(client, order_url, {"valid"}, deadline)
+        marks["issued"] = time.monotonic()
         await self.download(client, order_url, order, name, deadline)
         return order_url
 

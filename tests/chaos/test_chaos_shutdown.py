@@ -165,7 +165,7 @@ async def test_signer_sigterm_finishes_or_hands_back_its_jobs(chaos: ChaosLab) -
     chaos.extra_stops.append(link.stop)
     chaos.upstream_through(link.port)
     async with asyncio.timeout(TEST_TIMEOUT_SECONDS):
-        load = await chaos.start(issue_ack_wait=32.0)
+        load = await chaos.start()
         load.order_timeout = 150
         clients = await load.accounts(2)
         link.delay = 0.1

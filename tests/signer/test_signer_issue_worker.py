@@ -228,17 +228,6 @@ async def test_processing_order_without_csr_fails(db: Database, lab: LabDriver) 
     assert order.error["type"] == "serverInternal" and msg.acks == 1
 
 
-async def test_slow_upstream_keeps_the_job_alive(db: Database, lab: LabDriver) -> None:
-    order_id = await insert_order(db, NAMES, make_csr(NAMES))
-    msg = FakeMsg()
-
-    await IssueWorker(db, ScriptedDriver(lab, delay=0.2), keepalive_seconds=0.03).handle(
-        bus.IssueJob(order_id=order_id), msg
-    )
-
-    assert msg.in_progress_calls >= 2 and msg.acks == 1
-
-
 async def test_one_log_line_per_job_without_keys(
     db: Database, lab: LabDriver, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -24,8 +24,13 @@ log = logging.getLogger("acme_ra.frontend.reconciler")
 # How often the loop looks (seconds).
 RECONCILE_INTERVAL = 15
 # A challenge processing this long without a result has its validation job published again.
+# Not a crash's recovery (a job a killed validator or signer held is redelivered by JetStream
+# one ack wait after its last heartbeat: bus.VALIDATE/ISSUE_ACK_WAIT_SECONDS, 10 s) but a lost
+# publish's: past the longest a live check takes (the validator's VALIDATION_TIMEOUT_SECONDS,
+# 45 s) after such a redelivery, so that a job still running is not published a second time.
 CHALLENGE_DEADLINE = dt.timedelta(seconds=60)
-# An order processing this long without a certificate has its issuance job published again.
+# An order processing this long without a certificate has its issuance job published again;
+# an upstream may take minutes, and a second job for a running issuance waits on its lease.
 ORDER_DEADLINE = dt.timedelta(seconds=120)
 # Most rows re-published per pass and kind.
 BATCH = 500

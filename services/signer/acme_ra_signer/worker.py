@@ -12,11 +12,8 @@ no BEGIN or COMMIT travels on its own; the order's read runs straight on asyncpg
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -38,17 +35,10 @@ from acme_ra_signer.upstream.base import (
 
 log = logging.getLogger("acme_ra_signer.worker")
 
-# While the upstream works (an ACME upstream: 30 s or more), tell JetStream the job is alive
-# this often, so that it is not redelivered to another replica after ISSUE_ACK_WAIT_SECONDS.
-KEEPALIVE_SECONDS = bus.ISSUE_ACK_WAIT_SECONDS / 4
-
-
 class JobMessage(Protocol):
     """The part of a JetStream message the handler uses (``nats.aio.msg.Msg``)."""
 
     async def ack(self) -> None: ...
-
-    async def in_progress(self) -> None: ...
 
 
 # What an issue job reads of its order (built and compiled once).
@@ -81,13 +71,11 @@ class IssueWorker:
         db: Database,
         driver: UpstreamDriver,
         nc: NATS | None = None,
-        keepalive_seconds: float = KEEPALIVE_SECONDS,
     ) -> None:
         self.db = db
         self.driver = driver
         # Where the issued and failed events go: a plain NATS publish (publish_event_unconfirmed).
         self.nc = nc
-        self.keepalive_seconds = keepalive_seconds
 
     async def handle(self, job: bus.IssueJob, msg: JobMessage) -> None:
         """Issue, store, ack. Raises (so ``bus.consume`` naks with backoff) when retrying may help."""
@@ -160,11 +148,12 @@ class IssueWorker:
             profile=order.profile,
         )
         try:
-            async with self._keep_alive(msg):
-                with metrics.upstream_call("issue"), telemetry.span(
-                    "signer.upstream.issue", **{"acme.upstream_driver": self.driver.name}
-                ):
-                    chain = await self.driver.issue(request)
+            # However long the upstream takes (an ACME upstream: 30 s or more), bus.consume's
+            # heartbeats keep the job from being redelivered to another replica meanwhile.
+            with metrics.upstream_call("issue"), telemetry.span(
+                "signer.upstream.issue", **{"acme.upstream_driver": self.driver.name}
+            ):
+                chain = await self.driver.issue(request)
         except UpstreamRejected as rejected:
             return await self._fail(order_id, msg, rejected.problem)
         # One statement on PostgreSQL (two in SQLite's transaction): see store_certificate.
@@ -199,22 +188,6 @@ class IssueWorker:
     async def _event(self, event: bus.Event) -> None:
         if self.nc is not None:
             await bus.publish_event_unconfirmed(self.nc, event)
-
-    @contextlib.asynccontextmanager
-    async def _keep_alive(self, msg: JobMessage) -> AsyncIterator[None]:
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.keepalive_seconds)
-                with contextlib.suppress(Exception):  # the ack_wait redelivery is the fallback
-                    await msg.in_progress()
-
-        task = asyncio.create_task(beat())
-        try:
-            yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
 
 def _attempt(msg: JobMessage) -> int:

@@ -41,8 +41,8 @@ from acme_ra_validator.tlsalpn01 import check_tls_alpn01
 
 log = logging.getLogger("acme_ra_validator.worker")
 
-# The most one check may take, all addresses and redirects included; below the consumer's
-# ack wait (bus.VALIDATE_ACK_WAIT_SECONDS) so that a slow check never causes a redelivery.
+# The most one check may take, all addresses and redirects included (bus.consume's heartbeats
+# keep the job from being redelivered meanwhile); below the reconciler's CHALLENGE_DEADLINE.
 VALIDATION_TIMEOUT_SECONDS = 45.0
 
 SERVER_INTERNAL = {"type": "serverInternal", "detail": "validation failed unexpectedly"}

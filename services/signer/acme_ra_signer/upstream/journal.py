@@ -46,8 +46,13 @@ from acme_ra_signer.upstream.base import UpstreamUnavailable
 log = logging.getLogger("acme_ra_signer.upstream.journal")
 
 # How long a signer's claim on an upstream order lasts without renewal (seconds); a signer that
-# died is replaced after at most this long. The heartbeat renews it every third of that.
-LEASE_SECONDS = 30.0
+# died is replaced after at most this long. The heartbeat renews it every third of that. As
+# short as the issue job's ack wait (bus.ISSUE_ACK_WAIT_SECONDS), so that the job a killed
+# signer held, redelivered after that wait, finds the lease run out (or nearly) and resumes at
+# once: a crash costs seconds, not the 30 s a client such as lego waits for its certificate.
+# A live signer loses its lease only if its renewals stall for two thirds of it (~7 s), and then
+# stops at its next write (LeaseLost); nothing is issued twice either way.
+LEASE_SECONDS = 10.0
 
 
 class UpstreamBusy(UpstreamUnavailable):

@@ -227,6 +227,12 @@ def service_env(directory: Path, role: str) -> dict[str, str]:
 # The client side ------------------------------------------------------------------------------
 
 
+def user_options(directory: Path, role: str) -> dict[str, Any]:
+    """nats-py ``connect`` options of ``role``'s user of ``directory`` (tests, tools)."""
+    return {"user": role, "password": password_file(directory, role).read_text().strip(),
+            "inbox_prefix": inbox_prefix(role)}
+
+
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context for NATS: the configured roots (or the system's) and client certificate;
     None when nothing about TLS is configured (nats-py then uses the system's roots for a

@@ -1,7 +1,7 @@
 """`make dev`: the whole of acme-ra on one machine, each service its own process.
 
-Start-up, in order: settings; the state dir; an embedded nats-server with JetStream (unless
-``ACME_RA_NATS_URL`` is set); the database migrations (``acme-ra migrate``); the signer's
+Start-up, in order: settings; the state dir; an embedded nats-server with JetStream and a user
+per service (acme_ra.natsauth; unless ``ACME_RA_NATS_URL`` is set); the database migrations (``acme-ra migrate``); the signer's
 bootstrap (lab CA, the frontend's TLS certificate, ``STATE_DIR/ca-bundle.pem``); the signer,
 validator, frontend and admin service; then a wait until each is ready. Every child's output goes to the
 terminal and to ``STATE_DIR/logs/<name>.log``. Ctrl-C or SIGTERM stops everything; a child that

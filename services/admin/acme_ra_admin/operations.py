@@ -116,6 +116,12 @@ def certificate_names(chain_pem: str) -> list[str]:
     ]
 
 
+async def _said_below(error: Exception) -> None:
+    """nats-py's error callback of a one-shot connection: the failure is raised (Unavailable names
+    it: an authorization violation without the admin's NATS credentials), not logged with a
+    traceback."""
+
+
 class NatsLink:
     """A NATS connection that may not exist yet: the admin service starts (and shows the
     database) while NATS is down, and connects in the background."""
@@ -142,7 +148,8 @@ class NatsLink:
         try:
             self.client = await nats.connect(
                 [server.strip() for server in self.url.split(",") if server.strip()], name="acme-ra-cli",
-                allow_reconnect=False, connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS, **self.options,
+                allow_reconnect=False, connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS, error_cb=_said_below,
+                **self.options,
             )
         except Exception as error:  # noqa: BLE001 - any failure means the same to the caller
             raise Unavailable(f"cannot reach NATS at {self.url}: {error or type(error).__name__}") from None

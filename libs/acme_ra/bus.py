@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal, TypeVar
 
 import nats
@@ -188,11 +188,13 @@ async def _on_reconnected() -> None:
     log.info("nats: reconnected")
 
 
-async def connect(url: str, name: str) -> NATS:
+async def connect(url: str, name: str, options: Mapping[str, Any] | None = None) -> NATS:
     """Connect, reconnecting forever: a restarting nats-server must not kill a service.
 
     ``url`` may list several servers of a cluster, comma-separated (``nats://a:4222,nats://b:4222``):
-    the client starts with any that answers and fails over to the others."""
+    the client starts with any that answers and fails over to the others. ``options``: more
+    nats-py connect options, the service's credentials, inbox prefix and TLS
+    (``natsauth.connect_options``); none connects without credentials (a NATS without auth)."""
     servers = [server.strip() for server in url.split(",") if server.strip()]
     return await nats.connect(
         servers,
@@ -204,7 +206,18 @@ async def connect(url: str, name: str) -> NATS:
         reconnect_time_wait=0.5,
         connect_timeout=5,
         allow_reconnect=True,
+        **(options or {}),
     )
+
+
+async def wait_for_consumer(js: JetStreamContext, durable: str) -> None:
+    """A worker's start: its durable consumer exists, or ``ensure_streams`` makes it. On a bus with
+    permissions (acme_ra.natsauth) only the frontend and the signer may make streams; a validator's
+    attempt is refused and raises, and its caller tries again until they have."""
+    try:
+        await js.consumer_info(JOBS_STREAM, durable)
+    except NotFoundError:
+        await ensure_streams(js)
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:

@@ -53,6 +53,17 @@ class Settings(BaseSettings):
     database_url: str = ""
     # ACME_RA_NATS_URL: unset means the launcher starts an embedded nats-server.
     nats_url: str = ""
+    # ACME_RA_NATS_USER / ACME_RA_NATS_PASSWORD (or _FILE): this service's NATS user (each service
+    # its own, with only the permissions its job needs: acme_ra.natsauth, docs/security.md); unset:
+    # connect without credentials (a NATS without auth). make dev and make lab set them.
+    nats_user: str = ""
+    nats_password: SecretStr | None = None
+    nats_password_file: Path | None = None
+    # ACME_RA_NATS_TLS_CA: PEM roots trusted for NATS's TLS (tls:// URLs, or a server that requires
+    # TLS); unset = the system's roots. ACME_RA_NATS_TLS_CERT_FILE / _KEY_FILE: a client certificate.
+    nats_tls_ca: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
     # ACME_RA_LISTEN: the public ACME listener (frontend).
     listen: str = "127.0.0.1:8443"
     # ACME_RA_EXTERNAL_URL: the base URL clients see (behind a load balancer: its URL).
@@ -312,6 +323,20 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"ACME_RA_DEFAULT_PROFILE {self.default_profile!r} is not one of ACME_RA_PROFILES"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_nats_credentials(self) -> "Settings":
+        if self.nats_password is not None and self.nats_password_file is not None:
+            raise ValueError("set ACME_RA_NATS_PASSWORD or ACME_RA_NATS_PASSWORD_FILE, not both")
+        has_password = self.nats_password is not None or self.nats_password_file is not None
+        if bool(self.nats_user) != has_password:
+            raise ValueError("ACME_RA_NATS_USER and ACME_RA_NATS_PASSWORD(_FILE) go together")
+        if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
+            raise ValueError("ACME_RA_NATS_TLS_CERT_FILE and ACME_RA_NATS_TLS_KEY_FILE go together")
+        for path in (self.nats_password_file, self.nats_tls_ca, self.nats_tls_cert_file, self.nats_tls_key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"NATS file {path} does not exist")
         return self
 
     @model_validator(mode="after")

@@ -43,6 +43,7 @@ from urllib.parse import urlsplit
 import httpx
 from sqlalchemy.engine import make_url
 
+from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, get_settings
 from acme_ra.lab_tls import LOCAL_NAMES, TlsMaterial, ensure_tls_material, write_private
 from acme_ra.launcher import (
@@ -234,6 +235,9 @@ class ProcessLab:
         self._new_secret = self._write_secret_key()
         self.settings = settings_from_env(self.env)
         self.services: dict[str, Service] = {}
+        # The users and passwords of the nats-server the lab starts (acme_ra.natsauth); None when
+        # it uses a NATS found running (ACME_RA_NATS_URL: the services' ACME_RA_NATS_* say how).
+        self.nats_auth_dir: Path | None = None
         self.started_here: list[str] = []  # infrastructure the lab started (vs found running)
         self.found_running: list[str] = []
         self._lock = threading.RLock()
@@ -372,9 +376,11 @@ class ProcessLab:
         port = self.ports("nats")
         if not port_is_free(port):
             port = free_port()
-        service = Service("nats-server", [nats_server_binary(), "-js", "-sd", str(self.state_dir / "nats"),
-                                          "-a", "127.0.0.1", "-p", str(port)], dict(self.env),
-                          ready=lambda: _nats_ready(port))
+        self.nats_auth_dir = self.state_dir / natsauth.AUTH_DIR_NAME
+        config = natsauth.write_server_config(self.nats_auth_dir)
+        service = Service("nats-server", [nats_server_binary(), "-c", str(config), "-js",
+                                          "-sd", str(self.state_dir / "nats"), "-a", "127.0.0.1", "-p", str(port)],
+                          dict(self.env), ready=lambda: _nats_ready(port))
         self._start_infrastructure(service)
         self.env[ENV_PREFIX + "NATS_URL"] = f"nats://127.0.0.1:{port}"
         self.settings = settings_from_env(self.env)
@@ -444,9 +450,16 @@ class ProcessLab:
         self._spawn(service)
         self._wait_ready(service)
 
+    def _service_env(self, role: str, **extra: str) -> dict[str, str]:
+        """A service's environment: with the lab's own nats-server, its own NATS user and password."""
+        env = dict(self.env, **extra)
+        if self.nats_auth_dir is not None:
+            env.update(natsauth.service_env(self.nats_auth_dir, role))
+        return env
+
     def _add_signer(self) -> Service:
         base = f"http://{self.settings.signer_listen}"
-        service = Service("signer", [sys.executable, "-m", "acme_ra_signer"], dict(self.env),
+        service = Service("signer", [sys.executable, "-m", "acme_ra_signer"], self._service_env("signer"),
                           ready=lambda: _http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})
         self.services["signer"] = service
         return service
@@ -454,8 +467,8 @@ class ProcessLab:
     def _add_validator(self, number: int) -> Service:
         name = f"validator-{number}"
         base = f"http://127.0.0.1:{self.ports(name)}"
-        env = dict(self.env, **{ENV_PREFIX + "VALIDATOR_LISTEN": f"127.0.0.1:{self.ports(name)}",
-                               "OTEL_SERVICE_NAME": f"acme-ra-{name}"})
+        env = self._service_env("validator", **{ENV_PREFIX + "VALIDATOR_LISTEN": f"127.0.0.1:{self.ports(name)}",
+                                                "OTEL_SERVICE_NAME": f"acme-ra-{name}"})
         service = Service(name, [sys.executable, "-m", "acme_ra_validator"], env,
                           ready=lambda: _http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})
         self.services[name] = service
@@ -464,9 +477,9 @@ class ProcessLab:
     def _add_frontend(self, number: int) -> Service:
         name = f"frontend-{number}"
         port, metrics = self.ports(name), self.ports(f"{name}-metrics")
-        env = dict(self.env, **{ENV_PREFIX + "LISTEN": f"127.0.0.1:{port}",
-                               ENV_PREFIX + "METRICS_LISTEN": f"127.0.0.1:{metrics}",
-                               "OTEL_SERVICE_NAME": f"acme-ra-{name}"})
+        env = self._service_env("frontend", **{ENV_PREFIX + "LISTEN": f"127.0.0.1:{port}",
+                                               ENV_PREFIX + "METRICS_LISTEN": f"127.0.0.1:{metrics}",
+                                               "OTEL_SERVICE_NAME": f"acme-ra-{name}"})
         service = Service(
             name, [sys.executable, "-m", "acme_ra_frontend"], env,
             ready=lambda: _http_ok(f"https://localhost:{port}/readyz", self._frontend_context()),
@@ -493,7 +506,7 @@ class ProcessLab:
             return True
 
         service = Service("admin", [sys.executable, "-m", "acme_ra_admin"],
-                          dict(self.env, OTEL_SERVICE_NAME="acme-ra-admin"), ready=ready,
+                          self._service_env("admin", OTEL_SERVICE_NAME="acme-ra-admin"), ready=ready,
                           endpoints={"console": self.admin_url + "/"})
         self.services["admin"] = service
         return service
@@ -709,7 +722,8 @@ class ProcessLab:
             + (f" (pebble-challtestsrv, management http://127.0.0.1:{self.ports('dns-management')})"
                if self._uses_lab_dns() else ""),
             f"  database         {database}",
-            f"  NATS             {settings.nats_url}",
+            f"  NATS             {settings.nats_url}" + (
+                f"  (a user per service, passwords in {self.nats_auth_dir}/)" if self.nats_auth_dir else ""),
             f"  started here     {started}" + (f"; found running: {', '.join(self.found_running)}"
                                                 if self.found_running else ""),
             "  metrics:",
@@ -759,11 +773,14 @@ def init(args: argparse.Namespace) -> int:
     secret = directory / "secret.key"
     if not secret.exists():
         write_private(secret, secrets.token_urlsafe(32).encode() + b"\n", 0o600)
+    # The NATS users' passwords and the nats-server configuration naming them (compose's nats).
+    nats_config = natsauth.write_server_config(directory / "nats")
     if args.shared:  # read by containers that run as other users (HAProxy, Pebble)
         for path in material.directory.iterdir():
             if path.name != "ca.key":
                 path.chmod(0o644)
-    print(f"lab TLS material in {material.directory} (CA {material.ca}), sealing secret {secret}")
+    print(f"lab TLS material in {material.directory} (CA {material.ca}), sealing secret {secret}, "
+          f"NATS users {nats_config}")
     return 0
 
 

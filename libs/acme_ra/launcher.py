@@ -1,7 +1,7 @@
 """`make dev`: the whole of acme-ra on one machine, each service its own process.
 
-Start-up, in order: settings; the state dir; an embedded nats-server with JetStream (unless
-``ACME_RA_NATS_URL`` is set); the database migrations (``acme-ra migrate``); the signer's
+Start-up, in order: settings; the state dir; an embedded nats-server with JetStream and a user
+per service (acme_ra.natsauth; unless ``ACME_RA_NATS_URL`` is set); the database migrations (``acme-ra migrate``); the signer's
 bootstrap (lab CA, the frontend's TLS certificate, ``STATE_DIR/ca-bundle.pem``); the signer,
 validator, frontend and admin service; then a wait until each is ready. Every child's output goes to the
 terminal and to ``STATE_DIR/logs/<name>.log``. Ctrl-C or SIGTERM stops everything; a child that
@@ -34,6 +34,7 @@ import httpx
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 from sqlalchemy.engine import make_url
 
+from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, get_settings, parse_host_port
 
 # The port the embedded nats-server prefers (the NATS default); any free port when it is taken.
@@ -258,6 +259,9 @@ class Topology:
         self.ready_timeout = ready_timeout
         self.nats: Child | None = None
         self.nats_url = self.settings.nats_url
+        # The embedded nats-server's users and passwords (acme_ra.natsauth): each service connects
+        # as its own user; None with an external NATS (the services' ACME_RA_NATS_* say how).
+        self.nats_auth_dir: Path | None = None
         self.services: dict[str, Child] = {}
         self._stop_requested = False  # a plain flag: set from signal handlers
 
@@ -281,6 +285,13 @@ class Topology:
         env[ENV_PREFIX + "STATE_DIR"] = str(self.state_dir)
         env[ENV_PREFIX + "NATS_URL"] = self.nats_url
         env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def service_env(self, name: str) -> dict[str, str]:
+        """A service's environment: with the embedded nats-server, its own NATS user and password."""
+        env = self.child_env
+        if self.nats_auth_dir is not None:
+            env.update(natsauth.service_env(self.nats_auth_dir, name))
         return env
 
     @property
@@ -311,6 +322,8 @@ class Topology:
     def summary(self) -> str:
         database = make_url(self.settings.effective_database_url).render_as_string(hide_password=True)
         nats = f"{self.nats_url} ({'embedded' if self.embedded_nats else 'external'})"
+        if self.nats_auth_dir is not None:
+            nats += f"; a user per service, passwords in {self.nats_auth_dir}/"
         upstream: str = self.settings.upstream
         if upstream == "lab":
             upstream = "lab CA (for development and tests only, never for production)"
@@ -351,7 +364,8 @@ class Topology:
             self._run_step("migrate", [sys.executable, "-m", "acme_ra.cli", "migrate"])
             self._run_step("bootstrap", [sys.executable, "-m", "acme_ra_signer", "bootstrap"], log="signer")
             for name in SERVICES:
-                self.services[name] = self._spawn(name, [sys.executable, "-m", f"acme_ra_{name}"])
+                self.services[name] = self._spawn(name, [sys.executable, "-m", f"acme_ra_{name}"],
+                                                  env=self.service_env(name))
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -395,14 +409,18 @@ class Topology:
     def _children(self) -> list[Child]:
         return ([self.nats] if self.nats is not None else []) + list(self.services.values())
 
-    def _spawn(self, name: str, argv: list[str], log: str | None = None) -> Child:
-        return Child(name, argv, self.child_env, self.log_dir / f"{log or name}.log", self.echo)
+    def _spawn(self, name: str, argv: list[str], log: str | None = None,
+               env: Mapping[str, str] | None = None) -> Child:
+        return Child(name, argv, self.child_env if env is None else env, self.log_dir / f"{log or name}.log",
+                     self.echo)
 
     def _start_nats(self) -> None:
         port = self.nats_port
         if port is None:
             port = DEFAULT_NATS_PORT if port_is_free(DEFAULT_NATS_PORT) else free_port()
-        argv = [nats_server_binary(), "-js", "-sd", str(self.state_dir / "nats"),
+        self.nats_auth_dir = self.state_dir / natsauth.AUTH_DIR_NAME
+        config = natsauth.write_server_config(self.nats_auth_dir)
+        argv = [nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.state_dir / "nats"),
                 "-a", "127.0.0.1", "-p", str(port)]
         self.nats = Child("nats-server", argv, self.env, self.log_dir / "nats-server.log", echo=None)
         self.nats_url = f"nats://127.0.0.1:{port}"

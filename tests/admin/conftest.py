@@ -80,7 +80,7 @@ class AdminService:
 @pytest.fixture(scope="session")
 def admin_service(lab: Lab) -> AdminService:
     """The admin service the topology started (as make dev does), with a token made by the CLI."""
-    env = dict(lab.topology.child_env)
+    env = lab.topology.service_env("admin")  # an operator's shell: the admin's NATS user too
     url = http_base(settings_from_env(env).admin_listen)
     created = json.loads(acme_ra(["admin-token", "create", "--label", "tests", "--json"], env, check=True).stdout)
     deadline = time.monotonic() + ADMIN_READY_SECONDS

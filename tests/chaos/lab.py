@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from nats.aio.client import Client as NATS
 
-from acme_ra import bus
+from acme_ra import bus, natsauth
 from acme_ra.config import ENV_PREFIX
 from acme_ra.launcher import free_port
 from tests.support.lab import TEST_ZONE, base_environment
@@ -101,7 +102,7 @@ class ChaosLab:
             }.items()
         })
         self.env["PYTHONUNBUFFERED"] = "1"
-        self.deployment = Deployment(workdir, self.env, self.ca_bundle)
+        self.deployment = Deployment(workdir, self.env, self.ca_bundle, self.nats.auth_dir)
         self.load: Load | None = None
         self.started = time.monotonic()
         self.extra_stops: list[Any] = []
@@ -131,6 +132,7 @@ class ChaosLab:
         self.nats = nats
         self.env[f"{ENV_PREFIX}NATS_URL"] = nats.url
         self.deployment.env = dict(self.env)
+        self.deployment.nats_auth_dir = nats.auth_dir
 
     def log_counts(self) -> dict[str, int]:
         """How often the services logged what a fault makes them log."""
@@ -145,12 +147,16 @@ class ChaosLab:
             "jobs nak'ed for a retry": text.count("will be redelivered"),
         }
 
+    async def operator_connection(self, name: str) -> NATS:
+        """A connection as the NATS operator user (streams, consumers: what no service may do)."""
+        return await bus.connect(self.nats.url, name, natsauth.user_options(self.nats.auth_dir, natsauth.OPERATOR))
+
     # Start-up ----------------------------------------------------------------------------------
 
     async def prepare_bus(self, replicas: int | None = None) -> None:
         """Streams and durable consumers made before any service starts, as production's
         (bus.ensure_streams, its ack waits included); with ``replicas`` for a cluster."""
-        nc = await bus.connect(self.nats.url, "chaos-test-setup")
+        nc = await self.operator_connection("chaos-test-setup")
         try:
             js = nc.jetstream()
             deadline = time.monotonic() + 60

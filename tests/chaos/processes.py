@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX
 from acme_ra.launcher import Child, free_port, nats_server_binary
 
@@ -135,6 +136,9 @@ class NatsServer:
     def __init__(self, workdir: Path, name: str = "nats", *, cluster_port: int | None = None,
                  routes: list[int] | None = None) -> None:
         self.workdir = workdir
+        # A user per service, as make dev and make lab run it (acme_ra.natsauth); shared by a
+        # cluster's nodes.
+        self.auth_dir = workdir / natsauth.AUTH_DIR_NAME
         self.name = name
         self.port = free_port()
         self.cluster_port = cluster_port
@@ -149,8 +153,9 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def argv(self) -> list[str]:
-        argv = [nats_server_binary(), "-js", "-sd", str(self.store), "-a", "127.0.0.1", "-p", str(self.port),
-                "-n", self.name]
+        config = natsauth.write_server_config(self.auth_dir)
+        argv = [nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.store), "-a", "127.0.0.1",
+                "-p", str(self.port), "-n", self.name]
         if self.cluster_port is not None:
             argv += ["--cluster_name", "acme-ra-chaos", "--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
             if self.routes:
@@ -194,6 +199,10 @@ class NatsCluster:
     def url(self) -> str:
         """Every node, comma-separated (bus.connect takes such a list)."""
         return ",".join(node.url for node in self.nodes)
+
+    @property
+    def auth_dir(self) -> Path:
+        return self.nodes[0].auth_dir
 
     def start(self) -> None:
         for node in self.nodes:  # all at once: JetStream waits for a quorum of peers
@@ -254,8 +263,10 @@ class Service:
 class Deployment:
     """The acme-ra services of one test, on top of ``env`` (database, NATS, upstream...)."""
 
-    def __init__(self, workdir: Path, env: Mapping[str, str], ca_bundle: Path) -> None:
+    def __init__(self, workdir: Path, env: Mapping[str, str], ca_bundle: Path,
+                 nats_auth_dir: Path | None = None) -> None:
         self.workdir = workdir
+        self.nats_auth_dir = nats_auth_dir  # each service its own NATS user (acme_ra.natsauth)
         self.log_dir = workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(env)
@@ -268,6 +279,8 @@ class Deployment:
         self._counts[kind] = self._counts.get(kind, 0) + 1
         name = f"{kind}-{self._counts[kind]}"
         env = dict(self.env)
+        if self.nats_auth_dir is not None:
+            env.update(natsauth.service_env(self.nats_auth_dir, kind))
         if kind == "frontend":
             port = overrides.pop("port", None) or self.env[f"{ENV_PREFIX}LISTEN"].rpartition(":")[2]
             env[f"{ENV_PREFIX}LISTEN"] = f"127.0.0.1:{port}"

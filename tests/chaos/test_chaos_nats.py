@@ -53,7 +53,7 @@ async def test_nats_cluster_loses_the_job_stream_leader(chaos: ChaosLab) -> None
     async with asyncio.timeout(TEST_TIMEOUT_SECONDS):
         load = await chaos.start(validators=2, replicas=3)
         load.order_timeout = ORDER_TIMEOUT_SECONDS
-        nc = await bus.connect(cluster.url, "chaos-test")
+        nc = await chaos.operator_connection("chaos-test")
         try:
             info = await nc.jetstream().stream_info(bus.JOBS_STREAM)
         finally:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
 from acme_ra.lab import PEBBLE_EAB_HMAC_KEY, PEBBLE_EAB_KID
 from acme_ra.launcher import settings_from_env
@@ -104,7 +105,7 @@ def test_every_acme_ra_variable_is_a_setting_with_a_valid_value(rendered: Mappin
         unknown = set(env) - SETTINGS_FIELDS
         assert not unknown, f"{name}: not settings: {sorted(unknown)}"
         # Files that exist in the containers only: any existing file (the values are checked).
-        for variable in ("TLS_CERT_FILE", "TLS_KEY_FILE", "SECRET_KEY_FILE"):
+        for variable in ("TLS_CERT_FILE", "TLS_KEY_FILE", "SECRET_KEY_FILE", "NATS_PASSWORD_FILE"):
             if ENV_PREFIX + variable in env:
                 env[ENV_PREFIX + variable] = str(existing)
         settings = settings_from_env(env)
@@ -120,7 +121,7 @@ def test_ports_agree_with_the_code_and_configuration(rendered: Mapping[str, Any]
     image_env = image_environment()
     # Files that exist in the containers only are left out: the ports are what matters here.
     env = image_env | acme_ra_environment(services["frontend-1"])
-    frontend = settings_from_env({k: v for k, v in env.items() if not k.endswith("_FILE")})
+    frontend = settings_from_env(without_files(env))
     acme_port = parse_host_port(frontend.listen)[1]
     metrics_port = parse_host_port(frontend.metrics_listen)[1]
     validator_port = parse_host_port(frontend.validator_listen)[1]
@@ -168,7 +169,7 @@ def test_the_admin_service(rendered: Mapping[str, Any]) -> None:
     services = rendered["services"]
     admin = services["admin"]
     env = image_environment() | acme_ra_environment(admin)
-    settings = settings_from_env({k: v for k, v in env.items() if not k.endswith("_FILE")})
+    settings = settings_from_env(without_files(env))
     listen_port = parse_host_port(settings.admin_listen)[1]
     assert [(p.get("host_ip"), int(p["published"]), int(p["target"])) for p in admin["ports"]] == [
         (ADMIN_HOST, ADMIN_PORT, listen_port)]
@@ -241,6 +242,46 @@ def test_grafana_dashboard_uses_metrics_the_services_export() -> None:
     # Histograms are queried through their _bucket series.
     used = {re.sub(r"_bucket$", "", name) for name in used}
     assert used and used <= exported, sorted(used - exported)
+
+
+def without_files(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the settings that name files of the containers (and the NATS user, which
+    goes with its password file)."""
+    return {k: v for k, v in env.items() if not k.endswith("_FILE") and k != ENV_PREFIX + "NATS_USER"}
+
+
+def test_each_service_connects_to_nats_as_its_own_user(rendered: Mapping[str, Any]) -> None:
+    """lab-init writes the users' passwords and nats' configuration (acme_ra.natsauth) into the
+    lab volume; nats reads it; each service reads its own password only."""
+    services = rendered["services"]
+    init = services["lab-init"]
+    lab_dir = init["command"][1]
+    nats = services["nats"]
+    config = nats["command"][nats["command"].index("-c") + 1]
+    lab_mount = next(v for v in nats["volumes"] if v["source"] == "lab")
+    assert lab_mount["read_only"] is True
+    assert config == f"{lab_mount['target']}/nats/{natsauth.CONFIG_FILE_NAME}"
+    assert nats["depends_on"]["lab-init"]["condition"] == "service_completed_successfully"
+    roles = {"frontend-1": "frontend", "frontend-2": "frontend", "validator": "validator", "signer": "signer",
+             "admin": "admin"}
+    for name, role in roles.items():
+        env = services[name]["environment"]
+        assert env[ENV_PREFIX + "NATS_USER"] == role, name
+        assert env[ENV_PREFIX + "NATS_PASSWORD_FILE"] == f"{lab_dir}/nats/{role}.password", name
+        assert services[name]["depends_on"]["nats"]["condition"] == "service_healthy"
+    for name in ("migrate", "lab-init"):
+        assert ENV_PREFIX + "NATS_USER" not in services[name]["environment"]
+
+
+def test_lab_init_writes_what_nats_and_the_services_read(tmp_path: Path) -> None:
+    from acme_ra import lab
+
+    assert lab.main(["init", str(tmp_path), "--names", "localhost"]) == 0
+    auth = tmp_path / "nats"
+    assert (auth / natsauth.CONFIG_FILE_NAME).read_text() == natsauth.server_config(
+        {role: natsauth.password_file(auth, role).read_text().strip() for role in (*natsauth.ROLES, "operator")})
+    for path in auth.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o600, path
 
 
 def image_environment() -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
 from acme_ra.launcher import settings_from_env
 
@@ -31,7 +32,7 @@ DEPLOYMENTS = (*SERVICES, "admin")
 # Kinds of cert-manager (a CRD: no schema in kubernetes-validate) used by the lab overlay.
 CERT_MANAGER_KINDS = {"Certificate", "Issuer"}
 # Settings that hold secrets: never a plain value in a manifest.
-SECRET_SETTINGS = {"DATABASE_URL", "SECRET_KEY", "UPSTREAM_EAB_HMAC_KEY", "ADMIN_TOKEN"}
+SECRET_SETTINGS = {"DATABASE_URL", "SECRET_KEY", "UPSTREAM_EAB_HMAC_KEY", "ADMIN_TOKEN", "NATS_PASSWORD"}
 
 
 def render(directory: Path) -> list[dict[str, Any]]:
@@ -154,11 +155,11 @@ def test_secrets_are_referenced_never_inlined(base_docs: list[dict[str, Any]],
                 if ref:
                     referenced.add(ref["name"])
         referenced |= {v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
-    assert referenced == {"acme-ra-secrets", "acme-ra-frontend-tls"}
+    assert referenced == {"acme-ra-secrets", "acme-ra-frontend-tls", "acme-ra-nats"}
     # The lab overlay provides them: generated from files, or by cert-manager.
     generated = {s["metadata"]["name"].rsplit("-", 1)[0] for s in find(lab_docs, "Secret")}
     certificates = {c["spec"]["secretName"] for c in find(lab_docs, "Certificate")}
-    assert "acme-ra-secrets" in generated and "acme-ra-frontend-tls" in certificates
+    assert {"acme-ra-secrets", "acme-ra-nats"} <= generated and "acme-ra-frontend-tls" in certificates
 
 
 def test_the_migration_job(base_docs: list[dict[str, Any]]) -> None:
@@ -288,7 +289,8 @@ def test_the_admin_service(base_docs: list[dict[str, Any]], lab_docs: list[dict[
     signer_port = parse_host_port(config["ACME_RA_SIGNER_LISTEN"])[1]
     assert parse_host_port(env["ACME_RA_SIGNER_LISTEN"]) == ("acme-ra-signer", signer_port)
     assert signer_port in {p["port"] for p in signer_service["spec"]["ports"]}
-    mounted = {item["key"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    mounted = {item["key"] for v in deployment["spec"]["template"]["spec"]["volumes"]
+               if "secret" in v and v["secret"]["secretName"] != "acme-ra-nats"
                for item in v["secret"].get("items", [])}
     assert mounted == {"secret-key"}, "the admin service never holds the upstream's EAB key"
 
@@ -331,3 +333,31 @@ def test_the_lab_pebble_is_the_compose_lab_pebble(lab_docs: list[dict[str, Any]]
     image = container(one(lab_docs, "Deployment", "pebble"))["image"]
     assert image == compose["services"]["pebble"]["image"]
     assert not image.endswith(":latest") and ":" in image
+
+
+def test_each_service_connects_to_nats_as_its_own_user(base_docs: list[dict[str, Any]],
+                                                      lab_docs: list[dict[str, Any]]) -> None:
+    """Each Deployment reads its own key of the Secret acme-ra-nats, as its own NATS user; the
+    lab's nats reads the users and permissions of acme_ra.natsauth, their passwords from that
+    Secret."""
+    for service in DEPLOYMENTS:
+        deployment = one(base_docs, "Deployment", f"acme-ra-{service}")
+        box = container(deployment)
+        env = {v["name"]: v.get("value") for v in box["env"]}
+        assert env["ACME_RA_NATS_USER"] == service
+        mount = next(m for m in box["volumeMounts"] if m["name"] == "nats")
+        assert env["ACME_RA_NATS_PASSWORD_FILE"] == f"{mount['mountPath']}/password" and mount["readOnly"]
+        volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "nats")
+        assert volume["secret"]["secretName"] == "acme-ra-nats"
+        assert volume["secret"]["items"] == [{"key": service, "path": "password"}], service
+    assert (LAB / "nats-server.conf").read_text() == natsauth.server_config(None), (
+        "deploy/k8s/overlays/lab/nats-server.conf: python -m acme_ra.natsauth config > it")
+    keys = {line.split("=", 1)[0] for line in (LAB / "lab-nats.env").read_text().splitlines()
+            if line and not line.startswith("#")}
+    assert keys == {*natsauth.ROLES, natsauth.OPERATOR}
+    nats = container(one(lab_docs, "Deployment", "nats"))
+    assert nats["args"][:2] == ["-c", "/etc/nats/nats-server.conf"]
+    secret_env = {v["name"]: v["valueFrom"]["secretKeyRef"] for v in nats["env"]}
+    for role in keys:
+        ref = secret_env[natsauth.password_variable(role)]
+        assert ref["key"] == role and ref["name"].startswith("acme-ra-nats")

@@ -248,6 +248,41 @@ def test_a_process_that_dies_is_restarted(process_lab: ProcessLab) -> None:
     assert log.count("Uvicorn running") >= 2
 
 
+def nats_exchange(url: str, credentials: dict[str, str], commands: bytes = b"") -> bytes:
+    """CONNECT to the lab's nats-server with ``credentials`` (raw protocol), send ``commands``
+    and a PING; what the server answered up to its PONG (or its closing the connection)."""
+    host_port = url.split("://", 1)[1].split(",")[0]
+    host, _, port = host_port.rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        stream = sock.makefile("rwb")
+        assert stream.readline().startswith(b"INFO ")
+        connect = {"verbose": False, "pedantic": False, **credentials}
+        stream.write(b"CONNECT " + json.dumps(connect).encode() + b"\r\n" + commands + b"PING\r\n")
+        stream.flush()
+        answer = b""
+        while not answer.endswith(b"PONG\r\n"):
+            line = stream.readline()
+            if not line:
+                break
+            answer += line
+        return answer
+
+
+def test_the_lab_nats_wants_each_services_user(process_lab: ProcessLab) -> None:
+    """No credentials, no bus; the validator's user cannot publish an issue job, a revocation or
+    the signer's event (docs/security.md, "Bus permissions")."""
+    lab = process_lab
+    assert lab.nats_auth_dir is not None
+    assert b"Authorization Violation" in nats_exchange(lab.settings.nats_url, {})
+    password = (lab.nats_auth_dir / "validator.password").read_text().strip()
+    commands = b"".join(b"PUB %s 2\r\n{}\r\n" % subject for subject in
+                        (b"acme.jobs.issue", b"acme.rpc.revoke", b"acme.events.issued", b"acme.events.validated"))
+    answer = nats_exchange(lab.settings.nats_url, {"user": "validator", "pass": password}, commands)
+    for subject in ("acme.jobs.issue", "acme.rpc.revoke", "acme.events.issued"):
+        assert f'Permissions Violation for Publish to "{subject}"'.encode() in answer, answer
+    assert b'"acme.events.validated"' not in answer and answer.endswith(b"PONG\r\n"), answer
+
+
 def test_the_image_healthcheck_against_the_lab_processes(process_lab: ProcessLab) -> None:
     """deploy/docker/healthcheck.py, as the image runs it, against real services."""
     lab = process_lab

@@ -20,7 +20,7 @@ from cryptography import x509
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from acme_ra import bus, eab
+from acme_ra import bus, eab, natsauth
 from acme_ra.config import Settings, parse_host_port
 from acme_ra.db import models
 from acme_ra.db.engine import Database
@@ -116,12 +116,20 @@ def certificate_names(chain_pem: str) -> list[str]:
     ]
 
 
+async def _said_below(error: Exception) -> None:
+    """nats-py's error callback of a one-shot connection: the failure is raised (Unavailable names
+    it: an authorization violation without the admin's NATS credentials), not logged with a
+    traceback."""
+
+
 class NatsLink:
     """A NATS connection that may not exist yet: the admin service starts (and shows the
     database) while NATS is down, and connects in the background."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
         self.url = url
+        # The admin user's credentials, inbox prefix and TLS (natsauth.connect_options).
+        self.options = options or {}
         self.client: NATS | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -139,7 +147,9 @@ class NatsLink:
             raise Unavailable("ACME_RA_NATS_URL is not set")
         try:
             self.client = await nats.connect(
-                self.url, name="acme-ra-cli", allow_reconnect=False, connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS
+                [server.strip() for server in self.url.split(",") if server.strip()], name="acme-ra-cli",
+                allow_reconnect=False, connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS, error_cb=_said_below,
+                **self.options,
             )
         except Exception as error:  # noqa: BLE001 - any failure means the same to the caller
             raise Unavailable(f"cannot reach NATS at {self.url}: {error or type(error).__name__}") from None
@@ -147,7 +157,7 @@ class NatsLink:
     async def _connect_forever(self) -> None:
         while self.client is None:
             try:
-                self.client = await bus.connect(self.url, "acme-ra-admin")
+                self.client = await bus.connect(self.url, "acme-ra-admin", self.options)
             except Exception as error:  # noqa: BLE001 - retried
                 log.warning("nats: cannot connect to %s: %s; retrying", self.url, error or type(error).__name__)
                 await asyncio.sleep(2)
@@ -184,7 +194,8 @@ class AdminOperations:
 
     @classmethod
     def from_settings(cls, settings: Settings, pool_size: int = 5) -> AdminOperations:
-        return cls(settings, Database(settings.effective_database_url, pool_size), NatsLink(settings.nats_url))
+        link = NatsLink(settings.nats_url, natsauth.connect_options(settings, "admin") if settings.nats_url else None)
+        return cls(settings, Database(settings.effective_database_url, pool_size), link)
 
     async def close(self) -> None:
         await self.nats.close()

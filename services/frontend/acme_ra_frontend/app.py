@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from acme_ra import bus, telemetry
+from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import Policy, parse_rules
@@ -181,7 +181,8 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.effective_database_url, settings.db_pool_size)
         try:
-            nc = await asyncio.wait_for(bus.connect(settings.nats_url, "acme-ra-frontend"), NATS_START_TIMEOUT)
+            nc = await asyncio.wait_for(bus.connect(settings.nats_url, "acme-ra-frontend",
+                                                natsauth.connect_options(settings, "frontend")), NATS_START_TIMEOUT)
         except (TimeoutError, OSError, nats.errors.NoServersError) as error:
             log.error("cannot reach NATS at ACME_RA_NATS_URL=%s within %s s: %s",
                       settings.nats_url, NATS_START_TIMEOUT, type(error).__name__)

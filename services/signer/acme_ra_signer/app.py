@@ -16,7 +16,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from acme_ra import bus, telemetry
+from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra_signer import metrics
@@ -86,7 +86,7 @@ async def start(settings: Settings) -> Runtime:
         await db.dispose()
         raise
     try:
-        nc = await bus.connect(settings.nats_url, "acme-ra-signer")
+        nc = await bus.connect(settings.nats_url, "acme-ra-signer", natsauth.connect_options(settings, "signer"))
     except BaseException:
         await db.dispose()
         await driver.close()

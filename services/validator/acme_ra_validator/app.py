@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client as NATS
 from sqlalchemy import text
 
-from acme_ra import bus, telemetry
+from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra_validator import metrics
@@ -66,11 +66,11 @@ async def run_consumer(
     settings: Settings, validator: ChallengeValidator, state: ConsumerState, stop: asyncio.Event
 ) -> None:
     """Connect (retrying forever), set up the streams, then consume until ``stop``."""
-    state.nc = await bus.connect(settings.nats_url, "acme-ra-validator")
+    state.nc = await bus.connect(settings.nats_url, "acme-ra-validator", natsauth.connect_options(settings, "validator"))
     js = state.nc.jetstream()
     while True:
         try:
-            await bus.ensure_streams(js)
+            await bus.wait_for_consumer(js, bus.DURABLE_VALIDATOR)  # the frontend or signer makes it
             break
         except Exception as error:  # noqa: BLE001 - retried; /readyz says "starting" meanwhile
             log.warning("JetStream streams not ready: %s", error)

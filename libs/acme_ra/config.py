@@ -363,12 +363,17 @@ class Settings(BaseSettings):
 
 
 def _one_line(error: ValidationError) -> str:
+    """The first error as one line; a secret's value is never shown, a URL's password masked."""
+    from acme_ra.redaction import mask_url
+
     first = error.errors()[0]
     loc = [str(part) for part in first.get("loc", ()) if part != "__root__"]
     name = (ENV_PREFIX + loc[0].upper()) if loc else "configuration"
-    message = first.get("msg", "invalid").removeprefix("Value error, ")
+    message = mask_url(first.get("msg", "invalid").removeprefix("Value error, "))
     value = first.get("input")
-    shown = f"={value!r}" if loc and isinstance(value, (str, int)) else ""
+    field = Settings.model_fields.get(loc[0]) if loc else None
+    secret = field is not None and "SecretStr" in str(field.annotation)
+    shown = f"={mask_url(repr(value))}" if loc and isinstance(value, (str, int)) and not secret else ""
     return f"acme-ra: invalid configuration: {name}{shown}: {message}"
 
 

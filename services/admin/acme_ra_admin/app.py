@@ -7,7 +7,9 @@ NATS is down and says so where it matters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -16,7 +18,13 @@ from sqlalchemy import text
 
 from acme_ra.config import Settings
 from acme_ra_admin import api, console
+from acme_ra_admin.gate import AdminGate
 from acme_ra_admin.operations import AdminOperations, OperationError
+
+log = logging.getLogger("acme_ra_admin.app")
+
+# How long /readyz waits for the database before calling it unavailable (seconds).
+READY_TIMEOUT_SECONDS = 2.0
 
 PATH_HEALTHZ = "/healthz"
 PATH_READYZ = "/readyz"
@@ -32,6 +40,7 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
         operations.nats.start()
         app.state.ops = operations
         app.state.session_key = console.session_key(operations.settings.sealing_secret())
+        app.state.trusted_proxies = console.trusted_networks(operations.settings.trusted_proxies)
         try:
             yield
         finally:
@@ -50,6 +59,7 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
         redoc_url=None,
     )
     app.add_exception_handler(OperationError, _operation_error)  # type: ignore[arg-type]
+    app.add_middleware(AdminGate, openapi_path=OPENAPI_PATH)  # size and authentication before any body
     app.include_router(api.router)
     app.include_router(console.router)
     app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"], include_in_schema=False)
@@ -69,11 +79,11 @@ async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers (NATS is optional: its status is reported)."""
     ops: AdminOperations = request.app.state.ops
     try:
-        async with ops.db.engine.connect() as connection:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), ops.db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - reported
-        return JSONResponse({"status": "unavailable", "failed": {"database": str(error) or type(error).__name__}},
-                            status_code=503)
+    except Exception as error:  # noqa: BLE001 - reported; the driver's text to the log only
+        log.warning("readiness: the database does not answer: %s", str(error) or type(error).__name__)
+        return JSONResponse({"status": "unavailable", "failed": {"database": "unavailable"}}, status_code=503)
     nats = "connected" if ops.nats.client is not None and ops.nats.client.is_connected else (
         "not configured" if not ops.nats.configured else "not connected")
     return JSONResponse({"status": "ready", "nats": nats})

@@ -1,8 +1,9 @@
 """The admin listener's front door: an ASGI middleware that checks a request's declared size and
 its authentication before anything reads its body.
 
-- A body larger than ``MAX_BODY_BYTES`` (declared in Content-Length, or counted as it arrives
-  when chunked) is answered 413.
+- A body declared (Content-Length) larger than ``MAX_BODY_BYTES`` is answered 413 at once; one
+  that is not declared (chunked) is counted as it arrives and cut at the same cap, 413. (FastAPI's
+  own ``max_body_size`` would answer only once a route reads the body: after authentication.)
 - ``/api/...`` (but its OpenAPI document) wants a live admin bearer token: 401 otherwise. The
   token's id is left in ``request.state.admin_token_id`` for the routes.
 - A console request that carries a body (a form POST), but the login form, wants a live session
@@ -112,6 +113,7 @@ class AdminGate:
             })
             return RedirectResponse(LOGIN_PATH, status_code=303, headers=console.SECURITY_HEADERS | _CLOSE)
         return None
+
 
 
 def _capped(receive: Receive) -> Receive:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from acme_ra.config import Settings
 from acme_ra_admin import api, console
@@ -59,6 +60,8 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
         redoc_url=None,
     )
     app.add_exception_handler(OperationError, _operation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(SQLAlchemyError, _database_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OSError, _database_error)  # type: ignore[arg-type]  # asyncpg's refused connect
     app.add_middleware(AdminGate, openapi_path=OPENAPI_PATH)  # size and authentication before any body
     app.include_router(api.router)
     app.include_router(console.router)
@@ -69,6 +72,13 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
 
 async def _operation_error(_request: Request, error: OperationError) -> JSONResponse:
     return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+
+async def _database_error(request: Request, error: SQLAlchemyError | OSError) -> JSONResponse:
+    """The database failed under a request: 503, its words to the log only."""
+    log.warning("admin: the database failed: %s", str(error).splitlines()[0] if str(error) else type(error).__name__,
+                extra={"path": request.url.path, "method": request.method})
+    return JSONResponse({"detail": "the database is unavailable"}, status_code=503)
 
 
 async def healthz() -> dict[str, str]:

@@ -151,7 +151,8 @@ class Settings(BaseSettings):
     # ACME_RA_DB_POOL_SIZE: connections per service process.
     db_pool_size: int = Field(10, gt=0)
     # ACME_RA_SECRET_KEY / ACME_RA_SECRET_KEY_FILE: seals secrets at rest (EAB HMAC keys, the
-    # upstream account key). Unset: a key is created once in STATE_DIR/secret.key (labs only:
+    # upstream account key, the nonce HMAC key), a key derived per purpose, and keys the admin
+    # console's sessions. Unset: a key is created once in STATE_DIR/secret.key (labs only:
     # replicas on several machines must share one key).
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
@@ -179,7 +180,8 @@ class Settings(BaseSettings):
     rate_certificates_per_domain_per_week: int = Field(5000, ge=0)
     # ACME_RA_RATE_NEW_ORDERS_PER_EAB_KEY_PER_HOUR (all accounts bound to one EAB key)
     rate_new_orders_per_eab_key_per_hour: int = Field(1000, ge=0)
-    # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client.
+    # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client, and
+    # whose X-Forwarded-Proto: https makes the admin console's session cookie Secure.
     trusted_proxies: str = ""
     # ACME_RA_SHUTDOWN_DELAY_SECONDS: on SIGTERM the frontend reports not-ready this long before it
     # stops accepting connections (load balancers take it out first), then drains in-flight requests.

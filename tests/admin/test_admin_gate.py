@@ -4,7 +4,7 @@ read, /readyz without the database's words, the session cookie's Secure flag beh
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ class Exchange:
         chunk = self.chunks.pop(0)
         return {"type": "http.request", "body": chunk, "more_body": bool(self.chunks)}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = {k.decode().lower(): v.decode() for k, v in message["headers"]}

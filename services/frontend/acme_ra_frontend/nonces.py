@@ -1,7 +1,7 @@
 """Replay nonces valid on every frontend replica, with no database write per nonce issued.
 
 A nonce is base64url(timestamp ‖ random ‖ HMAC(key, timestamp ‖ random)), under a key shared by
-all replicas through the database (``server_keys``, sealed like every secret at rest). Redeeming (plumbing.redeem_nonce) inserts it
+all replicas through the database (``server_keys``). Redeeming (plumbing.redeem_nonce) inserts it
 into ``redeemed_nonces`` in the request's own transaction: the primary key makes a second use
 insert nothing, even when two requests race. Rows past the nonce lifetime are purged.
 """

@@ -71,6 +71,13 @@ def test_migrate_says_one_masked_line(tmp_path: Path) -> None:
     assert PASSWORD not in done.stdout + done.stderr
 
 
+def test_an_operator_command_on_an_unreachable_database_says_one_line(tmp_path: Path) -> None:
+    env = base_environment() | {f"{ENV_PREFIX}STATE_DIR": str(tmp_path), f"{ENV_PREFIX}DATABASE_URL": DATABASE_URL}
+    done = acme_ra(["eab", "list"], env)
+    assert done.returncode == 1 and done.stderr.startswith("acme-ra: cannot reach the database (postgresql+asyncpg): ")
+    assert len(done.stderr.strip().splitlines()) == 1 and PASSWORD not in done.stdout + done.stderr
+
+
 def test_log_lines_mask_passwords_in_messages_fields_and_tracebacks() -> None:
     try:
         raise ConnectionError(f"cannot connect to {NATS_URL}")

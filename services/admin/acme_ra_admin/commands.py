@@ -101,11 +101,15 @@ async def _direct(settings: Any, direct: Callable[[Any], Awaitable[Any]]) -> Any
     except Exception as error:
         from sqlalchemy.exc import SQLAlchemyError
 
-        if isinstance(error, SQLAlchemyError):
-            from acme_ra.redaction import mask_url
+        from acme_ra.redaction import mask_url
 
-            raise CommandError(f"database error ({settings.effective_database_url.split('://')[0]}): "
+        kind = settings.effective_database_url.split('://')[0]
+        if isinstance(error, SQLAlchemyError):
+            raise CommandError(f"database error ({kind}): "
                                f"{mask_url(str(error).splitlines()[0])}; did you run `acme-ra db migrate`?") from None
+        if isinstance(error, OSError):  # asyncpg's refused or timed-out connect: one line, no trace
+            raise CommandError(f"cannot reach the database ({kind}): "
+                               f"{mask_url(str(error)) or type(error).__name__}") from None
         raise
     finally:
         await ops.close()

@@ -43,9 +43,18 @@ def migrate() -> int:
     settings = get_settings()
     if not settings.database_url:  # the default SQLite file lives in the state dir
         settings.state_dir.mkdir(parents=True, exist_ok=True)
-    from acme_ra.db.migrate import upgrade  # Alembic is only needed here
+    from sqlalchemy.exc import SQLAlchemyError
 
-    upgrade(settings.effective_database_url)
+    from acme_ra.db.migrate import upgrade  # Alembic is only needed here
+    from acme_ra.redaction import mask_url
+
+    try:
+        upgrade(settings.effective_database_url)
+    except (SQLAlchemyError, OSError) as error:  # one line, the URL's password masked, no trace
+        reason = (str(error).splitlines() or [""])[0] or type(error).__name__
+        print(f"acme-ra: cannot migrate the database {mask_url(settings.effective_database_url)}: "
+              f"{mask_url(reason)}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -75,7 +84,8 @@ def db_migrate() -> None:
 def effective_settings(settings: Settings) -> dict[str, Any]:
     """Every setting by its variable name, secrets masked (passwords inside URLs too)."""
     from pydantic import SecretStr
-    from sqlalchemy.engine import make_url
+
+    from acme_ra.redaction import mask_url
 
     shown: dict[str, Any] = {}
     for field in Settings.model_fields:
@@ -83,10 +93,9 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
         if isinstance(value, SecretStr):
             value = MASK
         elif field == "database_url":
-            value = make_url(settings.effective_database_url).render_as_string(hide_password=True)
-        elif isinstance(value, str) and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
-            scheme, rest = value.split("://", 1)
-            value = f"{scheme}://{MASK}@{rest.split('@', 1)[1]}"  # user:password@host
+            value = mask_url(settings.effective_database_url)
+        elif isinstance(value, str):
+            value = mask_url(value)  # user:password@host (NATS, the upstream proxy...)
         elif value is not None and not isinstance(value, (str, int, float, bool)):
             value = str(value)
         shown[ENV_PREFIX + field.upper()] = value

@@ -163,7 +163,8 @@ class Settings(BaseSettings):
     # ACME_RA_DB_POOL_SIZE: connections per service process.
     db_pool_size: int = Field(10, gt=0)
     # ACME_RA_SECRET_KEY / ACME_RA_SECRET_KEY_FILE: seals secrets at rest (EAB HMAC keys, the
-    # upstream account key). Unset: a key is created once in STATE_DIR/secret.key (labs only:
+    # upstream account key, the nonce HMAC key), a key derived per purpose, and keys the admin
+    # console's sessions. Unset: a key is created once in STATE_DIR/secret.key (labs only:
     # replicas on several machines must share one key).
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
@@ -206,7 +207,8 @@ class Settings(BaseSettings):
     limit_accounts_ipv6_prefix: int = Field(64, ge=0, le=128)
     # ACME_RA_LIMIT_ACCOUNTS_IPV4_PREFIX: the same for an IPv4 client (32: per address).
     limit_accounts_ipv4_prefix: int = Field(32, ge=0, le=32)
-    # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client.
+    # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client, and
+    # whose X-Forwarded-Proto: https makes the admin console's session cookie Secure.
     trusted_proxies: str = ""
     # ACME_RA_SHUTDOWN_DELAY_SECONDS: on SIGTERM the frontend reports not-ready this long before it
     # stops accepting connections (load balancers take it out first), then drains in-flight requests.
@@ -411,12 +413,17 @@ class Settings(BaseSettings):
 
 
 def _one_line(error: ValidationError) -> str:
+    """The first error as one line; a secret's value is never shown, a URL's password masked."""
+    from acme_ra.redaction import mask_url
+
     first = error.errors()[0]
     loc = [str(part) for part in first.get("loc", ()) if part != "__root__"]
     name = (ENV_PREFIX + loc[0].upper()) if loc else "configuration"
-    message = first.get("msg", "invalid").removeprefix("Value error, ")
+    message = mask_url(first.get("msg", "invalid").removeprefix("Value error, "))
     value = first.get("input")
-    shown = f"={value!r}" if loc and isinstance(value, (str, int)) else ""
+    field = Settings.model_fields.get(loc[0]) if loc else None
+    secret = field is not None and "SecretStr" in str(field.annotation)
+    shown = f"={mask_url(repr(value))}" if loc and isinstance(value, (str, int)) and not secret else ""
     return f"acme-ra: invalid configuration: {name}{shown}: {message}"
 
 

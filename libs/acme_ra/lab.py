@@ -62,6 +62,7 @@ from acme_ra.launcher import (
     serve,
     settings_from_env,
 )
+from acme_ra.redaction import mask_url
 
 # ACME_RA_DATABASE_URL when unset: a database of this machine's PostgreSQL (created if missing).
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/acme_ra_lab"
@@ -371,7 +372,7 @@ class ProcessLab:
 
     def _start_nats(self) -> None:
         if self.settings.nats_url:
-            self.found_running.append(f"NATS {self.settings.nats_url}")
+            self.found_running.append(f"NATS {mask_url(self.settings.nats_url)}")
             return
         port = self.ports("nats")
         if not port_is_free(port):
@@ -722,7 +723,7 @@ class ProcessLab:
             + (f" (pebble-challtestsrv, management http://127.0.0.1:{self.ports('dns-management')})"
                if self._uses_lab_dns() else ""),
             f"  database         {database}",
-            f"  NATS             {settings.nats_url}" + (
+            f"  NATS             {mask_url(settings.nats_url)}" + (
                 f"  (a user per service, passwords in {self.nats_auth_dir}/)" if self.nats_auth_dir else ""),
             f"  started here     {started}" + (f"; found running: {', '.join(self.found_running)}"
                                                 if self.found_running else ""),

@@ -36,6 +36,7 @@ from sqlalchemy.engine import make_url
 
 from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, get_settings, parse_host_port
+from acme_ra.redaction import mask_url
 
 # The port the embedded nats-server prefers (the NATS default); any free port when it is taken.
 DEFAULT_NATS_PORT = 4222
@@ -321,7 +322,7 @@ class Topology:
 
     def summary(self) -> str:
         database = make_url(self.settings.effective_database_url).render_as_string(hide_password=True)
-        nats = f"{self.nats_url} ({'embedded' if self.embedded_nats else 'external'})"
+        nats = f"{mask_url(self.nats_url)} ({'embedded' if self.embedded_nats else 'external'})"
         if self.nats_auth_dir is not None:
             nats += f"; a user per service, passwords in {self.nats_auth_dir}/"
         upstream: str = self.settings.upstream

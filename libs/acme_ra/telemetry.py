@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from acme_ra.redaction import mask_url
+
 # Record attributes that are not event fields (uvicorn adds an ANSI-coloured copy of the message).
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"color_message"}
 
@@ -42,6 +44,9 @@ class JsonFormatter(logging.Formatter):
             event.setdefault("span_id", format(span_context.span_id, "016x"))
         if record.exc_info:
             event["exc"] = self.formatException(record.exc_info)
+        for key, value in event.items():  # a password inside a URL, whoever quoted it
+            if isinstance(value, str) and "://" in value:
+                event[key] = mask_url(value)
         return orjson.dumps(event, default=str).decode()
 
 

@@ -26,7 +26,7 @@ async def test_every_route_refuses_a_missing_or_wrong_token_and_logs_it(
     headers = {"Authorization": header} if header is not None else {}
     for method, path in ROUTES:
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="acme_ra_admin.api"):
+        with caplog.at_level(logging.WARNING, logger="acme_ra_admin.gate"):
             response = await admin_app.client.request(method, path, headers=headers, json={})
         assert response.status_code == 401, (method, path, response.text)
         assert response.headers["www-authenticate"] == "Bearer"

@@ -103,5 +103,5 @@ def test_config_check_refuses_a_bad_configuration(tmp_path: Path, variable: str,
 def test_help_lists_every_command() -> None:
     done = acme_ra(["--help"], dict(os.environ), check=True)
     for command in ("dev", "migrate", "db", "config", "eab", "accounts", "orders", "certs", "upstream",
-                    "queues", "admin-token"):
+                    "queues", "admin-token", "secrets"):
         assert f"  {command} " in done.stdout

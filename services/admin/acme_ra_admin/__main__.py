@@ -22,8 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     setup_logging("admin", settings.log_level)
     host, port = parse_host_port(settings.admin_listen)
+    # proxy_headers=False: uvicorn would take X-Forwarded-Proto/-For from any 127.0.0.1 peer (its
+    # FORWARDED_ALLOW_IPS default); the console trusts only ACME_RA_TRUSTED_PROXIES (console.came_over_https).
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, proxy_headers=False)
     return 0
 
 

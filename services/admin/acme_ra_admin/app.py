@@ -7,16 +7,25 @@ NATS is down and says so where it matters.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from acme_ra.config import Settings
 from acme_ra_admin import api, console
+from acme_ra_admin.gate import AdminGate
 from acme_ra_admin.operations import AdminOperations, OperationError
+
+log = logging.getLogger("acme_ra_admin.app")
+
+# How long /readyz waits for the database before calling it unavailable (seconds).
+READY_TIMEOUT_SECONDS = 2.0
 
 PATH_HEALTHZ = "/healthz"
 PATH_READYZ = "/readyz"
@@ -32,6 +41,7 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
         operations.nats.start()
         app.state.ops = operations
         app.state.session_key = console.session_key(operations.settings.sealing_secret())
+        app.state.trusted_proxies = console.trusted_networks(operations.settings.trusted_proxies)
         try:
             yield
         finally:
@@ -50,6 +60,9 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
         redoc_url=None,
     )
     app.add_exception_handler(OperationError, _operation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(SQLAlchemyError, _database_error)  # type: ignore[arg-type]
+    app.add_exception_handler(OSError, _database_error)  # type: ignore[arg-type]  # asyncpg's refused connect
+    app.add_middleware(AdminGate, openapi_path=OPENAPI_PATH)  # size and authentication before any body
     app.include_router(api.router)
     app.include_router(console.router)
     app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"], include_in_schema=False)
@@ -61,6 +74,13 @@ async def _operation_error(_request: Request, error: OperationError) -> JSONResp
     return JSONResponse({"detail": error.detail}, status_code=error.status)
 
 
+async def _database_error(request: Request, error: SQLAlchemyError | OSError) -> JSONResponse:
+    """The database failed under a request: 503, its words to the log only."""
+    log.warning("admin: the database failed: %s", str(error).splitlines()[0] if str(error) else type(error).__name__,
+                extra={"path": request.url.path, "method": request.method})
+    return JSONResponse({"detail": "the database is unavailable"}, status_code=503)
+
+
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
@@ -69,11 +89,11 @@ async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers (NATS is optional: its status is reported)."""
     ops: AdminOperations = request.app.state.ops
     try:
-        async with ops.db.engine.connect() as connection:
+        async with asyncio.timeout(READY_TIMEOUT_SECONDS), ops.db.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
-    except Exception as error:  # noqa: BLE001 - reported
-        return JSONResponse({"status": "unavailable", "failed": {"database": str(error) or type(error).__name__}},
-                            status_code=503)
+    except Exception as error:  # noqa: BLE001 - reported; the driver's text to the log only
+        log.warning("readiness: the database does not answer: %s", str(error) or type(error).__name__)
+        return JSONResponse({"status": "unavailable", "failed": {"database": "unavailable"}}, status_code=503)
     nats = "connected" if ops.nats.client is not None and ops.nats.client.is_connected else (
         "not configured" if not ops.nats.configured else "not connected")
     return JSONResponse({"status": "ready", "nats": nats})

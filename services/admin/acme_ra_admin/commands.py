@@ -1,5 +1,5 @@
 """The operator commands of ``acme-ra`` (mounted by :mod:`acme_ra.cli`): ``eab``, ``accounts``,
-``orders``, ``certs``, ``upstream``, ``queues``, ``policy`` and ``admin-token``.
+``orders``, ``certs``, ``upstream``, ``queues``, ``policy``, ``admin-token`` and ``secrets``.
 
 Each command works on the database directly (the same ``ACME_RA_*`` settings as the services),
 or, given ``--url`` / ``ACME_RA_ADMIN_URL``, through the admin API with ``--token`` /
@@ -71,7 +71,10 @@ def _remote(url: str, token: str, method: str, path: str, body: dict[str, Any] |
         response = httpx.request(method, f"{url}/api{path}", json=body, params=query, timeout=API_TIMEOUT_SECONDS,
                                  headers={"Authorization": f"Bearer {token}"})
     except httpx.HTTPError as error:
-        raise CommandError(f"cannot reach the admin API at {url}: {error or type(error).__name__}") from None
+        from acme_ra.redaction import mask_url
+
+        raise CommandError(f"cannot reach the admin API at {mask_url(url)}: "
+                           f"{mask_url(str(error)) or type(error).__name__}") from None
     if response.is_success:
         return response.json()
     try:
@@ -98,9 +101,15 @@ async def _direct(settings: Any, direct: Callable[[Any], Awaitable[Any]]) -> Any
     except Exception as error:
         from sqlalchemy.exc import SQLAlchemyError
 
+        from acme_ra.redaction import mask_url
+
+        kind = settings.effective_database_url.split('://')[0]
         if isinstance(error, SQLAlchemyError):
-            raise CommandError(f"database error ({settings.effective_database_url.split('://')[0]}): "
-                               f"{str(error).splitlines()[0]}; did you run `acme-ra db migrate`?") from None
+            raise CommandError(f"database error ({kind}): "
+                               f"{mask_url(str(error).splitlines()[0])}; did you run `acme-ra db migrate`?") from None
+        if isinstance(error, OSError):  # asyncpg's refused or timed-out connect: one line, no trace
+            raise CommandError(f"cannot reach the database ({kind}): "
+                               f"{mask_url(str(error)) or type(error).__name__}") from None
         raise
     finally:
         await ops.close()
@@ -542,6 +551,27 @@ def token_revoke(token_id: str) -> None:
     run(body)
 
 
+# secrets at rest ----------------------------------------------------------------------------
+
+secrets_app = typer.Typer(help="Secrets sealed at rest with ACME_RA_SECRET_KEY (on the database only).",
+                          no_args_is_help=True)
+
+
+@secrets_app.command("reseal")
+def secrets_reseal(as_json: Json = False) -> None:
+    """Seal every secret at rest (EAB HMAC keys, upstream account keys) again in today's format,
+    a key per purpose; values sealed by an older release open either way. Safe to run again."""
+
+    def body() -> None:
+        report = asyncio.run(_direct(_settings(), lambda ops: ops.reseal_secrets()))
+        if as_json:
+            emit_json(report)
+        else:
+            typer.echo(f"{report['resealed']} secrets resealed, {report['current']} already current.")
+
+    run(body)
+
+
 def register(app: typer.Typer) -> None:
     """Mount the operator commands on the ``acme-ra`` app."""
     app.add_typer(eab_app, name="eab")
@@ -552,3 +582,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(queues_app, name="queues")
     app.add_typer(tokens_app, name="admin-token")
     app.add_typer(policy_app, name="policy")
+    app.add_typer(secrets_app, name="secrets")

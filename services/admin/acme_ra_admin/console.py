@@ -1,8 +1,9 @@
 """The web console: server-rendered pages (Jinja2, no JavaScript) on the admin listener.
 
-Log in with an admin token; the session is a cookie (HttpOnly, SameSite=Strict) that names the
-token and an expiry under an HMAC, and is refused as soon as the token is revoked. Every form
-carries a CSRF token derived from the session.
+Log in with an admin token; the session is a cookie (HttpOnly, SameSite=Strict, and Secure when
+the browser came over https: to this listener, or to a TLS proxy in ACME_RA_TRUSTED_PROXIES that
+says ``X-Forwarded-Proto: https``) that names the token and an expiry under an HMAC, and is refused
+as soon as the token is revoked. Every form carries a CSRF token derived from the session.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +24,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from acme_ra.db.models import OrderStatus
+from acme_ra.sealing import derive_key
 from acme_ra_admin import schemas, tokens
 from acme_ra_admin.api import client_address
 from acme_ra_admin.operations import REVOCATION_REASONS, AdminOperations, OperationError
@@ -58,8 +61,31 @@ NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/accounts", "
 
 
 def session_key(secret: bytes) -> bytes:
-    """The console's signing key, derived from the sealing secret (ACME_RA_SECRET_KEY)."""
-    return hmac.new(secret, b"acme-ra admin console session v1", hashlib.sha256).digest()
+    """The console's signing key, derived (HKDF, a key of its own) from ACME_RA_SECRET_KEY."""
+    return derive_key(secret, "admin console session")
+
+
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def trusted_networks(setting: str) -> Networks:
+    """ACME_RA_TRUSTED_PROXIES as networks."""
+    return [ipaddress.ip_network(v.strip(), strict=False) for v in setting.split(",") if v.strip()]
+
+
+def came_over_https(request: Request, proxies: Networks) -> bool:
+    """Whether the browser reached the console over https: this listener's own TLS, or a TLS proxy
+    in ACME_RA_TRUSTED_PROXIES that says so (``X-Forwarded-Proto: https``; anyone else's is ignored)."""
+    if request.url.scheme == "https":
+        return True
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    if forwarded != "https" or request.client is None:
+        return False
+    try:
+        peer = ipaddress.ip_address(request.client.host)
+    except ValueError:
+        return False
+    return any(peer in network for network in proxies)
 
 
 def _mac(key: bytes, text: str) -> str:
@@ -206,7 +232,7 @@ async def login(request: Request) -> Response:
     response = RedirectResponse("/orders", status_code=303, headers=SECURITY_HEADERS)
     response.set_cookie(
         SESSION_COOKIE, make_session(request.app.state.session_key, row.id), max_age=SESSION_LIFETIME_SECONDS,
-        httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/",
+        httponly=True, samesite="strict", secure=came_over_https(request, request.app.state.trusted_proxies), path="/",
     )
     return response
 

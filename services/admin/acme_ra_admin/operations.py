@@ -25,6 +25,7 @@ from acme_ra.config import Settings, parse_host_port
 from acme_ra.db import models
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import parse_rules
+from acme_ra.redaction import mask_url
 from acme_ra.sealing import Sealer
 from acme_ra_admin import repository, schemas, tokens
 
@@ -152,21 +153,23 @@ class NatsLink:
                 **self.options,
             )
         except Exception as error:  # noqa: BLE001 - any failure means the same to the caller
-            raise Unavailable(f"cannot reach NATS at {self.url}: {error or type(error).__name__}") from None
+            raise Unavailable(f"cannot reach NATS at {mask_url(self.url)}: "
+                              f"{mask_url(str(error)) or type(error).__name__}") from None
 
     async def _connect_forever(self) -> None:
         while self.client is None:
             try:
                 self.client = await bus.connect(self.url, "acme-ra-admin", self.options)
             except Exception as error:  # noqa: BLE001 - retried
-                log.warning("nats: cannot connect to %s: %s; retrying", self.url, error or type(error).__name__)
+                log.warning("nats: cannot connect to %s: %s; retrying", mask_url(self.url),
+                            mask_url(str(error)) or type(error).__name__)
                 await asyncio.sleep(2)
 
     def require(self) -> NATS:
         if not self.url:
             raise Unavailable("ACME_RA_NATS_URL is not set: revocation and queue status need NATS")
         if self.client is None or not self.client.is_connected:
-            raise Unavailable(f"NATS at {self.url} is not connected")
+            raise Unavailable(f"NATS at {mask_url(self.url)} is not connected")
         return self.client
 
     async def close(self) -> None:
@@ -440,6 +443,37 @@ class AdminOperations:
                                                  wildcards=settings.policy_wildcards),
             client_networks=networks,
         )
+
+    # Secrets at rest ------------------------------------------------------------------------
+
+    async def reseal_secrets(self) -> schemas.ResealReport:
+        """Seal again, in today's format (acme_ra.sealing: a key per purpose), every secret at rest
+        sealed in an older one. A value that does not open stops it all (nothing is written)."""
+        from sqlalchemy import select, update
+
+        from acme_ra.sealing import SealError
+        from acme_ra_signer.upstream.accounts import sealing_purpose as upstream_purpose
+
+        report = schemas.ResealReport(resealed=0, current=0)
+        async with self.db.transaction() as session:
+            tables = [
+                (models.EabKey, models.EabKey.kid, models.EabKey.hmac_key_sealed, eab.sealing_purpose),
+                (models.UpstreamAccount, models.UpstreamAccount.id, models.UpstreamAccount.key_sealed, upstream_purpose),
+            ]
+            for table, key, column, purpose in tables:
+                for row_id, sealed in (await session.execute(select(key, column))).all():
+                    try:
+                        new = self.sealer.reseal(sealed, purpose(row_id))
+                    except SealError as error:
+                        raise Conflict(f"{table.__tablename__} {row_id}: {error}") from None
+                    if new is None:
+                        report.current += 1
+                        continue
+                    # Only if unchanged since read: a concurrent rewrite is already current.
+                    await session.execute(update(table).where(key == row_id, column == sealed).values({column: new}))
+                    report.resealed += 1
+        log.info("secrets resealed", extra={"resealed": report.resealed, "current": report.current})
+        return report
 
     # Admin tokens ---------------------------------------------------------------------------
 

@@ -175,6 +175,11 @@ class NewAdminToken(AdminToken):
     token: str = Field(description="shown once, never again")
 
 
+class ResealReport(BaseModel):
+    resealed: int = Field(description="secrets sealed again in today's format")
+    current: int = Field(description="secrets already in today's format")
+
+
 class ErrorBody(BaseModel):
     detail: str
 

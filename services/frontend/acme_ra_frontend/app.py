@@ -21,7 +21,8 @@ from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import Policy, parse_rules
 from acme_ra.protocol.problems import Problem
-from acme_ra.sealing import Sealer
+from acme_ra.redaction import mask_url
+from acme_ra.sealing import Sealer, SealError
 from acme_ra_frontend import (
     accounts,
     authz,
@@ -185,14 +186,22 @@ def create_app(settings: Settings) -> FastAPI:
                                                 natsauth.connect_options(settings, "frontend")), NATS_START_TIMEOUT)
         except (TimeoutError, OSError, nats.errors.NoServersError) as error:
             log.error("cannot reach NATS at ACME_RA_NATS_URL=%s within %s s: %s",
-                      settings.nats_url, NATS_START_TIMEOUT, type(error).__name__)
+                      mask_url(settings.nats_url), NATS_START_TIMEOUT, type(error).__name__)
             await db.dispose()
             raise SystemExit(3) from None
         js = nc.jetstream()
         await bus.ensure_streams(js)
-        nonces = NonceService(await load_or_create_key(db), settings.nonce_lifetime_seconds)
+        sealer = Sealer(settings.sealing_secret())
+        try:
+            nonce_key = await load_or_create_key(db, sealer)
+        except SealError as error:  # another ACME_RA_SECRET_KEY sealed it: say so in one line
+            log.error("cannot open the shared nonce key (server_keys): %s", error)
+            await nc.close()
+            await db.dispose()
+            raise SystemExit(3) from None
+        nonces = NonceService(nonce_key, settings.nonce_lifetime_seconds)
         policy = Policy(parse_rules(settings.policy_allow), parse_rules(settings.policy_deny), settings.policy_wildcards)
-        state = FrontendState(settings, db, nc, js, nonces, Sealer(settings.sealing_secret()), policy)
+        state = FrontendState(settings, db, nc, js, nonces, sealer, policy)
         state.urls = {p: Urls(settings.external_url, p) for p in settings.provisioner_names}
         state.new_nonce_links = new_nonce_links(state)
         state.trusted_proxies = [

@@ -6,6 +6,7 @@ Load balancers probe these on the ACME listener; they sit outside /acme/ and car
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -13,6 +14,8 @@ from sqlalchemy import text
 
 from acme_ra_frontend.plumbing import json_response
 from acme_ra_frontend.state import FrontendState
+
+log = logging.getLogger("acme_ra_frontend.health")
 
 # How long /readyz waits for the database before calling it down (seconds).
 READY_TIMEOUT = 2.0
@@ -32,8 +35,9 @@ async def readyz(request: Request) -> Response:
             async with state.db.sessions() as session:
                 await session.execute(text("SELECT 1"))
         checks["database"] = "ok"
-    except Exception as error:  # noqa: BLE001 - reported, not raised
-        checks["database"] = f"down: {type(error).__name__}"
+    except Exception as error:  # noqa: BLE001 - reported, not raised: the detail to the log only
+        log.warning("readiness: the database does not answer: %s", str(error) or type(error).__name__)
+        checks["database"] = "down"
     checks["nats"] = "ok" if state.nc.is_connected else "down"
     ready = all(v == "ok" for v in checks.values())
     return json_response({"status": "ready" if ready else "not ready", "checks": checks}, 200 if ready else 503)

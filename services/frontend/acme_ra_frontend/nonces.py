@@ -24,21 +24,28 @@ from acme_ra.db.engine import Database
 from acme_ra.db.models import RedeemedNonce, ServerKey, utcnow
 from acme_ra.protocol.jws import b64url_decode, b64url_encode
 from acme_ra.protocol.problems import Problem, bad_nonce
+from acme_ra.sealing import Sealer
 
-NONCE_KEY_NAME = "nonce-hmac-v1"
+# The row of the shared key, sealed (acme_ra.sealing) with purpose "server-key:<name>". The
+# "nonce-hmac-v1" row of earlier releases held the key in the clear: migration 0009 deletes it.
+NONCE_KEY_NAME = "nonce-hmac-v2"
 _MAC_BYTES = 16
 _RANDOM_BYTES = 8
 _NONCE_BYTES = 8 + _RANDOM_BYTES + _MAC_BYTES
 
 
-async def load_or_create_key(db: Database) -> bytes:
-    """The shared HMAC key: the first replica to start creates it, the others read it."""
+async def load_or_create_key(db: Database, sealer: Sealer) -> bytes:
+    """The shared HMAC key: the first replica to start creates it (sealed), the others read it.
+    SealError when ACME_RA_SECRET_KEY is not the one that sealed it."""
+    purpose = f"server-key:{NONCE_KEY_NAME}"
     async with db.transaction() as session:
         insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
         await session.execute(
-            insert(ServerKey).values(name=NONCE_KEY_NAME, value=os.urandom(32)).on_conflict_do_nothing()
+            insert(ServerKey).values(name=NONCE_KEY_NAME, value=sealer.seal(os.urandom(32), purpose))
+            .on_conflict_do_nothing()
         )
-        return (await session.execute(select(ServerKey.value).where(ServerKey.name == NONCE_KEY_NAME))).scalar_one()
+        sealed = (await session.execute(select(ServerKey.value).where(ServerKey.name == NONCE_KEY_NAME))).scalar_one()
+    return sealer.open(sealed, purpose)
 
 
 class NonceService:

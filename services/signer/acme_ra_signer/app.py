@@ -19,6 +19,7 @@ from sqlalchemy import text
 from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
+from acme_ra.redaction import mask_url
 from acme_ra_signer import metrics
 from acme_ra_signer.revoker import RevokeResponder
 from acme_ra_signer.upstream import UpstreamDriver, make_driver
@@ -203,7 +204,10 @@ async def _check(name: str, check: Awaitable[None]) -> tuple[str, str | None]:
     except TimeoutError:
         return name, "timed out"
     except Exception as error:  # noqa: BLE001 - reported, not raised
-        return name, str(error) or type(error).__name__
+        if name == "database":  # the driver's text names hosts, users, databases: the log only
+            log.warning("readiness: the database does not answer: %s", str(error) or type(error).__name__)
+            return name, "unavailable"
+        return name, mask_url(str(error)) or type(error).__name__
     return name, None
 
 

@@ -365,8 +365,7 @@ class Topology:
             self._run_step("migrate", [sys.executable, "-m", "acme_ra.cli", "migrate"])
             self._run_step("bootstrap", [sys.executable, "-m", "acme_ra_signer", "bootstrap"], log="signer")
             for name in SERVICES:
-                self.services[name] = self._spawn(name, [sys.executable, "-m", f"acme_ra_{name}"],
-                                                  env=self.service_env(name))
+                self.start_service(name)
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -406,6 +405,12 @@ class Topology:
         self.stop()
 
     # Steps ----------------------------------------------------------------------------------
+
+    def start_service(self, name: str) -> Child:
+        """Start (or start again, after it died) one service, as its own NATS user."""
+        child = self._spawn(name, [sys.executable, "-m", f"acme_ra_{name}"], env=self.service_env(name))
+        self.services[name] = child
+        return child
 
     def _children(self) -> list[Child]:
         return ([self.nats] if self.nats is not None else []) + list(self.services.values())

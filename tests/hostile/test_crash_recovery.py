@@ -7,7 +7,6 @@ place, and the validations it held are done within 15 s of the kill; no client w
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -35,8 +34,7 @@ TEST_TIMEOUT_SECONDS = 120
 async def restart_validator(lab: Lab) -> Child:
     """A new validator process in place of the dead one (the launcher's own way of starting it)."""
     topology = lab.topology
-    child = topology._spawn("validator", [sys.executable, "-m", "acme_ra_validator"])
-    topology.services["validator"] = child
+    child = topology.start_service("validator")
     async with httpx.AsyncClient(timeout=2) as http:
         deadline = time.monotonic() + 60
         while True:

@@ -34,6 +34,7 @@ from acme_ra_frontend import (
     revocation,
     urls,
 )
+from acme_ra_frontend.http_limits import BodyLimit
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
@@ -240,6 +241,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_middleware(AcmeHeaders)
+    # Outermost: a body over the cap is refused before any other work (direct routes included).
+    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
     return app
 
 

@@ -88,8 +88,8 @@ def test_subject_attributes_other_than_the_cn_are_ignored() -> None:
                          x509.NameAttribute(NameOID.COUNTRY_NAME, "ZZ"),
                          x509.NameAttribute(NameOID.EMAIL_ADDRESS, "x@example.org")])
     ip = ipaddress.ip_address("192.0.2.7")
-    der = build(subject=subject, sans=[x509.IPAddress(ip)],
-                *[(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), False)])
+    eku = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+    der = build((eku, False), subject=subject, sans=[x509.IPAddress(ip)])
     finalize_checks(der, [Identifier("ip", "192.0.2.7")])
     with_cn = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAME),
                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "web")])

@@ -99,6 +99,15 @@ def test_long_request_line_is_414(server: int) -> None:
     assert status == 414 and problem["type"] == "urn:ietf:params:acme:error:malformed" and took < 2
 
 
+def test_a_refusal_on_a_kept_alive_connection_is_answered(server: int) -> None:
+    headers = b"".join(b"X-%d: 1\r\n" % i for i in range(21))
+    with socket.create_connection(("127.0.0.1", server), timeout=5) as conn:
+        conn.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+        conn.sendall(b"GET / HTTP/1.1\r\n" + headers + b"\r\n")
+        assert conn.recv(65536).startswith(b"HTTP/1.1 431")
+
+
 def test_too_many_headers_is_431(server: int) -> None:
     headers = b"".join(b"X-%d: 1\r\n" % i for i in range(21))
     status, problem = status_and_problem(exchange(server, b"GET / HTTP/1.1\r\nHost: a\r\n" + headers + b"\r\n")[0])

@@ -220,3 +220,5 @@ def test_limits_follow_their_settings(own_lab: Callable[..., AbstractContextMana
                          b"Content-Type: application/jose+json\r\nContent-Length: 2001\r\n\r\n")
             assert b"replay-nonce: " in assert_malformed(read_all(conn), 413).lower()
         assert_still_up(lab)
+        frontend_log = (lab.topology.log_dir / "frontend.log").read_text(errors="replace")
+        assert "Traceback" not in frontend_log, frontend_log[-5000:]

@@ -193,13 +193,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(refusal.status, refusal.detail)
 
     def _refuse(self, status: int, detail: str) -> None:
-        """Answer ``status`` with a problem document (unless a response is under way) and close."""
+        """Answer ``status`` with a problem document (unless a response to this request is under
+        way or sent) and close; the app, if it is still at this request, sees a disconnect."""
         self._cancel_deadline()
         log.info("request refused", extra={"status": status, "detail": detail,
                                            "client": self.client[0] if self.client else None})
-        if not self.transport.is_closing() and (self.cycle is None or not self.cycle.response_started):
-            if self.cycle is not None:
-                self.cycle.response_started = self.cycle.response_complete = True  # the app's answer is dropped
+        cycle = self.cycle
+        in_progress = cycle is not None and cycle.response_started and not cycle.response_complete
+        answered = cycle is not None and cycle.response_complete and not self._reading_head
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's receive gets http.disconnect, its send is dropped
+            cycle.message_event.set()
+        if not self.transport.is_closing() and not in_progress and not answered:
             body = problem_bytes(status, detail)
             self.transport.write(b"".join([
                 STATUS_LINE[status],
@@ -276,13 +281,20 @@ class BodyLimit:
             return
         received = 0
 
+        body_done = False
+
         async def counted_receive() -> Message:
-            nonlocal received
+            nonlocal received, body_done
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise self._problem()
+                body_done = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect" and not body_done:
+                # The client left (or was cut off: a slow body) mid-body: a problem, which the
+                # route renders to nobody, rather than an "unexpected" ClientDisconnect logged.
+                raise Problem("malformed", "the connection closed before the request body was received")
             return message
 
         started = False
@@ -298,9 +310,10 @@ class BodyLimit:
         try:
             await self.app(scope, counted_receive, closing_send)
         except Problem as problem:  # raised by counted_receive outside any route's own handling
-            if started or problem.status != 413:
+            if started:
                 raise
-            await self._answer(scope, send)
+            if problem.status == 413:
+                await self._answer(scope, send)
 
     async def _answer(self, scope: Scope, send: Send) -> None:
         problem = self._problem()

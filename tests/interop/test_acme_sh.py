@@ -58,7 +58,7 @@ def issue(lab: Lab, tmp_path: Path, *solver: str) -> x509.Certificate:
     leaf = chain[0]
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address(ADDRESS)]
-    verifier = PolicyBuilder().store(Store(clients.load_roots(lab.ca_bundle))).time(dt.datetime.now(dt.timezone.utc))
+    verifier = PolicyBuilder().store(Store(clients.load_roots(lab.ca_bundle))).time(dt.datetime.now(dt.UTC))
     verifier.build_server_verifier(x509.IPAddress(ipaddress.ip_address(ADDRESS))).verify(leaf, chain[1:])
     return leaf
 

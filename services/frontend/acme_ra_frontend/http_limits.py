@@ -19,6 +19,10 @@ no nonce, as no request was read. ``BodyLimit`` (ASGI middleware, the app's oute
 body over ``max_body_bytes`` with 413 ``malformed`` and a ``Replay-Nonce``, before reading it when
 ``Content-Length`` says so, else as soon as the streamed (chunked) body passes the limit.
 Every limit has its setting: docs/security.md "HTTP limits", docs/configuration.md.
+
+The protocol class extends uvicorn's HttpToolsProtocol through its parser callbacks and a few of
+its attributes (``cycle``, ``flow``, ``timeout_keep_alive_task``): uvicorn is pinned in
+pyproject.toml, and tests/frontend/test_http_limits.py runs the class under uvicorn itself.
 """
 
 from __future__ import annotations

@@ -283,6 +283,9 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._answer(scope, send)
             return
+        if scope["method"] in ("GET", "HEAD"):  # no route reads their body (newNonce's fast path)
+            await self.app(scope, receive, send)
+            return
         received = 0
 
         body_done = False

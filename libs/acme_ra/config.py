@@ -216,6 +216,22 @@ class Settings(BaseSettings):
     # ACME_RA_FRONTEND_WORKERS: frontend processes sharing the ACME port (one event loop each);
     # up to one per core. Each has its own database pool (ACME_RA_DB_POOL_SIZE) and NATS connection.
     frontend_workers: int = Field(1, ge=1, le=64)
+    # HTTP limits of the ACME listener, enforced by the frontend itself (acme_ra_frontend/http_limits.py):
+    # ACME_RA_HTTP_MAX_REQUEST_LINE_BYTES: longest request target (path and query); longer: 414.
+    http_max_request_line_bytes: int = Field(8192, ge=256, le=1_048_576)
+    # ACME_RA_HTTP_MAX_HEADER_COUNT: most request headers; more: 431.
+    http_max_header_count: int = Field(100, ge=16, le=10_000)
+    # ACME_RA_HTTP_MAX_HEADER_BYTES: largest request head (request line and headers); larger: 431.
+    http_max_header_bytes: int = Field(32_768, ge=1024, le=1_048_576)
+    # ACME_RA_HTTP_MAX_BODY_BYTES: largest request body (Boulder: 50,000 bytes); larger: 413.
+    http_max_body_bytes: int = Field(50_000, ge=1024, le=10_485_760)
+    # ACME_RA_HTTP_HEADER_TIMEOUT_SECONDS: a request head must be complete this long after its first byte; else 408.
+    http_header_timeout_seconds: float = Field(10, gt=0, le=600)
+    # ACME_RA_HTTP_BODY_TIMEOUT_SECONDS: a request body must be complete this long after its head; else 408.
+    http_body_timeout_seconds: float = Field(30, gt=0, le=600)
+    # ACME_RA_HTTP_IDLE_TIMEOUT_SECONDS: a connection without a request in progress (new, or kept alive
+    # after a response) is closed after this long (uvicorn's timeout_keep_alive).
+    http_idle_timeout_seconds: float = Field(5, gt=0, le=3600)
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

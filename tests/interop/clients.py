@@ -39,6 +39,7 @@ INSTALL_LINES = {
     "unshare": "apt-get install -y util-linux",
     "openssl": "apt-get install -y openssl",
     "curl": "apt-get install -y curl",
+    "socat": "apt-get install -y socat",
     "pebble": "apt-get install -y pebble",
     "acme-tiny": f"{VENV_BIN}/pip install acme-tiny==5.0.3  (make test installs it with the test extras)",
 }

@@ -42,6 +42,7 @@ def main() -> None:
 
     from acme_ra.telemetry import init_tracing, setup_logging
     from acme_ra_frontend.app import create_app
+    from acme_ra_frontend.http_limits import HttpLimits, limited_protocol
     from acme_ra_frontend.metrics import start_metrics_server
     from acme_ra_frontend.tls_reload import TlsWatch
 
@@ -83,6 +84,9 @@ def main() -> None:
             access_log=False,
             proxy_headers=False,
             timeout_graceful_shutdown=10,
+            # httptools with the limits of ACME_RA_HTTP_* (request line, headers, timeouts)
+            http=limited_protocol(HttpLimits.from_settings(settings)),
+            timeout_keep_alive=settings.http_idle_timeout_seconds,  # type: ignore[arg-type]
         )
         config.load()
         # The signer renews a certificate it obtained for us in place; reload it without a restart.

@@ -36,6 +36,7 @@ from acme_ra_frontend import (
     urls,
 )
 from acme_ra_frontend.client_networks import ClientNetworkGate, ClientNetworkWatch
+from acme_ra_frontend.http_limits import BodyLimit
 from acme_ra_frontend.nonces import NonceService, load_or_create_key
 from acme_ra_frontend.plumbing import (
     AcmeHeaders,
@@ -252,6 +253,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(Problem, handle_problem)
     app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_middleware(AcmeHeaders)
+    # A body over the cap is refused before any other work (direct routes included).
+    app.add_middleware(BodyLimit, max_bytes=settings.http_max_body_bytes)
     # Outermost: an address in no client network is refused before anything else runs.
     app.state.client_networks = ClientNetworkWatch(settings)  # raises ClientNetworksError
     app.add_middleware(ClientNetworkGate, watch=app.state.client_networks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 
 import httpx
 import pytest
@@ -147,3 +148,8 @@ async def test_certificate_download_with_alternate_chains(account: TestAcmeClien
     alternate = await account.post(f"{url}/1")
     assert alternate.text.endswith("ALT-ONE\n")
     assert (await account.post(f"{url}/2")).status == 404
+    # "²".isdigit() is true and int("²") fails: an alternate's index is ASCII digits only.
+    # (The JWS names the decoded URL, as the frontend compares it.)
+    for odd in ("%C2%B2", "%D9%A1", "-1", "0"):
+        signed = account.sign(f"{url}/{urllib.parse.unquote(odd)}", "", await account.nonce())
+        assert (await account.post_raw(f"{url}/{odd}", signed)).status == 404

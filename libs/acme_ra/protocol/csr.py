@@ -10,32 +10,17 @@ ignored here (the upstream sets the subject), see docs/security.md "CSR policy".
 from __future__ import annotations
 
 import ipaddress
-import math
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
 from acme_ra.protocol.identifiers import Identifier
+from acme_ra.protocol.jws import check_public_key
 from acme_ra.protocol.problems import Problem
 
 _ALLOWED_HASHES = (hashes.SHA256, hashes.SHA384, hashes.SHA512)
-
-# RSA keys in a CSR are bounded before its signature is verified: a 16,384-bit modulus or a
-# huge public exponent makes that one verification cost ~100x a normal one. The same bounds as
-# the account-key rules (protocol/jws.py::check_public_key), which finalize applies afterwards;
-# the exponent's upper bound is ours (NIST SP 800-89 wants 2^16 < e; 2^32 - 1 is what 32-bit
-# exponent fields, e.g. Windows CryptoAPI's, can carry).
-CSR_RSA_MIN_BITS = 2048
-CSR_RSA_MAX_BITS = 8192
-CSR_RSA_MIN_EXPONENT = 65537
-CSR_RSA_MAX_EXPONENT = 2**32 - 1
-# A modulus divisible by a prime below this bound is refused (Boulder's goodkey checks the same
-# small primes): such a key is factored at once.
-_SMALL_PRIME_BOUND = 1000
-_SMALL_PRIMES_PRODUCT = math.prod(p for p in range(2, _SMALL_PRIME_BOUND) if all(p % d for d in range(2, math.isqrt(p) + 1)))
 
 # Extensions a CSR may request (anything else is badCSR naming it, critical or not):
 _ALLOWED_EXTENSIONS = {
@@ -107,18 +92,13 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
 
 
 def check_csr_key(key: object) -> None:
-    """The bounds that must hold before a signature by ``key`` is verified (see the constants)."""
-    if isinstance(key, rsa.RSAPublicKey):
-        numbers = key.public_numbers()
-        if not CSR_RSA_MIN_BITS <= key.key_size <= CSR_RSA_MAX_BITS:
-            raise bad_csr(f"CSR key refused: RSA keys must have {CSR_RSA_MIN_BITS} to {CSR_RSA_MAX_BITS} bits")
-        if not CSR_RSA_MIN_EXPONENT <= numbers.e <= CSR_RSA_MAX_EXPONENT or numbers.e % 2 == 0:
-            raise bad_csr(f"CSR key refused: the RSA public exponent must be odd, from {CSR_RSA_MIN_EXPONENT} "
-                          f"to {CSR_RSA_MAX_EXPONENT}")
-        if math.gcd(numbers.n, _SMALL_PRIMES_PRODUCT) != 1:
-            raise bad_csr(f"CSR key refused: the RSA modulus has a factor below {_SMALL_PRIME_BOUND}")
-    elif not isinstance(key, ec.EllipticCurvePublicKey):
-        raise bad_csr("CSR key refused: only RSA and ECDSA keys are supported")
+    """The key policy of account keys (protocol/jws.py::check_public_key), applied before the
+    CSR's signature is verified: a 16,384-bit modulus or a huge public exponent would make that
+    one verification cost ~100x a normal one."""
+    try:
+        check_public_key(key)
+    except Problem as problem:
+        raise bad_csr(f"CSR key refused: {problem.detail}") from None
 
 
 def check_csr_extensions(csr: x509.CertificateSigningRequest) -> None:

@@ -105,7 +105,7 @@ def session_token_id(key: bytes, cookie: str | None, now: float | None = None) -
     token_id, expires, mac = cookie.split(".")
     if not hmac.compare_digest(mac, _mac(key, f"{token_id}.{expires}")):
         return None
-    if not expires.isdigit() or int(expires) < (now or time.time()):
+    if not (expires.isascii() and expires.isdigit()) or int(expires) < (now or time.time()):
         return None
     return token_id
 

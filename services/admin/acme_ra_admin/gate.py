@@ -62,7 +62,7 @@ class AdminGate:
             return
         request = Request(scope)
         declared = request.headers.get("content-length")
-        if declared is not None and (not declared.strip().isdigit() or int(declared) > MAX_BODY_BYTES):
+        if declared is not None and (not (declared.isascii() and declared.strip().isdigit()) or int(declared) > MAX_BODY_BYTES):
             log.warning("admin: request body refused", extra={
                 "path": request.url.path, "method": request.method, "client": client_address(request),
                 "reason": "too large", "declared": declared[:20],

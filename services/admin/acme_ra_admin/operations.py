@@ -77,7 +77,7 @@ class Unavailable(OperationError):
 
 def reason_code(reason: int | str) -> int:
     """An RFC 5280 reason code from a number or its name (``1``, ``"1"``, ``keyCompromise``)."""
-    if isinstance(reason, str) and reason.strip().isdigit():
+    if isinstance(reason, str) and reason.isascii() and reason.strip().isdigit():
         reason = int(reason)
     if isinstance(reason, int) and not isinstance(reason, bool) and reason in REVOCATION_REASONS.values():
         return reason

@@ -34,7 +34,7 @@ from acme_ra.protocol.identifiers import (
     parse_identifier,
     registered_domain,
 )
-from acme_ra.protocol.jws import b64url_decode, check_public_key, raw_key
+from acme_ra.protocol.jws import b64url_decode, raw_key
 from acme_ra.protocol.policy import Policy
 from acme_ra.protocol.problems import Problem, malformed, not_found, unauthorized
 from acme_ra_frontend import caa_recheck, queries, ratelimits
@@ -375,11 +375,7 @@ async def finalize(call: AcmeCall) -> Response:
         raise Problem("invalidProfile", f"profile {found.profile!r} is no longer offered")
     payload = call.payload()
     csr_der = b64url_decode(payload.get("csr"), "csr")
-    csr = parse_csr(csr_der)
-    try:
-        check_public_key(csr.public_key())
-    except Problem as error:
-        raise Problem("badCSR", f"CSR key refused: {error.detail}") from None
+    csr = parse_csr(csr_der)  # its key policy included (csr.check_csr_key)
     if csr.public_key() == raw_key(call.jwk):
         raise Problem("badCSR", "the certificate key must not be the account key")
     identifiers = [Identifier(i["type"], i["value"]) for i in found.identifiers]
@@ -423,7 +419,7 @@ async def certificate(call: AcmeCall) -> Response:
     index_text = call.request.path_params.get("alternate")
     chain = cert.chain_pem
     if index_text is not None:
-        if not index_text.isdigit() or not 1 <= int(index_text) <= len(alternates):
+        if not (index_text.isascii() and index_text.isdigit()) or not 1 <= int(index_text) <= len(alternates):
             raise not_found("alternate chain")
         chain = alternates[int(index_text) - 1]
     base = call.urls.certificate(cert.id)

@@ -43,8 +43,6 @@ from acme_ra_frontend.urls import Urls
 
 log = logging.getLogger("acme_ra.frontend")
 
-# Largest request body accepted (Boulder: 50 000 bytes).
-MAX_BODY_BYTES = 50_000
 JOSE_CONTENT_TYPE = "application/jose+json"
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 _EXPOSED = "Link, Replay-Nonce, Location, Retry-After"
@@ -337,18 +335,11 @@ def resolve_provisioner(request: Request) -> tuple[FrontendState, Urls]:
 
 
 async def read_body(request: Request) -> bytes:
+    """The JWS body; its size is already bounded (http_limits.BodyLimit, ACME_RA_HTTP_MAX_BODY_BYTES)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != JOSE_CONTENT_TYPE:
         raise Problem("malformed", f"Content-Type must be {JOSE_CONTENT_TYPE}", 415)
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-        raise Problem("malformed", f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise Problem("malformed", f"request body is larger than {MAX_BODY_BYTES} bytes", 413)
-    return body
+    return await request.body()
 
 
 class Atomicity(enum.Enum):

@@ -7,6 +7,11 @@ order looked at again after the commit (``settle_again``).
 
 Idempotent: a job whose challenge is no longer ``processing`` is only acked, and the outcome is
 recorded with a conditional update, so a redelivery (to this or another replica) changes nothing.
+
+Poison jobs: a job JetStream has delivered more than ``ValidationOptions.max_attempts`` times
+(``ACME_RA_VALIDATION_MAX_ATTEMPTS``) has failed or crashed a validator that often (OOM-killed,
+its outcome not stored): it is not checked again but ends the challenge ``invalid`` with
+``ABANDONED`` and acked, so one hostile answer cannot take validators down one after another.
 """
 
 from __future__ import annotations
@@ -41,11 +46,33 @@ from acme_ra_validator.tlsalpn01 import check_tls_alpn01
 
 log = logging.getLogger("acme_ra_validator.worker")
 
-# The most one check may take, all addresses and redirects included; below the consumer's
-# ack wait (bus.VALIDATE_ACK_WAIT_SECONDS) so that a slow check never causes a redelivery.
+# The most one check may take, all addresses, redirects and bytes included (ACME_RA_VALIDATION_
+# TIMEOUT_SECONDS, default 45); below the consumer's ack wait (bus.VALIDATE_ACK_WAIT_SECONDS)
+# so that a slow check never causes a redelivery.
 VALIDATION_TIMEOUT_SECONDS = 45.0
+# Deliveries of one job that may fail or crash a validator (ACME_RA_VALIDATION_MAX_ATTEMPTS,
+# default 3): the next one ends the challenge invalid without checking it.
+MAX_ATTEMPTS = 3
 
 SERVER_INTERNAL = {"type": "serverInternal", "detail": "validation failed unexpectedly"}
+
+
+def abandoned(attempts: int) -> dict[str, Any]:
+    """The problem of a challenge whose job failed or crashed a validator ``attempts`` times."""
+    return {
+        "type": "serverInternal",
+        "detail": f"validation was attempted {attempts} times and never completed (the validator failed "
+        "or stopped each time); it is not tried again",
+    }
+
+
+def delivery_count(msg: Msg) -> int:
+    """Which delivery of the job this is (JetStream's ``num_delivered``, 1 = first); 1 when the
+    message carries no JetStream metadata."""
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:  # noqa: BLE001 - not a JetStream message (tests) or no metadata
+        return 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +85,10 @@ class ValidationOptions:
     caa_identities: tuple[str, ...] = ()
     # ACME_RA_EXTERNAL_URL: account URLs (CAA accounturi) are built from it.
     external_url: str = "https://localhost:8443"
+    # ACME_RA_VALIDATION_TIMEOUT_SECONDS: the most one check may take.
+    timeout_seconds: float = VALIDATION_TIMEOUT_SECONDS
+    # ACME_RA_VALIDATION_MAX_ATTEMPTS: deliveries of one job before it is abandoned.
+    max_attempts: int = MAX_ATTEMPTS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationOptions:
@@ -68,6 +99,8 @@ class ValidationOptions:
             ),
             caa_identities=tuple(settings.caa_identity_list),
             external_url=settings.external_url,
+            timeout_seconds=settings.validation_timeout_seconds,
+            max_attempts=settings.validation_max_attempts,
         )
 
     def account_url(self, provisioner: str, account_id: str) -> str:
@@ -176,7 +209,14 @@ class ChallengeValidator:
                 span.set_attribute("acme.outcome", outcome)
                 self._log(job, challenge.type if challenge else None, outcome, started)
                 return
-            error = await self.validate(challenge)
+            delivery = delivery_count(msg)
+            if delivery > self.options.max_attempts:
+                # Delivered this often: the earlier deliveries failed or crashed their validator.
+                error = abandoned(delivery - 1)
+                metrics.VALIDATIONS.labels(metrics.type_label(challenge.type), "abandoned").inc()
+                log.warning("validation job abandoned", extra={"challenge_id": job.challenge_id, "delivery": delivery})
+            else:
+                error = await self.validate(challenge)
             # One statement on PostgreSQL, three in SQLite's transaction: see finish_challenge.
             async with self.db.autocommit() as conn:
                 finished = await finish_challenge(conn, challenge.challenge_id, error, self.authz_lifetime)
@@ -217,13 +257,17 @@ class ChallengeValidator:
         label = metrics.type_label(challenge.type)
         started = time.monotonic()
         try:
-            async with asyncio.timeout(VALIDATION_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self.options.timeout_seconds):
                 await self._check(challenge)
             error = None
         except ValidationFailure as failure:
             error = failure.to_data()
         except TimeoutError:
-            error = {"type": "connection", "detail": f"Validation timed out after {VALIDATION_TIMEOUT_SECONDS:.0f} s"}
+            error = {
+                "type": "connection",
+                "detail": f"Validation of {challenge.identifier_value} ({challenge.type}) timed out after "
+                f"{self.options.timeout_seconds:g} s: the server answered too slowly or not at all",
+            }
         except (httpx.TransportError, OSError):
             error = {"type": "connection", "detail": "Could not connect to the server being validated"}
         except dns.exception.DNSException:

@@ -1,0 +1,26 @@
+"""challenges.republished, orders.republished: the reconciler counts the jobs it publishes again
+
+Revision ID: 0008
+Revises: 0007
+Create Date: 2026-12-07
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0008'
+down_revision = '0007'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    for table in ('challenges', 'orders'):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.add_column(sa.Column('republished', sa.Integer(), server_default='0', nullable=False))
+
+
+def downgrade() -> None:
+    for table in ('orders', 'challenges'):
+        with op.batch_alter_table(table, schema=None) as batch_op:
+            batch_op.drop_column('republished')

@@ -7,6 +7,7 @@ of their own (``own_lab``); the others share the suite's ``lab``.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -24,7 +25,7 @@ QUICK_ANSWER_SECONDS = 5.0
 
 def assert_still_up(lab: Lab) -> None:
     """The frontend answers its directory and every service its health check."""
-    with httpx.Client(verify=str(lab.ca_bundle), timeout=10) as http:
+    with httpx.Client(verify=ssl.create_default_context(cafile=str(lab.ca_bundle)), timeout=10) as http:
         assert http.get(lab.directory_url).status_code == 200, lab.logs()
         for port in (lab.ports.validator, lab.ports.signer):
             assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200, lab.logs()

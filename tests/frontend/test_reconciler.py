@@ -22,7 +22,7 @@ async def drain(js: JetStreamContext, subject: str, durable: str) -> list[tuple[
     """Take and ack every job waiting on ``durable`` (as a validator that lost them would);
     (message id, job) of each."""
     subscription = await js.pull_subscribe(subject, durable=durable, stream=bus.JOBS_STREAM)
-    taken = []
+    taken: list[tuple[str, str]] = []
     try:
         while True:
             try:

@@ -210,6 +210,7 @@ class ChallengeValidator:
                 self._log(job, challenge.type if challenge else None, outcome, started)
                 return
             delivery = delivery_count(msg)
+            error: dict[str, Any] | None
             if delivery > self.options.max_attempts:
                 # Delivered this often: the earlier deliveries failed or crashed their validator.
                 error = abandoned(delivery - 1)

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 from nats.js import JetStreamContext
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from acme_ra import bus
 from acme_ra.db.engine import Database
@@ -213,6 +213,18 @@ async def test_a_lost_job_is_published_again_a_bounded_number_of_times(
                 await session.execute(update(Challenge).where(Challenge.id == challenge_id).values(
                     updated_at=utcnow() - dt.timedelta(minutes=5)))
 
+        async def counted(challenge_id: str, times: int) -> None:
+            """The reconciler has recorded its re-publication (it publishes, then counts)."""
+            deadline = time.monotonic() + 10
+            while True:
+                async with db.transaction() as session:
+                    found = (await session.execute(
+                        select(Challenge.republished).where(Challenge.id == challenge_id))).scalar_one()
+                if found == times:
+                    return
+                assert time.monotonic() < deadline, f"republished = {found}, expected {times}"
+                await asyncio.sleep(0.1)
+
         try:
             async with server.running(), acme_client(lab) as client:
                 with stopped(pid):
@@ -225,6 +237,7 @@ async def test_a_lost_job_is_published_again_a_bounded_number_of_times(
                     again = await next_job(nc.jetstream(), url, timeout=RECONCILE_PASS_SECONDS + 10)
                     assert again.headers["Nats-Msg-Id"] == f"validate-{challenge_id}-r1"
                     await again.ack()
+                    await counted(challenge_id, 1)
                     await age(challenge_id)
                     challenge = await outcome(client, url, wait=RECONCILE_PASS_SECONDS + 10)
                     assert challenge["status"] == "invalid"

@@ -111,8 +111,8 @@ class Settings(BaseSettings):
     # ACME_RA_VALIDATION_TIMEOUT_SECONDS: the most one validation may take, every address, redirect,
     # byte and DNS lookup included (a server dribbling a byte at a time meets it); default 45.
     validation_timeout_seconds: float = Field(45.0, gt=0, le=300)
-    # ACME_RA_VALIDATION_MAX_ATTEMPTS: deliveries of one validation job (JetStream's count) that may
-    # fail or crash a validator; the next delivery ends the challenge invalid unchecked; default 3.
+    # ACME_RA_VALIDATION_MAX_ATTEMPTS: checks of one challenge that may fail or crash a validator
+    # (counted on redeliveries); the next delivery ends the challenge invalid unchecked; default 3.
     validation_max_attempts: int = Field(3, ge=1, le=19)  # below bus.MAX_DELIVER
     # ACME_RA_RECONCILE_MAX_REPUBLICATIONS: times the frontends' reconciler publishes again the job
     # of a challenge or order stuck in processing; then it ends it invalid; default 10.

@@ -1,5 +1,6 @@
 """An http-01 server of an attacker's: per token, a decompression bomb, a redirect loop, a redirect
-to a forbidden port or scheme, a server that dribbles one byte at a time, a 1 MiB header, or
+to a forbidden port or scheme, a server that dribbles one byte at a time, a 1 MiB header, one
+that never answers (``hang``), or
 (``good``) the key authorization. Asyncio, on 127.0.0.1; used by tests/validator (in process)
 and tests/hostile (in front of the real validator, on the lab's ACME_RA_VALIDATION_HTTP_PORT).
 """
@@ -114,6 +115,8 @@ class HostileChallengeServer:
             await _send(writer, 302, {"Location": f"file:///etc/passwd?{token}"}, b"")
         elif mode == "big-header":
             await _send(writer, 200, {"X-Filler": "a" * BIG_HEADER_BYTES}, key_authorization)
+        elif mode == "hang":  # reads the request, never answers
+            await asyncio.Event().wait()
         elif mode == "dribble":  # a Content-Length it never reaches, a byte a second
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
             while True:

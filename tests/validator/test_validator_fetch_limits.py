@@ -262,38 +262,71 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-async def test_a_job_delivered_more_than_max_attempts_is_abandoned_unchecked(
-    db: Database, http_lab: HttpLab, client: httpx.AsyncClient
+async def validator_for(db: Database, http_lab: HttpLab, client: httpx.AsyncClient,
+                        max_attempts: int = 3) -> ChallengeValidator:
+    options = ValidationOptions(ValidationPorts(http_lab.port), LAB_POLICY, max_attempts=max_attempts)
+    return ChallengeValidator(db, client, NameResolver([]), options, authz_lifetime=dt.timedelta(days=1))
+
+
+async def test_a_check_that_keeps_failing_is_abandoned_unchecked(
+    db: Database, http_lab: HttpLab, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = await insert_pending_order(db, "myhost.localhost")
     http_lab.routes["/.well-known/acme-challenge/" + rows.token] = (200, {}, rows.key_authorization.encode())
-    options = ValidationOptions(ValidationPorts(http_lab.port), LAB_POLICY, max_attempts=3)
-    validator = ChallengeValidator(db, client, NameResolver([]), options, authz_lifetime=dt.timedelta(days=1))
+    validator = await validator_for(db, http_lab, client, max_attempts=3)
+    job = bus.ValidateJob(challenge_id=rows.challenge_id)
+    checks = 0
 
-    msg = DeliveredMsg(num_delivered=4)  # deliveries 1 to 3 failed or crashed their validator
-    await validator.handle(bus.ValidateJob(challenge_id=rows.challenge_id), msg)  # type: ignore[arg-type]
+    async def dies(_challenge: ChallengeToCheck) -> None:  # as a validator OOM-killed mid-check
+        nonlocal checks
+        checks += 1
+        raise MemoryError
+
+    monkeypatch.setattr(validator, "validate", dies)
+    for delivery in (1, 2, 3):
+        with pytest.raises(MemoryError):
+            await validator.handle(job, DeliveredMsg(delivery))  # type: ignore[arg-type]
+    assert checks == 3
+
+    msg = DeliveredMsg(4)
+    await validator.handle(job, msg)  # type: ignore[arg-type]
 
     after = await snapshot(db, rows)
-    assert msg.acks == 1
-    assert http_lab.requests == []  # not fetched again
+    assert checks == 3 and msg.acks == 1
+    assert http_lab.requests == []
     assert after["challenge"]["status"] == "invalid"
     assert after["challenge"]["error"] == {
         "type": "serverInternal",
         "detail": "validation was attempted 3 times and never completed (the validator failed or stopped each "
         "time); it is not tried again",
     }
+    assert after["challenge"]["check_attempts"] == 3
     assert after["authz"]["status"] == "invalid"
     assert after["order"]["status"] == "invalid" and after["order"]["error"] == after["challenge"]["error"]
 
 
-async def test_a_job_within_max_attempts_is_checked(db: Database, http_lab: HttpLab, client: httpx.AsyncClient) -> None:
+async def test_deliveries_that_never_reached_the_check_do_not_count(
+    db: Database, http_lab: HttpLab, client: httpx.AsyncClient
+) -> None:
+    # Deliveries 1 to 9 failed before the check (the database away: the load raised).
     rows = await insert_pending_order(db, "myhost.localhost")
     http_lab.routes["/.well-known/acme-challenge/" + rows.token] = (200, {}, rows.key_authorization.encode())
-    options = ValidationOptions(ValidationPorts(http_lab.port), LAB_POLICY, max_attempts=3)
-    validator = ChallengeValidator(db, client, NameResolver([]), options, authz_lifetime=dt.timedelta(days=1))
+    validator = await validator_for(db, http_lab, client, max_attempts=3)
 
-    msg = DeliveredMsg(num_delivered=3)
+    msg = DeliveredMsg(10)
     await validator.handle(bus.ValidateJob(challenge_id=rows.challenge_id), msg)  # type: ignore[arg-type]
 
+    after = await snapshot(db, rows)
     assert msg.acks == 1
-    assert (await snapshot(db, rows))["challenge"]["status"] == "valid"
+    assert after["challenge"]["status"] == "valid" and after["challenge"]["check_attempts"] == 1
+
+
+async def test_a_first_delivery_writes_nothing_before_its_check(
+    db: Database, http_lab: HttpLab, client: httpx.AsyncClient
+) -> None:
+    rows = await insert_pending_order(db, "myhost.localhost")
+    http_lab.routes["/.well-known/acme-challenge/" + rows.token] = (200, {}, rows.key_authorization.encode())
+    validator = await validator_for(db, http_lab, client)
+    await validator.handle(bus.ValidateJob(challenge_id=rows.challenge_id), DeliveredMsg(1))  # type: ignore[arg-type]
+    after = await snapshot(db, rows)
+    assert after["challenge"]["status"] == "valid" and after["challenge"]["check_attempts"] == 0

@@ -208,6 +208,9 @@ class Challenge(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # Times the frontends' reconciler published this challenge's validation job again (reconciler.py).
     republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Checks started on a redelivered validation job (the validator's poison-job count, worker.py);
+    # the first delivery writes nothing.
+    check_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_challenges_status_updated", "status", "updated_at"),)
 

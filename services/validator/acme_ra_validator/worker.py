@@ -8,10 +8,14 @@ order looked at again after the commit (``settle_again``).
 Idempotent: a job whose challenge is no longer ``processing`` is only acked, and the outcome is
 recorded with a conditional update, so a redelivery (to this or another replica) changes nothing.
 
-Poison jobs: a job JetStream has delivered more than ``ValidationOptions.max_attempts`` times
-(``ACME_RA_VALIDATION_MAX_ATTEMPTS``) has failed or crashed a validator that often (OOM-killed,
-its outcome not stored): it is not checked again but ends the challenge ``invalid`` with
-``ABANDONED`` and acked, so one hostile answer cannot take validators down one after another.
+Poison jobs: a job whose check was started ``ValidationOptions.max_attempts`` times
+(``ACME_RA_VALIDATION_MAX_ATTEMPTS``) without an outcome stored (its validator OOM-killed, or the
+outcome failed to commit) is not checked again: the challenge ends ``invalid`` with ``abandoned``
+and the job is acked, so one hostile answer cannot take validators down one after another. The
+count is the challenge's ``check_attempts``, written only on a redelivery (JetStream's
+``num_delivered`` > 1, one UPDATE before the check), so the first delivery costs nothing more;
+deliveries that failed before the check (the database away: the load fails) are not counted,
+so an outage does not turn into abandoned challenges.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import dns.exception
 import httpx
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from sqlalchemy import Select, Table, bindparam, select
+from sqlalchemy import Select, Table, Update, bindparam, select, update
 
 from acme_ra import bus, telemetry
 from acme_ra.config import Settings
@@ -50,8 +54,8 @@ log = logging.getLogger("acme_ra_validator.worker")
 # TIMEOUT_SECONDS, default 45); below the consumer's ack wait (bus.VALIDATE_ACK_WAIT_SECONDS)
 # so that a slow check never causes a redelivery.
 VALIDATION_TIMEOUT_SECONDS = 45.0
-# Deliveries of one job that may fail or crash a validator (ACME_RA_VALIDATION_MAX_ATTEMPTS,
-# default 3): the next one ends the challenge invalid without checking it.
+# Checks of one challenge that may fail or crash a validator (ACME_RA_VALIDATION_MAX_ATTEMPTS,
+# default 3): the next delivery ends the challenge invalid without checking it.
 MAX_ATTEMPTS = 3
 
 SERVER_INTERNAL = {"type": "serverInternal", "detail": "validation failed unexpectedly"}
@@ -61,9 +65,24 @@ def abandoned(attempts: int) -> dict[str, Any]:
     """The problem of a challenge whose job failed or crashed a validator ``attempts`` times."""
     return {
         "type": "serverInternal",
-        "detail": f"validation was attempted {attempts} times and never completed (the validator failed "
-        "or stopped each time); it is not tried again",
+        "detail": f"validation was attempted {attempts} time{'' if attempts == 1 else 's'} and never completed "
+        "(the validator failed or stopped each time); it is not tried again",
     }
+
+
+def _count_check_statement() -> Update:
+    """A redelivered job's check is about to start: one more in ``check_attempts`` (only while
+    the challenge is processing), the count returned."""
+    challenges = cast(Table, Challenge.__table__)
+    return (
+        update(challenges)
+        .where(challenges.c.id == bindparam("p_challenge_id"), challenges.c.status == ChallengeStatus.processing.value)
+        .values(check_attempts=challenges.c.check_attempts + 1)
+        .returning(challenges.c.check_attempts)
+    )
+
+
+_COUNT_CHECK = Statement(_count_check_statement())
 
 
 def delivery_count(msg: Msg) -> int:
@@ -209,13 +228,13 @@ class ChallengeValidator:
                 span.set_attribute("acme.outcome", outcome)
                 self._log(job, challenge.type if challenge else None, outcome, started)
                 return
-            delivery = delivery_count(msg)
             error: dict[str, Any] | None
-            if delivery > self.options.max_attempts:
-                # Delivered this often: the earlier deliveries failed or crashed their validator.
-                error = abandoned(delivery - 1)
+            earlier = await self.earlier_checks(challenge.challenge_id, delivery_count(msg))
+            if earlier >= self.options.max_attempts:
+                # Checked this often already, never to the end: the check fails or kills its validator.
+                error = abandoned(earlier)
                 metrics.VALIDATIONS.labels(metrics.type_label(challenge.type), "abandoned").inc()
-                log.warning("validation job abandoned", extra={"challenge_id": job.challenge_id, "delivery": delivery})
+                log.warning("validation job abandoned", extra={"challenge_id": job.challenge_id, "checks": earlier})
             else:
                 error = await self.validate(challenge)
             # One statement on PostgreSQL, three in SQLite's transaction: see finish_challenge.
@@ -233,6 +252,16 @@ class ChallengeValidator:
                 event = bus.Event(kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id,
                                   status=status, validated=finished.validated, error=error)
                 await bus.publish_event_unconfirmed(self.nc, event)
+
+    async def earlier_checks(self, challenge_id: str, delivery: int) -> int:
+        """How many checks of this challenge may have started before this one without an outcome:
+        none on a first delivery (nothing written); on a redelivery the first delivery's (counted
+        whether or not it got that far) and those of the redeliveries recorded before this one."""
+        if delivery <= 1:
+            return 0
+        async with self.db.autocommit() as conn:
+            row = (await _COUNT_CHECK.run(conn, {"p_challenge_id": challenge_id})).first()
+        return 0 if row is None else int(row[0])  # this one included, the first delivery's not: one each way
 
     async def settle_again(self, authz_id: str) -> None:
         """Look at the orders holding a newly valid authorization once more, after the outcome

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import importlib
 import os
 import signal
 import ssl
@@ -21,6 +22,8 @@ from contextlib import AbstractContextManager, asynccontextmanager, contextmanag
 from typing import Any
 
 import httpx
+import nats
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from sqlalchemy import select, update
@@ -45,8 +48,9 @@ PEAK_RSS_LIMIT_MIB = KUBERNETES_LIMIT_MIB // 2
 VALIDATION_TIMEOUT_SECONDS = 5
 # Longest wait for a challenge to leave "processing" (seconds).
 OUTCOME_WAIT_SECONDS = 30.0
-# The validators' ack wait in the poison-job test (production: bus.VALIDATE_ACK_WAIT_SECONDS).
-ACK_WAIT_SECONDS = 2.0
+# The validators' ack wait in the poison-job test (production: bus.VALIDATE_ACK_WAIT_SECONDS):
+# what a killed validator's job waits before it comes back.
+ACK_WAIT_SECONDS = 5.0
 # The frontends' reconciler looks every 15 s (reconciler.RECONCILE_INTERVAL).
 RECONCILE_PASS_SECONDS = 15.0
 
@@ -68,6 +72,24 @@ def vm_hwm_mib(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def validator_env(lab: Lab) -> dict[str, str]:
+    """The validator's environment as the launcher makes it (with its own NATS user where the bus
+    has users: ``Topology.service_env``)."""
+    service_env = getattr(lab.topology, "service_env", None)
+    return dict(service_env("validator")) if service_env is not None else lab.topology.child_env
+
+
+async def operator_nats(lab: Lab) -> NATS:
+    """A connection to the lab's NATS that may do anything (the operator's user where the bus has
+    users: acme_ra.natsauth)."""
+    options: dict[str, Any] = {}
+    auth_dir = getattr(lab.topology, "nats_auth_dir", None)
+    if auth_dir is not None:
+        natsauth = importlib.import_module("acme_ra.natsauth")
+        options = natsauth.user_options(auth_dir, natsauth.OPERATOR)
+    return await nats.connect(lab.topology.nats_url, name="hostile-test", **options)
 
 
 def validator_pid(lab: Lab) -> int:
@@ -183,7 +205,7 @@ def restart_validator(lab: Lab) -> int:
     os.kill(old.process.pid, signal.SIGKILL)
     old.wait_stopped(10)
     lab.topology.services["validator"] = Child("validator", [sys.executable, "-m", "acme_ra_validator"],
-                                               lab.topology.child_env, old.log_path, None)
+                                               validator_env(lab), old.log_path, None)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -199,7 +221,7 @@ async def test_a_check_that_kills_its_validator_is_abandoned(own_lab: OwnLab) ->
     # ACME_RA_VALIDATION_MAX_ATTEMPTS=1: the check that killed one validator is not run again.
     with own_lab(ACME_RA_VALIDATION_MAX_ATTEMPTS="1") as lab:
         server = HostileChallengeServer(port=lab.ports.http01, tls_port=lab.ports.tls_alpn)
-        nc = await bus.connect(lab.topology.nats_url, "hostile-test")
+        nc = await operator_nats(lab)
         try:
             await short_ack_wait(nc.jetstream(), ACK_WAIT_SECONDS)
             async with server.running(), acme_client(lab) as client:
@@ -234,7 +256,7 @@ async def test_a_lost_job_is_published_again_a_bounded_number_of_times(
     with own_lab(ACME_RA_RECONCILE_MAX_REPUBLICATIONS="1") as lab:
         pid = validator_pid(lab)
         server = HostileChallengeServer(port=lab.ports.http01, tls_port=lab.ports.tls_alpn)
-        nc = await bus.connect(lab.topology.nats_url, "hostile-test")
+        nc = await operator_nats(lab)
         db = Database(fresh_database_url)
 
         async def age(challenge_id: str) -> None:

@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     # ACME_RA_VALIDATION_DENY_NETWORKS: comma list of CIDRs the validator never connects to, added
     # to the default deny list and winning over the allow list; default "".
     validation_deny_networks: str = ""
+    # ACME_RA_VALIDATION_TIMEOUT_SECONDS: the most one validation may take, every address, redirect,
+    # byte and DNS lookup included (a server dribbling a byte at a time meets it); default 45.
+    validation_timeout_seconds: float = Field(45.0, gt=0, le=300)
+    # ACME_RA_VALIDATION_MAX_ATTEMPTS: checks of one challenge that may fail or crash a validator
+    # (counted on redeliveries); the next delivery ends the challenge invalid unchecked; default 3.
+    validation_max_attempts: int = Field(3, ge=1, le=19)  # below bus.MAX_DELIVER
+    # ACME_RA_RECONCILE_MAX_REPUBLICATIONS: times the frontends' reconciler publishes again the job
+    # of a challenge or order stuck in processing; then it ends it invalid; default 10.
+    reconcile_max_republications: int = Field(10, ge=1, le=1000)
     # ACME_RA_CAA_IDENTITIES: comma list of CA domain names CAA `issue`/`issuewild` records must
     # name (in RA mode the upstream CA's, e.g. sectigo.com,incommon.org); default "" = no CAA check.
     caa_identities: str = ""

@@ -24,8 +24,9 @@ Options for clients that talk to servers they do not trust (the validator's http
 ``max_body_bytes`` keeps at most that much of a body, then closes the connection and marks the
 response ``extensions["body_truncated"]`` (an endless body neither fills memory nor keeps the
 request reading forever: the read timeout only bounds the wait between bytes); ``max_head_bytes``
-makes a status line and headers longer than that a ``RemoteProtocolError``. The ``sni_hostname`` request extension (as
-httpcore's) names the TLS server when the URL's host is an address.
+makes a status line and headers longer than that, and ``max_header_count`` more header fields than that,
+a ``ResponseLimitExceeded`` (a ``RemoteProtocolError`` whose ``reason`` names the limit). The
+``sni_hostname`` request extension (as httpcore's) names the TLS server when the URL's host is an address.
 
 ``send`` is the same exchange without httpx's objects: a method, a URL string, header pairs and a
 body in, an ``Answer`` out. For a client that makes many small requests of one server (the
@@ -58,6 +59,13 @@ _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 # (scheme, host, port, TLS server name when not the host): what a connection may be reused for.
 Origin = tuple[bytes, str, int, str | None]
+
+
+class ResponseLimitExceeded(httpx.RemoteProtocolError):
+    """The response's head passed ``max_head_bytes`` or ``max_header_count``; ``reason`` says which
+    (without the request's method and URL, which the message carries)."""
+
+    reason = ""
 
 
 class _ExchangeFailed(Exception):
@@ -99,10 +107,12 @@ class Http11Connection(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
         max_body_bytes: int | None = None,
         max_head_bytes: int | None = None,
+        max_header_count: int | None = None,
     ) -> None:
         self.loop = loop
         self.max_body_bytes = max_body_bytes
         self.max_head_bytes = max_head_bytes
+        self.max_header_count = max_header_count
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.gone: asyncio.Future[None] = loop.create_future()  # done once the connection is closed
@@ -117,6 +127,7 @@ class Http11Connection(asyncio.Protocol):
         self._body_size = 0
         self._cut = False  # the body passed max_body_bytes: the answer is given, the rest ignored
         self._head_size = 0  # bytes received before the headers were complete (1xx answers included)
+        self._header_count = 0  # header fields received (1xx answers included)
         self._read_timeout: float | None = None
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -157,6 +168,12 @@ class Http11Connection(asyncio.Protocol):
     # httptools callbacks ----------------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self.max_header_count is not None and self._header_count > self.max_header_count:
+            if self._header_count == self.max_header_count + 1:
+                self._fail(ResponseLimitExceeded, f"more than {self.max_header_count} response header fields")
+                self.close()
+            return
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -208,7 +225,7 @@ class Http11Connection(asyncio.Protocol):
         self._head = head
         self._headers, self._body = [], []
         self._headers_done = self._until_close = self._cut = False
-        self._body_size = self._head_size = 0
+        self._body_size = self._head_size = self._header_count = 0
         self._waiter = self.loop.create_future()
         # A wall-clock sampler (py-spy) charges this frame far more than its CPU: the write wakes
         # the server, which on a busy machine takes the CPU before the write returns, and the
@@ -256,7 +273,7 @@ class Http11Connection(asyncio.Protocol):
     def _check_head_size(self) -> None:
         """``max_head_bytes``: a status line and headers that never end are a protocol error."""
         if self.max_head_bytes is not None and not self._headers_done and self._head_size > self.max_head_bytes:
-            self._fail(httpx.RemoteProtocolError, f"response headers longer than {self.max_head_bytes} bytes")
+            self._fail(ResponseLimitExceeded, f"response headers longer than {self.max_head_bytes} bytes")
             self.close()
 
     def _answer(self, keep_alive: bool, truncated: bool = False) -> None:
@@ -305,7 +322,7 @@ class OriginPool:
 class LeanTransport(httpx.AsyncBaseTransport):
     """``httpx.AsyncClient(transport=LeanTransport(ssl_context=...))``: HTTP/1.1 keep-alive over
     asyncio protocols (see the module docstring for what it leaves out, and for ``keepalive``,
-    ``max_body_bytes`` and ``max_head_bytes``)."""
+    ``max_body_bytes``, ``max_head_bytes`` and ``max_header_count``)."""
 
     def __init__(
         self,
@@ -315,12 +332,14 @@ class LeanTransport(httpx.AsyncBaseTransport):
         keepalive: bool = True,
         max_body_bytes: int | None = None,
         max_head_bytes: int | None = None,
+        max_header_count: int | None = None,
     ) -> None:
         self.ssl_context = ssl_context
         self.max_connections_per_origin = max_connections_per_origin
         self.keepalive = keepalive
         self.max_body_bytes = max_body_bytes
         self.max_head_bytes = max_head_bytes
+        self.max_header_count = max_header_count
         self.connections_opened = 0  # for tests and benchmarks: how well keep-alive works
         self._pools: dict[Origin, OriginPool] = {}
         self._busy: set[Http11Connection] = set()
@@ -432,7 +451,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
-                    lambda: Http11Connection(loop, self.max_body_bytes, self.max_head_bytes),
+                    lambda: Http11Connection(loop, self.max_body_bytes, self.max_head_bytes, self.max_header_count),
                     host,
                     port,
                     ssl=tls,
@@ -471,7 +490,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
             return answer
         except _ExchangeFailed as failure:
             where = request.url if request is not None else f"{origin[0].decode()}://{origin[1]}:{origin[2]}"
-            raise failure.kind(f"{method} {where}: {failure}", request=request) from None
+            error = failure.kind(f"{method} {where}: {failure}", request=request)
+            if isinstance(error, ResponseLimitExceeded):
+                error.reason = str(failure)
+            raise error from None
         finally:
             self._busy.discard(connection)
             if not done:

@@ -164,6 +164,8 @@ class Order(Base):
     profile: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # RFC 9773: the ARI certID of the certificate this order replaces.
     replaces: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    # Times the frontends' reconciler published this order's issue job again (reconciler.py).
+    republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_orders_status_updated", "status", "updated_at"),)
 
@@ -206,6 +208,11 @@ class Challenge(Base):
     validated: Mapped[dt.datetime | None]
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Times the frontends' reconciler published this challenge's validation job again (reconciler.py).
+    republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Checks started on a redelivered validation job (the validator's poison-job count, worker.py);
+    # the first delivery writes nothing.
+    check_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (Index("ix_challenges_status_updated", "status", "updated_at"),)
 

@@ -1,10 +1,18 @@
-"""Re-publishes jobs whose rows sit in ``processing`` past a deadline.
+"""Re-publishes jobs whose rows sit in ``processing`` past a deadline, a bounded number of times.
 
 The database is written first and the job published second; if the publish is lost (NATS down,
 a frontend killed between the two), the row stays ``processing`` and this loop publishes the job
 again. Consumers are idempotent, so a job that was not lost after all only costs a no-op. Every
-frontend replica runs it; the message id carries a time bucket so that replicas publishing in the
-same bucket are de-duplicated by JetStream.
+frontend replica runs it.
+
+Nothing is retried for ever: each re-publication is counted in the row (``republished``) and
+pushes its deadline back; a challenge or order whose job was published again
+``ACME_RA_RECONCILE_MAX_REPUBLICATIONS`` times and is still stuck ends ``invalid`` with a
+``serverInternal`` problem (its authorization and orders follow, as for any failed challenge).
+A job that is merely waiting in a queue that has a backlog is not lost: while a consumer has
+jobs not yet delivered, its kind is left alone (nothing published, nothing counted). The message
+id carries the count, so replicas publishing the same re-publication are de-duplicated by
+JetStream, and only one of them counts it (a conditional update on the count it read).
 """
 
 from __future__ import annotations
@@ -12,10 +20,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from typing import Any
 
-from sqlalchemy import select
+from nats.js import JetStreamContext
+from sqlalchemy import bindparam, select, update
 
 from acme_ra import bus
+from acme_ra.db.lifecycle import fail_order, finish_challenge
 from acme_ra.db.models import Challenge, ChallengeStatus, Order, OrderStatus, utcnow
 from acme_ra_frontend.state import FrontendState
 
@@ -32,39 +43,114 @@ CHALLENGE_DEADLINE = dt.timedelta(seconds=60)
 # An order processing this long without a certificate has its issuance job published again;
 # an upstream may take minutes, and a second job for a running issuance waits on its lease.
 ORDER_DEADLINE = dt.timedelta(seconds=120)
-# Most rows re-published per pass and kind.
+# Most rows re-published (or given up) per pass and kind.
 BATCH = 500
+# Re-publications of one job before its challenge or order ends invalid: the setting
+# ACME_RA_RECONCILE_MAX_REPUBLICATIONS (default 10: a validation is given up after about 11
+# minutes, an issuance after about 22).
+
+
+def given_up(what: str, times: int) -> dict[str, Any]:
+    """The problem of a challenge or order whose job never completed, ``times`` re-publications on."""
+    return {
+        "type": "serverInternal",
+        "detail": f"the {what} job was published {times + 1} times and never completed; it is not tried again",
+    }
+
+
+_BUMP_CHALLENGE = (
+    update(Challenge)
+    .where(
+        Challenge.id == bindparam("p_id"),
+        Challenge.status == ChallengeStatus.processing.value,
+        Challenge.republished == bindparam("p_seen"),
+    )
+    .values(republished=Challenge.republished + 1, updated_at=bindparam("p_now"))
+)
+_BUMP_ORDER = (
+    update(Order)
+    .where(
+        Order.id == bindparam("p_id"),
+        Order.status == OrderStatus.processing.value,
+        Order.republished == bindparam("p_seen"),
+    )
+    .values(republished=Order.republished + 1, updated_at=bindparam("p_now"))
+)
+
+
+async def _has_backlog(js: JetStreamContext, durable: str) -> bool:
+    """Whether the consumer holds jobs not yet delivered: then a row still processing may only be
+    waiting its turn. False when nats-server does not tell (the jobs are then published anyway)."""
+    try:
+        info = await js.consumer_info(bus.JOBS_STREAM, durable)
+    except Exception as error:  # noqa: BLE001 - no permission, NATS away: publish as before
+        log.debug("consumer %s: no info (%s)", durable, error)
+        return False
+    return bool(info.num_pending)
 
 
 async def reconcile_once(state: FrontendState) -> int:
+    """One pass; returns how many jobs were published again or given up."""
+    if not state.nc.is_connected:
+        return 0  # nothing could be published: count nothing, give nothing up
     now = utcnow()
-    bucket = int(now.timestamp()) // 60
+    limit = state.settings.reconcile_max_republications
+    skip_challenges = await _has_backlog(state.js, bus.DURABLE_VALIDATOR)
+    skip_orders = await _has_backlog(state.js, bus.DURABLE_SIGNER)
     async with state.db.transaction() as session:
-        challenges = (
+        challenges = [] if skip_challenges else (
             await session.execute(
-                select(Challenge.id)  # no trace context: a re-published validation starts its own
+                select(Challenge.id, Challenge.republished)  # no trace context: a re-published validation starts its own
                 .where(Challenge.status == ChallengeStatus.processing.value, Challenge.updated_at < now - CHALLENGE_DEADLINE)
                 .limit(BATCH)
             )
-        ).scalars().all()
-        orders = (
+        ).all()
+        orders = [] if skip_orders else (
             await session.execute(
-                select(Order.id, Order.trace_context)
+                select(Order.id, Order.republished, Order.trace_context)
                 .where(Order.status == OrderStatus.processing.value, Order.updated_at < now - ORDER_DEADLINE)
                 .limit(BATCH)
             )
         ).all()
-    for challenge_id in challenges:
-        await bus.publish_job(
-            state.js, bus.SUBJECT_VALIDATE, bus.ValidateJob(challenge_id=challenge_id), f"validate-{challenge_id}-r{bucket}"
-        )
-    for order_id, traceparent in orders:
-        await bus.publish_job(
-            state.js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}-r{bucket}", traceparent
-        )
-    if challenges or orders:
-        log.warning("re-published stuck jobs", extra={"challenges": len(challenges), "orders": len(orders)})
-    return len(challenges) + len(orders)
+        # Stuck after the last re-publication: given up, in this transaction.
+        abandoned_challenges = abandoned_orders = 0
+        authz_lifetime = dt.timedelta(seconds=state.settings.authz_lifetime_seconds)
+        for challenge_id, times in challenges:
+            if times >= limit:
+                problem = given_up("validation", times)
+                abandoned_challenges += await finish_challenge(session, challenge_id, problem, authz_lifetime) is not None
+        for order_id, times, _ in orders:
+            if times >= limit:
+                abandoned_orders += await fail_order(session, order_id, given_up("issuance", times))
+    bumps: list[tuple[Any, dict[str, Any]]] = []
+    published = {"challenges": 0, "orders": 0}
+    try:
+        for challenge_id, times in challenges:
+            if times < limit:
+                await bus.publish_job(state.js, bus.SUBJECT_VALIDATE, bus.ValidateJob(challenge_id=challenge_id),
+                                      f"validate-{challenge_id}-r{times + 1}")
+                bumps.append((_BUMP_CHALLENGE, {"p_id": challenge_id, "p_seen": times, "p_now": now}))
+                published["challenges"] += 1
+        for order_id, times, traceparent in orders:
+            if times < limit:
+                await bus.publish_job(state.js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id),
+                                      f"issue-{order_id}-r{times + 1}", traceparent)
+                bumps.append((_BUMP_ORDER, {"p_id": order_id, "p_seen": times, "p_now": now}))
+                published["orders"] += 1
+    finally:
+        # Only what was published counts (and waits a deadline again); another replica that
+        # published the same re-publication (same message id, dropped by JetStream) counts nothing.
+        if bumps:
+            async with state.db.transaction() as session:
+                for statement, values in bumps:
+                    await session.execute(statement, values)
+    republished = len(bumps)
+    if republished:
+        log.warning("re-published stuck jobs", extra=published)
+    if abandoned_challenges or abandoned_orders:
+        log.warning("gave up stuck jobs", extra={"challenges": abandoned_challenges, "orders": abandoned_orders,
+                                                 "republications": limit})
+    return republished + abandoned_challenges + abandoned_orders
 
 
 async def reconcile_forever(state: FrontendState) -> None:

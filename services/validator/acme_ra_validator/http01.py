@@ -10,8 +10,15 @@ resolved and checked again.
 The fetch goes over ``LeanTransport`` (asyncio protocols + httptools) rather than httpx's default
 transport: under load, httpcore and anyio took most of the validator's http-01 CPU. The transport
 opens a fresh connection per request (``keepalive=False``) and itself stops reading a body at
-``MAX_BODY_BYTES`` and headers at ``MAX_HEAD_BYTES``, so a huge or endless answer costs neither
-memory nor time beyond those bounds.
+``MAX_BODY_BYTES`` and headers at ``MAX_HEAD_BYTES`` or ``MAX_HEADER_COUNT`` fields, so a huge or
+endless answer costs neither memory nor time beyond those bounds.
+
+Decoded bytes are bounded too: the validator asks for ``identity``; a body the server compressed
+anyway is read raw (httpx's own decoders would inflate it whole: a 2 KiB ``gzip, gzip`` answer is
+1 GiB) and at most one ``gzip``/``deflate`` layer is inflated, into at most ``MAX_BODY_BYTES``
+(``decoded_body``); any other or a second coding is refused. How long all of it may take is the
+validation's own deadline (``ACME_RA_VALIDATION_TIMEOUT_SECONDS``, worker.py): a server that
+dribbles a byte at a time beats the read timeout but not that.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import ssl
+import zlib
 from dataclasses import dataclass
 
 import httpx
 
 from acme_ra import telemetry
-from acme_ra.http_transport import LeanTransport
+from acme_ra.http_transport import LeanTransport, ResponseLimitExceeded
 from acme_ra_validator.failure import ValidationFailure
 from acme_ra_validator.network import NetworkPolicy, addresses_to_dial
 from acme_ra_validator.resolver import NameResolver
@@ -38,6 +46,11 @@ READ_TIMEOUT_SECONDS = 10.0
 MAX_BODY_BYTES = 64 * 1024
 # The longest status line and headers accepted (httpcore's bound, which the validator used before).
 MAX_HEAD_BYTES = 100 * 1024
+# The most header fields accepted in one response (1xx interim answers included).
+MAX_HEADER_COUNT = 100
+# Content codings inflated (one layer at most, into at most MAX_BODY_BYTES); "identity" is none.
+DECODED_CONTENT_CODINGS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+MAX_CONTENT_CODINGS = 1
 # Fetches under way at once to one address (httpx's default bound for the whole client, before).
 MAX_CONNECTIONS_PER_ADDRESS = 100
 MAX_REDIRECTS = 10
@@ -70,14 +83,15 @@ def new_http_client() -> httpx.AsyncClient:
         keepalive=False,
         max_body_bytes=MAX_BODY_BYTES,
         max_head_bytes=MAX_HEAD_BYTES,
+        max_header_count=MAX_HEADER_COUNT,
     )
     return httpx.AsyncClient(
         transport=transport,
         trust_env=False,
         follow_redirects=False,
         timeout=httpx.Timeout(READ_TIMEOUT_SECONDS, connect=CONNECT_TIMEOUT_SECONDS),
-        # identity: no compressed answers, whose few kilobytes httpx would decode to megabytes in
-        # one piece before the body cap is looked at (a key authorization is ~90 bytes).
+        # identity: no compressed answers (a key authorization is ~90 bytes); one that comes
+        # anyway is decoded within bounds (decoded_body), never by httpx.
         headers={"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"},
     )
 
@@ -108,7 +122,7 @@ async def check_http01(
     ValidationFailure otherwise."""
     url = challenge_url(host, ports.http, token)
     for _ in range(MAX_REDIRECTS + 1):
-        status, location, body = await _fetch(client, resolver, policy, url)
+        status, location, encoding, raw = await _fetch(client, resolver, policy, url)
         if status in _REDIRECT_STATUSES and location:
             url = _redirect_target(url, location, ports)
             continue
@@ -117,6 +131,7 @@ async def check_http01(
         raise ValidationFailure("connection", f"Fetching {url}: too many redirects (more than {MAX_REDIRECTS})")
     if status != 200:
         raise ValidationFailure("unauthorized", f"Invalid response from {url}: HTTP {status}")
+    body = decoded_body(raw, encoding, url)
     got = body.decode("utf-8", "replace").rstrip()
     if got != key_authorization:
         raise ValidationFailure(
@@ -128,8 +143,9 @@ async def check_http01(
 
 async def _fetch(
     client: httpx.AsyncClient, resolver: NameResolver, policy: NetworkPolicy, url: httpx.URL
-) -> tuple[int, str | None, bytes]:
-    """GET ``url`` from the first of its permitted addresses that accepts a connection."""
+) -> tuple[int, str | None, str | None, bytes]:
+    """GET ``url`` from the first of its permitted addresses that accepts a connection: status,
+    Location, Content-Encoding, and the body as it came (at most ``MAX_BODY_BYTES``, not decoded)."""
     host = url.raw_host.decode("ascii")  # IDNs in A-labels, IPv6 without brackets
     addresses = await addresses_to_dial(resolver, policy, host)
     host_header = url.netloc.decode("ascii")
@@ -144,9 +160,10 @@ async def _fetch(
                 async with client.stream(
                     "GET", url.copy_with(host=address), headers={"Host": host_header}, extensions=extensions
                 ) as response:
-                    body = await _read_body(response)
+                    body = await _read_raw_body(response)
                     span.set_attribute("http.response.status_code", response.status_code)
-                    return response.status_code, response.headers.get("location"), body
+                    headers = response.headers
+                    return response.status_code, headers.get("location"), headers.get("content-encoding"), body
             except httpx.ConnectTimeout:
                 failure = ValidationFailure("connection", f"{address}: Fetching {url}: Timeout during connect")
             except httpx.ConnectError:
@@ -155,6 +172,10 @@ async def _fetch(
                 )
             except httpx.TimeoutException:
                 raise ValidationFailure("connection", f"{address}: Fetching {url}: Timeout during read") from None
+            except ResponseLimitExceeded as error:
+                raise ValidationFailure(
+                    "connection", f"{address}: Fetching {url}: Error reading the response ({error.reason})"
+                ) from None
             except httpx.TransportError:
                 raise ValidationFailure(
                     "connection", f"{address}: Fetching {url}: Error reading the response"
@@ -162,13 +183,43 @@ async def _fetch(
     raise failure or ValidationFailure("dns", f"No valid IP addresses found for {host}")
 
 
-async def _read_body(response: httpx.Response) -> bytes:
+async def _read_raw_body(response: httpx.Response) -> bytes:
+    """The body as the server sent it: ``aiter_raw``, never httpx's decoders (``aiter_bytes``
+    would inflate a compressed body whole, whatever it grows to)."""
     body = bytearray()
-    async for chunk in response.aiter_bytes():
+    async for chunk in response.aiter_raw():
         body += chunk
         if len(body) >= MAX_BODY_BYTES:
             break
     return bytes(body[:MAX_BODY_BYTES])
+
+
+def decoded_body(raw: bytes, content_encoding: str | None, url: httpx.URL) -> bytes:
+    """``raw`` with its content coding undone, at most ``MAX_BODY_BYTES`` of it whatever the
+    compression ratio: one ``gzip``/``deflate`` layer is inflated by a bounded ``decompress``;
+    any other coding, or more than ``MAX_CONTENT_CODINGS`` of them, is refused (``unauthorized``)."""
+    codings = [c.strip().lower() for c in (content_encoding or "").split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    if not codings:
+        return raw
+    if len(codings) > MAX_CONTENT_CODINGS or codings[0] not in DECODED_CONTENT_CODINGS:
+        raise ValidationFailure(
+            "unauthorized",
+            f"Invalid response from {url}: Content-Encoding {json.dumps(content_encoding)[:QUOTED_BODY_CHARS]} "
+            "is not accepted (the validator asks for identity and decodes at most one gzip or deflate layer)",
+        )
+    try:
+        inflater = zlib.decompressobj(DECODED_CONTENT_CODINGS[codings[0]])
+        return inflater.decompress(raw, MAX_BODY_BYTES)
+    except zlib.error:
+        if codings[0] == "deflate":  # a raw deflate stream without its zlib header, as some servers send
+            try:
+                return zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw, MAX_BODY_BYTES)
+            except zlib.error:
+                pass
+        raise ValidationFailure(
+            "unauthorized", f"Invalid response from {url}: the {codings[0]} body could not be decoded"
+        ) from None
 
 
 def _is_ip(host: str) -> bool:
@@ -201,4 +252,4 @@ def _redirect_target(current: httpx.URL, location: str, ports: ValidationPorts) 
             f"Fetching {current}: redirect to {target.scheme} port {target.port or default_port} is not followed "
             f"(only {ports.http} for http, {ports.tls} for https)",
         )
-    return target.copy_with(fragment=None)
+    return target.copy_with(fragment=None, userinfo=b"")  # no credentials sent on (httpx would)

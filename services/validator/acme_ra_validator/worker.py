@@ -7,6 +7,15 @@ order looked at again after the commit (``settle_again``).
 
 Idempotent: a job whose challenge is no longer ``processing`` is only acked, and the outcome is
 recorded with a conditional update, so a redelivery (to this or another replica) changes nothing.
+
+Poison jobs: a job whose check was started ``ValidationOptions.max_attempts`` times
+(``ACME_RA_VALIDATION_MAX_ATTEMPTS``) without an outcome stored (its validator OOM-killed, or the
+outcome failed to commit) is not checked again: the challenge ends ``invalid`` with ``abandoned``
+and the job is acked, so one hostile answer cannot take validators down one after another. The
+count is the challenge's ``check_attempts``, written only on a redelivery (JetStream's
+``num_delivered`` > 1, one UPDATE before the check), so the first delivery costs nothing more;
+deliveries that failed before the check (the database away: the load fails) are not counted,
+so an outage does not turn into abandoned challenges.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import dns.exception
 import httpx
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from sqlalchemy import Select, Table, bindparam, select
+from sqlalchemy import Select, Table, Update, bindparam, select, update
 
 from acme_ra import bus, telemetry
 from acme_ra.config import Settings
@@ -41,11 +50,48 @@ from acme_ra_validator.tlsalpn01 import check_tls_alpn01
 
 log = logging.getLogger("acme_ra_validator.worker")
 
-# The most one check may take, all addresses and redirects included (bus.consume's heartbeats
-# keep the job from being redelivered meanwhile); below the reconciler's CHALLENGE_DEADLINE.
+# The most one check may take, all addresses, redirects and bytes included (ACME_RA_VALIDATION_
+# TIMEOUT_SECONDS, default 45); bus.consume's heartbeats keep the job from being redelivered
+# meanwhile; below the reconciler's CHALLENGE_DEADLINE.
 VALIDATION_TIMEOUT_SECONDS = 45.0
+# Checks of one challenge that may fail or crash a validator (ACME_RA_VALIDATION_MAX_ATTEMPTS,
+# default 3): the next delivery ends the challenge invalid without checking it.
+MAX_ATTEMPTS = 3
 
 SERVER_INTERNAL = {"type": "serverInternal", "detail": "validation failed unexpectedly"}
+
+
+def abandoned(attempts: int) -> dict[str, Any]:
+    """The problem of a challenge whose job failed or crashed a validator ``attempts`` times."""
+    return {
+        "type": "serverInternal",
+        "detail": f"validation was attempted {attempts} time{'' if attempts == 1 else 's'} and never completed "
+        "(the validator failed or stopped each time); it is not tried again",
+    }
+
+
+def _count_check_statement() -> Update:
+    """A redelivered job's check is about to start: one more in ``check_attempts`` (only while
+    the challenge is processing), the count returned."""
+    challenges = cast(Table, Challenge.__table__)
+    return (
+        update(challenges)
+        .where(challenges.c.id == bindparam("p_challenge_id"), challenges.c.status == ChallengeStatus.processing.value)
+        .values(check_attempts=challenges.c.check_attempts + 1)
+        .returning(challenges.c.check_attempts)
+    )
+
+
+_COUNT_CHECK = Statement(_count_check_statement())
+
+
+def delivery_count(msg: Msg) -> int:
+    """Which delivery of the job this is (JetStream's ``num_delivered``, 1 = first); 1 when the
+    message carries no JetStream metadata."""
+    try:
+        return int(msg.metadata.num_delivered or 1)
+    except Exception:  # noqa: BLE001 - not a JetStream message (tests) or no metadata
+        return 1
 
 
 @dataclass(frozen=True)
@@ -58,6 +104,10 @@ class ValidationOptions:
     caa_identities: tuple[str, ...] = ()
     # ACME_RA_EXTERNAL_URL: account URLs (CAA accounturi) are built from it.
     external_url: str = "https://localhost:8443"
+    # ACME_RA_VALIDATION_TIMEOUT_SECONDS: the most one check may take.
+    timeout_seconds: float = VALIDATION_TIMEOUT_SECONDS
+    # ACME_RA_VALIDATION_MAX_ATTEMPTS: deliveries of one job before it is abandoned.
+    max_attempts: int = MAX_ATTEMPTS
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationOptions:
@@ -68,6 +118,8 @@ class ValidationOptions:
             ),
             caa_identities=tuple(settings.caa_identity_list),
             external_url=settings.external_url,
+            timeout_seconds=settings.validation_timeout_seconds,
+            max_attempts=settings.validation_max_attempts,
         )
 
     def account_url(self, provisioner: str, account_id: str) -> str:
@@ -176,7 +228,15 @@ class ChallengeValidator:
                 span.set_attribute("acme.outcome", outcome)
                 self._log(job, challenge.type if challenge else None, outcome, started)
                 return
-            error = await self.validate(challenge)
+            error: dict[str, Any] | None
+            earlier = await self.earlier_checks(challenge.challenge_id, delivery_count(msg))
+            if earlier >= self.options.max_attempts:
+                # Checked this often already, never to the end: the check fails or kills its validator.
+                error = abandoned(earlier)
+                metrics.VALIDATIONS.labels(metrics.type_label(challenge.type), "abandoned").inc()
+                log.warning("validation job abandoned", extra={"challenge_id": job.challenge_id, "checks": earlier})
+            else:
+                error = await self.validate(challenge)
             # One statement on PostgreSQL, three in SQLite's transaction: see finish_challenge.
             async with self.db.autocommit() as conn:
                 finished = await finish_challenge(conn, challenge.challenge_id, error, self.authz_lifetime)
@@ -192,6 +252,16 @@ class ChallengeValidator:
                 event = bus.Event(kind="validated", challenge_id=challenge.challenge_id, order_id=job.order_id,
                                   status=status, validated=finished.validated, error=error)
                 await bus.publish_event_unconfirmed(self.nc, event)
+
+    async def earlier_checks(self, challenge_id: str, delivery: int) -> int:
+        """How many checks of this challenge may have started before this one without an outcome:
+        none on a first delivery (nothing written); on a redelivery the first delivery's (counted
+        whether or not it got that far) and those of the redeliveries recorded before this one."""
+        if delivery <= 1:
+            return 0
+        async with self.db.autocommit() as conn:
+            row = (await _COUNT_CHECK.run(conn, {"p_challenge_id": challenge_id})).first()
+        return 0 if row is None else int(row[0])  # this one included, the first delivery's not: one each way
 
     async def settle_again(self, authz_id: str) -> None:
         """Look at the orders holding a newly valid authorization once more, after the outcome
@@ -217,13 +287,17 @@ class ChallengeValidator:
         label = metrics.type_label(challenge.type)
         started = time.monotonic()
         try:
-            async with asyncio.timeout(VALIDATION_TIMEOUT_SECONDS):
+            async with asyncio.timeout(self.options.timeout_seconds):
                 await self._check(challenge)
             error = None
         except ValidationFailure as failure:
             error = failure.to_data()
         except TimeoutError:
-            error = {"type": "connection", "detail": f"Validation timed out after {VALIDATION_TIMEOUT_SECONDS:.0f} s"}
+            error = {
+                "type": "connection",
+                "detail": f"Validation of {challenge.identifier_value} ({challenge.type}) timed out after "
+                f"{self.options.timeout_seconds:g} s: the server answered too slowly or not at all",
+            }
         except (httpx.TransportError, OSError):
             error = {"type": "connection", "detail": "Could not connect to the server being validated"}
         except dns.exception.DNSException:

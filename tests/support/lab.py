@@ -53,6 +53,9 @@ def lab_environment(state_dir: Path, database_url: str, ports: LabPorts,
         f"{ENV_PREFIX}VALIDATION_HTTP_PORT": str(ports.http01),
         f"{ENV_PREFIX}VALIDATION_TLS_PORT": str(ports.tls_alpn),
         f"{ENV_PREFIX}DNS_RESOLVERS": dns_resolvers,
+        # Every client of the suite's shared lab comes from 127.0.0.1: production's 20 new
+        # accounts an hour per address would refuse the 21st test (the limit has tests of its own).
+        f"{ENV_PREFIX}RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR": "1000",
     })
     taken = set(vars(ports).values())
     for field in Settings.model_fields:  # any other listener (metrics, admin...): a free port too

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import shutil
 import ssl
 import uuid
 from collections.abc import AsyncIterator
@@ -53,12 +54,15 @@ async def ready_order(lab: Lab, account: TestAcmeClient, name: str) -> dict[str,
     record = lab.txt_dir / f"_acme-challenge.{name}"
     record.mkdir(parents=True, exist_ok=True)
     (record / "value").write_text(b64(digest))
-    assert (await account.post(challenge["url"], {})).status == 200
-    for _ in range(VALIDATION_DEADLINE * 4):
-        order = await account.post(order_url or "")
-        if order.body["status"] != "pending":
-            break
-        await asyncio.sleep(0.25)
+    try:
+        assert (await account.post(challenge["url"], {})).status == 200
+        for _ in range(VALIDATION_DEADLINE * 4):
+            order = await account.post(order_url or "")
+            if order.body["status"] != "pending":
+                break
+            await asyncio.sleep(0.25)
+    finally:  # the suite's DNS server is shared: other tests check that no record is left
+        shutil.rmtree(record)
     assert order.body["status"] == "ready", order.text
     return {**order.body, "url": order_url}
 

@@ -1,0 +1,151 @@
+"""Upstream dns-01 against a Pebble that validates for real, resolving through a real BIND9:
+the signer publishes the TXT records by RFC 2136 with TSIG (following a CNAME into a delegated
+validation zone), waits for the zone's servers, answers, and removes them; ``prevalidated`` in
+front of that Pebble fails naming ``authz_strategy``; a wrong TSIG secret fails once, clearly."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from pydantic import SecretStr
+
+from acme_ra.config import Settings
+from acme_ra.db.engine import Database
+from acme_ra_signer.worker import IssueWorker
+from tests.support.bind import Bind, Zone
+
+from .conftest import certificate_of, for_pebble, make_acme_driver, new_order, order_row, run_job, upstream_order_row
+from .pebble import Pebble, require_pebble
+
+# The hosts live in example.test (the key may write it) and hosts.test (it may not: its
+# _acme-challenge names are CNAMEs into validation.test, the one zone delegated to acme-ra).
+ZONES = [
+    Zone("example.test"),
+    Zone("hosts.test", updatable=False, records=["_acme-challenge.www IN CNAME www.validation.test."]),
+    Zone("validation.test"),
+]
+
+
+@pytest.fixture
+def bind(tmp_path: Path) -> Iterator[Bind]:
+    server = Bind(tmp_path / "bind", ZONES)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pebble(tmp_path: Path, bind: Bind) -> Iterator[Pebble]:
+    """Pebble validating for real (no PEBBLE_VA_ALWAYS_VALID), resolving through BIND."""
+    require_pebble()
+    server = Pebble(tmp_path / "pebble", dns_server=bind.resolver_address)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def dns01_settings(settings: Settings, pebble: Pebble, bind: Bind, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "upstream_authz_strategy": "dns-01",
+        "upstream_dns_rfc2136_server": bind.address,
+        "upstream_dns_tsig_key_name": bind.key_name,
+        "upstream_dns_tsig_secret_file": bind.secret_file,
+        "upstream_dns_nameservers": bind.address,
+        "upstream_dns_propagation_timeout_seconds": 20.0,
+    }
+    values.update(overrides)
+    return for_pebble(settings, pebble, **values)
+
+
+def san(certificate_pem: str) -> set[str]:
+    leaf = x509.load_pem_x509_certificate(certificate_pem.encode())
+    return set(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["one.example.test"],
+        ["wild.example.test", "*.wild.example.test"],
+        ["www.hosts.test"],
+    ],
+    ids=["one-name", "name-and-wildcard", "cname-into-validation-zone"],
+)
+async def test_dns01_issues_and_leaves_no_record(
+    pebble: Pebble, bind: Bind, settings: Settings, db: Database, names: list[str]
+) -> None:
+    driver = make_acme_driver(dns01_settings(settings, pebble, bind), db)
+    try:
+        order_id = await new_order(db, names)
+        msg = await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    order = await order_row(db, order_id)
+    assert order.status == "valid", (order.error, pebble.log_path.read_text()[-2000:])
+    assert msg.acks == 1
+    certificate = await certificate_of(db, order_id)
+    assert san(certificate.chain_pem) == set(names)
+    record = await upstream_order_row(db, order_id)
+    assert record is not None and record.orders_created == 1 and record.dns_records is None
+    log = bind.log_path.read_text()
+    published = [line for line in log.splitlines() if "adding an RR at '" in line and " TXT " in line]
+    # Two values at one name for a name and its wildcard; one per name otherwise.
+    assert len(published) == len(names), published
+    if names == ["www.hosts.test"]:
+        assert all("www.validation.test" in line for line in published)
+    assert bind.all_txt() == {}, "a TXT record was left in the zone"
+
+
+async def test_prevalidated_in_front_of_a_validating_upstream_names_authz_strategy(
+    pebble: Pebble, settings: Settings, db: Database
+) -> None:
+    driver = make_acme_driver(for_pebble(settings, pebble, upstream_authz_strategy="prevalidated"), db)
+    try:
+        order_id = await new_order(db, ["not-prevalidated.example.test"])
+        msg = await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    assert msg.acks == 1
+    order = await order_row(db, order_id)
+    assert order.status == "invalid"
+    assert order.error is not None and order.error["type"] == "unauthorized"
+    detail = order.error["detail"]
+    assert "did not validate not-prevalidated.example.test" in detail
+    assert "ACME_RA_UPSTREAM_AUTHZ_STRATEGY=prevalidated" in detail and "dns-01" in detail
+    record = await upstream_order_row(db, order_id)
+    assert record is not None and record.state == "invalid" and record.finalized_at is None
+    assert pebble.issued_count() == 0
+
+
+async def test_a_wrong_tsig_secret_fails_the_order_once_with_one_log_line(
+    pebble: Pebble, bind: Bind, settings: Settings, db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = base64.b64encode(secrets.token_bytes(32)).decode()
+    configured = dns01_settings(
+        settings, pebble, bind, upstream_dns_tsig_secret_file=None, upstream_dns_tsig_secret=SecretStr(wrong)
+    )
+    driver = make_acme_driver(configured, db)
+    caplog.set_level(logging.INFO)
+    try:
+        order_id = await new_order(db, ["tsig.example.test"])
+        msg = await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    assert msg.acks == 1  # settled: not handed back for a retry
+    order = await order_row(db, order_id)
+    assert order.status == "invalid" and order.error is not None
+    detail = order.error["detail"]
+    assert "TSIG key acme-ra" in detail and "ACME_RA_UPSTREAM_DNS_TSIG_*" in detail, detail
+    assert wrong not in caplog.text
+    errors = [r for r in caplog.records if r.name == "acme_ra_signer.upstream.dns01" and r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage()
+    assert bind.all_txt() == {}
+    assert pebble.issued_count() == 0

@@ -98,17 +98,21 @@ class Settings(BaseSettings):
     # "dns-01" (the signer publishes the TXT record: ACME_RA_UPSTREAM_DNS_*), "http-01" (not yet
     # supported). Checked by the signer at start-up (the old "answer" and "fail" are refused).
     upstream_authz_strategy: str = "prevalidated"
+    # ACME_RA_UPSTREAM_CHALLENGE_TYPE: the challenge POSTed by "prevalidated" (dns-01 uses dns-01).
     upstream_challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] = "http-01"
     # ACME_RA_UPSTREAM_DNS_RFC2136_SERVER: host:port of the primary DNS server that takes RFC 2136
     # updates of the upstream dns-01 TXT records (authz_strategy dns-01).
     upstream_dns_rfc2136_server: str = ""
-    # ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME / _TSIG_ALGORITHM / _TSIG_SECRET_FILE (or _TSIG_SECRET):
-    # the TSIG key that signs those updates (the base64 secret as BIND's tsig-keygen writes it).
+    # ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME: name of the TSIG key that signs those updates.
     upstream_dns_tsig_key_name: str = ""
+    # ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM: its algorithm (hmac-sha256, -sha384, -sha512, ...).
     upstream_dns_tsig_algorithm: str = "hmac-sha256"
+    # ACME_RA_UPSTREAM_DNS_TSIG_SECRET: its base64 secret (prefer the _FILE variable).
     upstream_dns_tsig_secret: SecretStr | None = None
+    # ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE: file holding the base64 secret alone (as in the
+    # `secret "..."` line BIND's tsig-keygen writes), read at start-up, never logged.
     upstream_dns_tsig_secret_file: Path | None = None
-    # ACME_RA_UPSTREAM_DNS_NAMESERVERS: comma list of host:port the signer asks for its CNAME/SOA
+    # ACME_RA_UPSTREAM_DNS_NAMESERVERS: comma list of IP:port the signer asks for its CNAME/SOA
     # lookups and its propagation check (split-horizon DNS, tests); empty = the system's
     # resolvers for lookups and each zone's NS servers on port 53 for the check.
     upstream_dns_nameservers: str = ""

@@ -149,7 +149,10 @@ class AcmeUpstream:
             raise UpstreamRejected({"type": "badCSR", "detail": "the CSR is not valid DER"}) from None
         deadline = time.monotonic() + self.order_timeout
         known: messages.Order | None = None  # newOrder's answer: no need to fetch it again
-        await self._remove_records(journal)  # what a signer that died mid-validation published
+        if journal.entry.state != State.pending.value:
+            # Records a signer that died published; while pending they stay, as the upstream may
+            # be validating them now: authorizing publishes them again (a no-op) and removes them.
+            await self._remove_records(journal)
         for _ in range(MAX_STEPS):
             state = journal.entry.state
             try:
@@ -177,6 +180,7 @@ class AcmeUpstream:
             except OrderLost:
                 await self._order_lost(journal)
             except UpstreamRejected as rejected:
+                await self._remove_records(journal)
                 if journal.entry.state != State.invalid.value:
                     await journal.finish(state=State.invalid.value, error=rejected.problem)
                 raise
@@ -283,6 +287,7 @@ class AcmeUpstream:
             # upstream that lags answers orderNotReady and the order is looked at again.
             status = "ready"
         if status == "ready":
+            await self._remove_records(journal)  # left by a signer that died after the verdict
             # Recorded before finalize: from here on this upstream order is never replaced.
             await journal.save(state=State.finalizing.value, finalized_at=journal.entry.finalized_at or utcnow())
             return await self._send_finalize(journal, csr, order)

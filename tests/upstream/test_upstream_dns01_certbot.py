@@ -11,6 +11,7 @@ acme-ra proves them to Pebble by dns-01 through BIND.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,49 +45,72 @@ class Dns01Lab:
     trust: Path
 
 
+@contextmanager
+def topology_in_front_of(
+    pebble: Pebble, workdir: Path, test_dns: TestDnsServer, upstream_env: dict[str, str]
+) -> Iterator[Lab]:
+    """The three services with ``pebble`` as their upstream and ``upstream_env`` on top."""
+    trust, cert, key = make_tls_material(workdir / "frontend-tls")
+    ports = LabPorts.allocate()
+    with database.fresh_database(workdir / "db") as database_url:
+        env = lab_environment(workdir / "var", database_url, ports, dns_resolvers=test_dns.resolver_setting)
+        env.update({
+            "ACME_RA_UPSTREAM": "acme",
+            "ACME_RA_UPSTREAM_DIRECTORY_URL": pebble.directory_url,
+            "ACME_RA_UPSTREAM_EAB_KID": pebble.eab_kid,
+            "ACME_RA_UPSTREAM_EAB_HMAC_KEY": pebble.eab_hmac_key,
+            "ACME_RA_UPSTREAM_CA_BUNDLE": str(pebble.ca_bundle),
+            "ACME_RA_SECRET_KEY": SECRET,
+            "ACME_RA_TLS_CERT_FILE": str(cert),
+            "ACME_RA_TLS_KEY_FILE": str(key),
+            **upstream_env,
+        })
+        topology = Topology(env, nats_port=ports.nats)
+        with pytest.MonkeyPatch.context() as patch:  # the launcher checks our TLS pair against these roots
+            patch.setenv("SSL_CERT_FILE", str(trust))
+            patch.delenv("SSL_CERT_DIR", raising=False)
+            try:
+                topology.start()
+            except LaunchError as error:
+                pytest.fail(f"the topology did not start: {error}", pytrace=False)
+        try:
+            yield Lab(topology, ports, test_dns.txt_dir)
+        finally:
+            topology.stop()
+
+
+def dns01_env(bind: Bind) -> dict[str, str]:
+    """docs/upstream.md, "dns-01 by RFC 2136"."""
+    return {
+        "ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "dns-01",
+        "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER": bind.address,
+        "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME": bind.key_name,
+        "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE": str(bind.secret_file),
+        "ACME_RA_UPSTREAM_DNS_NAMESERVERS": bind.address,
+        "ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS": "30",
+    }
+
+
 @pytest.fixture(scope="module")
-def dns01_lab(test_dns: TestDnsServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dns01Lab]:
+def bind_and_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bind, Pebble, Path]]:
     require_pebble()
     workdir = tmp_path_factory.mktemp("dns01-lab")
     bind = Bind(workdir / "bind", ZONES)
-    pebble = Pebble(workdir / "pebble", dns_server=bind.resolver_address)
     try:
-        trust, cert, key = make_tls_material(workdir / "frontend-tls")
-        ports = LabPorts.allocate()
-        with database.fresh_database(workdir / "db") as database_url:
-            env = lab_environment(workdir / "var", database_url, ports, dns_resolvers=test_dns.resolver_setting)
-            env.update({
-                "ACME_RA_UPSTREAM": "acme",
-                "ACME_RA_UPSTREAM_DIRECTORY_URL": pebble.directory_url,
-                "ACME_RA_UPSTREAM_EAB_KID": pebble.eab_kid,
-                "ACME_RA_UPSTREAM_EAB_HMAC_KEY": pebble.eab_hmac_key,
-                "ACME_RA_UPSTREAM_CA_BUNDLE": str(pebble.ca_bundle),
-                "ACME_RA_SECRET_KEY": SECRET,
-                "ACME_RA_TLS_CERT_FILE": str(cert),
-                "ACME_RA_TLS_KEY_FILE": str(key),
-                # docs/upstream.md, "dns-01 by RFC 2136":
-                "ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "dns-01",
-                "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER": bind.address,
-                "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME": bind.key_name,
-                "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE": str(bind.secret_file),
-                "ACME_RA_UPSTREAM_DNS_NAMESERVERS": bind.address,
-                "ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS": "30",
-            })
-            topology = Topology(env, nats_port=ports.nats)
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("SSL_CERT_FILE", str(trust))
-                patch.delenv("SSL_CERT_DIR", raising=False)
-                try:
-                    topology.start()
-                except LaunchError as error:
-                    pytest.fail(f"the dns-01 topology did not start: {error}", pytrace=False)
-            try:
-                yield Dns01Lab(Lab(topology, ports, test_dns.txt_dir), pebble, bind, trust)
-            finally:
-                topology.stop()
+        pebble = Pebble(workdir / "pebble", dns_server=bind.resolver_address)
+        try:
+            yield bind, pebble, workdir
+        finally:
+            pebble.stop()
     finally:
-        pebble.stop()
         bind.stop()
+
+
+@pytest.fixture(scope="module")
+def dns01_lab(test_dns: TestDnsServer, bind_and_pebble: tuple[Bind, Pebble, Path]) -> Iterator[Dns01Lab]:
+    bind, pebble, workdir = bind_and_pebble
+    with topology_in_front_of(pebble, workdir / "dns01", test_dns, dns01_env(bind)) as lab:
+        yield Dns01Lab(lab, pebble, bind, workdir / "dns01" / "frontend-tls" / "ca.pem")
 
 
 @pytest.mark.parametrize(
@@ -107,3 +131,18 @@ def test_certbot_gets_a_certificate_that_acme_ra_proved_to_pebble_by_dns01(
     assert dns_names(run.chain()[0]) == set(names)
     assert dns01_lab.pebble.issued_count() == issued_before + 1
     assert dns01_lab.bind.all_txt() == {}, "a TXT record was left in the zone"
+
+
+def test_prevalidated_in_front_of_a_validating_upstream_tells_the_client_what_to_set(
+    test_dns: TestDnsServer, bind_and_pebble: tuple[Bind, Pebble, Path], tmp_path: Path
+) -> None:
+    bind, pebble, workdir = bind_and_pebble
+    issued_before = pebble.issued_count()
+    prevalidated = {"ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "prevalidated"}
+    with topology_in_front_of(pebble, tmp_path / "lab", test_dns, prevalidated) as lab:
+        run = certonly(lab, [f"prevalidated.{TEST_ZONE}"], "dns-01", tmp_path / "certbot",
+                       trust=tmp_path / "lab" / "frontend-tls" / "ca.pem")
+    assert run.returncode != 0, run.describe()
+    assert f"did not validate prevalidated.{TEST_ZONE}" in run.output, run.describe()
+    assert "ACME_RA_UPSTREAM_AUTHZ_STRATEGY=prevalidated" in run.output and "dns-01" in run.output, run.describe()
+    assert pebble.issued_count() == issued_before

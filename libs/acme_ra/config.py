@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # ACME_RA_UPSTREAM_DNS_RFC2136_SERVER: host:port of the primary DNS server that takes RFC 2136
     # updates of the upstream dns-01 TXT records (authz_strategy dns-01).
     upstream_dns_rfc2136_server: str = ""
+    # ACME_RA_UPSTREAM_DNS_HOOK: instead of RFC 2136, a program called as `HOOK add FQDN VALUE`
+    # and `HOOK remove FQDN VALUE` that publishes and removes the TXT record (any DNS provider).
+    upstream_dns_hook: Path | None = None
     # ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME: name of the TSIG key that signs those updates.
     upstream_dns_tsig_key_name: str = ""
     # ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM: its algorithm (hmac-sha256, -sha384, -sha512, ...).

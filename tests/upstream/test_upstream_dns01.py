@@ -149,3 +149,61 @@ async def test_a_wrong_tsig_secret_fails_the_order_once_with_one_log_line(
     assert len(errors) == 1 and "\n" not in errors[0].getMessage()
     assert bind.all_txt() == {}
     assert pebble.issued_count() == 0
+
+
+def nsupdate_hook(directory: Path, bind: Bind) -> Path:
+    """A DNS provider script as an operator would write one: ``HOOK add|remove FQDN VALUE`` by
+    BIND's nsupdate with the TSIG key file."""
+    hook = directory / "dns-hook"
+    hook.write_text(
+        "#!/usr/bin/env bash\n"
+        "set -euo pipefail\n"
+        'action=$1 fqdn=$2 value=$3\n'
+        'case $action in\n'
+        '  add) change="update add $fqdn. 60 TXT \\"$value\\"" ;;\n'
+        '  remove) change="update delete $fqdn. TXT \\"$value\\"" ;;\n'
+        '  *) echo "unknown action $action" >&2; exit 2 ;;\n'
+        "esac\n"
+        f'printf "server 127.0.0.1 {bind.port}\\n%s\\nsend\\n" "$change" | nsupdate -k {bind.key_file}\n'
+    )
+    hook.chmod(0o755)
+    return hook
+
+
+async def test_dns01_by_a_hook_issues_and_leaves_no_record(
+    pebble: Pebble, bind: Bind, settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    hook = nsupdate_hook(tmp_path, bind)
+    configured = dns01_settings(settings, pebble, bind, upstream_dns_rfc2136_server="", upstream_dns_hook=hook)
+    driver = make_acme_driver(configured, db)
+    names = ["hook.example.test", "*.hook.example.test", "www.hosts.test"]
+    try:
+        order_id = await new_order(db, names)
+        await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    order = await order_row(db, order_id)
+    assert order.status == "valid", order.error
+    assert san((await certificate_of(db, order_id)).chain_pem) == set(names)
+    assert bind.all_txt() == {}
+
+
+async def test_a_failing_hook_fails_the_order_with_its_last_line(
+    pebble: Pebble, bind: Bind, settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    hook = tmp_path / "broken-hook"
+    hook.write_text("#!/bin/sh\necho 'provider API: 403 token expired' >&2\nexit 3\n")
+    hook.chmod(0o755)
+    configured = dns01_settings(settings, pebble, bind, upstream_dns_rfc2136_server="", upstream_dns_hook=hook)
+    driver = make_acme_driver(configured, db)
+    try:
+        order_id = await new_order(db, ["broken.example.test"])
+        msg = await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    assert msg.acks == 1
+    order = await order_row(db, order_id)
+    assert order.status == "invalid" and order.error is not None
+    assert "the hook broken-hook exited 3: provider API: 403 token expired" in order.error["detail"]
+    record = await upstream_order_row(db, order_id)
+    assert record is not None and record.dns_records is None

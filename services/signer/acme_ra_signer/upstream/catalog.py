@@ -35,6 +35,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class Upstream:
     origin: str = "ACME_RA_UPSTREAM_"
     # authz_strategy dns-01: where the TXT records are written, and the waits.
     rfc2136: Rfc2136 | None = None
+    dns_hook: Path | None = None
     dns_nameservers: tuple[tuple[str, int], ...] = ()
     dns_propagation_timeout_seconds: float = 120.0
     validation_timeout_seconds: float = 600.0
@@ -138,6 +140,7 @@ class _FileRfc2136(BaseModel):
 class _DnsUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rfc2136: _FileRfc2136 | None = None
+    hook: Path | None = None
 
 
 class _FileUpstream(BaseModel):
@@ -248,6 +251,7 @@ def _from_env(settings: Settings) -> Upstream:
         account_key_type=settings.upstream_account_key_type,
         origin="ACME_RA_UPSTREAM_",
         rfc2136=_env_rfc2136(settings),
+        dns_hook=_hook(settings.upstream_dns_hook, "ACME_RA_UPSTREAM_DNS_HOOK"),
         dns_nameservers=_nameservers(settings.upstream_dns_nameservers, "ACME_RA_UPSTREAM_DNS_NAMESERVERS"),
         dns_propagation_timeout_seconds=settings.upstream_dns_propagation_timeout_seconds,
         validation_timeout_seconds=settings.upstream_validation_timeout_seconds,
@@ -277,6 +281,7 @@ def _from_file(settings: Settings, name: str, entry: _FileUpstream) -> Upstream:
         account_key_type=entry.account_key_type or settings.upstream_account_key_type,
         origin=origin,
         rfc2136=_file_rfc2136(entry, origin),
+        dns_hook=_hook(entry.dns_update.hook if entry.dns_update else None, origin + "dns_update.hook"),
         dns_nameservers=_nameservers(entry.dns_nameservers, origin + "dns_nameservers")
         if entry.dns_nameservers is not None
         else _nameservers(settings.upstream_dns_nameservers, "ACME_RA_UPSTREAM_DNS_NAMESERVERS"),
@@ -396,14 +401,22 @@ def _file_rfc2136(entry: _FileUpstream, origin: str) -> Rfc2136 | None:
     )
 
 
+def _hook(path: Path | None, name: str) -> Path | None:
+    if path is None or not str(path).strip():
+        return None
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise UpstreamConfigError(f"{PREFIX}{name}={str(path)!r}: not an executable file")
+    return path
+
+
 def _check(upstream: Upstream) -> None:
-    if upstream.authz_strategy == "dns-01" and upstream.rfc2136 is None:
-        where = (
-            "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER"
-            if upstream.origin == "ACME_RA_UPSTREAM_"
-            else upstream.origin + "dns_update"
-        )
+    env = upstream.origin == "ACME_RA_UPSTREAM_"
+    if upstream.authz_strategy == "dns-01" and upstream.rfc2136 is None and upstream.dns_hook is None:
+        where = "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER or _DNS_HOOK" if env else upstream.origin + "dns_update"
         raise UpstreamConfigError(f"{PREFIX}{where}: required with {upstream.setting('authz_strategy')}=dns-01")
+    if upstream.rfc2136 is not None and upstream.dns_hook is not None:
+        where = "ACME_RA_UPSTREAM_DNS_HOOK" if env else upstream.origin + "dns_update.hook"
+        raise UpstreamConfigError(f"{PREFIX}{where}: either RFC 2136 or a hook publishes the records, not both")
     parts = urlsplit(upstream.directory_url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UpstreamConfigError(

@@ -7,7 +7,8 @@ by SOA lookup of the owner. After publishing, every authoritative server of the 
 directly (not through a cache) until each answers every value; only then is the upstream
 challenge POSTed. ``RecordSet`` values are what the journal records before they are published.
 
-Publishers: ``Rfc2136Publisher`` (RFC 2136 dynamic update signed with TSIG, dnspython).
+Publishers: ``Rfc2136Publisher`` (RFC 2136 dynamic update signed with TSIG, dnspython) and
+``HookPublisher`` (``HOOK add|remove FQDN VALUE``: any DNS provider's script).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import dns.asyncquery
 import dns.asyncresolver
@@ -42,6 +44,8 @@ log = logging.getLogger("acme_ra_signer.upstream.dns01")
 
 # TTL of the published TXT records (seconds): short, as nothing should cache a challenge.
 TXT_TTL_SECONDS = 60
+# How long one run of the hook may take (seconds).
+HOOK_TIMEOUT_SECONDS = 120.0
 # One DNS query or update (seconds).
 DNS_TIMEOUT_SECONDS = 5.0
 # CNAMEs followed from _acme-challenge.<name> before giving up (a loop, or a long chain).
@@ -202,6 +206,49 @@ class Rfc2136Publisher:
         return DnsConfigProblem({"type": "serverInternal", "detail": detail})
 
 
+class HookPublisher:
+    """Adds and removes TXT records by running ``HOOK add|remove FQDN VALUE`` (any DNS
+    provider's script). A hook that exits non-zero fails the order with its last output line."""
+
+    def __init__(self, hook: Path, upstream: Upstream) -> None:
+        self.hook = hook
+        self.upstream = upstream
+
+    async def add(self, zone: str, records: Iterable[Record]) -> None:
+        for fqdn, value in records:
+            await self._run("add", fqdn, value)
+
+    async def remove(self, zone: str, records: Iterable[Record]) -> None:
+        for fqdn, value in records:
+            await self._run("remove", fqdn, value)
+
+    async def _run(self, action: str, fqdn: str, value: str) -> None:
+        name = fqdn.rstrip(".")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                str(self.hook), action, name, value,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )
+        except OSError as error:
+            raise UpstreamUnavailable(f"dns-01 hook {self.hook}: {error.strerror}") from None
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), HOOK_TIMEOUT_SECONDS)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise UpstreamUnavailable(f"dns-01 hook {self.hook} {action} {name}: no exit in {HOOK_TIMEOUT_SECONDS:.0f}s")
+        if process.returncode == 0:
+            return
+        lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
+        said = lines[-1][:300] if lines else "no output"
+        detail = (
+            f"acme-ra could not {action} the upstream CA's ({self.upstream.name}) dns-01 record {name}: "
+            f"the hook {self.hook.name} exited {process.returncode}: {said}"
+        )
+        log.error(detail, extra={"upstream": self.upstream.name})
+        raise DnsConfigProblem({"type": "serverInternal", "detail": detail})
+
+
 async def _address(host: str) -> str:
     """dnspython talks to addresses: a host name is resolved by the system."""
     try:
@@ -216,10 +263,14 @@ class Dns01:
     """Publishes, checks and removes the TXT records of one upstream order's authorizations."""
 
     def __init__(self, upstream: Upstream) -> None:
-        assert upstream.rfc2136 is not None
         self.upstream = upstream
         self.lookup = DnsLookup(upstream.dns_nameservers)
-        self.publisher = Rfc2136Publisher(upstream.rfc2136, upstream)
+        self.publisher: Rfc2136Publisher | HookPublisher
+        if upstream.rfc2136 is not None:
+            self.publisher = Rfc2136Publisher(upstream.rfc2136, upstream)
+        else:
+            assert upstream.dns_hook is not None  # catalog._check: one of the two
+            self.publisher = HookPublisher(upstream.dns_hook, upstream)
 
     async def owners(self, names: Iterable[str]) -> dict[str, str]:
         """``_acme-challenge.<name>.`` -> where its record is written (CNAMEs followed)."""

@@ -401,9 +401,10 @@ class AcmeUpstream:
             owner = await self.dns01.lookup.owner(dns01.challenge_name(_identifier(authz, url)))
             wanted_records.add((owner, dns01.txt_value(challenge.chall.encode("token"), account.key.jwk)))
         records = sorted(wanted_records)
-        records_json = [list(record) for record in records]
         # Recorded before publishing: a signer that dies from here on leaves what the next removes.
-        await journal.save(dns_records=records_json)
+        # With what a dead signer recorded: its records for authorizations valid since stay too.
+        left = {(fqdn, value) for fqdn, value in journal.entry.dns_records or ()}
+        await journal.save(dns_records=[list(record) for record in sorted(left | wanted_records)])
         started = time.monotonic()
         outcome = "failed"
         try:

@@ -210,23 +210,27 @@ def test_default_strategy_is_prevalidated_and_dns01_reads_the_rfc2136_settings(t
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"upstream_authz_strategy": "answer"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='answer': no longer a strategy; use prevalidated"),
-        ({"upstream_authz_strategy": "fail"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='fail': no longer a strategy; use prevalidated"),
+        ({"upstream_authz_strategy": "answer"}, "AUTHZ_STRATEGY='answer': no longer a strategy; use prevalidated"),
+        ({"upstream_authz_strategy": "fail"}, "AUTHZ_STRATEGY='fail': no longer a strategy; use prevalidated"),
         ({"upstream_authz_strategy": "http-01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='http-01': not yet supported"),
-        ({"upstream_authz_strategy": "dns01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='dns01': expected one of prevalidated"),
-        ({**DNS01, "upstream_dns_rfc2136_server": ""}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER or _DNS_HOOK: required with"),
-        ({**DNS01, "upstream_dns_rfc2136_server": "ns:x"}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER='ns:x': expected host:port"),
+        ({"upstream_authz_strategy": "dns01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='dns01': expected one of"),
+        ({**DNS01, "upstream_dns_rfc2136_server": ""}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER or _DNS_HOOK: required"),
+        ({**DNS01, "upstream_dns_rfc2136_server": "ns:x"}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER='ns:x': expected"),
         ({**DNS01, "upstream_dns_tsig_key_name": " "}, "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME: required"),
         ({**DNS01, "upstream_dns_tsig_algorithm": "sha256"}, "ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM='sha256'"),
         ({**DNS01, "upstream_dns_tsig_secret": None}, "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE: required"),
         ({**DNS01, "upstream_dns_tsig_secret": SecretStr("not base64!")}, "not a base64 TSIG secret"),
-        ({**DNS01, "upstream_dns_tsig_secret_file": Path("/nonexistent"), "upstream_dns_tsig_secret": None},
-         "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE: cannot read /nonexistent"),
-        ({**DNS01, "upstream_dns_hook": Path("/nonexistent-hook")},
-         "ACME_RA_UPSTREAM_DNS_HOOK='/nonexistent-hook': not an executable file"),
+        (
+            {**DNS01, "upstream_dns_tsig_secret_file": Path("/nonexistent"), "upstream_dns_tsig_secret": None},
+            "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE: cannot read /nonexistent",
+        ),
+        (
+            {**DNS01, "upstream_dns_hook": Path("/nonexistent-hook")},
+            "ACME_RA_UPSTREAM_DNS_HOOK='/nonexistent-hook': not an executable file",
+        ),
         ({**DNS01, "upstream_dns_hook": Path("/bin/sh")}, "ACME_RA_UPSTREAM_DNS_HOOK: either RFC 2136 or a hook"),
-        ({**DNS01, "upstream_dns_nameservers": "192.0.2.1:99999"}, "ACME_RA_UPSTREAM_DNS_NAMESERVERS='192.0.2.1:99999'"),
-        ({**DNS01, "upstream_dns_nameservers": "ns1.example.org"}, "ACME_RA_UPSTREAM_DNS_NAMESERVERS='ns1.example.org': 'ns1.example.org' is not an IP address"),
+        ({**DNS01, "upstream_dns_nameservers": "192.0.2.1:99999"}, "_NAMESERVERS='192.0.2.1:99999': expected"),
+        ({**DNS01, "upstream_dns_nameservers": "ns1.example.org"}, "'ns1.example.org' is not an IP address"),
     ],
 )
 def test_strategy_and_dns_mistakes_are_one_line_naming_the_variable(

@@ -3,9 +3,10 @@
 One ``named -g`` on 127.0.0.1 and a free port (UDP and TCP), authoritative only (no recursion),
 with zones written here; and a second ``named``, a resolver (``resolver_address``) forwarding
 those zones to the first: it follows CNAMEs from one zone into another as a CA's resolver does
-(an authoritative server answers only the CNAME). Pebble asks the resolver. A zone declared ``updatable`` takes RFC 2136 updates signed with the
-TSIG key made by ``tsig-keygen``; the others take none. Every name in every zone has an A record
-127.0.0.1 (``*`` wildcard), so Pebble's lookups resolve.
+(an authoritative server answers only the CNAME). Pebble asks the resolver. A zone declared
+``updatable`` takes RFC 2136 updates signed with the TSIG key made by ``tsig-keygen``; the
+others take none. Every name in every zone has an A record 127.0.0.1 (``*`` wildcard), so
+Pebble's lookups resolve.
 
 Run the docs' recipe by hand: ``named -g -c <dir>/named.conf`` after ``Bind(dir, zones)``.
 """
@@ -173,7 +174,8 @@ class Bind:
                 pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"named did not answer within {START_TIMEOUT_SECONDS}s:\n{self.log_path.read_text()[-3000:]}")
+        tail = self.log_path.read_text()[-3000:]
+        raise RuntimeError(f"named did not answer within {START_TIMEOUT_SECONDS}s:\n{tail}")
 
     def stop(self) -> None:
         for process in (self.process, self.resolver):

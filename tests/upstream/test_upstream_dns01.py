@@ -83,7 +83,8 @@ def dns01_settings(settings: Settings, pebble: Pebble, bind: Bind, **overrides: 
 
 def san(certificate_pem: str) -> set[str]:
     leaf = x509.load_pem_x509_certificate(certificate_pem.encode())
-    return set(leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName))
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return set(names.get_values_for_type(x509.DNSName))
 
 
 @pytest.mark.parametrize(

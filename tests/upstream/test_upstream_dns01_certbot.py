@@ -136,7 +136,7 @@ def test_certbot_gets_a_certificate_that_acme_ra_proved_to_pebble_by_dns01(
 def test_prevalidated_in_front_of_a_validating_upstream_tells_the_client_what_to_set(
     test_dns: TestDnsServer, bind_and_pebble: tuple[Bind, Pebble, Path], tmp_path: Path
 ) -> None:
-    bind, pebble, workdir = bind_and_pebble
+    _, pebble, _ = bind_and_pebble
     issued_before = pebble.issued_count()
     prevalidated = {"ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "prevalidated"}
     with topology_in_front_of(pebble, tmp_path / "lab", test_dns, prevalidated) as lab:

@@ -35,6 +35,7 @@ from acme_ra.db.models import UpstreamOrder, UpstreamOrderState, utcnow
 from acme_ra.protocol.problems import STATUS_BY_TYPE
 from acme_ra.sealing import Sealer
 from acme_ra_signer import metrics
+from acme_ra_signer.upstream import dns01
 from acme_ra_signer.upstream.accounts import Account, AccountStore
 from acme_ra_signer.upstream.acme_client import (
     PEM_CHAIN,
@@ -52,7 +53,6 @@ from acme_ra_signer.upstream.base import (
     UpstreamRejected,
     UpstreamUnavailable,
 )
-from acme_ra_signer.upstream import dns01
 from acme_ra_signer.upstream.catalog import Catalog, Upstream, load_catalog, sealing_secret
 from acme_ra_signer.upstream.journal import LEASE_SECONDS, DbJournal, Journal
 

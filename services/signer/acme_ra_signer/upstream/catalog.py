@@ -337,7 +337,12 @@ def _nameservers(value: str | list[str], name: str) -> tuple[tuple[str, int], ..
 
 
 def _rfc2136(
-    server: str, key_name: str, algorithm: str, secret: SecretStr | None, secret_file: Path | None, names: dict[str, str]
+    server: str,
+    key_name: str,
+    algorithm: str,
+    secret: SecretStr | None,
+    secret_file: Path | None,
+    names: dict[str, str],
 ) -> Rfc2136:
     host, port = _host_port(server, names["server"], 53)
     if not key_name.strip():

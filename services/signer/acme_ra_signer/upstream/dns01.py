@@ -66,7 +66,7 @@ class DnsConfigProblem(UpstreamRejected):
 
 def challenge_name(identifier: str) -> str:
     """``_acme-challenge.<name>.`` of an identifier (a wildcard's is its base name's)."""
-    base = identifier[2:] if identifier.startswith("*.") else identifier
+    base = identifier.removeprefix("*.")
     return f"_acme-challenge.{base.rstrip('.')}."
 
 
@@ -156,7 +156,8 @@ class Rfc2136Publisher:
     def __init__(self, config: Rfc2136, upstream: Upstream) -> None:
         self.config = config
         self.upstream = upstream
-        self.keyring = dns.tsigkeyring.from_text({config.key_name: (config.algorithm, config.secret.get_secret_value())})
+        secret = config.secret.get_secret_value()
+        self.keyring = dns.tsigkeyring.from_text({config.key_name: (config.algorithm, secret)})
 
     async def add(self, zone: str, records: Iterable[Record]) -> None:
         await self._update(zone, records, add=True)
@@ -166,7 +167,10 @@ class Rfc2136Publisher:
 
     async def _update(self, zone: str, records: Iterable[Record], add: bool) -> None:
         update = dns.update.UpdateMessage(
-            zone, keyring=self.keyring, keyname=self.config.key_name, keyalgorithm=self.config.algorithm
+            zone,
+            keyring=self.keyring,
+            keyname=dns.name.from_text(self.config.key_name),
+            keyalgorithm=self.config.algorithm,
         )
         origin = dns.name.from_text(zone)
         for fqdn, value in records:
@@ -236,7 +240,9 @@ class HookPublisher:
         except TimeoutError:
             process.kill()
             await process.wait()
-            raise UpstreamUnavailable(f"dns-01 hook {self.hook} {action} {name}: no exit in {HOOK_TIMEOUT_SECONDS:.0f}s")
+            raise UpstreamUnavailable(
+                f"dns-01 hook {self.hook} {action} {name}: no exit in {HOOK_TIMEOUT_SECONDS:.0f}s"
+            ) from None
         if process.returncode == 0:
             return
         lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]

@@ -36,7 +36,7 @@ from .conftest import (
     upstream_order_row,
     wait_until,
 )
-from .pebble import Pebble, require_pebble
+from .pebble import Pebble, free_port, require_pebble
 from .test_upstream_signer_killed import LINK_DELAY_SECONDS, SignerProcess, signer_env
 
 # The hosts live in example.test (the key may write it) and hosts.test (it may not: its
@@ -294,3 +294,30 @@ async def test_signer_killed_mid_validation_completes_once_and_leaves_no_record(
         if second is not None:
             second.stop()
         link.stop()
+
+
+async def test_a_server_that_never_answers_the_record_fails_naming_the_propagation_timeout(
+    pebble: Pebble, bind: Bind, settings: Settings, db: Database
+) -> None:
+    silent = free_port()  # nothing listens: this "authoritative server" never has the record
+    configured = dns01_settings(
+        settings,
+        pebble,
+        bind,
+        upstream_dns_nameservers=f"{bind.address},127.0.0.1:{silent}",
+        upstream_dns_propagation_timeout_seconds=1.0,
+    )
+    driver = make_acme_driver(configured, db)
+    try:
+        order_id = await new_order(db, ["slow-dns.example.test"])
+        msg = await run_job(IssueWorker(db, driver), order_id)
+    finally:
+        await driver.close()
+    assert msg.acks == 1
+    order = await order_row(db, order_id)
+    assert order.status == "invalid" and order.error is not None
+    detail = order.error["detail"]
+    assert "ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS" in detail, detail
+    assert f"_acme-challenge.slow-dns.example.test. at 127.0.0.1:{silent}" in detail, detail
+    assert bind.all_txt() == {}
+    assert pebble.issued_count() == 0

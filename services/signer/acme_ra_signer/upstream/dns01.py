@@ -198,15 +198,20 @@ class Rfc2136Publisher:
         raise UpstreamUnavailable(f"dns-01: update of {zone} at {server} answered {text}")
 
     def _refused(self, zone: str, why: str) -> DnsConfigProblem:
-        where = self.upstream.setting("dns_update") if self.upstream.origin != "ACME_RA_UPSTREAM_" else (
-            "ACME_RA_UPSTREAM_DNS_TSIG_*"
+        """The operator's log line names the server, the key and the setting; the client's
+        problem says what happened without the DNS topology."""
+        env = self.upstream.origin == "ACME_RA_UPSTREAM_"
+        where = "ACME_RA_UPSTREAM_DNS_TSIG_*" if env else self.upstream.setting("dns_update")
+        log.error(
+            "dns-01 update of zone %s at %s:%s with TSIG key %s refused: %s; check %s and the zone's update policy",
+            zone, self.config.host, self.config.port, self.config.key_name.rstrip("."), why, where,
+            extra={"upstream": self.upstream.name},
         )
         detail = (
-            f"acme-ra could not publish the upstream CA's ({self.upstream.name}) dns-01 record: "
-            f"update of zone {zone} at {self.config.host}:{self.config.port} with TSIG key "
-            f"{self.config.key_name.rstrip('.')}: {why}; check {where} and the zone's update policy"
+            f"acme-ra could not publish the dns-01 record the upstream CA ({self.upstream.name}) asks for "
+            f"in zone {zone}: the DNS server refused the update (its TSIG key or update policy is "
+            "misconfigured; the signer's log says which)"
         )
-        log.error(detail.replace("\n", " "), extra={"upstream": self.upstream.name})
         return DnsConfigProblem({"type": "serverInternal", "detail": detail})
 
 

@@ -337,13 +337,18 @@ class Dns01:
                 return
             if time.monotonic() + pause > limit:
                 if limit < deadline:
+                    setting = self.upstream.setting("dns_propagation_timeout_seconds")
+                    log.error(
+                        "dns-01 records not answered within %.0fs (%s): missing %s",
+                        timeout, setting, ", ".join(missing[:5]), extra={"upstream": self.upstream.name},
+                    )
+                    names = sorted({entry.split(" at ", 1)[0] for entry in missing})
                     raise UpstreamRejected(
                         {
                             "type": "serverInternal",
-                            "detail": f"the dns-01 record for the upstream CA ({self.upstream.name}) was not "
-                            f"answered by every authoritative server within {timeout:.0f}s "
-                            f"({self.upstream.setting('dns_propagation_timeout_seconds')}): missing "
-                            + ", ".join(missing[:3]),
+                            "detail": f"the dns-01 record the upstream CA ({self.upstream.name}) asks for at "
+                            f"{', '.join(names)} was not answered by every authoritative server within "
+                            f"{timeout:.0f}s ({setting})",
                         }
                     )
                 raise UpstreamUnavailable(f"dns-01: records not visible yet ({', '.join(missing[:3])})")

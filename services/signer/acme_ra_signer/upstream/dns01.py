@@ -217,7 +217,8 @@ class Rfc2136Publisher:
 
 class HookPublisher:
     """Adds and removes TXT records by running ``HOOK add|remove FQDN VALUE`` (any DNS
-    provider's script). A hook that exits non-zero fails the order with its last output line."""
+    provider's script). A hook that exits non-zero fails the order; its last output line is
+    logged."""
 
     def __init__(self, hook: Path, upstream: Upstream) -> None:
         self.hook = hook
@@ -252,11 +253,15 @@ class HookPublisher:
             return
         lines = [line for line in output.decode(errors="replace").splitlines() if line.strip()]
         said = lines[-1][:300] if lines else "no output"
-        detail = (
-            f"acme-ra could not {action} the upstream CA's ({self.upstream.name}) dns-01 record {name}: "
-            f"the hook {self.hook.name} exited {process.returncode}: {said}"
+        # Its output may carry a provider's answer with tokens: the log has it, the client not.
+        log.error(
+            "dns-01 hook %s %s %s exited %s: %s", self.hook, action, name, process.returncode, said,
+            extra={"upstream": self.upstream.name},
         )
-        log.error(detail, extra={"upstream": self.upstream.name})
+        detail = (
+            f"acme-ra could not {action} the dns-01 record {name} the upstream CA ({self.upstream.name}) "
+            f"asks for: the hook {self.hook.name} exited {process.returncode} (the signer's log has its output)"
+        )
         raise DnsConfigProblem({"type": "serverInternal", "detail": detail})
 
 

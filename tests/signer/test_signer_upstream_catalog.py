@@ -42,12 +42,12 @@ def test_environment_alone_makes_the_default_upstream(tmp_path: Path) -> None:
             upstream_eab_kid="kid-1",
             upstream_eab_hmac_key=SecretStr(HMAC),
             upstream_cert_lifetime_days=365,
-            upstream_authz_strategy="fail",
+            upstream_authz_strategy="prevalidated",
         )
     )
     upstream = catalog.select("acme", None)
     assert upstream.name == catalog.default == "default"
-    assert upstream.has_eab and upstream.cert_lifetime_days == 365 and upstream.authz_strategy == "fail"
+    assert upstream.has_eab and upstream.cert_lifetime_days == 365 and upstream.authz_strategy == "prevalidated"
     assert upstream.setting("eab_hmac_key") == "ACME_RA_UPSTREAM_EAB_HMAC_KEY"
     assert HMAC not in repr(upstream)
 
@@ -179,3 +179,102 @@ def test_sealing_secret_is_required_and_never_generated(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("a-long-enough-secret-for-sealing\n")
     assert sealing_secret(settings(tmp_path, secret_key_file=secret_file)) == b"a-long-enough-secret-for-sealing"
+
+
+TSIG = "3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="
+DNS01 = {
+    "upstream_directory_url": "https://ca.test/dir",
+    "upstream_authz_strategy": "dns-01",
+    "upstream_dns_rfc2136_server": "192.0.2.53:5353",
+    "upstream_dns_tsig_key_name": "acme-ra",
+    "upstream_dns_tsig_secret": SecretStr(TSIG),
+}
+
+
+def test_default_strategy_is_prevalidated_and_dns01_reads_the_rfc2136_settings(tmp_path: Path) -> None:
+    plain = load_catalog(settings(tmp_path, upstream_directory_url="https://ca.test/dir")).upstreams["default"]
+    assert plain.authz_strategy == "prevalidated" and plain.rfc2136 is None
+    secret_file = tmp_path / "tsig.secret"
+    secret_file.write_text(TSIG + "\n")
+    values = {**DNS01, "upstream_dns_tsig_secret": None, "upstream_dns_tsig_secret_file": secret_file}
+    upstream = load_catalog(
+        settings(tmp_path, **values, upstream_dns_nameservers="192.0.2.1, [2001:db8::1]:5353")
+    ).upstreams["default"]
+    assert upstream.authz_strategy == "dns-01" and upstream.rfc2136 is not None
+    assert (upstream.rfc2136.host, upstream.rfc2136.port, upstream.rfc2136.key_name) == ("192.0.2.53", 5353, "acme-ra.")
+    assert upstream.rfc2136.algorithm == "hmac-sha256" and upstream.rfc2136.secret.get_secret_value() == TSIG
+    assert upstream.dns_nameservers == (("192.0.2.1", 53), ("2001:db8::1", 5353))
+    assert TSIG not in repr(upstream)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"upstream_authz_strategy": "answer"}, "AUTHZ_STRATEGY='answer': no longer a strategy; use prevalidated"),
+        ({"upstream_authz_strategy": "fail"}, "AUTHZ_STRATEGY='fail': no longer a strategy; use prevalidated"),
+        ({"upstream_authz_strategy": "http-01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='http-01': not yet supported"),
+        ({"upstream_authz_strategy": "dns01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='dns01': expected one of"),
+        ({**DNS01, "upstream_dns_rfc2136_server": ""}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER or _DNS_HOOK: required"),
+        ({**DNS01, "upstream_dns_rfc2136_server": "ns:x"}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER='ns:x': expected"),
+        ({**DNS01, "upstream_dns_tsig_key_name": " "}, "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME: required"),
+        ({**DNS01, "upstream_dns_tsig_algorithm": "sha256"}, "ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM='sha256'"),
+        ({**DNS01, "upstream_dns_tsig_secret": None}, "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE: required"),
+        ({**DNS01, "upstream_dns_tsig_secret": SecretStr("not base64!")}, "not a base64 TSIG secret"),
+        (
+            {**DNS01, "upstream_dns_tsig_secret_file": Path("/nonexistent"), "upstream_dns_tsig_secret": None},
+            "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE: cannot read /nonexistent",
+        ),
+        (
+            {**DNS01, "upstream_dns_hook": Path("/nonexistent-hook")},
+            "ACME_RA_UPSTREAM_DNS_HOOK='/nonexistent-hook': not an executable file",
+        ),
+        ({**DNS01, "upstream_dns_hook": Path("/bin/sh")}, "ACME_RA_UPSTREAM_DNS_HOOK: either RFC 2136 or a hook"),
+        ({**DNS01, "upstream_dns_nameservers": "192.0.2.1:99999"}, "_NAMESERVERS='192.0.2.1:99999': expected"),
+        ({**DNS01, "upstream_dns_nameservers": "ns1.example.org"}, "'ns1.example.org' is not an IP address"),
+    ],
+)
+def test_strategy_and_dns_mistakes_are_one_line_naming_the_variable(
+    tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    values = {"upstream_directory_url": "https://ca.test/dir", **values}
+    with pytest.raises(UpstreamConfigError) as error:
+        load_catalog(settings(tmp_path, **values))
+    text = str(error.value)
+    assert message in text and "\n" not in text and "not base64!" not in text, text
+
+
+def test_config_file_declares_dns01_per_upstream(tmp_path: Path) -> None:
+    secret_file = tmp_path / "tsig.secret"
+    secret_file.write_text(TSIG)
+    config = tmp_path / "acme-ra.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  certinext:\n"
+        "    directory_url: https://ca.test/dir\n"
+        "    authz_strategy: dns-01\n"
+        "    dns_update:\n"
+        "      rfc2136:\n"
+        "        server: 192.0.2.53\n"
+        "        tsig_key_name: acme-ra\n"
+        "        tsig_algorithm: hmac-sha512\n"
+        f"        tsig_secret_file: {secret_file}\n"
+        "    dns_nameservers: [192.0.2.53:53]\n"
+        "    dns_propagation_timeout_seconds: 300\n"
+        "    validation_timeout_seconds: 1800\n"
+        "  sectigo:\n"
+        "    directory_url: https://ca.test/other\n"
+        "    authz_strategy: fail\n"
+        "default_upstream: certinext\n"
+    )
+    with pytest.raises(UpstreamConfigError) as error:
+        load_catalog(settings(tmp_path, config_file=config))
+    assert f"ACME_RA_CONFIG_FILE ({config}): upstreams.sectigo.authz_strategy='fail': no longer" in str(error.value)
+    config.write_text(config.read_text().replace("authz_strategy: fail", "authz_strategy: prevalidated"))
+    catalog = load_catalog(settings(tmp_path, config_file=config))
+    upstream = catalog.upstreams["certinext"]
+    assert upstream.rfc2136 is not None and upstream.rfc2136.port == 53 and upstream.rfc2136.algorithm == "hmac-sha512"
+    assert upstream.dns_propagation_timeout_seconds == 300 and upstream.validation_timeout_seconds == 1800
+    assert catalog.upstreams["sectigo"].authz_strategy == "prevalidated"
+    config.write_text(config.read_text().replace("server: 192.0.2.53", "server: ':53'"))
+    with pytest.raises(UpstreamConfigError, match=r"upstreams\.certinext\.dns_update\.rfc2136\.server=':53'"):
+        load_catalog(settings(tmp_path, config_file=config))

@@ -52,8 +52,9 @@ def trust_environment(ca_bundle: Path) -> dict[str, str]:
 
 
 def certonly(lab: Lab, names: list[str], challenge: str, workdir: Path,
-             auth_hook: Path | str = AUTH_HOOK) -> CertbotRun:
-    """``certbot certonly`` for ``names``: http-01 standalone or dns-01 with the manual hooks."""
+             auth_hook: Path | str = AUTH_HOOK, trust: Path | None = None) -> CertbotRun:
+    """``certbot certonly`` for ``names``: http-01 standalone or dns-01 with the manual hooks;
+    ``trust``: the root of the frontend's TLS certificate, when not the lab's own CA bundle."""
     config_dir = workdir / "config"
     args = [
         str(CERTBOT), "certonly", "--non-interactive", "--agree-tos", "--register-unsafely-without-email",
@@ -69,7 +70,7 @@ def certonly(lab: Lab, names: list[str], challenge: str, workdir: Path,
                  "--manual-auth-hook", str(auth_hook), "--manual-cleanup-hook", str(CLEANUP_HOOK)]
     else:
         raise ValueError(challenge)
-    env = trust_environment(lab.ca_bundle)
+    env = trust_environment(trust or lab.ca_bundle)
     env["TEST_DNS_TXT_DIR"] = str(lab.txt_dir)
     completed = subprocess.run(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, timeout=CERTBOT_TIMEOUT_SECONDS)

@@ -112,7 +112,9 @@ def make_tls_material(directory: Path) -> tuple[Path, Path, Path]:
 class Pebble:
     """One Pebble process; ``directory_url``, ``eab_kid``/``eab_hmac_key``, ``ca_bundle``."""
 
-    def __init__(self, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None, dns_server: str | None = None) -> None:
+        """``dns_server`` (host:port): Pebble validates for real, resolving through it (its
+        ``-dnsserver``); else every challenge is valid (``PEBBLE_VA_ALWAYS_VALID``)."""
         self.binary = require_pebble()
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
@@ -140,12 +142,13 @@ class Pebble:
         )
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "PEBBLE_VA_ALWAYS_VALID": "1",
+            "PEBBLE_VA_ALWAYS_VALID": "0" if dns_server else "1",
             "PEBBLE_VA_NOSLEEP": "1",
             "PEBBLE_WFE_NONCEREJECT": "0",
             "PEBBLE_WFE_ORDERS_PER_PAGE": "1000",
             **(env or {}),
         }
+        self.args = ["-dnsserver", dns_server] if dns_server else []
         self.log_path = workdir / "pebble.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -163,7 +166,7 @@ class Pebble:
         assert self.process is None or self.process.poll() is not None
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [self.binary, "-config", str(self.config_path), "-strict=false"],
+            [self.binary, "-config", str(self.config_path), "-strict=false", *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,

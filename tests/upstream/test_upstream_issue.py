@@ -203,26 +203,6 @@ async def test_configured_lifetime_is_requested(pebble: Pebble, settings: Settin
     assert abs((certificate.not_after - expected).total_seconds()) < 300
 
 
-async def test_fail_strategy_refuses_names_the_upstream_has_not_validated(
-    pebble: Pebble, settings: Settings, db: Database
-) -> None:
-    driver = make_acme_driver(for_pebble(settings, pebble, upstream_authz_strategy="fail"), db)
-    try:
-        order_id = await new_order(db, ["not-prevalidated.example.test"])
-        msg = await run_job(IssueWorker(db, driver), order_id)
-    finally:
-        await driver.close()
-    assert msg.acks == 1
-    order = await order_row(db, order_id)
-    assert order.status == "invalid"
-    assert order.error is not None and order.error["type"] == "unauthorized"
-    assert "not pre-validated not-prevalidated.example.test" in order.error["detail"]
-    assert "ACME_RA_UPSTREAM_AUTHZ_STRATEGY=fail" in order.error["detail"]
-    record = await upstream_order_row(db, order_id)
-    assert record is not None and record.state == "invalid" and record.finalized_at is None
-    assert pebble.issued_count() == 0
-
-
 async def test_a_csr_the_upstream_refuses_fails_the_order(pebble: Pebble, db: Database, driver: AcmeDriver) -> None:
     from tests.signer.conftest import insert_order, make_csr
 

@@ -308,6 +308,9 @@ class UpstreamOrder(Base):
     orders_created: Mapped[int] = mapped_column(Integer, default=0)
     # A problem as data when the upstream refused ({"type": ..., "detail": ...}).
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Upstream dns-01: the TXT records ([fqdn, value] pairs) about to be or being published,
+    # recorded before they are published, so that a restart removes them.
+    dns_records: Mapped[list[list[str]] | None] = mapped_column(JSON, nullable=True)
     lease_owner: Mapped[str | None] = mapped_column(String(64), nullable=True)
     lease_until: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -62,6 +62,17 @@ UPSTREAM_ORDERS_CREATED = Counter(
     "newOrder requests sent upstream, by upstream name (one per acme-ra order unless one was lost).",
     ["upstream"],
 )
+UPSTREAM_VALIDATIONS = Counter(
+    "acme_ra_upstream_validations_total",
+    "Upstream authorizations the signer proved itself, by upstream, method and outcome (valid, failed).",
+    ["upstream", "method", "outcome"],
+)
+UPSTREAM_VALIDATION_SECONDS = Histogram(
+    "acme_ra_upstream_validation_seconds",
+    "Time from publishing the upstream challenge response to the upstream's verdict, by method.",
+    ["upstream", "method"],
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
 REVOCATIONS = Counter(
     "acme_ra_signer_revocations_total",
     "Revoke requests answered, by outcome (revoked, already_revoked, unavailable, rejected).",

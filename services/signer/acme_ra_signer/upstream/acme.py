@@ -35,6 +35,7 @@ from acme_ra.db.models import UpstreamOrder, UpstreamOrderState, utcnow
 from acme_ra.protocol.problems import STATUS_BY_TYPE
 from acme_ra.sealing import Sealer
 from acme_ra_signer import metrics
+from acme_ra_signer.upstream import dns01
 from acme_ra_signer.upstream.accounts import Account, AccountStore
 from acme_ra_signer.upstream.acme_client import (
     PEM_CHAIN,
@@ -112,6 +113,7 @@ class AcmeUpstream:
         self.client = client
         self.accounts = AccountStore(db, sealer, upstream, client)
         self.order_timeout = order_timeout
+        self.dns01 = dns01.Dns01(upstream) if upstream.authz_strategy == "dns-01" else None
         self._checked_at = -1e9
 
     # Requests as the account -----------------------------------------------------------------
@@ -147,6 +149,10 @@ class AcmeUpstream:
             raise UpstreamRejected({"type": "badCSR", "detail": "the CSR is not valid DER"}) from None
         deadline = time.monotonic() + self.order_timeout
         known: messages.Order | None = None  # newOrder's answer: no need to fetch it again
+        if journal.entry.state != State.pending.value:
+            # Records a signer that died published; while pending they stay, as the upstream may
+            # be validating them now: authorizing publishes them again (a no-op) and removes them.
+            await self._remove_records(journal)
         for _ in range(MAX_STEPS):
             state = journal.entry.state
             try:
@@ -174,6 +180,7 @@ class AcmeUpstream:
             except OrderLost:
                 await self._order_lost(journal)
             except UpstreamRejected as rejected:
+                await self._remove_records(journal)
                 if journal.entry.state != State.invalid.value:
                     await journal.finish(state=State.invalid.value, error=rejected.problem)
                 raise
@@ -280,6 +287,7 @@ class AcmeUpstream:
             # upstream that lags answers orderNotReady and the order is looked at again.
             status = "ready"
         if status == "ready":
+            await self._remove_records(journal)  # left by a signer that died after the verdict
             # Recorded before finalize: from here on this upstream order is never replaced.
             await journal.save(state=State.finalizing.value, finalized_at=journal.entry.finalized_at or utcnow())
             return await self._send_finalize(journal, csr, order)
@@ -352,11 +360,11 @@ class AcmeUpstream:
             await self._follow(journal, order)
 
     async def _authorize(self, order: messages.Order, deadline: float, journal: Journal) -> None:
-        """Skip valid (pre-validated) authorizations; answer or refuse the pending ones."""
-        waiting: list[str] = []
+        """Skip valid authorizations; satisfy the pending ones by ``authz_strategy``."""
+        pending: list[tuple[str, messages.Authorization]] = []
         for url in order.authorizations:
             authz = await self._authorization(url)
-            name = authz.identifier.value if authz.identifier else url
+            name = _identifier(authz, url)
             status = authz.status.name
             if status == "valid":
                 continue
@@ -367,30 +375,79 @@ class AcmeUpstream:
                         "detail": f"the upstream CA ({self.name}) holds the authorization of {name} as {status}",
                     }
                 )
-            if self.config.authz_strategy == "fail":
-                raise UpstreamRejected(
-                    {
-                        "type": "unauthorized",
-                        "detail": f"the upstream CA ({self.name}) has not pre-validated {name} for this RA "
-                        f"(policy {self.config.setting('authz_strategy')}=fail)",
-                    }
-                )
-            challenge = next((c for c in authz.challenges if c.chall.typ == self.config.challenge_type), None)
+            pending.append((url, authz))
+        if not pending:
+            return
+        wanted = "dns-01" if self.config.authz_strategy == "dns-01" else self.config.challenge_type
+        challenges: list[tuple[str, messages.ChallengeBody]] = []
+        for url, authz in pending:
+            challenge = next((c for c in authz.challenges if c.chall.typ == wanted), None)
             if challenge is None:
                 raise UpstreamRejected(
                     {
                         "type": "unauthorized",
-                        "detail": f"the upstream CA ({self.name}) offers no {self.config.challenge_type} "
-                        f"challenge for {name}",
+                        "detail": f"the upstream CA ({self.name}) offers no {wanted} challenge for "
+                        f"{_identifier(authz, url)} ({self.config.setting('authz_strategy')}="
+                        f"{self.config.authz_strategy})",
                     }
                 )
+            challenges.append((url, challenge))
+        if self.dns01 is None:
+            await self._answer(challenges, deadline, journal)
+            return
+        account = await self.accounts.current()
+        wanted_records: set[dns01.Record] = set()
+        for (url, challenge), (_, authz) in zip(challenges, pending, strict=True):
+            owner = await self.dns01.lookup.owner(dns01.challenge_name(_identifier(authz, url)))
+            wanted_records.add((owner, dns01.txt_value(challenge.chall.encode("token"), account.key.jwk)))
+        records = sorted(wanted_records)
+        # Recorded before publishing: a signer that dies from here on leaves what the next removes.
+        # With what a dead signer recorded: its records for authorizations valid since stay too.
+        left = {(fqdn, value) for fqdn, value in journal.entry.dns_records or ()}
+        await journal.save(dns_records=[list(record) for record in sorted(left | wanted_records)])
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            try:
+                await self.dns01.publish(records)
+            except dns01.DnsConfigProblem:
+                await journal.save(dns_records=None)  # refused: nothing was published
+                raise
+            await self.dns01.wait_visible(records, deadline)
+            await self._answer(challenges, deadline, journal)
+            outcome = "valid"
+        finally:
+            metrics.UPSTREAM_VALIDATIONS.labels(self.name, "dns-01", outcome).inc()
+            metrics.UPSTREAM_VALIDATION_SECONDS.labels(self.name, "dns-01").observe(time.monotonic() - started)
+            await self._remove_records(journal)
+
+    async def _remove_records(self, journal: Journal) -> None:
+        """Remove the dns-01 records the journal holds (also those a dead signer left)."""
+        recorded = journal.entry.dns_records
+        if not recorded or self.dns01 is None:
+            return
+        records = [(fqdn, value) for fqdn, value in recorded]
+        try:
+            await self.dns01.remove(records)
+        except UpstreamError as error:
+            # Kept in the journal: the next attempt on this order removes them.
+            log.warning("dns-01 records not removed: %s", error, extra={"upstream": self.name})
+            return
+        await journal.save(dns_records=None)
+        log.info("dns-01 records removed", extra={"upstream": self.name, "records": [r[0] for r in records]})
+
+    async def _answer(
+        self, challenges: list[tuple[str, messages.ChallengeBody]], deadline: float, journal: Journal
+    ) -> None:
+        """POST each pending challenge once, then poll its authorization until it is settled."""
+        for _, challenge in challenges:
             if challenge.status.name == "pending":
                 try:
                     await self.signed(challenge.uri, {})
                 except AcmeProblem as problem:
                     raise self.mapped(problem, "challenge") from None
-            waiting.append(url)
-        for url in waiting:
+        limit = min(deadline, time.monotonic() + self.config.validation_timeout_seconds)
+        for url, _ in challenges:
             attempt = 0
             while True:
                 authz, response = await self._authorization_with_response(url)
@@ -398,17 +455,30 @@ class AcmeUpstream:
                 if status == "valid":
                     break
                 if status != "pending":
-                    errors = [c.error.detail for c in authz.challenges if c.error is not None and c.error.detail]
+                    raise UpstreamRejected(self._not_validated(authz, url, status))
+                if limit < deadline and time.monotonic() + poll_delay(retry_after_seconds(response), attempt) > limit:
                     raise UpstreamRejected(
                         {
                             "type": "unauthorized",
-                            "detail": f"the upstream CA ({self.name}) did not validate "
-                            f"{authz.identifier.value if authz.identifier else url}: {'; '.join(errors) or status}",
+                            "detail": f"the upstream CA ({self.name}) did not validate {_identifier(authz, url)} "
+                            f"within {self.config.validation_timeout_seconds:.0f}s "
+                            f"({self.config.setting('validation_timeout_seconds')})",
                         }
                     )
                 await self._wait(retry_after_seconds(response), attempt, deadline, "validating")
                 await journal.renew()
                 attempt += 1
+
+    def _not_validated(self, authz: messages.Authorization, url: str, status: str) -> dict[str, str]:
+        errors = [c.error.detail or c.error.typ for c in authz.challenges if c.error is not None]
+        said = "; ".join(errors) or status
+        detail = f"the upstream CA ({self.name}) did not validate {_identifier(authz, url)}: {said}"
+        if self.config.authz_strategy == "prevalidated":
+            detail += (
+                f" (with {self.config.setting('authz_strategy')}=prevalidated acme-ra proves nothing itself: "
+                "have the CA pre-validate the domain, or set authz_strategy dns-01)"
+            )
+        return {"type": "unauthorized", "detail": detail}
 
     async def _authorization(self, url: str) -> messages.Authorization:
         return (await self._authorization_with_response(url))[0]
@@ -615,6 +685,13 @@ def poll_delay(retry_after: float | None, attempt: int) -> float:
     if retry_after is None:
         return backoff
     return min(max(retry_after, min(backoff, RETRY_AFTER_FLOOR_MAX_SECONDS)), RETRY_AFTER_MAX_SECONDS)
+
+
+def _identifier(authz: messages.Authorization, url: str) -> str:
+    """The authorization's name as the client asked it (``*.`` for a wildcard)."""
+    if authz.identifier is None:
+        return url
+    return f"*.{authz.identifier.value}" if authz.wildcard else authz.identifier.value
 
 
 def _rfc3339(value: dt.datetime) -> str:

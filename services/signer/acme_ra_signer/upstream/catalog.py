@@ -9,8 +9,12 @@ named ``default``. Several live in ``ACME_RA_CONFIG_FILE`` (YAML or TOML)::
         eab_kid: kid-from-sectigo
         eab_hmac_key_file: /run/secrets/incommon-rsa-hmac   # or eab_hmac_key: ...
         email: pki@example.edu
-        cert_lifetime_days: 365          # optional; also ca_bundle, authz_strategy,
-        authz_strategy: fail             # challenge_type, account_key_type
+        cert_lifetime_days: 365          # optional; also ca_bundle, challenge_type,
+        authz_strategy: prevalidated     # account_key_type; or dns-01 with:
+        # dns_update: {rfc2136: {server: 192.0.2.53:53, tsig_key_name: acme-ra,
+        #              tsig_algorithm: hmac-sha256, tsig_secret_file: /run/secrets/tsig}}
+        # dns_nameservers: [192.0.2.53:53], dns_propagation_timeout_seconds: 120,
+        # validation_timeout_seconds: 600
       incommon-ecc:
         directory_url: https://acme.sectigo.com/v2/InCommonECCOV
         eab_kid: other-kid
@@ -30,6 +34,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +55,27 @@ class UpstreamConfigError(Exception):
     """The upstream configuration is unusable; ``str()`` is one line for the operator."""
 
 
+# The strategies of authz_strategy; the values that were replaced, and by what.
+AUTHZ_STRATEGIES = ("prevalidated", "dns-01", "http-01")
+REPLACED_STRATEGIES = {
+    "answer": "prevalidated (a pending authorization gets its challenge POSTed once, nothing provisioned), "
+    "or dns-01 to have the signer publish the TXT record",
+    "fail": "prevalidated (orders whose upstream authorization does not become valid fail, naming it)",
+}
+TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
+
+
+@dataclass(frozen=True)
+class Rfc2136:
+    """A primary DNS server that takes TSIG-signed dynamic updates (RFC 2136)."""
+
+    host: str
+    port: int
+    key_name: str
+    algorithm: str
+    secret: SecretStr = field(repr=False)
+
+
 @dataclass(frozen=True)
 class Upstream:
     """One upstream ACME CA as configured. ``origin`` names where each setting came from, for
@@ -61,10 +88,16 @@ class Upstream:
     email: str = ""
     ca_bundle: Path | None = None
     cert_lifetime_days: int | None = None
-    authz_strategy: Literal["answer", "fail"] = "answer"
+    authz_strategy: str = "prevalidated"
     challenge_type: str = "http-01"
     account_key_type: Literal["rsa2048", "ec256"] = "ec256"
     origin: str = "ACME_RA_UPSTREAM_"
+    # authz_strategy dns-01: where the TXT records are written, and the waits.
+    rfc2136: Rfc2136 | None = None
+    dns_hook: Path | None = None
+    dns_nameservers: tuple[tuple[str, int], ...] = ()
+    dns_propagation_timeout_seconds: float = 120.0
+    validation_timeout_seconds: float = 600.0
 
     def setting(self, name: str) -> str:
         """How the operator spells setting ``name`` (e.g. ``eab_hmac_key``) for this upstream."""
@@ -95,6 +128,21 @@ class Catalog:
         return self.upstreams[self.default]
 
 
+class _FileRfc2136(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    server: str
+    tsig_key_name: str
+    tsig_algorithm: str = "hmac-sha256"
+    tsig_secret_file: Path | None = None
+    tsig_secret: SecretStr | None = None
+
+
+class _DnsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rfc2136: _FileRfc2136 | None = None
+    hook: Path | None = None
+
+
 class _FileUpstream(BaseModel):
     model_config = ConfigDict(extra="forbid")
     directory_url: str
@@ -104,9 +152,13 @@ class _FileUpstream(BaseModel):
     email: str = ""
     ca_bundle: Path | None = None
     cert_lifetime_days: int | None = Field(None, gt=0, le=3650)
-    authz_strategy: Literal["answer", "fail"] | None = None
+    authz_strategy: str | None = None
     challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] | None = None
     account_key_type: Literal["rsa2048", "ec256"] | None = None
+    dns_update: _DnsUpdate | None = None
+    dns_nameservers: list[str] | None = None
+    dns_propagation_timeout_seconds: float | None = Field(None, gt=0)
+    validation_timeout_seconds: float | None = Field(None, gt=0)
 
 
 class _Route(BaseModel):
@@ -194,10 +246,15 @@ def _from_env(settings: Settings) -> Upstream:
         email=settings.upstream_email.strip(),
         ca_bundle=settings.upstream_ca_bundle,
         cert_lifetime_days=settings.upstream_cert_lifetime_days,
-        authz_strategy=settings.upstream_authz_strategy,
+        authz_strategy=_strategy(settings.upstream_authz_strategy, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY"),
         challenge_type=settings.upstream_challenge_type,
         account_key_type=settings.upstream_account_key_type,
         origin="ACME_RA_UPSTREAM_",
+        rfc2136=_env_rfc2136(settings),
+        dns_hook=_hook(settings.upstream_dns_hook, "ACME_RA_UPSTREAM_DNS_HOOK"),
+        dns_nameservers=_nameservers(settings.upstream_dns_nameservers, "ACME_RA_UPSTREAM_DNS_NAMESERVERS"),
+        dns_propagation_timeout_seconds=settings.upstream_dns_propagation_timeout_seconds,
+        validation_timeout_seconds=settings.upstream_validation_timeout_seconds,
     )
     _check(upstream)
     return upstream
@@ -216,16 +273,155 @@ def _from_file(settings: Settings, name: str, entry: _FileUpstream) -> Upstream:
         email=entry.email.strip(),
         ca_bundle=entry.ca_bundle,
         cert_lifetime_days=entry.cert_lifetime_days,
-        authz_strategy=entry.authz_strategy or settings.upstream_authz_strategy,
+        authz_strategy=_strategy(
+            entry.authz_strategy or settings.upstream_authz_strategy,
+            origin + "authz_strategy" if entry.authz_strategy else "ACME_RA_UPSTREAM_AUTHZ_STRATEGY",
+        ),
         challenge_type=entry.challenge_type or settings.upstream_challenge_type,
         account_key_type=entry.account_key_type or settings.upstream_account_key_type,
         origin=origin,
+        rfc2136=_file_rfc2136(entry, origin),
+        dns_hook=_hook(entry.dns_update.hook if entry.dns_update else None, origin + "dns_update.hook"),
+        dns_nameservers=_nameservers(entry.dns_nameservers, origin + "dns_nameservers")
+        if entry.dns_nameservers is not None
+        else _nameservers(settings.upstream_dns_nameservers, "ACME_RA_UPSTREAM_DNS_NAMESERVERS"),
+        dns_propagation_timeout_seconds=entry.dns_propagation_timeout_seconds
+        or settings.upstream_dns_propagation_timeout_seconds,
+        validation_timeout_seconds=entry.validation_timeout_seconds or settings.upstream_validation_timeout_seconds,
     )
     _check(upstream)
     return upstream
 
 
+def _strategy(value: str, name: str) -> str:
+    value = value.strip().lower()
+    if value in REPLACED_STRATEGIES:
+        raise UpstreamConfigError(
+            f"{PREFIX}{name}={value!r}: no longer a strategy; use {REPLACED_STRATEGIES[value]} (docs/upstream.md)"
+        )
+    if value == "http-01":
+        raise UpstreamConfigError(
+            f"{PREFIX}{name}='http-01': not yet supported; use dns-01 or prevalidated (docs/upstream.md)"
+        )
+    if value not in AUTHZ_STRATEGIES:
+        raise UpstreamConfigError(f"{PREFIX}{name}={value!r}: expected one of {', '.join(AUTHZ_STRATEGIES)}")
+    return value
+
+
+def _host_port(value: str, name: str, default_port: int | None = None) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``); a bad one is a one-line error naming ``name``."""
+    text = value.strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or (host.count(":") and not host.startswith("[")):
+        host, port = text, ""
+    host = host.strip("[]")
+    if not port and default_port is not None:
+        port = str(default_port)
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UpstreamConfigError(f"{PREFIX}{name}={value!r}: expected host:port, e.g. 192.0.2.53:53")
+    return host, int(port)
+
+
+def _nameservers(value: str | list[str], name: str) -> tuple[tuple[str, int], ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    servers = tuple(_host_port(item, name, 53) for item in items if item.strip())
+    for host, _ in servers:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise UpstreamConfigError(
+                f"{PREFIX}{name}={value if isinstance(value, str) else ','.join(value)!r}: "
+                f"{host!r} is not an IP address (nameservers are asked by address)"
+            ) from None
+    return servers
+
+
+def _rfc2136(
+    server: str,
+    key_name: str,
+    algorithm: str,
+    secret: SecretStr | None,
+    secret_file: Path | None,
+    names: dict[str, str],
+) -> Rfc2136:
+    host, port = _host_port(server, names["server"], 53)
+    if not key_name.strip():
+        raise UpstreamConfigError(f"{PREFIX}{names['key_name']}: required with {names['server']}")
+    algorithm = algorithm.strip().lower()
+    if algorithm not in TSIG_ALGORITHMS:
+        raise UpstreamConfigError(
+            f"{PREFIX}{names['algorithm']}={algorithm!r}: expected one of {', '.join(TSIG_ALGORITHMS)}"
+        )
+    if secret is None and secret_file is not None:
+        secret = _read_secret(secret_file, names["secret_file"])
+    if secret is None:
+        raise UpstreamConfigError(f"{PREFIX}{names['secret_file']}: required with {names['server']}")
+    text = secret.get_secret_value().strip()
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if not decoded:
+        raise UpstreamConfigError(
+            f"{PREFIX}{names['secret_file']}: not a base64 TSIG secret (as tsig-keygen writes it)"
+        )
+    return Rfc2136(host, port, key_name.strip().rstrip(".") + ".", algorithm, SecretStr(text))
+
+
+def _env_rfc2136(settings: Settings) -> Rfc2136 | None:
+    if not settings.upstream_dns_rfc2136_server.strip():
+        return None
+    return _rfc2136(
+        settings.upstream_dns_rfc2136_server,
+        settings.upstream_dns_tsig_key_name,
+        settings.upstream_dns_tsig_algorithm,
+        settings.upstream_dns_tsig_secret,
+        settings.upstream_dns_tsig_secret_file,
+        {
+            "server": "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER",
+            "key_name": "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME",
+            "algorithm": "ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM",
+            "secret_file": "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE",
+        },
+    )
+
+
+def _file_rfc2136(entry: _FileUpstream, origin: str) -> Rfc2136 | None:
+    if entry.dns_update is None or entry.dns_update.rfc2136 is None:
+        return None
+    update = entry.dns_update.rfc2136
+    where = origin + "dns_update.rfc2136."
+    return _rfc2136(
+        update.server,
+        update.tsig_key_name,
+        update.tsig_algorithm,
+        update.tsig_secret,
+        update.tsig_secret_file,
+        {
+            "server": where + "server",
+            "key_name": where + "tsig_key_name",
+            "algorithm": where + "tsig_algorithm",
+            "secret_file": where + "tsig_secret_file",
+        },
+    )
+
+
+def _hook(path: Path | None, name: str) -> Path | None:
+    if path is None or not str(path).strip():
+        return None
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise UpstreamConfigError(f"{PREFIX}{name}={str(path)!r}: not an executable file")
+    return path
+
+
 def _check(upstream: Upstream) -> None:
+    env = upstream.origin == "ACME_RA_UPSTREAM_"
+    if upstream.authz_strategy == "dns-01" and upstream.rfc2136 is None and upstream.dns_hook is None:
+        where = "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER or _DNS_HOOK" if env else upstream.origin + "dns_update"
+        raise UpstreamConfigError(f"{PREFIX}{where}: required with {upstream.setting('authz_strategy')}=dns-01")
+    if upstream.rfc2136 is not None and upstream.dns_hook is not None:
+        where = "ACME_RA_UPSTREAM_DNS_HOOK" if env else upstream.origin + "dns_update.hook"
+        raise UpstreamConfigError(f"{PREFIX}{where}: either RFC 2136 or a hook publishes the records, not both")
     parts = urlsplit(upstream.directory_url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise UpstreamConfigError(

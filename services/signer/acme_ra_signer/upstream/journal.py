@@ -76,6 +76,7 @@ class Entry:
     finalized_at: dt.datetime | None = None
     orders_created: int = 0
     error: dict[str, Any] | None = None
+    dns_records: list[list[str]] | None = None
 
 
 class Journal(Protocol):

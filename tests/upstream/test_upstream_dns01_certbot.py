@@ -1,0 +1,148 @@
+"""The whole of acme-ra (frontend, validator, signer on NATS) in front of a Pebble that validates
+for real through a real BIND9, with ``ACME_RA_UPSTREAM_AUTHZ_STRATEGY=dns-01``: certbot gets
+certificates for one name, a name and its wildcard, and a name whose ``_acme-challenge`` is a
+CNAME into the validation zone, the only zone acme-ra's TSIG key may write. No TXT record is left
+in BIND afterwards. The settings are those of docs/upstream.md's recipe.
+
+certbot proves its names to acme-ra by dns-01 through the suite's test DNS server (its hooks);
+acme-ra proves them to Pebble by dns-01 through BIND.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from acme_ra.launcher import LaunchError, Topology
+from tests.support import database
+from tests.support.bind import Bind, Zone
+from tests.support.certbot import certonly, dns_names
+from tests.support.dns_server import TestDnsServer
+from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment
+
+from .pebble import Pebble, make_tls_material, require_pebble
+
+SECRET = "dns01-certbot-tests-sealing-secret-0123"
+HOSTS = f"hosts.{TEST_ZONE}"
+# acme-ra may write TEST_ZONE and validation.test; not HOSTS, whose _acme-challenge names are
+# CNAMEs into validation.test (the delegation recipe of docs/upstream.md).
+ZONES = [
+    Zone(TEST_ZONE),
+    Zone(HOSTS, updatable=False, records=["_acme-challenge.www IN CNAME www.validation.test."]),
+    Zone("validation.test"),
+]
+
+
+@dataclass
+class Dns01Lab:
+    lab: Lab
+    pebble: Pebble
+    bind: Bind
+    trust: Path
+
+
+@contextmanager
+def topology_in_front_of(
+    pebble: Pebble, workdir: Path, test_dns: TestDnsServer, upstream_env: dict[str, str]
+) -> Iterator[Lab]:
+    """The three services with ``pebble`` as their upstream and ``upstream_env`` on top."""
+    trust, cert, key = make_tls_material(workdir / "frontend-tls")
+    ports = LabPorts.allocate()
+    with database.fresh_database(workdir / "db") as database_url:
+        env = lab_environment(workdir / "var", database_url, ports, dns_resolvers=test_dns.resolver_setting)
+        env.update({
+            "ACME_RA_UPSTREAM": "acme",
+            "ACME_RA_UPSTREAM_DIRECTORY_URL": pebble.directory_url,
+            "ACME_RA_UPSTREAM_EAB_KID": pebble.eab_kid,
+            "ACME_RA_UPSTREAM_EAB_HMAC_KEY": pebble.eab_hmac_key,
+            "ACME_RA_UPSTREAM_CA_BUNDLE": str(pebble.ca_bundle),
+            "ACME_RA_SECRET_KEY": SECRET,
+            "ACME_RA_TLS_CERT_FILE": str(cert),
+            "ACME_RA_TLS_KEY_FILE": str(key),
+            **upstream_env,
+        })
+        topology = Topology(env, nats_port=ports.nats)
+        with pytest.MonkeyPatch.context() as patch:  # the launcher checks our TLS pair against these roots
+            patch.setenv("SSL_CERT_FILE", str(trust))
+            patch.delenv("SSL_CERT_DIR", raising=False)
+            try:
+                topology.start()
+            except LaunchError as error:
+                pytest.fail(f"the topology did not start: {error}", pytrace=False)
+        try:
+            yield Lab(topology, ports, test_dns.txt_dir)
+        finally:
+            topology.stop()
+
+
+def dns01_env(bind: Bind) -> dict[str, str]:
+    """docs/upstream.md, "dns-01 by RFC 2136"."""
+    return {
+        "ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "dns-01",
+        "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER": bind.address,
+        "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME": bind.key_name,
+        "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE": str(bind.secret_file),
+        "ACME_RA_UPSTREAM_DNS_NAMESERVERS": bind.address,
+        "ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS": "30",
+    }
+
+
+@pytest.fixture(scope="module")
+def bind_and_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bind, Pebble, Path]]:
+    require_pebble()
+    workdir = tmp_path_factory.mktemp("dns01-lab")
+    bind = Bind(workdir / "bind", ZONES)
+    try:
+        pebble = Pebble(workdir / "pebble", dns_server=bind.resolver_address)
+        try:
+            yield bind, pebble, workdir
+        finally:
+            pebble.stop()
+    finally:
+        bind.stop()
+
+
+@pytest.fixture(scope="module")
+def dns01_lab(test_dns: TestDnsServer, bind_and_pebble: tuple[Bind, Pebble, Path]) -> Iterator[Dns01Lab]:
+    bind, pebble, workdir = bind_and_pebble
+    with topology_in_front_of(pebble, workdir / "dns01", test_dns, dns01_env(bind)) as lab:
+        yield Dns01Lab(lab, pebble, bind, workdir / "dns01" / "frontend-tls" / "ca.pem")
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [f"one.{TEST_ZONE}"],
+        [f"wild.{TEST_ZONE}", f"*.wild.{TEST_ZONE}"],
+        [f"www.{HOSTS}"],
+    ],
+    ids=["one-name", "name-and-wildcard", "cname-into-validation-zone"],
+)
+def test_certbot_gets_a_certificate_that_acme_ra_proved_to_pebble_by_dns01(
+    dns01_lab: Dns01Lab, tmp_path: Path, names: list[str]
+) -> None:
+    issued_before = dns01_lab.pebble.issued_count()
+    run = certonly(dns01_lab.lab, names, "dns-01", tmp_path, trust=dns01_lab.trust)
+    assert run.returncode == 0, run.describe() + "\n" + dns01_lab.lab.logs()[-6000:]
+    assert dns_names(run.chain()[0]) == set(names)
+    assert dns01_lab.pebble.issued_count() == issued_before + 1
+    assert dns01_lab.bind.all_txt() == {}, "a TXT record was left in the zone"
+
+
+def test_prevalidated_in_front_of_a_validating_upstream_tells_the_client_what_to_set(
+    test_dns: TestDnsServer, bind_and_pebble: tuple[Bind, Pebble, Path], tmp_path: Path
+) -> None:
+    _, pebble, _ = bind_and_pebble
+    issued_before = pebble.issued_count()
+    prevalidated = {"ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "prevalidated"}
+    with topology_in_front_of(pebble, tmp_path / "lab", test_dns, prevalidated) as lab:
+        run = certonly(lab, [f"prevalidated.{TEST_ZONE}"], "dns-01", tmp_path / "certbot",
+                       trust=tmp_path / "lab" / "frontend-tls" / "ca.pem")
+    assert run.returncode != 0, run.describe()
+    assert f"did not validate prevalidated.{TEST_ZONE}" in run.output, run.describe()
+    assert "ACME_RA_UPSTREAM_AUTHZ_STRATEGY=prevalidated" in run.output and "dns-01" in run.output, run.describe()
+    assert pebble.issued_count() == issued_before

@@ -5,7 +5,7 @@ upstream dns-01 challenge before publishing them, and clears the column once the
 a signer that restarts mid-validation removes what the one before it left.
 
 Revision ID: 0011
-Revises: 0009 (0010 on main)
+Revises: 0010
 Create Date: 2026-12-07
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0011'
-down_revision = '0009'  # the lead's main: '0010' (job_attempts) once merged
+down_revision = '0010'
 branch_labels = None
 depends_on = None
 

@@ -3,6 +3,8 @@
     acme-ra dev            everything on one machine (what ``make dev`` runs)
     acme-ra db migrate     apply the database migrations to ACME_RA_DATABASE_URL (alias: ``migrate``)
     acme-ra config check   validate the configuration, print the effective settings (secrets masked)
+    acme-ra config from-acme-proxy ca.json
+                           print the settings equivalent to an esnet/acme-proxy ca.json
     acme-ra eab | accounts | orders | certs | upstream | queues | policy | admin-token ...
                            operator commands (``acme_ra_admin.commands``): on the database, or
                            through the admin API with --url / ACME_RA_ADMIN_URL
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -146,6 +149,34 @@ def config_check(as_json: Annotated[bool, typer.Option("--json", help="print JSO
         if not errors:
             typer.echo("configuration is valid", err=True)
     raise typer.Exit(2 if errors else 0)
+
+
+@config_app.command("from-acme-proxy")
+def config_from_acme_proxy(
+    ca_json: Annotated[Path, typer.Argument(metavar="CA_JSON", help="the esnet/acme-proxy (step-ca) ca.json")],
+    secrets_dir: Annotated[Path | None, typer.Option(
+        "--secrets-dir", metavar="DIR",
+        help="write the EAB HMAC key and TSIG secret there (mode 0600) and point the settings at them; "
+             "default: name the files under /etc/acme-ra for you to write")] = None,
+) -> None:
+    """Print the acme-ra environment file equivalent to an esnet/acme-proxy ca.json.
+    What does not carry over is one line each on stderr; exit status 2 for an unreadable ca.json."""
+    from acme_ra_admin import acme_proxy_migration as migration_module
+
+    try:
+        migration = migration_module.migrate(migration_module.load(ca_json), secrets_dir)
+        written = migration_module.write_secrets(migration) if secrets_dir is not None else []
+    except migration_module.MigrationError as error:
+        typer.echo(f"acme-ra: {error}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as error:
+        typer.echo(f"acme-ra: cannot write the secret files in {secrets_dir}: {error.strerror or error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(migration_module.render_env(migration, ca_json), nl=False)
+    for note in migration.notes:
+        typer.echo(f"acme-ra: {note}", err=True)
+    for path in written:
+        typer.echo(f"acme-ra: wrote {path} (mode 0600)", err=True)
 
 
 def _mount_operator_commands() -> None:

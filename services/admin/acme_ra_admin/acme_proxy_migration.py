@@ -35,7 +35,7 @@ COVERED_CONFIG = {"ca_url", "account_email", "eab_kid", "eab_hmac_key", "dns01_t
 COVERED_PROVISIONER = {"type", "name", "claims", "options", "challenges", "requireEAB"}
 # step-ca members acme-ra has no equivalent for, and why (one note each when present).
 WITHOUT_EQUIVALENT = {
-    "db": "accounts and orders do not carry over: clients register again at their next renewal "
+    "db": "acme-proxy's accounts do not carry over: clients register again at their next renewal "
           "(docs/migrating-from-acme-proxy.md, Cut-over)",
     "tls": "acme-ra's listener sets its own TLS versions and ciphers (TLS 1.2 and 1.3)",
     "root": "acme-ra holds no CA key or certificate",
@@ -57,12 +57,15 @@ class MigrationError(Exception):
 @dataclass
 class Migration:
     env: list[tuple[str, str]] = field(default_factory=list)  # (variable, value) in print order
+    comments: dict[str, str] = field(default_factory=dict)  # variable -> a comment printed above it
     notes: list[str] = field(default_factory=list)  # one line each, for stderr
     secret_files: dict[Path, str] = field(default_factory=dict)  # written only with --secrets-dir
     secrets_dir_given: bool = False  # --secrets-dir given: no "write it to" notes
 
-    def set(self, name: str, value: str) -> None:
+    def set(self, name: str, value: str, comment: str = "") -> None:
         self.env.append((name, value))
+        if comment:
+            self.comments[name] = comment
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -118,7 +121,7 @@ def migrate(document: dict[str, Any], secrets_dir: Path | None = None) -> Migrat
 
     for name in document:
         if name in WITHOUT_EQUIVALENT:
-            migration.note(f"{name}: not carried over: {WITHOUT_EQUIVALENT[name]}")
+            migration.note(f"{name}: ignored: {WITHOUT_EQUIVALENT[name]}")
         elif name not in COVERED_TOP | {"address", "dnsNames"}:
             migration.note(f"{name}: unknown ca.json member, ignored")
     for name in authority:
@@ -233,7 +236,9 @@ def _dns01(dns01: dict[str, Any], secrets: Path, migration: Migration) -> None:
     if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
         migration.note("authority.config.dns01_txt.dns_servers: expected a list of host[:port], ignored")
     elif servers:
-        migration.set("ACME_RA_UPSTREAM_DNS_NAMESERVERS", ",".join(_with_port(s.strip()) for s in servers))
+        migration.set("ACME_RA_UPSTREAM_DNS_NAMESERVERS", ",".join(_with_port(s.strip()) for s in servers),
+                      "lego asked dns_servers only to find each zone's servers; acme-ra also checks propagation "
+                      "on them: drop this line if they are caching resolvers")
 
 
 def _with_port(server: str) -> str:
@@ -390,6 +395,8 @@ def render_env(migration: Migration, source: Path) -> str:
     """The environment file: ``NAME=value`` lines (shell- and systemd-readable)."""
     lines = [f"# acme-ra settings migrated from {source} (acme-ra config from-acme-proxy)"]
     for name, value in migration.env:
+        if name in migration.comments:
+            lines.append(f"# {migration.comments[name]}")
         shown = value if re.fullmatch(r"[\w@%+=:,./-]*", value) else shlex.quote(value)
         lines.append(f"{name}={shown}")
     lines += [

@@ -5,9 +5,13 @@ carry over is one line each on stderr; a bad ca.json is one line and exit 2."""
 from __future__ import annotations
 
 import copy
+import os
+import re
 import json
 import shlex
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +271,17 @@ def test_the_printed_environment_is_readable_by_a_shell(tmp_path: Path) -> None:
     _, env, _, stdout = run(write(tmp_path, document))
     assert env["ACME_RA_UPSTREAM_EMAIL"] == "pki team <pki@example.edu>"
     assert "ACME_RA_UPSTREAM_EMAIL='pki team <pki@example.edu>'" in stdout
+
+
+def test_the_migration_page_shows_what_the_command_prints(tmp_path: Path) -> None:
+    """docs/migrating-from-acme-proxy.md: its first sh block, run in /root, prints its two text
+    blocks (stdout, then stderr)."""
+    page = (ROOT / "docs" / "migrating-from-acme-proxy.md").read_text()
+    sh = re.search(r"^```sh\n(.*?)^```", page, re.S | re.M)
+    shown = re.findall(r"^```text\n(.*?)^```", page, re.S | re.M)
+    assert sh is not None and len(shown) == 2
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + sh.group(1)], cwd=tmp_path, capture_output=True,
+                          text=True, env=base_environment() | {"PATH": f"{Path(sys.executable).parent}:{os.defpath}"},
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [done.stdout.replace(str(tmp_path), "/root"), done.stderr.replace(str(tmp_path), "/root")] == shown

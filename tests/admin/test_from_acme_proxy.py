@@ -151,7 +151,7 @@ def test_rfc2136_defaults_and_leftovers() -> None:
                                                  "RFC2136_TSIG_SECRET_FILE": "/run/secrets/tsig",
                                                  "RFC2136_TTL": "60", "RFC2136_SOMETHING": "x"}}
     migration = migrate(filled(**dns01))
-    env = dict(migration.env)
+    env = dict(migration.environment())
     assert env["ACME_RA_UPSTREAM_DNS_RFC2136_SERVER"] == "192.0.2.1:5353"
     assert env["ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM"] == "hmac-sha1"  # lego's default, kept for the same key
     assert env["ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE"] == "/run/secrets/tsig"
@@ -174,14 +174,14 @@ def test_a_provider_acme_ra_lacks_names_the_hook_to_write(tmp_path: Path) -> Non
 
 def test_legos_exec_provider_becomes_the_hook() -> None:
     migration = migrate(filled(provider="exec", env_vars={"EXEC_PATH": "/usr/local/bin/dns.sh"}))
-    assert dict(migration.env)["ACME_RA_UPSTREAM_DNS_HOOK"] == "/usr/local/bin/dns.sh"
+    assert dict(migration.environment())["ACME_RA_UPSTREAM_DNS_HOOK"] == "/usr/local/bin/dns.sh"
     assert any("present|cleanup" in n for n in migration.notes)
 
 
 def test_no_dns01_txt_is_prevalidated() -> None:
     document = filled()
     del document["authority"]["config"]["dns01_txt"]
-    env = dict(migrate(document).env)
+    env = dict(migrate(document).environment())
     assert env["ACME_RA_UPSTREAM_AUTHZ_STRATEGY"] == "prevalidated"
     assert not any(name.startswith("ACME_RA_UPSTREAM_DNS_") for name in env)
 
@@ -195,7 +195,7 @@ def test_missing_eab(kid: str, hmac_key: str, note: str | None) -> None:
     document = filled()
     document["authority"]["config"].update(eab_kid=kid, eab_hmac_key=hmac_key)
     migration = migrate(document)
-    assert not any("EAB" in name for name, _ in migration.env) and not migration.secret_files
+    assert not any("EAB" in name for name, _ in migration.environment()) and not migration.secret_files
     assert [n for n in migration.notes if "eab" in n] == ([] if note is None else [
         f"authority.config.{note}: no EAB configured; set ACME_RA_UPSTREAM_EAB_KID and "
         "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE"])
@@ -248,7 +248,7 @@ def test_provisioners_policy_address_and_metrics() -> None:
     authority["policy"] = {"x509": {"allow": {"dns": ["*.example.edu", "example.edu"], "ip": ["10.0.0.0/8"]},
                                     "deny": {"dns": ["bad.example.edu"]}}}
     migration = migrate(document)
-    env = dict(migration.env)
+    env = dict(migration.environment())
     assert env["ACME_RA_LISTEN"] == "127.0.0.1:8443"
     assert env["ACME_RA_EXTERNAL_URL"] == "https://acme.example.edu:8443"
     assert env["ACME_RA_METRICS_LISTEN"] == ""

@@ -1,5 +1,7 @@
 """``acme-ra config from-acme-proxy ca.json``: the acme-ra settings equivalent to an esnet/acme-proxy
-``ca.json`` (step-ca with ``authority.type: externalcas``), as an environment file.
+``ca.json`` (step-ca with ``authority.type: externalcas``), as an environment file; with
+``--config-file``, the upstream goes to an ``ACME_RA_CONFIG_FILE`` instead, which is how several
+acme-proxy instances (one per upstream profile) become one acme-ra.
 
 Secrets are never printed: the EAB HMAC key and the TSIG secret go to files (``--secrets-dir``
 writes them, mode 0600; otherwise a note says which file to write) and the environment names the
@@ -19,8 +21,8 @@ from typing import Any
 
 # Where the secret files go when --secrets-dir is not given (the operator writes them).
 DEFAULT_SECRETS_DIR = Path("/etc/acme-ra")
-EAB_HMAC_KEY_FILE_NAME = "upstream-eab-hmac.key"
-TSIG_SECRET_FILE_NAME = "upstream-tsig.secret"
+EAB_HMAC_KEY_FILE_NAME = "eab-hmac.key"  # after the upstream's name: upstream-eab-hmac.key
+TSIG_SECRET_FILE_NAME = "tsig.secret"
 # Where the DNS hook goes when the lego provider has no acme-ra publisher.
 HOOK_PATH = "/etc/acme-ra/dns-hook"
 # lego's rfc2136 provider signs with HMAC-SHA1 when RFC2136_TSIG_ALGORITHM is unset.
@@ -54,10 +56,34 @@ class MigrationError(Exception):
     """The ca.json cannot be read: one line, exit status 2."""
 
 
+# An upstream's settings as ACME_RA_CONFIG_FILE spells them -> the environment variable (the
+# "default" upstream). dns_update and dns_nameservers are spelled out in upstream_environment().
+UPSTREAM_VARIABLES = {
+    "directory_url": "ACME_RA_UPSTREAM_DIRECTORY_URL",
+    "email": "ACME_RA_UPSTREAM_EMAIL",
+    "eab_kid": "ACME_RA_UPSTREAM_EAB_KID",
+    "eab_hmac_key_file": "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE",
+    "cert_lifetime_days": "ACME_RA_UPSTREAM_CERT_LIFETIME_DAYS",
+    "authz_strategy": "ACME_RA_UPSTREAM_AUTHZ_STRATEGY",
+    "dns_propagation_timeout_seconds": "ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS",
+}
+RFC2136_VARIABLES = {
+    "server": "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER",
+    "tsig_key_name": "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME",
+    "tsig_algorithm": "ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM",
+    "tsig_secret_file": "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE",
+}
+NAMESERVERS_COMMENT = ("lego asked dns_servers only to find each zone's servers; acme-ra also checks propagation "
+                       "on them: drop this line if they are caching resolvers")
+
+
 @dataclass
 class Migration:
-    env: list[tuple[str, str]] = field(default_factory=list)  # (variable, value) in print order
+    frontend: list[tuple[str, str]] = field(default_factory=list)  # (variable, value) before the upstream
+    upstream: dict[str, Any] = field(default_factory=dict)  # the upstream, as ACME_RA_CONFIG_FILE spells it
+    env: list[tuple[str, str]] = field(default_factory=list)  # (variable, value) after the upstream
     comments: dict[str, str] = field(default_factory=dict)  # variable -> a comment printed above it
+    provisioners: list[str] = field(default_factory=list)  # the ACME provisioners' names
     notes: list[str] = field(default_factory=list)  # one line each, for stderr
     secret_files: dict[Path, str] = field(default_factory=dict)  # written only with --secrets-dir
     secrets_dir_given: bool = False  # --secrets-dir given: no "write it to" notes
@@ -66,6 +92,10 @@ class Migration:
         self.env.append((name, value))
         if comment:
             self.comments[name] = comment
+
+    def environment(self) -> list[tuple[str, str]]:
+        """Every variable in print order, the upstream as the "default" one."""
+        return self.frontend + [("ACME_RA_UPSTREAM", "acme")] + upstream_environment(self.upstream) + self.env
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -111,11 +141,26 @@ def _text(value: Any, where: str, migration: Migration) -> str:
     return value.strip()
 
 
-def migrate(document: dict[str, Any], secrets_dir: Path | None = None) -> Migration:
+def upstream_environment(upstream: dict[str, Any]) -> list[tuple[str, str]]:
+    pairs = []
+    for key, value in upstream.items():
+        if key in UPSTREAM_VARIABLES:
+            pairs.append((UPSTREAM_VARIABLES[key], str(value)))
+        elif key == "dns_update" and "rfc2136" in value:
+            pairs += [(RFC2136_VARIABLES[k], str(v)) for k, v in value["rfc2136"].items()]
+        elif key == "dns_update":
+            pairs.append(("ACME_RA_UPSTREAM_DNS_HOOK", str(value["hook"])))
+        elif key == "dns_nameservers":
+            pairs.append(("ACME_RA_UPSTREAM_DNS_NAMESERVERS", ",".join(value)))
+    return pairs
+
+
+def migrate(document: dict[str, Any], secrets_dir: Path | None = None, secret_prefix: str = "upstream") -> Migration:
     """The acme-ra settings for one acme-proxy ca.json; secrets go to ``secrets_dir`` (or
-    :data:`DEFAULT_SECRETS_DIR`, for the operator to write)."""
+    :data:`DEFAULT_SECRETS_DIR`, for the operator to write), named ``secret_prefix-...``."""
     migration = Migration(secrets_dir_given=secrets_dir is not None)
     secrets = secrets_dir.resolve() if secrets_dir is not None else DEFAULT_SECRETS_DIR
+    secrets_prefix = secrets / secret_prefix
     authority = _object(document.get("authority"), "authority", migration)
     config = _object(authority.get("config"), "authority.config", migration)
 
@@ -132,8 +177,8 @@ def migrate(document: dict[str, Any], secrets_dir: Path | None = None) -> Migrat
             migration.note(f"authority.config.{name}: unknown acme-proxy setting, ignored")
 
     _frontend(document, migration)
-    _upstream(config, secrets, migration)
-    _dns01(_object(config.get("dns01_txt"), "authority.config.dns01_txt", migration), secrets, migration)
+    _upstream(config, secrets_prefix, migration)
+    _dns01(_object(config.get("dns01_txt"), "authority.config.dns01_txt", migration), secrets_prefix, migration)
     _metrics(config, migration)
     _provisioners(authority.get("provisioners"), migration)
     _policy(_object(authority.get("policy"), "authority.policy", migration), migration)
@@ -149,34 +194,35 @@ def _frontend(document: dict[str, Any], migration: Migration) -> None:
             migration.note(f"address {address!r}: not host:port, ignored (set ACME_RA_LISTEN)")
         else:
             port = int(port_text)
-            migration.set("ACME_RA_LISTEN", f"{host or '0.0.0.0'}:{port}")
+            migration.frontend.append(("ACME_RA_LISTEN", f"{host or '0.0.0.0'}:{port}"))
     names = document.get("dnsNames")
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         migration.note("dnsNames: missing or not a list of names: set ACME_RA_EXTERNAL_URL to the URL clients use")
         return
     host = f"[{names[0]}]" if ":" in names[0] else names[0]
-    migration.set("ACME_RA_EXTERNAL_URL", f"https://{host}" + ("" if port == 443 else f":{port}"))
+    migration.frontend.append(("ACME_RA_EXTERNAL_URL", f"https://{host}" + ("" if port == 443 else f":{port}")))
     if len(names) > 1:
         migration.note(f"dnsNames: acme-ra serves one external URL (https://{host}); clients using "
                        f"{', '.join(names[1:])} need a certificate naming them (ACME_RA_TLS_CERT_FILE)")
 
 
 def _upstream(config: dict[str, Any], secrets: Path, migration: Migration) -> None:
-    migration.set("ACME_RA_UPSTREAM", "acme")
+    """``secrets``: the secret files' path prefix (``/etc/acme-ra/upstream``)."""
+    upstream = migration.upstream
     ca_url = _text(config.get("ca_url"), "authority.config.ca_url", migration)
     if not ca_url:
         migration.note("authority.config.ca_url is empty: set ACME_RA_UPSTREAM_DIRECTORY_URL "
                        "to the upstream's ACME directory (docs/upstream.md)")
-    migration.set("ACME_RA_UPSTREAM_DIRECTORY_URL", ca_url)
+    upstream["directory_url"] = ca_url
     email = _text(config.get("account_email"), "authority.config.account_email", migration)
     if email:
-        migration.set("ACME_RA_UPSTREAM_EMAIL", email)
+        upstream["email"] = email
     kid = _text(config.get("eab_kid"), "authority.config.eab_kid", migration)
     hmac_key = _text(config.get("eab_hmac_key"), "authority.config.eab_hmac_key", migration)
     if kid and hmac_key:
-        migration.set("ACME_RA_UPSTREAM_EAB_KID", kid)
-        _secret_file("ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE", secrets / EAB_HMAC_KEY_FILE_NAME, hmac_key,
-                     "authority.config.eab_hmac_key", migration)
+        upstream["eab_kid"] = kid
+        upstream["eab_hmac_key_file"] = _secret_file(Path(f"{secrets}-{EAB_HMAC_KEY_FILE_NAME}"), hmac_key,
+                                                     "authority.config.eab_hmac_key", migration)
     elif kid or hmac_key:
         given, missing = ("eab_kid", "eab_hmac_key") if kid else ("eab_hmac_key", "eab_kid")
         migration.note(f"authority.config.{given} without {missing}: no EAB configured; "
@@ -187,7 +233,7 @@ def _upstream(config: dict[str, Any], secrets: Path, migration: Migration) -> No
         if days is None:
             migration.note(f"authority.config.certlifetime {lifetime!r}: not a number of days or hours, ignored")
         else:
-            migration.set("ACME_RA_UPSTREAM_CERT_LIFETIME_DAYS", str(days))
+            upstream["cert_lifetime_days"] = days
 
 
 def _days(value: Any) -> int | None:
@@ -200,35 +246,36 @@ def _days(value: Any) -> int | None:
     return None
 
 
-def _secret_file(setting: str, path: Path, value: str, member: str, migration: Migration) -> None:
-    migration.set(setting, str(path))
+def _secret_file(path: Path, value: str, member: str, migration: Migration) -> str:
     migration.secret_files[path] = value
     if not migration.secrets_dir_given:
         migration.note(f"{member}: write it to {path} (mode 0600), or rerun with --secrets-dir DIR")
+    return str(path)
 
 
 def _dns01(dns01: dict[str, Any], secrets: Path, migration: Migration) -> None:
     provider = _text(dns01.get("provider"), "authority.config.dns01_txt.provider", migration).lower()
     env_vars = _object(dns01.get("env_vars"), "authority.config.dns01_txt.env_vars", migration)
     servers = dns01.get("dns_servers") or []
+    upstream = migration.upstream
     if not provider:
-        migration.set("ACME_RA_UPSTREAM_AUTHZ_STRATEGY", "prevalidated")
+        upstream["authz_strategy"] = "prevalidated"
         if env_vars or servers:
             migration.note("authority.config.dns01_txt: no provider, so its dns_servers and env_vars are ignored")
         return
-    migration.set("ACME_RA_UPSTREAM_AUTHZ_STRATEGY", "dns-01")
+    upstream["authz_strategy"] = "dns-01"
     values = {str(k): str(v) for k, v in env_vars.items()}
     if provider == "rfc2136":
         _rfc2136(values, secrets, migration)
     elif provider == "exec":
         hook = values.pop("EXEC_PATH", "") or HOOK_PATH
-        migration.set("ACME_RA_UPSTREAM_DNS_HOOK", hook)
+        upstream["dns_update"] = {"hook": hook}
         migration.note(f"dns01_txt provider exec: {hook} is now called `add|remove FQDN VALUE` "
                        "(lego called it `present|cleanup FQDN VALUE`): adapt its first argument")
         values.pop("EXEC_MODE", None)
         _unused_env_vars(provider, values, migration)
     else:
-        migration.set("ACME_RA_UPSTREAM_DNS_HOOK", HOOK_PATH)
+        upstream["dns_update"] = {"hook": HOOK_PATH}
         names = ", ".join(sorted(values)) or "none"
         migration.note(f"dns01_txt provider {provider}: acme-ra has no {provider} publisher: write the hook "
                        f"{HOOK_PATH}, called `add|remove FQDN VALUE`, that updates {provider} "
@@ -236,9 +283,8 @@ def _dns01(dns01: dict[str, Any], secrets: Path, migration: Migration) -> None:
     if not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
         migration.note("authority.config.dns01_txt.dns_servers: expected a list of host[:port], ignored")
     elif servers:
-        migration.set("ACME_RA_UPSTREAM_DNS_NAMESERVERS", ",".join(_with_port(s.strip()) for s in servers),
-                      "lego asked dns_servers only to find each zone's servers; acme-ra also checks propagation "
-                      "on them: drop this line if they are caching resolvers")
+        upstream["dns_nameservers"] = [_with_port(s.strip()) for s in servers]
+        migration.comments["ACME_RA_UPSTREAM_DNS_NAMESERVERS"] = NAMESERVERS_COMMENT
 
 
 def _with_port(server: str) -> str:
@@ -251,9 +297,10 @@ def _with_port(server: str) -> str:
 
 def _rfc2136(values: dict[str, str], secrets: Path, migration: Migration) -> None:
     """lego's rfc2136 env_vars -> the RFC 2136 settings."""
+    rfc2136: dict[str, str] = {}
     nameserver = values.pop("RFC2136_NAMESERVER", "").strip()
     if nameserver:
-        migration.set("ACME_RA_UPSTREAM_DNS_RFC2136_SERVER", _with_port(nameserver))
+        rfc2136["server"] = _with_port(nameserver)
     else:
         migration.note("dns01_txt provider rfc2136 without RFC2136_NAMESERVER: set ACME_RA_UPSTREAM_DNS_RFC2136_SERVER")
     key_name = values.pop("RFC2136_TSIG_KEY", "").strip()
@@ -261,22 +308,23 @@ def _rfc2136(values: dict[str, str], secrets: Path, migration: Migration) -> Non
     secret = values.pop("RFC2136_TSIG_SECRET", "").strip()
     secret_file = values.pop("RFC2136_TSIG_SECRET_FILE", "").strip()
     if key_name:
-        migration.set("ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME", key_name)
-        migration.set("ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM", algorithm or LEGO_DEFAULT_TSIG_ALGORITHM)
+        rfc2136["tsig_key_name"] = key_name
+        rfc2136["tsig_algorithm"] = algorithm or LEGO_DEFAULT_TSIG_ALGORITHM
         if secret_file:
-            migration.set("ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE", secret_file)
+            rfc2136["tsig_secret_file"] = secret_file
         elif secret:
-            _secret_file("ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE", secrets / TSIG_SECRET_FILE_NAME, secret,
-                         "dns01_txt.env_vars.RFC2136_TSIG_SECRET", migration)
+            rfc2136["tsig_secret_file"] = _secret_file(Path(f"{secrets}-{TSIG_SECRET_FILE_NAME}"), secret,
+                                                       "dns01_txt.env_vars.RFC2136_TSIG_SECRET", migration)
         else:
             migration.note("dns01_txt provider rfc2136: RFC2136_TSIG_KEY without RFC2136_TSIG_SECRET: "
                            "set ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE")
     elif secret or secret_file:
         migration.note("dns01_txt provider rfc2136: RFC2136_TSIG_SECRET without RFC2136_TSIG_KEY: "
                        "set ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME")
+    migration.upstream["dns_update"] = {"rfc2136": rfc2136}
     timeout = values.pop("RFC2136_PROPAGATION_TIMEOUT", "").strip()
     if timeout.isdigit() and int(timeout) > 0:
-        migration.set("ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS", timeout)
+        migration.upstream["dns_propagation_timeout_seconds"] = int(timeout)
     elif timeout:
         migration.note(f"dns01_txt RFC2136_PROPAGATION_TIMEOUT {timeout!r}: not a number of seconds, ignored")
     for tuning in ("RFC2136_POLLING_INTERVAL", "RFC2136_TTL", "RFC2136_SEQUENCE_INTERVAL",
@@ -347,6 +395,7 @@ def _provisioners(provisioners: Any, migration: Migration) -> None:
     if not names:
         migration.note("authority.provisioners: no ACME provisioner: acme-ra serves its default, acme")
         return
+    migration.provisioners = names
     migration.set("ACME_RA_PROVISIONERS", ",".join(names))
     if len(challenge_sets) > 1:
         migration.note("provisioners: their challenges differ; acme-ra offers one list to all: "
@@ -394,7 +443,7 @@ def _policy(policy: dict[str, Any], migration: Migration) -> None:
 def render_env(migration: Migration, source: Path) -> str:
     """The environment file: ``NAME=value`` lines (shell- and systemd-readable)."""
     lines = [f"# acme-ra settings migrated from {source} (acme-ra config from-acme-proxy)"]
-    for name, value in migration.env:
+    for name, value in migration.environment():
         if name in migration.comments:
             lines.append(f"# {migration.comments[name]}")
         shown = value if re.fullmatch(r"[\w@%+=:,./-]*", value) else shlex.quote(value)

@@ -285,3 +285,54 @@ def test_the_migration_page_shows_what_the_command_prints(tmp_path: Path) -> Non
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert [done.stdout.replace(str(tmp_path), "/root"), done.stderr.replace(str(tmp_path), "/root")] == shown
+
+
+# Upstream keys issue 19 adds to ACME_RA_CONFIG_FILE; the catalogue refuses them until they land.
+ISSUE_19_UPSTREAM_KEYS = {"authz_strategy", "dns_update", "dns_nameservers", "dns_propagation_timeout_seconds"}
+
+
+def test_several_ca_json_become_upstreams_of_a_config_file(tmp_path: Path) -> None:
+    import yaml
+
+    rsa = write(tmp_path, filled(**RFC2136), "incommon-rsa.json")
+    other = filled(provider="cloudflare", env_vars={"CF_DNS_API_TOKEN": "cf-secret-token"})
+    other["authority"]["config"].update(ca_url="https://acme.sectigo.com/v2/InCommonECCOV", eab_kid="kid-ecc")
+    other["authority"]["provisioners"].append({"type": "ACME", "name": "ecc"})
+    other["address"] = ":8443"
+    ecc = write(tmp_path, other, "incommon-ecc.json")
+    config_file = tmp_path / "acme-ra.yaml"
+    done = acme_ra(["config", "from-acme-proxy", str(rsa), str(ecc), "--config-file", str(config_file),
+                    "--secrets-dir", str(tmp_path / "secrets")], base_environment())
+    assert done.returncode == 0, done.stderr
+    env = env_lines(done.stdout)
+    assert env["ACME_RA_CONFIG_FILE"] == str(config_file.resolve()) and env["ACME_RA_LISTEN"] == "0.0.0.0:443"
+    assert env["ACME_RA_PROVISIONERS"] == "acme,incommon-ecc,ecc"
+    assert not any(name.startswith("ACME_RA_UPSTREAM_") for name in env)
+    config = yaml.safe_load(config_file.read_text())
+    assert list(config["upstreams"]) == ["incommon-rsa", "incommon-ecc"] and config["default_upstream"] == "incommon-rsa"
+    assert config["provisioners"] == {"acme": {"upstream": "incommon-rsa"}, "incommon-ecc": {"upstream": "incommon-ecc"},
+                                      "ecc": {"upstream": "incommon-ecc"}}
+    assert config["upstreams"]["incommon-rsa"]["dns_update"]["rfc2136"]["server"] == "ns1.example.edu:53"
+    assert config["upstreams"]["incommon-ecc"]["dns_update"] == {"hook": "/etc/acme-ra/dns-hook"}
+    written = config_file.read_text() + done.stdout + done.stderr
+    assert EAB_HMAC_KEY not in written and TSIG_SECRET not in written and "cf-secret-token" not in written
+    notes = done.stderr
+    assert f"{ecc}: provisioner acme: the name is taken by incommon-rsa's, renamed incommon-ecc" in notes
+    assert f"{ecc}: ACME_RA_LISTEN=0.0.0.0:8443: differs from the first ca.json's" in notes
+    assert f"{ecc}: dns01_txt provider cloudflare: acme-ra has no cloudflare publisher" in notes
+
+    for upstream in config["upstreams"].values():
+        for key in ISSUE_19_UPSTREAM_KEYS:
+            upstream.pop(key, None)
+    today = tmp_path / "today.yaml"
+    today.write_text(yaml.safe_dump(config))
+    check = acme_ra(["config", "check"], base_environment() | env | {
+        "ACME_RA_CONFIG_FILE": str(today), f"{ENV_PREFIX}STATE_DIR": str(tmp_path / "var")})
+    assert check.returncode == 0, check.stderr
+
+
+def test_several_ca_json_need_a_config_file(tmp_path: Path) -> None:
+    one = write(tmp_path, filled(), "a.json")
+    done = acme_ra(["config", "from-acme-proxy", str(one), str(one)], base_environment())
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == "acme-ra: several ca.json files become several upstreams: give --config-file PATH\n"

@@ -317,7 +317,7 @@ def test_several_ca_json_become_upstreams_of_a_config_file(tmp_path: Path) -> No
     written = config_file.read_text() + done.stdout + done.stderr
     assert EAB_HMAC_KEY not in written and TSIG_SECRET not in written and "cf-secret-token" not in written
     notes = done.stderr
-    assert f"{ecc}: provisioner acme: the name is taken by incommon-rsa's, renamed incommon-ecc" in notes
+    assert f"{ecc}: provisioner acme: the name is taken (upstream incommon-rsa), renamed incommon-ecc" in notes
     assert f"{ecc}: ACME_RA_LISTEN=0.0.0.0:8443: differs from the first ca.json's" in notes
     assert f"{ecc}: dns01_txt provider cloudflare: acme-ra has no cloudflare publisher" in notes
 

@@ -479,8 +479,8 @@ def combine(documents: list[tuple[Path, dict[str, Any]]], config_file: Path,
             route = provisioner
             if route in routes:
                 route = name if name not in routes else f"{name}-{provisioner}"
-                notes.append(f"{path}: provisioner {provisioner}: the name is taken by "
-                             f"{routes[provisioner]['upstream']}'s, renamed {route} (/acme/{route}/directory)")
+                notes.append(f"{path}: provisioner {provisioner}: the name is taken (upstream "
+                             f"{routes[provisioner]['upstream']}), renamed {route} (/acme/{route}/directory)")
             routes[route] = {"upstream": name}
         if first is None:
             first = migration

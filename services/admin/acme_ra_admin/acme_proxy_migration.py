@@ -30,8 +30,8 @@ LEGO_DEFAULT_TSIG_ALGORITHM = "hmac-sha1"
 # step-ca challenge names acme-ra offers (ACME_RA_CHALLENGE_TYPES).
 CHALLENGE_TYPES = ("http-01", "dns-01", "tls-alpn-01")
 
-# Members of ca.json that need nothing in acme-ra (acme-ra's behaviour already covers them).
-COVERED_TOP = {"commonName", "logger", "authority"}
+# Members of ca.json this module maps, or that need nothing in acme-ra (its behaviour covers them).
+COVERED_TOP = {"address", "dnsNames", "commonName", "logger", "authority"}
 COVERED_AUTHORITY = {"type", "config", "provisioners", "template", "backdate", "policy"}
 COVERED_CONFIG = {"ca_url", "account_email", "eab_kid", "eab_hmac_key", "dns01_txt", "metrics", "certlifetime"}
 COVERED_PROVISIONER = {"type", "name", "claims", "options", "challenges", "requireEAB"}
@@ -142,6 +142,7 @@ def _text(value: Any, where: str, migration: Migration) -> str:
 
 
 def upstream_environment(upstream: dict[str, Any]) -> list[tuple[str, str]]:
+    """An upstream's config-file keys as the environment variables of the "default" upstream."""
     pairs = []
     for key, value in upstream.items():
         if key in UPSTREAM_VARIABLES:
@@ -167,7 +168,7 @@ def migrate(document: dict[str, Any], secrets_dir: Path | None = None, secret_pr
     for name in document:
         if name in WITHOUT_EQUIVALENT:
             migration.note(f"{name}: ignored: {WITHOUT_EQUIVALENT[name]}")
-        elif name not in COVERED_TOP | {"address", "dnsNames"}:
+        elif name not in COVERED_TOP:
             migration.note(f"{name}: unknown ca.json member, ignored")
     for name in authority:
         if name not in COVERED_AUTHORITY:

@@ -5,9 +5,9 @@ carry over is one line each on stderr; a bad ca.json is one line and exit 2."""
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
-import json
 import shlex
 import stat
 import subprocess
@@ -39,7 +39,8 @@ TSIG_SECRET = "dHNpZy1zZWNyZXQtb2YtdGhlLXZhbGlkYXRpb24tem9uZQ=="
 
 
 def seed() -> dict[str, Any]:
-    return json.loads(SEED_CA_JSON.read_text())
+    document: dict[str, Any] = json.loads(SEED_CA_JSON.read_text())
+    return document
 
 
 def filled(**dns01: Any) -> dict[str, Any]:
@@ -164,7 +165,8 @@ def test_a_provider_acme_ra_lacks_names_the_hook_to_write(tmp_path: Path) -> Non
                "env_vars": {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "aws-secret-value"}}
     code, env, notes, stdout = run(write(tmp_path, filled(**route53)))
     assert code == 0
-    assert env["ACME_RA_UPSTREAM_AUTHZ_STRATEGY"] == "dns-01" and env["ACME_RA_UPSTREAM_DNS_HOOK"] == "/etc/acme-ra/dns-hook"
+    assert env["ACME_RA_UPSTREAM_AUTHZ_STRATEGY"] == "dns-01"
+    assert env["ACME_RA_UPSTREAM_DNS_HOOK"] == "/etc/acme-ra/dns-hook"
     hook_notes = [n for n in notes if "route53" in n]
     assert len(hook_notes) == 1
     assert "write the hook /etc/acme-ra/dns-hook, called `add|remove FQDN VALUE`" in hook_notes[0]
@@ -197,8 +199,8 @@ def test_missing_eab(kid: str, hmac_key: str, note: str | None) -> None:
     migration = migrate(document)
     assert not any("EAB" in name for name, _ in migration.environment()) and not migration.secret_files
     assert [n for n in migration.notes if "eab" in n] == ([] if note is None else [
-        f"authority.config.{note}: no EAB configured; set ACME_RA_UPSTREAM_EAB_KID and "
-        "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE"])
+        (f"authority.config.{note}: no EAB configured; set ACME_RA_UPSTREAM_EAB_KID and "
+         "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE")])
     assert EAB_HMAC_KEY not in "".join(migration.notes)
 
 
@@ -209,7 +211,7 @@ def test_missing_eab(kid: str, hmac_key: str, note: str | None) -> None:
     (b"\xff\xfe".decode("latin-1"), "is not JSON"),
 ])
 def test_a_malformed_ca_json_is_one_line_and_exit_2(tmp_path: Path, content: str, message: str) -> None:
-    code, env, notes, stdout = run(write(tmp_path, content))
+    code, _, notes, stdout = run(write(tmp_path, content))
     assert code == 2 and stdout == "" and len(notes) == 1 and message in notes[0], notes
 
 
@@ -277,12 +279,12 @@ def test_the_migration_page_shows_what_the_command_prints(tmp_path: Path) -> Non
     """docs/migrating-from-acme-proxy.md: its first sh block, run in /root, prints its two text
     blocks (stdout, then stderr)."""
     page = (ROOT / "docs" / "migrating-from-acme-proxy.md").read_text()
-    sh = re.search(r"^```sh\n(.*?)^```", page, re.S | re.M)
-    shown = re.findall(r"^```text\n(.*?)^```", page, re.S | re.M)
+    sh = re.search(r"^```sh\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    shown = re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
     assert sh is not None and len(shown) == 2
     done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + sh.group(1)], cwd=tmp_path, capture_output=True,
                           text=True, env=base_environment() | {"PATH": f"{Path(sys.executable).parent}:{os.defpath}"},
-                          timeout=60)
+                          timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert [done.stdout.replace(str(tmp_path), "/root"), done.stderr.replace(str(tmp_path), "/root")] == shown
 
@@ -309,9 +311,10 @@ def test_several_ca_json_become_upstreams_of_a_config_file(tmp_path: Path) -> No
     assert env["ACME_RA_PROVISIONERS"] == "acme,incommon-ecc,ecc"
     assert not any(name.startswith("ACME_RA_UPSTREAM_") for name in env)
     config = yaml.safe_load(config_file.read_text())
-    assert list(config["upstreams"]) == ["incommon-rsa", "incommon-ecc"] and config["default_upstream"] == "incommon-rsa"
-    assert config["provisioners"] == {"acme": {"upstream": "incommon-rsa"}, "incommon-ecc": {"upstream": "incommon-ecc"},
-                                      "ecc": {"upstream": "incommon-ecc"}}
+    assert list(config["upstreams"]) == ["incommon-rsa", "incommon-ecc"]
+    assert config["default_upstream"] == "incommon-rsa"
+    assert config["provisioners"] == {"acme": {"upstream": "incommon-rsa"},
+                                      "incommon-ecc": {"upstream": "incommon-ecc"}, "ecc": {"upstream": "incommon-ecc"}}
     assert config["upstreams"]["incommon-rsa"]["dns_update"]["rfc2136"]["server"] == "ns1.example.edu:53"
     assert config["upstreams"]["incommon-ecc"]["dns_update"] == {"hook": "/etc/acme-ra/dns-hook"}
     written = config_file.read_text() + done.stdout + done.stderr

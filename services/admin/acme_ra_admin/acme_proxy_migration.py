@@ -501,7 +501,7 @@ def combine(documents: list[tuple[Path, dict[str, Any]]], config_file: Path,
 
 def render_config(combined: Combined, sources: list[Path]) -> str:
     """The ACME_RA_CONFIG_FILE (YAML)."""
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     header = f"# acme-ra upstreams migrated from {', '.join(map(str, sources))} (acme-ra config from-acme-proxy)\n"
     return header + yaml.safe_dump(combined.config, sort_keys=False, default_flow_style=False)

@@ -3,6 +3,8 @@
     acme-ra dev            everything on one machine (what ``make dev`` runs)
     acme-ra db migrate     apply the database migrations to ACME_RA_DATABASE_URL (alias: ``migrate``)
     acme-ra config check   validate the configuration, print the effective settings (secrets masked)
+    acme-ra config from-acme-proxy ca.json
+                           print the settings equivalent to an esnet/acme-proxy ca.json
     acme-ra eab | accounts | orders | certs | upstream | queues | policy | admin-token ...
                            operator commands (``acme_ra_admin.commands``): on the database, or
                            through the admin API with --url / ACME_RA_ADMIN_URL
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -146,6 +149,50 @@ def config_check(as_json: Annotated[bool, typer.Option("--json", help="print JSO
         if not errors:
             typer.echo("configuration is valid", err=True)
     raise typer.Exit(2 if errors else 0)
+
+
+@config_app.command("from-acme-proxy")
+def config_from_acme_proxy(
+    ca_json: Annotated[list[Path], typer.Argument(
+        metavar="CA_JSON...", help="the esnet/acme-proxy (step-ca) ca.json; several need --config-file")],
+    secrets_dir: Annotated[Path | None, typer.Option(
+        "--secrets-dir", metavar="DIR",
+        help="write the EAB HMAC key and TSIG secret there (mode 0600) and point the settings at them; "
+             "default: name the files under /etc/acme-ra for you to write")] = None,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config-file", metavar="PATH",
+        help="write the upstreams to this ACME_RA_CONFIG_FILE (YAML), one per ca.json, named after its file, "
+             "and its provisioners routed to it")] = None,
+) -> None:
+    """Print the acme-ra environment file equivalent to an esnet/acme-proxy ca.json.
+    What does not carry over is one line each on stderr; exit status 2 for an unreadable ca.json."""
+    from acme_ra_admin import acme_proxy_migration as migration_module
+
+    if len(ca_json) > 1 and config_file is None:
+        typer.echo("acme-ra: several ca.json files become several upstreams: give --config-file PATH", err=True)
+        raise typer.Exit(2)
+    try:
+        documents = [(path, migration_module.load(path)) for path in ca_json]
+        if config_file is None:
+            result: Any = migration_module.migrate(documents[0][1], secrets_dir)
+        else:
+            config_file = config_file.resolve()
+            result = migration_module.combine(documents, config_file, secrets_dir)
+        written = migration_module.write_secrets(result) if secrets_dir is not None else []
+        if config_file is not None:
+            config_file.write_text(migration_module.render_config(result, ca_json))
+            written.append(config_file)
+    except migration_module.MigrationError as error:
+        typer.echo(f"acme-ra: {error}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as error:
+        typer.echo(f"acme-ra: cannot write {error.filename or secrets_dir}: {error.strerror or error}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(migration_module.render_env(result, ca_json if config_file else ca_json[0]), nl=False)
+    for note in result.notes:
+        typer.echo(f"acme-ra: {note}", err=True)
+    for path in written:
+        typer.echo(f"acme-ra: wrote {path}" + ("" if path == config_file else " (mode 0600)"), err=True)
 
 
 def _mount_operator_commands() -> None:

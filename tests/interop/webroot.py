@@ -4,6 +4,7 @@ put them in ``directory``; the validator GETs ``/.well-known/acme-challenge/<tok
 from __future__ import annotations
 
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -17,12 +18,25 @@ class ChallengeWebServer:
     def __init__(self, directory: Path, port: int, address: str = "127.0.0.1") -> None:
         self.directory = directory
         self.requests: list[str] = []  # the paths asked for, answered or not
+        self.delay = 0.0  # seconds before each answer (a slow server)
+        self.in_flight = 0  # requests being answered now
+        lock = threading.Lock()
         directory.mkdir(parents=True, exist_ok=True)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (http.server's name)
                 server.requests.append(self.path)
+                with lock:
+                    server.in_flight += 1
+                try:
+                    time.sleep(server.delay)
+                    self.answer()
+                finally:
+                    with lock:
+                        server.in_flight -= 1
+
+            def answer(self) -> None:
                 token = self.path.removeprefix(CHALLENGE_PREFIX)
                 path = server.directory / token
                 if not self.path.startswith(CHALLENGE_PREFIX) or "/" in token or not path.is_file():

@@ -51,6 +51,19 @@ class ClientNetworksError(Exception):
     """The client-network rules are unusable; ``str()`` is one line for the operator."""
 
 
+
+def client_ip(address: str | Address) -> Address | None:
+    """A client's address as an IP address (None when it is not one); an IPv4-mapped IPv6
+    address (``::ffff:10.1.2.3``, a dual-stack socket's view of an IPv4 client) is its IPv4
+    address, and an IPv6 zone (``%eth0``) is dropped."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
 @dataclass(frozen=True)
 class ClientNetwork:
     """One network and the identifier rules its clients may request (no allow rule: any)."""
@@ -90,12 +103,9 @@ class ClientNetworks:
     def match(self, address: str | Address) -> ClientNetwork | None:
         """The most specific network holding ``address``; None when none does (or it is not an
         IP address). An IPv4-mapped IPv6 address (``::ffff:10.1.2.3``) is its IPv4 address."""
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0] if isinstance(address, str) else address)
-        except ValueError:
+        ip = client_ip(address)
+        if ip is None:
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         bits = ip.max_prefixlen
         value = int(ip)
         for length, table in self._index.get(ip.version, ()):

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
+from acme_ra.client_networks import client_ip
 from acme_ra.db.fast import Statement
 from acme_ra.db.models import Authorization, AuthzStatus, RateCounter, utcnow
 from acme_ra.protocol.problems import Problem
@@ -52,13 +53,8 @@ def client_address(request: Request, trusted_proxies: list[ipaddress.IPv4Network
 
 
 def _is_trusted(address: str, trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in network for network in trusted_proxies)
+    ip = client_ip(address)
+    return ip is not None and any(ip in network for network in trusted_proxies)
 
 
 def client_network(address: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -> str:
@@ -66,12 +62,9 @@ def client_network(address: str, ipv4_prefix: int = 32, ipv6_prefix: int = 64) -
     length around it (ACME_RA_LIMIT_ACCOUNTS_IPV6_PREFIX / _IPV4_PREFIX): one IPv6 client usually
     holds a whole /64, so counting per address would give it unlimited accounts. An IPv4 address
     seen as IPv4-mapped IPv6 (a dual-stack socket) counts as IPv4."""
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    ip = client_ip(address)
+    if ip is None:
         return address
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
     prefix = ipv4_prefix if ip.version == 4 else ipv6_prefix
     if prefix == ip.max_prefixlen:
         return str(ip)

@@ -189,9 +189,11 @@ async def readyz(request: Request) -> JSONResponse:
         _check("upstream", _upstream_ok(runtime.driver)),
     )
     failed = {name: error for name, error in results if error is not None}
+    # The configured upstreams (no secret), for acme-ra upstream status and the console.
+    upstreams = runtime.driver.describe()
     if failed:
-        return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "failed": failed, "upstreams": upstreams}, status_code=503)
+    return JSONResponse({"status": "ready", "upstreams": upstreams})
 
 
 async def metrics_endpoint() -> Response:

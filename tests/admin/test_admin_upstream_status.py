@@ -88,7 +88,8 @@ async def fill_journal(database_url: str) -> dict[tuple[str, str, int], str]:
             await session.flush()
             for upstream, state, records, error, minutes in JOURNAL:
                 order = Order(account_id=account.id, provisioner="acme", status="processing",
-                              expires=NOW + dt.timedelta(days=1), identifiers=[{"type": "dns", "value": "a.example.org"}])
+                              expires=NOW + dt.timedelta(days=1),
+                              identifiers=[{"type": "dns", "value": "a.example.org"}])
                 session.add(order)
                 await session.flush()
                 at = NOW - dt.timedelta(minutes=minutes)
@@ -153,12 +154,14 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
     assert failure["order_id"] == admin.order_ids[("dns", "invalid", 10)]  # the newer failure
     assert (failure["type"], failure["detail"]) == (REFUSED["type"], REFUSED["detail"])
     assert dt.datetime.fromisoformat(failure["at"]).replace(tzinfo=dt.timezone.utc) == NOW - dt.timedelta(minutes=10)
-    assert by_name["hooked"]["dns_update"]["kind"] == "hook" and by_name["hooked"]["dns_update"]["path"] == "/usr/local/bin/txt"
+    hooked = by_name["hooked"]["dns_update"]
+    assert hooked["kind"] == "hook" and hooked["path"] == "/usr/local/bin/txt"
     assert (by_name["hooked"]["validations_pending"], by_name["hooked"]["last_failure"]) == (0, None)
     assert by_name["sectigo"] == {"name": "sectigo", "authz_strategy": "prevalidated", "dns_update": None,
                                   "validations_pending": 0, "dns_records": 0, "last_failure": None}
     # In the journal, no longer configured: its failure is still shown, its strategy unknown.
-    assert by_name["retired"]["authz_strategy"] is None and by_name["retired"]["last_failure"]["type"] == "rejectedIdentifier"
+    retired = by_name["retired"]
+    assert retired["authz_strategy"] is None and retired["last_failure"]["type"] == "rejectedIdentifier"
     assert "secret" not in json.dumps(api).lower()
 
     human = acme_ra(["upstream", "status"], admin.env)

@@ -168,7 +168,8 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
     assert human.returncode == 1  # the signer is not ready
     assert "dns-01, rfc2136 192.0.2.53:53 (TSIG key acme-ra)" in human.stdout
     assert "validating    2 upstream order(s), 2 TXT record(s) published" in human.stdout
-    assert f"order {failure['order_id']}: unauthorized: {REFUSED['detail']}" in human.stdout
+    assert f"last failure  2026-12-07 02:50:00 order {failure['order_id']}: unauthorized: {REFUSED['detail']}" \
+        in human.stdout
     assert "dns-01, hook /usr/local/bin/txt" in human.stdout
     assert "unknown (the signer did not say)" in human.stdout
 

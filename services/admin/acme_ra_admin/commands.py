@@ -427,7 +427,8 @@ def _echo_upstream(upstream: dict[str, Any]) -> None:
     typer.echo(pending)
     failure = upstream["last_failure"]
     if failure:
-        typer.echo(f"  last failure  {failure['at']} order {failure['order_id']}: "
+        at = str(failure["at"]).replace("T", " ", 1).removesuffix("Z")
+        typer.echo(f"  last failure  {at} order {failure['order_id']}: "
                    f"{failure['type'] or '?'}: {failure['detail'] or ''}")
 
 

@@ -137,7 +137,7 @@ async def upstream_order_states(session: AsyncSession) -> dict[str, int]:
 
 async def upstream_validations_pending(session: AsyncSession) -> dict[str, tuple[int, int]]:
     """Per upstream: (upstream orders whose authorizations are being proved now, dns-01 TXT
-    records the journal holds for them)."""
+    records the journal holds for them). The rows are those in flight: a handful."""
     rows = await session.execute(
         select(UpstreamOrder.upstream, UpstreamOrder.dns_records).where(
             UpstreamOrder.state == UpstreamOrderState.pending.value

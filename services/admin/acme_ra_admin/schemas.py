@@ -144,7 +144,7 @@ class UpstreamAccount(BaseModel):
 class DnsUpdate(BaseModel):
     """Where an upstream's dns-01 TXT records are written (never the TSIG secret)."""
 
-    kind: Literal["rfc2136", "hook"]
+    kind: str = Field(description="rfc2136 or hook (a str: a newer signer may add a kind)")
     server: str | None = Field(None, description="rfc2136: the primary server, host:port")
     tsig_key_name: str | None = Field(None, description="rfc2136: the TSIG key's name")
     path: str | None = Field(None, description="hook: the command")

@@ -1,4 +1,4 @@
-"""Per upstream: its authz_strategy (from the signer's /readyz), upstream validations pending and
+"""Per upstream: its authz_strategy (from the signer's /upstreams), upstream validations pending and
 the last failure (from the upstream journal), the same from the API, the console and the CLI
 (on the database and through the admin API)."""
 
@@ -28,10 +28,9 @@ from tests.support.lab import base_environment
 
 from .conftest import acme_ra
 
-# What a signer with two upstreams says on /readyz (one not ready: the body still describes them).
-SIGNER_READYZ = {
-    "status": "unavailable",
-    "failed": {"upstream": "upstream dns: HTTP 503"},
+# What a signer that is not ready says on /readyz, and on /upstreams (what it runs with).
+SIGNER_READYZ = {"status": "unavailable", "failed": {"upstream": "upstream dns: HTTP 503"}}
+SIGNER_UPSTREAMS = {
     "upstreams": [
         {"name": "dns", "authz_strategy": "dns-01",
          "dns_update": {"kind": "rfc2136", "server": "192.0.2.53:53", "tsig_key_name": "acme-ra"}},
@@ -59,8 +58,9 @@ JOURNAL = [
 
 class FakeSigner(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        body = json.dumps(SIGNER_READYZ).encode()
-        self.send_response(503)
+        answer, status = (SIGNER_UPSTREAMS, 200) if self.path == "/upstreams" else (SIGNER_READYZ, 503)
+        body = json.dumps(answer).encode()
+        self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

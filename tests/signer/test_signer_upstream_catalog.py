@@ -281,7 +281,7 @@ def test_config_file_declares_dns01_per_upstream(tmp_path: Path) -> None:
 
 
 def test_describe_shows_strategy_and_where_records_go_never_the_secret(tmp_path: Path) -> None:
-    """What the signer's /readyz tells acme-ra upstream status about each upstream."""
+    """What the signer's /upstreams tells acme-ra upstream status about each upstream."""
     plain = load_catalog(settings(tmp_path, upstream_directory_url="https://ca.test/dir")).upstreams["default"]
     assert plain.describe() == {"name": "default", "authz_strategy": "prevalidated", "dns_update": None}
     rfc2136 = load_catalog(settings(tmp_path, **DNS01)).upstreams["default"]

@@ -421,7 +421,11 @@ class AdminOperations:
         failed = body.get("failed") if isinstance(body.get("failed"), dict) else {}
         if response.status_code != 200 and not failed:
             failed = {"signer": f"HTTP {response.status_code}"}
-        described = body.get("upstreams")
+        described: Any = None
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            async with httpx.AsyncClient(trust_env=False, timeout=SIGNER_READY_TIMEOUT_SECONDS) as client:
+                described = (await client.get(http_base(self.settings.signer_listen) + "/upstreams")).json()
+        described = described.get("upstreams") if isinstance(described, dict) else None
         return schemas.SignerStatus(url=url, reachable=True, ready=response.status_code == 200,
                                     failed={str(k): str(v) for k, v in failed.items()},
                                     upstreams=[u for u in described if isinstance(u, dict) and u.get("name")]

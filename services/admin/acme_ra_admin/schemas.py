@@ -128,7 +128,7 @@ class SignerStatus(BaseModel):
     reachable: bool
     ready: bool
     failed: dict[str, str] = Field(default_factory=dict)
-    # The upstreams the signer runs with, as its /readyz describes them (no secret).
+    # The upstreams the signer runs with, as its /upstreams describes them (no secret).
     upstreams: list[dict[str, Any]] = Field(default_factory=list, exclude=True)
 
 

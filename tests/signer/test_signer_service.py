@@ -49,6 +49,7 @@ async def test_health_and_metrics_without_dependencies(settings: Settings) -> No
         assert (await http.get("/healthz")).json() == {"status": "ok"}
         ready = await http.get("/readyz")
         assert ready.status_code == 503 and ready.json()["failed"] == {"signer": "starting"}
+        assert (await http.get("/upstreams")).json() == {"upstreams": []}
         metrics = await http.get("/metrics")
     assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
     for name in (
@@ -114,7 +115,10 @@ async def test_readiness_names_nats_when_it_goes_away(
 ) -> None:
     app = create_app(settings.model_copy(update={"nats_url": nats_server.url}))
     async with app.router.lifespan_context(app), client(app) as http:
-        assert (await http.get("/readyz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and "upstreams" not in ready.json()  # readiness only
+        described = await http.get("/upstreams")  # the lab CA: no ACME upstream to describe
+        assert described.status_code == 200 and described.json() == {"upstreams": []}
         await asyncio.to_thread(nats_server.stop)
 
         async def nats_reported() -> bool:

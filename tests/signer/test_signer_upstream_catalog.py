@@ -278,3 +278,21 @@ def test_config_file_declares_dns01_per_upstream(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace("server: 192.0.2.53", "server: ':53'"))
     with pytest.raises(UpstreamConfigError, match=r"upstreams\.certinext\.dns_update\.rfc2136\.server=':53'"):
         load_catalog(settings(tmp_path, config_file=config))
+
+
+def test_describe_shows_strategy_and_where_records_go_never_the_secret(tmp_path: Path) -> None:
+    """What the signer's /upstreams tells acme-ra upstream status about each upstream."""
+    plain = load_catalog(settings(tmp_path, upstream_directory_url="https://ca.test/dir")).upstreams["default"]
+    assert plain.describe() == {"name": "default", "authz_strategy": "prevalidated", "dns_update": None}
+    rfc2136 = load_catalog(settings(tmp_path, **DNS01)).upstreams["default"]
+    assert rfc2136.describe() == {
+        "name": "default", "authz_strategy": "dns-01",
+        "dns_update": {"kind": "rfc2136", "server": "192.0.2.53:5353", "tsig_key_name": "acme-ra."},
+    }
+    assert TSIG not in repr(rfc2136.describe())
+    hook = tmp_path / "txt-hook"
+    hook.write_text("#!/bin/sh\n")
+    hook.chmod(0o755)
+    hooked = load_catalog(settings(tmp_path, **{**DNS01, "upstream_dns_rfc2136_server": "",
+                                                "upstream_dns_hook": hook})).upstreams["default"]
+    assert hooked.describe()["dns_update"] == {"kind": "hook", "path": str(hook)}

@@ -411,10 +411,31 @@ async def _revoke(ops: Any, certificate: str, reason: str) -> Any:
 upstream_app = typer.Typer(help="The upstream CA as the signer sees it.", no_args_is_help=True)
 
 
+def _echo_upstream(upstream: dict[str, Any]) -> None:
+    typer.echo("")
+    typer.echo(f"upstream {upstream['name']}")
+    strategy = upstream["authz_strategy"] or "unknown (the signer did not say)"
+    dns = upstream["dns_update"]
+    if dns:
+        where = f"rfc2136 {dns['server']} (TSIG key {dns['tsig_key_name']})" if dns["kind"] == "rfc2136" \
+            else f"hook {dns['path']}"
+        strategy += f", {where}"
+    typer.echo(f"  strategy      {strategy}")
+    pending = f"  validating    {upstream['validations_pending']} upstream order(s)"
+    if upstream["dns_records"]:
+        pending += f", {upstream['dns_records']} TXT record(s) published"
+    typer.echo(pending)
+    failure = upstream["last_failure"]
+    if failure:
+        at = str(failure["at"]).replace("T", " ", 1).removesuffix("Z")
+        typer.echo(f"  last failure  {at} order {failure['order_id']}: "
+                   f"{failure['type'] or '?'}: {failure['detail'] or ''}")
+
+
 @upstream_app.command("status")
 def upstream_status(as_json: Json = False, url: Url = None, token: Token = None) -> None:
-    """The signer's readiness (it asks the upstream CA), upstream accounts and order counts.
-    Exit status 1 when the signer is not ready."""
+    """The signer's readiness (it asks the upstream CA), upstream accounts and order counts; per
+    upstream its authz_strategy, validations pending and last failure. Exit status 1 when the signer is not ready."""
 
     def body() -> None:
         status = call(url, token, "GET", "/upstream", lambda ops: ops.upstream_status())
@@ -430,6 +451,8 @@ def upstream_status(as_json: Json = False, url: Url = None, token: Token = None)
             typer.echo("orders    " + (", ".join(f"{k} {v}" for k, v in status["orders"].items()) or "none"))
             if status["upstream_orders"]:
                 typer.echo("upstream orders  " + ", ".join(f"{k} {v}" for k, v in status["upstream_orders"].items()))
+            for upstream in status["upstreams"]:
+                _echo_upstream(upstream)
             if status["accounts"]:
                 typer.echo("")
                 table(status["accounts"], [("upstream", "UPSTREAM"), ("directory_url", "DIRECTORY"),

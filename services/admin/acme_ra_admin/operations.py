@@ -99,6 +99,33 @@ def trace_id(traceparent: str | None) -> str | None:
     return parts[1]
 
 
+def _upstreams(described: list[dict[str, Any]], pending: dict[str, tuple[int, int]],
+               failures: dict[str, models.UpstreamOrder]) -> list[schemas.Upstream]:
+    """The upstreams the signer describes, then any other the journal names (one no longer
+    configured, or all of them while the signer cannot be asked), by name."""
+    config = {str(u["name"]): u for u in described}
+    result = []
+    for name in sorted(set(config) | set(pending) | set(failures)):
+        strategy = config.get(name, {}).get("authz_strategy")
+        dns_update = config.get(name, {}).get("dns_update")
+        orders, records = pending.get(name, (0, 0))
+        failed = failures.get(name)
+        result.append(schemas.Upstream(
+            name=name,
+            authz_strategy=strategy if isinstance(strategy, str) else None,
+            dns_update=schemas.DnsUpdate.model_validate(dns_update) if isinstance(dns_update, dict) else None,
+            validations_pending=orders,
+            dns_records=records,
+            last_failure=None if failed is None else schemas.UpstreamFailure(
+                order_id=failed.order_id,
+                type=(failed.error or {}).get("type"),
+                detail=(failed.error or {}).get("detail"),
+                at=failed.updated_at,
+            ),
+        ))
+    return result
+
+
 def http_base(listen: str) -> str:
     """Where to connect to reach a listener bound to ``listen``."""
     host, port = parse_host_port(listen)
@@ -363,9 +390,12 @@ class AdminOperations:
             accounts = await repository.upstream_accounts(session)
             states = await repository.upstream_order_states(session)
             statuses = await repository.order_statuses(session)
+            pending = await repository.upstream_validations_pending(session)
+            failures = {row.upstream: row for row in await repository.upstream_last_failures(session)}
         return schemas.UpstreamStatus(
             upstream=self.settings.upstream,
             signer=signer,
+            upstreams=_upstreams(signer.upstreams, pending, failures),
             accounts=[
                 schemas.UpstreamAccount(
                     upstream=a.upstream, directory_url=a.directory_url, url=a.url, eab_kid=a.eab_kid,
@@ -391,8 +421,15 @@ class AdminOperations:
         failed = body.get("failed") if isinstance(body.get("failed"), dict) else {}
         if response.status_code != 200 and not failed:
             failed = {"signer": f"HTTP {response.status_code}"}
+        described: Any = None
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            async with httpx.AsyncClient(trust_env=False, timeout=SIGNER_READY_TIMEOUT_SECONDS) as client:
+                described = (await client.get(http_base(self.settings.signer_listen) + "/upstreams")).json()
+        described = described.get("upstreams") if isinstance(described, dict) else None
         return schemas.SignerStatus(url=url, reachable=True, ready=response.status_code == 200,
-                                    failed={str(k): str(v) for k, v in failed.items()})
+                                    failed={str(k): str(v) for k, v in failed.items()},
+                                    upstreams=[u for u in described if isinstance(u, dict) and u.get("name")]
+                                    if isinstance(described, list) else [])
 
     async def queue_status(self) -> schemas.QueueStatus:
         try:

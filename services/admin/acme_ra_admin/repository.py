@@ -18,6 +18,7 @@ from acme_ra.db.models import (
     OrderStatus,
     UpstreamAccount,
     UpstreamOrder,
+    UpstreamOrderState,
 )
 
 # Rows a list returns when the caller does not say (and the most it may ask for).
@@ -132,6 +133,43 @@ async def upstream_accounts(session: AsyncSession) -> list[UpstreamAccount]:
 async def upstream_order_states(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(select(UpstreamOrder.state, func.count()).group_by(UpstreamOrder.state))
     return {state: int(count) for state, count in rows.all()}
+
+
+async def upstream_validations_pending(session: AsyncSession) -> dict[str, tuple[int, int]]:
+    """Per upstream: (upstream orders whose authorizations are being proved now, dns-01 TXT
+    records the journal holds for them). The rows are those in flight: a handful."""
+    rows = await session.execute(
+        select(UpstreamOrder.upstream, UpstreamOrder.dns_records).where(
+            UpstreamOrder.state == UpstreamOrderState.pending.value
+        )
+    )
+    pending: dict[str, tuple[int, int]] = {}
+    for upstream, records in rows.all():
+        orders, published = pending.get(upstream, (0, 0))
+        pending[upstream] = (orders + 1, published + len(records or ()))
+    return pending
+
+
+async def upstream_last_failures(session: AsyncSession) -> list[UpstreamOrder]:
+    """Per upstream, its most recently failed (``invalid``) upstream order."""
+    latest = (
+        select(
+            UpstreamOrder.order_id,
+            func.row_number()
+            .over(partition_by=UpstreamOrder.upstream,
+                  order_by=(UpstreamOrder.updated_at.desc(), UpstreamOrder.order_id.desc()))
+            .label("rank"),
+        )
+        .where(UpstreamOrder.state == UpstreamOrderState.invalid.value)
+        .subquery()
+    )
+    query = (
+        select(UpstreamOrder)
+        .join(latest, latest.c.order_id == UpstreamOrder.order_id)
+        .where(latest.c.rank == 1)
+        .order_by(UpstreamOrder.upstream)
+    )
+    return list((await session.execute(query)).scalars())
 
 
 async def order_statuses(session: AsyncSession) -> dict[str, int]:

@@ -128,6 +128,8 @@ class SignerStatus(BaseModel):
     reachable: bool
     ready: bool
     failed: dict[str, str] = Field(default_factory=dict)
+    # The upstreams the signer runs with, as its /upstreams describes them (no secret).
+    upstreams: list[dict[str, Any]] = Field(default_factory=list, exclude=True)
 
 
 class UpstreamAccount(BaseModel):
@@ -139,9 +141,35 @@ class UpstreamAccount(BaseModel):
     registrations: int
 
 
+class DnsUpdate(BaseModel):
+    """Where an upstream's dns-01 TXT records are written (never the TSIG secret)."""
+
+    kind: str = Field(description="rfc2136 or hook (a str: a newer signer may add a kind)")
+    server: str | None = Field(None, description="rfc2136: the primary server, host:port")
+    tsig_key_name: str | None = Field(None, description="rfc2136: the TSIG key's name")
+    path: str | None = Field(None, description="hook: the command")
+
+
+class UpstreamFailure(BaseModel):
+    order_id: str
+    type: str | None
+    detail: str | None = Field(description="the problem, with the upstream's own text")
+    at: dt.datetime
+
+
+class Upstream(BaseModel):
+    name: str
+    authz_strategy: str | None = Field(description="prevalidated, dns-01 or http-01; null: the signer did not say")
+    dns_update: DnsUpdate | None
+    validations_pending: int = Field(description="upstream orders whose authorizations are being proved now")
+    dns_records: int = Field(description="dns-01 TXT records the journal holds for them")
+    last_failure: UpstreamFailure | None
+
+
 class UpstreamStatus(BaseModel):
     upstream: str
     signer: SignerStatus
+    upstreams: list[Upstream] = Field(description="per upstream: strategy, validations pending, last failure")
     accounts: list[UpstreamAccount]
     upstream_orders: dict[str, int] = Field(description="upstream orders by state")
     orders: dict[str, int] = Field(description="acme-ra orders by status")

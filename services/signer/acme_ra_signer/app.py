@@ -37,6 +37,7 @@ FLUSH_TIMEOUT_SECONDS = 5
 PATH_HEALTHZ = "/healthz"
 PATH_READYZ = "/readyz"
 PATH_METRICS = "/metrics"
+PATH_UPSTREAMS = "/upstreams"
 
 
 @dataclass
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"])
     app.add_api_route(PATH_READYZ, readyz, methods=["GET"])
     app.add_api_route(PATH_METRICS, metrics_endpoint, methods=["GET"])
+    app.add_api_route(PATH_UPSTREAMS, upstreams_endpoint, methods=["GET"])
     return app
 
 
@@ -192,6 +194,15 @@ async def readyz(request: Request) -> JSONResponse:
     if failed:
         return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+async def upstreams_endpoint(request: Request) -> JSONResponse:
+    """The upstreams this signer runs with (strategy, DNS publisher; never a secret), for
+    ``acme-ra upstream status`` and the console; on the internal listener, beside /metrics."""
+    runtime: Runtime | None = request.app.state.runtime
+    if runtime is None:
+        return JSONResponse({"upstreams": []}, status_code=503)
+    return JSONResponse({"upstreams": runtime.driver.describe()})
 
 
 async def metrics_endpoint() -> Response:

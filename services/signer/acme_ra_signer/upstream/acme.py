@@ -611,6 +611,9 @@ class AcmeDriver(UpstreamDriver):
             for name, config in catalog.upstreams.items()
         }
 
+    def describe(self) -> list[dict[str, Any]]:
+        return [config.describe() for config in self.catalog.upstreams.values()]
+
     @classmethod
     def from_settings(
         cls,

@@ -82,6 +82,10 @@ class UpstreamDriver(abc.ABC):
     async def check(self) -> None:
         """Readiness: raise (``UpstreamUnavailable``) when the upstream cannot be used now."""
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Each upstream as operators may see it (name, authz_strategy, dns_update); no secret."""
+        return []
+
     async def close(self) -> None:
         """Release connections and background work; called once at shutdown."""
         return None

@@ -109,6 +109,18 @@ class Upstream:
     def has_eab(self) -> bool:
         return bool(self.eab_kid and self.eab_hmac_key)
 
+    def describe(self) -> dict[str, Any]:
+        """What operators may see of this upstream (``acme-ra upstream status``): the strategy
+        and, for dns-01, where records are written. Never a secret."""
+        dns_update: dict[str, str] | None = None
+        if self.rfc2136 is not None:
+            dns_update = {"kind": "rfc2136", "server": f"{self.rfc2136.host}:{self.rfc2136.port}",
+                          "tsig_key_name": self.rfc2136.key_name}
+        elif self.dns_hook is not None:
+            dns_update = {"kind": "hook", "path": str(self.dns_hook)}
+        return {"name": self.name, "authz_strategy": self.authz_strategy,
+                "dns_update": dns_update if self.authz_strategy == "dns-01" else None}
+
 
 @dataclass(frozen=True)
 class Catalog:

@@ -58,24 +58,18 @@ def given_up(what: str, times: int) -> dict[str, Any]:
     }
 
 
-_BUMP_CHALLENGE = (
-    update(Challenge)
-    .where(
-        Challenge.id == bindparam("p_id"),
-        Challenge.status == ChallengeStatus.processing.value,
-        Challenge.republished == bindparam("p_seen"),
+def _bump(table: type[Challenge | Order]) -> Any:
+    """Count one more re-publication of a row still ``processing`` and not counted meanwhile."""
+    return (
+        update(table)
+        .where(table.id == bindparam("p_id"), table.status == ChallengeStatus.processing.value,  # the same value in both tables
+               table.republished == bindparam("p_seen"))
+        .values(republished=table.republished + 1, updated_at=bindparam("p_now"))
     )
-    .values(republished=Challenge.republished + 1, updated_at=bindparam("p_now"))
-)
-_BUMP_ORDER = (
-    update(Order)
-    .where(
-        Order.id == bindparam("p_id"),
-        Order.status == OrderStatus.processing.value,
-        Order.republished == bindparam("p_seen"),
-    )
-    .values(republished=Order.republished + 1, updated_at=bindparam("p_now"))
-)
+
+
+_BUMP_CHALLENGE = _bump(Challenge)
+_BUMP_ORDER = _bump(Order)
 
 
 async def _has_backlog(js: JetStreamContext, durable: str) -> bool:

@@ -40,7 +40,7 @@ SIGNER_UPSTREAMS = {
 }
 NOW = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.timezone.utc)
 REFUSED = {"type": "unauthorized",
-           "detail": "the upstream CA (dns) did not validate www.example.org: Incorrect TXT record"}
+           "detail": 'upstream "dns": did not validate www.example.org: Incorrect TXT record'}
 # (upstream, state, dns_records, error, minutes before NOW): every state, and two failures of "dns".
 JOURNAL = [
     ("dns", "pending", [["_acme-challenge.a.example.org", "v1"], ["_acme-challenge.a.example.org", "v2"]], None, 1),

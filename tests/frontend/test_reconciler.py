@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 from sqlalchemy import select, update
 
 from acme_ra import bus
-from acme_ra.db.models import Authorization, Challenge, Order, utcnow
+from acme_ra.db.models import Authorization, Challenge, Order, UpstreamOrder, utcnow
 from acme_ra_frontend.reconciler import reconcile_once
 from acme_ra_frontend.state import FrontendState
 from tests.conformance.client import TestAcmeClient
@@ -138,3 +138,28 @@ async def test_a_lost_issuance_is_published_again_then_given_up(
         "detail": "the issuance job was published 2 times and never completed; it is not tried again",
     }
     assert not [job for job in await drain(state.js, bus.SUBJECT_ISSUE, bus.DURABLE_SIGNER) if order_id in job[1]]
+
+
+async def test_an_issuance_given_up_carries_its_upstreams_last_failure(
+    account: TestAcmeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signer kept the upstream's last transient failure with the upstream order (network,
+    account, DNS): the order given up says it first, then why it is not tried again."""
+    state = frontend_state(account)
+    monkeypatch.setattr(state.settings, "reconcile_max_republications", 0)
+    order_id, _, _ = await processing_challenge(account, "upstream-down.reconcile.example.org")
+    await drain(state.js, bus.SUBJECT_ISSUE, bus.DURABLE_SIGNER)
+    failure = {"type": "serverInternal",
+               "detail": 'upstream "certinext": https://ca.example/dir unreachable: ConnectError: refused'}
+    async with state.db.transaction() as session:
+        session.add(UpstreamOrder(order_id=order_id, upstream="certinext", error=failure))
+    await age(state, Order, order_id, status="processing")
+
+    await reconcile_once(state)
+    order = await row(state, Order, order_id)
+    assert order.status == "invalid"
+    assert order.error == {
+        "type": "serverInternal",
+        "detail": 'upstream "certinext": https://ca.example/dir unreachable: ConnectError: refused '
+        "(the issuance job was published 1 times and never completed; it is not tried again)",
+    }

@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import logging
 import secrets
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,11 +22,13 @@ from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UpstreamOrder, utcnow
+from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.worker import IssueWorker
 from tests.support.bind import Bind, Zone
 from tests.support.tcp_proxy import TcpProxy
 
 from .conftest import (
+    FakeMsg,
     certificate_count,
     certificate_of,
     for_pebble,
@@ -135,7 +138,8 @@ async def test_prevalidated_in_front_of_a_validating_upstream_names_authz_strate
     assert order.status == "invalid"
     assert order.error is not None and order.error["type"] == "unauthorized"
     detail = order.error["detail"]
-    assert "did not validate not-prevalidated.example.test" in detail
+    assert detail.startswith('upstream "default": did not validate not-prevalidated.example.test: '), detail
+    assert 'Get "http://not-prevalidated.example.test:' in detail  # Pebble's own text (its http-01 fetch)
     assert "ACME_RA_UPSTREAM_AUTHZ_STRATEGY=prevalidated" in detail and "dns-01" in detail
     record = await upstream_order_row(db, order_id)
     assert record is not None and record.state == "invalid" and record.finalized_at is None
@@ -160,6 +164,7 @@ async def test_a_wrong_tsig_secret_fails_the_order_once_with_one_log_line(
     order = await order_row(db, order_id)
     assert order.status == "invalid" and order.error is not None
     detail = order.error["detail"]
+    assert detail.startswith('upstream "default": '), detail
     assert "in zone example.test.: the DNS server refused the update" in detail, detail
     assert bind.address not in detail and "acme-ra." not in detail  # no DNS topology for clients
     assert wrong not in caplog.text
@@ -224,6 +229,7 @@ async def test_a_failing_hook_fails_the_order_and_logs_its_last_line(
     assert msg.acks == 1
     order = await order_row(db, order_id)
     assert order.status == "invalid" and order.error is not None
+    assert order.error["detail"].startswith('upstream "default": ')
     assert "the hook broken-hook exited 3" in order.error["detail"]
     assert "token expired" not in order.error["detail"]  # a provider's output stays in the log
     assert "exited 3: provider API: 403 token expired" in caplog.text
@@ -322,9 +328,81 @@ async def test_a_server_that_never_answers_the_record_fails_naming_the_propagati
     order = await order_row(db, order_id)
     assert order.status == "invalid" and order.error is not None
     detail = order.error["detail"]
+    assert detail.startswith('upstream "default": '), detail
     assert "ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS" in detail, detail
     assert "at _acme-challenge.slow-dns.example.test. was not answered" in detail, detail
     assert str(silent) not in detail  # the servers are in the signer's log, not the client's problem
     assert f"_acme-challenge.slow-dns.example.test. at 127.0.0.1:{silent}" in caplog.text
     assert bind.all_txt() == {}
     assert pebble.issued_count() == 0
+
+
+@pytest.fixture
+def deaf_resolver() -> Iterator[str]:
+    """A DNS "server" that takes every question and never answers (a UDP socket nobody reads)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+async def test_an_upstream_that_does_not_validate_in_time_fails_naming_the_validation_timeout(
+    tmp_path: Path, bind: Bind, deaf_resolver: str, settings: Settings, db: Database
+) -> None:
+    """The record is in BIND, but this Pebble asks a resolver that never answers: its
+    authorization stays pending past ACME_RA_UPSTREAM_VALIDATION_TIMEOUT_SECONDS. The order
+    fails naming the setting, once: one upstream order, the record removed, no retry."""
+    require_pebble()
+    deaf = Pebble(tmp_path / "deaf-pebble", dns_server=deaf_resolver)
+    try:
+        configured = dns01_settings(settings, deaf, bind, upstream_validation_timeout_seconds=3.0)
+        driver = make_acme_driver(configured, db)
+        try:
+            order_id = await new_order(db, ["late.example.test"])
+            msg = await run_job(IssueWorker(db, driver), order_id)
+        finally:
+            await driver.close()
+        issued = deaf.issued_count()
+    finally:
+        deaf.stop()
+    assert msg.acks == 1  # settled, not handed back for a retry
+    order = await order_row(db, order_id)
+    assert order.status == "invalid" and order.error is not None
+    assert order.error == {
+        "type": "unauthorized",
+        "detail": 'upstream "default": did not validate late.example.test within 3s (the authorization is still '
+        "pending; ACME_RA_UPSTREAM_VALIDATION_TIMEOUT_SECONDS)",
+    }
+    record = await upstream_order_row(db, order_id)
+    assert record is not None and record.orders_created == 1 and record.dns_records is None
+    assert record.state == "invalid" and record.finalized_at is None
+    published = [line for line in bind.log_path.read_text().splitlines() if "adding an RR at '" in line]
+    assert len(published) == 1, published  # it was published, then removed
+    assert bind.all_txt() == {}
+    assert issued == 0
+
+
+async def test_an_unreachable_upstream_is_retried_and_its_failure_kept_for_the_order(
+    settings: Settings, db: Database
+) -> None:
+    """A network error is transient (the job is handed back), and the order's upstream record
+    keeps it, said by the upstream's name: the problem the order ends with if it is given up."""
+    closed = free_port()
+    configured = settings.model_copy(update={
+        "upstream": "acme",
+        "upstream_directory_url": f"https://127.0.0.1:{closed}/dir",
+    })
+    driver = make_acme_driver(configured, db)
+    msg = FakeMsg()
+    try:
+        order_id = await new_order(db, ["unreachable.example.test"])
+        with pytest.raises(UpstreamUnavailable):  # bus.consume naks it: delivered again later
+            await IssueWorker(db, driver).handle(bus.IssueJob(order_id=order_id), msg)
+    finally:
+        await driver.close()
+    assert msg.acks == 0
+    assert (await order_row(db, order_id)).status == "processing"
+    record = await upstream_order_row(db, order_id)
+    assert record is not None and record.error is not None, record
+    assert record.error["type"] == "serverInternal"
+    assert record.error["detail"].startswith('upstream "default": '), record.error
+    assert "unreachable" in record.error["detail"] and "ConnectError" in record.error["detail"], record.error

@@ -213,7 +213,7 @@ async def test_a_csr_the_upstream_refuses_fails_the_order(pebble: Pebble, db: Da
     order = await order_row(db, order_id)
     assert order.status == "invalid"
     assert order.error is not None and order.error["type"] in ("badCSR", "malformed", "unauthorized")
-    assert order.error["detail"].startswith("the upstream CA (default) refused")
+    assert order.error["detail"].startswith('upstream "default": ')
     assert pebble.issued_count() == 0
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, select, update
 
 from acme_ra import bus
 from acme_ra.db.lifecycle import fail_order, finish_challenge
-from acme_ra.db.models import Challenge, ChallengeStatus, Order, OrderStatus, utcnow
+from acme_ra.db.models import Challenge, ChallengeStatus, Order, OrderStatus, UpstreamOrder, utcnow
 from acme_ra_frontend.state import FrontendState
 
 log = logging.getLogger("acme_ra.frontend.reconciler")
@@ -50,12 +50,13 @@ BATCH = 500
 # minutes, an issuance after about 22).
 
 
-def given_up(what: str, times: int) -> dict[str, Any]:
-    """The problem of a challenge or order whose job never completed, ``times`` re-publications on."""
-    return {
-        "type": "serverInternal",
-        "detail": f"the {what} job was published {times + 1} times and never completed; it is not tried again",
-    }
+def given_up(what: str, times: int, last_failure: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The problem of a challenge or order whose job never completed, ``times`` re-publications on;
+    an order's starts with the last failure its upstream reported (``upstream "x": ...``)."""
+    detail = f"the {what} job was published {times + 1} times and never completed; it is not tried again"
+    if last_failure and last_failure.get("detail"):
+        detail = f"{last_failure['detail']} ({detail})"
+    return {"type": "serverInternal", "detail": detail}
 
 
 def _bump(table: type[Challenge | Order]) -> Any:
@@ -101,7 +102,8 @@ async def reconcile_once(state: FrontendState) -> int:
         ).all()
         orders = [] if skip_orders else (
             await session.execute(
-                select(Order.id, Order.republished, Order.trace_context)
+                select(Order.id, Order.republished, Order.trace_context, UpstreamOrder.error)
+                .outerjoin(UpstreamOrder, UpstreamOrder.order_id == Order.id)
                 .where(Order.status == OrderStatus.processing.value, Order.updated_at < now - ORDER_DEADLINE)
                 .limit(BATCH)
             )
@@ -113,9 +115,9 @@ async def reconcile_once(state: FrontendState) -> int:
             if times >= limit:
                 problem = given_up("validation", times)
                 abandoned_challenges += await finish_challenge(session, challenge_id, problem, authz_lifetime) is not None
-        for order_id, times, _ in orders:
+        for order_id, times, _, last_failure in orders:
             if times >= limit:
-                abandoned_orders += await fail_order(session, order_id, given_up("issuance", times))
+                abandoned_orders += await fail_order(session, order_id, given_up("issuance", times, last_failure))
     bumps: list[tuple[Any, dict[str, Any]]] = []
     published = {"challenges": 0, "orders": 0}
     try:
@@ -125,7 +127,7 @@ async def reconcile_once(state: FrontendState) -> int:
                                       f"validate-{challenge_id}-r{times + 1}")
                 bumps.append((_BUMP_CHALLENGE, {"p_id": challenge_id, "p_seen": times, "p_now": now}))
                 published["challenges"] += 1
-        for order_id, times, traceparent in orders:
+        for order_id, times, traceparent, _ in orders:
             if times < limit:
                 await bus.publish_job(state.js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id),
                                       f"issue-{order_id}-r{times + 1}", traceparent)

@@ -52,9 +52,11 @@ from acme_ra_signer.upstream.base import (
     UpstreamError,
     UpstreamRejected,
     UpstreamUnavailable,
+    said_by,
+    upstream_problem,
 )
 from acme_ra_signer.upstream.catalog import Catalog, Upstream, load_catalog, sealing_secret
-from acme_ra_signer.upstream.journal import LEASE_SECONDS, DbJournal, Journal
+from acme_ra_signer.upstream.journal import LEASE_SECONDS, DbJournal, Journal, LeaseLost, UpstreamBusy
 
 log = logging.getLogger("acme_ra_signer.upstream.acme")
 
@@ -101,7 +103,7 @@ def problem_data(problem: AcmeProblem, upstream: str) -> dict[str, Any]:
     for sub in problem.error.subproblems or ():
         identifier = f"{sub.identifier.value}: " if sub.identifier else ""
         detail += f"; {identifier}{sub.detail or sub.typ}"
-    return {"type": code, "detail": f"the upstream CA ({upstream}) refused: {detail}"}
+    return upstream_problem(upstream, code, detail)
 
 
 class AcmeUpstream:
@@ -137,7 +139,7 @@ class AcmeUpstream:
 
     def mapped(self, problem: AcmeProblem, what: str) -> UpstreamError:
         if problem.status >= 500 or problem.code in TRANSIENT_PROBLEMS:
-            return UpstreamUnavailable(f"upstream {self.name}: {what}: {problem}")
+            return UpstreamUnavailable(said_by(self.name, f"{what}: {problem}"))
         return UpstreamRejected(problem_data(problem, self.name))
 
     # Issuance ---------------------------------------------------------------------------------
@@ -173,18 +175,20 @@ class AcmeUpstream:
                     return await self._download(journal, csr)
                 elif state == State.invalid.value:
                     raise UpstreamRejected(
-                        journal.entry.error or {"type": "serverInternal", "detail": "the upstream order failed"}
+                        journal.entry.error or upstream_problem(self.name, "serverInternal", "the order failed")
                     )
                 else:
                     raise UpstreamUnavailable(f"unknown upstream order state {state!r}")
             except OrderLost:
                 await self._order_lost(journal)
             except UpstreamRejected as rejected:
+                # Every problem of this upstream's orders starts by naming it (one place for all).
+                rejected.problem = {**rejected.problem, "detail": said_by(self.name, str(rejected.problem.get("detail", "")))}
                 await self._remove_records(journal)
                 if journal.entry.state != State.invalid.value:
                     await journal.finish(state=State.invalid.value, error=rejected.problem)
                 raise
-        raise UpstreamUnavailable(f"upstream {self.name}: order did not settle in {MAX_STEPS} steps")
+        raise UpstreamUnavailable(said_by(self.name, f"the order did not settle in {MAX_STEPS} steps"))
 
     async def _create_order(self, request: IssueRequest, journal: Journal) -> messages.Order:
         if journal.entry.finalized_at is not None:  # never: a finalized order is never replaced
@@ -213,18 +217,18 @@ class AcmeUpstream:
             ):
                 lifetime = self.config.setting("cert_lifetime_days")
                 raise UpstreamRejected(
-                    {
-                        "type": "malformed" if request.not_after else "serverInternal",
-                        "detail": f"the upstream CA ({self.name}) refuses the requested validity "
-                        f"{validity} (from the order, or {lifetime}): {problem.detail}",
-                    }
+                    upstream_problem(
+                        self.name,
+                        "malformed" if request.not_after else "serverInternal",
+                        f"{problem.detail} (acme-ra asked for the validity {validity}, from the order or {lifetime})",
+                    )
                 ) from None
             raise self.mapped(problem, "newOrder") from None
         metrics.UPSTREAM_ORDERS_CREATED.labels(self.name).inc()
         order: messages.Order = messages.Order.from_json(response.json())
         url = response.headers.get("Location")
         if not url or not order.finalize:
-            raise UpstreamUnavailable(f"upstream {self.name}: newOrder answered without Location or finalize URL")
+            raise UpstreamUnavailable(said_by(self.name, "newOrder answered without Location or finalize URL"))
         created = {"state": State.pending.value, "url": url, "finalize_url": order.finalize, "account_url": account.url}
         if order.status.name == "ready":
             journal.note(**created)  # pre-validated: recorded with "finalizing", the very next step
@@ -259,11 +263,12 @@ class AcmeUpstream:
         entry = journal.entry
         if entry.finalized_at is not None:
             raise UpstreamRejected(
-                {
-                    "type": "serverInternal",
-                    "detail": f"the upstream CA ({self.name}) lost order {entry.url} after it was finalized; "
+                upstream_problem(
+                    self.name,
+                    "serverInternal",
+                    f"lost order {entry.url} after it was finalized; "
                     "acme-ra does not order again, as that could issue a second certificate",
-                }
+                )
             )
         log.warning(
             "upstream order lost before finalize; creating another",
@@ -324,7 +329,7 @@ class AcmeUpstream:
         status = order.status.name
         if status == "valid" and order.certificate:
             # What is left, the download, is idempotent: any signer may do it, without the lease.
-            await journal.finish(state=State.valid.value, certificate_url=order.certificate)
+            await journal.finish(state=State.valid.value, certificate_url=order.certificate, error=None)
         elif status in ("processing", "valid"):
             if journal.entry.state != State.processing.value:
                 # No step depends on it (resuming "finalizing" also looks at the order first):
@@ -334,14 +339,9 @@ class AcmeUpstream:
             error = order.error
             detail = (error.detail or error.typ) if error else "the upstream order became invalid"
             code = (error.code if error else None) or "serverInternal"
-            raise UpstreamRejected(
-                {
-                    "type": code if code in STATUS_BY_TYPE else "serverInternal",
-                    "detail": f"the upstream CA ({self.name}) refused: {detail}",
-                }
-            )
+            raise UpstreamRejected(upstream_problem(self.name, code if code in STATUS_BY_TYPE else "serverInternal", detail))
         else:
-            raise UpstreamUnavailable(f"upstream {self.name}: unexpected order status {status!r}")
+            raise UpstreamUnavailable(said_by(self.name, f"unexpected order status {status!r}"))
 
     async def _await_certificate(self, journal: Journal, deadline: float) -> None:
         attempt = 0
@@ -369,12 +369,7 @@ class AcmeUpstream:
             if status == "valid":
                 continue
             if status != "pending":
-                raise UpstreamRejected(
-                    {
-                        "type": "unauthorized",
-                        "detail": f"the upstream CA ({self.name}) holds the authorization of {name} as {status}",
-                    }
-                )
+                raise UpstreamRejected(self._not_validated(authz, url, status))
             pending.append((url, authz))
         if not pending:
             return
@@ -383,13 +378,14 @@ class AcmeUpstream:
         for url, authz in pending:
             challenge = next((c for c in authz.challenges if c.chall.typ == wanted), None)
             if challenge is None:
+                offered = ", ".join(c.chall.typ for c in authz.challenges) or "none"
                 raise UpstreamRejected(
-                    {
-                        "type": "unauthorized",
-                        "detail": f"the upstream CA ({self.name}) offers no {wanted} challenge for "
-                        f"{_identifier(authz, url)} ({self.config.setting('authz_strategy')}="
-                        f"{self.config.authz_strategy})",
-                    }
+                    upstream_problem(
+                        self.name,
+                        "unauthorized",
+                        f"offers no {wanted} challenge for {_identifier(authz, url)} (it offers {offered}; "
+                        f"{self.config.setting('authz_strategy')}={self.config.authz_strategy})",
+                    )
                 )
             challenges.append((url, challenge))
         if self.dns01 is None:
@@ -458,12 +454,13 @@ class AcmeUpstream:
                     raise UpstreamRejected(self._not_validated(authz, url, status))
                 if limit < deadline and time.monotonic() + poll_delay(retry_after_seconds(response), attempt) > limit:
                     raise UpstreamRejected(
-                        {
-                            "type": "unauthorized",
-                            "detail": f"the upstream CA ({self.name}) did not validate {_identifier(authz, url)} "
-                            f"within {self.config.validation_timeout_seconds:.0f}s "
-                            f"({self.config.setting('validation_timeout_seconds')})",
-                        }
+                        upstream_problem(
+                            self.name,
+                            "unauthorized",
+                            f"did not validate {_identifier(authz, url)} within "
+                            f"{self.config.validation_timeout_seconds:.0f}s (the authorization is still {status}; "
+                            f"{self.config.setting('validation_timeout_seconds')})",
+                        )
                     )
                 await self._wait(retry_after_seconds(response), attempt, deadline, "validating")
                 await journal.renew()
@@ -471,14 +468,14 @@ class AcmeUpstream:
 
     def _not_validated(self, authz: messages.Authorization, url: str, status: str) -> dict[str, str]:
         errors = [c.error.detail or c.error.typ for c in authz.challenges if c.error is not None]
-        said = "; ".join(errors) or status
-        detail = f"the upstream CA ({self.name}) did not validate {_identifier(authz, url)}: {said}"
+        said = "; ".join(errors) or f"the authorization is {status}"
+        detail = f"did not validate {_identifier(authz, url)}: {said}"
         if self.config.authz_strategy == "prevalidated":
             detail += (
                 f" (with {self.config.setting('authz_strategy')}=prevalidated acme-ra proves nothing itself: "
                 "have the CA pre-validate the domain, or set authz_strategy dns-01)"
             )
-        return {"type": "unauthorized", "detail": detail}
+        return upstream_problem(self.name, "unauthorized", detail)
 
     async def _authorization(self, url: str) -> messages.Authorization:
         return (await self._authorization_with_response(url))[0]
@@ -496,7 +493,7 @@ class AcmeUpstream:
         delay = poll_delay(retry_after, attempt)
         if time.monotonic() + delay > deadline:
             raise UpstreamUnavailable(
-                f"upstream {self.name} still {what} after {self.order_timeout:.0f}s; the job resumes it later"
+                said_by(self.name, f"still {what} after {self.order_timeout:.0f}s; the job resumes it later")
             )
         await asyncio.sleep(delay)
 
@@ -511,10 +508,7 @@ class AcmeUpstream:
         leaf = certs[0]
         if leaf.public_key() != csr.public_key():
             raise UpstreamRejected(
-                {
-                    "type": "serverInternal",
-                    "detail": f"the upstream CA ({self.name}) returned a certificate for another key",
-                }
+                upstream_problem(self.name, "serverInternal", "returned a certificate for another key")
             )
         alternates: list[str] = []
         for alternate_url in link_urls(response, "alternate"):
@@ -568,7 +562,7 @@ class AcmeUpstream:
         if not await self.accounts.is_valid(account):
             account = await self.accounts.replace(account)
             if not await self.accounts.is_valid(account):
-                raise UpstreamUnavailable(f"upstream {self.name}: account {account.url} is not valid")
+                raise UpstreamUnavailable(said_by(self.name, f"account {account.url} is not valid"))
         self._checked_at = time.monotonic()
 
 
@@ -649,7 +643,13 @@ class AcmeDriver(UpstreamDriver):
                     f"order {request.order_id} is with upstream {journal.entry.upstream!r}, "
                     "which is no longer configured"
                 )
-            return await upstream.issue(request, journal)
+            try:
+                return await upstream.issue(request, journal)
+            except (UpstreamBusy, LeaseLost):
+                raise
+            except UpstreamUnavailable as error:
+                await _note_transient(journal, upstream.name, error)
+                raise
 
     async def revoke(self, cert_der: bytes, reason: int, order_id: str | None = None) -> None:
         name = self.catalog.default
@@ -680,6 +680,18 @@ class AcmeDriver(UpstreamDriver):
             await upstream.client.close()
 
 
+async def _note_transient(journal: Journal, upstream: str, error: UpstreamUnavailable) -> None:
+    """Keep the last transient failure (network, account, DNS) with the upstream order: if the
+    order is given up in the end (the reconciler's last re-publication), its problem carries it."""
+    problem = upstream_problem(upstream, "serverInternal", str(error) or type(error).__name__)
+    if journal.entry.state in (State.valid.value, State.invalid.value) or journal.entry.error == problem:
+        return
+    try:
+        await journal.save(error=problem)
+    except Exception as failed:  # noqa: BLE001 - the job is retried anyway; the error is logged
+        log.warning("upstream failure not recorded: %s", failed, extra={"upstream": upstream})
+
+
 def poll_delay(retry_after: float | None, attempt: int) -> float:
     """Seconds to wait before looking again at something the upstream is still working on:
     its ``Retry-After`` (floored, clamped), else an exponential backoff from the ``attempt``-th
@@ -707,7 +719,7 @@ def _parse_chain(content: bytes, upstream: str) -> list[x509.Certificate]:
     except ValueError:
         certs = []
     if not certs:
-        raise UpstreamUnavailable(f"upstream {upstream}: the certificate URL returned no PEM chain")
+        raise UpstreamUnavailable(said_by(upstream, "the certificate URL returned no PEM chain"))
     return certs
 
 

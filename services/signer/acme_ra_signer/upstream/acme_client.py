@@ -358,7 +358,7 @@ class AcmeClient:
                     response = await self._send_httpx(method, url, content, headers)
             except httpx.HTTPError as error:
                 span.set_attribute("error.type", type(error).__name__)
-                raise UpstreamUnavailable(f"upstream {url} unreachable: {type(error).__name__}: {error}") from None
+                raise UpstreamUnavailable(f"{url} unreachable: {type(error).__name__}: {error}") from None
             span.set_attribute("http.response.status_code", response.status_code)
         nonce = response.headers.get("Replay-Nonce")
         if nonce:

@@ -58,6 +58,19 @@ class UpstreamRejected(UpstreamError):
         self.problem = problem
 
 
+def said_by(upstream: str, detail: str) -> str:
+    """A detail as the client reads it in the order's ``error``: which upstream said it first
+    (``upstream "certinext": ...``), then the upstream's own text or what went wrong with it.
+    Idempotent: a detail already said by ``upstream`` is returned as is."""
+    prefix = f'upstream "{upstream}": '
+    return detail if detail.startswith(prefix) else prefix + detail
+
+
+def upstream_problem(upstream: str, type_: str, detail: str) -> dict[str, Any]:
+    """A problem as data for an order that ``upstream`` failed (see ``said_by``)."""
+    return {"type": type_, "detail": said_by(upstream, detail)}
+
+
 class UpstreamUnavailable(UpstreamError):
     """Transient: the upstream is down, slow or rate limiting; the job will be retried."""
 

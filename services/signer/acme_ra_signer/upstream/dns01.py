@@ -37,7 +37,7 @@ import dns.tsigkeyring
 import dns.update
 from josepy import JWK
 
-from acme_ra_signer.upstream.base import UpstreamRejected, UpstreamUnavailable
+from acme_ra_signer.upstream.base import UpstreamRejected, UpstreamUnavailable, upstream_problem
 from acme_ra_signer.upstream.catalog import Rfc2136, Upstream
 
 log = logging.getLogger("acme_ra_signer.upstream.dns01")
@@ -208,11 +208,10 @@ class Rfc2136Publisher:
             extra={"upstream": self.upstream.name},
         )
         detail = (
-            f"acme-ra could not publish the dns-01 record the upstream CA ({self.upstream.name}) asks for "
-            f"in zone {zone}: the DNS server refused the update (its TSIG key or update policy is "
-            "misconfigured; the signer's log says which)"
+            f"acme-ra could not publish the dns-01 record it asks for in zone {zone}: the DNS server refused "
+            "the update (its TSIG key or update policy is misconfigured; the signer's log says which)"
         )
-        return DnsConfigProblem({"type": "serverInternal", "detail": detail})
+        return DnsConfigProblem(upstream_problem(self.upstream.name, "serverInternal", detail))
 
 
 class HookPublisher:
@@ -259,10 +258,10 @@ class HookPublisher:
             extra={"upstream": self.upstream.name},
         )
         detail = (
-            f"acme-ra could not {action} the dns-01 record {name} the upstream CA ({self.upstream.name}) "
-            f"asks for: the hook {self.hook.name} exited {process.returncode} (the signer's log has its output)"
+            f"acme-ra could not {action} the dns-01 record {name} it asks for: the hook {self.hook.name} "
+            f"exited {process.returncode} (the signer's log has its output)"
         )
-        raise DnsConfigProblem({"type": "serverInternal", "detail": detail})
+        raise DnsConfigProblem(upstream_problem(self.upstream.name, "serverInternal", detail))
 
 
 async def _address(host: str) -> str:
@@ -349,12 +348,12 @@ class Dns01:
                     )
                     names = sorted({entry.split(" at ", 1)[0] for entry in missing})
                     raise UpstreamRejected(
-                        {
-                            "type": "serverInternal",
-                            "detail": f"the dns-01 record the upstream CA ({self.upstream.name}) asks for at "
-                            f"{', '.join(names)} was not answered by every authoritative server within "
-                            f"{timeout:.0f}s ({setting})",
-                        }
+                        upstream_problem(
+                            self.upstream.name,
+                            "serverInternal",
+                            f"the dns-01 record it asks for at {', '.join(names)} was not answered by every "
+                            f"authoritative server within {timeout:.0f}s ({setting})",
+                        )
                     )
                 raise UpstreamUnavailable(f"dns-01: records not visible yet ({', '.join(missing[:3])})")
             await asyncio.sleep(pause)

@@ -364,7 +364,6 @@ class AcmeUpstream:
         pending: list[tuple[str, messages.Authorization]] = []
         for url in order.authorizations:
             authz = await self._authorization(url)
-            name = _identifier(authz, url)
             status = authz.status.name
             if status == "valid":
                 continue

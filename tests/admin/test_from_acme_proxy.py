@@ -19,6 +19,7 @@ import pytest
 
 from acme_ra.config import ENV_PREFIX
 from acme_ra_admin.acme_proxy_migration import migrate
+from tests.support.doc_recipes import recipe
 from tests.support.lab import base_environment
 
 from .conftest import acme_ra
@@ -272,7 +273,7 @@ def test_the_migration_page_shows_what_the_command_prints(tmp_path: Path) -> Non
     blocks (stdout, then stderr)."""
     page = (ROOT / "docs" / "migrating-from-acme-proxy.md").read_text()
     sh = re.search(r"^```sh\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
-    shown = re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    shown = re.findall(r"^```text\n(.*?)^```", page, re.DOTALL | re.MULTILINE)[:2]
     assert sh is not None and len(shown) == 2
     done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + sh.group(1)], cwd=tmp_path, capture_output=True,
                           text=True, env=base_environment() | {"PATH": f"{Path(sys.executable).parent}:{os.defpath}"},
@@ -326,3 +327,17 @@ def test_several_ca_json_need_a_config_file(tmp_path: Path) -> None:
     done = acme_ra(["config", "from-acme-proxy", str(one), str(one)], base_environment())
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == "acme-ra: several ca.json files become several upstreams: give --config-file PATH\n"
+
+
+def test_the_migration_page_shows_what_the_seeds_own_example_gives() -> None:
+    """docs/migrating-from-acme-proxy.md's recipes seed-command, seed-env and seed-notes: the
+    command run from the checkout prints exactly what the page shows."""
+    command = recipe("migrating-from-acme-proxy.md", "seed-command").strip()
+    assert command.endswith(" > seed.env")
+    done = subprocess.run(["bash", "-c", "set -euo pipefail\n" + command.removesuffix(" > seed.env")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env=base_environment() | {"PATH": f"{Path(sys.executable).parent}:{os.defpath}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == recipe("migrating-from-acme-proxy.md", "seed-env")
+    assert done.stderr == recipe("migrating-from-acme-proxy.md", "seed-notes")
+    assert "ACME_RA_UPSTREAM_AUTHZ_STRATEGY=prevalidated" in done.stdout

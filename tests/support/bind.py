@@ -68,8 +68,21 @@ def _free_port() -> int:
 class Bind:
     """One named process; ``port``, ``key_name``, ``secret`` (base64), ``key_file``."""
 
-    def __init__(self, workdir: Path, zones: list[Zone]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        zones: list[Zone],
+        *,
+        zone_statements: str | None = None,
+        forwards: dict[str, str] | None = None,
+    ) -> None:
+        """``zone_statements``: named.conf's key include and zone statements as given (a docs
+        recipe), in place of those made from ``zones`` (whose files are written either way);
+        ``forwards``: zones the resolver forwards elsewhere (zone -> ``host:port``), such as a
+        validation zone on another server."""
         require_bind()
+        self.zone_statements = zone_statements
+        self.forwards = forwards or {}
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = _free_port()
@@ -125,6 +138,9 @@ class Bind:
             lines.append(
                 f'zone "{zone.name}" {{ type forward; forward only; forwarders {{ 127.0.0.1 port {self.port}; }}; }};'
             )
+        for name, address in self.forwards.items():
+            host, port = address.rsplit(":", 1)
+            lines.append(f'zone "{name}" {{ type forward; forward only; forwarders {{ {host} port {port}; }}; }};')
         return "\n".join(lines) + "\n"
 
     @property
@@ -147,8 +163,10 @@ class Bind:
             "  allow-transfer { none; };",
             "};",
             "controls { };",
-            f'include "{self.key_file}";',
         ]
+        if self.zone_statements is not None:
+            return "\n".join(lines) + "\n" + self.zone_statements
+        lines.append(f'include "{self.key_file}";')
         for zone in self.zones:
             update = f'allow-update {{ key "{self.key_name}"; }};' if zone.updatable else "allow-update { none; };"
             lines.append(f'zone "{zone.name}" {{ type primary; file "{d}/{zone.name}.zone"; {update} }};')

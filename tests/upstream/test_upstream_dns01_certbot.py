@@ -2,7 +2,7 @@
 for real through a real BIND9, with ``ACME_RA_UPSTREAM_AUTHZ_STRATEGY=dns-01``: certbot gets
 certificates for one name, a name and its wildcard, and a name whose ``_acme-challenge`` is a
 CNAME into the validation zone, the only zone acme-ra's TSIG key may write. No TXT record is left
-in BIND afterwards. The settings are those of docs/upstream.md's recipe.
+in BIND afterwards. The settings are read from docs/upstream.md's recipe (dns01-env).
 
 certbot proves its names to acme-ra by dns-01 through the suite's test DNS server (its hooks);
 acme-ra proves them to Pebble by dns-01 through BIND.
@@ -22,6 +22,7 @@ from tests.support import database
 from tests.support.bind import Bind, Zone
 from tests.support.certbot import certonly, dns_names
 from tests.support.dns_server import TestDnsServer
+from tests.support.doc_recipes import exports, recipe, substituted
 from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment
 
 from .pebble import Pebble, make_tls_material, require_pebble
@@ -80,15 +81,11 @@ def topology_in_front_of(
 
 
 def dns01_env(bind: Bind) -> dict[str, str]:
-    """docs/upstream.md, "dns-01 by RFC 2136"."""
-    return {
-        "ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "dns-01",
-        "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER": bind.address,
-        "ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME": bind.key_name,
-        "ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE": str(bind.secret_file),
-        "ACME_RA_UPSTREAM_DNS_NAMESERVERS": bind.address,
-        "ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS": "30",
-    }
+    """docs/upstream.md's recipe dns01-env ("dns-01 by RFC 2136"), with this BIND's address."""
+    text = recipe("upstream.md", "dns01-env")
+    env = exports(substituted(text, {"192.0.2.53:53": bind.address, "/etc/acme-ra/tsig.secret": str(bind.secret_file)}))
+    assert env["ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME"] == bind.key_name
+    return env
 
 
 @pytest.fixture(scope="module")

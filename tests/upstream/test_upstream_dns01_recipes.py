@@ -116,17 +116,22 @@ async def test_bind_recipe_delegates_to_the_validation_zone_only(tmp_path: Path,
         bind.stop()
 
 
-async def test_knot_recipe_issues_through_knot(tmp_path: Path, fresh_database_url: str) -> None:
-    require_pebble()
-    kdir = tmp_path / "knot"
-    kdir.mkdir()
+def make_knot_key(kdir: Path) -> str:
+    """The page's knot-key commands, in ``kdir`` in place of /etc; the secret."""
     paths = {"/etc/knot/": f"{kdir}/", "/etc/acme-ra/tsig.secret": str(kdir / "tsig.secret")}
     made = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", substituted(recipe(PAGE, "knot-key"), paths)],
         capture_output=True, text=True, check=False,
     )
     assert made.returncode == 0, made.stderr
-    secret = (kdir / "tsig.secret").read_text().strip()
+    return (kdir / "tsig.secret").read_text().strip()
+
+
+async def test_knot_recipe_issues_through_knot(tmp_path: Path, fresh_database_url: str) -> None:
+    require_pebble()
+    kdir = tmp_path / "knot"
+    kdir.mkdir()
+    secret = make_knot_key(kdir)
     port = free_port()
     conf = substituted(recipe(PAGE, "knot-conf"), {
         "192.0.2.54@53": f"127.0.0.1@{port}", "/run/knot": str(kdir), "/var/lib/knot": str(kdir), "/etc/knot/": f"{kdir}/",

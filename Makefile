@@ -12,7 +12,7 @@ VALIDATORS ?= 2
 # make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; see docs/performance.md).
 BENCH_ARGS ?=
 
-.PHONY: dev install test-packages test clean lab bench
+.PHONY: dev install test-packages test clean lab bench bench-upstream
 
 dev: install
 	$(BIN)/python -m acme_ra.cli dev
@@ -34,6 +34,10 @@ test: install test-packages
 # acme-ra (lab CA; Pebble upstream) against Pebble alone, on this machine's PostgreSQL (needs: pebble).
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Upstream validation time (p50/p95) per method against a Pebble validating for real (BIND9 for dns-01).
+bench-upstream: install
+	$(BIN)/python -m bench --upstream-validation $(BENCH_ARGS)
 
 clean:
 	rm -rf var build .pytest_cache

@@ -9,6 +9,10 @@ Exits 1 when any request failed or a target did not run.
     make bench                                  # the full run (a few minutes)
     make bench BENCH_ARGS=--smoke               # a tiny run (what CI's smoke test does)
     make bench BENCH_ARGS='--targets b --levels 16 --profile build/bench/profiles'
+    make bench-upstream                         # upstream validation time per method (p50/p95)
+
+``--upstream-validation`` measures, in place of the targets, how long a Pebble validating for real
+takes to validate what the signer proves to it, per method (bench/upstream_validation.py).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from acme_ra.launcher import LaunchError, free_port, port_is_free
-from bench import nonces, profiling, report
+from bench import nonces, profiling, report, upstream_validation
 from bench.load import DEFAULT_POLL_CAP_SECONDS, LoadConfig
 from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_rss_mb, tls_material
 
@@ -79,7 +83,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="where the results are written")
     parser.add_argument("--smoke", action="store_true",
                         help="a tiny run: concurrency 2, 3 certificates, 1 s of newNonce (CI's smoke test)")
+    parser.add_argument("--upstream-validation", action="store_true",
+                        help="measure the upstream's validation time per method against a Pebble validating for "
+                             "real, in place of the targets")
+    parser.add_argument("--upstream-methods", default=",".join(upstream_validation.METHODS),
+                        help="with --upstream-validation: comma list of "
+                             f"{', '.join(upstream_validation.METHODS)} (default: all)")
     args = parser.parse_args(argv)
+    args.upstream_method_list = [v.strip() for v in args.upstream_methods.split(",") if v.strip()]
+    unknown_methods = set(args.upstream_method_list) - set(upstream_validation.METHODS)
+    if unknown_methods or not args.upstream_method_list:
+        parser.error(f"--upstream-methods: unknown {', '.join(sorted(unknown_methods)) or 'none given'}")
     if args.smoke:
         args.levels, args.count, args.warmup = "2", 3, 1
         args.nonce_seconds = min(args.nonce_seconds, 1.0)
@@ -292,6 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         "errors": 0,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    if args.upstream_validation:
+        methods = upstream_validation.run(args, workdir, http01_port, _run_generator)
+        results["upstream_validation"] = methods
+        results["errors"] = upstream_validation.errors(methods)
+        args.json.write_text(json.dumps(results, indent=1))
+        print()
+        print(machine_line(info))
+        print(upstream_validation.table(methods, args))
+        print(f"\nresults: {args.json}   logs: {workdir}")
+        return 1 if results["errors"] else 0
     for key in args.target_list:
         targets.append(measure_target(key, args, workdir, http01_port))
         results["errors"] = report.total_errors(targets)

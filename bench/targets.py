@@ -132,8 +132,11 @@ class BenchDatabase:
 class PebbleProcess:
     """One Pebble (and, when it validates for real, the challtestsrv it asks for DNS)."""
 
-    def __init__(self, workdir: Path, tls: TlsMaterial, *, always_valid: bool, http01_port: int) -> None:
+    def __init__(self, workdir: Path, tls: TlsMaterial, *, always_valid: bool, http01_port: int,
+                 dns_server: str | None = None) -> None:
+        """``dns_server``: the resolver Pebble's VA asks (``host:port``), in place of challtestsrv."""
         _require(PEBBLE)
+        self.dns_server = dns_server
         self.workdir = workdir
         self.tls = tls
         self.always_valid = always_valid
@@ -151,7 +154,9 @@ class PebbleProcess:
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         argv = [PEBBLE, "-config", str(self.workdir / "pebble-config.json"), "-strict=false"]
-        if not self.always_valid:
+        if not self.always_valid and self.dns_server:
+            argv += ["-dnsserver", self.dns_server]
+        elif not self.always_valid:
             _require(CHALLTESTSRV)
             self.dns_port = free_port()
             management = free_port()
@@ -247,8 +252,12 @@ class AcmeRaTarget(Target):
     """acme-ra as ``make dev`` starts it, with the lab CA or a Pebble as its upstream."""
 
     def __init__(self, key: str, upstream: str, workdir: Path, tls: TlsMaterial, http01_port: int,
-                 database_server_url: str | None, extra_env: Mapping[str, str] | None = None) -> None:
+                 database_server_url: str | None, extra_env: Mapping[str, str] | None = None,
+                 pebble_dns_server: str | None = None) -> None:
+        """``pebble_dns_server``: the upstream Pebble validates for real, asking this resolver
+        (its authorizations are then proved by the signer: ``ACME_RA_UPSTREAM_AUTHZ_STRATEGY``)."""
         self.key = key
+        self.pebble_dns_server = pebble_dns_server
         self.upstream = upstream
         self.workdir = workdir
         self.tls = tls
@@ -296,8 +305,9 @@ class AcmeRaTarget(Target):
 
     def start(self) -> None:
         if self.upstream == "pebble":
-            self.pebble = PebbleProcess(self.workdir / "pebble", self.tls, always_valid=True,
-                                        http01_port=free_port())
+            self.pebble = PebbleProcess(self.workdir / "pebble", self.tls,
+                                        always_valid=self.pebble_dns_server is None,
+                                        http01_port=free_port(), dns_server=self.pebble_dns_server)
             self.pebble.start()
         self.database.create()
         topology = Topology(self.environment(), nats_port=free_port())

@@ -412,8 +412,15 @@ class AcmeUpstream:
             await self._answer(challenges, deadline, journal)
             outcome = "valid"
         finally:
+            elapsed = time.monotonic() - started
             metrics.UPSTREAM_VALIDATIONS.labels(self.name, "dns-01", outcome).inc()
-            metrics.UPSTREAM_VALIDATION_SECONDS.labels(self.name, "dns-01").observe(time.monotonic() - started)
+            metrics.UPSTREAM_VALIDATION_SECONDS.labels(self.name, "dns-01").observe(elapsed)
+            # One event per upstream validation (what `python -m bench --upstream-validation` reads).
+            log.info(
+                "upstream validation",
+                extra={"upstream": self.name, "method": "dns-01", "outcome": outcome,
+                       "authorizations": len(challenges), "duration_ms": round(1000 * elapsed, 1)},
+            )
             await self._remove_records(journal)
 
     async def _remove_records(self, journal: Journal) -> None:

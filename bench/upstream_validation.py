@@ -157,8 +157,10 @@ def errors(results: list[dict[str, Any]]) -> int:
 
 def table(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        "Upstream validation, publish -> the upstream's verdict (Pebble validating for real; "
-        f"concurrency {','.join(map(str, args.level_list))}, {args.count} certificates per level)",
+        (
+            "Upstream validation, publish -> the upstream's verdict (Pebble validating for real; "
+            f"concurrency {','.join(map(str, args.level_list))}, {args.count} certificates per level)"
+        ),
         f"  {'method':<8} {'validations':>11} {'failed':>6} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}",
     ]
     for entry in results:

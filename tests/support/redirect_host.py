@@ -41,7 +41,7 @@ def doc_snippet(kind: str) -> str:
     text = DOC.read_text()
     assert SECTION in text, f"{DOC} has no section {SECTION!r}"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    found = re.findall(rf"```{kind}\n(.*?)```", section, flags=re.S)
+    found = re.findall(rf"```{kind}\n(.*?)```", section, flags=re.DOTALL)
     assert len(found) == 1, f"{DOC}: expected one ```{kind} block in {SECTION!r}, found {len(found)}"
     return str(found[0])
 

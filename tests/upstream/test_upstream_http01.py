@@ -27,7 +27,9 @@ from acme_ra.db.models import UpstreamKeyAuthorization, UpstreamOrder, utcnow
 from acme_ra_frontend import upstream_http01
 from acme_ra_signer.worker import IssueWorker
 from tests.support.bind import Bind, Zone
-from tests.support.lab import base_environment
+from tests.support.certbot import certonly, dns_names
+from tests.support.dns_server import TestDnsServer
+from tests.support.lab import TEST_ZONE, base_environment
 from tests.support.redirect_host import KINDS, OWN_SITE, RedirectHost
 from tests.support.tcp_proxy import TcpProxy
 
@@ -43,6 +45,7 @@ from .conftest import (
     wait_until,
 )
 from .pebble import Pebble, free_port, require_pebble
+from .test_upstream_dns01_certbot import topology_in_front_of
 from .test_upstream_signer_killed import LINK_DELAY_SECONDS, SignerProcess, signer_env
 
 ZONES = [Zone("example.test")]  # "* IN A 127.0.0.1": every test name is this machine
@@ -350,10 +353,12 @@ async def test_signer_killed_mid_validation_completes_once_and_leaves_no_row(
         link.stop()
 
 
-def test_a_bad_listen_value_is_one_line_naming_the_setting(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_listen_value_is_one_line_naming_the_setting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     env = base_environment() | {"ACME_RA_UPSTREAM_HTTP01_LISTEN": "port80", "ACME_RA_STATE_DIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-m", "acme_ra_frontend"], env=env, capture_output=True, text=True,
-                         timeout=60)
+                         timeout=60, check=False)
     assert run.returncode == 2
     assert run.stderr.strip().splitlines() == [
         "acme-ra: invalid configuration: ACME_RA_UPSTREAM_HTTP01_LISTEN='port80': expected host:port, got 'port80'"
@@ -368,3 +373,92 @@ def test_a_bad_listen_value_is_one_line_naming_the_setting(tmp_path: Path, capsy
     assert capsys.readouterr().err.strip() == (
         f"acme-ra: cannot listen on ACME_RA_UPSTREAM_HTTP01_LISTEN='127.0.0.1:{port}': Address already in use"
     )
+
+
+# End to end: certbot, two frontend replicas, the host's nginx ---------------------------------
+
+class FrontendReplica:
+    """Another frontend process of a running topology (same database, NATS and TLS pair), on
+    its own ACME port, with the upstream http-01 responder and two workers."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.http01_port, acme_port, metrics_port = free_port(), free_port(), free_port()
+        env = env | {
+            "ACME_RA_LISTEN": f"127.0.0.1:{acme_port}",
+            "ACME_RA_METRICS_LISTEN": f"127.0.0.1:{metrics_port}",
+            "ACME_RA_UPSTREAM_HTTP01_LISTEN": f"127.0.0.1:{self.http01_port}",
+            "ACME_RA_FRONTEND_WORKERS": "2",
+        }
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "acme_ra_frontend"], env=env, stdout=out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    async def ready(self) -> None:
+        """Its responder answers (404 for a path that is not a challenge)."""
+        async def answers() -> bool:
+            assert self.process.poll() is None, self.log.read_text()[-3000:]
+            try:
+                async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+                    return (await client.get(f"http://127.0.0.1:{self.http01_port}/")).status_code == 404
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(answers, timeout=60, interval=0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+async def test_certbot_gets_a_certificate_proved_by_http01_through_a_redirect_to_another_replica(
+    test_dns: TestDnsServer, tmp_path: Path
+) -> None:
+    """certbot orders through frontend replica A (no responder); the signer stores the upstream
+    key authorizations; Pebble asks the host's nginx, which redirects (the doc's lines) to the
+    responder of replica B, another frontend process on the same database."""
+    require_pebble()
+    bind = Bind(tmp_path / "bind", [Zone(TEST_ZONE)])
+    pebble = Pebble(tmp_path / "pebble", dns_server=bind.resolver_address)
+    names = [f"www.{TEST_ZONE}", f"api.{TEST_ZONE}"]
+    try:
+        strategy = {"ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "http-01"}
+        with topology_in_front_of(pebble, tmp_path / "lab", test_dns, strategy) as lab:
+            env = lab.topology.service_env("frontend")
+            assert not env.get("ACME_RA_UPSTREAM_HTTP01_LISTEN")  # replica A serves no key authorization
+            replica_b = FrontendReplica(env, tmp_path / "frontend-b.log")
+            host: RedirectHost | None = None
+            try:
+                await replica_b.ready()
+                host = RedirectHost("nginx", tmp_path / "nginx", pebble.http_port,
+                                    f"127.0.0.1:{replica_b.http01_port}")
+                run = await asyncio.to_thread(certonly, lab, names, "http-01", tmp_path / "certbot",
+                                              trust=tmp_path / "lab" / "frontend-tls" / "ca.pem")
+                assert run.returncode == 0, run.describe() + "\n" + lab.logs()[-6000:] + host.logs()
+                assert dns_names(run.chain()[0]) == set(names)
+                assert pebble.issued_count() == 1
+                log = replica_b.log.read_text()
+                assert len([line for line in log.splitlines() if "key authorization served" in line]) >= len(names)
+                redirected = [line for line in host.access_log().splitlines() if "/.well-known/acme-challenge/" in line]
+                assert len(redirected) >= len(names) and all(" 301 " in line for line in redirected), redirected
+                assert "upstream http-01 responder" not in (lab.topology.log_dir / "frontend.log").read_text()
+                db = Database(lab.topology.settings.effective_database_url)
+                try:
+                    assert await key_authorization_rows(db) == 0
+                finally:
+                    await db.dispose()
+            finally:
+                if host is not None:
+                    host.stop()
+                replica_b.stop()
+            # Replica B stopped cleanly, its responder with it (while NATS still ran).
+            assert replica_b.process.returncode == 0, replica_b.log.read_text()[-3000:]
+            assert '"level":"error"' not in replica_b.log.read_text(), replica_b.log.read_text()[-3000:]
+    finally:
+        pebble.stop()
+        bind.stop()

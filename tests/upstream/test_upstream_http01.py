@@ -23,6 +23,7 @@ from sqlalchemy import func, select, update
 from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
+from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import UpstreamKeyAuthorization, UpstreamOrder, utcnow
 from acme_ra_frontend import upstream_http01
 from acme_ra_signer.worker import IssueWorker
@@ -103,7 +104,34 @@ class Responder:
 
 @pytest.fixture
 async def responder(db: Database, settings: Settings) -> AsyncIterator[Responder]:
+    """The responder on the signer's database (the tests with Pebble)."""
     server = Responder(db, settings)
+    try:
+        yield await server.started()
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+def key_db_url(fresh_database_url: str) -> str:
+    upgrade(fresh_database_url)  # alembic runs its own event loop: not inside the test's
+    return fresh_database_url
+
+
+@pytest.fixture
+async def key_db(key_db_url: str) -> AsyncIterator[Database]:
+    """A migrated database of the lane's kind, for the tests of the responder alone."""
+    database = Database(key_db_url)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture
+async def lone_responder(key_db: Database, tmp_path: Path) -> AsyncIterator[Responder]:
+    """The responder without Pebble or a signer (settings: the defaults, for the HTTP limits)."""
+    server = Responder(key_db, Settings(state_dir=tmp_path, nats_url=""))
     try:
         yield await server.started()
     finally:
@@ -139,10 +167,10 @@ def http01_settings(settings: Settings, pebble: Pebble, **overrides: object) -> 
 
 # The responder alone ------------------------------------------------------------------------
 
-async def test_responder_serves_known_tokens_and_nothing_else(responder: Responder, db: Database) -> None:
-    await store(db, TOKEN, f"{TOKEN}.thumbprint")
-    await store(db, "expired" + "B" * 30, "old.value", expires_in=-1)
-    base = f"http://{responder.address}"
+async def test_responder_serves_known_tokens_and_nothing_else(lone_responder: Responder, key_db: Database) -> None:
+    await store(key_db, TOKEN, f"{TOKEN}.thumbprint")
+    await store(key_db, "expired" + "B" * 30, "old.value", expires_in=-1)
+    base = f"http://{lone_responder.address}"
     async with httpx.AsyncClient(base_url=base, trust_env=False, timeout=10) as client:
         served = await client.get(f"/.well-known/acme-challenge/{TOKEN}")
         assert served.status_code == 200 and served.text == f"{TOKEN}.thumbprint"
@@ -170,11 +198,11 @@ async def test_responder_serves_known_tokens_and_nothing_else(responder: Respond
         assert (await client.put("/other")).status_code == 404
 
 
-async def test_a_token_of_bad_syntax_never_reaches_the_database(settings: Settings, tmp_path: Path) -> None:
+async def test_a_token_of_bad_syntax_never_reaches_the_database(tmp_path: Path) -> None:
     """With a database that cannot answer, a well-formed token gets 503 (it was asked), a
     malformed one 404 at once (it was not)."""
     broken = Database(f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'none.db'}")
-    server = await Responder(broken, settings).started()
+    server = await Responder(broken, Settings(state_dir=tmp_path, nats_url="")).started()
     try:
         async with httpx.AsyncClient(base_url=f"http://{server.address}", trust_env=False, timeout=10) as client:
             asked = await client.get(f"/.well-known/acme-challenge/{TOKEN}")
@@ -187,9 +215,10 @@ async def test_a_token_of_bad_syntax_never_reaches_the_database(settings: Settin
 
 @pytest.mark.parametrize("kind", KINDS)
 async def test_the_docs_redirect_of_each_server_reaches_the_responder(
-    kind: str, tmp_path: Path, responder: Responder, db: Database
+    kind: str, tmp_path: Path, lone_responder: Responder, key_db: Database
 ) -> None:
-    await store(db, TOKEN, f"{TOKEN}.thumbprint")
+    await store(key_db, TOKEN, f"{TOKEN}.thumbprint")
+    responder = lone_responder
     server = RedirectHost(kind, tmp_path / kind, free_port(), responder.address)
     try:
         async with httpx.AsyncClient(trust_env=False, timeout=10) as client:

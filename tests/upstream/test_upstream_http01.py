@@ -26,6 +26,10 @@ from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import UpstreamKeyAuthorization, UpstreamOrder, utcnow
 from acme_ra_frontend import upstream_http01
+from acme_ra_signer import metrics as signer_metrics
+from acme_ra_signer.upstream.base import UpstreamRejected
+from acme_ra_signer.upstream.catalog import Upstream
+from acme_ra_signer.upstream.http01 import check_token
 from acme_ra_signer.worker import IssueWorker
 from tests.support.bind import Bind, Zone
 from tests.support.certbot import certonly, dns_names
@@ -238,6 +242,15 @@ async def test_the_docs_redirect_of_each_server_reaches_the_responder(
 
 # The signer with Pebble validating through the host's redirect ------------------------------
 
+def test_the_signer_refuses_a_token_the_responder_would_not_serve() -> None:
+    upstream = Upstream(name="default", directory_url="https://ca.test/dir", authz_strategy="http-01")
+    check_token("A" * 43, "www.example.test", upstream)
+    for bad in ["short", "A" * 256, "dot." + "A" * 30, "../../etc/passwd" + "A" * 20, "A" * 30 + "%2F"]:
+        with pytest.raises(UpstreamRejected) as refused:
+            check_token(bad, "www.example.test", upstream)
+        assert "an http-01 token for www.example.test that is not base64url" in refused.value.problem["detail"]
+
+
 @pytest.mark.parametrize(
     "names",
     [["one.example.test"], ["a.example.test", "b.example.test", "127.0.0.1"]],
@@ -247,6 +260,8 @@ async def test_http01_issues_through_the_hosts_redirect_and_leaves_no_row(
     pebble: Pebble, host: RedirectHost, settings: Settings, db: Database, names: list[str]
 ) -> None:
     served_before = upstream_http01.RESPONSES.labels("served")._value.get()
+    valid = signer_metrics.UPSTREAM_VALIDATIONS.labels("default", "http-01", "valid")
+    valid_before = valid._value.get()
     driver = make_acme_driver(http01_settings(settings, pebble), db)
     try:
         order_id = await new_order(db, names)
@@ -265,6 +280,7 @@ async def test_http01_issues_through_the_hosts_redirect_and_leaves_no_row(
     redirected = [line for line in host.access_log().splitlines() if "/.well-known/acme-challenge/" in line]
     assert len(redirected) >= len(names) and all(" 301 " in line for line in redirected), redirected
     assert upstream_http01.RESPONSES.labels("served")._value.get() - served_before >= len(names)
+    assert valid._value.get() == valid_before + 1  # one validation: all the order's authorizations
     assert pebble.issued_count() == 1
 
 
@@ -293,6 +309,8 @@ async def test_a_failing_validation_fails_the_order_with_the_upstreams_text_and_
     authorization, the order fails with what Pebble said, and the row is gone."""
     nowhere = RedirectHost("nginx", tmp_path / "nginx", pebble.http_port, f"127.0.0.1:{free_port()}")
     driver = make_acme_driver(http01_settings(settings, pebble), db)
+    failed = signer_metrics.UPSTREAM_VALIDATIONS.labels("default", "http-01", "failed")
+    failed_before = failed._value.get()
     seen: list[int] = []
 
     async def watch() -> None:  # the row exists while Pebble validates
@@ -315,6 +333,7 @@ async def test_a_failing_validation_fails_the_order_with_the_upstreams_text_and_
     assert "the upstream CA (default) did not validate unreachable.example.test:" in detail, detail
     assert "connection refused" in detail.lower() or "connect" in detail.lower(), detail
     assert max(seen, default=0) == 1
+    assert failed._value.get() == failed_before + 1
     assert await key_authorization_rows(db) == 0
     assert pebble.issued_count() == 0
 

@@ -95,8 +95,9 @@ class Settings(BaseSettings):
     # ACME_RA_UPSTREAM_AUTHZ_STRATEGY: how the signer satisfies upstream authorizations that are
     # not already valid: "prevalidated" (the CA holds them, e.g. Sectigo DCV inheritance: a pending
     # one gets its ACME_RA_UPSTREAM_CHALLENGE_TYPE challenge POSTed once, nothing provisioned),
-    # "dns-01" (the signer publishes the TXT record: ACME_RA_UPSTREAM_DNS_*), "http-01" (not yet
-    # supported). Checked by the signer at start-up (the old "answer" and "fail" are refused).
+    # "dns-01" (the signer publishes the TXT record: ACME_RA_UPSTREAM_DNS_*), "http-01" (the
+    # frontends serve the key authorization: ACME_RA_UPSTREAM_HTTP01_LISTEN; hosts redirect to
+    # it). Checked by the signer at start-up (the old "answer" and "fail" are refused).
     upstream_authz_strategy: str = "prevalidated"
     # ACME_RA_UPSTREAM_CHALLENGE_TYPE: the challenge POSTed by "prevalidated" (dns-01 uses dns-01).
     upstream_challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] = "http-01"
@@ -125,6 +126,10 @@ class Settings(BaseSettings):
     # ACME_RA_UPSTREAM_VALIDATION_TIMEOUT_SECONDS: how long the upstream may take to validate an
     # authorization once its challenge is POSTed (CERTInext: minutes).
     upstream_validation_timeout_seconds: float = Field(600.0, gt=0)
+    # ACME_RA_UPSTREAM_HTTP01_LISTEN: host:port of the plain-HTTP listener on which every frontend
+    # process that has it serves the upstream http-01 key authorizations (authz_strategy http-01)
+    # at /.well-known/acme-challenge/<token>, and nothing else; e.g. 0.0.0.0:80. Empty = off.
+    upstream_http01_listen: str = ""
     # ACME_RA_UPSTREAM_ACCOUNT_KEY_TYPE: key type of a new upstream account (ES256 signs every
     # upstream request far cheaper than RS256). An account already stored keeps its own key.
     upstream_account_key_type: Literal["rsa2048", "ec256"] = "ec256"
@@ -273,7 +278,9 @@ class Settings(BaseSettings):
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    @field_validator("listen", "validator_listen", "signer_listen", "metrics_listen", "admin_listen")
+    @field_validator(
+        "listen", "validator_listen", "signer_listen", "metrics_listen", "admin_listen", "upstream_http01_listen"
+    )
     @classmethod
     def _check_listen(cls, value: str) -> str:
         if value:

@@ -36,6 +36,7 @@ SIGNER_UPSTREAMS = {
          "dns_update": {"kind": "rfc2136", "server": "192.0.2.53:53", "tsig_key_name": "acme-ra"}},
         {"name": "hooked", "authz_strategy": "dns-01", "dns_update": {"kind": "hook", "path": "/usr/local/bin/txt"}},
         {"name": "sectigo", "authz_strategy": "prevalidated", "dns_update": None},
+        {"name": "web", "authz_strategy": "http-01", "dns_update": None},
     ],
 }
 NOW = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.timezone.utc)
@@ -53,6 +54,7 @@ JOURNAL = [
     ("dns", "invalid", [["_acme-challenge.b.example.org", "v3"]], REFUSED, 10),
     ("hooked", "valid", None, None, 1),
     ("retired", "invalid", None, {"type": "rejectedIdentifier", "detail": "no"}, 30),
+    ("web", "pending", None, None, 7),
 ]
 
 
@@ -144,7 +146,7 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
                                 admin.env).stdout)
     assert api == direct == remote
     by_name = {u["name"]: u for u in api["upstreams"]}
-    assert list(by_name) == ["dns", "hooked", "retired", "sectigo"]
+    assert list(by_name) == ["dns", "hooked", "retired", "sectigo", "web"]
     dns = by_name["dns"]
     assert dns["authz_strategy"] == "dns-01"
     assert dns["dns_update"] == {"kind": "rfc2136", "server": "192.0.2.53:53", "tsig_key_name": "acme-ra",
@@ -159,6 +161,8 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
     assert (by_name["hooked"]["validations_pending"], by_name["hooked"]["last_failure"]) == (0, None)
     assert by_name["sectigo"] == {"name": "sectigo", "authz_strategy": "prevalidated", "dns_update": None,
                                   "validations_pending": 0, "dns_records": 0, "last_failure": None}
+    assert by_name["web"] == {"name": "web", "authz_strategy": "http-01", "dns_update": None,
+                              "validations_pending": 1, "dns_records": 0, "last_failure": None}
     # In the journal, no longer configured: its failure is still shown, its strategy unknown.
     retired = by_name["retired"]
     assert retired["authz_strategy"] is None and retired["last_failure"]["type"] == "rejectedIdentifier"
@@ -172,6 +176,7 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
         in human.stdout
     assert "dns-01, hook /usr/local/bin/txt" in human.stdout
     assert "unknown (the signer did not say)" in human.stdout
+    assert "upstream web\n  strategy      http-01\n  validating    1 upstream order(s)\n" in human.stdout
 
     with httpx.Client(base_url=admin.url, trust_env=False, timeout=30) as console:
         console.post("/login", data={"token": admin.token})

@@ -212,7 +212,7 @@ def test_default_strategy_is_prevalidated_and_dns01_reads_the_rfc2136_settings(t
     [
         ({"upstream_authz_strategy": "answer"}, "AUTHZ_STRATEGY='answer': no longer a strategy; use prevalidated"),
         ({"upstream_authz_strategy": "fail"}, "AUTHZ_STRATEGY='fail': no longer a strategy; use prevalidated"),
-        ({"upstream_authz_strategy": "http-01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='http-01': not yet supported"),
+        ({"upstream_authz_strategy": "http01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='http01': expected one of"),
         ({"upstream_authz_strategy": "dns01"}, "ACME_RA_UPSTREAM_AUTHZ_STRATEGY='dns01': expected one of"),
         ({**DNS01, "upstream_dns_rfc2136_server": ""}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER or _DNS_HOOK: required"),
         ({**DNS01, "upstream_dns_rfc2136_server": "ns:x"}, "ACME_RA_UPSTREAM_DNS_RFC2136_SERVER='ns:x': expected"),
@@ -296,3 +296,27 @@ def test_describe_shows_strategy_and_where_records_go_never_the_secret(tmp_path:
     hooked = load_catalog(settings(tmp_path, **{**DNS01, "upstream_dns_rfc2136_server": "",
                                                 "upstream_dns_hook": hook})).upstreams["default"]
     assert hooked.describe()["dns_update"] == {"kind": "hook", "path": str(hook)}
+
+
+def test_http01_loads_from_the_environment_and_per_upstream_from_the_file(tmp_path: Path) -> None:
+    """http-01 needs nothing else of the signer: the frontends serve what it stores."""
+    env = load_catalog(
+        settings(tmp_path, upstream_directory_url="https://ca.test/dir", upstream_authz_strategy="HTTP-01")
+    ).upstreams["default"]
+    assert env.authz_strategy == "http-01"
+    assert env.describe() == {"name": "default", "authz_strategy": "http-01", "dns_update": None}
+    config = tmp_path / "acme-ra.yaml"
+    config.write_text(
+        "upstreams:\n"
+        "  certinext:\n"
+        "    directory_url: https://ca.test/dir\n"
+        "    authz_strategy: http-01\n"
+        "    validation_timeout_seconds: 900\n"
+        "  sectigo:\n"
+        "    directory_url: https://ca.test/other\n"
+        "default_upstream: sectigo\n"
+    )
+    catalog = load_catalog(settings(tmp_path, config_file=config))
+    assert catalog.upstreams["certinext"].authz_strategy == "http-01"
+    assert catalog.upstreams["certinext"].validation_timeout_seconds == 900
+    assert catalog.upstreams["sectigo"].authz_strategy == "prevalidated"

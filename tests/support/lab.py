@@ -58,9 +58,11 @@ def lab_environment(state_dir: Path, database_url: str, ports: LabPorts,
         f"{ENV_PREFIX}RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR": "1000",
     })
     taken = set(vars(ports).values())
+    # Off unless a test asks for it: the upstream http-01 responder is not a service of its own.
+    off = {"upstream_http01_listen"}
     for field in Settings.model_fields:  # any other listener (metrics, admin...): a free port too
         name = f"{ENV_PREFIX}{field.upper()}"
-        if field.endswith("_listen") and name not in env:
+        if field.endswith("_listen") and field not in off and name not in env:
             port = free_port()
             while port in taken:  # free now, but already promised to another service
                 port = free_port()

@@ -119,7 +119,8 @@ class Pebble:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.ca_bundle, cert, key = make_tls_material(workdir / "tls")
-        self.port, self.management_port, http_port, tls_port = free_ports(4)
+        # http_port: where Pebble fetches http-01 key authorizations from (each name's address).
+        self.port, self.management_port, self.http_port, tls_port = free_ports(4)
         self.eab_kid = EAB_KID
         self.eab_hmac_key = b64url(secrets.token_bytes(32))
         self.config_path = workdir / "pebble-config.json"
@@ -131,7 +132,7 @@ class Pebble:
                         "managementListenAddress": f"127.0.0.1:{self.management_port}",
                         "certificate": str(cert),
                         "privateKey": str(key),
-                        "httpPort": http_port,
+                        "httpPort": self.http_port,
                         "tlsPort": tls_port,
                         "ocspResponderURL": "",
                         "externalAccountBindingRequired": True,

@@ -317,6 +317,36 @@ class UpstreamOrder(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
+# The syntax of an upstream http-01 token (RFC 8555 §8.3: base64url, at least 128 bits), with
+# an upper bound: the signer stores only tokens that match it, and the frontend's responder
+# checks a request's token against it before asking the database.
+UPSTREAM_TOKEN_PATTERN = r"[A-Za-z0-9_-]{22,255}"
+
+
+class UpstreamKeyAuthorization(Base):
+    """A key authorization the frontend's responder serves to an upstream CA (upstream
+    http-01) at ``/.well-known/acme-challenge/<token>``.
+
+    The signer writes the rows of an upstream order before POSTing its challenges and deletes
+    them (by ``order_id``) once the upstream has decided; every later attempt on the order
+    deletes what an earlier, dead one left. Rows past ``expires_at`` are never served.
+    """
+
+    __tablename__ = "upstream_key_authorizations"
+    token: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # The acme-ra order whose upstream order asked for it (two orders may share an upstream
+    # authorization, hence a token: each has its own row). Not a foreign key: the frontend's
+    # own certificate (acme_ra_signer.frontend_tls) belongs to no order.
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    upstream: Mapped[str] = mapped_column(String(64))
+    # The name (or IP address) the upstream validates with it, for operators.
+    identifier: Mapped[str] = mapped_column(String(255))
+    # token "." base64url(thumbprint of the upstream account key) (RFC 8555 §8.1).
+    key_authorization: Mapped[str] = mapped_column(String(512))
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class RateCounter(Base):
     """Fixed-window counters shared by every frontend replica (rate limits)."""
 

@@ -1,4 +1,5 @@
-"""``python -m acme_ra_frontend``: serve the ACME API with TLS on ACME_RA_LISTEN."""
+"""``python -m acme_ra_frontend``: serve the ACME API with TLS on ACME_RA_LISTEN (and, when set,
+the upstream http-01 responder on ACME_RA_UPSTREAM_HTTP01_LISTEN)."""
 
 from __future__ import annotations
 
@@ -69,11 +70,18 @@ def main() -> None:
 
     setup_logging("frontend", settings.log_level)
     host, port = parse_host_port(settings.listen)
+    http01_sock = None  # the upstream http-01 responder's listener, bound before any fork
+    if settings.upstream_http01_listen:
+        from acme_ra_frontend import upstream_http01
+
+        http01_sock = upstream_http01.bind(settings.upstream_http01_listen)
 
     def serve(sock: socket.socket | None = None) -> None:
         """One frontend: its app, its TLS context (reloaded when the certificate changes), uvicorn."""
         init_tracing("frontend")
         app = create_app(settings)
+        if http01_sock is not None:
+            upstream_http01.attach(app, http01_sock, settings)
         config = uvicorn.Config(
             app,
             host=host.strip("[]"),
@@ -101,6 +109,8 @@ def main() -> None:
     sock = workers.bind(host.strip("[]"), port)
 
     def serve_metrics() -> None:  # in the parent, after the forks (a thread must not be forked)
+        if http01_sock is not None:
+            http01_sock.close()  # the workers hold it
         if settings.metrics_listen:
             start_metrics_server(settings.metrics_listen, multiprocess_dir=metrics_dir)
 

@@ -35,7 +35,7 @@ from acme_ra.db.models import UpstreamOrder, UpstreamOrderState, utcnow
 from acme_ra.protocol.problems import STATUS_BY_TYPE
 from acme_ra.sealing import Sealer
 from acme_ra_signer import metrics
-from acme_ra_signer.upstream import dns01
+from acme_ra_signer.upstream import dns01, http01
 from acme_ra_signer.upstream.accounts import Account, AccountStore
 from acme_ra_signer.upstream.acme_client import (
     PEM_CHAIN,
@@ -116,6 +116,7 @@ class AcmeUpstream:
         self.accounts = AccountStore(db, sealer, upstream, client)
         self.order_timeout = order_timeout
         self.dns01 = dns01.Dns01(upstream) if upstream.authz_strategy == "dns-01" else None
+        self.http01 = http01.KeyAuthorizations(db, upstream) if upstream.authz_strategy == "http-01" else None
         self._checked_at = -1e9
 
     # Requests as the account -----------------------------------------------------------------
@@ -152,8 +153,8 @@ class AcmeUpstream:
         deadline = time.monotonic() + self.order_timeout
         known: messages.Order | None = None  # newOrder's answer: no need to fetch it again
         if journal.entry.state != State.pending.value:
-            # Records a signer that died published; while pending they stay, as the upstream may
-            # be validating them now: authorizing publishes them again (a no-op) and removes them.
+            # What a signer that died published; while pending it stays, as the upstream may be
+            # validating it now: authorizing publishes it again (a no-op) and removes it.
             await self._remove_records(journal)
         for _ in range(MAX_STEPS):
             state = journal.entry.state
@@ -372,9 +373,19 @@ class AcmeUpstream:
             pending.append((url, authz))
         if not pending:
             return
-        wanted = "dns-01" if self.config.authz_strategy == "dns-01" else self.config.challenge_type
+        strategy = self.config.authz_strategy
+        wanted = strategy if strategy in ("dns-01", "http-01") else self.config.challenge_type
         challenges: list[tuple[str, messages.ChallengeBody]] = []
         for url, authz in pending:
+            if strategy == "http-01" and authz.wildcard:
+                raise UpstreamRejected(
+                    {
+                        "type": "rejectedIdentifier",
+                        "detail": f"the upstream CA ({self.name}) validates the wildcard {_identifier(authz, url)} "
+                        f"only by dns-01, and {self.config.setting('authz_strategy')}=http-01: acme-ra cannot "
+                        "prove it (set authz_strategy dns-01 for this upstream, or order without the wildcard)",
+                    }
+                )
             challenge = next((c for c in authz.challenges if c.chall.typ == wanted), None)
             if challenge is None:
                 offered = ", ".join(c.chall.typ for c in authz.challenges) or "none"
@@ -387,6 +398,9 @@ class AcmeUpstream:
                     )
                 )
             challenges.append((url, challenge))
+        if self.http01 is not None:
+            await self._serve_key_authorizations(challenges, pending, deadline, journal)
+            return
         if self.dns01 is None:
             await self._answer(challenges, deadline, journal)
             return
@@ -423,8 +437,42 @@ class AcmeUpstream:
             )
             await self._remove_records(journal)
 
+    async def _serve_key_authorizations(
+        self,
+        challenges: list[tuple[str, messages.ChallengeBody]],
+        pending: list[tuple[str, messages.Authorization]],
+        deadline: float,
+        journal: Journal,
+    ) -> None:
+        """http-01: store the key authorizations the frontends serve, then answer; the rows are
+        deleted whatever the outcome (and, after a crash, by the next attempt)."""
+        assert self.http01 is not None
+        account = await self.accounts.current()
+        items: list[http01.KeyAuthorization] = []
+        for (url, challenge), (_, authz) in zip(challenges, pending, strict=True):
+            token = challenge.chall.encode("token")
+            name = _identifier(authz, url)
+            http01.check_token(token, name, self.config)
+            items.append(http01.KeyAuthorization(token, name, http01.key_authorization(token, account.key.jwk)))
+        expiries = [authz.expires for _, authz in pending if authz.expires is not None]
+        # Written before the challenges are POSTed: a signer that dies from here on leaves rows
+        # that the next attempt on this order deletes (and that expire meanwhile).
+        await self.http01.publish(journal.order_id, items, self.http01.expiry(min(expiries, default=None)))
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            await self._answer(challenges, deadline, journal)
+            outcome = "valid"
+        finally:
+            metrics.UPSTREAM_VALIDATIONS.labels(self.name, "http-01", outcome).inc()
+            metrics.UPSTREAM_VALIDATION_SECONDS.labels(self.name, "http-01").observe(time.monotonic() - started)
+            await self._remove_records(journal)
+
     async def _remove_records(self, journal: Journal) -> None:
-        """Remove the dns-01 records the journal holds (also those a dead signer left)."""
+        """Remove what was published for the upstream's challenges: the order's http-01 key
+        authorizations, the dns-01 records the journal holds (also those a dead signer left)."""
+        if self.http01 is not None:
+            await self.http01.remove(journal.order_id)
         recorded = journal.entry.dns_records
         if not recorded or self.dns01 is None:
             return
@@ -479,7 +527,7 @@ class AcmeUpstream:
         if self.config.authz_strategy == "prevalidated":
             detail += (
                 f" (with {self.config.setting('authz_strategy')}=prevalidated acme-ra proves nothing itself: "
-                "have the CA pre-validate the domain, or set authz_strategy dns-01)"
+                "have the CA pre-validate the domain, or set authz_strategy dns-01 or http-01)"
             )
         return upstream_problem(self.name, "unauthorized", detail)
 

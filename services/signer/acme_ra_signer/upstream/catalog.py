@@ -10,7 +10,8 @@ named ``default``. Several live in ``ACME_RA_CONFIG_FILE`` (YAML or TOML)::
         eab_hmac_key_file: /run/secrets/incommon-rsa-hmac   # or eab_hmac_key: ...
         email: pki@example.edu
         cert_lifetime_days: 365          # optional; also ca_bundle, challenge_type,
-        authz_strategy: prevalidated     # account_key_type; or dns-01 with:
+        authz_strategy: prevalidated     # account_key_type; or http-01 (the frontends serve the
+        #                                  key authorizations: ACME_RA_UPSTREAM_HTTP01_LISTEN), or dns-01 with:
         # dns_update: {rfc2136: {server: 192.0.2.53:53, tsig_key_name: acme-ra,
         #              tsig_algorithm: hmac-sha256, tsig_secret_file: /run/secrets/tsig}}
         # dns_nameservers: [192.0.2.53:53], dns_propagation_timeout_seconds: 120,
@@ -59,7 +60,8 @@ class UpstreamConfigError(Exception):
 AUTHZ_STRATEGIES = ("prevalidated", "dns-01", "http-01")
 REPLACED_STRATEGIES = {
     "answer": "prevalidated (a pending authorization gets its challenge POSTed once, nothing provisioned), "
-    "or dns-01 to have the signer publish the TXT record",
+    "or dns-01 to have the signer publish the TXT record, or http-01 to have the frontends serve the "
+    "key authorization",
     "fail": "prevalidated (orders whose upstream authorization does not become valid fail, naming it)",
 }
 TSIG_ALGORITHMS = ("hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5")
@@ -310,10 +312,6 @@ def _strategy(value: str, name: str) -> str:
     if value in REPLACED_STRATEGIES:
         raise UpstreamConfigError(
             f"{PREFIX}{name}={value!r}: no longer a strategy; use {REPLACED_STRATEGIES[value]} (docs/upstream.md)"
-        )
-    if value == "http-01":
-        raise UpstreamConfigError(
-            f"{PREFIX}{name}='http-01': not yet supported; use dns-01 or prevalidated (docs/upstream.md)"
         )
     if value not in AUTHZ_STRATEGIES:
         raise UpstreamConfigError(f"{PREFIX}{name}={value!r}: expected one of {', '.join(AUTHZ_STRATEGIES)}")

@@ -80,6 +80,8 @@ class Entry:
 
 
 class Journal(Protocol):
+    # The acme-ra order the upstream order belongs to (what it published is recorded under it).
+    order_id: str
     entry: Entry
 
     async def save(self, **changes: Any) -> None:
@@ -101,7 +103,8 @@ class Journal(Protocol):
 class MemoryJournal:
     """A journal that lives as long as the process (nothing to resume after a restart)."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, order_id: str | None = None) -> None:
+        self.order_id = order_id or f"memory-{secrets.token_hex(8)}"
         self.entry = Entry(upstream=upstream)
 
     async def save(self, **changes: Any) -> None:

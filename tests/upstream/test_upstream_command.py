@@ -214,3 +214,45 @@ async def _processing_orders(db: Database) -> list[str]:
 
     async with db.sessions() as session:
         return list((await session.execute(select(Order.id).where(Order.status == "processing"))).scalars())
+
+
+async def test_profiles_route_orders_between_a_command_and_the_lab_ca(
+    ca: OpensslCa, tmp_path: Path, fresh_database_url: str
+) -> None:
+    from acme_ra.db.models import Order
+    from acme_ra_signer import labca
+
+    config = write_config(tmp_path / "routes.yaml", {
+        "upstreams": {"openssl": {"type": "command", "issue": str(ISSUE), "revoke": str(REVOKE)}, "lab": {"type": "lab"}},
+        "default_upstream": "openssl",
+        "profiles": {"lab": {"upstream": "lab"}},
+    })
+    settings = backend_settings(tmp_path, fresh_database_url, config)
+    db = Database(await asyncio.to_thread(migrated, settings))
+    driver = make_driver(settings, db)
+    try:
+        lab_order = await new_order(db, ["lab.example.test"])
+        async with db.transaction() as session:
+            order = await session.get(Order, lab_order)
+            assert order is not None
+            order.profile = "lab"
+        from acme_ra_signer.worker import IssueWorker
+
+        await run_job(IssueWorker(db, driver), lab_order)
+        command_order = await issue_job(db, driver, ["cmd.example.test"])
+        lab_chain = x509.load_pem_x509_certificates((await certificate_of(db, lab_order)).chain_pem.encode())
+        lab_chain[0].verify_directly_issued_by(labca.load_or_create(settings.lab_ca_dir)[0].intermediate)
+        command_cert = await certificate_of(db, command_order)
+        assert ca.index() == {command_cert.serial: "V"}  # the lab order never reached openssl ca
+        lab_record = await upstream_order_row(db, lab_order)
+        assert lab_record is not None and (lab_record.upstream, lab_record.state) == ("lab", "valid")
+        # Each certificate is revoked by the upstream that issued it (the journal names it).
+        await driver.revoke(lab_chain[0].public_bytes(Encoding.DER), 4, order_id=lab_order)
+        assert ca.index() == {command_cert.serial: "V"}
+        command_leaf = x509.load_pem_x509_certificates(command_cert.chain_pem.encode())[0]
+        await driver.revoke(command_leaf.public_bytes(Encoding.DER), 4, order_id=command_order)
+        assert ca.index() == {command_cert.serial: "R"}
+        assert {u["name"]: u["type"] for u in driver.describe()} == {"openssl": "command", "lab": "lab"}
+    finally:
+        await driver.close()
+        await db.dispose()

@@ -71,8 +71,9 @@ class Settings(BaseSettings):
     # ACME_RA_TLS_CERT_FILE / ACME_RA_TLS_KEY_FILE: bring your own; unset = issued by the lab CA.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    # ACME_RA_UPSTREAM: the signer's back end: "lab" (dev and tests only) or "acme" (an ACME CA
-    # with External Account Binding: InCommon/Sectigo, Let's Encrypt, ZeroSSL, step-ca, Pebble).
+    # ACME_RA_UPSTREAM: the signer's back end: "lab" (dev and tests only) or "acme" (the configured
+    # upstreams: an ACME CA with External Account Binding - InCommon/Sectigo, Let's Encrypt, ZeroSSL,
+    # step-ca, Pebble - and, in ACME_RA_CONFIG_FILE, upstreams of type vault, command or lab).
     upstream: Literal["lab", "acme"] = "lab"
     # ACME_RA_CONFIG_FILE: optional YAML or TOML file; its `upstreams` section declares named
     # upstreams selected per profile or provisioner (docs/upstream.md). Env vars suffice for one.

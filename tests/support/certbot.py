@@ -52,9 +52,11 @@ def trust_environment(ca_bundle: Path) -> dict[str, str]:
 
 
 def certonly(lab: Lab, names: list[str], challenge: str, workdir: Path,
-             auth_hook: Path | str = AUTH_HOOK, trust: Path | None = None) -> CertbotRun:
+             auth_hook: Path | str = AUTH_HOOK, trust: Path | None = None,
+             extra_args: list[str] | None = None) -> CertbotRun:
     """``certbot certonly`` for ``names``: http-01 standalone or dns-01 with the manual hooks;
-    ``trust``: the root of the frontend's TLS certificate, when not the lab's own CA bundle."""
+    ``trust``: the root of the frontend's TLS certificate, when not the lab's own CA bundle;
+    ``extra_args``: more of certbot's options (``--preferred-profile P``, ...)."""
     config_dir = workdir / "config"
     args = [
         str(CERTBOT), "certonly", "--non-interactive", "--agree-tos", "--register-unsafely-without-email",
@@ -70,6 +72,7 @@ def certonly(lab: Lab, names: list[str], challenge: str, workdir: Path,
                  "--manual-auth-hook", str(auth_hook), "--manual-cleanup-hook", str(CLEANUP_HOOK)]
     else:
         raise ValueError(challenge)
+    args += extra_args or []
     env = trust_environment(trust or lab.ca_bundle)
     env["TEST_DNS_TXT_DIR"] = str(lab.txt_dir)
     completed = subprocess.run(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -92,3 +95,17 @@ def verify_chain(chain: list[x509.Certificate], ca_bundle: Path, name: str) -> N
         .build_server_verifier(x509.DNSName(name))
     )
     verifier.verify(chain[0], chain[1:])
+
+
+def revoke(lab: Lab, run: CertbotRun, workdir: Path, reason: str = "keycompromise",
+           trust: Path | None = None) -> CertbotRun:
+    """``certbot revoke`` of the certificate ``run`` got (with its account)."""
+    args = [
+        str(CERTBOT), "revoke", "--non-interactive", "--no-delete-after-revoke", "--server", lab.directory_url,
+        "--cert-name", CERT_NAME, "--reason", reason, "--config-dir", str(run.config_dir),
+        "--work-dir", str(workdir / "work"), "--logs-dir", str(workdir / "logs"),
+    ]
+    completed = subprocess.run(args, env=trust_environment(trust or lab.ca_bundle), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               timeout=CERTBOT_TIMEOUT_SECONDS, check=False)
+    return CertbotRun(args, completed.returncode, completed.stdout, run.config_dir)

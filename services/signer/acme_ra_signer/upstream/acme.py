@@ -48,6 +48,7 @@ from acme_ra_signer.upstream.acme_client import (
 from acme_ra_signer.upstream.base import (
     IssuedChain,
     IssueRequest,
+    NamedUpstream,
     UpstreamDriver,
     UpstreamError,
     UpstreamRejected,
@@ -55,7 +56,7 @@ from acme_ra_signer.upstream.base import (
     said_by,
     upstream_problem,
 )
-from acme_ra_signer.upstream.catalog import Catalog, Upstream, load_catalog, sealing_secret
+from acme_ra_signer.upstream.catalog import AnyUpstream, Catalog, Upstream, load_catalog, sealing_secret
 from acme_ra_signer.upstream.journal import LEASE_SECONDS, DbJournal, Journal, LeaseLost, UpstreamBusy
 
 log = logging.getLogger("acme_ra_signer.upstream.acme")
@@ -106,8 +107,10 @@ def problem_data(problem: AcmeProblem, upstream: str) -> dict[str, Any]:
     return upstream_problem(upstream, code, detail)
 
 
-class AcmeUpstream:
+class AcmeUpstream(NamedUpstream):
     """One named upstream: its client, its account, and the order walk."""
+
+    type = "acme"
 
     def __init__(self, upstream: Upstream, db: Database, sealer: Sealer, client: AcmeClient, order_timeout: float):
         self.config = upstream
@@ -607,6 +610,12 @@ class AcmeUpstream:
             extra={"upstream": self.name, "serial": format(cert.serial_number, "x"), "reason": reason},
         )
 
+    def describe(self) -> dict[str, Any]:
+        return self.config.describe()
+
+    async def close(self) -> None:
+        await self.client.close()
+
     async def check(self) -> None:
         """The directory answers and the account is registered and valid (cached when good)."""
         if time.monotonic() - self._checked_at < CHECK_CACHE_SECONDS:
@@ -621,8 +630,9 @@ class AcmeUpstream:
 
 
 class AcmeDriver(UpstreamDriver):
-    """Every configured upstream ACME CA; each order goes to the one its profile or provisioner
-    selects, and stays with it (the journal records the name)."""
+    """Every configured upstream (ACME CAs, and the other ``type``s: vault, command, lab); each
+    order goes to the one its profile or provisioner selects, and stays with it (the journal
+    records the name)."""
 
     name = "acme"
 
@@ -641,7 +651,7 @@ class AcmeDriver(UpstreamDriver):
         self.catalog = catalog
         self.db = db
         self.lease_seconds = lease_seconds
-        self.upstreams = {
+        self.upstreams: dict[str, NamedUpstream] = {
             name: AcmeUpstream(
                 config,
                 db,
@@ -656,6 +666,8 @@ class AcmeDriver(UpstreamDriver):
                 ),
                 order_timeout,
             )
+            if isinstance(config, Upstream)
+            else _other(config, http_timeout, proxy)
             for name, config in catalog.upstreams.items()
         }
 
@@ -685,7 +697,7 @@ class AcmeDriver(UpstreamDriver):
             lease_seconds=lease_seconds,
         )
 
-    def select(self, provisioner: str | None = None, profile: str | None = None) -> AcmeUpstream:
+    def select(self, provisioner: str | None = None, profile: str | None = None) -> NamedUpstream:
         return self.upstreams[self.catalog.select(provisioner, profile).name]
 
     async def issue(self, request: IssueRequest) -> IssuedChain:
@@ -731,7 +743,13 @@ class AcmeDriver(UpstreamDriver):
 
     async def close(self) -> None:
         for upstream in self.upstreams.values():
-            await upstream.client.close()
+            await upstream.close()
+
+
+def _other(config: AnyUpstream, http_timeout: float, proxy: str | None) -> NamedUpstream:
+    """An upstream of another ``type`` (vault, command, lab), built by its own module."""
+    assert not isinstance(config, Upstream)
+    return config.build(http_timeout=http_timeout, proxy=proxy)
 
 
 async def _note_transient(journal: Journal, upstream: str, error: UpstreamUnavailable) -> None:

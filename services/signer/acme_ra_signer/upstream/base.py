@@ -15,7 +15,10 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from acme_ra_signer.upstream.journal import Entry, Journal
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,17 @@ class UpstreamUnavailable(UpstreamError):
     """Transient: the upstream is down, slow or rate limiting; the job will be retried."""
 
 
+def refusal(upstream: str, text: str, identifiers: list[dict[str, str]]) -> dict[str, Any]:
+    """An upstream's refusal (its own words) as the order's problem, naming the upstream:
+    ``rejectedIdentifier`` when the words name one of the order's identifiers, else
+    ``unauthorized`` (the CA does not authorize this issuance)."""
+    said = " ".join(text.split())[:500] or "no reason given"
+    names = {i.get("value", "").lower() for i in identifiers} - {""}
+    words = {word.strip("'\"`,;:()[]<>").lower() for word in said.split()}
+    kind = "rejectedIdentifier" if names & words else "unauthorized"
+    return {"type": kind, "detail": f"the upstream CA ({upstream}) refused: {said}"}
+
+
 class UpstreamDriver(abc.ABC):
     """A back end that signs (or has signed) certificates for the RA."""
 
@@ -101,4 +115,41 @@ class UpstreamDriver(abc.ABC):
 
     async def close(self) -> None:
         """Release connections and background work; called once at shutdown."""
+        return None
+
+
+class NamedUpstream(abc.ABC):
+    """One configured upstream of any ``type`` (acme, vault, command, lab): what the driver that
+    routes orders (``AcmeDriver``; an ordered failover list later) asks of each.
+
+    ``issue`` also *resumes*: the journal holds what an earlier attempt recorded (its record is
+    written before any request that may issue), and the upstream reads it first, so that one
+    acme-ra order gets at most one certificate from it, whatever crashed in between.
+    """
+
+    name: str
+    type: str
+
+    @abc.abstractmethod
+    async def issue(self, request: IssueRequest, journal: Journal) -> IssuedChain:
+        """Sign ``request`` (or finish what ``journal`` says was started); record each step."""
+
+    @abc.abstractmethod
+    async def revoke(self, cert_der: bytes, reason: int) -> None:
+        """Revoke a certificate this upstream issued; already revoked counts as revoked."""
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Health: raise ``UpstreamUnavailable`` when the upstream cannot be used now."""
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """The upstream as operators may see it (name, type, ...); never a secret."""
+
+    def may_move(self, entry: Entry) -> bool:
+        """Whether an order recorded as ``entry`` may go to another upstream without risking a
+        second certificate: nothing that could issue was ever sent here."""
+        return entry.finalized_at is None
+
+    async def close(self) -> None:
         return None

@@ -27,6 +27,10 @@ named ``default``. Several live in ``ACME_RA_CONFIG_FILE`` (YAML or TOML)::
     provisioners:                        # ... else its provisioner, else default_upstream
       ecc: {upstream: incommon-ecc}
 
+An upstream's ``type`` says what it is: ``acme`` (when absent; the keys above), ``vault``
+(OpenBao / Vault PKI, ``upstream/vault.py``), ``command`` (an external program,
+``upstream/command.py``) or ``lab`` (the lab CA, ``upstream/lab.py``); each module reads its keys.
+
 Other top-level keys belong to other parts of acme-ra and are ignored here. Every problem is
 reported as one line naming the variable or the file and the key.
 """
@@ -35,18 +39,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+import importlib
 import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import yaml  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from acme_ra.config import Settings
+
+if TYPE_CHECKING:
+    from acme_ra_signer.upstream.base import NamedUpstream
 
 DEFAULT_UPSTREAM = "default"
 PREFIX = "acme-ra: invalid configuration: "
@@ -124,16 +132,35 @@ class Upstream:
                 "dns_update": dns_update if self.authz_strategy == "dns-01" else None}
 
 
+# upstreams.<name>.type: the kinds of back end; "acme" when absent. The others are read by the
+# module of that name in this package (its from_file), and built by their config's build().
+UPSTREAM_TYPES = ("acme", "vault", "command", "lab")
+
+
+class OtherUpstream(Protocol):
+    """The configuration of a non-ACME upstream (``vault.VaultConfig``, ...)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def build(self, *, http_timeout: float, proxy: str | None) -> NamedUpstream: ...
+
+
+AnyUpstream = Upstream | OtherUpstream
+
+
 @dataclass(frozen=True)
 class Catalog:
     """The configured upstreams and the rules that pick one for an order."""
 
-    upstreams: dict[str, Upstream]
+    upstreams: dict[str, AnyUpstream]
     default: str
     by_profile: dict[str, str] = field(default_factory=dict)
     by_provisioner: dict[str, str] = field(default_factory=dict)
 
-    def select(self, provisioner: str | None = None, profile: str | None = None) -> Upstream:
+    def select(self, provisioner: str | None = None, profile: str | None = None) -> AnyUpstream:
         """The order's profile decides first, then its provisioner, then the default."""
         if profile and profile in self.by_profile:
             return self.upstreams[self.by_profile[profile]]
@@ -182,7 +209,7 @@ class _Route(BaseModel):
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    upstreams: dict[str, _FileUpstream] = Field(default_factory=dict)
+    upstreams: dict[str, dict[str, Any]] = Field(default_factory=dict)  # by type: _typed
     default_upstream: str | None = None
     profiles: dict[str, _Route | str] = Field(default_factory=dict)
     provisioners: dict[str, _Route | str] = Field(default_factory=dict)
@@ -190,7 +217,7 @@ class _File(BaseModel):
 
 def load_catalog(settings: Settings) -> Catalog:
     """The upstreams of an ``ACME_RA_UPSTREAM=acme`` signer; raises UpstreamConfigError."""
-    upstreams: dict[str, Upstream] = {}
+    upstreams: dict[str, AnyUpstream] = {}
     if settings.upstream_directory_url:
         upstreams[DEFAULT_UPSTREAM] = _from_env(settings)
     document = _read_file(settings.config_file) if settings.config_file else _File()
@@ -202,7 +229,7 @@ def load_catalog(settings: Settings) -> Catalog:
             )
         if not name.replace("-", "").replace("_", "").isalnum() or len(name) > 64:
             raise UpstreamConfigError(f"{PREFIX}{where}: upstreams.{name}: names are letters, digits, '-' and '_'")
-        upstreams[name] = _from_file(settings, name, entry)
+        upstreams[name] = _typed(settings, name, entry, where)
     if not upstreams:
         raise UpstreamConfigError(
             f"{PREFIX}ACME_RA_UPSTREAM_DIRECTORY_URL: required when ACME_RA_UPSTREAM=acme "
@@ -272,6 +299,33 @@ def _from_env(settings: Settings) -> Upstream:
     )
     _check(upstream)
     return upstream
+
+
+def _typed(settings: Settings, name: str, fields: dict[str, Any], where: str) -> AnyUpstream:
+    """``upstreams.<name>`` read by the module of its ``type``."""
+    origin = f"{where}: upstreams.{name}."
+    kind = fields.get("type", "acme")
+    rest = {key: value for key, value in fields.items() if key != "type"}
+    if kind == "acme":
+        return _from_file(settings, name, validated(_FileUpstream, rest, origin))
+    if kind not in UPSTREAM_TYPES:
+        raise UpstreamConfigError(f"{PREFIX}{origin}type={kind!r}: expected one of {', '.join(UPSTREAM_TYPES)}")
+    module = importlib.import_module(f"acme_ra_signer.upstream.{kind}")
+    config: OtherUpstream = module.from_file(settings, name, rest, origin)
+    return config
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(model: type[Model], fields: dict[str, Any], origin: str) -> Model:
+    """``fields`` as ``model``; the first problem as one line naming the file and the key."""
+    try:
+        return model.model_validate(fields)
+    except ValidationError as invalid:
+        details = invalid.errors()[0]
+        loc = ".".join(str(part) for part in details.get("loc", ()))
+        raise UpstreamConfigError(f"{PREFIX}{origin}{loc}: {details.get('msg', 'invalid')}") from None
 
 
 def _from_file(settings: Settings, name: str, entry: _FileUpstream) -> Upstream:
@@ -464,6 +518,9 @@ def _read_secret(path: Path, name: str) -> SecretStr:
         return SecretStr(path.read_text().strip())
     except OSError as error:
         raise UpstreamConfigError(f"{PREFIX}{name}: cannot read {path}: {error.strerror}") from None
+
+
+read_secret = _read_secret
 
 
 def _read_file(path: Path) -> _File:

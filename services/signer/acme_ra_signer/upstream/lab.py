@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from cryptography import x509
+from pydantic import BaseModel, ConfigDict
 
 from acme_ra.config import Settings
+from acme_ra.db.models import UpstreamOrderState, utcnow
 from acme_ra_signer import labca
 from acme_ra_signer.upstream.base import (
     IssuedChain,
     IssueRequest,
+    NamedUpstream,
     UpstreamDriver,
     UpstreamRejected,
     UpstreamUnavailable,
 )
+from acme_ra_signer.upstream.journal import Journal
 
 log = logging.getLogger("acme_ra_signer.upstream.lab")
 
@@ -86,3 +93,65 @@ class LabDriver(UpstreamDriver):
     async def check(self) -> None:
         if dt.datetime.now(dt.timezone.utc) >= self.ca.intermediate.not_valid_after_utc:
             raise UpstreamUnavailable("the lab CA's intermediate has expired")
+
+
+# ``type: lab`` in ACME_RA_CONFIG_FILE: the lab CA as one named upstream among others (labs and
+# tests of routing; never production). It takes no keys: the lab CA lives in ACME_RA_STATE_DIR.
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    name: str
+    origin: str
+    ca_dir: Path
+    lifetime_days: int
+
+    type = "lab"
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "authz_strategy": None, "dns_update": None}
+
+    def build(self, *, http_timeout: float, proxy: str | None) -> LabUpstream:
+        ca, _ = labca.load_or_create(self.ca_dir)
+        return LabUpstream(self, LabDriver(ca, dt.timedelta(days=self.lifetime_days)))
+
+
+class _FileLab(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def from_file(settings: Settings, name: str, fields: dict[str, Any], origin: str) -> LabConfig:
+    from acme_ra_signer.upstream.catalog import validated
+
+    validated(_FileLab, fields, origin)
+    return LabConfig(name, origin, settings.lab_ca_dir, settings.cert_lifetime_days)
+
+
+class LabUpstream(NamedUpstream):
+    """The lab CA signs at once: the journal only records the outcome (and thus the upstream
+    that revokes the certificate later)."""
+
+    type = "lab"
+
+    def __init__(self, config: LabConfig, driver: LabDriver) -> None:
+        self.config = config
+        self.name = config.name
+        self.driver = driver
+
+    def describe(self) -> dict[str, Any]:
+        return self.config.describe()
+
+    async def issue(self, request: IssueRequest, journal: Journal) -> IssuedChain:
+        try:
+            chain = await self.driver.issue(request)
+        except UpstreamRejected as rejected:
+            await journal.finish(state=UpstreamOrderState.invalid.value, error=rejected.problem)
+            raise
+        await journal.finish(state=UpstreamOrderState.valid.value, finalized_at=utcnow())
+        return chain
+
+    async def revoke(self, cert_der: bytes, reason: int) -> None:
+        await self.driver.revoke(cert_der, reason)
+
+    async def check(self) -> None:
+        await self.driver.check()

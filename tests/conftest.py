@@ -13,6 +13,9 @@ from tests.support import database
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import TEST_ZONE, Lab, running_lab
 
+# Fixtures shared across test packages.
+pytest_plugins = ["tests.support.history"]
+
 # Tests that use one of these fixtures count as having run on the lane's database.
 LANE_FIXTURES = {"lab_database_url", "fresh_database_url"}
 # Written at the end of every run: "backend=<sqlite|postgresql>", "passed=<n>", "failed=<n>";

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -167,7 +168,12 @@ class Order(Base):
     # Times the frontends' reconciler published this order's issue job again (reconciler.py).
     republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    __table_args__ = (Index("ix_orders_status_updated", "status", "updated_at"),)
+    __table_args__ = (
+        Index("ix_orders_status_updated", "status", "updated_at"),
+        # Retention: orders that never got a certificate, by expiry (acme_ra.db.retention).
+        Index("ix_orders_unissued_expires", "expires", postgresql_where=text("certificate_id IS NULL"),
+              sqlite_where=text("certificate_id IS NULL")),
+    )
 
 
 class Authorization(Base):
@@ -226,7 +232,8 @@ class Certificate(Base):
     serial: Mapped[str] = mapped_column(String(64), index=True)  # lowercase hex
     chain_pem: Mapped[str] = mapped_column(Text)
     not_before: Mapped[dt.datetime]
-    not_after: Mapped[dt.datetime]
+    # Indexed: retention and the inventory of what expires when.
+    not_after: Mapped[dt.datetime] = mapped_column(index=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[int | None]

@@ -20,7 +20,7 @@ from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.redaction import mask_url
-from acme_ra_signer import metrics
+from acme_ra_signer import metrics, purger
 from acme_ra_signer.revoker import RevokeResponder
 from acme_ra_signer.upstream import UpstreamDriver, make_driver
 from acme_ra_signer.worker import IssueWorker
@@ -54,6 +54,7 @@ class Runtime:
     revoke_subscription: Subscription | None = None
     warm_up: asyncio.Task[None] | None = None
     tls_renewal: asyncio.Task[None] | None = None
+    purger: asyncio.Task[None] | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -110,6 +111,9 @@ async def start(settings: Settings) -> Runtime:
         await stop(runtime)
         raise
     runtime.warm_up = asyncio.create_task(_warm_up(driver), name="upstream-warm-up")
+    if settings.retention_days:
+        runtime.purger = asyncio.create_task(purger.purge_forever(db, settings.retention_days, runtime.stop),
+                                             name="retention-purge")
     if settings.upstream == "acme" and settings.tls_cert_file is None:
         from acme_ra_signer import frontend_tls
         from acme_ra_signer.upstream.acme import AcmeDriver
@@ -125,7 +129,7 @@ async def start(settings: Settings) -> Runtime:
 async def stop(runtime: Runtime) -> None:
     """Finish the jobs in hand, then close NATS, the database and the driver."""
     runtime.stop.set()
-    for task in (runtime.warm_up, runtime.tls_renewal):
+    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger):
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

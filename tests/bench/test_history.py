@@ -4,6 +4,7 @@ services' schema, on the lane's database; the retention purge then finds what is
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import subprocess
@@ -19,9 +20,13 @@ from acme_ra.db.models import Certificate, Challenge, Order
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def history(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench.history", "--database-url", database_url, *args],
+                          check=False, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
 async def test_the_history_has_the_promised_mix_and_the_purge_trims_it(history_url: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "bench.history", "--database-url", history_url, "--orders", "3000",
-                           "--years", "3", "--json"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = await asyncio.to_thread(history, history_url, "--orders", "3000", "--years", "3", "--json")
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)["rows"]
     assert rows["orders"] == rows["authorizations"] == rows["order_authorizations"] == 3000
@@ -46,10 +51,8 @@ async def test_the_history_has_the_promised_mix_and_the_purge_trims_it(history_u
 
 
 def test_the_command_line_says_what_it_wrote(history_url: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "bench.history", "--database-url", history_url, "--orders", "50"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    done = history(history_url, "--orders", "50")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("50 orders in ") and "challenges 150" in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "bench.history", "--database-url", history_url, "--orders", "0"],
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    bad = history(history_url, "--orders", "0")
     assert bad.returncode == 2 and "--orders must be at least 1" in bad.stderr

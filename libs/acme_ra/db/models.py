@@ -243,6 +243,12 @@ class Certificate(Base):
     # other issuers. None or [] when there are none.
     alternate_chains_pem: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
+    # Retention: the revoked certificates (kept), by expiry; a few rows however large the table.
+    __table_args__ = (
+        Index("ix_certificates_revoked_not_after", "not_after", postgresql_where=text("revoked_at IS NOT NULL"),
+              sqlite_where=text("revoked_at IS NOT NULL")),
+    )
+
 
 class BlockedKey(Base):
     """A public key refused for accounts and CSRs: a certificate for it was revoked for

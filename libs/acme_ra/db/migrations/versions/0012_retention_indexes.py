@@ -1,4 +1,4 @@
-"""retention indexes: orders without a certificate by expiry, certificates by expiry
+"""retention indexes: orders without a certificate, certificates, revoked certificates by expiry
 
 The purge (acme_ra.db.retention) finds orders that never got a certificate by their expiry,
 and issued ones by their certificate's; the inventory lists certificates by expiry. Without
@@ -23,8 +23,12 @@ def upgrade() -> None:
     op.create_index("ix_orders_unissued_expires", "orders", ["expires"],
                     postgresql_where=unissued, sqlite_where=unissued)
     op.create_index("ix_certificates_not_after", "certificates", ["not_after"])
+    revoked = sa.text("revoked_at IS NOT NULL")
+    op.create_index("ix_certificates_revoked_not_after", "certificates", ["not_after"],
+                    postgresql_where=revoked, sqlite_where=revoked)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_certificates_revoked_not_after", table_name="certificates")
     op.drop_index("ix_certificates_not_after", table_name="certificates")
     op.drop_index("ix_orders_unissued_expires", table_name="orders")

@@ -5,6 +5,7 @@ tests/conftest.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -55,13 +56,16 @@ class History:
 
     async def order(self, status: str, expires: dt.datetime, *, not_after: dt.datetime | None = None,
                     revoked: bool = False, authz: list[str] | None = None, authz_expires: dt.datetime | None = None,
-                    journal: bool = True) -> tuple[str, list[str]]:
+                    journal: bool = True, names: str = "a.example.org", upstream: str | None = "default",
+                    profile: str | None = None, created: dt.datetime | None = None) -> tuple[str, list[str]]:
         """An order with one new authorization (or links to ``authz``), its challenge, its journal
-        row and, given ``not_after``, its certificate; returns (order id, its authorization ids)."""
+        row (at ``upstream``; None: none, as for the lab CA) and, given ``not_after``, its certificate
+        for ``names`` (the inventory's names hash); returns (order id, its authorization ids)."""
         order_id, certificate_id = new_id(), new_id() if not_after else None
         async with self.db.transaction() as session:
             session.add(Order(id=order_id, account_id=self.account, provisioner="acme", status=status, expires=expires,
-                              identifiers=[{"type": "dns", "value": "a.example.org"}], certificate_id=certificate_id))
+                              identifiers=[{"type": "dns", "value": names}], certificate_id=certificate_id,
+                              profile=profile))
             await session.flush()
             if authz is None:
                 authz = [new_id()]
@@ -72,13 +76,15 @@ class History:
                 session.add(Challenge(authz_id=authz[0], type="http-01", status="valid"))
             for position, authz_id in enumerate(authz):
                 session.add(OrderAuthorization(order_id=order_id, authz_id=authz_id, position=position))
-            if journal:
-                session.add(UpstreamOrder(order_id=order_id, upstream="default", state="valid"))
+            if journal and upstream is not None:
+                session.add(UpstreamOrder(order_id=order_id, upstream=upstream, state="valid"))
             if not_after is not None:
                 session.add(Certificate(id=certificate_id, order_id=order_id, account_id=self.account, serial=new_id(),
                                         chain_pem="-", not_before=not_after - dt.timedelta(days=90),
                                         not_after=not_after, revoked_at=not_after if revoked else None,
-                                        revocation_reason=1 if revoked else None))
+                                        revocation_reason=1 if revoked else None,
+                                        names_sha256=hashlib.sha256(names.encode()).hexdigest(),
+                                        issuer="CN=History CA", created_at=created or not_after - dt.timedelta(days=90)))
         return order_id, authz
 
     async def present(self, model: type, ids: list[str], column: str = "id") -> list[str]:

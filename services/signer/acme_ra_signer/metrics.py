@@ -92,3 +92,10 @@ PURGE_LAST_SUCCESS = Gauge(
     "acme_ra_purge_last_success_timestamp_seconds", "When this signer last finished a retention purge (Unix time)."
 )
 PURGE_FAILURES = Counter("acme_ra_purge_failures_total", "Retention purge runs that failed (the next runs in an hour).")
+CERTIFICATES_EXPIRING = Gauge(
+    "acme_ra_certificates_expiring",
+    "Unrevoked certificates expiring within 7 or 30 days that no later certificate for the same names "
+    "replaced, by upstream.",
+    ["upstream", "within"],
+    multiprocess_mode="max",
+)

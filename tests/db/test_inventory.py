@@ -77,8 +77,8 @@ def test_migration_0012_fills_in_the_certificates_stored_before_it(tmp_path: Pat
                                   f"not_after, created_at) VALUES ('{certificate_id}', '{order_id}', 'acct', '01', "
                                   f"'{chain}', {stamp}, {stamp}, {stamp})"))
         upgrade(url)
-        found = dict((row[0], row[1:]) for row in asyncio.run(
-            rows(url, "SELECT id, names_sha256, issuer FROM certificates")))
+        found = {row[0]: row[1:] for row in asyncio.run(
+            rows(url, "SELECT id, names_sha256, issuer FROM certificates"))}
     assert found["c1"] == (hashlib.sha256(b"a.example.org\nb.example.org").hexdigest(), "CN=Test Issuing CA")
     assert found["c2"] == ("", None)  # unreadable: marked, not retried for ever
 

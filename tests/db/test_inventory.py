@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 from pathlib import Path
 
 from cryptography import x509
@@ -16,13 +17,16 @@ from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from acme_ra.config import ENV_PREFIX
 from acme_ra.db import inventory
 from acme_ra.db.engine import Database
 from acme_ra.db.lifecycle import issuer_name, names_sha256
 from acme_ra.db.migrate import upgrade
 from acme_ra_signer import expiry
+from tests.admin.conftest import acme_ra
 from tests.support import database
 from tests.support.history import History
+from tests.support.lab import base_environment
 
 
 def certificate_pem(*names: str, issuer: str = "Test Issuing CA") -> str:
@@ -135,3 +139,17 @@ async def test_charts_count_per_week_and_per_day(history_db: Database, history: 
         days = await inventory.issued_per_day(session, NOW, 7)
     assert weeks[:3] == [2, 1, 0] and sum(weeks) == 3
     assert days == [0, 0, 0, 0, 3, 1, 0]  # issued 2 (2, 9 and 100 % 7) and 1 day ago
+
+
+async def test_the_command_lists_what_expires_and_refuses_a_bad_duration(history_url: str, history: History,
+                                                                         tmp_path: Path) -> None:
+    lapsing, _ = await history.order("valid", NOW, not_after=NOW + dt.timedelta(days=5), names="l.example.org",
+                                     upstream="pebble")
+    await history.order("valid", NOW, not_after=NOW + dt.timedelta(days=50), names="far.example.org")
+    env = base_environment() | {f"{ENV_PREFIX}STATE_DIR": str(tmp_path), f"{ENV_PREFIX}DATABASE_URL": history_url}
+    listed = json.loads(acme_ra(["certs", "list", "--expiring", "30d", "--unreplaced", "--json"], env, check=True).stdout)
+    assert [(row["order_id"], row["upstream"], row["issuer"]) for row in listed] == [(lapsing, "pebble", "CN=History CA")]
+    table = acme_ra(["certs", "list", "--expiring", "2w", "--upstream", "pebble"], env, check=True).stdout
+    assert "UPSTREAM" in table and "pebble" in table
+    bad = acme_ra(["certs", "list", "--expiring", "soon"], env)
+    assert bad.returncode == 2 and "--expiring: 'soon' is not a duration" in bad.stderr

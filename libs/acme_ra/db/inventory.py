@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from typing import Any
 
 from sqlalchemy import Select, and_, case, exists, func, literal, select
@@ -24,6 +25,18 @@ from acme_ra.db.models import Account, Certificate, Order, UpstreamOrder
 NO_UPSTREAM = "lab"
 # The windows of the expiry gauges and their labels.
 GAUGE_WINDOWS = {"7d": dt.timedelta(days=7), "30d": dt.timedelta(days=30)}
+
+
+# A listing's "expiring within": hours, days or weeks ("12h", "30d", "2w").
+DURATION_PATTERN = r"^[0-9]{1,5}[hdw]$"
+_UNITS = {"h": dt.timedelta(hours=1), "d": dt.timedelta(days=1), "w": dt.timedelta(weeks=1)}
+
+
+def parse_duration(value: str) -> dt.timedelta:
+    """``30d`` → 30 days; ValueError (saying what is wanted) for anything else."""
+    if not re.fullmatch(DURATION_PATTERN, value):
+        raise ValueError(f"{value!r} is not a duration: give a number and h, d or w, e.g. 30d")
+    return int(value[:-1]) * _UNITS[value[-1]]
 
 
 @dataclasses.dataclass(frozen=True)

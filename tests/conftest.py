@@ -13,8 +13,11 @@ from tests.support import database
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import TEST_ZONE, Lab, running_lab
 
+# Fixtures shared across test packages.
+pytest_plugins = ["tests.support.history"]
+
 # Tests that use one of these fixtures count as having run on the lane's database.
-LANE_FIXTURES = {"lab_database_url", "fresh_database_url"}
+LANE_FIXTURES = {"lab_database_url", "fresh_database_url", "history_url"}
 # Written at the end of every run: "backend=<sqlite|postgresql>", "passed=<n>", "failed=<n>";
 # ACME_RA_TEST_LANE_REPORT names another file (.ci/run: one of its own).
 LANE_REPORT = Path("build") / "test-lane"

@@ -84,6 +84,53 @@ def db_migrate() -> None:
     raise typer.Exit(migrate())
 
 
+@db_app.command("purge")
+def db_purge(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be deleted, delete nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Delete what ACME_RA_RETENTION_DAYS no longer keeps (the signers do it hourly)."""
+    import asyncio
+    import datetime as dt
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from acme_ra.db import retention
+    from acme_ra.db.engine import Database
+    from acme_ra.redaction import mask_url
+
+    settings = get_settings()
+    if not settings.retention_days:
+        print("acme-ra: ACME_RA_RETENTION_DAYS=0 keeps everything: nothing to purge", file=sys.stderr)
+        raise typer.Exit(2)
+
+    async def run() -> retention.PurgeReport:
+        db = Database(settings.effective_database_url)
+        try:
+            return await retention.purge(db, dt.timedelta(days=settings.retention_days), dry_run=dry_run)
+        finally:
+            await db.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except (SQLAlchemyError, OSError) as error:
+        reason = (str(error).splitlines() or [""])[0] or type(error).__name__
+        print(f"acme-ra: cannot purge the database {mask_url(settings.effective_database_url)}: "
+              f"{mask_url(reason)}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), indent=2))
+    elif report.skipped:
+        typer.echo("another acme-ra process is purging now: nothing done")
+    else:
+        verb = "would delete" if dry_run else "deleted"
+        typer.echo(f"rows older than {report.cutoff:%Y-%m-%d %H:%M} UTC ({settings.retention_days} days) {verb}"
+                   f" in {report.seconds:.1f} s:")
+        for table, count in report.rows.items():
+            typer.echo(f"  {table:<22} {count}")
+    raise typer.Exit(1 if report.skipped else 0)
+
+
 def effective_settings(settings: Settings) -> dict[str, Any]:
     """Every setting by its variable name, secrets masked (passwords inside URLs too)."""
     from pydantic import SecretStr

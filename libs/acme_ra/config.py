@@ -191,6 +191,10 @@ class Settings(BaseSettings):
     order_lifetime_seconds: int = Field(86400, gt=0)
     # ACME_RA_AUTHZ_LIFETIME_SECONDS: how long a valid authorization may be reused (default 30 days).
     authz_lifetime_seconds: int = Field(30 * 86400, gt=0)
+    # ACME_RA_RETENTION_DAYS: how long finished orders, authorizations and challenges are kept
+    # (an order with a certificate: this long after the certificate expired; revoked ones are
+    # kept); the signers purge hourly, one at a time (acme_ra.db.retention). 0: keep everything.
+    retention_days: int = Field(30, ge=0, le=36500)
     # ACME_RA_CHALLENGE_TYPES: the challenge types offered (comma list).
     challenge_types: str = "http-01,dns-01,tls-alpn-01"
     # ACME_RA_REUSE_VALID_AUTHORIZATIONS: a new order reuses the account's valid authorizations.

@@ -34,7 +34,7 @@ INSTALL_LINE = "apt-get update && apt-get install -y prometheus"
 REQUIRED_ALERTS = {
     "AcmeRaHighProblemRate", "AcmeRaServerErrors", "AcmeRaValidationFailuresHigh", "AcmeRaUpstreamFailing",
     "AcmeRaUpstreamSlow", "AcmeRaJetStreamBacklogGrowing", "AcmeRaOrdersStuckProcessing", "AcmeRaServiceDown",
-    "AcmeRaNonceStoreGrowing",
+    "AcmeRaNonceStoreGrowing", "AcmeRaPurgeFailing", "AcmeRaCertificatesLapsing",
 }
 # Series that Prometheus itself or other exporters provide.
 EXTERNAL_SERIES = {"up", "ALERTS"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -296,8 +297,8 @@ _certificates = cast(Table, Certificate.__table__)
 _INSERT_CERTIFICATE = insert(_certificates)
 # What store_certificate writes of a certificate, beside its account (revocation columns: NULL).
 _CERTIFICATE_FIELDS = (
-    "id", "ari_cert_id", "order_id", "serial", "chain_pem", "not_before", "not_after", "created_at",
-    "alternate_chains_pem",
+    "id", "ari_cert_id", "names_sha256", "issuer", "order_id", "serial", "chain_pem", "not_before", "not_after",
+    "created_at", "alternate_chains_pem",
 )
 
 
@@ -339,12 +340,15 @@ async def store_certificate(
     certificate_id = new_id()
     now = utcnow()
     conn = await _connection(session)
+    leaf = x509.load_pem_x509_certificate(chain_pem.encode())
     certificate = dict(
         zip(
             _CERTIFICATE_FIELDS,
             (
                 certificate_id,
-                ari_cert_id_of_pem(chain_pem),
+                ari_cert_id(leaf),
+                names_sha256(leaf),
+                issuer_name(leaf),
                 order_id,
                 serial_hex,
                 chain_pem,
@@ -368,9 +372,25 @@ async def store_certificate(
     return certificate_id
 
 
-def ari_cert_id_of_pem(chain_pem: str) -> str | None:
+def names_sha256(leaf: x509.Certificate) -> str:
+    """SHA-256 (hex) of the leaf's names (SAN DNS names and IP addresses, sorted, one per line):
+    a renewal has the same, so the inventory tells a replaced certificate from one about to lapse."""
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names = [str(value).lower() for value in (*san.get_values_for_type(x509.DNSName),
+                                                   *san.get_values_for_type(x509.IPAddress))]
+    except x509.ExtensionNotFound:
+        names = []
+    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+
+
+def issuer_name(leaf: x509.Certificate) -> str:
+    """The leaf's issuer as an RFC 4514 string (cut to the column's 500 characters)."""
+    return leaf.issuer.rfc4514_string()[:500]
+
+
+def ari_cert_id(leaf: x509.Certificate) -> str | None:
     """RFC 9773 certID of the chain's leaf: AKI keyIdentifier and serial, base64url, dot-joined."""
-    leaf = x509.load_pem_x509_certificate(chain_pem.encode())
     try:
         aki = leaf.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
     except x509.ExtensionNotFound:

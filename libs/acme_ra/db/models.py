@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -167,7 +168,12 @@ class Order(Base):
     # Times the frontends' reconciler published this order's issue job again (reconciler.py).
     republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    __table_args__ = (Index("ix_orders_status_updated", "status", "updated_at"),)
+    __table_args__ = (
+        Index("ix_orders_status_updated", "status", "updated_at"),
+        # Retention: orders that never got a certificate, by expiry (acme_ra.db.retention).
+        Index("ix_orders_unissued_expires", "expires", postgresql_where=text("certificate_id IS NULL"),
+              sqlite_where=text("certificate_id IS NULL")),
+    )
 
 
 class Authorization(Base):
@@ -226,15 +232,28 @@ class Certificate(Base):
     serial: Mapped[str] = mapped_column(String(64), index=True)  # lowercase hex
     chain_pem: Mapped[str] = mapped_column(Text)
     not_before: Mapped[dt.datetime]
-    not_after: Mapped[dt.datetime]
-    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Indexed: retention and the inventory of what expires when.
+    not_after: Mapped[dt.datetime] = mapped_column(index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)  # newest first, issued per day
     revoked_at: Mapped[dt.datetime | None]
     revocation_reason: Mapped[int | None]
     # RFC 9773 certID: base64url(AKI keyIdentifier) "." base64url(serial DER content).
     ari_cert_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    # The inventory: SHA-256 of the leaf's sorted names (a renewal has the same: see
+    # lifecycle.names_sha256) and its issuer (RFC 4514). NULL for certificates stored before 0013.
+    names_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    issuer: Mapped[str | None] = mapped_column(String(500), nullable=True)
     # Alternate chains the upstream offered (Link rel="alternate"): PEM strings, same leaf,
     # other issuers. None or [] when there are none.
     alternate_chains_pem: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+
+    # Retention: the revoked certificates (kept), by expiry; a few rows however large the table.
+    __table_args__ = (
+        # Is a certificate about to lapse replaced already? (a later one with the same names)
+        Index("ix_certificates_names_not_after", "names_sha256", "not_after"),
+        Index("ix_certificates_revoked_not_after", "not_after", postgresql_where=text("revoked_at IS NOT NULL"),
+              sqlite_where=text("revoked_at IS NOT NULL")),
+    )
 
 
 class BlockedKey(Base):

@@ -13,6 +13,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from acme_ra.db import inventory
+from acme_ra.db.inventory import DURATION_PATTERN, parse_duration
 from acme_ra.db.models import AccountStatus, OrderStatus
 from acme_ra_admin import schemas
 from acme_ra_admin.operations import AdminOperations
@@ -105,10 +107,23 @@ async def show_order(ops: Ops, order_id: str) -> schemas.OrderDetail:
 
 
 @router.get("/certificates", tags=["certificates"])
-async def list_certificates(ops: Ops, account: Annotated[str | None, Query(description="account id")] = None,
-                            revoked: bool | None = None, limit: Limit = DEFAULT_LIMIT,
-                            offset: Offset = 0) -> list[schemas.Certificate]:
-    return await ops.list_certificates(account, revoked, limit, offset)
+async def list_certificates(
+    ops: Ops, account: Annotated[str | None, Query(description="account id")] = None,
+    revoked: bool | None = None, limit: Limit = DEFAULT_LIMIT, offset: Offset = 0,
+    expiring: Annotated[str | None, Query(description="not yet expired, expiring within this: 30d, 12h, 2w",
+                                          pattern=DURATION_PATTERN)] = None,
+    upstream: Annotated[str | None, Query(description="issued through this upstream (lab: the lab CA)")] = None,
+    profile: Annotated[str | None, Query(description="issued under this profile")] = None,
+    issuer: Annotated[str | None, Query(description="the issuer's name contains this (any case)")] = None,
+    eab_kid: Annotated[str | None, Query(description="the account registered with this EAB key")] = None,
+    unreplaced: Annotated[bool, Query(description="only those no later certificate for the same names "
+                                                  "replaced (not revoked)")] = False,
+) -> list[schemas.Certificate]:
+    """Newest first; soonest expiry first with ``expiring``."""
+    wanted = inventory.CertificateFilter(expiring_within=parse_duration(expiring) if expiring else None,
+                                         upstream=upstream, profile=profile, issuer=issuer, eab_kid=eab_kid,
+                                         unreplaced=unreplaced)
+    return await ops.list_certificates(account, revoked, limit, offset, wanted)
 
 
 @router.get("/certificates/{certificate}", tags=["certificates"])

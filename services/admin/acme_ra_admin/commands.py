@@ -339,20 +339,37 @@ def orders_show(order_id: str, as_json: Json = False, url: Url = None, token: To
 
 certs_app = typer.Typer(help="Issued certificates; revocation goes to the upstream CA.", no_args_is_help=True)
 CERT_COLUMNS = [("id", "ID"), ("serial", "SERIAL"), ("names", "NAMES"), ("status", "STATUS"),
-                ("not_after", "EXPIRES"), ("account_id", "ACCOUNT"), ("order_id", "ORDER")]
+                ("not_after", "EXPIRES"), ("upstream", "UPSTREAM"), ("account_id", "ACCOUNT"), ("order_id", "ORDER")]
 
 
 @certs_app.command("list")
 def certs_list(account: Annotated[str | None, typer.Option(help="only this account's certificates")] = None,
                revoked: Annotated[bool | None, typer.Option("--revoked/--not-revoked",
                                                            help="only revoked / only not revoked")] = None,
+               expiring: Annotated[str | None, typer.Option(
+                   metavar="DURATION", help="not yet expired, expiring within DURATION (12h, 30d, 2w); soonest first")] = None,
+               upstream: Annotated[str | None, typer.Option(help="issued through this upstream (lab: the lab CA)")] = None,
+               profile: Annotated[str | None, typer.Option(help="issued under this profile")] = None,
+               issuer: Annotated[str | None, typer.Option(help="the issuer's name contains this (any case)")] = None,
+               eab_kid: Annotated[str | None, typer.Option("--eab-kid", help="the account registered with this EAB key")] = None,
+               unreplaced: Annotated[bool, typer.Option(
+                   "--unreplaced", help="only those no later certificate for the same names replaced")] = False,
                limit: Limit = 100, as_json: Json = False, url: Url = None, token: Token = None) -> None:
-    """List certificates, newest first."""
+    """List certificates, newest first (soonest expiry first with --expiring)."""
+    from acme_ra.db import inventory
 
     def body() -> None:
-        rows = call(url, token, "GET", "/certificates", lambda ops: ops.list_certificates(account, revoked, limit),
+        try:
+            within = inventory.parse_duration(expiring) if expiring else None
+        except ValueError as error:
+            raise CommandError(f"--expiring: {error}", EXIT_USAGE) from None
+        wanted = inventory.CertificateFilter(expiring_within=within, upstream=upstream, profile=profile, issuer=issuer,
+                                             eab_kid=eab_kid, unreplaced=unreplaced)
+        rows = call(url, token, "GET", "/certificates",
+                    lambda ops: ops.list_certificates(account, revoked, limit, 0, wanted),
                     params={"account": account, "revoked": None if revoked is None else str(revoked).lower(),
-                            "limit": limit})
+                            "limit": limit, "expiring": expiring, "upstream": upstream, "profile": profile,
+                            "issuer": issuer, "eab_kid": eab_kid, "unreplaced": "true" if unreplaced else None})
         emit_json(rows) if as_json else table(rows, CERT_COLUMNS)
 
     run(body)

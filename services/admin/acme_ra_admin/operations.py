@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 from typing import Any
@@ -22,7 +23,7 @@ from nats.js.errors import NotFoundError
 
 from acme_ra import bus, eab, natsauth
 from acme_ra.config import Settings, parse_host_port
-from acme_ra.db import models
+from acme_ra.db import inventory, models
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import parse_rules
 from acme_ra.redaction import mask_url
@@ -333,10 +334,17 @@ class AdminOperations:
     # Certificates ---------------------------------------------------------------------------
 
     async def list_certificates(self, account_id: str | None = None, revoked: bool | None = None,
-                                limit: int = repository.DEFAULT_LIMIT, offset: int = 0) -> list[schemas.Certificate]:
+                                limit: int = repository.DEFAULT_LIMIT, offset: int = 0,
+                                wanted: inventory.CertificateFilter | None = None) -> list[schemas.Certificate]:
+        """Newest first; with ``wanted`` (the inventory's filter), what it asks for."""
+        wanted = wanted or inventory.CertificateFilter()
+        if account_id is not None:
+            wanted = dataclasses.replace(wanted, account_id=account_id)
+        if revoked is not None:
+            wanted = dataclasses.replace(wanted, revoked=revoked)
         async with self.db.transaction() as session:
-            rows = await repository.list_certificates(session, account_id, revoked, limit, offset)
-        return [_certificate(row) for row in rows]
+            rows = await repository.list_certificates(session, wanted, limit, offset)
+        return [_certificate(row, upstream, profile, eab_kid) for row, upstream, profile, eab_kid in rows]
 
     async def get_certificate(self, id_or_serial: str) -> schemas.CertificateDetail:
         row = await self._one_certificate(id_or_serial)
@@ -558,13 +566,15 @@ def _authorization(row: models.Authorization, challenges: list[models.Challenge]
     )
 
 
-def _certificate(row: models.Certificate) -> schemas.Certificate:
+def _certificate(row: models.Certificate, upstream: str | None = None, profile: str | None = None,
+                 eab_kid: str | None = None) -> schemas.Certificate:
     now = dt.datetime.now(dt.timezone.utc)
     status = "revoked" if row.revoked_at is not None else "expired" if row.not_after <= now else "valid"
     return schemas.Certificate(
         id=row.id, order_id=row.order_id, account_id=row.account_id, serial=row.serial,
         names=certificate_names(row.chain_pem), not_before=row.not_before, not_after=row.not_after,
         created_at=row.created_at, status=status, revoked_at=row.revoked_at, revocation_reason=row.revocation_reason,
+        upstream=upstream, issuer=row.issuer, profile=profile, eab_kid=eab_kid,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from acme_ra.db import inventory
 from acme_ra.db.models import (
     Account,
     AccountStatus,
@@ -19,6 +20,7 @@ from acme_ra.db.models import (
     UpstreamAccount,
     UpstreamOrder,
     UpstreamOrderState,
+    utcnow,
 )
 
 # Rows a list returns when the caller does not say (and the most it may ask for).
@@ -102,17 +104,12 @@ async def order_authorizations(session: AsyncSession, order_id: str) -> list[tup
     return [(authz, [c for c in challenges if c.authz_id == authz.id]) for authz in authzs]
 
 
-async def list_certificates(
-    session: AsyncSession, account_id: str | None, revoked: bool | None, limit: int, offset: int = 0
-) -> list[Certificate]:
-    query = select(Certificate).order_by(Certificate.created_at.desc(), Certificate.id)
-    if account_id:
-        query = query.where(Certificate.account_id == account_id)
-    if revoked is True:
-        query = query.where(Certificate.revoked_at.is_not(None))
-    elif revoked is False:
-        query = query.where(Certificate.revoked_at.is_(None))
-    return list((await session.execute(query.limit(limit).offset(offset))).scalars())
+async def list_certificates(session: AsyncSession, wanted: inventory.CertificateFilter, limit: int,
+                            offset: int = 0) -> list[tuple[Certificate, str, str | None, str | None]]:
+    """(certificate, upstream, profile, EAB kid) rows: soonest expiry first when the filter asks for
+    what expires, else newest first (acme_ra.db.inventory)."""
+    query = inventory.certificates_query(wanted, utcnow()).limit(limit).offset(offset)
+    return [(row[0], row[1], row[2], row[3]) for row in (await session.execute(query)).all()]
 
 
 async def find_certificates(session: AsyncSession, id_or_serial: str) -> list[Certificate]:

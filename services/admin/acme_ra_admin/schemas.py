@@ -107,6 +107,11 @@ class Certificate(BaseModel):
     status: Literal["valid", "expired", "revoked"]
     revoked_at: dt.datetime | None
     revocation_reason: int | None
+    # The inventory: where it came from and under what (None when not known).
+    upstream: str | None = None
+    issuer: str | None = None
+    profile: str | None = None
+    eab_kid: str | None = None
 
 
 class CertificateDetail(Certificate):

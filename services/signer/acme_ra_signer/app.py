@@ -18,9 +18,10 @@ from sqlalchemy import text
 
 from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
+from acme_ra.db import inventory
 from acme_ra.db.engine import Database
 from acme_ra.redaction import mask_url
-from acme_ra_signer import metrics
+from acme_ra_signer import expiry, metrics, purger
 from acme_ra_signer.revoker import RevokeResponder
 from acme_ra_signer.upstream import UpstreamDriver, make_driver
 from acme_ra_signer.worker import IssueWorker
@@ -54,6 +55,8 @@ class Runtime:
     revoke_subscription: Subscription | None = None
     warm_up: asyncio.Task[None] | None = None
     tls_renewal: asyncio.Task[None] | None = None
+    purger: asyncio.Task[None] | None = None
+    expiry: asyncio.Task[None] | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -110,6 +113,11 @@ async def start(settings: Settings) -> Runtime:
         await stop(runtime)
         raise
     runtime.warm_up = asyncio.create_task(_warm_up(driver), name="upstream-warm-up")
+    upstream_names = [entry["name"] for entry in driver.describe()] or [inventory.NO_UPSTREAM]
+    runtime.expiry = asyncio.create_task(expiry.refresh_forever(db, upstream_names, runtime.stop), name="expiry-gauges")
+    if settings.retention_days:
+        runtime.purger = asyncio.create_task(purger.purge_forever(db, settings.retention_days, runtime.stop),
+                                             name="retention-purge")
     if settings.upstream == "acme" and settings.tls_cert_file is None:
         from acme_ra_signer import frontend_tls
         from acme_ra_signer.upstream.acme import AcmeDriver
@@ -125,7 +133,7 @@ async def start(settings: Settings) -> Runtime:
 async def stop(runtime: Runtime) -> None:
     """Finish the jobs in hand, then close NATS, the database and the driver."""
     runtime.stop.set()
-    for task in (runtime.warm_up, runtime.tls_renewal):
+    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger, runtime.expiry):
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -78,3 +78,24 @@ REVOCATIONS = Counter(
     "Revoke requests answered, by outcome (revoked, already_revoked, unavailable, rejected).",
     ["outcome"],
 )
+PURGED_ROWS = Counter(
+    "acme_ra_purged_rows_total",
+    "Rows the retention purge deleted (ACME_RA_RETENTION_DAYS), by table.",
+    ["table"],
+)
+PURGE_SECONDS = Histogram(
+    "acme_ra_purge_duration_seconds",
+    "Duration of a retention purge run (the signers take turns; a skipped run is not counted).",
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+)
+PURGE_LAST_SUCCESS = Gauge(
+    "acme_ra_purge_last_success_timestamp_seconds", "When this signer last finished a retention purge (Unix time)."
+)
+PURGE_FAILURES = Counter("acme_ra_purge_failures_total", "Retention purge runs that failed (the next runs in an hour).")
+CERTIFICATES_EXPIRING = Gauge(
+    "acme_ra_certificates_expiring",
+    "Unrevoked certificates expiring within 7 or 30 days that no later certificate for the same names "
+    "replaced, by upstream.",
+    ["upstream", "within"],
+    multiprocess_mode="max",
+)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import random
 import sys
@@ -50,6 +51,7 @@ MIX = {"issued": 0.75, "invalid": 0.15, "abandoned": 0.09, "revoked": 0.01}
 CERT_DAYS = 90
 ORDER_LIFETIME = dt.timedelta(days=1)
 AUTHZ_LIFETIME = dt.timedelta(days=30)
+ISSUER = "CN=History Issuing CA,O=acme-ra bench"
 # A certificate's PEM as stored (about the size of a leaf and its intermediate; not parsed here).
 CHAIN_PEM = "-----BEGIN CERTIFICATE-----\n" + ("A" * 64 + "\n") * 40 + "-----END CERTIFICATE-----\n"
 
@@ -68,6 +70,8 @@ class HistoryMaker:
         self.accounts = [new_id() for _ in range(accounts)]
         self.outcomes = list(MIX)
         self.weights = list(MIX.values())
+        # Hosts renew about every two months: so many distinct hosts over the years.
+        self.hosts = max(1, int(orders / max(years * 6, 1)))
 
     def account_rows(self) -> list[dict[str, Any]]:
         return [{"id": account, "key_thumbprint": new_id() + new_id(), "jwk": {"kty": "EC", "crv": "P-256"},
@@ -87,7 +91,8 @@ class HistoryMaker:
     def _order(self, rows: dict[str, list[dict[str, Any]]], created: dt.datetime) -> None:
         outcome = self.random.choices(self.outcomes, self.weights)[0]
         account = self.random.choice(self.accounts)
-        order_id, authz_id, name = new_id(), new_id(), f"host{self.random.randrange(10**7)}.example.edu"
+        order_id, authz_id = new_id(), new_id()
+        name = f"host{self.random.randrange(self.hosts)}.example.edu"
         issued = outcome in ("issued", "revoked")
         status = {"issued": "valid", "revoked": "valid", "invalid": "invalid", "abandoned": "pending"}[outcome]
         certificate_id = new_id() if issued else None
@@ -119,7 +124,8 @@ class HistoryMaker:
         if issued:
             rows["certificates"].append({
                 "id": certificate_id, "order_id": order_id, "account_id": account, "serial": new_id(),
-                "chain_pem": CHAIN_PEM, "not_before": created, "not_after": created + dt.timedelta(days=CERT_DAYS),
+                "chain_pem": CHAIN_PEM, "names_sha256": hashlib.sha256(name.encode()).hexdigest(),
+                "issuer": ISSUER, "not_before": created, "not_after": created + dt.timedelta(days=CERT_DAYS),
                 "created_at": created, "revoked_at": created + dt.timedelta(days=3) if outcome == "revoked" else None,
                 "revocation_reason": 1 if outcome == "revoked" else None, "ari_cert_id": None,
                 "alternate_chains_pem": None})

@@ -146,3 +146,64 @@ def test_console_login_eab_key_order_and_revocation(admin_service: AdminService,
     arrive(driver, f"{base}/login")
     driver.get(f"{base}/orders")  # type: ignore[attr-defined]
     arrive(driver, f"{base}/login")
+
+
+def test_inventory_charts_and_what_lapses(admin_service: AdminService, browser: object, tmp_path: Path) -> None:
+    """The inventory page in Chromium: both charts drawn with bars in proportion to their values,
+    a certificate about to lapse listed, a renewed one not."""
+    import asyncio
+    import datetime as dt
+
+    from selenium.webdriver.common.by import By
+
+    from acme_ra.config import ENV_PREFIX
+    from acme_ra.db.engine import Database
+    from tests.support.history import History
+
+    issue(admin_service, "inventory.localhost", tmp_path)
+    now = dt.datetime.now(dt.UTC)
+
+    async def history() -> None:
+        db = Database(admin_service.env[f"{ENV_PREFIX}DATABASE_URL"])
+        try:
+            made = History(db)
+            await made.start()
+            for days in (3, 4, 12):  # two in the first week, one in the second
+                await made.order("valid", now, not_after=now + dt.timedelta(days=days),
+                                 names=f"lapsing{days}.inventory.example.edu", upstream="sectigo")
+            await made.order("valid", now, not_after=now + dt.timedelta(days=5), names="renewed.inventory.example.edu")
+            await made.order("valid", now, not_after=now + dt.timedelta(days=80), names="renewed.inventory.example.edu")
+        finally:
+            await db.dispose()
+
+    asyncio.run(history())
+    driver = browser
+    base = admin_service.url
+    driver.get(f"{base}/login")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "token").send_keys(admin_service.token)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/orders")
+    driver.find_element(By.LINK_TEXT, "Inventory").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/inventory")
+    for chart in ("expiring-per-week", "issued-per-day"):
+        svg = driver.find_element(By.ID, chart)  # type: ignore[attr-defined]
+        assert svg.size["width"] > 300 and svg.size["height"] > 80, chart
+        bars = svg.find_elements(By.CSS_SELECTOR, "rect.bar")
+        values = [int(bar.get_attribute("data-value")) for bar in bars]
+        heights = [bar.rect["height"] for bar in bars]  # as Chromium laid them out
+        top = max(values)
+        assert top > 0, chart
+        for value, height in zip(values, heights, strict=True):
+            assert abs(height - heights[values.index(top)] * value / top) < 1.5, (chart, values, heights)
+    weekly = [int(bar.get_attribute("data-value")) for bar in
+              driver.find_elements(By.CSS_SELECTOR, "#expiring-per-week rect.bar")]  # type: ignore[attr-defined]
+    assert len(weekly) == 13 and weekly[0] >= 3 and weekly[1] >= 1
+    lapsing = driver.find_element(By.ID, "lapsing").text  # type: ignore[attr-defined]
+    assert "lapsing3.inventory.example.edu" in lapsing and "lapsing12.inventory.example.edu" in lapsing
+    assert "renewed.inventory.example.edu" not in lapsing and "sectigo" in lapsing
+    shot(driver, "08-inventory")
+    driver.find_element(By.NAME, "upstream").send_keys("nothing-here")  # type: ignore[attr-defined]
+    driver.find_element(By.CSS_SELECTOR, "form.filters button").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/inventory?upstream=nothing-here")
+    assert "every certificate expiring in the next 30 days was renewed" in driver.find_element(  # type: ignore[attr-defined]
+        By.ID, "lapsing").text

@@ -10,9 +10,6 @@ import json
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from prometheus_client import REGISTRY
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -25,25 +22,8 @@ from acme_ra.db.migrate import upgrade
 from acme_ra_signer import expiry
 from tests.admin.conftest import acme_ra
 from tests.support import database
-from tests.support.history import History
+from tests.support.history import History, certificate_pem
 from tests.support.lab import base_environment
-
-
-def certificate_pem(*names: str, issuer: str = "Test Issuing CA") -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def test_a_renewal_has_the_same_names_hash_whatever_their_order_and_case() -> None:

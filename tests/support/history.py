@@ -10,6 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from sqlalchemy import func, select
 
 from acme_ra.db.engine import Database
@@ -25,6 +29,23 @@ from acme_ra.db.models import (
     new_id,
 )
 from tests.support import database
+
+
+def certificate_pem(*names: str, issuer: str = "Test Issuing CA") -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=90))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 @pytest.fixture
@@ -80,7 +101,7 @@ class History:
                 session.add(UpstreamOrder(order_id=order_id, upstream=upstream, state="valid"))
             if not_after is not None:
                 session.add(Certificate(id=certificate_id, order_id=order_id, account_id=self.account, serial=new_id(),
-                                        chain_pem="-", not_before=not_after - dt.timedelta(days=90),
+                                        chain_pem=certificate_pem(*names.split(","), issuer="History CA"), not_before=not_after - dt.timedelta(days=90),
                                         not_after=not_after, revoked_at=not_after if revoked else None,
                                         revocation_reason=1 if revoked else None,
                                         names_sha256=hashlib.sha256(names.encode()).hexdigest(),

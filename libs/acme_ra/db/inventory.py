@@ -15,7 +15,7 @@ import datetime as dt
 import re
 from typing import Any
 
-from sqlalchemy import Select, and_, case, exists, func, literal, select
+from sqlalchemy import Select, case, exists, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -98,15 +98,17 @@ def certificates_query(wanted: CertificateFilter, now: dt.datetime) -> Select[An
 async def expiring_unreplaced(session: AsyncSession, now: dt.datetime) -> dict[tuple[str, str], int]:
     """{(upstream, window label): certificates expiring within the window that nothing replaced}."""
     longest = max(GAUGE_WINDOWS.values())
-    cases = [func.sum(case((Certificate.not_after <= now + window, 1), else_=0)).label(label)
+    # The upstream looked up per certificate along the journal's primary key (a join would
+    # hash the whole journal), then counted per upstream.
+    upstream = (select(UpstreamOrder.upstream).where(UpstreamOrder.order_id == Certificate.order_id)
+                .scalar_subquery())
+    lapsing = (select(Certificate.not_after, upstream.label("upstream"))
+               .where(Certificate.not_after > now, Certificate.not_after <= now + longest,
+                      Certificate.revoked_at.is_(None), ~replaced())
+               .subquery())
+    cases = [func.sum(case((lapsing.c.not_after <= now + window, 1), else_=0)).label(label)
              for label, window in GAUGE_WINDOWS.items()]
-    rows = (await session.execute(
-        select(UpstreamOrder.upstream, *cases)
-        .select_from(Certificate)
-        .outerjoin(UpstreamOrder, UpstreamOrder.order_id == Certificate.order_id)
-        .where(and_(Certificate.not_after > now, Certificate.not_after <= now + longest,
-                    Certificate.revoked_at.is_(None), ~replaced()))
-        .group_by(UpstreamOrder.upstream))).all()
+    rows = (await session.execute(select(lapsing.c.upstream, *cases).group_by(lapsing.c.upstream))).all()
     return {(row.upstream or NO_UPSTREAM, label): int(getattr(row, label) or 0)
             for row in rows for label in GAUGE_WINDOWS}
 

@@ -9,6 +9,7 @@ as soon as the token is revoked. Every form carries a CSRF token derived from th
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import ipaddress
@@ -25,7 +26,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from acme_ra.db.models import OrderStatus
 from acme_ra.sealing import derive_key
-from acme_ra_admin import schemas, tokens
+from acme_ra_admin import charts, schemas, tokens
 from acme_ra_admin.api import client_address
 from acme_ra_admin.operations import REVOCATION_REASONS, AdminOperations, OperationError
 
@@ -56,7 +57,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
-NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/accounts", "Accounts"),
+NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/inventory", "Inventory"), ("/accounts", "Accounts"),
        ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues"), ("/policy", "Policy")]
 
 
@@ -282,6 +283,22 @@ async def certificates_page(page: Page, status: int = 200, **context: Any) -> HT
     rows = await page.ops.list_certificates(limit=PAGE_ROWS)
     return page.render("certificates.html", code=status, title="Certificates", certificates=rows,
                        reasons=REVOCATION_REASONS, **context)
+
+
+@router.get("/inventory")
+async def inventory_page(request: Request, upstream: str = "") -> Response:
+    page = await current_page(request)
+    if page is None:
+        return to_login()
+    found = await page.ops.inventory(upstream or None)
+    weeks = [(found.now + dt.timedelta(weeks=week)).strftime("%d %b") for week in range(len(found.expiring_per_week))]
+    days = [(found.now - dt.timedelta(days=day)).strftime("%d %b") for day in reversed(range(len(found.issued_per_day)))]
+    return page.render(
+        "inventory.html", title="Inventory", inventory=found, upstream=upstream,
+        expiring_chart=charts.bar_chart("expiring-per-week", "Certificates expiring per week (from the week of "
+                                        f"{weeks[0]})", found.expiring_per_week, [f"week of {w}" for w in weeks]),
+        issued_chart=charts.bar_chart("issued-per-day", "Certificates issued per day", found.issued_per_day, days),
+    )
 
 
 @router.post("/certificates/{certificate_id}/revoke")

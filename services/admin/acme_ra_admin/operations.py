@@ -346,6 +346,17 @@ class AdminOperations:
             rows = await repository.list_certificates(session, wanted, limit, offset)
         return [_certificate(row, upstream, profile, eab_kid) for row, upstream, profile, eab_kid in rows]
 
+    async def inventory(self, upstream: str | None = None, weeks: int = 13, days: int = 30) -> schemas.Inventory:
+        """What expires per week, what was issued per day, and the certificates of the next 30 days
+        that nothing replaced (soonest first)."""
+        now = dt.datetime.now(dt.UTC)
+        async with self.db.transaction() as session:
+            expiring = await inventory.expiring_per_week(session, now, weeks)
+            issued = await inventory.issued_per_day(session, now, days)
+        lapsing = await self.list_certificates(limit=repository.DEFAULT_LIMIT, wanted=inventory.CertificateFilter(
+            expiring_within=dt.timedelta(days=30), upstream=upstream, unreplaced=True))
+        return schemas.Inventory(now=now, expiring_per_week=expiring, issued_per_day=issued, lapsing=lapsing)
+
     async def get_certificate(self, id_or_serial: str) -> schemas.CertificateDetail:
         row = await self._one_certificate(id_or_serial)
         return schemas.CertificateDetail(**_certificate(row).model_dump(), chain_pem=row.chain_pem)

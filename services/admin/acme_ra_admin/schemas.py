@@ -114,6 +114,16 @@ class Certificate(BaseModel):
     eab_kid: str | None = None
 
 
+class Inventory(BaseModel):
+    now: dt.datetime
+    # Unrevoked certificates expiring in each of the coming weeks (the first: the next 7 days).
+    expiring_per_week: list[int]
+    # Certificates issued on each of the last days, oldest first (the last: today, UTC).
+    issued_per_day: list[int]
+    # Expiring within 30 days, and no later certificate for the same names: soonest first.
+    lapsing: list[Certificate]
+
+
 class CertificateDetail(Certificate):
     chain_pem: str
 

@@ -8,6 +8,8 @@ for this process and every process it starts; the report header says so."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +20,9 @@ from tests.support import database, postgres
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import TEST_ZONE, Lab, running_lab
 
+ROOT = Path(__file__).resolve().parents[1]
+# python -m build: an isolated build environment, then the sdist and the wheel from it (seconds).
+BUILD_TIMEOUT_SECONDS = 300
 # Tests that use one of these fixtures count as having run on the lane's database.
 LANE_FIXTURES = {"lab_database_url", "fresh_database_url"}
 # Written at the end of every run: "backend=<sqlite|postgresql>", "passed=<n>", "failed=<n>";
@@ -62,6 +67,16 @@ def mask(url: str) -> str:
 def test_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestDnsServer]:
     with TestDnsServer(tmp_path_factory.mktemp("test-dns"), [TEST_ZONE]) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist and the wheel of this checkout (``python -m build``), built once per run."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, check=False)
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ clean venv installs the wheel with pip and, from an empty directory with no chec
 path, runs ``acme-ra --version`` and ``acme-ra dev`` (every service, the migrations and the
 admin console's templates come from the wheel), and certbot gets a certificate from it.
 
-Slow (a venv and its dependencies per Python): one wheel per run, shared by the three.
+Slow (a venv and its dependencies per Python): one wheel per run (the ``dist`` fixture of
+tests/conftest.py), shared by the three and by tests/deploy/test_systemd.py.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from tests.support.lab import LabPorts, base_environment, lab_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
-# python -m build (an isolated build environment, then the sdist and the wheel from it).
-BUILD_TIMEOUT_SECONDS = 300
 # pip install of the wheel and its dependencies into an empty venv.
 INSTALL_TIMEOUT_SECONDS = 600
 PACKAGES = ("acme_ra", "acme_ra_frontend", "acme_ra_validator", "acme_ra_signer", "acme_ra_admin")
@@ -51,16 +50,6 @@ def find_python(version: str) -> str:
             return candidate
     pytest.fail(f"python{version} (with venv and ensurepip) not found on PATH or in {pyenv_root}/versions: "
                 f"apt-get install -y python{version}-venv, or pyenv install {version}", pytrace=False)
-
-
-@pytest.fixture(scope="session")
-def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sdist and the wheel of this checkout, built once per run."""
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, check=False)
-    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return out
 
 
 def test_the_sdist_and_wheel_carry_the_code_data_and_licence(dist: Path) -> None:

@@ -92,8 +92,8 @@ def test_the_wheel_runs_every_service_and_gets_a_certificate(installed: Path, tm
     version = subprocess.run([str(installed / "acme-ra"), "--version"], cwd=site, env=env,
                              capture_output=True, text=True, timeout=60, check=False)
     assert (version.returncode, version.stdout) == (0, f"acme-ra {__version__}\n"), version.stderr
-    where = subprocess.run([str(installed / "python"), "-c", f"import {', '.join(PACKAGES)}; "
-                            f"print('\\n'.join(m.__file__ for m in ({', '.join(PACKAGES)})))"],
+    script = f"import {', '.join(PACKAGES)}; print('\\n'.join(m.__file__ for m in ({', '.join(PACKAGES)})))"
+    where = subprocess.run([str(installed / "python"), "-c", script],
                            cwd=site, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert where.returncode == 0, where.stderr
     assert all(path.startswith(str(installed.parent)) for path in where.stdout.split()), where.stdout

@@ -1,7 +1,7 @@
 # acme-ra: `make dev` runs everything on this machine, `make test` runs the whole suite.
-# Both create .venv (Python 3.11) and install the project into it first when needed.
+# Both create .venv (Python 3.11, 3.12 or 3.13) and install the project into it first when needed.
 
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
@@ -12,7 +12,7 @@ VALIDATORS ?= 2
 # make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; see docs/performance.md).
 BENCH_ARGS ?=
 
-.PHONY: dev install test-packages test clean lab bench bench-upstream
+.PHONY: dev install test-packages test clean lab bench bench-upstream dist
 
 dev: install
 	$(BIN)/python -m acme_ra.cli dev
@@ -39,14 +39,18 @@ bench: install
 bench-upstream: install
 	$(BIN)/python -m bench --upstream-validation $(BENCH_ARGS)
 
+# The wheel and the sdist, in dist/ (what pip installs: see docs/install.md).
+dist: install
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf var build .pytest_cache
+	rm -rf var build dist .pytest_cache
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 $(BIN)/python:
-	@test -n "$(PYTHON)" || { echo "acme-ra needs Python 3.11 (python3.11 or python3 on PATH)"; exit 1; }
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
-		{ echo "acme-ra needs Python 3.11; $(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=/path/to/python3.11"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "acme-ra needs Python 3.11, 3.12 or 3.13 (python3.11 or python3 on PATH)"; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))' || \
+		{ echo "acme-ra needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=/path/to/python3.12"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 $(INSTALLED): pyproject.toml | $(BIN)/python

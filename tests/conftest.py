@@ -1,21 +1,31 @@
 """Suite-wide fixtures: the test DNS server and a running topology (what ``make dev`` starts),
-plus the lane report that .ci/run reads to know which database the integration tests used."""
+plus the lane report that .ci/run reads to know which database the integration tests used.
+
+When ``ACME_RA_TEST_DATABASE_URL`` names a PostgreSQL server that nothing answers on, the run
+starts a throwaway cluster of its own (``tests.support.postgres``) and points the variable at it,
+for this process and every process it starts; the report header says so."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.support import database
+from tests.support import database, postgres
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import TEST_ZONE, Lab, running_lab
 
 # Fixtures shared across test packages.
 pytest_plugins = ["tests.support.history"]
 
+ROOT = Path(__file__).resolve().parents[1]
+# python -m build: an isolated build environment, then the sdist and the wheel from it (seconds).
+BUILD_TIMEOUT_SECONDS = 300
 # Tests that use one of these fixtures count as having run on the lane's database.
 LANE_FIXTURES = {"lab_database_url", "fresh_database_url", "history_url"}
 # Written at the end of every run: "backend=<sqlite|postgresql>", "passed=<n>", "failed=<n>";
@@ -23,12 +33,53 @@ LANE_FIXTURES = {"lab_database_url", "fresh_database_url", "history_url"}
 LANE_REPORT = Path("build") / "test-lane"
 
 _lane = {"passed": 0, "failed": 0}
+# What pytest_configure did about the lane's PostgreSQL (shown in the report header).
+_database_note: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    configured = os.environ.get(database.TEST_DATABASE_ENV)
+    if not configured or database.backend() != "postgresql" or postgres.reachable(configured):
+        return
+    server = postgres.throwaway_cluster()
+    url = server.url(make_url(configured).database or "test")
+    os.environ[database.TEST_DATABASE_ENV] = url
+    _database_note.append(f"{database.TEST_DATABASE_ENV}: nothing answers at {mask(configured)}; "
+                          f"using a throwaway PostgreSQL at {url} ({server.bin})")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    server = postgres.running_throwaway_cluster()
+    if server is not None:
+        terminalreporter.write_line(f"throwaway PostgreSQL at {server.url('')} was used ({server.bin})")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    postgres.remove_throwaway_cluster()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    return _database_note
+
+
+def mask(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
 
 
 @pytest.fixture(scope="session")
 def test_dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestDnsServer]:
     with TestDnsServer(tmp_path_factory.mktemp("test-dns"), [TEST_ZONE]) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist and the wheel of this checkout (``python -m build``), built once per run."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+                          capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS, check=False)
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return out
 
 
 @pytest.fixture(scope="session")

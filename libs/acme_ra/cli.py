@@ -42,6 +42,20 @@ app.add_typer(config_app, name="config")
 MASK = "********"
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        from acme_ra import __version__
+
+        print(f"acme-ra {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version, help="print the version and exit")] = False) -> None:
+    """acme-ra, an ACME Registration Authority in front of an upstream CA."""
+
+
 def migrate() -> int:
     settings = get_settings()
     if not settings.database_url:  # the default SQLite file lives in the state dir

@@ -6,9 +6,12 @@ validation error into one line that names the variable, and exits.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import ipaddress
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -17,6 +20,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "ACME_RA_"
+# ACME_RA_* variables that are not settings of the services: the test suite's (ACME_RA_TEST_*,
+# ACME_RA_HYPOTHESIS_*) and the benchmark's (ACME_RA_BENCH_*). Never reported as unknown.
+NOT_SETTINGS_PREFIXES = (ENV_PREFIX + "TEST_", ENV_PREFIX + "HYPOTHESIS_", ENV_PREFIX + "BENCH_")
 
 
 def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -49,6 +55,9 @@ class Settings(BaseSettings):
 
     # ACME_RA_STATE_DIR: lab CA, embedded NATS data, SQLite file, generated TLS material.
     state_dir: Path = Path("./var")
+    # ACME_RA_STRICT_CONFIG: an ACME_RA_* variable that is no setting (a misspelling) stops every
+    # service and acme-ra command with one line (exit 2); false: a warning naming the closest setting.
+    strict_config: bool = False
     # ACME_RA_DATABASE_URL: SQLAlchemy async URL; default SQLite under the state dir.
     database_url: str = ""
     # ACME_RA_NATS_URL: unset means the launcher starts an embedded nats-server.
@@ -493,11 +502,41 @@ def _one_line(error: ValidationError) -> str:
     return f"acme-ra: invalid configuration: {name}{shown}: {message}"
 
 
+def setting_names() -> list[str]:
+    """Every variable the settings read: ``ACME_RA_<FIELD>``."""
+    return [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``ACME_RA_*`` variable that is no setting, naming the closest one."""
+    known = setting_names()
+    lines = []
+    for variable in sorted(environ):
+        name = variable.upper()
+        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(NOT_SETTINGS_PREFIXES):
+            continue
+        closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {closest[0]}?" if closest else "see docs/configuration.md"
+        lines.append(f"unknown variable {variable} ({hint})")
+    return lines
+
+
 @functools.cache
 def get_settings() -> Settings:
-    """The process's settings; on invalid configuration print one line and exit 2."""
+    """The process's settings; on invalid configuration print one line and exit 2. An unknown
+    ACME_RA_* variable is a warning on stderr (one line each), or that error under
+    ACME_RA_STRICT_CONFIG=true."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as error:
         print(_one_line(error), file=sys.stderr)
         raise SystemExit(2) from None
+    unknown = unknown_variables(os.environ)
+    if unknown and settings.strict_config:
+        more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+        print(f"acme-ra: invalid configuration: {unknown[0]}{more}; ACME_RA_STRICT_CONFIG=true refuses it",
+              file=sys.stderr)
+        raise SystemExit(2)
+    for line in unknown:
+        print(f"acme-ra: warning: {line}", file=sys.stderr)
+    return settings

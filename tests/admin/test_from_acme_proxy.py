@@ -251,7 +251,7 @@ def test_provisioners_policy_address_and_metrics() -> None:
     assert env["ACME_RA_PROVISIONERS"] == "acme,ecc"
     assert env["ACME_RA_CHALLENGE_TYPES"] == "http-01,dns-01,tls-alpn-01"
     assert env["ACME_RA_EAB_REQUIRED"] == "true"
-    assert env["ACME_RA_POLICY_ALLOW"] == ".example.edu,example.edu,10.0.0.0/8"
+    assert env["ACME_RA_POLICY_ALLOW"] == "*.example.edu,example.edu,10.0.0.0/8"
     assert env["ACME_RA_POLICY_DENY"] == "bad.example.edu"
     joined = "\n".join(migration.notes)
     for expected in ("acme-proxy.example.edu need a certificate", "provisioner admin@example.edu (type JWK)",

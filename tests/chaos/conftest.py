@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.dns_server import TestDnsServer
+from tests.support.postgres import PostgresServer
 from tests.upstream.pebble import require_pebble
 
 from .lab import ChaosLab, migrate, run_sql
 from .load import FIGURES_FILE, Figures
-from .processes import PostgresServer
 
 FIGURES: list[Figures] = []
 # Every service's log of the last run of each chaos test (what a failure needs).
@@ -32,7 +32,7 @@ TEMPLATE_DATABASE = "chaos_template"
 
 @pytest.fixture(scope="session")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    server = PostgresServer()
+    server = PostgresServer(prefix="acme-ra-chaos-pg-")
     try:
         server.start()
         run_sql(server.psql_url(), f'CREATE DATABASE "{TEMPLATE_DATABASE}"')

@@ -25,10 +25,11 @@ from acme_ra import bus, natsauth
 from acme_ra.config import ENV_PREFIX
 from acme_ra.launcher import free_port
 from tests.support.lab import TEST_ZONE, base_environment
+from tests.support.postgres import PostgresServer
 from tests.upstream.pebble import Pebble, make_tls_material
 
 from .load import ChallengeServer, Figures, Load
-from .processes import Deployment, NatsCluster, NatsServer, PostgresServer
+from .processes import Deployment, NatsCluster, NatsServer
 
 SECRET = "chaos-tests-sealing-secret-0123456789abcdef"
 

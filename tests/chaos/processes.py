@@ -1,5 +1,5 @@
 """The real processes the chaos tests start, fault and restart: a PostgreSQL instance of their
-own (Debian's ``initdb``/``pg_ctl``), nats-servers (alone or a 3-node JetStream cluster), and the
+own (``tests.support.postgres``), nats-servers (alone or a 3-node JetStream cluster), and the
 acme-ra services, each a child process that can be killed with SIGKILL or stopped with SIGTERM.
 
 Everything listens on 127.0.0.1 on free ports and lives in a temp dir; everything stops itself
@@ -9,13 +9,10 @@ Everything listens on 127.0.0.1 on free ports and lives in a temp dir; everythin
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,9 +24,6 @@ from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX
 from acme_ra.launcher import Child, free_port, nats_server_binary
 
-# Debian's PostgreSQL binaries (apt-get install -y postgresql-15).
-POSTGRES_BIN = Path(os.environ.get("ACME_RA_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))
-POSTGRES_INSTALL_HINT = "apt-get install -y postgresql-15  (initdb and pg_ctl in /usr/lib/postgresql/15/bin)"
 # How long a process may take to start, or to stop after SIGTERM (seconds).
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 20.0
@@ -60,65 +54,6 @@ def port_open(port: int) -> bool:
         return True
     except OSError:
         return False
-
-
-# PostgreSQL -----------------------------------------------------------------------------------
-
-
-class PostgresServer:
-    """A PostgreSQL instance in a temp dir, owned by the ``postgres`` user when we are root
-    (PostgreSQL refuses to run as root), trust authentication on 127.0.0.1:``port``."""
-
-    def __init__(self) -> None:
-        for tool in ("initdb", "pg_ctl"):
-            if not os.access(POSTGRES_BIN / tool, os.X_OK):
-                raise RuntimeError(f"{POSTGRES_BIN / tool} not found: the chaos tests need it. {POSTGRES_INSTALL_HINT}")
-        self.root = Path(tempfile.mkdtemp(prefix="acme-ra-chaos-pg-"))
-        self.data = self.root / "data"
-        self.log = self.root / "postgres.log"
-        self.port = free_port()
-        self._as_postgres: list[str] = []
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-            self._as_postgres = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-        self.starts = 0
-
-    def _run(self, tool: str, *args: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
-        argv = [*self._as_postgres, str(POSTGRES_BIN / tool), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root)
-        if done.returncode != 0:
-            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
-        self.starts += 1
-
-    def stop(self, mode: str = "fast") -> None:
-        """``fast``: sessions are terminated, a clean shutdown; ``immediate``: as if it crashed."""
-        if (self.data / "postmaster.pid").exists():
-            self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
-
-    def begin_smart_shutdown(self) -> None:
-        """``pg_ctl stop -m smart`` without waiting: new connections are refused ("the database
-        system is shutting down") while the sessions already open go on."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "smart", "-W", "stop")
-
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def psql_url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
-
-    def remove(self) -> None:
-        try:
-            self.stop("immediate")
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
 
 
 # NATS -----------------------------------------------------------------------------------------

@@ -21,10 +21,10 @@ from sqlalchemy import text
 from acme_ra.db import retention
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
-from tests.chaos.processes import PostgresServer
 from tests.support.certbot import CERTBOT, certonly, trust_environment
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import TEST_ZONE, running_lab
+from tests.support.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Historical orders in the tables (each with its authorization, 3 challenges, ...).
@@ -33,23 +33,14 @@ HISTORY_ORDERS = 30_000
 LARGE_ROWS = 10_000
 
 
-class ExplainingPostgres(PostgresServer):
-    """A PostgreSQL that logs the plan of every statement any session runs (auto_explain, JSON)."""
-
-    def start(self) -> None:
-        options = (
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=300 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c session_preload_libraries=auto_explain -c auto_explain.log_min_duration=0 "
-            "-c auto_explain.log_format=json -c auto_explain.log_nested_statements=on"
-        )
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "60", "-o", options, "start")
-        self.starts += 1
+# Every statement's plan into the server's log, as JSON.
+AUTO_EXPLAIN = {"session_preload_libraries": "auto_explain", "auto_explain.log_min_duration": "0",
+                "auto_explain.log_format": "json", "auto_explain.log_nested_statements": "on"}
 
 
 @pytest.fixture(scope="module")
-def postgres() -> Iterator[ExplainingPostgres]:
-    server = ExplainingPostgres()
+def postgres() -> Iterator[PostgresServer]:
+    server = PostgresServer(settings=AUTO_EXPLAIN)
     try:
         server.start()
         subprocess.run(["psql", server.psql_url(), "-qc", "CREATE DATABASE ra"], check=True, capture_output=True,
@@ -101,7 +92,7 @@ async def purge(url: str) -> None:
         await db.dispose()
 
 
-def test_no_statement_scans_a_large_table(postgres: ExplainingPostgres, test_dns: TestDnsServer,
+def test_no_statement_scans_a_large_table(postgres: PostgresServer, test_dns: TestDnsServer,
                                           tmp_path: Path) -> None:
     url = postgres.url("ra")
     upgrade(url)

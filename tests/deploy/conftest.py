@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.support.postgres import throwaway_cluster
+
 ROOT = Path(__file__).resolve().parents[2]
-# The lab's database server: the lane's PostgreSQL, else this machine's (as `make lab` uses).
-DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 APT_INSTALL = "apt-get install -y haproxy pebble postgresql"
 # Figures the lab tests measured; written to build/deploy-figures.json at the end.
 FIGURES: dict[str, Any] = {}
@@ -48,10 +48,13 @@ def _execute(url: str, statement: str) -> None:
 
 @contextmanager
 def postgres_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database (dropped afterwards); fails clearly without a server."""
-    base = make_url(os.environ.get("ACME_RA_TEST_DATABASE_URL") or DEFAULT_POSTGRES_URL)
-    if base.get_backend_name() != "postgresql":
-        base = make_url(DEFAULT_POSTGRES_URL)
+    """A new, empty PostgreSQL database (dropped afterwards) on the lane's PostgreSQL, else on
+    the run's throwaway cluster (the SQLite lane needs no database server)."""
+    configured = os.environ.get("ACME_RA_TEST_DATABASE_URL")
+    if configured and make_url(configured).get_backend_name() == "postgresql":
+        base = make_url(configured)
+    else:
+        base = make_url(throwaway_cluster().url("test"))
     name = f"acme_ra_lab_{secrets.token_hex(4)}"
     admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     try:

@@ -16,7 +16,7 @@ from sqlalchemy import update
 from acme_ra.db.lifecycle import store_certificate
 from acme_ra.db.models import Order
 from acme_ra.protocol.identifiers import Identifier
-from acme_ra.protocol.policy import Policy
+from acme_ra.protocol.policy import Policy, parse_rules
 from tests.conformance.client import TestAcmeClient, b64
 
 
@@ -36,10 +36,27 @@ def ident(value: str) -> Identifier:
         (Policy(wildcards=False), "*.example.org", False),
         (Policy(allow=["10.0.0.0/8"]), "10.1.2.3", True),
         (Policy(allow=["10.0.0.0/8"]), "192.0.2.1", False),
+        # step-ca's form: every name under example.org, not example.org itself
+        (Policy(allow=["*.example.org"]), "www.example.org", True),
+        (Policy(allow=["*.example.org"]), "a.b.example.org", True),
+        (Policy(allow=["*.example.org"]), "example.org", False),
+        (Policy(allow=["*.example.org"]), "badexample.org", False),
+        (Policy(allow=["*.example.org"]), "*.example.org", True),
+        (Policy(allow=["*.example.org"]), "*.www.example.org", True),
+        (Policy(allow=["*.example.org"]), "*.org", False),
+        (Policy(allow=[".example.org"], deny=["*.hr.example.org"]), "x.hr.example.org", False),
+        (Policy(allow=[".example.org"], deny=["*.hr.example.org"]), "hr.example.org", True),
     ],
 )
 def test_policy_rules(policy: Policy, name: str, allowed: bool) -> None:
     assert (policy.refusal(ident(name)) is None) is allowed
+
+
+@pytest.mark.parametrize("rule", ["foo.*.example.org", "*example.org", "*.*.example.org", "*.", "*"])
+def test_a_star_anywhere_but_the_first_label_is_refused_in_one_line(rule: str) -> None:
+    with pytest.raises(ValueError, match=r"^policy rule .*: '\*' only as the whole first label \("):
+        parse_rules(f".example.edu, {rule}")
+    assert parse_rules("*.Example.org, .example.edu") == ["*.example.org", ".example.edu"]
 
 
 async def test_directory_offers_profiles_and_renewal_info(client: TestAcmeClient) -> None:

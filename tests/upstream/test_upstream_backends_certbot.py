@@ -136,7 +136,7 @@ def test_a_name_the_vault_role_denies_reaches_certbot_in_vaults_words(
     before = backends_lab.bao.issued()
     run = get(backends_lab, [f"denied.{TEST_ZONE}"], "tlsserver", tmp_path)
     assert run.returncode != 0
-    assert f"the upstream CA (bao-token) refused: common name denied.{TEST_ZONE} not allowed by this role" in run.output, (
+    assert f'upstream "bao-token": refused: common name denied.{TEST_ZONE} not allowed by this role' in run.output, (
         run.describe()
     )
     assert backends_lab.bao.issued() == before
@@ -146,7 +146,7 @@ def test_a_command_refusal_reaches_certbot_in_the_commands_words(backends_lab: B
     run = get(backends_lab, [f"refused.{TEST_ZONE}"], "openssl", tmp_path)
     assert run.returncode != 0
     assert (
-        f"the upstream CA (openssl) refused: openssl-ca policy: refused.{TEST_ZONE} is outside {COMMAND_ZONE}"
+        f'upstream "openssl": refused: openssl-ca policy: refused.{TEST_ZONE} is outside {COMMAND_ZONE}'
         in run.output
     ), run.describe()
 

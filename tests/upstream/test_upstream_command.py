@@ -102,7 +102,7 @@ async def test_a_refusal_is_the_orders_problem_in_the_commands_words(
     assert order.status == "invalid"
     assert order.error == {
         "type": "rejectedIdentifier",
-        "detail": "the upstream CA (openssl) refused: openssl-ca policy: www.other.test is outside example.test",
+        "detail": 'upstream "openssl": refused: openssl-ca policy: www.other.test is outside example.test',
     }
     assert ca.index() == {}
 
@@ -176,7 +176,7 @@ async def test_output_that_is_not_the_asked_certificate_fails_the_order(
         order = await order_row(db, order_id)
         assert order.status == "invalid"
         assert order.error == {
-            "type": "serverInternal", "detail": f"the upstream CA (openssl): its issue command {complaint}",
+            "type": "serverInternal", "detail": f'upstream "openssl": its issue command {complaint}',
         }
     finally:
         await driver.close()

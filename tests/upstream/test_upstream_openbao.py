@@ -143,7 +143,7 @@ async def test_a_name_the_role_denies_fails_the_order_with_vaults_words(
     assert order.status == "invalid"
     assert order.error == {
         "type": "rejectedIdentifier",
-        "detail": "the upstream CA (bao) refused: common name www.not-allowed.test not allowed by this role",
+        "detail": 'upstream "bao": refused: common name www.not-allowed.test not allowed by this role',
     }
     assert bao.issued() == before
     record = await upstream_order_row(db, order_id)

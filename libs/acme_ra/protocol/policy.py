@@ -1,7 +1,9 @@
 """Identifier policy: which names and addresses acme-ra asks the upstream CA to certify.
 
 Rules are strings: ``host.example.org`` (that name only), ``.example.org`` (example.org and every
-name under it), ``10.0.0.0/8`` or ``2001:db8::/32`` (IP identifiers in that network). A deny rule
+name under it), ``*.example.org`` (step-ca's form: every name under example.org, not example.org
+itself), ``10.0.0.0/8`` or ``2001:db8::/32`` (IP identifiers in that network). A ``*`` anywhere
+else is refused with one line. A deny rule
 always wins; when there are allow rules, an identifier must match one. Wildcard identifiers are
 matched by their base name and can be refused altogether. The global policy comes from
 ACME_RA_POLICY_*; an EAB key may carry its own, which applies on top (both must allow).
@@ -25,6 +27,9 @@ def parse_rules(text: str | list[str] | None) -> list[str]:
             continue
         if "/" in rule:
             ipaddress.ip_network(rule, strict=False)  # ValueError names a bad rule
+        elif "*" in rule and not (rule.startswith("*.") and "*" not in rule[2:] and rule[2:].strip(".")):
+            raise ValueError(f"policy rule {rule!r}: '*' only as the whole first label "
+                             "('*.example.edu': every name under example.edu; '.example.edu': those and example.edu)")
         rules.append(rule)
     return rules
 
@@ -37,6 +42,8 @@ def _matches(rule: str, identifier: Identifier) -> bool:
     if identifier.type != "dns":
         return rule == identifier.value
     name = identifier.base_value
+    if rule.startswith("*."):  # step-ca: any subdomain; a wildcard identifier *.x.y is the rule itself
+        return name.endswith(rule[1:]) or (identifier.wildcard and identifier.value == rule)
     if rule.startswith("."):
         return name == rule[1:] or name.endswith(rule)
     return name == rule

@@ -430,8 +430,8 @@ def _policy(policy: dict[str, Any], migration: Migration) -> None:
     for side, setting in (("allow", "ACME_RA_POLICY_ALLOW"), ("deny", "ACME_RA_POLICY_DENY")):
         rules = _object(x509.get(side), f"authority.policy.x509.{side}", migration)
         dns = rules.get("dns") or []
-        # step-ca's "*.example.org" is acme-ra's ".example.org" (the domain's subdomains).
-        converted = ["." + r[2:] if r.startswith("*.") else r for r in dns if isinstance(r, str)]
+        # acme-ra reads step-ca's "*.example.org" as step-ca does (the subdomains, not the domain).
+        converted = [r for r in dns if isinstance(r, str)]
         ips = [r for r in rules.get("ip") or [] if isinstance(r, str)]
         if converted or ips:
             migration.set(setting, ",".join(converted + ips))

@@ -384,7 +384,7 @@ class AcmeUpstream(NamedUpstream):
                 raise UpstreamRejected(
                     {
                         "type": "rejectedIdentifier",
-                        "detail": f"the upstream CA ({self.name}) validates the wildcard {_identifier(authz, url)} "
+                        "detail": f"upstream \"{self.name}\": validates the wildcard {_identifier(authz, url)} "
                         f"only by dns-01, and {self.config.setting('authz_strategy')}=http-01: acme-ra cannot "
                         "prove it (set authz_strategy dns-01 for this upstream, or order without the wildcard)",
                     }

@@ -86,7 +86,7 @@ def refusal(upstream: str, text: str, identifiers: list[dict[str, str]]) -> dict
     names = {i.get("value", "").lower() for i in identifiers} - {""}
     words = {word.strip("'\"`,;:()[]<>").lower() for word in said.split()}
     kind = "rejectedIdentifier" if names & words else "unauthorized"
-    return {"type": kind, "detail": f"the upstream CA ({upstream}) refused: {said}"}
+    return {"type": kind, "detail": said_by(upstream, f"refused: {said}")}
 
 
 class UpstreamDriver(abc.ABC):

@@ -184,7 +184,7 @@ class CommandUpstream(NamedUpstream):
     async def _unknown(self, journal: Journal, why: str) -> NoReturn:
         problem = {
             "type": "serverInternal",
-            "detail": f"the upstream CA ({self.name}) may have signed this order's CSR, but acme-ra has no "
+            "detail": f"upstream \"{self.name}\": may have signed this order's CSR, but acme-ra has no "
             f"answer ({why}); it does not run the command again, as that could issue a second certificate: "
             "order again",
         }
@@ -198,7 +198,7 @@ class CommandUpstream(NamedUpstream):
         def bad(what: str) -> UpstreamRejected:
             return UpstreamRejected({
                 "type": "serverInternal",
-                "detail": f"the upstream CA ({self.name}): its issue command {what}",
+                "detail": f"upstream \"{self.name}\": its issue command {what}",
             })
 
         try:
@@ -228,7 +228,7 @@ class CommandUpstream(NamedUpstream):
         if self.config.revoke is None:
             raise UpstreamRejected({
                 "type": "serverInternal",
-                "detail": f"the upstream CA ({self.name}) cannot revoke: no {self.config.setting('revoke')} command",
+                "detail": f"upstream \"{self.name}\": cannot revoke: no {self.config.setting('revoke')} command",
             })
         try:
             cert = x509.load_der_x509_certificate(cert_der)
@@ -243,7 +243,7 @@ class CommandUpstream(NamedUpstream):
         if run.returncode is None or run.returncode == EXIT_RETRY_LATER:
             raise UpstreamUnavailable(f"upstream {self.name}: revoke command: {run.said if run.returncode else 'timed out'}")
         if run.returncode != 0:
-            raise UpstreamRejected({"type": "serverInternal", "detail": f"the upstream CA ({self.name}) refused: {run.said}"})
+            raise UpstreamRejected({"type": "serverInternal", "detail": f"upstream \"{self.name}\": refused: {run.said}"})
         log.info("certificate revoked upstream", extra={"upstream": self.name, "serial": serial, "reason": reason})
 
     async def check(self) -> None:

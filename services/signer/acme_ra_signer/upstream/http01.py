@@ -63,7 +63,7 @@ def check_token(token: str, identifier: str, upstream: Upstream) -> None:
         raise UpstreamRejected(
             {
                 "type": "serverInternal",
-                "detail": f"the upstream CA ({upstream.name}) sent an http-01 token for {identifier} that is not "
+                "detail": f"upstream \"{upstream.name}\": sent an http-01 token for {identifier} that is not "
                 "base64url of 22 to 255 characters; acme-ra cannot serve it",
             }
         )

@@ -315,7 +315,7 @@ class VaultUpstream(NamedUpstream):
         )
         problem = {
             "type": "serverInternal",
-            "detail": f"the upstream CA ({self.name}) may have signed this order's CSR, but its answer was lost "
+            "detail": f"upstream \"{self.name}\": may have signed this order's CSR, but its answer was lost "
             f"({why}); acme-ra does not ask again, as that could issue a second certificate: order again",
         }
         await journal.finish(state=State.invalid.value, error=problem)
@@ -337,7 +337,7 @@ class VaultUpstream(NamedUpstream):
                 raise UpstreamUnavailable(f"upstream {self.name}: {path}: {error}") from None
             raise UpstreamRejected({
                 "type": "serverInternal",
-                "detail": f"the upstream CA ({self.name}) signed this order but no longer returns {path}: {error.errors}",
+                "detail": f"upstream \"{self.name}\": signed this order but no longer returns {path}: {error.errors}",
             }) from None
         chain = issuer.get("ca_chain") or issuer.get("certificate") or []
         issuers = chain if isinstance(chain, list) else [chain]
@@ -351,7 +351,7 @@ class VaultUpstream(NamedUpstream):
             certs = []
         if not certs:
             raise UpstreamRejected({
-                "type": "serverInternal", "detail": f"the upstream CA ({self.name}) answered without a certificate",
+                "type": "serverInternal", "detail": f"upstream \"{self.name}\": answered without a certificate",
             })
         chain: list[x509.Certificate] = []
         for cert in certs:
@@ -361,7 +361,7 @@ class VaultUpstream(NamedUpstream):
         if leaf.public_key() != csr.public_key():
             raise UpstreamRejected({
                 "type": "serverInternal",
-                "detail": f"the upstream CA ({self.name}) returned a certificate for another key",
+                "detail": f"upstream \"{self.name}\": returned a certificate for another key",
             })
         return IssuedChain(
             chain_pem="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain),
@@ -393,7 +393,7 @@ class VaultUpstream(NamedUpstream):
             if error.status >= 500 or error.status in (403, 429):
                 raise UpstreamUnavailable(f"upstream {self.name}: revoke: {error}") from None
             raise UpstreamRejected({
-                "type": "serverInternal", "detail": f"the upstream CA ({self.name}) refused: {error.errors}",
+                "type": "serverInternal", "detail": f"upstream \"{self.name}\": refused: {error.errors}",
             }) from None
         # Vault's revocation has no reason code: it is kept in acme-ra's database (and this log).
         log.info("certificate revoked upstream", extra={"upstream": self.name, "serial": serial, "reason": reason})

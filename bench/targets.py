@@ -29,9 +29,9 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from acme_ra.config import ENV_PREFIX, Settings
-from bench.load import process_tree
 from acme_ra.lab import TlsMaterial, ensure_tls_material
 from acme_ra.launcher import STOP_TIMEOUT_SECONDS, Child, Topology, free_port
+from bench.load import process_tree
 
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
 CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
@@ -253,11 +253,13 @@ class AcmeRaTarget(Target):
 
     def __init__(self, key: str, upstream: str, workdir: Path, tls: TlsMaterial, http01_port: int,
                  database_server_url: str | None, extra_env: Mapping[str, str] | None = None,
-                 pebble_dns_server: str | None = None) -> None:
+                 pebble_dns_server: str | None = None, pebble_http01_port: int | None = None) -> None:
         """``pebble_dns_server``: the upstream Pebble validates for real, asking this resolver
         (its authorizations are then proved by the signer: ``ACME_RA_UPSTREAM_AUTHZ_STRATEGY``)."""
         self.key = key
         self.pebble_dns_server = pebble_dns_server
+        # The port the validating Pebble fetches http-01 from (upstream http-01: the responder's).
+        self.pebble_http01_port = pebble_http01_port
         self.upstream = upstream
         self.workdir = workdir
         self.tls = tls
@@ -307,7 +309,8 @@ class AcmeRaTarget(Target):
         if self.upstream == "pebble":
             self.pebble = PebbleProcess(self.workdir / "pebble", self.tls,
                                         always_valid=self.pebble_dns_server is None,
-                                        http01_port=free_port(), dns_server=self.pebble_dns_server)
+                                        http01_port=self.pebble_http01_port or free_port(),
+                                        dns_server=self.pebble_dns_server)
             self.pebble.start()
         self.database.create()
         topology = Topology(self.environment(), nats_port=free_port())

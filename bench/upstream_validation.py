@@ -13,8 +13,8 @@ Methods (``METHODS``; add one with its setup, and it is measured):
 
 - ``dns-01``: RFC 2136 with TSIG to a BIND9 (``tests/support/bind.py``) authoritative for the
   names the generator orders; Pebble asks BIND's resolver.
-- ``http-01``: measured once the signer accepts ``authz_strategy: http-01`` (the central
-  responder) and its setup is added here; until then reported as skipped, with the reason.
+- ``http-01``: the frontends' central responder (``ACME_RA_UPSTREAM_HTTP01_LISTEN``) on the port
+  Pebble fetches from; BIND answers every name with 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from acme_ra.config import Settings
 from bench.latency import summary
 from bench.targets import ACME_RA_NAME_SUFFIX, AcmeRaTarget, tls_material
 
@@ -50,6 +49,9 @@ class Method:
 
     def stop(self) -> None:
         return None
+
+    # The port the upstream fetches http-01 from, when the method serves it (else any).
+    pebble_http01_port: int | None = None
 
 
 class Dns01(Method):
@@ -78,15 +80,23 @@ class Dns01(Method):
 class Http01(Method):
     name = "http-01"
 
-    def unsupported(self) -> str | None:
-        from acme_ra_signer.upstream.catalog import UpstreamConfigError, load_catalog
+    def __init__(self) -> None:
+        self.bind: Any = None
 
-        try:
-            load_catalog(Settings(upstream="acme", upstream_directory_url="https://ca.invalid/dir",
-                                  upstream_authz_strategy="http-01", config_file=None))
-        except UpstreamConfigError as error:
-            return str(error)
-        return "the signer accepts http-01, but its setup is not in bench/upstream_validation.py yet"
+    def start(self, workdir: Path) -> tuple[str, dict[str, str]]:
+        from acme_ra.launcher import free_port
+        from tests.support.bind import Bind, Zone  # every name of the zone: 127.0.0.1
+
+        self.bind = Bind(workdir / "bind", [Zone(ACME_RA_NAME_SUFFIX, updatable=False)])
+        self.pebble_http01_port = free_port()
+        return self.bind.resolver_address, {
+            "ACME_RA_UPSTREAM_AUTHZ_STRATEGY": "http-01",
+            "ACME_RA_UPSTREAM_HTTP01_LISTEN": f"127.0.0.1:{self.pebble_http01_port}",
+        }
+
+    def stop(self) -> None:
+        if self.bind is not None:
+            self.bind.stop()
 
 
 METHODS: dict[str, type[Method]] = {"dns-01": Dns01, "http-01": Http01}
@@ -115,7 +125,8 @@ def measure(method: Method, args: argparse.Namespace, workdir: Path, http01_port
     try:
         resolver, env = method.start(workdir / "dns")
         target = AcmeRaTarget(f"upstream-{method.name}", "pebble", workdir / "acme-ra", tls_material(workdir / "tls"),
-                              http01_port, database, {**extra_env, **env}, pebble_dns_server=resolver)
+                              http01_port, database, {**extra_env, **env}, pebble_dns_server=resolver,
+                              pebble_http01_port=method.pebble_http01_port)
         target.label = f"acme-ra, Pebble validating {method.name}"
         target.start()
         load = run_generator(target, args, workdir, http01_port, args.level_list)

@@ -23,6 +23,10 @@ ENV_PREFIX = "ACME_RA_"
 # ACME_RA_* variables that are not settings of the services: the test suite's (ACME_RA_TEST_*,
 # ACME_RA_HYPOTHESIS_*) and the benchmark's (ACME_RA_BENCH_*). Never reported as unknown.
 NOT_SETTINGS_PREFIXES = (ENV_PREFIX + "TEST_", ENV_PREFIX + "HYPOTHESIS_", ENV_PREFIX + "BENCH_")
+# What the signer gives an external-command upstream's programs (upstream/command.py): a script
+# that runs acme-ra itself must not be warned about them.
+COMMAND_UPSTREAM_VARIABLES = frozenset(ENV_PREFIX + name for name in (
+    "ORDER_ID", "NAMES", "PROFILE", "PROVISIONER", "SERIAL", "REASON"))
 
 
 def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
@@ -513,7 +517,8 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     lines = []
     for variable in sorted(environ):
         name = variable.upper()
-        if not name.startswith(ENV_PREFIX) or name in known or name.startswith(NOT_SETTINGS_PREFIXES):
+        if (not name.startswith(ENV_PREFIX) or name in known or name in COMMAND_UPSTREAM_VARIABLES
+                or name.startswith(NOT_SETTINGS_PREFIXES)):
             continue
         closest = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         hint = f"did you mean {closest[0]}?" if closest else "see docs/configuration.md"

@@ -184,7 +184,7 @@ async def test_a_sign_request_whose_answer_was_lost_is_never_sent_again(
     order = await order_row(db, order_id)
     assert order.status == "invalid"
     assert order.error is not None and order.error["type"] == "serverInternal"
-    assert "(bao) may have signed" in order.error["detail"] and "does not ask again" in order.error["detail"]
+    assert 'upstream "bao": may have signed' in order.error["detail"] and "does not ask again" in order.error["detail"]
     assert bao.issued() == before
 
 

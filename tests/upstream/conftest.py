@@ -24,6 +24,7 @@ from acme_ra.db.models import Certificate, Order, UpstreamAccount, UpstreamOrder
 from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.worker import IssueWorker
 from tests.signer.conftest import insert_order, make_csr
+from tests.support.bind import Bind
 from tests.support.nats import nats_server
 
 from .pebble import Pebble, require_pebble
@@ -39,6 +40,27 @@ def pebble(tmp_path: Path) -> Iterator[Pebble]:
     naming the install line."""
     require_pebble()
     server = Pebble(tmp_path / "pebble")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def bind(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Bind]:
+    """BIND9 authoritative for the test module's ``ZONES`` (and the resolver Pebble asks)."""
+    server = Bind(tmp_path / "bind", request.module.ZONES)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def validating_pebble(tmp_path: Path, bind: Bind) -> Iterator[Pebble]:
+    """Pebble validating for real (no PEBBLE_VA_ALWAYS_VALID), resolving through ``bind``."""
+    require_pebble()
+    server = Pebble(tmp_path / "pebble", dns_server=bind.resolver_address)
     try:
         yield server
     finally:

@@ -58,23 +58,9 @@ TOKEN = "tok_" + "A" * 40
 
 
 @pytest.fixture
-def bind(tmp_path: Path) -> Iterator[Bind]:
-    server = Bind(tmp_path / "bind", ZONES)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def pebble(tmp_path: Path, bind: Bind) -> Iterator[Pebble]:
-    """Pebble validating for real (no PEBBLE_VA_ALWAYS_VALID), resolving through BIND."""
-    require_pebble()
-    server = Pebble(tmp_path / "pebble", dns_server=bind.resolver_address)
-    try:
-        yield server
-    finally:
-        server.stop()
+def pebble(validating_pebble: Pebble) -> Pebble:
+    """Here Pebble validates for real, resolving through ``bind`` (this module's ZONES)."""
+    return validating_pebble
 
 
 class Responder:

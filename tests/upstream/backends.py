@@ -10,9 +10,7 @@ import yaml  # type: ignore[import-untyped]
 from pydantic import SecretStr
 
 from acme_ra.config import Settings
-from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
-from acme_ra_signer.upstream.acme import AcmeDriver
 
 SECRET = "backend-tests-sealing-secret-0123456789"
 
@@ -49,5 +47,3 @@ def migrated(settings: Settings) -> str:
     return settings.effective_database_url
 
 
-def make_driver(settings: Settings, db: Database) -> AcmeDriver:
-    return AcmeDriver.from_settings(settings, db, lease_seconds=1.5)

@@ -5,7 +5,6 @@ issue and revoke, a refusal (the script's stderr is the client's problem), retry
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +19,8 @@ from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.upstream.journal import DbJournal
 from tests.support.openssl_ca import ISSUE, REVOKE, OpensslCa
 
-from .backends import backend_settings, make_driver, migrated, write_config
-from .conftest import certificate_of, new_order, order_row, run_job, upstream_order_row
+from .backends import backend_settings, migrated, write_config
+from .conftest import certificate_of, make_acme_driver, new_order, order_row, run_job, upstream_order_row
 
 ZONE = "example.test"
 
@@ -43,29 +42,6 @@ def command_settings(tmp_path: Path, database_url: str, issue: Path = ISSUE, **k
 @pytest.fixture
 def settings(tmp_path: Path, ca: OpensslCa, fresh_database_url: str) -> Settings:
     return command_settings(tmp_path, fresh_database_url)
-
-
-@pytest.fixture
-def db_url(settings: Settings) -> str:
-    return migrated(settings)
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    try:
-        yield database
-    finally:
-        await database.dispose()
-
-
-@pytest.fixture
-async def driver(settings: Settings, db: Database) -> AsyncIterator[AcmeDriver]:
-    command = make_driver(settings, db)
-    try:
-        yield command
-    finally:
-        await command.close()
 
 
 async def issue_job(db: Database, driver: AcmeDriver, names: list[str]) -> str:
@@ -122,7 +98,7 @@ async def test_a_command_that_times_out_is_stopped_and_never_run_again(
 ) -> None:
     settings = command_settings(tmp_path, fresh_database_url, timeout_seconds=1)
     db = Database(await asyncio.to_thread(migrated, settings))
-    driver = make_driver(settings, db)
+    driver = make_acme_driver(settings, db)
     try:
         started = asyncio.get_running_loop().time()
         order_id = await issue_job(db, driver, ["slow.example.test"])
@@ -170,7 +146,7 @@ async def test_output_that_is_not_the_asked_certificate_fails_the_order(
     script.chmod(0o755)
     settings = command_settings(tmp_path, fresh_database_url, issue=script)
     db = Database(await asyncio.to_thread(migrated, settings))
-    driver = make_driver(settings, db)
+    driver = make_acme_driver(settings, db)
     try:
         order_id = await issue_job(db, driver, ["bad.example.test"])
         order = await order_row(db, order_id)
@@ -193,7 +169,7 @@ async def test_the_command_sees_the_order_and_none_of_the_signers_settings(
     monkeypatch.setenv("ACME_RA_SECRET_KEY", "must-not-leak-0123456789")
     settings = command_settings(tmp_path, fresh_database_url, issue=script)
     db = Database(await asyncio.to_thread(migrated, settings))
-    driver = make_driver(settings, db)
+    driver = make_acme_driver(settings, db)
     try:
         order_id = await issue_job(db, driver, ["env.example.test", "www.env.example.test"])
         assert (await order_row(db, order_id)).status == "valid"
@@ -229,7 +205,7 @@ async def test_profiles_route_orders_between_a_command_and_the_lab_ca(
     })
     settings = backend_settings(tmp_path, fresh_database_url, config)
     db = Database(await asyncio.to_thread(migrated, settings))
-    driver = make_driver(settings, db)
+    driver = make_acme_driver(settings, db)
     try:
         lab_order = await new_order(db, ["lab.example.test"])
         async with db.transaction() as session:

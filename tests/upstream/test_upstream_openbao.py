@@ -5,7 +5,7 @@ the order's problem, Vault down, and the journal's guarantees (never a second si
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,8 @@ from acme_ra_signer.upstream.journal import DbJournal
 from acme_ra_signer.upstream.vault import vault_serial
 from acme_ra_signer.worker import IssueWorker
 
-from .backends import backend_settings, make_driver, migrated, write_config
-from .conftest import certificate_of, new_order, order_row, run_job, upstream_order_row
+from .backends import backend_settings, migrated, write_config
+from .conftest import certificate_of, make_acme_driver, new_order, order_row, run_job, upstream_order_row
 from .openbao import MOUNT, ROLE, OpenBao
 from .pebble import free_port
 
@@ -48,29 +48,6 @@ def vault_config(tmp_path: Path, bao: OpenBao, **auth: object) -> Path:
 @pytest.fixture
 def settings(tmp_path: Path, bao: OpenBao, fresh_database_url: str) -> Settings:
     return backend_settings(tmp_path, fresh_database_url, vault_config(tmp_path, bao))
-
-
-@pytest.fixture
-def db_url(settings: Settings) -> str:
-    return migrated(settings)
-
-
-@pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    database = Database(db_url)
-    try:
-        yield database
-    finally:
-        await database.dispose()
-
-
-@pytest.fixture
-async def driver(settings: Settings, db: Database) -> AsyncIterator[AcmeDriver]:
-    vault = make_driver(settings, db)
-    try:
-        yield vault
-    finally:
-        await vault.close()
 
 
 async def test_issues_and_revokes_through_openbao_with_a_token_file(
@@ -116,7 +93,7 @@ async def test_approle_logs_in_again_once_its_token_expired(
     config = vault_config(tmp_path, bao, approle_role_id_file=str(role_id), approle_secret_id_file=str(secret_id))
     settings = backend_settings(tmp_path, fresh_database_url, config)
     db = Database(await asyncio.to_thread(migrated, settings))
-    driver = make_driver(settings, db)
+    driver = make_acme_driver(settings, db)
     try:
         await driver.check()
         first = await new_order(db, ["approle-1.example.test"])
@@ -159,7 +136,7 @@ async def test_vault_unreachable_retries_the_job_and_records_nothing_sent(
     }}})
     settings = backend_settings(tmp_path, fresh_database_url, config)
     db = Database(await asyncio.to_thread(migrated, settings))
-    driver = make_driver(settings, db)
+    driver = make_acme_driver(settings, db)
     try:
         with pytest.raises(UpstreamUnavailable, match="bao"):
             await driver.check()

@@ -17,6 +17,10 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+
+from acme_ra.db.models import UpstreamOrderState
+
 if TYPE_CHECKING:
     from acme_ra_signer.upstream.journal import Entry, Journal
 
@@ -59,6 +63,18 @@ class UpstreamRejected(UpstreamError):
     def __init__(self, problem: dict[str, Any]) -> None:
         super().__init__(f"{problem.get('type', '?')}: {problem.get('detail', '')}")
         self.problem = problem
+
+
+def csr_and_refusal(request: IssueRequest, entry: Entry) -> x509.CertificateSigningRequest:
+    """What a back end without orders (vault, command) checks first: the CSR parses, and the
+    journal ``entry`` does not already hold the upstream's refusal (raised again if it does)."""
+    try:
+        csr = x509.load_der_x509_csr(request.csr_der)
+    except ValueError:
+        raise UpstreamRejected({"type": "badCSR", "detail": "the CSR is not valid DER"}) from None
+    if entry.state == UpstreamOrderState.invalid.value:
+        raise UpstreamRejected(entry.error or {"type": "serverInternal", "detail": "the upstream refused"})
+    return csr
 
 
 def said_by(upstream: str, detail: str) -> str:

@@ -50,6 +50,7 @@ from acme_ra_signer.upstream.base import (
     NamedUpstream,
     UpstreamRejected,
     UpstreamUnavailable,
+    csr_and_refusal,
     refusal,
 )
 from acme_ra_signer.upstream.journal import Journal
@@ -136,13 +137,8 @@ class CommandUpstream(NamedUpstream):
         return self.config.describe()
 
     async def issue(self, request: IssueRequest, journal: Journal) -> IssuedChain:
-        try:
-            csr = x509.load_der_x509_csr(request.csr_der)
-        except ValueError:
-            raise UpstreamRejected({"type": "badCSR", "detail": "the CSR is not valid DER"}) from None
         entry = journal.entry
-        if entry.state == State.invalid.value:
-            raise UpstreamRejected(entry.error or {"type": "serverInternal", "detail": "the upstream refused"})
+        csr = csr_and_refusal(request, entry)
         if entry.state in (State.finalizing.value, State.valid.value):
             await self._unknown(journal, "the signer stopped while the command ran, or before it stored the result")
         # Recorded before it runs: a command that may have signed is never run again for this order.

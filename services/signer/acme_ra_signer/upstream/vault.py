@@ -50,6 +50,7 @@ from acme_ra_signer.upstream.base import (
     NamedUpstream,
     UpstreamRejected,
     UpstreamUnavailable,
+    csr_and_refusal,
     refusal,
 )
 from acme_ra_signer.upstream.journal import Journal
@@ -258,15 +259,10 @@ class VaultUpstream(NamedUpstream):
     # Issuance ---------------------------------------------------------------------------------
 
     async def issue(self, request: IssueRequest, journal: Journal) -> IssuedChain:
-        try:
-            csr = x509.load_der_x509_csr(request.csr_der)
-        except ValueError:
-            raise UpstreamRejected({"type": "badCSR", "detail": "the CSR is not valid DER"}) from None
         entry = journal.entry
         if entry.state == State.valid.value:
-            return await self._recover(journal, csr)
-        if entry.state == State.invalid.value:
-            raise UpstreamRejected(entry.error or {"type": "serverInternal", "detail": "the upstream refused"})
+            return await self._recover(journal, x509.load_der_x509_csr(request.csr_der))
+        csr = csr_and_refusal(request, entry)
         if entry.state == State.finalizing.value:
             await self._unknown_outcome(journal, csr, "the signer stopped while the request was in flight")
         try:

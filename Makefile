@@ -15,13 +15,13 @@ BENCH_ARGS ?=
 .PHONY: dev install test-packages test clean lab bench
 
 dev: install
-	$(BIN)/python -m acme_ra.cli dev
+	$(BIN)/python -m acme_ra_tools.cli dev
 
 install: $(INSTALLED)
 
 # The docker-compose topology as processes (needs: apt-get install -y pebble haproxy postgresql).
 lab: install
-	$(BIN)/python -m acme_ra.lab --validators $(VALIDATORS)
+	$(BIN)/python -m acme_ra_tools.lab --validators $(VALIDATORS)
 
 # Debian packages the tests drive for real (Pebble, lego, dehydrated, uacme, HAProxy, promtool,
 # Chromium, wrk): installed when missing.

@@ -29,7 +29,7 @@ from pathlib import Path
 from nats.aio.msg import Msg
 
 from acme_ra import bus
-from acme_ra.launcher import free_port, nats_server_binary
+from acme_ra_tools.supervisor import free_port, nats_server_binary
 
 # Seconds the consumer may take past the last publish before the run counts as failed.
 DRAIN_TIMEOUT_SECONDS = 30.0

@@ -23,7 +23,7 @@ import pytest
 from acme_ra.config import ENV_PREFIX
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Account, Order, UpstreamOrder
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 from tests.support.lab import base_environment
 
 from .conftest import acme_ra

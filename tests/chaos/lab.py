@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 
 from acme_ra import bus, natsauth
 from acme_ra.config import ENV_PREFIX
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 from tests.support.lab import TEST_ZONE, base_environment
 from tests.upstream.pebble import Pebble, make_tls_material
 
@@ -50,7 +50,7 @@ def run_sql(url: str, *statements: str) -> list[list[asyncpg.Record]]:
 def migrate(database_url: str, state_dir: Path) -> None:
     """``acme-ra migrate`` on ``database_url``, as an operator runs it."""
     env = base_environment() | {f"{ENV_PREFIX}DATABASE_URL": database_url, f"{ENV_PREFIX}STATE_DIR": str(state_dir)}
-    done = subprocess.run([sys.executable, "-m", "acme_ra.cli", "migrate"], env=env, capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", "migrate"], env=env, capture_output=True, text=True,
                           timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"migrate failed: {done.stderr[-3000:]}")

@@ -25,7 +25,7 @@ import httpx
 
 from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX
-from acme_ra.launcher import Child, free_port, nats_server_binary
+from acme_ra_tools.supervisor import Child, free_port, nats_server_binary
 
 # Debian's PostgreSQL binaries (apt-get install -y postgresql-15).
 POSTGRES_BIN = Path(os.environ.get("ACME_RA_TEST_POSTGRES_BIN", "/usr/lib/postgresql/15/bin"))

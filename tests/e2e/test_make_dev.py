@@ -96,7 +96,7 @@ def dev(fresh_database_url: str, tmp_path: Path) -> Iterator[Launcher]:
     stdout_path, stderr_path = tmp_path / "launcher.stdout", tmp_path / "launcher.stderr"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         process = subprocess.Popen(
-            [sys.executable, "-m", "acme_ra.cli", "dev", "--nats-port", str(ports.nats)],
+            [sys.executable, "-m", "acme_ra_tools.cli", "dev", "--nats-port", str(ports.nats)],
             env=env, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
         )
     launcher = Launcher(process, ports, tmp_path / "var", stdout_path, stderr_path)

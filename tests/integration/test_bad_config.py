@@ -17,8 +17,8 @@ ENTRY_POINTS = {
     "validator": ["-m", "acme_ra_validator"],
     "signer": ["-m", "acme_ra_signer"],
     "signer bootstrap": ["-m", "acme_ra_signer", "bootstrap"],
-    "acme-ra dev": ["-m", "acme_ra.cli", "dev"],
-    "acme-ra migrate": ["-m", "acme_ra.cli", "migrate"],
+    "acme-ra dev": ["-m", "acme_ra_tools.cli", "dev"],
+    "acme-ra migrate": ["-m", "acme_ra_tools.cli", "migrate"],
 }
 BAD_VALUES = {
     "ACME_RA_LISTEN": "nonsense",

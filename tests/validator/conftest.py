@@ -24,7 +24,7 @@ from dnslib import CAA, QTYPE, RCODE, RR, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from acme_ra.db.migrate import upgrade
-from acme_ra.launcher import free_port as unused_port  # noqa: F401 - the validator tests import it from here
+from acme_ra_tools.supervisor import free_port as unused_port  # noqa: F401 - the validator tests import it from here
 from acme_ra_validator.network import NetworkPolicy
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.tlsalpn01 import ID_PE_ACME_IDENTIFIER, acme_identifier_value

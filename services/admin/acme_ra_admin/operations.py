@@ -488,14 +488,14 @@ class AdminOperations:
         sealed in an older one. A value that does not open stops it all (nothing is written)."""
         from sqlalchemy import select, update
 
-        from acme_ra.sealing import SealError
-        from acme_ra_signer.upstream.accounts import sealing_purpose as upstream_purpose
+        from acme_ra.sealing import SealError, upstream_account_purpose
 
         report = schemas.ResealReport(resealed=0, current=0)
         async with self.db.transaction() as session:
             tables = [
                 (models.EabKey, models.EabKey.kid, models.EabKey.hmac_key_sealed, eab.sealing_purpose),
-                (models.UpstreamAccount, models.UpstreamAccount.id, models.UpstreamAccount.key_sealed, upstream_purpose),
+                (models.UpstreamAccount, models.UpstreamAccount.id, models.UpstreamAccount.key_sealed,
+                 upstream_account_purpose),
             ]
             for table, key, column, purpose in tables:
                 for row_id, sealed in (await session.execute(select(key, column))).all():

@@ -374,7 +374,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_default_profile(self) -> "Settings":
+    def _check_default_profile(self) -> Settings:
         if self.default_profile not in self.profile_descriptions:
             raise ValueError(
                 f"ACME_RA_DEFAULT_PROFILE {self.default_profile!r} is not one of ACME_RA_PROFILES"
@@ -382,7 +382,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_nats_credentials(self) -> "Settings":
+    def _check_nats_credentials(self) -> Settings:
         if self.nats_password is not None and self.nats_password_file is not None:
             raise ValueError("set ACME_RA_NATS_PASSWORD or ACME_RA_NATS_PASSWORD_FILE, not both")
         has_password = self.nats_password is not None or self.nats_password_file is not None
@@ -396,7 +396,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_tls_pair(self) -> "Settings":
+    def _check_tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("ACME_RA_TLS_CERT_FILE and ACME_RA_TLS_KEY_FILE go together")
         for path in (self.tls_cert_file, self.tls_key_file):

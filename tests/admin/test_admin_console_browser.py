@@ -57,7 +57,7 @@ def arrive(driver: object, url: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))  # type: ignore[arg-type]
+        WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))  # type: ignore[type-var,arg-type]  # selenium's generic
     except TimeoutException:
         pytest.fail(f"the browser shows {driver.current_url}, not {url}")  # type: ignore[attr-defined]
 

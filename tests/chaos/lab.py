@@ -9,6 +9,7 @@ orders lost, certificates beyond one per order (duplicates).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import sys
@@ -51,7 +52,7 @@ def migrate(database_url: str, state_dir: Path) -> None:
     """``acme-ra migrate`` on ``database_url``, as an operator runs it."""
     env = base_environment() | {f"{ENV_PREFIX}DATABASE_URL": database_url, f"{ENV_PREFIX}STATE_DIR": str(state_dir)}
     done = subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", "migrate"], env=env, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"migrate failed: {done.stderr[-3000:]}")
 
@@ -164,7 +165,7 @@ class ChaosLab:
                 try:
                     await bus.ensure_streams(js, replicas=replicas)
                     break
-                except Exception:  # noqa: BLE001
+                except Exception:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.5)
@@ -227,10 +228,8 @@ class ChaosLab:
 
     def stop(self) -> None:
         for stop in self.extra_stops:
-            try:
+            with contextlib.suppress(Exception):  # keep stopping the rest
                 stop()
-            except Exception:  # noqa: BLE001 - keep stopping the rest
-                pass
         self.deployment.stop()
         self.nats.stop()
         self.pebble.stop()

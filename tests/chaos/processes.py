@@ -86,7 +86,7 @@ class PostgresServer:
 
     def _run(self, tool: str, *args: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
         argv = [*self._as_postgres, str(POSTGRES_BIN / tool), *args]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.root, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
 
@@ -208,7 +208,7 @@ class NatsCluster:
         for node in self.nodes:  # all at once: JetStream waits for a quorum of peers
             node.start(wait=False)
         for node in self.nodes:
-            wait_for(node.name, lambda node=node: port_open(node.port), child=node.child)  # type: ignore[misc]
+            wait_for(node.name, lambda node=node: port_open(node.port), child=node.child)
 
     def node(self, name: str) -> NatsServer:
         return next(node for node in self.nodes if node.name == name)

@@ -62,7 +62,7 @@ def run_signer_command(env: dict[str, str], *args: str) -> subprocess.CompletedP
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60, check=False,
     )
 
 
@@ -107,9 +107,9 @@ def test_missing_secret_is_a_one_line_configuration_error(tmp_path: Path, pebble
     result = run_signer_command(env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "acme-ra: invalid configuration: ACME_RA_SECRET_KEY: required when ACME_RA_UPSTREAM=acme (it seals "
+        ("acme-ra: invalid configuration: ACME_RA_SECRET_KEY: required when ACME_RA_UPSTREAM=acme (it seals "
         "the upstream account key in the database); set it, or ACME_RA_SECRET_KEY_FILE, "
-        "to the same value on every signer"
+        "to the same value on every signer")
     ]
 
 

@@ -21,8 +21,9 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 import httpx
 from sqlalchemy.engine import make_url
@@ -157,13 +158,13 @@ class Topology:
             f"  upstream         {upstream}",
             f"  ACME directory   {self.directory_url}",
             f"  CA bundle        {self.ca_bundle}  (what ACME clients must trust)",
-            f"  admin console    {http_base(self.settings.admin_listen)}/  (log in with a token from"
-            " `acme-ra admin-token create`)",
+            (f"  admin console    {http_base(self.settings.admin_listen)}/  (log in with a token from"
+            " `acme-ra admin-token create`)"),
             f"  database         {database}",
             f"  NATS             {nats}",
             f"  logs             {self.log_dir}/",
-            f"  validation       may reach {self.settings.validation_allow_networks or 'no private network'}"
-            " (ACME_RA_VALIDATION_ALLOW_NETWORKS)",
+            (f"  validation       may reach {self.settings.validation_allow_networks or 'no private network'}"
+            " (ACME_RA_VALIDATION_ALLOW_NETWORKS)"),
             "",
             f"Get a certificate for {LAB_NAME} (http-01; *.localhost resolves to this machine):",
             f"  {self.certbot_command()}",
@@ -220,7 +221,7 @@ class Topology:
             self.nats.wait_stopped(STOP_TIMEOUT_SECONDS)
             self.nats = None
 
-    def __enter__(self) -> Topology:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -263,7 +264,7 @@ class Topology:
         for name in ("signer", "validator", "admin"):
             url = http_base(getattr(self.settings, f"{name}_listen")) + "/readyz"
             with httpx.Client(trust_env=False, timeout=2) as client:
-                self._wait_until(name, lambda: client.get(url).status_code == 200, services)
+                self._wait_until(name, partial(_answers_200, client, url), services)
         context = ssl.create_default_context()  # the system's roots (a real upstream's chain)
         if self.settings.tls_cert_file is None and self.ca_bundle.exists():
             context.load_verify_locations(cafile=str(self.ca_bundle))
@@ -277,6 +278,10 @@ class Topology:
 
     def _wait_until(self, what: str, ready: Callable[[], bool], children: list[Child]) -> None:
         wait_until(what, ready, children, timeout=self.ready_timeout, stopping=lambda: self._stop_requested)
+
+
+def _answers_200(client: httpx.Client, url: str) -> bool:
+    return client.get(url).status_code == 200
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

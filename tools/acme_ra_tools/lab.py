@@ -28,9 +28,7 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time

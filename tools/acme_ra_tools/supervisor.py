@@ -131,7 +131,8 @@ class Child:
                 stdout=subprocess.PIPE if echo is not None else self._log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the supervisor only; it stops children in order
-                preexec_fn=die_with_parent if DIES_WITH_PARENT else None,
+                # Only prctl (async-signal-safe) runs between fork and exec, so the threads are harmless.
+                preexec_fn=die_with_parent if DIES_WITH_PARENT else None,  # noqa: PLW1509
             )
         except BaseException:
             self._log.close()

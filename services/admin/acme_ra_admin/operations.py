@@ -415,10 +415,12 @@ class AdminOperations:
         except httpx.HTTPError as error:
             return schemas.SignerStatus(url=url, reachable=False, ready=False,
                                         failed={"signer": str(error) or type(error).__name__})
-        body: dict[str, Any] = {}
+        answer: Any = None
         with contextlib.suppress(ValueError):
-            body = response.json()
-        failed = body.get("failed") if isinstance(body.get("failed"), dict) else {}
+            answer = response.json()
+        body: dict[str, Any] = answer if isinstance(answer, dict) else {}  # a proxy may answer anything
+        reported = body.get("failed")
+        failed: dict[Any, Any] = reported if isinstance(reported, dict) else {}
         if response.status_code != 200 and not failed:
             failed = {"signer": f"HTTP {response.status_code}"}
         described: Any = None
@@ -559,7 +561,7 @@ def _authorization(row: models.Authorization, challenges: list[models.Challenge]
 
 
 def _certificate(row: models.Certificate) -> schemas.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     status = "revoked" if row.revoked_at is not None else "expired" if row.not_after <= now else "valid"
     return schemas.Certificate(
         id=row.id, order_id=row.order_id, account_id=row.account_id, serial=row.serial,

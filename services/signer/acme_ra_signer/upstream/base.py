@@ -88,4 +88,4 @@ class UpstreamDriver(abc.ABC):
 
     async def close(self) -> None:
         """Release connections and background work; called once at shutdown."""
-        return None
+        return

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     state_dir: Path = Path("./var")
     # ACME_RA_DATABASE_URL: SQLAlchemy async URL; default SQLite under the state dir.
     database_url: str = ""
-    # ACME_RA_NATS_URL: unset means the launcher starts an embedded nats-server.
+    # ACME_RA_NATS_URL: unset means make dev (acme_ra_tools.dev) starts an embedded nats-server.
     nats_url: str = ""
     # ACME_RA_NATS_USER / ACME_RA_NATS_PASSWORD (or _FILE): this service's NATS user (each service
     # its own, with only the permissions its job needs: acme_ra.natsauth, docs/security.md); unset:

@@ -57,7 +57,7 @@ JOURNAL = [
 
 
 class FakeSigner(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # http.server's name
         answer, status = (SIGNER_UPSTREAMS, 200) if self.path == "/upstreams" else (SIGNER_READYZ, 503)
         body = json.dumps(answer).encode()
         self.send_response(status)

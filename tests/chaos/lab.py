@@ -51,8 +51,8 @@ def run_sql(url: str, *statements: str) -> list[list[asyncpg.Record]]:
 def migrate(database_url: str, state_dir: Path) -> None:
     """``acme-ra migrate`` on ``database_url``, as an operator runs it."""
     env = base_environment() | {f"{ENV_PREFIX}DATABASE_URL": database_url, f"{ENV_PREFIX}STATE_DIR": str(state_dir)}
-    done = subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", "migrate"], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    done = subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", "migrate"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"migrate failed: {done.stderr[-3000:]}")
 

@@ -51,7 +51,7 @@ class ChallengeServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
+            def do_GET(self) -> None:  # http.server's name
                 token = self.path.removeprefix(CHALLENGE_PATH)
                 with owner._lock:
                     owner.in_flight += 1

@@ -41,7 +41,7 @@ class ChallengeServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
+            def do_GET(self) -> None:  # http.server's name
                 token = self.path.removeprefix(CHALLENGE_PATH)
                 answer = owner.tokens.get(token) if self.path.startswith(CHALLENGE_PATH) else None
                 if owner.delay:

@@ -649,9 +649,11 @@ async def test_f4_f6_sha1_csr_and_unrequested_sans(account: TestAcmeClient, http
     # cryptography refuses to sign with SHA-1: openssl makes that CSR.
     (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()))
-    await asyncio.to_thread(subprocess.run, ["openssl", "req", "-new", "-sha1", "-key", str(tmp_path / "key.pem"), "-subj", "/",
-                    "-addext", "subjectAltName=DNS:f4.example.org", "-outform", "DER", "-out", str(tmp_path / "sha1.der")],
-                   check=True, capture_output=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        ["openssl", "req", "-new", "-sha1", "-key", str(tmp_path / "key.pem"), "-subj", "/",
+         "-addext", "subjectAltName=DNS:f4.example.org", "-outform", "DER", "-out", str(tmp_path / "sha1.der")],
+        check=True, capture_output=True)
     cases = {
         "sha1": b64((tmp_path / "sha1.der").read_bytes()),
         "email": csr([x509.RFC822Name("a@example.org")], hashes.SHA256()),

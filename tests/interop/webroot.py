@@ -26,7 +26,7 @@ class ChallengeWebServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
+            def do_GET(self) -> None:  # http.server's name
                 server.requests.append(self.path)
                 with lock:
                     server.in_flight += 1

@@ -83,7 +83,7 @@ class OtlpReceiver:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != TRACES_PATH:
                     self._answer(404, b"")

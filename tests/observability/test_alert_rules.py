@@ -63,7 +63,7 @@ def exported_series() -> dict[str, set[str]]:
         for metric in vars(module).values():
             if not isinstance(metric, MetricWrapperBase):
                 continue
-            labels = set(metric._labelnames)
+            labels = set(metric._labelnames)  # the declared label names
             name, kind = metric._name, metric._type
             if kind == "counter":
                 series[f"{name}_total"] = labels

@@ -134,7 +134,8 @@ def test_command_line_bootstrap_logs_one_line(tmp_path: Path) -> None:
     env = clean_env(ACME_RA_STATE_DIR=str(state), ACME_RA_EXTERNAL_URL="https://acme.cli.test")
 
     done = subprocess.run(
-        [sys.executable, "-m", "acme_ra_signer", "bootstrap"], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "acme_ra_signer", "bootstrap"], env=env, capture_output=True, text=True, timeout=60,
+        check=False,
     )
 
     assert done.returncode == 0, done.stderr

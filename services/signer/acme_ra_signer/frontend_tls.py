@@ -178,7 +178,7 @@ async def renew_forever(settings: Settings, driver: AcmeDriver, stop: asyncio.Ev
         if condition(cert_path, key_path, names) != "missing":
             try:
                 outcome = await ensure(settings, driver, at_bootstrap=False)
-            except Exception:
+            except Exception:  # keep trying; the frontend keeps its current files
                 log.exception("frontend certificate renewal failed")
                 outcome = "failed"
         still = condition(cert_path, key_path, names)

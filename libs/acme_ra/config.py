@@ -42,6 +42,14 @@ def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     return host, int(port_text)
 
 
+def http_base(listen: str) -> str:
+    """The http:// base URL that reaches a listener configured as ``listen`` (``host:port``) from
+    this machine: a wildcard address is reached on loopback."""
+    host, port = parse_host_port(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class Settings(BaseSettings):
     """Every ``ACME_RA_*`` variable. Names are a documented contract (README, docs/configuration.md)."""
 

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from acme_ra.config import ENV_PREFIX, Settings
+from acme_ra.config import ENV_PREFIX, Settings, http_base
 from acme_ra.db.migrate import upgrade
 from acme_ra_admin.app import create_app
-from acme_ra_admin.operations import AdminOperations, http_base
+from acme_ra_admin.operations import AdminOperations
 from acme_ra_tools.supervisor import settings_from_env
 from tests.support import certbot
 from tests.support.lab import Lab

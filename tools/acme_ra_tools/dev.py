@@ -29,7 +29,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from acme_ra import natsauth
-from acme_ra.config import ENV_PREFIX, Settings, get_settings
+from acme_ra.config import ENV_PREFIX, Settings, get_settings, http_base
 from acme_ra.redaction import mask_url
 from acme_ra_tools.supervisor import (
     LAB_DEFAULTS,
@@ -38,7 +38,6 @@ from acme_ra_tools.supervisor import (
     STOP_TIMEOUT_SECONDS,
     Child,
     free_port,
-    http_base,
     nats_ready,
     nats_server_binary,
     port_is_free,

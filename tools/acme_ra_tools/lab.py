@@ -42,7 +42,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from acme_ra import natsauth
-from acme_ra.config import ENV_PREFIX, Settings, get_settings
+from acme_ra.config import ENV_PREFIX, Settings, get_settings, http_base
 from acme_ra.redaction import mask_url
 from acme_ra_tools.dev import Topology
 from acme_ra_tools.lab_tls import LOCAL_NAMES, TlsMaterial, ensure_tls_material, write_private
@@ -55,7 +55,6 @@ from acme_ra_tools.supervisor import (
     LaunchError,
     NotReady,
     free_port,
-    http_base,
     http_ok,
     nats_ready,
     nats_server_binary,

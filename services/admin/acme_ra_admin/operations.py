@@ -21,7 +21,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from acme_ra import bus, eab, natsauth
-from acme_ra.config import Settings, parse_host_port
+from acme_ra.config import Settings, http_base
 from acme_ra.db import models
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import parse_rules
@@ -124,13 +124,6 @@ def _upstreams(described: list[dict[str, Any]], pending: dict[str, tuple[int, in
             ),
         ))
     return result
-
-
-def http_base(listen: str) -> str:
-    """Where to connect to reach a listener bound to ``listen``."""
-    host, port = parse_host_port(listen)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def certificate_names(chain_pem: str) -> list[str]:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from acme_ra.launcher import LaunchError, free_port, port_is_free
+from acme_ra_tools.supervisor import LaunchError, free_port, port_is_free
 from bench import nonces, profiling, report, upstream_validation
 from bench.load import DEFAULT_POLL_CAP_SECONDS, LoadConfig
 from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_rss_mb, tls_material

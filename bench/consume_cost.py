@@ -29,7 +29,7 @@ from pathlib import Path
 from nats.aio.msg import Msg
 
 from acme_ra import bus
-from acme_ra.launcher import free_port, nats_server_binary
+from acme_ra_tools.supervisor import free_port, nats_server_binary
 
 # Seconds the consumer may take past the last publish before the run counts as failed.
 DRAIN_TIMEOUT_SECONDS = 30.0
@@ -77,8 +77,9 @@ async def consumer(url: str, n: int, concurrency: int, events: str) -> None:
 async def one_round(n: int, rate: float, concurrency: int, events: str, workdir: Path) -> dict[str, float]:
     port = free_port()
     url = f"nats://127.0.0.1:{port}"
-    server = subprocess.Popen([nats_server_binary(), "-js", "-sd", str(workdir / f"nats-{port}"), "-a", "127.0.0.1",
-                               "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [nats_server_binary(), "-js", "-sd", str(workdir / f"nats-{port}"), "-a", "127.0.0.1", "-p", str(port)]
+    # Popen returns at once; the server's readiness is polled below.
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
     child = None
     try:
         nc = None

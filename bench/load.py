@@ -65,7 +65,7 @@ class LoadConfig:
     # Processes whose CPU time per certificate is reported, by name (the target's services).
     watch_pids: dict[str, int] = field(default_factory=dict)
     # The process that started the target and copies its services' output into log files
-    # (acme_ra.launcher.Child): its own CPU, children not included.
+    # (acme_ra_tools.supervisor.Child): its own CPU, children not included.
     launcher_pid: int | None = None
     # The PostgreSQL database whose backend processes' CPU time is reported as "postgresql".
     watch_database: str | None = None

@@ -33,9 +33,9 @@ from acme_ra.config import Settings
 from acme_ra.db import fast
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import Authorization, Certificate, Challenge, Order
-from acme_ra.launcher import free_port, nats_server_binary
 from acme_ra.telemetry import setup_logging
 from acme_ra_frontend.app import create_app
+from acme_ra_tools.supervisor import free_port, nats_server_binary
 from tests.conformance.client import TestAcmeClient, b64, make_csr
 from tests.frontend.test_policy_profiles_ari import issued_order
 from tests.support import database

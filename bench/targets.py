@@ -6,7 +6,7 @@
 - ``PebbleTarget``                     (c) Pebble alone, validating http-01 for real against the
   generator's server (``httpPort``), its DNS answered by pebble-challtestsrv (every name: 127.0.0.1).
 
-acme-ra runs as ``make dev`` runs it (``acme_ra.launcher.Topology``: its own nats-server from
+acme-ra runs as ``make dev`` runs it (``acme_ra_tools.dev.Topology``: its own nats-server from
 .venv, migrations, bootstrap, the three services) on a database created for the run and dropped
 afterwards. Every Pebble gets ``PEBBLE_VA_NOSLEEP=1`` and ``PEBBLE_WFE_NONCEREJECT=0``.
 """
@@ -29,8 +29,9 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from acme_ra.config import ENV_PREFIX, Settings
-from acme_ra.lab import TlsMaterial, ensure_tls_material
-from acme_ra.launcher import STOP_TIMEOUT_SECONDS, Child, Topology, free_port
+from acme_ra_tools.dev import Topology
+from acme_ra_tools.lab_tls import TlsMaterial, ensure_tls_material
+from acme_ra_tools.supervisor import STOP_TIMEOUT_SECONDS, Child, free_port
 from bench.load import process_tree
 
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"

@@ -84,7 +84,7 @@ class Http01(Method):
         self.bind: Any = None
 
     def start(self, workdir: Path) -> tuple[str, dict[str, str]]:
-        from acme_ra.launcher import free_port
+        from acme_ra_tools.supervisor import free_port
         from tests.support.bind import Bind, Zone  # every name of the zone: 127.0.0.1
 
         self.bind = Bind(workdir / "bind", [Zone(ACME_RA_NAME_SUFFIX, updatable=False)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,15 +105,17 @@ def lab(test_dns: TestDnsServer, lab_database_url: str,
         yield lab
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if LANE_FIXTURES.intersection(getattr(item, "fixturenames", ())) and (report.when == "call" or report.failed):
         if report.failed:
             _lane["failed"] += 1
         elif report.passed:
             _lane["passed"] += 1
+    return report
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -12,7 +12,7 @@ case "$command" in
   bootstrap | check-upstream)
     exec python -m acme_ra_signer "$command" "$@" ;;
   lab-init)  # labs only: the lab TLS CA, server certificates and sealing secret in DIR
-    exec python -m acme_ra.lab init "$@" ;;
+    exec python -m acme_ra_tools.lab init "$@" ;;
   *)
     exec "$command" "$@" ;;
 esac

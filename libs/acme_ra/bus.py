@@ -369,7 +369,7 @@ class _PullRequest:
     """The one pull request waiting in nats-server: jobs still owed, when to give it up. Each has
     its own reply subject, so that a status (408 at expiry) is told from a given-up request's."""
 
-    __slots__ = ("reply", "owed", "give_up")
+    __slots__ = ("give_up", "owed", "reply")
 
     def __init__(self, reply: str, owed: int) -> None:
         self.reply, self.owed, self.give_up = reply, owed, time.monotonic() + PULL_GIVE_UP_SECONDS
@@ -430,10 +430,8 @@ async def consume(
                 heartbeat.stop()
         except Exception:
             log.exception("job on %s failed; will be redelivered", subject)
-            try:
+            with contextlib.suppress(Exception):  # the ack_wait timeout redelivers anyway
                 await msg.nak(delay=redelivery_delay(msg))
-            except Exception:  # noqa: BLE001 - the ack_wait timeout redelivers anyway
-                pass
 
     def finished(task: asyncio.Task[None]) -> None:
         running.discard(task)
@@ -441,13 +439,14 @@ async def consume(
 
     async def delivered(msg: Msg) -> None:
         nonlocal waiting, refused_until
-        status = msg.headers.get(_STATUS) if msg.headers else None
+        headers = msg.headers or {}
+        status = headers.get(_STATUS)
         if status is not None:  # on the request's own reply subject
             if waiting is not None and msg.subject == waiting.reply:
                 waiting = None
                 wake.set()
             if status != _EXPIRED:
-                log.warning("pull request on %s refused: %s %s", subject, status, msg.headers.get("Description"))
+                log.warning("pull request on %s refused: %s %s", subject, status, headers.get("Description"))
                 refused_until = time.monotonic() + PULL_ERROR_WAIT_SECONDS
             return
         # A job comes with its own subject: it counts against the waiting request.
@@ -491,7 +490,5 @@ async def consume(
             await asyncio.wait(running, timeout=30)
     finally:
         stopping.cancel()
-        try:
+        with contextlib.suppress(Exception):  # the connection may already be gone
             await subscription.unsubscribe()
-        except Exception:  # noqa: BLE001 - the connection may already be gone
-            pass

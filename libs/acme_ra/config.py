@@ -52,6 +52,14 @@ def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     return host, int(port_text)
 
 
+def http_base(listen: str) -> str:
+    """The http:// base URL that reaches a listener configured as ``listen`` (``host:port``) from
+    this machine: a wildcard address is reached on loopback."""
+    host, port = parse_host_port(listen)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class Settings(BaseSettings):
     """Every ``ACME_RA_*`` variable. Names are a documented contract (README, docs/configuration.md)."""
 
@@ -64,7 +72,7 @@ class Settings(BaseSettings):
     strict_config: bool = False
     # ACME_RA_DATABASE_URL: SQLAlchemy async URL; default SQLite under the state dir.
     database_url: str = ""
-    # ACME_RA_NATS_URL: unset means the launcher starts an embedded nats-server.
+    # ACME_RA_NATS_URL: unset means make dev (acme_ra_tools.dev) starts an embedded nats-server.
     nats_url: str = ""
     # ACME_RA_NATS_USER / ACME_RA_NATS_PASSWORD (or _FILE): this service's NATS user (each service
     # its own, with only the permissions its job needs: acme_ra.natsauth, docs/security.md); unset:
@@ -399,7 +407,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_default_profile(self) -> "Settings":
+    def _check_default_profile(self) -> Settings:
         if self.default_profile not in self.profile_descriptions:
             raise ValueError(
                 f"ACME_RA_DEFAULT_PROFILE {self.default_profile!r} is not one of ACME_RA_PROFILES"
@@ -407,7 +415,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_nats_credentials(self) -> "Settings":
+    def _check_nats_credentials(self) -> Settings:
         if self.nats_password is not None and self.nats_password_file is not None:
             raise ValueError("set ACME_RA_NATS_PASSWORD or ACME_RA_NATS_PASSWORD_FILE, not both")
         has_password = self.nats_password is not None or self.nats_password_file is not None
@@ -421,7 +429,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_tls_pair(self) -> "Settings":
+    def _check_tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("ACME_RA_TLS_CERT_FILE and ACME_RA_TLS_KEY_FILE go together")
         for path in (self.tls_cert_file, self.tls_key_file):

@@ -8,7 +8,7 @@ permissions"). This module is the one place that says so:
 
 - :data:`PERMISSIONS`: each role's publish and subscribe allow-lists;
 - :func:`server_config`: the nats-server ``authorization`` block (and TLS) for them, used by
-  ``make dev``'s embedded server (acme_ra.launcher), ``make lab`` (acme_ra.lab), docker-compose's
+  ``make dev``'s embedded server (acme_ra_tools.dev), ``make lab`` (acme_ra_tools.lab), docker-compose's
   init job, the tests; the Kubernetes lab's ConfigMap is its output (tests/deploy checks it);
 - :func:`ensure_credentials`: random passwords in files of mode 0600, created once;
 - :func:`connect_options`: a service's side, from its ``ACME_RA_NATS_*`` settings.

@@ -31,6 +31,12 @@ _MIN_SEALED = 1 + _NONCE_BYTES + 16  # version, nonce, GCM tag
 MIN_SECRET_LENGTH = 16
 
 
+def upstream_account_purpose(row_id: str) -> str:
+    """What an upstream ACME account key (``upstream_accounts.key_sealed``) is sealed for: the
+    signer seals and opens it, the admin service reseals it."""
+    return f"upstream-account:{row_id}"
+
+
 class SealError(Exception):
     """A sealed value could not be opened (wrong ACME_RA_SECRET_KEY, or tampered)."""
 

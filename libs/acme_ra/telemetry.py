@@ -73,12 +73,12 @@ def tracing_requested() -> bool:
 # every later span about that order (any service) is started with that context as parent, and
 # jobs carry the publishing span's traceparent in their NATS headers.
 
-from collections.abc import Iterator  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from opentelemetry import context as otel_context  # noqa: E402
-from opentelemetry import trace  # noqa: E402
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # noqa: E402
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _propagator = TraceContextTextMapPropagator()
 _enabled = False

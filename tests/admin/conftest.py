@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from acme_ra.config import ENV_PREFIX, Settings
+from acme_ra.config import ENV_PREFIX, Settings, http_base
 from acme_ra.db.migrate import upgrade
-from acme_ra.launcher import settings_from_env
 from acme_ra_admin.app import create_app
-from acme_ra_admin.operations import AdminOperations, http_base
+from acme_ra_admin.operations import AdminOperations
+from acme_ra_tools.supervisor import settings_from_env
 from tests.support import certbot
 from tests.support.lab import Lab
 
@@ -29,9 +29,9 @@ ADMIN_READY_SECONDS = 30
 
 
 def acme_ra(args: list[str], env: dict[str, str], check: bool = False) -> subprocess.CompletedProcess[str]:
-    """``acme-ra ARGS`` as an operator runs it (``python -m acme_ra.cli``)."""
-    done = subprocess.run([sys.executable, "-m", "acme_ra.cli", *args], env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=120)
+    """``acme-ra ARGS`` as an operator runs it (``python -m acme_ra_tools.cli``)."""
+    done = subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", *args], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=120, check=False)
     if check:
         assert done.returncode == 0, f"acme-ra {' '.join(args)} exited {done.returncode}\n{done.stdout}\n{done.stderr}"
     return done

@@ -91,7 +91,7 @@ async def test_eab_key_with_a_bad_profile_or_rule_is_refused(admin_app: AdminApp
 async def insert_order(admin_app: AdminApp) -> tuple[str, str]:
     """An account with one invalid order (a failed http-01 challenge) carrying a trace context."""
     ops = admin_app.ops
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     async with ops.db.transaction() as session:
         account = Account(key_thumbprint="thumb-1", jwk={"kty": "EC"}, contact=["mailto:ops@example.org"])
         session.add(account)
@@ -114,7 +114,7 @@ async def insert_order(admin_app: AdminApp) -> tuple[str, str]:
 
 
 async def test_orders_list_filters_and_show_with_authorizations_and_trace(admin_app: AdminApp) -> None:
-    account_id, order_id = await insert_order(admin_app)
+    _account_id, order_id = await insert_order(admin_app)
     client, auth = admin_app.client, admin_app.auth
     everything = (await client.get("/api/orders", headers=auth)).json()
     assert len(everything) == 2

@@ -57,7 +57,8 @@ def arrive(driver: object, url: str) -> None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))  # type: ignore[arg-type]
+        # selenium's stubs type the driver as object: the condition takes a WebDriver.
+        WebDriverWait(driver, WAIT_SECONDS).until(expected_conditions.url_to_be(url))  # type: ignore[type-var,arg-type]
     except TimeoutException:
         pytest.fail(f"the browser shows {driver.current_url}, not {url}")  # type: ignore[attr-defined]
 

@@ -61,17 +61,17 @@ async def test_console_policy_page(admin_app: AdminApp, tmp_path: Path) -> None:
     page = await admin_app.client.get("/policy")
     assert page.status_code == 200 and "every address may use the ACME API" in page.text
     path = configure(admin_app, tmp_path, RULES)
-    page = (await admin_app.client.get("/policy")).text
-    assert 'href="/policy" class="current"' in page
+    text = (await admin_app.client.get("/policy")).text
+    assert 'href="/policy" class="current"' in text
     for shown in ("<code>10.1.0.0/16</code>", "<code>.physics.example.edu</code>", "<code>2001:db8:5::/48</code>",
                   "<code>login.hpc.example.edu</code>", "ACME_RA_POLICY_CLIENT_NETWORKS",
                   "any name the policy allows", f"<code>{path}</code>"):
-        assert shown in page, shown
-    assert "<b>.example.edu" not in page and "&lt;b&gt;.example.edu" in page  # escaped
+        assert shown in text, shown
+    assert "<b>.example.edu" not in text and "&lt;b&gt;.example.edu" in text  # escaped
     path.write_text("client_networks: [\n")
-    page = (await admin_app.client.get("/policy")).text
-    assert 'id="client-networks-error"' in page and "not valid YAML" in page
-    assert "The frontends keep the rules they loaded before this change." in page
+    text = (await admin_app.client.get("/policy")).text
+    assert 'id="client-networks-error"' in text and "not valid YAML" in text
+    assert "The frontends keep the rules they loaded before this change." in text
 
 
 def test_cli_policy_show(tmp_path: Path) -> None:

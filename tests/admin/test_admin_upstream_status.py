@@ -23,7 +23,7 @@ import pytest
 from acme_ra.config import ENV_PREFIX
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Account, Order, UpstreamOrder
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 from tests.support.lab import base_environment
 
 from .conftest import acme_ra
@@ -39,7 +39,7 @@ SIGNER_UPSTREAMS = {
         {"name": "web", "authz_strategy": "http-01", "dns_update": None},
     ],
 }
-NOW = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC)
 REFUSED = {"type": "unauthorized",
            "detail": 'upstream "dns": did not validate www.example.org: Incorrect TXT record'}
 # (upstream, state, dns_records, error, minutes before NOW): every state, and two failures of "dns".
@@ -59,7 +59,7 @@ JOURNAL = [
 
 
 class FakeSigner(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         answer, status = (SIGNER_UPSTREAMS, 200) if self.path == "/upstreams" else (SIGNER_READYZ, 503)
         body = json.dumps(answer).encode()
         self.send_response(status)
@@ -155,7 +155,7 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
     failure = dns["last_failure"]
     assert failure["order_id"] == admin.order_ids[("dns", "invalid", 10)]  # the newer failure
     assert (failure["type"], failure["detail"]) == (REFUSED["type"], REFUSED["detail"])
-    assert dt.datetime.fromisoformat(failure["at"]).replace(tzinfo=dt.timezone.utc) == NOW - dt.timedelta(minutes=10)
+    assert dt.datetime.fromisoformat(failure["at"]).replace(tzinfo=dt.UTC) == NOW - dt.timedelta(minutes=10)
     hooked = by_name["hooked"]["dns_update"]
     assert hooked["kind"] == "hook" and hooked["path"] == "/usr/local/bin/txt"
     assert (by_name["hooked"]["validations_pending"], by_name["hooked"]["last_failure"]) == (0, None)

@@ -18,9 +18,8 @@ from acme_ra.config import ENV_PREFIX
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import EabKey, ServerKey, UpstreamAccount
-from acme_ra.sealing import Sealer, SealError, derive_key
+from acme_ra.sealing import Sealer, SealError, derive_key, upstream_account_purpose
 from acme_ra_frontend.nonces import NONCE_KEY_NAME, load_or_create_key
-from acme_ra_signer.upstream.accounts import sealing_purpose as upstream_purpose
 from tests.support.lab import base_environment
 
 from .conftest import AdminApp, acme_ra
@@ -68,7 +67,7 @@ async def _old_rows(admin_app: AdminApp) -> tuple[str, str, bytes, bytes]:
     async with admin_app.ops.db.transaction() as session:
         session.add(EabKey(kid="kid-old", hmac_key_sealed=sealed_the_old_way(secret, hmac_key, eab.sealing_purpose("kid-old"))))
         session.add(UpstreamAccount(id="acct-old", upstream="default", directory_url="https://ca.test/dir",
-                                    key_sealed=sealed_the_old_way(secret, pem, upstream_purpose("acct-old"))))
+                                    key_sealed=sealed_the_old_way(secret, pem, upstream_account_purpose("acct-old"))))
     return "kid-old", "acct-old", hmac_key, pem
 
 
@@ -91,7 +90,7 @@ async def test_the_reseal_command_rewrites_old_values(admin_app: AdminApp) -> No
         account = await session.get(UpstreamAccount, account_id)
         assert key is not None and account is not None
         assert sealer.open(key.hmac_key_sealed, eab.sealing_purpose(kid)) == hmac_key
-        assert sealer.open(account.key_sealed, upstream_purpose(account_id)) == pem
+        assert sealer.open(account.key_sealed, upstream_account_purpose(account_id)) == pem
     again = await asyncio.to_thread(acme_ra, ["secrets", "reseal"], env, True)
     assert "0 secrets resealed, 3 already current." in again.stdout
 

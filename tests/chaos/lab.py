@@ -9,6 +9,7 @@ orders lost, certificates beyond one per order (duplicates).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from nats.aio.client import Client as NATS
 
 from acme_ra import bus, natsauth
 from acme_ra.config import ENV_PREFIX
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 from tests.support.lab import TEST_ZONE, base_environment
 from tests.support.postgres import PostgresServer
 from tests.upstream.pebble import Pebble, make_tls_material
@@ -51,8 +52,8 @@ def run_sql(url: str, *statements: str) -> list[list[asyncpg.Record]]:
 def migrate(database_url: str, state_dir: Path) -> None:
     """``acme-ra migrate`` on ``database_url``, as an operator runs it."""
     env = base_environment() | {f"{ENV_PREFIX}DATABASE_URL": database_url, f"{ENV_PREFIX}STATE_DIR": str(state_dir)}
-    done = subprocess.run([sys.executable, "-m", "acme_ra.cli", "migrate"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", "migrate"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"migrate failed: {done.stderr[-3000:]}")
 
@@ -165,7 +166,7 @@ class ChaosLab:
                 try:
                     await bus.ensure_streams(js, replicas=replicas)
                     break
-                except Exception:  # noqa: BLE001
+                except Exception:
                     if time.monotonic() > deadline:
                         raise
                     await asyncio.sleep(0.5)
@@ -228,10 +229,8 @@ class ChaosLab:
 
     def stop(self) -> None:
         for stop in self.extra_stops:
-            try:
+            with contextlib.suppress(Exception):  # keep stopping the rest
                 stop()
-            except Exception:  # noqa: BLE001 - keep stopping the rest
-                pass
         self.deployment.stop()
         self.nats.stop()
         self.pebble.stop()

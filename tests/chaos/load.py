@@ -51,7 +51,7 @@ class ChallengeServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 token = self.path.removeprefix(CHALLENGE_PATH)
                 with owner._lock:
                     owner.in_flight += 1
@@ -131,9 +131,9 @@ class Figures:
 
     def render(self) -> str:
         body = self.as_dict()
-        lines = [f"CHAOS {self.test}: orders={self.orders} faults={len(self.faults)} lost={self.lost} "
+        lines = [(f"CHAOS {self.test}: orders={self.orders} faults={len(self.faults)} lost={self.lost} "
                  f"duplicates={self.duplicates} valid={self.valid} 500s={self.server_errors} "
-                 f"503s={self.unavailable} hangs={self.hangs} in {self.seconds:.1f}s"]
+                 f"503s={self.unavailable} hangs={self.hangs} in {self.seconds:.1f}s")]
         for key, value in body.items():
             if key not in ("orders", "faults injected", "orders lost", "duplicates", "valid", "seconds"):
                 lines.append(f"    {key}: {value}")

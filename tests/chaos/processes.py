@@ -22,7 +22,7 @@ import httpx
 
 from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX
-from acme_ra.launcher import Child, free_port, nats_server_binary
+from acme_ra_tools.supervisor import Child, free_port, nats_server_binary
 
 # How long a process may take to start, or to stop after SIGTERM (seconds).
 START_TIMEOUT_SECONDS = 60.0
@@ -143,7 +143,7 @@ class NatsCluster:
         for node in self.nodes:  # all at once: JetStream waits for a quorum of peers
             node.start(wait=False)
         for node in self.nodes:
-            wait_for(node.name, lambda node=node: port_open(node.port), child=node.child)  # type: ignore[misc]
+            wait_for(node.name, lambda node=node: port_open(node.port), child=node.child)
 
     def node(self, name: str) -> NatsServer:
         return next(node for node in self.nodes if node.name == name)

@@ -12,7 +12,7 @@ import pytest
 from acme_ra import bus
 
 from .lab import ChaosLab, assert_nothing_lost
-from .processes import NatsCluster
+from .processes import NatsCluster, NatsServer
 
 pytestmark = pytest.mark.integration
 
@@ -35,6 +35,7 @@ async def test_nats_server_restarted_mid_load(chaos: ChaosLab) -> None:
         clients = await load.accounts(ACCOUNTS)
         run = chaos.spawn(load.run(clients, ORDERS, "n", stagger=STAGGER_SECONDS))
         await asyncio.sleep(ORDERS * STAGGER_SECONDS / 2)
+        assert isinstance(chaos.nats, NatsServer)  # one server: the cluster has its own test
         await asyncio.to_thread(chaos.nats.terminate)
         chaos.figures.fault(f"nats-server stopped (SIGTERM) for {DOWN_SECONDS:g}s")
         await asyncio.sleep(DOWN_SECONDS)

@@ -70,7 +70,7 @@ def test_every_service_refuses_a_misspelling_under_strict_config(module: str) ->
 
 
 def test_acme_ra_warns_and_goes_on_without_strict_config() -> None:
-    done = _run([sys.executable, "-m", "acme_ra.cli", "config", "check"], ACME_RA_EAB_REQURED="true",
+    done = _run([sys.executable, "-m", "acme_ra_tools.cli", "config", "check"], ACME_RA_EAB_REQURED="true",
                 ACME_RA_TEST_ANYTHING="1")
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
@@ -79,7 +79,7 @@ def test_acme_ra_warns_and_goes_on_without_strict_config() -> None:
 
 
 def test_strict_config_counts_the_others_in_its_one_line() -> None:
-    done = _run([sys.executable, "-m", "acme_ra.cli", "config", "check"], ACME_RA_STRICT_CONFIG="1",
+    done = _run([sys.executable, "-m", "acme_ra_tools.cli", "config", "check"], ACME_RA_STRICT_CONFIG="1",
                 ACME_RA_LISTN="x", ACME_RA_LISEN="y")
     assert done.returncode == 2
     assert len(done.stderr.splitlines()) == 1
@@ -88,9 +88,9 @@ def test_strict_config_counts_the_others_in_its_one_line() -> None:
 
 
 def test_a_step_ca_policy_rule_is_understood_and_a_stray_star_refused_in_one_line() -> None:
-    good = _run([sys.executable, "-m", "acme_ra.cli", "config", "check"], ACME_RA_POLICY_ALLOW="*.example.edu")
+    good = _run([sys.executable, "-m", "acme_ra_tools.cli", "config", "check"], ACME_RA_POLICY_ALLOW="*.example.edu")
     assert good.returncode == 0, good.stderr
-    bad = _run([sys.executable, "-m", "acme_ra.cli", "config", "check"], ACME_RA_POLICY_ALLOW="www.*.example.edu")
+    bad = _run([sys.executable, "-m", "acme_ra_tools.cli", "config", "check"], ACME_RA_POLICY_ALLOW="www.*.example.edu")
     assert bad.returncode == 2
     assert bad.stderr.startswith("acme-ra: invalid configuration: ACME_RA_POLICY_ALLOW='www.*.example.edu': "
                                  "policy rule 'www.*.example.edu': '*' only as the whole first label")

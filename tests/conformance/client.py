@@ -55,7 +55,8 @@ class Reply:
 
     @property
     def location(self) -> str | None:
-        return self.headers.get("location")
+        location: str | None = self.headers.get("location")
+        return location
 
     @property
     def problem_type(self) -> str | None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import httpx
 from cryptography import x509
@@ -40,7 +41,7 @@ class ChallengeServer:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 token = self.path.removeprefix(CHALLENGE_PATH)
                 answer = owner.tokens.get(token) if self.path.startswith(CHALLENGE_PATH) else None
                 if owner.delay:
@@ -61,7 +62,7 @@ class ChallengeServer:
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="http-01", daemon=True)
 
-    def __enter__(self) -> ChallengeServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -121,7 +122,7 @@ class Traffic:
         """Share of a client's consecutive requests that went to another frontend than the last."""
         changes = pairs = 0
         for sequence in self.sequences.values():
-            for before, after in zip(sequence, sequence[1:], strict=False):
+            for before, after in itertools.pairwise(sequence):
                 pairs += 1
                 changes += before != after
         return changes / pairs if pairs else 0.0

@@ -17,8 +17,8 @@ import yaml
 
 from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
-from acme_ra.lab import PEBBLE_EAB_HMAC_KEY, PEBBLE_EAB_KID
-from acme_ra.launcher import settings_from_env
+from acme_ra_tools.lab import PEBBLE_EAB_HMAC_KEY, PEBBLE_EAB_KID
+from acme_ra_tools.supervisor import settings_from_env
 
 from .conftest import ROOT
 from .test_image import ENTRYPOINT_COMMANDS
@@ -274,7 +274,7 @@ def test_each_service_connects_to_nats_as_its_own_user(rendered: Mapping[str, An
 
 
 def test_lab_init_writes_what_nats_and_the_services_read(tmp_path: Path) -> None:
-    from acme_ra import lab
+    from acme_ra_tools import lab
 
     assert lab.main(["init", str(tmp_path), "--names", "localhost"]) == 0
     auth = tmp_path / "nats"

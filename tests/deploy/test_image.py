@@ -27,10 +27,10 @@ ENTRYPOINT_COMMANDS = {
     "validator": "acme_ra_validator",
     "signer": "acme_ra_signer",
     "admin": "acme_ra_admin",
-    "migrate": "acme_ra.cli",
+    "migrate": "acme_ra_tools.cli",
     "bootstrap": "acme_ra_signer",
     "check-upstream": "acme_ra_signer",
-    "lab-init": "acme_ra.lab",
+    "lab-init": "acme_ra_tools.lab",
 }
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
-from acme_ra.launcher import settings_from_env
+from acme_ra_tools.supervisor import settings_from_env
 
 from .conftest import ROOT
 from .test_image import ENTRYPOINT_COMMANDS

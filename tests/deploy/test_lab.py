@@ -1,4 +1,4 @@
-"""`make lab`'s process lab (acme_ra.lab.ProcessLab): 2 frontends behind HAProxy, 3 validators,
+"""`make lab`'s process lab (acme_ra_tools.lab.ProcessLab): 2 frontends behind HAProxy, 3 validators,
 the signer, Pebble upstream, challtestsrv DNS, PostgreSQL; every port free, state in tmp.
 
 1. 60 certificates through the load balancer, each account's requests alternating between the
@@ -30,13 +30,13 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from acme_ra.lab import (
+from acme_ra_tools.lab import (
     DEFAULT_DATABASE_URL,
     LabPorts,
     ProcessLab,
     ensure_postgres_database,
 )
-from acme_ra.launcher import LaunchError, free_port
+from acme_ra_tools.supervisor import LaunchError, free_port
 from tests.support.lab import base_environment
 
 from .acme_load import (

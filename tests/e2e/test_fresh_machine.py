@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # The nested run starts a PostgreSQL cluster and a topology (a minute on a busy machine).

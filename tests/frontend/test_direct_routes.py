@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 
@@ -16,9 +18,9 @@ def router_calls(http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch) -> li
     calls: list[str] = []
     original = type(router).__call__
 
-    async def counted(self: object, scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+    async def counted(self: object, scope: dict[str, Any], receive: object, send: object) -> None:
         calls.append(f"{scope.get('method')} {scope['path']}")
-        await original(self, scope, receive, send)  # type: ignore[arg-type]
+        await original(self, scope, receive, send)
 
     monkeypatch.setattr(type(router), "__call__", counted)
     return calls

@@ -21,10 +21,10 @@ from tests.frontend.conftest import EXTERNAL_URL
 @pytest.fixture(scope="module")
 async def eab_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     app = create_app(settings.model_copy(update={"eab_required": True}))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL) as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL) as client):
+        client.app = app  # type: ignore[attr-defined]
+        yield client
 
 
 @pytest.fixture

@@ -212,7 +212,7 @@ async def test_reconciler_republishes_stuck_challenge(account: TestAcmeClient, h
     async with state.db.transaction() as session:
         await session.execute(
             update(Challenge).where(Challenge.id == challenge_id).values(
-                updated_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+                updated_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
             )
         )
     # The app's own reconciler (every 15 s) may take this pass first: either way the job is

@@ -92,7 +92,7 @@ async def test_global_policy_refuses_with_subproblems(account: TestAcmeClient, h
 def issue_test_certificate(names: list[str]) -> str:
     ca_key = ec.generate_private_key(ec.SECP256R1())
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([]))

@@ -22,10 +22,10 @@ async def limited_http(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         "rate_failed_validations_per_name_per_hour": 1,
     })
     app = create_app(tight)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL) as client:
-            client.app = app  # type: ignore[attr-defined]
-            yield client
+    async with (app.router.lifespan_context(app),
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=EXTERNAL_URL) as client):
+        client.app = app  # type: ignore[attr-defined]
+        yield client
 
 
 async def test_orders_per_account(limited_http: httpx.AsyncClient) -> None:

@@ -17,7 +17,7 @@ from acme_ra_frontend.tls_reload import TlsWatch
 def write_pair(directory: Path, name: str) -> tuple[Path, Path, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
@@ -63,7 +63,7 @@ async def test_new_handshakes_get_the_renewed_certificate(tmp_path: Path) -> Non
     client.verify_mode = ssl.CERT_NONE
 
     async def served_name() -> str:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client)
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         writer.close()
         await writer.wait_closed()

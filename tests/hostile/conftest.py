@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Self
 
 import httpx
 import pytest
@@ -34,7 +35,7 @@ def assert_still_up(lab: Lab) -> None:
 class Timer:
     """``with Timer() as t: ...`` then ``t.assert_quick()``."""
 
-    def __enter__(self) -> Timer:
+    def __enter__(self) -> Self:
         self.started = time.monotonic()
         self.elapsed = 0.0
         return self

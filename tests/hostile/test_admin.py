@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from acme_ra.config import ENV_PREFIX
-from acme_ra.launcher import free_port, settings_from_env
 from acme_ra_admin.console import SESSION_COOKIE
 from acme_ra_admin.gate import MAX_BODY_BYTES
+from acme_ra_tools.supervisor import free_port, settings_from_env
 from tests.support.lab import Lab, base_environment
 
 from .conftest import Timer, assert_still_up
@@ -47,7 +47,7 @@ def admin_url(lab: Lab) -> str:
 
 
 def acme_ra(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "acme_ra.cli", *args], env=env, stdin=subprocess.DEVNULL,
+    return subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", *args], env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=120, check=False)
 
 

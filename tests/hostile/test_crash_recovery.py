@@ -22,7 +22,7 @@ import nats
 import pytest
 
 from acme_ra import bus, natsauth
-from acme_ra.launcher import Child
+from acme_ra_tools.supervisor import Child
 from tests.chaos.load import ChallengeServer, Figures, Load
 from tests.interop import clients
 from tests.interop.webroot import ChallengeWebServer

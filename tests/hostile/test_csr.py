@@ -68,7 +68,7 @@ async def ready_order(lab: Lab, account: TestAcmeClient, name: str) -> dict[str,
 
 
 def csr(name: str, *extensions: tuple[x509.ExtensionType, bool], key: Any = None,
-        subject: list[x509.NameAttribute] | None = None) -> str:
+        subject: list[x509.NameAttribute[Any]] | None = None) -> str:
     builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(subject or []))
     builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
     for value, critical in extensions:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -215,8 +215,9 @@ async def test_the_stored_jwk_is_canonical(lab: Lab, client: TestAcmeClient) -> 
                                               json.dumps({"termsOfServiceAgreed": True}).encode()))
     assert reply.status == 201, reply.text
     assert reply.body["key"] == {"crv": "P-256", "kty": "EC", "x": jwk["x"], "y": jwk["y"]}
+    assert reply.location is not None
     client.kid = reply.location
-    again = await client.post(client.kid, "")
+    again = await client.post(reply.location, "")
     assert again.status == 200 and again.body["key"] == reply.body["key"], again.text
     assert_still_up(lab)
 
@@ -253,7 +254,7 @@ def ec_jwk(**members: Any) -> dict[str, Any]:
 async def test_bad_ec_keys_are_bad_public_key(lab: Lab, client: TestAcmeClient, case: str) -> None:
     good = ec_jwk()
     x = unb64(good["x"])
-    jwk = {
+    cases: dict[str, Callable[[], Any]] = {
         "off the curve": lambda: {**good, "y": b64(bytes(31) + b"\x01")},
         "short x": lambda: {**good, "x": b64(x[1:])},
         "long y": lambda: {**good, "y": b64(b"\x00" + unb64(good["y"]))},
@@ -267,7 +268,8 @@ async def test_bad_ec_keys_are_bad_public_key(lab: Lab, client: TestAcmeClient, 
         "kty oct": lambda: {"kty": "oct", "k": "AAAA"},
         "kty OKP": lambda: {"kty": "OKP", "crv": "Ed25519", "x": good["x"]},
         "kty list": lambda: {**good, "kty": ["EC"]},
-    }[case]()
+    }
+    jwk = cases[case]()
     url = client.directory["newAccount"]
     protected = await header(client, url, jwk=jwk)
     await refused(lab, client, url, signed(client, json.dumps(protected).encode(), b"{}"), 400, "badPublicKey")
@@ -355,13 +357,14 @@ async def test_bad_base64url_is_malformed(lab: Lab, client: TestAcmeClient, part
     value = body[part]
     if spoil == "non-canonical" and len(value) % 4 == 0:
         value = value[:-1]  # make room for unused bits: a different, canonical or not, value
-    body[part] = {
+    spoiled: dict[str, Callable[[], Any]] = {
         "padding": lambda: value + "=" * (-len(value) % 4 or 4),
         "plus": lambda: "+" + value[1:],
         "space": lambda: value[:4] + " " + value[4:],
         "non-canonical": lambda: other_spellings(value)[0] if other_spellings(value) else value + "A=",
         "number": lambda: 12,
-    }[spoil]()
+    }
+    body[part] = spoiled[spoil]()
     await refused(lab, client, url, json.dumps(body).encode(), 400, "malformed")
 
 

@@ -112,7 +112,7 @@ async def test_job_of_a_killed_consumer_is_back_within_15_seconds(
 
     stop = asyncio.Event()
     model = bus.ValidateJob if durable == bus.DURABLE_VALIDATOR else bus.IssueJob
-    consumer = asyncio.create_task(bus.consume(js, subject, durable, model, take, stop))  # type: ignore[arg-type]
+    consumer = asyncio.create_task(bus.consume(js, subject, durable, model, take, stop))
     try:
         after, delivery = await asyncio.wait_for(redelivered, BACK_IN_WORK_SECONDS + 5)
     finally:

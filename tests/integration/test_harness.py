@@ -13,7 +13,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from acme_ra.launcher import TAIL_LINES, Child, LaunchError, Topology, settings_from_env
+from acme_ra_tools.dev import Topology
+from acme_ra_tools.supervisor import TAIL_LINES, Child, LaunchError, settings_from_env
 from tests.support.certbot import AUTH_HOOK, CLEANUP_HOOK
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import TEST_ZONE, LabPorts, lab_environment

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from acme_ra.launcher import LaunchError, Topology
+from acme_ra_tools.dev import Topology
+from acme_ra_tools.supervisor import LaunchError
 from tests.support import database
 from tests.support.dns_server import TestDnsServer
 from tests.support.lab import Lab, LabPorts, lab_environment

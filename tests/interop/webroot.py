@@ -8,6 +8,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 
@@ -25,7 +26,7 @@ class ChallengeWebServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:  # http.server's name
                 server.requests.append(self.path)
                 with lock:
                     server.in_flight += 1
@@ -49,13 +50,13 @@ class ChallengeWebServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return None
 
         self._httpd = ThreadingHTTPServer((address, port), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="challenge-web", daemon=True)
 
-    def __enter__(self) -> ChallengeWebServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -83,7 +83,7 @@ class OtlpReceiver:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:  # http.server's name
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.path != TRACES_PATH:
                     self._answer(404, b"")
@@ -119,7 +119,7 @@ class OtlpReceiver:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> OtlpReceiver:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -165,7 +165,7 @@ def broken_links(spans: list[ReceivedSpan]) -> list[str]:
 def ancestors(span: ReceivedSpan, spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
     """The chain of parents of ``span`` up to the root (nearest first)."""
     by_id = {s.span_id: s for s in spans}
-    chain = []
+    chain: list[ReceivedSpan] = []
     current = by_id.get(span.parent_span_id)
     while current is not None and len(chain) < len(spans):
         chain.append(current)

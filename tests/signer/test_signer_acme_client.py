@@ -75,7 +75,7 @@ async def test_bad_nonce_is_retried_once_with_the_nonce_it_carried() -> None:
     key = AccountKey.generate("ec256")
     response = await client.post(DIRECTORY["newAccount"], {"termsOfServiceAgreed": True}, key, kid=None)
     assert response.status_code == 201
-    first, second = [r for r in log if r.method == "POST"]
+    _first, second = [r for r in log if r.method == "POST"]
     assert nonce_of(second) == "ZnJlc2g"  # the nonce of the badNonce answer, no extra HEAD
     assert [r.method for r in log].count("HEAD") == 1
     await client.close()
@@ -123,7 +123,7 @@ def answer(*headers: tuple[str, str], url: str = f"{BASE}/x") -> UpstreamRespons
 
 
 def test_retry_after_as_seconds_or_date() -> None:
-    now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    now = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
     assert retry_after_seconds(answer(("Retry-After", "7"))) == 7.0
     assert retry_after_seconds(answer(("Retry-After", "Thu, 01 Jan 2026 12:00:30 GMT")), now) == 30.0
     assert retry_after_seconds(answer(("Retry-After", "soon"))) is None
@@ -178,6 +178,7 @@ def test_signed_requests_verify_with_josepy(curve_or_size: ec.EllipticCurve | in
         assert not parsed.verify(stranger.public_jwk)
         header = parsed.signature.combined
         assert parsed.payload == b'{"identifiers":[]}'
+        assert isinstance(header, jws.Header)  # acme's Header: josepy's with url, nonce and kid
         assert (header.alg, header.url, header.kid) == (key.alg, f"{BASE}/order", kid)
         assert header.jwk == (key.public_jwk if kid is None else None)
         protected = json.loads(body)["protected"]

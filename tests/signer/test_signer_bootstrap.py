@@ -134,7 +134,8 @@ def test_command_line_bootstrap_logs_one_line(tmp_path: Path) -> None:
     env = clean_env(ACME_RA_STATE_DIR=str(state), ACME_RA_EXTERNAL_URL="https://acme.cli.test")
 
     done = subprocess.run(
-        [sys.executable, "-m", "acme_ra_signer", "bootstrap"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "acme_ra_signer", "bootstrap"], env=env, capture_output=True, text=True, timeout=60,
+        check=False,
     )
 
     assert done.returncode == 0, done.stderr
@@ -148,7 +149,7 @@ def test_the_service_needs_a_nats_url(tmp_path: Path) -> None:
     env = clean_env(ACME_RA_STATE_DIR=str(tmp_path))
 
     done = subprocess.run(
-        [sys.executable, "-m", "acme_ra_signer"], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "acme_ra_signer"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
 
     assert done.returncode == 2
@@ -165,6 +166,6 @@ def test_unknown_arguments_print_usage() -> None:
         env=clean_env(),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60, check=False,
     )
     assert done.returncode == 2 and "usage" in done.stderr

@@ -54,7 +54,7 @@ async def test_issues_a_chain_that_verifies_to_the_root(driver: LabDriver, setti
     assert issued.serial_hex == format(leaf.serial_number, "x") == issued.serial_hex.lower()
     assert issued.not_before == leaf.not_valid_before_utc and issued.not_before.tzinfo is not None
     assert issued.not_after == leaf.not_valid_after_utc
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     assert now - dt.timedelta(minutes=2) < issued.not_before < now
     expected_end = now + dt.timedelta(days=settings.cert_lifetime_days)
     assert abs(issued.not_after - expected_end) < dt.timedelta(minutes=1)

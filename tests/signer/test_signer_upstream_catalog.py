@@ -155,8 +155,8 @@ def test_env_upstream_and_file_upstreams_together(tmp_path: Path) -> None:
         ("upstreams: [1, 2\n", "not valid YAML"),
         ("- just a list\n", "expected a mapping at the top level"),
         (
-            "upstreams:\n  a:\n    directory_url: https://a.test/dir\n"
-            "    eab_kid: k\n    eab_hmac_key_file: /nonexistent\n",
+            ("upstreams:\n  a:\n    directory_url: https://a.test/dir\n"
+            "    eab_kid: k\n    eab_hmac_key_file: /nonexistent\n"),
             "upstreams.a.eab_hmac_key_file: cannot read /nonexistent",
         ),
     ],

@@ -19,6 +19,7 @@ import signal
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from dnslib import QTYPE, RCODE, RR, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
@@ -85,7 +86,7 @@ class TestDnsServer:
         self._servers: list[DNSServer] = []
         self.port = port
 
-    def start(self) -> TestDnsServer:
+    def start(self) -> Self:
         self.txt_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(PORT_ATTEMPTS if self.port == 0 else 1):
             udp = DNSServer(self.resolver, address=self.address, port=self.port, logger=self._logger)
@@ -111,7 +112,7 @@ class TestDnsServer:
             server.thread.join(5)
         self._servers = []
 
-    def __enter__(self) -> TestDnsServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

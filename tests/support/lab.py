@@ -1,4 +1,4 @@
-"""The topology ``make dev`` runs (acme_ra.launcher.Topology), on free ports in a temp dir."""
+"""The topology ``make dev`` runs (acme_ra_tools.dev.Topology), on free ports in a temp dir."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from acme_ra.config import ENV_PREFIX, Settings
-from acme_ra.launcher import LaunchError, Topology, free_port
+from acme_ra_tools.dev import Topology
+from acme_ra_tools.supervisor import LaunchError, free_port
 
 # Where the test DNS server's names resolve, and the zone it answers for.
 TEST_ZONE = "acme-ra.test"

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from acme_ra.launcher import free_port, nats_server_binary
+from acme_ra_tools.supervisor import free_port, nats_server_binary
 
 # How long nats-server may take to accept connections (seconds).
 START_TIMEOUT_SECONDS = 10

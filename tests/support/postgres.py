@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 
 # Where initdb and pg_ctl are: ACME_RA_TEST_POSTGRES_BIN, else the newest /usr/lib/postgresql/<N>/bin.
 POSTGRES_BIN_ENV = "ACME_RA_TEST_POSTGRES_BIN"

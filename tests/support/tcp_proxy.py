@@ -16,7 +16,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 
 # SO_LINGER on, zero seconds: close() sends RST, not FIN (the far end sees the connection reset).
 _RESET_ON_CLOSE = b"\x01\x00\x00\x00\x00\x00\x00\x00"

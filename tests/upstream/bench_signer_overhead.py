@@ -161,6 +161,7 @@ async def bare_issuance(upstream: AcmeUpstream, name: str) -> None:
         if order.status.name != "valid":
             await asyncio.sleep(poll_delay(None, attempt))
             attempt += 1
+    assert order.certificate is not None
     await upstream.signed(order.certificate, None, accept=PEM_CHAIN)
 
 
@@ -247,9 +248,10 @@ async def bench(
             await bare_issuance(upstream, "warm.bench.test")
 
             counter.reset()
-            base, base_wall, base_cpu = await timed(
-                n, level, lambda i: bare_issuance(upstream, f"b{i}-{level}.bench.test")
-            )
+            def bare(i: int, level: int = level) -> Awaitable[None]:
+                return bare_issuance(upstream, f"b{i}-{level}.bench.test")
+
+            base, base_wall, base_cpu = await timed(n, level, bare)
             b = summary("baseline (bare ACME)", base, counter.requests / n, base_cpu / n)
 
             orders = []
@@ -258,9 +260,10 @@ async def bench(
                 orders.append(await insert_order(db, names, make_csr(names)))
             counter.reset()
             counts.reset()
-            sig, sig_wall, sig_cpu = await timed(
-                n, level, lambda i: worker.handle(bus.IssueJob(order_id=orders[i]), Msg())
-            )
+            def journaled(i: int, orders: list[str] = orders) -> Awaitable[None]:
+                return worker.handle(bus.IssueJob(order_id=orders[i]), Msg())
+
+            sig, sig_wall, sig_cpu = await timed(n, level, journaled)
             s = summary("signer job (journaled)", sig, counter.requests / n, sig_cpu / n)
             print(f"  per issuance: {counts.per(n)}; {counter.connections()}")
             print(

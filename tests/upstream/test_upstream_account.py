@@ -14,8 +14,8 @@ from pydantic import SecretStr
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Order, UpstreamAccount, UpstreamOrder
-from acme_ra.sealing import Sealer
-from acme_ra_signer.upstream.accounts import AccountRefused, sealing_purpose
+from acme_ra.sealing import Sealer, upstream_account_purpose
+from acme_ra_signer.upstream.accounts import AccountRefused
 from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.upstream.acme_client import AccountKey
 from acme_ra_signer.upstream.base import UpstreamUnavailable
@@ -62,7 +62,7 @@ def run_signer_command(env: dict[str, str], *args: str) -> subprocess.CompletedP
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=60, check=False,
     )
 
 
@@ -107,9 +107,9 @@ def test_missing_secret_is_a_one_line_configuration_error(tmp_path: Path, pebble
     result = run_signer_command(env)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "acme-ra: invalid configuration: ACME_RA_SECRET_KEY: required when ACME_RA_UPSTREAM=acme (it seals "
+        ("acme-ra: invalid configuration: ACME_RA_SECRET_KEY: required when ACME_RA_UPSTREAM=acme (it seals "
         "the upstream account key in the database); set it, or ACME_RA_SECRET_KEY_FILE, "
-        "to the same value on every signer"
+        "to the same value on every signer")
     ]
 
 
@@ -215,7 +215,7 @@ async def test_a_stored_rsa_account_keeps_its_key_when_the_default_is_ec256(
     its default, ec256 since rsa2048) makes no new account; only a new account gets the new type."""
 
     def stored_alg(account: UpstreamAccount) -> str:
-        pem = Sealer(settings.sealing_secret()).open(account.key_sealed, sealing_purpose(account.id))
+        pem = Sealer(settings.sealing_secret()).open(account.key_sealed, upstream_account_purpose(account.id))
         return str(AccountKey.from_pem(pem).alg.name)
 
     assert Settings.model_fields["upstream_account_key_type"].default == "ec256"

@@ -15,7 +15,8 @@ import httpx
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from acme_ra.launcher import LaunchError, Topology
+from acme_ra_tools.dev import Topology
+from acme_ra_tools.supervisor import LaunchError
 from acme_ra_signer.upstream.vault import vault_serial
 from tests.support import database
 from tests.support.certbot import CertbotRun, certonly, dns_names, revoke

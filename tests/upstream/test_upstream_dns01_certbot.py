@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from acme_ra.launcher import LaunchError, Topology
+from acme_ra_tools.dev import Topology
+from acme_ra_tools.supervisor import LaunchError
 from tests.support import database
 from tests.support.bind import Bind, Zone
 from tests.support.certbot import certonly, dns_names

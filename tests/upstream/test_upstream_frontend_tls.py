@@ -33,7 +33,7 @@ def test_bootstrap_obtains_the_frontend_certificate_once(pebble: Pebble, setting
     sans = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["ra.example.test"]
     assert x509.load_pem_x509_certificates(result.ca_bundle.read_bytes()) == [pebble.intermediate()]
-    cert_path, key_path = settings.frontend_tls_paths
+    _cert_path, key_path = settings.frontend_tls_paths
     assert oct(key_path.stat().st_mode & 0o777) == "0o600"
 
     # Every later start keeps it: no new upstream order.

@@ -199,7 +199,7 @@ async def test_configured_lifetime_is_requested(pebble: Pebble, settings: Settin
     finally:
         await driver.close()
     certificate = await certificate_of(db, order_id)
-    expected = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=10)
+    expected = dt.datetime.now(dt.UTC) + dt.timedelta(days=10)
     assert abs((certificate.not_after - expected).total_seconds()) < 300
 
 

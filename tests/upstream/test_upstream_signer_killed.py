@@ -19,7 +19,7 @@ from sqlalchemy import update
 from acme_ra import bus
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UpstreamOrder, utcnow
-from acme_ra.launcher import free_port
+from acme_ra_tools.supervisor import free_port
 from tests.support.tcp_proxy import TcpProxy
 
 from .conftest import SECRET, certificate_count, new_order, order_row, upstream_order_row, wait_until

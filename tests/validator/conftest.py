@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import datetime as dt
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from dnslib import CAA, QTYPE, RCODE, RR, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from acme_ra.db.migrate import upgrade
-from acme_ra.launcher import free_port as unused_port  # noqa: F401 - the validator tests import it from here
+from acme_ra_tools.supervisor import free_port
 from acme_ra_validator.network import NetworkPolicy
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.tlsalpn01 import ID_PE_ACME_IDENTIFIER, acme_identifier_value
@@ -32,6 +32,9 @@ from acme_ra_validator.tlsalpn01 import ID_PE_ACME_IDENTIFIER, acme_identifier_v
 # What the labs set: ACME_RA_VALIDATION_ALLOW_NETWORKS=127.0.0.0/8,::1/128.
 LAB_ALLOW_NETWORKS = "127.0.0.0/8,::1/128"
 LAB_POLICY = NetworkPolicy.from_lists(LAB_ALLOW_NETWORKS)
+
+# The validator tests import it from here.
+unused_port = free_port
 
 
 
@@ -219,7 +222,7 @@ async def tls_lab(tmp_path: Path) -> AsyncIterator[TlsLab]:
 
 
 def challenge_certificate(
-    names: list[x509.GeneralName],
+    names: Sequence[x509.GeneralName],
     key_authorization: str | None,
     *,
     critical: bool = True,
@@ -228,7 +231,7 @@ def challenge_certificate(
     """A self-signed tls-alpn-01 certificate: SANs ``names`` and (unless ``key_authorization`` is
     None) the acmeIdentifier extension, or ``extension_value`` as its raw value."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "acme-tls-alpn-01 test")])
     builder = (
         x509.CertificateBuilder()

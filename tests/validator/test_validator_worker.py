@@ -131,7 +131,7 @@ async def test_a_bug_becomes_server_internal_without_detail(
     assert after["challenge"]["error"] == {"type": "serverInternal", "detail": "validation failed unexpectedly"}
     done = [record for record in caplog.records if record.getMessage() == "validation job done"]
     assert len(done) == 1
-    assert done[0].challenge_id == rows.challenge_id and done[0].result == "serverInternal"
+    assert done[0].__dict__["challenge_id"] == rows.challenge_id and done[0].__dict__["result"] == "serverInternal"
     assert all(rows.key_authorization not in record.getMessage() for record in caplog.records)
 
 

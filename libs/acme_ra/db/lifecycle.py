@@ -399,8 +399,11 @@ def ari_cert_id(leaf: x509.Certificate) -> str | None:
         return None
     serial = leaf.serial_number
     serial_bytes = serial.to_bytes((serial.bit_length() + 8) // 8, "big")  # DER INTEGER content
-    encode = lambda data: base64.urlsafe_b64encode(data).rstrip(b"=").decode()  # noqa: E731
-    return f"{encode(aki)}.{encode(serial_bytes)}"
+    return f"{_b64url(aki)}.{_b64url(serial_bytes)}"
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 _FAIL_ORDER = (

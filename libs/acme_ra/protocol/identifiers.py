@@ -67,7 +67,7 @@ def normalize_dns_name(raw: str) -> str:
     name = raw.lower()
     if name.endswith("."):
         raise ValueError("DNS name must not end with a dot")
-    base = name[2:] if name.startswith("*.") else name
+    base = name.removeprefix("*.")
     if not base:
         raise ValueError("DNS name is empty")
     if len(name) > MAX_DNS_NAME_LENGTH:

@@ -360,5 +360,11 @@ def thumbprint(jwk: josepy.JWK) -> str:
 
 def key_authorization(token: str, jwk: josepy.JWK | dict[str, Any]) -> str:
     """RFC 8555 §8.1: token "." base64url(JWK thumbprint of the account key)."""
-    key = josepy.JWK.from_json(jwk) if isinstance(jwk, dict) else jwk
+    key = jwk if isinstance(jwk, josepy.JWK) else _jwk_from_json(jwk)
     return f"{token}.{thumbprint(key)}"
+
+
+def _jwk_from_json(jwk: dict[str, Any]) -> josepy.JWK:
+    key = josepy.JWK.from_json(jwk)
+    assert isinstance(key, josepy.JWK)  # JWK.from_json returns the subclass of the key's "kty"
+    return key

@@ -56,7 +56,7 @@ class Policy:
     wildcards: bool = True
 
     @classmethod
-    def from_data(cls, data: dict[str, Any] | None) -> "Policy":
+    def from_data(cls, data: dict[str, Any] | None) -> Policy:
         data = data or {}
         return cls(parse_rules(data.get("allow")), parse_rules(data.get("deny")), bool(data.get("wildcards", True)))
 

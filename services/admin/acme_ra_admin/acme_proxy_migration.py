@@ -504,7 +504,7 @@ def render_config(combined: Combined, sources: list[Path]) -> str:
     import yaml
 
     header = f"# acme-ra upstreams migrated from {', '.join(map(str, sources))} (acme-ra config from-acme-proxy)\n"
-    return header + yaml.safe_dump(combined.config, sort_keys=False, default_flow_style=False)
+    return header + str(yaml.safe_dump(combined.config, sort_keys=False, default_flow_style=False))
 
 
 def render_env(migration: Migration | Combined, source: Path | list[Path]) -> str:

@@ -1,4 +1,4 @@
-"""The operator commands of ``acme-ra`` (mounted by :mod:`acme_ra.cli`): ``eab``, ``accounts``,
+"""The operator commands of ``acme-ra`` (mounted by :mod:`acme_ra_tools.cli`): ``eab``, ``accounts``,
 ``orders``, ``certs``, ``upstream``, ``queues``, ``policy``, ``admin-token`` and ``secrets``.
 
 Each command works on the database directly (the same ``ACME_RA_*`` settings as the services),

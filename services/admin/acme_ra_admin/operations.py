@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
 from acme_ra import bus, eab, natsauth
-from acme_ra.config import Settings, parse_host_port
+from acme_ra.config import Settings, http_base
 from acme_ra.db import inventory, models
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import parse_rules
@@ -125,13 +125,6 @@ def _upstreams(described: list[dict[str, Any]], pending: dict[str, tuple[int, in
             ),
         ))
     return result
-
-
-def http_base(listen: str) -> str:
-    """Where to connect to reach a listener bound to ``listen``."""
-    host, port = parse_host_port(listen)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def certificate_names(chain_pem: str) -> list[str]:
@@ -434,10 +427,12 @@ class AdminOperations:
         except httpx.HTTPError as error:
             return schemas.SignerStatus(url=url, reachable=False, ready=False,
                                         failed={"signer": str(error) or type(error).__name__})
-        body: dict[str, Any] = {}
+        answer: Any = None
         with contextlib.suppress(ValueError):
-            body = response.json()
-        failed = body.get("failed") if isinstance(body.get("failed"), dict) else {}
+            answer = response.json()
+        body: dict[str, Any] = answer if isinstance(answer, dict) else {}  # a proxy may answer anything
+        reported = body.get("failed")
+        failed: dict[Any, Any] = reported if isinstance(reported, dict) else {}
         if response.status_code != 200 and not failed:
             failed = {"signer": f"HTTP {response.status_code}"}
         described: Any = None
@@ -507,14 +502,14 @@ class AdminOperations:
         sealed in an older one. A value that does not open stops it all (nothing is written)."""
         from sqlalchemy import select, update
 
-        from acme_ra.sealing import SealError
-        from acme_ra_signer.upstream.accounts import sealing_purpose as upstream_purpose
+        from acme_ra.sealing import SealError, upstream_account_purpose
 
         report = schemas.ResealReport(resealed=0, current=0)
         async with self.db.transaction() as session:
             tables = [
                 (models.EabKey, models.EabKey.kid, models.EabKey.hmac_key_sealed, eab.sealing_purpose),
-                (models.UpstreamAccount, models.UpstreamAccount.id, models.UpstreamAccount.key_sealed, upstream_purpose),
+                (models.UpstreamAccount, models.UpstreamAccount.id, models.UpstreamAccount.key_sealed,
+                 upstream_account_purpose),
             ]
             for table, key, column, purpose in tables:
                 for row_id, sealed in (await session.execute(select(key, column))).all():
@@ -579,7 +574,7 @@ def _authorization(row: models.Authorization, challenges: list[models.Challenge]
 
 def _certificate(row: models.Certificate, upstream: str | None = None, profile: str | None = None,
                  eab_kid: str | None = None) -> schemas.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     status = "revoked" if row.revoked_at is not None else "expired" if row.not_after <= now else "valid"
     return schemas.Certificate(
         id=row.id, order_id=row.order_id, account_id=row.account_id, serial=row.serial,

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from acme_ra.launcher import die_with_parent
+from acme_ra.parent_death import die_with_parent
 
 log = logging.getLogger("acme_ra.frontend.workers")
 

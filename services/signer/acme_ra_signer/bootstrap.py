@@ -152,7 +152,7 @@ def ensure_frontend_cert(
     now: dt.datetime | None = None,
 ) -> str:
     """Issue the frontend's certificate and key unless a good one exists. Returns issued|kept."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     cert_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with labca.exclusive_lock(cert_path.parent / f".{cert_path.name}.lock"):
         if _still_good(ca, cert_path, key_path, names, now):

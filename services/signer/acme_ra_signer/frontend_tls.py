@@ -61,7 +61,7 @@ def frontend_names(external_url: str) -> list[str]:
 
 def condition(cert_path: Path, key_path: Path, names: list[str], now: dt.datetime | None = None) -> Condition:
     """What the certificate on disk needs: nothing, renewal, replacing a placeholder, or issuing."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     try:
         leaf = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
@@ -140,7 +140,7 @@ async def obtain(driver: AcmeDriver, cert_path: Path, key_path: Path, names: lis
 def write_placeholder(cert_path: Path, key_path: Path, names: list[str]) -> None:
     """A self-signed certificate so that the frontend can start; replaced as soon as possible."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, PLACEHOLDER_ORGANIZATION),
@@ -178,7 +178,7 @@ async def renew_forever(settings: Settings, driver: AcmeDriver, stop: asyncio.Ev
         if condition(cert_path, key_path, names) != "missing":
             try:
                 outcome = await ensure(settings, driver, at_bootstrap=False)
-            except Exception:  # noqa: BLE001 - keep trying; the frontend keeps its current files
+            except Exception:  # keep trying; the frontend keeps its current files
                 log.exception("frontend certificate renewal failed")
                 outcome = "failed"
         still = condition(cert_path, key_path, names)

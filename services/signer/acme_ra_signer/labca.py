@@ -110,7 +110,7 @@ class LabCA:
         subject = x509.Name(
             [x509.NameAttribute(NameOID.COMMON_NAME, common_name)] if common_name else []
         )
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         not_after = min(now + lifetime, self.intermediate.not_valid_after_utc)
         issuer_ski = self.intermediate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         builder = (
@@ -256,7 +256,7 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, ec.El
 def _create_root(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP384R1())
     name = _name(f"acme-ra lab root {secrets.token_hex(4)}")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -280,7 +280,7 @@ def _create_intermediate(
     key = ec.generate_private_key(ec.SECP256R1())
     suffix = root.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
     suffix = str(suffix).rsplit(" ", 1)[-1]
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     root_ski = root.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     cert = (
         x509.CertificateBuilder()

@@ -82,7 +82,7 @@ class RevokeResponder:
                 reply = await self.answer(request, (msg.headers or {}).get("traceparent"))
             if msg.reply:
                 await msg.respond(reply.model_dump_json().encode())
-        except Exception:  # noqa: BLE001 - the frontend times out and answers 503
+        except Exception:  # the frontend times out and answers 503
             log.exception("revoke request not answered")
         finally:
             self._slots.release()

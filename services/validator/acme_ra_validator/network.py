@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Union
+from typing import TypeAlias
 
 from acme_ra_validator.failure import ValidationFailure
 from acme_ra_validator.resolver import LookupFailed, NameNotFound, NameResolver
 
-IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
-IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Refused unless ACME_RA_VALIDATION_ALLOW_NETWORKS allows them (IANA IPv4/IPv6 special-purpose
 # address registries, the same list Boulder refuses).

@@ -17,7 +17,7 @@ import ipaddress
 import ssl
 
 from cryptography import x509
-from cryptography.x509.oid import ExtensionOID, ObjectIdentifier
+from cryptography.x509.oid import ObjectIdentifier
 
 from acme_ra import telemetry
 from acme_ra_validator.failure import ValidationFailure
@@ -157,7 +157,7 @@ def check_certificate(
     except ValueError as error:
         raise ValidationFailure("unauthorized", f"{prefix}: the certificate could not be parsed ({error})") from None
     try:
-        names = list(extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value)
+        names = list(extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         names = []
     expected = _expected_name(identifier_type, identifier_value)

@@ -26,7 +26,10 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async() -> None:
-    engine = create_async_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:  # acme_ra.db.migrate.alembic_config sets it; a bare `alembic` run does not
+        raise SystemExit("acme-ra: no sqlalchemy.url: run `acme-ra db migrate` (it reads ACME_RA_DATABASE_URL)")
+    engine = create_async_engine(url, poolclass=pool.NullPool)
     async with engine.connect() as connection:
         await connection.run_sync(_run)
     await engine.dispose()

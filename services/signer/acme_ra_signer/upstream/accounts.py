@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UpstreamAccount, new_id, utcnow
-from acme_ra.sealing import Sealer, SealError
+from acme_ra.sealing import Sealer, SealError, upstream_account_purpose
 from acme_ra_signer import metrics
 from acme_ra_signer.upstream.acme_client import AccountKey, AcmeClient, AcmeProblem
 from acme_ra_signer.upstream.base import UpstreamUnavailable
@@ -42,10 +42,6 @@ class Account:
     row_id: str
     key: AccountKey
     url: str
-
-
-def sealing_purpose(row_id: str) -> str:
-    return f"upstream-account:{row_id}"
 
 
 class AccountStore:
@@ -126,7 +122,7 @@ class AccountStore:
                             id=row_id,
                             upstream=self.upstream.name,
                             directory_url=self.upstream.directory_url,
-                            key_sealed=self.sealer.seal(key.to_pem(), sealing_purpose(row_id)),
+                            key_sealed=self.sealer.seal(key.to_pem(), upstream_account_purpose(row_id)),
                             eab_kid=self.upstream.eab_kid or None,
                             registrations=0,
                             created_at=now,
@@ -138,7 +134,7 @@ class AccountStore:
             row = await self._load()
             assert row is not None
         try:
-            key = AccountKey.from_pem(self.sealer.open(row.key_sealed, sealing_purpose(row.id)))
+            key = AccountKey.from_pem(self.sealer.open(row.key_sealed, upstream_account_purpose(row.id)))
         except SealError as error:
             raise AccountRefused(
                 f"upstream {self.upstream.name}: cannot open the stored account key: {error}"
@@ -162,7 +158,7 @@ class AccountStore:
         url = await self._register(key)
         values: dict[str, object] = {"url": url, "registered_at": utcnow(), "updated_at": utcnow()}
         if new_key:
-            values["key_sealed"] = self.sealer.seal(key.to_pem(), sealing_purpose(row_id))
+            values["key_sealed"] = self.sealer.seal(key.to_pem(), upstream_account_purpose(row_id))
         async with self.db.transaction() as session:
             await session.execute(
                 update(UpstreamAccount)

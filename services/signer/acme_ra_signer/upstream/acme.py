@@ -284,11 +284,10 @@ class AcmeUpstream(NamedUpstream):
         self, journal: Journal, csr: x509.CertificateSigningRequest, deadline: float, known: messages.Order | None
     ) -> float | None:
         """Authorize, then finalize; returns the finalize answer's Retry-After, if any."""
-        response = None
         if known is not None:
             order = known
         else:
-            order, response = await self._order(journal)
+            order, _ = await self._order(journal)
         status = order.status.name
         if status == "pending":
             await self._authorize(order, deadline, journal)
@@ -782,7 +781,7 @@ def _identifier(authz: messages.Authorization, url: str) -> str:
 
 
 def _rfc3339(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _parse_chain(content: bytes, upstream: str) -> list[x509.Certificate]:

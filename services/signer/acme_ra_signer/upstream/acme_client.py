@@ -156,7 +156,7 @@ class AccountKey:
         elif isinstance(key, rsa.RSAPrivateKey):
             alg, jwk = RS256, JWKRSA(key=key)
         else:
-            raise ValueError(f"unsupported account key type {type(key).__name__}")
+            raise TypeError(f"unsupported account key type {type(key).__name__}")
         return cls(jwk, alg, JwsSigner(key, jwk.public_key().to_json()))
 
     @classmethod
@@ -198,8 +198,8 @@ def retry_after_seconds(response: UpstreamResponse, now: dt.datetime | None = No
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - (now or dt.datetime.now(dt.timezone.utc))).total_seconds())
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - (now or dt.datetime.now(dt.UTC))).total_seconds())
 
 
 # Path segments that are resource ids, not names: replaced by ``{id}`` in span names.
@@ -207,14 +207,9 @@ _WORDS = re.compile(r"[a-z]{2,}(?:[-_][a-z]{2,})*|[a-z]{2,}(?:[A-Z][a-z]{2,})*")
 _HEX = re.compile(r"[0-9a-fA-F]{8,}")
 
 
-def url_template(url: str) -> str:
-    """The URL's path with its ids as ``{id}`` (``/my-order/Ab3x...`` -> ``/my-order/{id}``):
-    a span name that says which kind of resource, never which one."""
-    return path_template(httpx.URL(url).path)
-
-
 def path_template(path: str) -> str:
-    """``url_template`` of a URL's (decoded) path."""
+    """A URL's (decoded) path with its ids as ``{id}`` (``/my-order/Ab3x...`` -> ``/my-order/{id}``):
+    a span name that says which kind of resource, never which one."""
     return "/".join("{id}" if segment and _is_id(segment) else segment for segment in path.split("/")) or "/"
 
 

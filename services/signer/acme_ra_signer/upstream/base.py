@@ -131,7 +131,7 @@ class UpstreamDriver(abc.ABC):
 
     async def close(self) -> None:
         """Release connections and background work; called once at shutdown."""
-        return None
+        return
 
 
 class NamedUpstream(abc.ABC):
@@ -168,4 +168,4 @@ class NamedUpstream(abc.ABC):
         return entry.finalized_at is None
 
     async def close(self) -> None:
-        return None
+        return

@@ -45,7 +45,7 @@ class JwsSigner:
         elif isinstance(private_key, rsa.RSAPrivateKey):
             self.alg = "RS256"
         else:
-            raise ValueError(f"unsupported account key type {type(private_key).__name__}")
+            raise TypeError(f"unsupported account key type {type(private_key).__name__}")
         self._key = private_key
 
     def sign(self, payload: bytes, nonce: str, url: str, kid: str | None) -> bytes:

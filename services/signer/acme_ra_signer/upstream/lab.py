@@ -91,7 +91,7 @@ class LabDriver(UpstreamDriver):
         )
 
     async def check(self) -> None:
-        if dt.datetime.now(dt.timezone.utc) >= self.ca.intermediate.not_valid_after_utc:
+        if dt.datetime.now(dt.UTC) >= self.ca.intermediate.not_valid_after_utc:
             raise UpstreamUnavailable("the lab CA's intermediate has expired")
 
 

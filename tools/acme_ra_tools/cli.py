@@ -81,9 +81,9 @@ def dev(
         help="port of the embedded nats-server (default 4222, or any free port if taken)")] = None,
 ) -> None:
     """Run everything on this machine: nats-server, migrations, the services (make dev)."""
-    from acme_ra import launcher
+    from acme_ra_tools import dev as dev_topology
 
-    raise typer.Exit(launcher.run(argparse.Namespace(nats_port=nats_port)))
+    raise typer.Exit(dev_topology.run(argparse.Namespace(nats_port=nats_port)))
 
 
 @app.command("migrate")

@@ -18,7 +18,7 @@ The TLS certificates of HAProxy, the frontends and Pebble come from a throw-away
 must trust, as with ``make dev``. A process that dies is restarted (docker compose's
 ``restart: unless-stopped``); Ctrl-C stops everything.
 
-``python -m acme_ra.lab init DIR`` writes the same TLS material for docker-compose's init job.
+``python -m acme_ra_tools.lab init DIR`` writes the same TLS material for docker-compose's init job.
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import ssl
-import subprocess
 import sys
 import threading
 import time
@@ -44,25 +42,29 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from acme_ra import natsauth
-from acme_ra.config import ENV_PREFIX, Settings, get_settings
-from acme_ra.lab_tls import LOCAL_NAMES, TlsMaterial, ensure_tls_material, write_private
-from acme_ra.launcher import (
+from acme_ra.config import ENV_PREFIX, Settings, get_settings, http_base
+from acme_ra.redaction import mask_url
+from acme_ra_tools.dev import Topology
+from acme_ra_tools.lab_tls import LOCAL_NAMES, TlsMaterial, ensure_tls_material, write_private
+from acme_ra_tools.supervisor import (
     LAB_DEFAULTS,
     POLL_INTERVAL_SECONDS,
     READY_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,
     Child,
     LaunchError,
-    Topology,
-    _http_base,
-    _nats_ready,
+    NotReady,
     free_port,
+    http_ok,
+    nats_ready,
     nats_server_binary,
     port_is_free,
+    run_step,
     serve,
     settings_from_env,
+    tcp_listening,
+    wait_until,
 )
-from acme_ra.redaction import mask_url
 
 # ACME_RA_DATABASE_URL when unset: a database of this machine's PostgreSQL (created if missing).
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/acme_ra_lab"
@@ -152,24 +154,6 @@ def haproxy_binary() -> str | None:
     """Debian's haproxy lives in /usr/sbin, which a normal user's PATH may lack."""
     found = shutil.which("haproxy") or "/usr/sbin/haproxy"
     return found if os.access(found, os.X_OK) else None
-
-
-def _tcp_listening(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-class NotReady(Exception):
-    """A readiness check answered, but not yet with 200; the message says what it answered."""
-
-
-def _http_ok(url: str, verify: ssl.SSLContext | bool = False) -> bool:
-    with httpx.Client(trust_env=False, timeout=2, verify=verify) as client:
-        response = client.get(url)
-    if response.status_code != 200:
-        raise NotReady(f"{url} answered {response.status_code}: {response.text[:300]}")
-    return True
 
 
 def ensure_postgres_database(url: str, *, recreate: bool = False) -> bool:
@@ -321,7 +305,7 @@ class ProcessLab:
             if self._uses_lab_pebble():
                 self._start_pebble()
             self._prepare_database()
-            self._run_step("migrate", [sys.executable, "-m", "acme_ra.cli", "migrate"])
+            self._run_step("migrate", [sys.executable, "-m", "acme_ra_tools.cli", "migrate"])
             self._run_step("bootstrap", [sys.executable, "-m", "acme_ra_signer", "bootstrap"])
             services = [self._add_signer()]
             services += [self._add_validator(number) for number in range(1, self.validators + 1)]
@@ -381,14 +365,14 @@ class ProcessLab:
         config = natsauth.write_server_config(self.nats_auth_dir)
         service = Service("nats-server", [nats_server_binary(), "-c", str(config), "-js",
                                           "-sd", str(self.state_dir / "nats"), "-a", "127.0.0.1", "-p", str(port)],
-                          dict(self.env), ready=lambda: _nats_ready(port))
+                          dict(self.env), ready=lambda: nats_ready(port))
         self._start_infrastructure(service)
         self.env[ENV_PREFIX + "NATS_URL"] = f"nats://127.0.0.1:{port}"
         self.settings = settings_from_env(self.env)
 
     def _start_challtestsrv(self) -> None:
         dns, management = self.ports("dns"), self.ports("dns-management")
-        if _tcp_listening(dns) or _tcp_listening(management):
+        if tcp_listening(dns) or tcp_listening(management):
             self.found_running.append(f"DNS 127.0.0.1:{dns} (already running)")
             return
         binary = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
@@ -397,16 +381,16 @@ class ProcessLab:
         argv = [binary, "-dns01", f"127.0.0.1:{dns}", "-management", f"127.0.0.1:{management}",
                 "-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]
         self._start_infrastructure(Service("challtestsrv", argv, {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-                                           ready=lambda: _tcp_listening(management)))
+                                           ready=lambda: tcp_listening(management)))
 
     def _start_pebble(self) -> None:
         port, management = self.ports("pebble"), self.ports("pebble-management")
         directory = self.settings.upstream_directory_url
         bundle = self.settings.upstream_ca_bundle
         context = ssl.create_default_context(cafile=str(bundle)) if bundle else ssl.create_default_context()
-        if _tcp_listening(port):
+        if tcp_listening(port):
             try:
-                _http_ok(directory, context)
+                http_ok(directory, context)
             except (OSError, httpx.HTTPError, NotReady) as error:
                 raise LaunchError(
                     f"something listens on port {port} but {directory} does not answer as a Pebble whose "
@@ -441,7 +425,7 @@ class ProcessLab:
             "PEBBLE_VA_NOSLEEP": "1",
             "PEBBLE_WFE_NONCEREJECT": "0",
         }
-        self._start_infrastructure(Service("pebble", argv, env, ready=lambda: _http_ok(directory, context),
+        self._start_infrastructure(Service("pebble", argv, env, ready=lambda: http_ok(directory, context),
                                            endpoints={"management": f"https://localhost:{management}"}))
 
     def _start_infrastructure(self, service: Service) -> None:
@@ -461,7 +445,7 @@ class ProcessLab:
     def _add_signer(self) -> Service:
         base = f"http://{self.settings.signer_listen}"
         service = Service("signer", [sys.executable, "-m", "acme_ra_signer"], self._service_env("signer"),
-                          ready=lambda: _http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})
+                          ready=lambda: http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})
         self.services["signer"] = service
         return service
 
@@ -471,7 +455,7 @@ class ProcessLab:
         env = self._service_env("validator", **{ENV_PREFIX + "VALIDATOR_LISTEN": f"127.0.0.1:{self.ports(name)}",
                                                 "OTEL_SERVICE_NAME": f"acme-ra-{name}"})
         service = Service(name, [sys.executable, "-m", "acme_ra_validator"], env,
-                          ready=lambda: _http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})
+                          ready=lambda: http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})
         self.services[name] = service
         return service
 
@@ -483,7 +467,7 @@ class ProcessLab:
                                                "OTEL_SERVICE_NAME": f"acme-ra-{name}"})
         service = Service(
             name, [sys.executable, "-m", "acme_ra_frontend"], env,
-            ready=lambda: _http_ok(f"https://localhost:{port}/readyz", self._frontend_context()),
+            ready=lambda: http_ok(f"https://localhost:{port}/readyz", self._frontend_context()),
             endpoints={"metrics": f"http://127.0.0.1:{metrics}/metrics", "acme": f"https://localhost:{port}"})
         self.services[name] = service
         return service
@@ -491,7 +475,7 @@ class ProcessLab:
     @property
     def admin_url(self) -> str:
         """The admin API (``/api/``) and console, as ``make dev`` prints it."""
-        return _http_base(self.settings.admin_listen)
+        return http_base(self.settings.admin_listen)
 
     def _add_admin(self) -> Service:
         """The admin API and console; ready when its database answers and it is connected to
@@ -548,7 +532,7 @@ class ProcessLab:
             "LB_FRONTEND_2": f"127.0.0.1:{self.ports(frontends[-1])}",
         }
         service = Service("haproxy", [str(haproxy_binary()), "-db", "-f", str(HAPROXY_CONFIG)], env, echo=False,
-                          ready=lambda: _http_ok(self.directory_url, self._client_context()),
+                          ready=lambda: http_ok(self.directory_url, self._client_context()),
                           endpoints={"metrics": f"http://127.0.0.1:{stats}/metrics"})
         self.services["haproxy"] = service
         self.started_here.append("haproxy")
@@ -584,40 +568,14 @@ class ProcessLab:
         service.restart_at = None
 
     def _wait_ready(self, service: Service) -> None:
-        if service.ready is None:
+        if service.ready is None or service.child is None:
             return
-        deadline = time.monotonic() + self.ready_timeout
-        last_error = "not ready"
-        while True:
-            if self._stop.is_set():
-                raise KeyboardInterrupt
-            child = service.child
-            if child is not None and child.returncode is not None:
-                raise LaunchError(f"{service.name} exited with status {child.returncode} during start-up\n"
-                                  f"{child.describe_failure()}")
-            try:
-                if service.ready():
-                    return
-            except (OSError, httpx.HTTPError, NotReady) as error:
-                last_error = str(error) or type(error).__name__
-            if time.monotonic() > deadline:
-                log = f"\n{child.describe_failure()}" if child is not None else ""
-                raise LaunchError(f"{service.name} not ready after {self.ready_timeout:.0f}s: {last_error}{log}")
-            time.sleep(POLL_INTERVAL_SECONDS)
+        wait_until(service.name, service.ready, [service.child], timeout=self.ready_timeout,
+                   stopping=self._stop.is_set)
 
     def _run_step(self, step: str, argv: list[str]) -> None:
         child = Child(step, argv, self.env, self.log_dir / f"{step}.log", self.echo)
-        try:
-            child.process.wait(self.ready_timeout)
-        except subprocess.TimeoutExpired:
-            child.terminate()
-            child.wait_stopped(STOP_TIMEOUT_SECONDS)
-            raise LaunchError(
-                f"{step} did not finish in {self.ready_timeout:.0f}s\n{child.describe_failure()}"
-            ) from None
-        child.wait_stopped(STOP_TIMEOUT_SECONDS)
-        if child.returncode != 0:
-            raise LaunchError(f"{step} failed (exit status {child.returncode})\n{child.describe_failure()}")
+        run_step(child, timeout=self.ready_timeout, stopping=self._stop.is_set)
 
     def _supervise(self) -> None:
         """Restart what dies, with back-off (docker compose's ``restart: unless-stopped``)."""
@@ -766,7 +724,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def init(args: argparse.Namespace) -> int:
-    """``python -m acme_ra.lab init DIR``: docker-compose's init job writes the lab TLS material
+    """``python -m acme_ra_tools.lab init DIR``: docker-compose's init job writes the lab TLS material
     (``DIR/tls``) and the sealing secret every service shares (``DIR/secret.key``)."""
     directory = Path(args.directory)
     names = [n.strip() for n in args.names.split(",") if n.strip()]
@@ -786,7 +744,7 @@ def init(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m acme_ra.lab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m acme_ra_tools.lab", description=__doc__.splitlines()[0])
     parser.add_argument("--validators", type=int, default=int(os.environ.get("VALIDATORS") or DEFAULT_VALIDATORS),
                         help=f"validator processes (default {DEFAULT_VALIDATORS}, or $VALIDATORS)")
     parser.add_argument("--frontends", type=int, default=DEFAULT_FRONTENDS, choices=(1, 2),

@@ -22,7 +22,7 @@ import uvloop
 
 from acme_ra import http_transport
 from acme_ra.http_transport import LeanTransport
-from acme_ra.lab_tls import TlsMaterial, ensure_tls_material
+from acme_ra_tools.lab_tls import TlsMaterial, ensure_tls_material
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,

@@ -21,8 +21,8 @@ from pydantic import SecretStr, ValidationError
 
 from acme_ra import bus, natsauth
 from acme_ra.config import Settings
-from acme_ra.lab_tls import ensure_tls_material
-from acme_ra.launcher import free_port, nats_server_binary
+from acme_ra_tools.lab_tls import ensure_tls_material
+from acme_ra_tools.supervisor import free_port, nats_server_binary
 from tests.support.nats import NatsServer
 
 pytestmark = pytest.mark.integration

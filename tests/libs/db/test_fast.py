@@ -16,7 +16,7 @@ from acme_ra.db.models import Account, RedeemedNonce
 from acme_ra_frontend.app import is_unavailable
 from tests.support import database
 
-WHEN = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc)
+WHEN = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
 
 _INSERT_ACCOUNT = Statement(insert(Account), ["id", "key_thumbprint", "jwk", "status", "contact", "tos_agreed",
                                               "created_at"])
@@ -84,6 +84,7 @@ async def test_a_statement_joins_the_connections_transaction(db: Database) -> No
 async def test_a_lost_connection_is_an_outage_and_the_pool_recovers(db: Database, fresh_database_url: str) -> None:
     async with db.autocommit() as conn:
         raw = await conn.get_raw_connection()
+        assert raw.driver_connection is not None
         pid = raw.driver_connection.get_server_pid()
     admin = await asyncpg.connect(fresh_database_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:

@@ -113,7 +113,7 @@ def _leaf_is_good(material: TlsMaterial, name: str, ca: x509.Certificate, names:
 def ensure_tls_material(directory: Path, leaves: Mapping[str, list[str]]) -> TlsMaterial:
     """The lab TLS CA (kept across runs) and one server certificate per entry of ``leaves``
     (``{"haproxy": ["localhost", ...]}``), each issued again only when missing or stale."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     material = TlsMaterial(directory)
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _load_ca(material, now)

@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 import sqlalchemy.exc
 from sqlalchemy import text
+from sqlalchemy.engine.interfaces import DBAPIConnection
 
 from acme_ra.db import engine as engine_module
 from acme_ra.db.engine import Database
@@ -65,12 +66,12 @@ async def test_a_busy_connection_is_not_pinged(fresh_database_url: str) -> None:
     pings = 0
     do_ping = db.engine.sync_engine.dialect.do_ping
 
-    def counted(connection: object) -> bool:
+    def counted(connection: DBAPIConnection) -> bool:
         nonlocal pings
         pings += 1
         return bool(do_ping(connection))
 
-    db.engine.sync_engine.dialect.do_ping = counted  # type: ignore[method-assign]
+    db.engine.sync_engine.dialect.do_ping = counted  # type: ignore[method-assign,assignment]  # counts the pings
     try:
         for _ in range(5):
             await backend_pid(db)

@@ -151,6 +151,7 @@ async def _copy(db: Database, tables: dict[str, Table], rows: dict[str, list[dic
                     await conn.execute(insert(tables[name]), values)
             return
         raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None  # an open connection
         for name, values in rows.items():
             if not values:
                 continue

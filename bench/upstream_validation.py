@@ -131,6 +131,7 @@ def measure(method: Method, args: argparse.Namespace, workdir: Path, http01_port
         target.start()
         load = run_generator(target, args, workdir, http01_port, args.level_list)
         result["load"] = load
+        assert target.log_dir is not None  # started
         events = validation_events(target.log_dir / "signer.log")
         valid = [e for e in events if e.get("outcome") == "valid"]
         result["validations"] = summary(float(e["duration_ms"]) / 1000 for e in valid)

@@ -116,9 +116,9 @@ async def test_charts_count_per_week_and_per_day(history_db: Database, history: 
                             created=NOW - dt.timedelta(days=days % 7))
     async with history_db.transaction() as session:
         weeks = await inventory.expiring_per_week(session, NOW, 13)
-        days = await inventory.issued_per_day(session, NOW, 7)
+        daily = await inventory.issued_per_day(session, NOW, 7)
     assert weeks[:3] == [2, 1, 0] and sum(weeks) == 3
-    assert days == [0, 0, 0, 0, 3, 1, 0]  # issued 2 (2, 9 and 100 % 7) and 1 day ago
+    assert daily == [0, 0, 0, 0, 3, 1, 0]  # issued 2 (2, 9 and 100 % 7) and 1 day ago
 
 
 async def test_the_command_lists_what_expires_and_refuses_a_bad_duration(history_url: str, history: History,

@@ -139,11 +139,11 @@ def test_the_units_verify_and_are_hardened(installed: tuple[Path, str], tmp_path
     assert len(units) == len(SERVICES) + 1
     done = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=120, check=False)
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
-    for unit in units:
-        done = subprocess.run([analyze, "security", "--offline=yes", unit], capture_output=True, text=True,
+    for written in units:
+        done = subprocess.run([analyze, "security", "--offline=yes", written], capture_output=True, text=True,
                               timeout=120, check=False)
         exposure = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", done.stdout)
-        assert exposure and float(exposure[1]) <= MAX_EXPOSURE, f"{unit}\n{done.stdout[-3000:]}\n{done.stderr}"
+        assert exposure and float(exposure[1]) <= MAX_EXPOSURE, f"{written}\n{done.stdout[-3000:]}\n{done.stderr}"
     for unit in UNITS.glob("*.service"):
         text = unit.read_text()
         for directive in ("User=acme-ra", "ProtectSystem=strict", "NoNewPrivileges=yes", "ProtectHome=yes",

@@ -9,9 +9,15 @@ import pytest
 from pydantic import SecretStr
 
 from acme_ra.config import Settings
-from acme_ra_signer.upstream.catalog import UpstreamConfigError, load_catalog, sealing_secret
+from acme_ra_signer.upstream.catalog import Upstream, UpstreamConfigError, load_catalog, sealing_secret
 
 HMAC = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+
+
+def acme(upstream: object) -> Upstream:
+    """An ACME upstream of the catalog (the only type these tests configure)."""
+    assert isinstance(upstream, Upstream), upstream
+    return upstream
 
 
 def settings(tmp_path: Path, **values: Any) -> Settings:
@@ -45,7 +51,7 @@ def test_environment_alone_makes_the_default_upstream(tmp_path: Path) -> None:
             upstream_authz_strategy="prevalidated",
         )
     )
-    upstream = catalog.select("acme", None)
+    upstream = acme(catalog.select("acme", None))
     assert upstream.name == catalog.default == "default"
     assert upstream.has_eab and upstream.cert_lifetime_days == 365 and upstream.authz_strategy == "prevalidated"
     assert upstream.setting("eab_hmac_key") == "ACME_RA_UPSTREAM_EAB_HMAC_KEY"
@@ -120,13 +126,13 @@ anything = 1
     )
     catalog = load_catalog(settings(tmp_path, config_file=config))
     assert set(catalog.upstreams) == {"rsa", "ecc"}
-    assert catalog.select("acme", None).name == "rsa"
-    assert catalog.select("ecc", None).name == "ecc"
+    assert acme(catalog.select("acme", None)).name == "rsa"
+    assert acme(catalog.select("ecc", None)).name == "ecc"
     assert catalog.select("acme", "tlsserver-ecc").name == "ecc"
     assert catalog.select("acme", "unknown-profile").name == "rsa"
-    ecc = catalog.upstreams["ecc"]
+    ecc = acme(catalog.upstreams["ecc"])
     assert ecc.eab_hmac_key is not None and ecc.eab_hmac_key.get_secret_value() == HMAC
-    assert ecc.account_key_type == "ec256" and catalog.upstreams["rsa"].account_key_type == "rsa2048"
+    assert ecc.account_key_type == "ec256" and acme(catalog.upstreams["rsa"]).account_key_type == "rsa2048"
     assert ecc.setting("eab_hmac_key") == f"ACME_RA_CONFIG_FILE ({config}): upstreams.ecc.eab_hmac_key"
 
 
@@ -192,14 +198,14 @@ DNS01 = {
 
 
 def test_default_strategy_is_prevalidated_and_dns01_reads_the_rfc2136_settings(tmp_path: Path) -> None:
-    plain = load_catalog(settings(tmp_path, upstream_directory_url="https://ca.test/dir")).upstreams["default"]
+    plain = acme(load_catalog(settings(tmp_path, upstream_directory_url="https://ca.test/dir")).upstreams["default"])
     assert plain.authz_strategy == "prevalidated" and plain.rfc2136 is None
     secret_file = tmp_path / "tsig.secret"
     secret_file.write_text(TSIG + "\n")
     values = {**DNS01, "upstream_dns_tsig_secret": None, "upstream_dns_tsig_secret_file": secret_file}
-    upstream = load_catalog(
+    upstream = acme(load_catalog(
         settings(tmp_path, **values, upstream_dns_nameservers="192.0.2.1, [2001:db8::1]:5353")
-    ).upstreams["default"]
+    ).upstreams["default"])
     assert upstream.authz_strategy == "dns-01" and upstream.rfc2136 is not None
     assert (upstream.rfc2136.host, upstream.rfc2136.port, upstream.rfc2136.key_name) == ("192.0.2.53", 5353, "acme-ra.")
     assert upstream.rfc2136.algorithm == "hmac-sha256" and upstream.rfc2136.secret.get_secret_value() == TSIG
@@ -271,10 +277,10 @@ def test_config_file_declares_dns01_per_upstream(tmp_path: Path) -> None:
     assert f"ACME_RA_CONFIG_FILE ({config}): upstreams.sectigo.authz_strategy='fail': no longer" in str(error.value)
     config.write_text(config.read_text().replace("authz_strategy: fail", "authz_strategy: prevalidated"))
     catalog = load_catalog(settings(tmp_path, config_file=config))
-    upstream = catalog.upstreams["certinext"]
+    upstream = acme(catalog.upstreams["certinext"])
     assert upstream.rfc2136 is not None and upstream.rfc2136.port == 53 and upstream.rfc2136.algorithm == "hmac-sha512"
     assert upstream.dns_propagation_timeout_seconds == 300 and upstream.validation_timeout_seconds == 1800
-    assert catalog.upstreams["sectigo"].authz_strategy == "prevalidated"
+    assert acme(catalog.upstreams["sectigo"]).authz_strategy == "prevalidated"
     config.write_text(config.read_text().replace("server: 192.0.2.53", "server: ':53'"))
     with pytest.raises(UpstreamConfigError, match=r"upstreams\.certinext\.dns_update\.rfc2136\.server=':53'"):
         load_catalog(settings(tmp_path, config_file=config))
@@ -282,7 +288,7 @@ def test_config_file_declares_dns01_per_upstream(tmp_path: Path) -> None:
 
 def test_describe_shows_strategy_and_where_records_go_never_the_secret(tmp_path: Path) -> None:
     """What the signer's /upstreams tells acme-ra upstream status about each upstream."""
-    plain = load_catalog(settings(tmp_path, upstream_directory_url="https://ca.test/dir")).upstreams["default"]
+    plain = acme(load_catalog(settings(tmp_path, upstream_directory_url="https://ca.test/dir")).upstreams["default"])
     assert plain.describe() == {"name": "default", "authz_strategy": "prevalidated", "dns_update": None}
     rfc2136 = load_catalog(settings(tmp_path, **DNS01)).upstreams["default"]
     assert rfc2136.describe() == {
@@ -300,9 +306,9 @@ def test_describe_shows_strategy_and_where_records_go_never_the_secret(tmp_path:
 
 def test_http01_loads_from_the_environment_and_per_upstream_from_the_file(tmp_path: Path) -> None:
     """http-01 needs nothing else of the signer: the frontends serve what it stores."""
-    env = load_catalog(
+    env = acme(load_catalog(
         settings(tmp_path, upstream_directory_url="https://ca.test/dir", upstream_authz_strategy="HTTP-01")
-    ).upstreams["default"]
+    ).upstreams["default"])
     assert env.authz_strategy == "http-01"
     assert env.describe() == {"name": "default", "authz_strategy": "http-01", "dns_update": None}
     config = tmp_path / "acme-ra.yaml"
@@ -317,6 +323,6 @@ def test_http01_loads_from_the_environment_and_per_upstream_from_the_file(tmp_pa
         "default_upstream: sectigo\n"
     )
     catalog = load_catalog(settings(tmp_path, config_file=config))
-    assert catalog.upstreams["certinext"].authz_strategy == "http-01"
-    assert catalog.upstreams["certinext"].validation_timeout_seconds == 900
-    assert catalog.upstreams["sectigo"].authz_strategy == "prevalidated"
+    assert acme(catalog.upstreams["certinext"]).authz_strategy == "http-01"
+    assert acme(catalog.upstreams["certinext"]).validation_timeout_seconds == 900
+    assert acme(catalog.upstreams["sectigo"]).authz_strategy == "prevalidated"

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from acme_ra_signer.upstream.catalog import UpstreamConfigError, load_catalog
 from acme_ra_signer.upstream.command import CommandConfig

@@ -236,6 +236,7 @@ async def bench(
         counter = counting_transport(transport, pebble)
         driver = AcmeDriver.from_settings(settings, db, transport=counter)
         upstream = driver.select()
+        assert isinstance(upstream, AcmeUpstream)
         worker = IssueWorker(db, driver)
         await driver.check()  # register the account once, outside the measurements
         print(

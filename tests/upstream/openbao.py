@@ -120,7 +120,8 @@ class OpenBao:
 
     def cert(self, serial: str) -> dict[str, Any]:
         """GET <mount>/cert/<serial>: ``revocation_time`` is 0 until revoked."""
-        return self.call("GET", f"{MOUNT}/cert/{serial}")["data"]
+        data: dict[str, Any] = self.call("GET", f"{MOUNT}/cert/{serial}")["data"]
+        return data
 
     def stop(self) -> None:
         self.http.close()

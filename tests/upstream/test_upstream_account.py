@@ -16,7 +16,7 @@ from acme_ra.db.engine import Database
 from acme_ra.db.models import Order, UpstreamAccount, UpstreamOrder
 from acme_ra.sealing import Sealer, upstream_account_purpose
 from acme_ra_signer.upstream.accounts import AccountRefused
-from acme_ra_signer.upstream.acme import AcmeDriver
+from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream
 from acme_ra_signer.upstream.acme_client import AccountKey
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.worker import IssueWorker
@@ -232,7 +232,9 @@ async def test_a_stored_rsa_account_keeps_its_key_when_the_default_is_ec256(
         order_id = await new_order(db, ["rsa-after.example.test"])
         await run_job(IssueWorker(db, upgraded), order_id)
         assert (await order_row(db, order_id)).status == "valid"
-        known = upgraded.select().accounts.known
+        selected = upgraded.select()
+        assert isinstance(selected, AcmeUpstream)
+        known = selected.accounts.known
         assert known is not None and known.key.alg.name == "RS256"
     finally:
         await upgraded.close()

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
+from acme_ra_signer.upstream.vault import vault_serial
 from acme_ra_tools.dev import Topology
 from acme_ra_tools.supervisor import LaunchError
-from acme_ra_signer.upstream.vault import vault_serial
 from tests.support import database
 from tests.support.certbot import CertbotRun, certonly, dns_names, revoke
 from tests.support.dns_server import TestDnsServer

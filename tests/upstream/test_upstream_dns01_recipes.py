@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.tsigkeyring
 import dns.update
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
@@ -73,7 +74,8 @@ def update_rcode(address: str, zone: str, key_name: str, secret: str, rdtype: st
     """What the server answers an update signed with the key: add ``probe.<zone>``."""
     host, port = address.rsplit(":", 1)
     keyring = dns.tsigkeyring.from_text({key_name: ("hmac-sha256", secret)})
-    update = dns.update.UpdateMessage(zone, keyring=keyring, keyname=key_name, keyalgorithm="hmac-sha256")
+    update = dns.update.UpdateMessage(zone, keyring=keyring, keyname=dns.name.from_text(key_name),
+                                      keyalgorithm="hmac-sha256")
     update.add(f"probe.{zone}.", 60, rdtype, value)
     try:
         answer = dns.query.tcp(update, host, port=int(port), timeout=5)

@@ -172,6 +172,7 @@ async def test_a_recorded_serial_is_read_back_not_signed_again(
     order_id = await new_order(db, names)
     order = await order_row(db, order_id)
     # Signed and recorded, but the signer died before storing the certificate.
+    assert order.csr is not None  # finalized
     signed = await driver.issue(IssueRequest(order_id, order.csr, order.identifiers))
     issued = bao.issued()
     await run_job(IssueWorker(db, driver), order_id)

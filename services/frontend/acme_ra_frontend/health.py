@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from sqlalchemy import text
 
-from acme_ra_frontend.plumbing import json_response
+from acme_ra_frontend.render import json_response
 from acme_ra_frontend.state import FrontendState
 
 log = logging.getLogger("acme_ra_frontend.health")

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from acme_ra import bus
 from acme_ra.config import parse_host_port
+from acme_ra.db.models import OrderStatus
 from acme_ra_frontend.repo import nonces as repo_nonces
 from acme_ra_frontend.repo import orders as repo_orders
 from acme_ra_frontend.state import FrontendState
@@ -65,7 +66,7 @@ async def refresh_once(state: FrontendState) -> None:
     async with state.db.sessions() as session:
         rows = await repo_orders.count_by_status(session)
         nonces = await repo_nonces.count_redeemed(session)
-    for status in ("pending", "ready", "processing", "valid", "invalid"):
+    for status in OrderStatus:
         ORDERS.labels(status).set(0)
     for status, count in rows:
         ORDERS.labels(status).set(count)

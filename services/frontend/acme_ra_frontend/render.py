@@ -54,9 +54,9 @@ def order_json(order: OrderRow, authz_ids: list[str], urls: Urls) -> dict[str, A
         body["notBefore"] = timestamp(order.not_before)
     if order.not_after:
         body["notAfter"] = timestamp(order.not_after)
-    if order.error and order.status == OrderStatus.invalid.value:
+    if order.error and order.status == OrderStatus.invalid:
         body["error"] = render_data(order.error)
-    if order.certificate_id and order.status == OrderStatus.valid.value:
+    if order.certificate_id and order.status == OrderStatus.valid:
         body["certificate"] = urls.certificate(order.certificate_id)
     return body
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from josepy.jwk import JWK
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra.db.models import AccountStatus
 from acme_ra.protocol import jws as jwslib
@@ -70,7 +71,7 @@ async def read_jws(request: Request, state: FrontendState, auth: Auth) -> jwslib
     return parsed
 
 
-async def verify(conn: Any, state: FrontendState, urls: Urls, parsed: jwslib.ParsedJws, in_transaction: bool,
+async def verify(conn: AsyncConnection, state: FrontendState, urls: Urls, parsed: jwslib.ParsedJws, in_transaction: bool,
                  read: Read | None, read_key: str | None) -> Verified:
     """Check the signature and redeem the nonce on ``conn``: a ``Problem`` unless both hold.
     ``read`` of ``read_key``: the route's resource, read with the authentication where it can be."""
@@ -106,7 +107,7 @@ async def verify(conn: Any, state: FrontendState, urls: Urls, parsed: jwslib.Par
 
 
 async def _verify_outside_transaction(
-    conn: Any, urls: Urls, parsed: jwslib.ParsedJws, expires: dt.datetime | None, read: Read | None,
+    conn: AsyncConnection, urls: Urls, parsed: jwslib.ParsedJws, expires: dt.datetime | None, read: Read | None,
     read_key: str | None,
 ) -> tuple[SigningAccount, JWK, bool, list[Any] | None]:
     """No redemption to roll back: the signature is checked before the nonce is redeemed. Two

@@ -17,6 +17,7 @@ worker and exits non-zero when one of them dies on its own, so that the supervis
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -27,8 +28,20 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from acme_ra.launcher import die_with_parent
+# prctl(2): a worker gets SIGTERM when its parent dies, even by SIGKILL (Linux only).
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC: Any = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+except OSError:  # pragma: no cover - no libc to speak of
+    _LIBC = None
+
+
+def die_with_parent() -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
 
 log = logging.getLogger("acme_ra.frontend.workers")
 

@@ -1,4 +1,4 @@
-"""The replicas' shared keys and the record of redeemed nonces (nonces.py)."""
+"""The replicas' shared keys, the record of redeemed nonces (nonces.py), the readiness ping."""
 
 from __future__ import annotations
 
@@ -30,3 +30,9 @@ async def purge_redeemed_before(db: Database, before: dt.datetime) -> int:
 
 async def count_redeemed(session: AsyncSession) -> int:
     return int((await session.execute(select(func.count()).select_from(RedeemedNonce))).scalar_one())
+
+
+async def ping(db: Database) -> None:
+    """One round trip to the database (readiness)."""
+    async with db.sessions() as session:
+        await session.execute(select(1))

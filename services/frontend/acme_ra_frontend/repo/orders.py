@@ -11,7 +11,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, column, exists, func, insert, or_, select, text, update
+from sqlalchemy import (
+    Boolean,
+    Integer,
+    String,
+    and_,
+    bindparam,
+    cast,
+    exists,
+    func,
+    insert,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from acme_ra.db.fast import Statement
@@ -112,22 +128,31 @@ _INSERT_AUTHZ = Statement(insert(Authorization), ["id", "account_id", "identifie
 _INSERT_CHALLENGE = Statement(insert(Challenge), ["id", "authz_id", "type", "token", "status", "updated_at"])
 _INSERT_ORDER_AUTHZ = Statement(insert(OrderAuthorization), ["order_id", "authz_id", "position"])
 
-# PostgreSQL: the counters of some limits (of one window) spent inside newOrder's insert or
-# finalize's claim, which start ``WITH`` these CTEs: ``spent`` gives each key with its count after
-# this event and ``allowed`` one row when every count is within its limit, for the statement's
-# writes to depend on (a refused request writes nothing but its counters). Its parameters:
-# ``_spent_params``; its ``spent`` rows: ``ratelimits.check_spent``.
-_SPENT_CTES = """limits AS (
-    SELECT * FROM unnest(CAST(:rate_keys AS varchar[]), CAST(:rate_limits AS integer[])) AS l(key, lim)
-), spent AS (
-    INSERT INTO rate_counters (key, window_start, count)
-    SELECT key, :rate_window_start, 1 FROM limits
-    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1
-    RETURNING key, count
-), allowed AS (
-    SELECT 1 AS ok WHERE NOT EXISTS (SELECT 1 FROM spent JOIN limits USING (key) WHERE spent.count > limits.lim)
-)"""
-_SPENT_BINDS = (bindparam("rate_window_start", type_=RateCounter.window_start.type),)
+def _array(name: str, item: Any) -> Any:
+    return cast(bindparam(name), ARRAY(item))
+
+
+def _spent_ctes() -> tuple[Any, Any]:
+    """PostgreSQL: the counters of some limits (of one window) spent inside newOrder's insert or
+    finalize's claim: ``spent`` gives each key with its count after this event and ``allowed`` one
+    row when every count is within its limit, for the statement's writes to depend on (a refused
+    request writes nothing but its counters). Its parameters: ``_spent_params``; its ``spent``
+    rows: ``ratelimits.check_spent``."""
+    limits = select(func.unnest(_array("rate_keys", String)).label("key"),
+                    func.unnest(_array("rate_limits", Integer)).label("lim")).cte("limits")
+    spent = (
+        pg_insert(RateCounter)
+        .from_select(["key", "window_start", "count"],
+                     select(limits.c.key, bindparam("rate_window_start", type_=RateCounter.window_start.type),
+                            literal_column("1")))
+        .on_conflict_do_update(index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1})
+        .returning(RateCounter.key, RateCounter.count)
+        .cte("spent")
+    )
+    over: Any = (select(literal_column("1")).select_from(spent.join(limits, spent.c.key == limits.c.key))
+                 .where(spent.c.count > limits.c.lim))
+    allowed = select(literal_column("1").label("ok")).where(~over.exists()).cte("allowed")
+    return spent, allowed
 
 
 def _spent_params(limits: Sequence[ratelimits.Spend], now: dt.datetime) -> dict[str, Any]:
@@ -138,19 +163,16 @@ def _spent_params(limits: Sequence[ratelimits.Spend], now: dt.datetime) -> dict[
             "rate_window_start": first.window_start(now)}
 
 
-# PostgreSQL, finalize with rate limits: their counters and the claim in one statement, the claim
-# conditional on every count being within its limit.
-_SPEND_AND_CLAIM_FINALIZE = Statement(text(f"""
-WITH {_SPENT_CTES}, claimed AS (
-    UPDATE orders SET status = :processing, csr = :csr, updated_at = :now
-    WHERE id = :order_id AND status = :ready
-      AND NOT EXISTS (SELECT 1 FROM blocked_keys WHERE spki_sha256 = :spki_sha256)
-      AND EXISTS (SELECT 1 FROM allowed)
-    RETURNING id
-)
-SELECT spent.key, spent.count, (SELECT count(*) FROM claimed) AS claimed FROM spent
-""").bindparams(*_SPENT_BINDS, bindparam("now", type_=Order.updated_at.type))
-    .columns(RateCounter.key, RateCounter.count, column("claimed", Integer)))
+def _spend_and_claim_finalize() -> Statement:
+    """PostgreSQL, finalize with rate limits: their counters and the claim in one statement, the
+    claim conditional on every count being within its limit."""
+    spent, allowed = _spent_ctes()
+    claimed = _CLAIM_FINALIZE.where(select(allowed.c.ok).exists()).returning(Order.id).cte("claimed")
+    return Statement(select(spent.c.key, spent.c.count,
+                            select(func.count()).select_from(claimed).scalar_subquery().label("claimed")))
+
+
+_SPEND_AND_CLAIM_FINALIZE = _spend_and_claim_finalize()
 
 
 async def claim_finalize(conn: AsyncConnection, order_id: str, csr: bytes, spki_sha256: str, now: dt.datetime,
@@ -160,60 +182,65 @@ async def claim_finalize(conn: AsyncConnection, order_id: str, csr: bytes, spki_
     in the claim's own statement on PostgreSQL; when one is exceeded nothing is claimed and its
     ``rateLimited`` is raised."""
     limits = ratelimits.active(limits)
+    params = {"b_order_id": order_id, "b_csr": csr, "b_spki_sha256": spki_sha256, "b_now": now}
     if limits and conn.dialect.name == "postgresql":
-        rows = (await _SPEND_AND_CLAIM_FINALIZE.run(conn, {
-            **_spent_params(limits, now), "processing": OrderStatus.processing, "ready": OrderStatus.ready,
-            "order_id": order_id, "csr": csr, "spki_sha256": spki_sha256, "now": now,
-        })).all()
+        rows = (await _SPEND_AND_CLAIM_FINALIZE.run(conn, {**_spent_params(limits, now), **params})).all()
         ratelimits.check_spent(limits, rows, now)
         return bool(rows[0].claimed)
     for limit in limits:
         await ratelimits.spend(conn, limit)
-    result = await _CLAIM_FINALIZE_ALONE.run(conn, {"b_order_id": order_id, "b_csr": csr,
-                                                    "b_spki_sha256": spki_sha256, "b_now": now})
-    return bool(result.rowcount)
+    return bool((await _CLAIM_FINALIZE_ALONE.run(conn, params)).rowcount)
 
 
-# PostgreSQL: the order, its new authorizations and challenges and its authorization list in one
-# statement (data-modifying CTEs; the foreign keys are checked at its end): one round trip, not
-# four. With rate limits, their counters come first in the same statement (``_SPENT_CTES``) and
-# every insert depends on ``allowed``: a refused order inserts nothing, and the statement answers
-# the counts (the limits' own round trips saved).
-_INSERT_ORDER_SQL = """
-WITH {spent}new_order AS (
-    INSERT INTO orders (id, account_id, provisioner, status, expires, identifiers, profile, replaces,
-                        trace_context, created_at, updated_at)
-    SELECT :id, :account_id, :provisioner, :status, :expires, CAST(:identifiers AS json), :profile, :replaces,
-           :trace_context, :now, :now{allowed_from}
-), new_authzs AS (
-    INSERT INTO authorizations (id, account_id, identifier_type, identifier_value, wildcard, status, expires,
-                                created_at)
-    SELECT a.id, :account_id, a.kind, a.value, a.wildcard, :authz_status, :expires, :now
-    FROM unnest(CAST(:authz_ids AS varchar[]), CAST(:authz_kinds AS varchar[]), CAST(:authz_values AS varchar[]),
-                CAST(:authz_wildcards AS boolean[])) AS a(id, kind, value, wildcard){allowed_join}
-), new_challenges AS (
-    INSERT INTO challenges (id, authz_id, type, token, status, updated_at)
-    SELECT c.id, c.authz_id, c.type, c.token, :challenge_status, :now
-    FROM unnest(CAST(:challenge_ids AS varchar[]), CAST(:challenge_authz_ids AS varchar[]),
-                CAST(:challenge_types AS varchar[]),
-                CAST(:challenge_tokens AS varchar[])) AS c(id, authz_id, type, token){allowed_join}
-), new_links AS (
-    INSERT INTO order_authorizations (order_id, authz_id, position)
-    SELECT :id, o.authz_id, o.position - 1
-    FROM unnest(CAST(:order_authz_ids AS varchar[])) WITH ORDINALITY AS o(authz_id, position){allowed_join}
-)
-SELECT {result}
-"""
-_ORDER_BINDS = (  # the columns' own types, for their bind processing (naive UTC, JSON text)
-    bindparam("expires", type_=Order.expires.type), bindparam("now", type_=Order.created_at.type),
-    bindparam("identifiers", type_=Order.identifiers.type),
-)
-_INSERT_ORDER_AND_AUTHZS = Statement(text(_INSERT_ORDER_SQL.format(
-    spent="", allowed_from="", allowed_join="", result="0")).bindparams(*_ORDER_BINDS))
-_SPEND_AND_INSERT_ORDER = Statement(text(_INSERT_ORDER_SQL.format(
-    spent=_SPENT_CTES + ", ", allowed_from=" FROM allowed", allowed_join=", allowed",
-    result="key, count FROM spent",
-)).bindparams(*_ORDER_BINDS, *_SPENT_BINDS).columns(RateCounter.key, RateCounter.count))
+def _insert_order_and_authzs(limited: bool) -> Statement:
+    """PostgreSQL: the order, its new authorizations and challenges and its authorization list in
+    one statement (data-modifying CTEs; the foreign keys are checked at its end): one round trip,
+    not four. ``limited``: the rate counters come first in the same statement (``_spent_ctes``) and
+    every insert depends on ``allowed``: a refused order inserts nothing, and the statement answers
+    the counts (the limits' own round trips saved)."""
+    spent, allowed = _spent_ctes() if limited else (None, None)
+
+    def gated(query: Any) -> Any:
+        return query if allowed is None else query.where(select(allowed.c.ok).exists())
+
+    order_id, account_id = bindparam("b_id", type_=String), bindparam("b_account_id", type_=String)
+    now, expires = bindparam("b_now", type_=Order.created_at.type), bindparam("b_expires", type_=Order.expires.type)
+    new_order = pg_insert(Order).from_select(
+        ["id", "account_id", "provisioner", "status", "expires", "identifiers", "profile", "replaces",
+         "trace_context", "created_at", "updated_at"],
+        gated(select(order_id, account_id, bindparam("b_provisioner", type_=String),
+                     bindparam("b_status", type_=String), expires,
+                     bindparam("b_identifiers", type_=Order.identifiers.type), bindparam("b_profile", type_=String),
+                     bindparam("b_replaces", type_=String), bindparam("b_trace_context", type_=String), now, now)),
+        include_defaults=False).cte("new_order")
+    a = (func.unnest(_array("authz_ids", String), _array("authz_kinds", String), _array("authz_values", String),
+                     _array("authz_wildcards", Boolean))
+         .table_valued("id", "kind", "value", "wildcard").render_derived(name="a"))
+    new_authzs = pg_insert(Authorization).from_select(
+        ["id", "account_id", "identifier_type", "identifier_value", "wildcard", "status", "expires", "created_at"],
+        gated(select(a.c.id, account_id, a.c.kind, a.c.value, a.c.wildcard,
+                     bindparam("authz_status", type_=String), expires, now).select_from(a)),
+        include_defaults=False).cte("new_authzs")
+    c = (func.unnest(_array("challenge_ids", String), _array("challenge_authz_ids", String),
+                     _array("challenge_types", String), _array("challenge_tokens", String))
+         .table_valued("id", "authz_id", "type", "token").render_derived(name="c"))
+    new_challenges = pg_insert(Challenge).from_select(
+        ["id", "authz_id", "type", "token", "status", "updated_at"],
+        gated(select(c.c.id, c.c.authz_id, c.c.type, c.c.token, bindparam("challenge_status", type_=String), now)
+              .select_from(c)),
+        include_defaults=False).cte("new_challenges")
+    o = (func.unnest(_array("order_authz_ids", String))
+         .table_valued("authz_id", with_ordinality="position").render_derived(name="o"))
+    new_links = pg_insert(OrderAuthorization).from_select(
+        ["order_id", "authz_id", "position"],
+        gated(select(order_id, o.c.authz_id, o.c.position - 1).select_from(o)),
+        include_defaults=False).cte("new_links")
+    result = select(literal_column("0")) if spent is None else select(spent.c.key, spent.c.count)
+    return Statement(result.add_cte(new_order, new_authzs, new_challenges, new_links))
+
+
+_INSERT_ORDER_AND_AUTHZS = _insert_order_and_authzs(limited=False)
+_SPEND_AND_INSERT_ORDER = _insert_order_and_authzs(limited=True)
 
 
 async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime, trace_context: str | None,
@@ -226,9 +253,9 @@ async def insert_order(conn: AsyncConnection, order: OrderRow, now: dt.datetime,
     if conn.dialect.name == "postgresql":
         challenges = [(a.id, *challenge) for a in new_authzs for challenge in a.challenges]
         values = {
-            "id": order.id, "account_id": order.account_id, "provisioner": order.provisioner,
-            "status": order.status, "expires": order.expires, "identifiers": order.identifiers,
-            "profile": order.profile, "replaces": order.replaces, "trace_context": trace_context, "now": now,
+            "b_id": order.id, "b_account_id": order.account_id, "b_provisioner": order.provisioner,
+            "b_status": order.status, "b_expires": order.expires, "b_identifiers": order.identifiers,
+            "b_profile": order.profile, "b_replaces": order.replaces, "b_trace_context": trace_context, "b_now": now,
             "authz_status": AuthzStatus.pending, "challenge_status": ChallengeStatus.pending,
             "authz_ids": [a.id for a in new_authzs], "authz_kinds": [a.identifier_type for a in new_authzs],
             "authz_values": [a.identifier_value for a in new_authzs],

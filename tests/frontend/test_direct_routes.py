@@ -1,4 +1,4 @@
-"""ACME POST routes answered by the ACME middleware itself (plumbing.direct_routes), not the router."""
+"""ACME POST routes answered by the ACME middleware itself (routing.match_direct), not the router."""
 
 from __future__ import annotations
 

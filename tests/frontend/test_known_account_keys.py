@@ -1,4 +1,4 @@
-"""POST-as-GET reads by an account whose key the process verified before (plumbing.authenticate_outside_transaction).
+"""POST-as-GET reads by an account whose key the process verified before (verification._verify_outside_transaction).
 
 On PostgreSQL such a read redeems its nonce and reads the account in one statement, on condition
 that the key is still the account's. These tests hold on either back end; on PostgreSQL they drive

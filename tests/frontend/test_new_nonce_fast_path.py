@@ -1,4 +1,4 @@
-"""HEAD/GET newNonce are answered before routing (plumbing.AcmeHeaders): the same answer as the
+"""HEAD/GET newNonce are answered before routing (headers.AcmeHeaders): the same answer as the
 route gave, RFC 8555 §7.2, for every provisioner; anything else still goes through the router."""
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from acme_ra_frontend.app import guarded
+from acme_ra_frontend.errors import guarded
 
 
 def app_raising(error: Exception) -> FastAPI:

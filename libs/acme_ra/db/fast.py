@@ -1,7 +1,7 @@
 """Prebuilt statements run straight on asyncpg on PostgreSQL, through SQLAlchemy elsewhere.
 
-A hot path's statement is written once, as a SQLAlchemy Core construct (``queries.py``,
-``plumbing.py``...). On PostgreSQL, ``Statement`` compiles it once for asyncpg and then runs
+A hot path's statement is written once, as a SQLAlchemy Core construct (the frontend's
+``repo/`` modules...). On PostgreSQL, ``Statement`` compiles it once for asyncpg and then runs
 the SQL text on the request's own asyncpg connection (asyncpg prepares it once per connection and
 keeps it): no SQLAlchemy execution context, result proxy or greenlet hop per statement, which cost
 about four times the driver's own client CPU (``python -m bench.statement_cost``: 137 against

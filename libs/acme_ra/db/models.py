@@ -58,13 +58,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return None if value is None else value.replace(tzinfo=dt.UTC)
 
 
-class AccountStatus(str, enum.Enum):
+class AccountStatus(enum.StrEnum):
     valid = "valid"
     deactivated = "deactivated"
     revoked = "revoked"
 
 
-class OrderStatus(str, enum.Enum):
+class OrderStatus(enum.StrEnum):
     pending = "pending"
     ready = "ready"
     processing = "processing"
@@ -72,7 +72,7 @@ class OrderStatus(str, enum.Enum):
     invalid = "invalid"
 
 
-class AuthzStatus(str, enum.Enum):
+class AuthzStatus(enum.StrEnum):
     pending = "pending"
     valid = "valid"
     invalid = "invalid"
@@ -81,7 +81,7 @@ class AuthzStatus(str, enum.Enum):
     revoked = "revoked"
 
 
-class ChallengeStatus(str, enum.Enum):
+class ChallengeStatus(enum.StrEnum):
     pending = "pending"
     processing = "processing"
     valid = "valid"
@@ -268,7 +268,7 @@ class BlockedKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
-class UpstreamOrderState(str, enum.Enum):
+class UpstreamOrderState(enum.StrEnum):
     """Where an upstream order stands; each is recorded *before* the step it names is taken."""
 
     creating = "creating"  # about to POST newOrder: an order may exist upstream, URL unknown, never finalized

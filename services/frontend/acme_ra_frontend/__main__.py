@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+from types import FrameType
 
 from acme_ra.config import get_settings, parse_host_port
 
@@ -57,16 +58,15 @@ def main() -> None:
             self.acme_app = app
             self.draining = False
 
-        def handle_exit(self, sig: int, frame: object) -> None:
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             state = getattr(self.acme_app.state, "ra", None)  # type: ignore[attr-defined]
             if self.draining or state is None or settings.shutdown_delay_seconds <= 0:
-                super().handle_exit(sig, frame)  # type: ignore[arg-type]
+                super().handle_exit(sig, frame)
                 return
             self.draining = True
             state.stopping = True
-            asyncio.get_running_loop().call_later(
-                settings.shutdown_delay_seconds, super().handle_exit, sig, frame
-            )
+            exit_now = super().handle_exit
+            asyncio.get_running_loop().call_later(settings.shutdown_delay_seconds, lambda: exit_now(sig, frame))
 
     setup_logging("frontend", settings.log_level)
     host, port = parse_host_port(settings.listen)

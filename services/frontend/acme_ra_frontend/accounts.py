@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import html
@@ -12,11 +11,10 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from acme_ra import blocked_keys
-from acme_ra.db.models import Account, AccountStatus, Authorization, AuthzStatus, EabKey, Order, OrderStatus
+from acme_ra.db.models import Account, AccountStatus, EabKey
 from acme_ra.eab import sealing_purpose
 from acme_ra.protocol import eab
 from acme_ra.protocol import jws as jwslib
@@ -24,8 +22,10 @@ from acme_ra.protocol.jws import raw_key, thumbprint
 from acme_ra.protocol.problems import Problem, malformed, unauthorized
 from acme_ra.sealing import SealError
 from acme_ra_frontend import ratelimits
-from acme_ra_frontend.plumbing import AcmeCall, Handler, SigningAccount, json_response, resolve_provisioner
-from acme_ra_frontend.render import account_json
+from acme_ra_frontend.context import AcmeCall, resolve_provisioner
+from acme_ra_frontend.render import account_json, json_response
+from acme_ra_frontend.repo import accounts as repo
+from acme_ra_frontend.repo.authentication import SigningAccount
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
 
@@ -63,11 +63,9 @@ def check_contacts(value: Any) -> list[str]:
 async def new_account(call: AcmeCall) -> Response:
     payload = call.payload()
     key_id = thumbprint(call.jwk)
-    existing = (
-        await call.session.execute(select(Account).where(Account.key_thumbprint == key_id))
-    ).scalar_one_or_none()
+    existing = await repo.by_thumbprint(call.session, key_id)
     if existing is not None:
-        if existing.status != AccountStatus.valid.value:
+        if existing.status != AccountStatus.valid:
             raise unauthorized(f"the account of this key is {existing.status}", 401)
         location = call.urls.account(existing.id)
         return json_response(account_json(existing, call.urls), 200, {"Location": location})
@@ -107,12 +105,8 @@ async def new_account(call: AcmeCall) -> Response:
         await call.session.flush()
     except IntegrityError:  # the same key registered concurrently
         raise Problem("malformed", "an account with this key was created concurrently; retry", 409) from None
-    if eab_key is not None:
-        bound = await call.session.execute(
-            update(EabKey).where(EabKey.kid == eab_key.kid, EabKey.account_id.is_(None)).values(account_id=account.id)
-        )
-        if not bound.rowcount:  # type: ignore[attr-defined]
-            raise unauthorized("this External Account Binding key is already bound to another account")
+    if eab_key is not None and not await repo.bind_eab_key(call.session, eab_key.kid, account.id):
+        raise unauthorized("this External Account Binding key is already bound to another account")
     location = call.urls.account(account.id)
     body = account_json(account, call.urls)
     if binding is not None:
@@ -122,7 +116,7 @@ async def new_account(call: AcmeCall) -> Response:
 
 async def verify_external_account(call: AcmeCall, binding: Any) -> EabKey:
     kid, alg, signing_input, mac, payload_jwk = eab.parse_binding(binding, call.jws.url)
-    key = (await call.session.execute(select(EabKey).where(EabKey.kid == kid))).scalar_one_or_none()
+    key = await repo.eab_key(call.session, kid)
     if key is None or key.revoked_at is not None:
         raise unauthorized("unknown or revoked External Account Binding key id")
     if key.account_id is not None:
@@ -151,7 +145,7 @@ async def account(call: AcmeCall) -> Response:
         payload = call.payload()
         status = payload.get("status")
         if status is not None and status != acct.status:
-            if status != AccountStatus.deactivated.value:
+            if status != AccountStatus.deactivated:
                 raise malformed("an account's status can only be changed to deactivated")
             await deactivate(call, acct)
         if "contact" in payload:
@@ -162,17 +156,8 @@ async def account(call: AcmeCall) -> Response:
 
 async def deactivate(call: AcmeCall, acct: Account) -> None:
     """Deactivation is final; pending orders and authorizations go with it (§7.3.6)."""
-    acct.status = AccountStatus.deactivated.value
-    await call.session.execute(
-        update(Authorization)
-        .where(Authorization.account_id == acct.id, Authorization.status == AuthzStatus.pending.value)
-        .values(status=AuthzStatus.deactivated.value)
-    )
-    await call.session.execute(
-        update(Order)
-        .where(Order.account_id == acct.id, Order.status.in_([OrderStatus.pending.value, OrderStatus.ready.value]))
-        .values(status=OrderStatus.invalid.value, error={"type": "unauthorized", "detail": "account deactivated"})
-    )
+    acct.status = AccountStatus.deactivated
+    await repo.end_pending_work(call.session, acct.id)
 
 
 async def account_orders(call: AcmeCall) -> Response:
@@ -181,15 +166,7 @@ async def account_orders(call: AcmeCall) -> Response:
     if not (page_text.isascii() and page_text.isdigit()) or int(page_text) > 1_000_000:  # "²" is a digit
         raise malformed("page must be a small non-negative integer")
     page = int(page_text)
-    ids = (
-        await call.session.execute(
-            select(Order.id)
-            .where(Order.account_id == acct.id, Order.status != OrderStatus.invalid.value)
-            .order_by(Order.created_at, Order.id)
-            .offset(page * ORDERS_PAGE_SIZE)
-            .limit(ORDERS_PAGE_SIZE + 1)
-        )
-    ).scalars().all()
+    ids = await repo.order_ids(call.session, acct.id, page * ORDERS_PAGE_SIZE, ORDERS_PAGE_SIZE + 1)
     headers = {}
     if len(ids) > ORDERS_PAGE_SIZE:
         headers["Link"] = f'<{call.urls.account_orders(acct.id)}?page={page + 1}>;rel="next"'
@@ -218,9 +195,7 @@ async def key_change(call: AcmeCall) -> Response:
         raise Problem("badPublicKey", "the new key is the current key")
     if await blocked_keys.is_blocked(call.conn, raw_key(inner.jwk)):
         raise Problem("badPublicKey", f"the new key is blocked: {BLOCKED_REASON}")
-    holder = (
-        await call.session.execute(select(Account.id).where(Account.key_thumbprint == new_thumbprint))
-    ).scalar_one_or_none()
+    holder = await repo.id_by_thumbprint(call.session, new_thumbprint)
     if holder is not None:
         raise Problem(
             "malformed", "the new key is already in use by another account", 409,
@@ -255,7 +230,7 @@ async def check_current_terms(call: AcmeCall) -> None:
         return
     if acct.tos_agreed_url is None and acct.tos_agreed:
         # agreed before the agreed URL was recorded: these terms
-        await call.conn.execute(update(Account).where(Account.id == acct.id).values(tos_agreed_url=tos_url))
+        await repo.record_agreed_terms(call.conn, acct.id, tos_url)
         return
     raise Problem(
         "userActionRequired",
@@ -263,18 +238,6 @@ async def check_current_terms(call: AcmeCall) -> None:
         headers={"Link": f'<{tos_url}>;rel="terms-of-service"'},
         extra={"instance": terms_agreement_url(call.state, call.urls, acct.id, tos_url)},
     )
-
-
-def requires_current_terms(handler: Handler) -> Handler:
-    """For the requests that lead to issuance (route table): account, key change and revocation
-    requests stay open to an account that has not agreed to changed terms."""
-
-    @functools.wraps(handler)
-    async def checked(call: AcmeCall) -> Response:
-        await check_current_terms(call)
-        return await handler(call)
-
-    return checked
 
 
 async def terms_account(request: Request) -> tuple[FrontendState, Account, str]:
@@ -286,7 +249,7 @@ async def terms_account(request: Request) -> tuple[FrontendState, Account, str]:
     if not expected or not hmac.compare_digest(expected.encode(), token):
         raise Problem("malformed", "no such terms agreement (the terms may have changed again)", 404)
     async with state.db.sessions() as session:
-        acct = (await session.execute(select(Account).where(Account.id == account_id))).scalar_one_or_none()
+        acct = await repo.by_id(session, account_id)
     if acct is None:
         raise Problem("malformed", "no such account", 404)
     return state, acct, tos_url
@@ -315,9 +278,7 @@ async def terms_agreement(request: Request) -> Response:
     state, acct, tos_url = await terms_account(request)
     if request.method == "POST":
         async with state.db.transaction() as session:
-            await session.execute(
-                update(Account).where(Account.id == acct.id).values(tos_agreed=True, tos_agreed_url=tos_url)
-            )
+            await repo.record_agreed_terms(session, acct.id, tos_url)
         log.info("account agreed to the terms of service", extra={"account_id": acct.id, "terms": tos_url})
         return terms_page("Agreement recorded: the ACME client of this account may retry now.", tos_url, False)
     if acct.tos_agreed_url == tos_url:

@@ -3,41 +3,33 @@
 from __future__ import annotations
 
 from fastapi.responses import Response
-from sqlalchemy import select
 
 from acme_ra import bus
 from acme_ra.db.lifecycle import refresh_order_status
-from acme_ra.db.models import (
-    AuthzStatus,
-    ChallengeStatus,
-    Order,
-    OrderAuthorization,
-    OrderStatus,
-    utcnow,
-)
+from acme_ra.db.models import AuthzStatus, ChallengeStatus, utcnow
 from acme_ra.protocol.problems import malformed, not_found, unauthorized
-from acme_ra_frontend import queries
-from acme_ra_frontend.plumbing import AcmeCall, json_response
-from acme_ra_frontend.queries import AuthzRow, ChallengeRow
-from acme_ra_frontend.render import authz_json, challenge_json
+from acme_ra_frontend.context import AcmeCall
+from acme_ra_frontend.render import authz_json, challenge_json, json_response
+from acme_ra_frontend.repo import authz as repo
+from acme_ra_frontend.repo.authz import AuthzRow, ChallengeRow
 
 
 async def load_authz(call: AcmeCall, authz_id: str) -> tuple[AuthzRow, list[ChallengeRow]]:
     """The caller's authorization and its challenges (one statement), with expiry applied."""
-    found = queries.authz_from_rows(await call.read(queries.AUTHZ_READ, authz_id))
+    found = repo.authz_from_rows(await call.read(repo.AUTHZ_READ, authz_id))
     if found is None:
         raise not_found("authorization")
     authz, challenges = found
     if authz.account_id != call.require_account().id:
         raise unauthorized("this authorization belongs to another account")
-    if authz.status in (AuthzStatus.pending.value, AuthzStatus.valid.value) and authz.expires <= utcnow():
-        authz.status = AuthzStatus.expired.value
-        await queries.expire_authz(call.conn, authz.id)
+    if authz.status in (AuthzStatus.pending, AuthzStatus.valid) and authz.expires <= utcnow():
+        authz.status = AuthzStatus.expired
+        await repo.expire_authz(call.conn, authz.id)
     return authz, challenges
 
 
 def retry_after_headers(call: AcmeCall, challenges: list[ChallengeRow]) -> dict[str, str]:
-    if any(c.status == ChallengeStatus.processing.value for c in challenges):
+    if any(c.status == ChallengeStatus.processing for c in challenges):
         return {"Retry-After": str(call.state.settings.retry_after_seconds)}
     return {}
 
@@ -47,28 +39,18 @@ async def authorization(call: AcmeCall) -> Response:
     if not call.is_post_as_get:
         payload = call.payload()
         if payload.get("status") is not None:
-            if payload["status"] != AuthzStatus.deactivated.value:
+            if payload["status"] != AuthzStatus.deactivated:
                 raise malformed("an authorization's status can only be changed to deactivated")
-            if authz.status not in (AuthzStatus.pending.value, AuthzStatus.valid.value):
+            if authz.status not in (AuthzStatus.pending, AuthzStatus.valid):
                 raise malformed(f"an authorization that is {authz.status} cannot be deactivated")
             await deactivate_authz(call, authz)
     return json_response(authz_json(authz, challenges, call.urls), 200, retry_after_headers(call, challenges))
 
 
 async def deactivate_authz(call: AcmeCall, authz: AuthzRow) -> None:
-    authz.status = AuthzStatus.deactivated.value
-    await queries.deactivate_authz(call.conn, authz.id)
-    order_ids = (
-        await call.session.execute(
-            select(OrderAuthorization.order_id)
-            .join(Order, Order.id == OrderAuthorization.order_id)
-            .where(
-                OrderAuthorization.authz_id == authz.id,
-                Order.status.in_([OrderStatus.pending.value, OrderStatus.ready.value]),
-            )
-        )
-    ).scalars().all()
-    for order_id in order_ids:
+    authz.status = AuthzStatus.deactivated
+    await repo.deactivate_authz(call.conn, authz.id)
+    for order_id in await repo.open_orders_of_authz(call.session, authz.id):
         await refresh_order_status(
             call.session, order_id, {"type": "unauthorized", "detail": "an authorization was deactivated"}
         )
@@ -81,13 +63,12 @@ async def challenge(call: AcmeCall) -> Response:
         raise not_found("challenge")
     if not call.is_post_as_get:
         call.payload()  # any JSON object; its fields are ignored (§7.5.1)
-        if found.status == ChallengeStatus.pending.value:
-            if authz.status != AuthzStatus.pending.value:
+        if found.status == ChallengeStatus.pending:
+            if authz.status != AuthzStatus.pending:
                 raise malformed(f"the authorization is {authz.status}; its challenges can no longer be answered")
             if await start_validation(call, found):
-                found.status = ChallengeStatus.processing.value
-
-                call.respond_when_done(found.id, found, lambda conn: queries.challenge(conn, found.id),
+                found.status = ChallengeStatus.processing
+                call.respond_when_done(found.id, found, lambda conn: repo.challenge(conn, found.id),
                                        lambda row: challenge_response(call, row))
     return challenge_response(call, found)
 
@@ -100,7 +81,7 @@ def challenge_response(call: AcmeCall, found: ChallengeRow) -> Response:
 async def start_validation(call: AcmeCall, found: ChallengeRow) -> bool:
     """Claim the challenge (pending → processing, one conditional UPDATE) and queue one validation
     job after commit. Another challenge of the same authorization already processing blocks this one."""
-    if not await queries.claim_challenge(call.conn, found.id, found.authz_id, utcnow()):
+    if not await repo.claim_challenge(call.conn, found.id, found.authz_id, utcnow()):
         return False
     call.publish_after_commit(
         bus.SUBJECT_VALIDATE, bus.ValidateJob(challenge_id=found.id), f"validate-{found.id}"

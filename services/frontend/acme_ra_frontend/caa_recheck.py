@@ -10,12 +10,12 @@ import datetime as dt
 
 import nats.errors
 from pydantic import ValidationError
-from sqlalchemy import select
 
 from acme_ra import bus
-from acme_ra.db.models import Authorization, Challenge, ChallengeStatus, utcnow
+from acme_ra.db.models import utcnow
 from acme_ra.protocol.problems import Problem
-from acme_ra_frontend.plumbing import AcmeCall
+from acme_ra_frontend.context import AcmeCall
+from acme_ra_frontend.repo import authz as repo_authz
 
 # A validation whose CAA check is older than this is checked again at finalization (7 h as in
 # Boulder; the CA/Browser Forum Baseline Requirements allow 8 h between CAA check and issuance).
@@ -27,17 +27,7 @@ async def recheck_stale_caa(call: AcmeCall, authz_ids: list[str]) -> None:
     identities = call.state.settings.caa_identity_list
     if not identities or not authz_ids:
         return
-    rows = (
-        await call.conn.execute(  # Core on the request's connection: no ORM session for one SELECT
-            select(Authorization.identifier_value, Authorization.wildcard, Challenge.type, Challenge.validated)
-            .join(Challenge, Challenge.authz_id == Authorization.id)
-            .where(
-                Authorization.id.in_(authz_ids),
-                Authorization.identifier_type == "dns",
-                Challenge.status == ChallengeStatus.valid.value,
-            )
-        )
-    ).all()
+    rows = await repo_authz.valid_dns_challenges(call.conn, authz_ids)
     cutoff = utcnow() - CAA_RECHECK_AFTER
     stale = [
         bus.CaaCheck(name=name, wildcard=wildcard, method=method)

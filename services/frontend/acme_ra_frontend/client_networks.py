@@ -38,7 +38,7 @@ from acme_ra.config import Settings
 from acme_ra.protocol.identifiers import Identifier
 from acme_ra.protocol.problems import Problem, unauthorized
 from acme_ra_frontend import ratelimits
-from acme_ra_frontend.plumbing import problem_response
+from acme_ra_frontend.errors import problem_response
 
 log = logging.getLogger("acme_ra.frontend.client_networks")
 

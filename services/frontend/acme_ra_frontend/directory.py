@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
-from acme_ra.protocol.problems import Problem, malformed
-from acme_ra_frontend.plumbing import JOSE_CONTENT_TYPE, AcmeCall, Auth, acme_post, json_response, resolve_provisioner
+from acme_ra.protocol.problems import malformed
+from acme_ra_frontend.context import AcmeCall, resolve_provisioner
+from acme_ra_frontend.render import json_response
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
 
@@ -16,17 +17,9 @@ async def directory(request: Request) -> Response:
     return directory_response(state, urls)
 
 
-async def directory_post(request: Request) -> Response:
-    """RFC 8555 §6.3: the directory MUST also answer POST-as-GET. Any other POST is refused
-    with 405, since a client posting something else there meant to GET it."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != JOSE_CONTENT_TYPE:
-        raise Problem("malformed", "the directory is read with GET, or with a POST-as-GET JWS", 405,
-                      headers={"Allow": "GET, HEAD"})
-    return await acme_post(request, directory_as_post, Auth.KID)
-
-
 async def directory_as_post(call: AcmeCall) -> Response:
+    """RFC 8555 §6.3: the directory MUST also answer POST-as-GET (any other POST is a 405: the
+    route's row)."""
     if not call.is_post_as_get:
         raise malformed("the directory takes POST-as-GET only (an empty payload)")
     return directory_response(call.state, call.urls)

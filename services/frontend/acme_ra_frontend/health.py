@@ -10,9 +10,9 @@ import logging
 
 from fastapi import Request
 from fastapi.responses import Response
-from sqlalchemy import text
 
-from acme_ra_frontend.plumbing import json_response
+from acme_ra_frontend.render import json_response
+from acme_ra_frontend.repo import nonces as repo_nonces
 from acme_ra_frontend.state import FrontendState
 
 log = logging.getLogger("acme_ra_frontend.health")
@@ -32,8 +32,7 @@ async def readyz(request: Request) -> Response:
         return json_response({"status": "stopping"}, 503)
     try:
         async with asyncio.timeout(READY_TIMEOUT):
-            async with state.db.sessions() as session:
-                await session.execute(text("SELECT 1"))
+            await repo_nonces.ping(state.db)
         checks["database"] = "ok"
     except Exception as error:  # noqa: BLE001 - reported, not raised: the detail to the log only
         log.warning("readiness: the database does not answer: %s", str(error) or type(error).__name__)

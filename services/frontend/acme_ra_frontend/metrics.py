@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from sqlalchemy import func, select
 
 from acme_ra import bus
 from acme_ra.config import parse_host_port
-from acme_ra.db.models import Order, RedeemedNonce
+from acme_ra_frontend.repo import nonces as repo_nonces
+from acme_ra_frontend.repo import orders as repo_orders
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import NEW_NONCE
 
@@ -33,7 +33,7 @@ HTTP_SECONDS = Histogram(
     ["route", "method"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
-# HEAD/GET newNonce are answered before routing (plumbing.AcmeHeaders): counted, not timed.
+# HEAD/GET newNonce are answered before routing (headers.AcmeHeaders): counted, not timed.
 NEW_NONCE_HEAD = HTTP_REQUESTS.labels(NEW_NONCE, "HEAD", "200")
 NEW_NONCE_GET = HTTP_REQUESTS.labels(NEW_NONCE, "GET", "204")
 # Figures of the whole system, refreshed by every frontend worker: with several workers
@@ -67,9 +67,8 @@ def start_metrics_server(listen: str, multiprocess_dir: Path | None = None) -> N
 
 async def refresh_once(state: FrontendState) -> None:
     async with state.db.sessions() as session:
-        rows = (await session.execute(select(Order.status, func.count()).where(Order.status.in_(OPEN_STATUSES))
-                                      .group_by(Order.status))).all()
-        nonces = (await session.execute(select(func.count()).select_from(RedeemedNonce))).scalar_one()
+        rows = await repo_orders.count_open_by_status(session, OPEN_STATUSES)
+        nonces = await repo_nonces.count_redeemed(session)
     for status in OPEN_STATUSES:
         ORDERS.labels(status).set(0)
     for status, count in rows:

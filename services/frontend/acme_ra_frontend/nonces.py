@@ -1,7 +1,7 @@
 """Replay nonces valid on every frontend replica, with no database write per nonce issued.
 
 A nonce is base64url(timestamp ‖ random ‖ HMAC(key, timestamp ‖ random)), under a key shared by
-all replicas through the database (``server_keys``). Redeeming (plumbing.redeem_nonce) inserts it
+all replicas through the database (``server_keys``). Redeeming (repo.authentication.redeem_nonce) inserts it
 into ``redeemed_nonces`` in the request's own transaction: the primary key makes a second use
 insert nothing, even when two requests race. Rows past the nonce lifetime are purged.
 """
@@ -16,15 +16,12 @@ import secrets
 import struct
 import time
 
-from sqlalchemy import delete, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
 from acme_ra.db.engine import Database
-from acme_ra.db.models import RedeemedNonce, ServerKey, utcnow
+from acme_ra.db.models import utcnow
 from acme_ra.protocol.jws import b64url_decode, b64url_encode
 from acme_ra.protocol.problems import Problem, bad_nonce
 from acme_ra.sealing import Sealer
+from acme_ra_frontend.repo import nonces as repo_nonces
 
 # The row of the shared key, sealed (acme_ra.sealing) with purpose "server-key:<name>". The
 # "nonce-hmac-v1" row of earlier releases held the key in the clear: migration 0009 deletes it.
@@ -38,13 +35,7 @@ async def load_or_create_key(db: Database, sealer: Sealer) -> bytes:
     """The shared HMAC key: the first replica to start creates it (sealed), the others read it.
     SealError when ACME_RA_SECRET_KEY is not the one that sealed it."""
     purpose = f"server-key:{NONCE_KEY_NAME}"
-    async with db.transaction() as session:
-        insert = pg_insert if db.engine.dialect.name == "postgresql" else sqlite_insert
-        await session.execute(
-            insert(ServerKey).values(name=NONCE_KEY_NAME, value=sealer.seal(os.urandom(32), purpose))
-            .on_conflict_do_nothing()
-        )
-        sealed = (await session.execute(select(ServerKey.value).where(ServerKey.name == NONCE_KEY_NAME))).scalar_one()
+    sealed = await repo_nonces.insert_or_read_server_key(db, NONCE_KEY_NAME, sealer.seal(os.urandom(32), purpose))
     return sealer.open(sealed, purpose)
 
 
@@ -72,13 +63,11 @@ class NonceService:
         if not hmac.compare_digest(mac, self._mac(head)):
             raise bad_nonce("nonce was not issued by this server")
         issued_ms = struct.unpack(">Q", head[:8])[0]
-        expires = dt.datetime.fromtimestamp(issued_ms / 1000 + self.lifetime, dt.timezone.utc)
+        expires = dt.datetime.fromtimestamp(issued_ms / 1000 + self.lifetime, dt.UTC)
         if expires <= utcnow():
             raise bad_nonce("nonce has expired")
         return expires
 
     @staticmethod
     async def purge_expired(db: Database) -> int:
-        async with db.transaction() as session:
-            result = await session.execute(delete(RedeemedNonce).where(RedeemedNonce.expires_at < utcnow()))
-            return result.rowcount or 0  # type: ignore[attr-defined]
+        return await repo_nonces.purge_redeemed_before(db, utcnow())

@@ -22,15 +22,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import bindparam, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from acme_ra.client_networks import client_ip
-from acme_ra.db.fast import Statement
-from acme_ra.db.models import Authorization, AuthzStatus, RateCounter, utcnow
+from acme_ra.db.models import utcnow
 from acme_ra.protocol.problems import Problem
+from acme_ra_frontend.repo import ratelimits as repo_ratelimits
 
 HOUR = dt.timedelta(hours=1)
 WEEK = dt.timedelta(days=7)
@@ -76,19 +73,6 @@ def rate_limited(what: str, retry_after: dt.timedelta) -> Problem:
     return Problem("rateLimited", f"too many {what}; retry after {seconds} s", headers={"Retry-After": str(seconds)})
 
 
-def _spend_statement(insert: Any) -> Any:
-    return (
-        insert(RateCounter)
-        .values(key=bindparam("key"), window_start=bindparam("window_start"), count=1)
-        .on_conflict_do_update(index_elements=["key", "window_start"], set_={"count": RateCounter.count + 1})
-        .returning(RateCounter.count)
-    )
-
-
-# One upsert per spend, built once per dialect.
-_SPEND = {"postgresql": Statement(_spend_statement(pg_insert)), "sqlite": Statement(_spend_statement(sqlite_insert))}
-
-
 @dataclass(frozen=True, slots=True)
 class Spend:
     """One event to count against ``limit`` per ``window`` (a limit of 0 or less: no limit)."""
@@ -123,35 +107,7 @@ async def spend(conn: AsyncConnection, counted: Spend) -> None:
     if counted.limit <= 0:
         return
     now = utcnow()
-    count = (await _SPEND[conn.dialect.name].run(
-        conn, {"key": counted.key, "window_start": counted.window_start(now)})).scalar_one()
-    counted.check(count, now)
-
-
-# PostgreSQL: the counters of some limits (of one window) spent inside another statement, which
-# starts ``WITH`` these CTEs: ``spent`` gives each key with its count after this event and
-# ``allowed`` one row when every count is within its limit, for the statement's writes to depend
-# on (newOrder's insert, finalize's claim: a refused request writes nothing but its counters).
-# Its parameters: ``spent_params``; its ``spent`` rows: ``check_spent``.
-SPENT_CTES = """limits AS (
-    SELECT * FROM unnest(CAST(:rate_keys AS varchar[]), CAST(:rate_limits AS integer[])) AS l(key, lim)
-), spent AS (
-    INSERT INTO rate_counters (key, window_start, count)
-    SELECT key, :rate_window_start, 1 FROM limits
-    ON CONFLICT (key, window_start) DO UPDATE SET count = rate_counters.count + 1
-    RETURNING key, count
-), allowed AS (
-    SELECT 1 AS ok WHERE NOT EXISTS (SELECT 1 FROM spent JOIN limits USING (key) WHERE spent.count > limits.lim)
-)"""
-SPENT_BINDS = (bindparam("rate_window_start", type_=RateCounter.window_start.type),)
-
-
-def spent_params(limits: Sequence[Spend], now: dt.datetime) -> dict[str, Any]:
-    first = limits[0]
-    if any(limit.window != first.window for limit in limits):
-        raise ValueError("the limits spent in one statement share one window")
-    return {"rate_keys": [limit.key for limit in limits], "rate_limits": [limit.limit for limit in limits],
-            "rate_window_start": first.window_start(now)}
+    counted.check(await repo_ratelimits.increment(conn, counted.key, counted.window_start(now)), now)
 
 
 def check_spent(limits: Sequence[Spend], spent: Iterable[Any], now: dt.datetime) -> None:
@@ -159,18 +115,6 @@ def check_spent(limits: Sequence[Spend], spent: Iterable[Any], now: dt.datetime)
     counts = {row.key: row.count for row in spent}
     for limit in limits:
         limit.check(counts[limit.key], now)
-
-
-# The account's pending authorizations that have not expired (a pending one past its expiry is
-# expired, whether or not a read has recorded it yet), and when the first of them expires:
-# an index range scan (ix_authz_pending_account: account, status, expires).
-_PENDING_AUTHZS = Statement(
-    select(func.count(), func.min(Authorization.expires)).where(
-        Authorization.account_id == bindparam("account_id"),
-        Authorization.status == AuthzStatus.pending.value,
-        Authorization.expires > bindparam("now"),
-    )
-)
 
 
 async def check_pending_authorizations(conn: AsyncConnection, account_id: str, new: int, cap: int,
@@ -183,7 +127,7 @@ async def check_pending_authorizations(conn: AsyncConnection, account_id: str, n
     not an exact quota)."""
     if cap <= 0 or new == 0:
         return
-    count, first_expiry = (await _PENDING_AUTHZS.run(conn, {"account_id": account_id, "now": now})).first()
+    count, first_expiry = await repo_ratelimits.pending_authzs(conn, account_id, now)
     if count + new > cap:
         retry = (first_expiry - now) if first_expiry is not None else HOUR
         seconds = max(1, math.ceil(retry.total_seconds()))
@@ -204,4 +148,4 @@ def check_failed_validations(failures: dict[str, int], limit: int) -> None:
 
 
 async def purge_old_counters(session: AsyncSession) -> None:
-    await session.execute(delete(RateCounter).where(RateCounter.window_start < utcnow() - WEEK - HOUR))
+    await repo_ratelimits.purge_counters_before(session, utcnow() - WEEK - HOUR)

@@ -23,11 +23,11 @@ import logging
 from typing import Any
 
 from nats.js import JetStreamContext
-from sqlalchemy import bindparam, select, update
 
 from acme_ra import bus
 from acme_ra.db.lifecycle import fail_order, finish_challenge
-from acme_ra.db.models import Challenge, ChallengeStatus, Order, OrderStatus, UpstreamOrder, utcnow
+from acme_ra.db.models import utcnow
+from acme_ra_frontend.repo import stuck_jobs as repo
 from acme_ra_frontend.state import FrontendState
 
 log = logging.getLogger("acme_ra.frontend.reconciler")
@@ -59,20 +59,6 @@ def given_up(what: str, times: int, last_failure: dict[str, Any] | None = None) 
     return {"type": "serverInternal", "detail": detail}
 
 
-def _bump(table: type[Challenge | Order]) -> Any:
-    """Count one more re-publication of a row still ``processing`` and not counted meanwhile."""
-    return (
-        update(table)
-        .where(table.id == bindparam("p_id"), table.status == ChallengeStatus.processing.value,  # the same value in both tables
-               table.republished == bindparam("p_seen"))
-        .values(republished=table.republished + 1, updated_at=bindparam("p_now"))
-    )
-
-
-_BUMP_CHALLENGE = _bump(Challenge)
-_BUMP_ORDER = _bump(Order)
-
-
 async def _has_backlog(js: JetStreamContext, durable: str) -> bool:
     """Whether the consumer holds jobs not yet delivered: then a row still processing may only be
     waiting its turn. False when nats-server does not tell (the jobs are then published anyway)."""
@@ -93,21 +79,9 @@ async def reconcile_once(state: FrontendState) -> int:
     skip_challenges = await _has_backlog(state.js, bus.DURABLE_VALIDATOR)
     skip_orders = await _has_backlog(state.js, bus.DURABLE_SIGNER)
     async with state.db.transaction() as session:
-        challenges = [] if skip_challenges else (
-            await session.execute(
-                select(Challenge.id, Challenge.republished)  # no trace context: a re-published validation starts its own
-                .where(Challenge.status == ChallengeStatus.processing.value, Challenge.updated_at < now - CHALLENGE_DEADLINE)
-                .limit(BATCH)
-            )
-        ).all()
-        orders = [] if skip_orders else (
-            await session.execute(
-                select(Order.id, Order.republished, Order.trace_context, UpstreamOrder.error)
-                .outerjoin(UpstreamOrder, UpstreamOrder.order_id == Order.id)
-                .where(Order.status == OrderStatus.processing.value, Order.updated_at < now - ORDER_DEADLINE)
-                .limit(BATCH)
-            )
-        ).all()
+        # No trace context for a challenge: a re-published validation starts its own trace.
+        challenges = [] if skip_challenges else await repo.stuck_challenges(session, now - CHALLENGE_DEADLINE, BATCH)
+        orders = [] if skip_orders else await repo.stuck_orders(session, now - ORDER_DEADLINE, BATCH)
         # Stuck after the last re-publication: given up, in this transaction.
         abandoned_challenges = abandoned_orders = 0
         authz_lifetime = dt.timedelta(seconds=state.settings.authz_lifetime_seconds)
@@ -118,28 +92,27 @@ async def reconcile_once(state: FrontendState) -> int:
         for order_id, times, _, last_failure in orders:
             if times >= limit:
                 abandoned_orders += await fail_order(session, order_id, given_up("issuance", times, last_failure))
-    bumps: list[tuple[Any, dict[str, Any]]] = []
+    bumps: list[tuple[str, str, int]] = []
     published = {"challenges": 0, "orders": 0}
     try:
         for challenge_id, times in challenges:
             if times < limit:
                 await bus.publish_job(state.js, bus.SUBJECT_VALIDATE, bus.ValidateJob(challenge_id=challenge_id),
                                       f"validate-{challenge_id}-r{times + 1}")
-                bumps.append((_BUMP_CHALLENGE, {"p_id": challenge_id, "p_seen": times, "p_now": now}))
+                bumps.append(("challenge", challenge_id, times))
                 published["challenges"] += 1
         for order_id, times, traceparent, _ in orders:
             if times < limit:
                 await bus.publish_job(state.js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id),
                                       f"issue-{order_id}-r{times + 1}", traceparent)
-                bumps.append((_BUMP_ORDER, {"p_id": order_id, "p_seen": times, "p_now": now}))
+                bumps.append(("order", order_id, times))
                 published["orders"] += 1
     finally:
         # Only what was published counts (and waits a deadline again); another replica that
         # published the same re-publication (same message id, dropped by JetStream) counts nothing.
         if bumps:
             async with state.db.transaction() as session:
-                for statement, values in bumps:
-                    await session.execute(statement, values)
+                await repo.count_republications(session, bumps, now)
     republished = len(bumps)
     if republished:
         log.warning("re-published stuck jobs", extra=published)

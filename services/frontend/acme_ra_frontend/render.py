@@ -1,18 +1,29 @@
-"""Database rows to ACME JSON objects (RFC 8555 §7.1). Internal ids never leak beyond URLs."""
+"""Database rows to ACME JSON objects (RFC 8555 §7.1), and JSON responses. Internal ids never leak
+beyond URLs."""
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
+import orjson
+from fastapi.responses import Response
+
 from acme_ra.db.models import Account, OrderStatus
 from acme_ra.protocol.problems import render_data
-from acme_ra_frontend.queries import AuthzRow, ChallengeRow, OrderRow
+from acme_ra_frontend.repo.authz import AuthzRow, ChallengeRow
+from acme_ra_frontend.repo.orders import OrderRow
 from acme_ra_frontend.urls import Urls
 
 
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None, content_type: str = "application/json"
+) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type=content_type)
+
+
 def timestamp(value: dt.datetime) -> str:
-    return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def account_json(account: Account, urls: Urls) -> dict[str, Any]:
@@ -43,9 +54,9 @@ def order_json(order: OrderRow, authz_ids: list[str], urls: Urls) -> dict[str, A
         body["notBefore"] = timestamp(order.not_before)
     if order.not_after:
         body["notAfter"] = timestamp(order.not_after)
-    if order.error and order.status == OrderStatus.invalid.value:
+    if order.error and order.status == OrderStatus.invalid:
         body["error"] = render_data(order.error)
-    if order.certificate_id and order.status == OrderStatus.valid.value:
+    if order.certificate_id and order.status == OrderStatus.valid:
         body["certificate"] = urls.certificate(order.certificate_id)
     return body
 

@@ -7,14 +7,14 @@ import time
 
 from fastapi import Request
 from fastapi.responses import Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from acme_ra.db.models import Certificate
 from acme_ra.protocol.jws import b64url_decode
 from acme_ra.protocol.problems import Problem, malformed
-from acme_ra_frontend.plumbing import json_response, resolve_provisioner
-from acme_ra_frontend.render import timestamp
+from acme_ra_frontend.context import resolve_provisioner
+from acme_ra_frontend.render import json_response, timestamp
+from acme_ra_frontend.repo import certificates as repo_certificates
 
 # How long clients should wait before asking again (RFC 9773 §4.3; Boulder: 6 h).
 RETRY_AFTER_SECONDS = 6 * 3600
@@ -63,13 +63,7 @@ class KnownIssuers:
         if aki in self.keys or time.monotonic() - self.read_at < ISSUER_REFRESH_SECONDS:
             return aki in self.keys
         self.read_at = time.monotonic()
-        recent = await session.execute(
-            select(Certificate.ari_cert_id)
-            .where(Certificate.ari_cert_id.is_not(None))
-            .order_by(Certificate.created_at.desc())
-            .limit(ISSUER_SAMPLE)
-        )
-        self.keys.update(str(v).partition(".")[0] for v in recent.scalars())
+        self.keys.update(v.partition(".")[0] for v in await repo_certificates.recent_ari_ids(session, ISSUER_SAMPLE))
         return aki in self.keys
 
 
@@ -89,9 +83,7 @@ async def renewal_info(request: Request) -> Response:
     aki = cert_id.partition(".")[0]
     issuers = known_issuers(request)
     async with state.db.sessions() as session:
-        cert = (
-            await session.execute(select(Certificate).where(Certificate.ari_cert_id == cert_id))
-        ).scalars().first()
+        cert = await repo_certificates.by_ari_id(session, cert_id)
         if cert is None and not await issuers.knows(session, aki):
             raise malformed("the certID's key identifier names no issuer of this server")
     if cert is None:

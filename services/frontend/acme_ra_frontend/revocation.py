@@ -14,13 +14,14 @@ import nats.errors
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from fastapi.responses import Response
-from sqlalchemy import func, select
 
 from acme_ra import bus
-from acme_ra.db.models import Authorization, AuthzStatus, Certificate, utcnow
+from acme_ra.db.models import utcnow
 from acme_ra.protocol.jws import b64url_decode, raw_key
 from acme_ra.protocol.problems import Problem, malformed, server_internal, unauthorized
-from acme_ra_frontend.plumbing import AcmeCall
+from acme_ra_frontend.context import AcmeCall
+from acme_ra_frontend.repo import authz as repo_authz
+from acme_ra_frontend.repo import certificates as repo_certificates
 
 # RFC 5280 reason codes a subscriber may ask for (Boulder's set: unspecified, keyCompromise,
 # affiliationChanged, superseded, cessationOfOperation).
@@ -44,18 +45,8 @@ async def holds_authorizations(call: AcmeCall, cert: x509.Certificate) -> bool:
     if not wanted:
         return False
     account = call.require_account()
-    held = (
-        await call.session.execute(
-            select(Authorization.identifier_type, Authorization.identifier_value, Authorization.wildcard)
-            .where(
-                Authorization.account_id == account.id,
-                Authorization.status == AuthzStatus.valid.value,
-                Authorization.expires > utcnow(),
-                func.lower(Authorization.identifier_value).in_([v for _, v, _ in wanted]),
-            )
-        )
-    ).all()
-    return wanted <= {(t, v, bool(w)) for t, v, w in held}
+    held = await repo_authz.held_identifiers(call.session, account.id, [v for _, v, _ in wanted], utcnow())
+    return wanted <= held
 
 
 async def revoke_cert(call: AcmeCall) -> Response:
@@ -73,7 +64,7 @@ async def revoke_cert(call: AcmeCall) -> Response:
         raise malformed("certificate is not a DER-encoded X.509 certificate") from None
     serial = format(cert.serial_number, "x")
     stored = None
-    for row in (await call.session.execute(select(Certificate).where(Certificate.serial == serial))).scalars():
+    for row in await repo_certificates.by_serial(call.session, serial):
         leaf = x509.load_pem_x509_certificate(row.chain_pem.encode())
         if leaf.public_bytes(Encoding.DER) == der:
             stored = row

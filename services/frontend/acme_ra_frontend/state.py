@@ -34,7 +34,7 @@ class FrontendState:
     stopping: bool = False
     # Requests waiting for the validator's or signer's event (waiting.py).
     work_events: WorkEvents = field(default_factory=WorkEvents)
-    # "/acme/<provisioner>/new-nonce" → its Link rel="index" header, encoded once (plumbing.AcmeHeaders).
+    # "/acme/<provisioner>/new-nonce" → its Link rel="index" header, encoded once (headers.AcmeHeaders).
     new_nonce_links: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
 
     # Jobs whose publish failed, retried within seconds (the reconciler is the last resort).

@@ -24,7 +24,7 @@ RENEWAL_INFO = "/acme/{provisioner}/renewal-info/{cert_id}"
 class Urls:
     """Absolute URLs for one provisioner, as clients see them (ACME_RA_EXTERNAL_URL)."""
 
-    __slots__ = ("base", "provisioner", "prefix")
+    __slots__ = ("base", "prefix", "provisioner")
 
     def __init__(self, base: str, provisioner: str) -> None:
         self.base = base

@@ -15,7 +15,7 @@ from sqlalchemy.engine.interfaces import DBAPIConnection
 
 from acme_ra.db import engine as engine_module
 from acme_ra.db.engine import Database
-from acme_ra_frontend.app import is_unavailable
+from acme_ra_frontend.errors import is_unavailable
 from tests.support import database
 
 pytestmark = pytest.mark.skipif(database.backend() != "postgresql", reason="PostgreSQL's pool (ACME_RA_TEST_DATABASE_URL)")

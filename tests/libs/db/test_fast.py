@@ -13,7 +13,7 @@ from acme_ra.db.engine import Database
 from acme_ra.db.fast import Statement
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import Account, RedeemedNonce
-from acme_ra_frontend.app import is_unavailable
+from acme_ra_frontend.errors import is_unavailable
 from tests.support import database
 
 WHEN = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)

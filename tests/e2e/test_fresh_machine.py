@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The nested run starts a PostgreSQL cluster and a topology (a minute on a busy machine).
 NESTED_TIMEOUT_SECONDS = 600
 SUBSET = [
-    "tests/db/test_fast.py",
+    "tests/libs/db/test_fast.py",
     "tests/validator/test_validator_concurrent_authz.py",
     "tests/deploy/test_lab.py::test_the_lab_database_is_created_and_recreated",
     "tests/integration/test_certbot.py::test_http01_for_a_lab_name_under_localhost",

@@ -25,20 +25,20 @@ import contextlib
 import logging
 import re
 import socket
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import Counter
-from sqlalchemy import Table, bindparam, select
 from starlette.types import Receive, Scope, Send
 
 from acme_ra.config import Settings, parse_host_port
 from acme_ra.db.engine import Database
-from acme_ra.db.models import UPSTREAM_TOKEN_PATTERN, UpstreamKeyAuthorization, utcnow
+from acme_ra.db.models import UPSTREAM_TOKEN_PATTERN
+from acme_ra_frontend import workers
 from acme_ra_frontend.http_limits import HttpLimits, limited_protocol
+from acme_ra_frontend.repo import key_authorizations as repo
 
 log = logging.getLogger("acme_ra.frontend.upstream_http01")
 
@@ -56,12 +56,6 @@ RESPONSES = Counter(
 )
 
 _TOKEN = re.compile(UPSTREAM_TOKEN_PATTERN)
-_table = cast(Table, UpstreamKeyAuthorization.__table__)
-_LOOKUP = (
-    select(_table.c.key_authorization)
-    .where(_table.c.token == bindparam("token"), _table.c.expires_at > bindparam("now"))
-    .limit(1)
-)
 
 
 class Responder:
@@ -86,8 +80,7 @@ class Responder:
             await self._answer(send, method, 404, b"not found\n", "malformed")
             return
         try:
-            async with self.db.autocommit() as conn:
-                key_authorization = (await conn.execute(_LOOKUP, {"token": token, "now": utcnow()})).scalar()
+            key_authorization = await repo.key_authorization(self.db, token)
         except Exception as error:  # noqa: BLE001 - a database outage: the CA may try again
             log.warning("upstream http-01 token not looked up: %s", type(error).__name__)
             await self._answer(send, method, 503, b"temporarily unavailable\n", "unavailable",
@@ -123,19 +116,7 @@ def bind(listen: str) -> socket.socket:
     """The listening socket (before any fork); a port that cannot be bound is one line naming
     the setting, and exit status 1."""
     host, port = parse_host_port(listen)  # Settings checked the syntax
-    host = host.strip("[]")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as error:
-        sock.close()
-        print(f"acme-ra: cannot listen on {SETTING}={listen!r}: {error.strerror or error}", file=sys.stderr)
-        raise SystemExit(1) from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
+    return workers.bind(host.strip("[]"), port, backlog=128, what=f"{SETTING}={listen!r}")
 
 
 class _Server(uvicorn.Server):

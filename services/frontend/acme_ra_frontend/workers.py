@@ -47,8 +47,9 @@ def prepare_metrics_dir() -> Path:
     return path
 
 
-def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """The listening socket every worker accepts on."""
+def bind(host: str, port: int, backlog: int = 2048, what: str | None = None) -> socket.socket:
+    """The listening socket every worker accepts on; one that cannot be bound is one line
+    (naming ``what``, e.g. the setting) and exit status 1."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -56,7 +57,7 @@ def bind(host: str, port: int, backlog: int = 2048) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        print(f"acme-ra: cannot listen on {host}:{port}: {error.strerror}", file=sys.stderr)
+        print(f"acme-ra: cannot listen on {what or f'{host}:{port}'}: {error.strerror or error}", file=sys.stderr)
         raise SystemExit(1) from None
     sock.listen(backlog)
     sock.set_inheritable(True)

@@ -68,6 +68,12 @@ class Breaker:
 
     @property
     def state(self) -> State:
+        """The state now (an open breaker half-opens by time alone: the gauge follows here)."""
+        state = self._state()
+        metrics.UPSTREAM_BREAKER_STATE.labels(self.upstream).set(int(state))
+        return state
+
+    def _state(self) -> State:
         if self.opened_at is None:
             return State.closed
         if self.clock() - self.opened_at < self.cool_down_seconds:
@@ -78,7 +84,6 @@ class Breaker:
         """Whether a request may go to the upstream now; in half-open, true once (the probe)
         until its outcome is reported."""
         state = self.state
-        self._publish()
         if state is State.closed:
             return True
         if state is State.open:
@@ -108,7 +113,6 @@ class Breaker:
 
     def describe(self) -> dict[str, object]:
         state = self.state
-        self._publish()
         described: dict[str, object] = {"state": state.name.replace("_", "-"), "consecutive_failures": self.failures}
         if state is not State.closed:
             described["last_error"] = self.last_error
@@ -117,4 +121,4 @@ class Breaker:
         return described
 
     def _publish(self) -> None:
-        metrics.UPSTREAM_BREAKER_STATE.labels(self.upstream).set(int(self.state))
+        self.state  # noqa: B018 - reading it publishes it

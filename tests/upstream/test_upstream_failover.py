@@ -6,11 +6,15 @@ open and only while nothing was finalized at the first: never two certificates f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from prometheus_client import REGISTRY
 
 from acme_ra.config import Settings
@@ -138,8 +142,12 @@ async def test_first_down_the_order_moves_to_the_second_once_the_breaker_opens(
     assert row is not None and row.upstream == "b" and row.state == "valid"
     assert row.url is not None and f":{b.port}/" in row.url
     assert row.orders_created == 2  # the abandoned one at a, then b's
-    serial = (await certificate_of(db, order_id)).serial
-    assert b.cert_status(serial)["Status"] == "Valid"
+    certificate = await certificate_of(db, order_id)
+    assert b.cert_status(certificate.serial)["Status"] == "Valid"
+    # Revocation goes to the upstream the journal names: the second.
+    leaf = x509.load_pem_x509_certificate(certificate.chain_pem.encode())
+    await driver.revoke(leaf.public_bytes(Encoding.DER), 4, order_id=order_id)
+    assert b.cert_status(certificate.serial)["Status"] == "Revoked"
     assert failovers() == before + 1
     assert driver.breakers["a"].state is State.open and breaker_gauge("a") == 2
     assert driver.breakers["b"].state is State.closed and breaker_gauge("b") == 0
@@ -188,6 +196,47 @@ async def test_a_half_open_breaker_lets_the_next_real_request_probe(
     assert a.issued_count() == 1 and b.issued_count() == 1
 
 
+class RefusedAtFinalize(httpx.AsyncBaseTransport):
+    """The first upstream's transport: the Pebble goes down just as finalize is about to be
+    sent, so that request's connection is refused (and every later one)."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, pebble: Pebble) -> None:
+        self.inner = inner
+        self.pebble = pebble
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/finalize-order/"):
+            self.pebble.stop()
+        if self.pebble.process is not None and self.pebble.process.poll() is not None:
+            raise httpx.ConnectError(f"cannot connect to {request.url.host}:{request.url.port}", request=request)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_finalize_that_never_left_does_not_pin_the_order(
+    pebbles: tuple[Pebble, Pebble], failover_driver: AcmeDriver, db: Database
+) -> None:
+    a, b = pebbles
+    driver = failover_driver
+    first = driver.upstreams["a"]
+    assert isinstance(first, AcmeUpstream)
+    first.client.transport = RefusedAtFinalize(first.client.transport, a)
+    worker = IssueWorker(db, driver)
+    order_id = await new_order(db, ["unsent.example.test"])
+    with pytest.raises(UpstreamUnavailable):
+        await run_job(worker, order_id)
+    assert a.process is not None and a.process.poll() is not None  # down at finalize
+    row = await upstream_order_row(db, order_id)
+    # Recorded "finalizing" before the attempt, then undone: the request never left.
+    assert row is not None and row.upstream == "a" and row.state == "pending" and row.finalized_at is None
+    assert await until_issued(worker, order_id, FAILURES_TO_OPEN) == FAILURES_TO_OPEN - 2
+    row = await upstream_order_row(db, order_id)
+    assert row is not None and row.upstream == "b" and row.orders_created == 2
+    assert a.issued_count() == 0 and b.issued_count() == 1 and await certificate_count(db, order_id) == 1
+
+
 async def test_an_order_finalized_at_the_first_never_moves(
     pebbles: tuple[Pebble, Pebble], failover_driver: AcmeDriver, db: Database
 ) -> None:
@@ -212,3 +261,100 @@ async def test_an_order_finalized_at_the_first_never_moves(
     assert (await order_row(db, order_id)).status == "processing"
     assert await certificate_count(db, order_id) == 0
     assert b.issued_count() == 0 and failovers() == before
+
+
+LOAD_ORDERS = 66
+LOAD_JOBS = 6  # concurrent jobs, as several signer workers would run
+KILL_AFTER = 20  # orders issued before the first Pebble is killed
+RESTART_AFTER = 20  # orders the second issues before the first comes back
+
+
+async def test_load_with_the_first_killed_midway_every_order_completes_exactly_once(
+    pebbles: tuple[Pebble, Pebble], failover_driver: AcmeDriver, db: Database
+) -> None:
+    a, b = pebbles
+    driver = failover_driver
+    worker = IssueWorker(db, driver)
+    await driver.check()
+    a_intermediate = a.intermediate()
+    order_ids = [await new_order(db, [f"load{i}.example.test"]) for i in range(LOAD_ORDERS)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for order_id in order_ids:
+        queue.put_nowait(order_id)
+    done: list[str] = []
+    before = failovers()
+    b_at_kill: list[int] = []
+
+    async def job_runner() -> None:
+        # A job that raises is nak'ed and comes back later: here, at the end of the queue.
+        while len(done) < LOAD_ORDERS:
+            try:
+                order_id = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                await asyncio.sleep(0.02)
+                continue
+            try:
+                await run_job(worker, order_id)
+            except UpstreamUnavailable:
+                await asyncio.sleep(0.02)
+                queue.put_nowait(order_id)
+                continue
+            done.append(order_id)
+
+    async def chaos() -> None:
+        while len(done) < KILL_AFTER:
+            await asyncio.sleep(0.005)
+        assert a.process is not None
+        a.process.kill()  # SIGKILL, whatever it was doing
+        a.process.wait()
+        b_at_kill.append(b.issued_count())
+        while b.issued_count() - b_at_kill[0] < RESTART_AFTER:
+            await asyncio.sleep(0.02)
+        a.start()  # back, having forgotten everything
+        driver.breakers["a"].cool_down_seconds = 0.5  # the test's patience, not the product's
+
+    await asyncio.wait_for(asyncio.gather(chaos(), *(job_runner() for _ in range(LOAD_JOBS))), timeout=120)
+
+    assert sorted(done) == sorted(order_ids)
+    valid, lost = [], []
+    for order_id in order_ids:
+        order = await order_row(db, order_id)
+        row = await upstream_order_row(db, order_id)
+        assert row is not None
+        if order.status == "valid":
+            valid.append((order_id, row.upstream))
+            assert await certificate_count(db, order_id) == 1
+        else:
+            # The only way an order may fail: finalized at the first when it was killed. Moving it
+            # could issue twice; the restarted Pebble no longer knows it, so acme-ra says so.
+            assert order.status == "invalid" and row.upstream == "a" and row.finalized_at is not None, order.error
+            assert "acme-ra does not order again" in (order.error or {}).get("detail", ""), order.error
+            assert await certificate_count(db, order_id) == 0
+            lost.append(order_id)
+    # Counted at both Pebbles: every certificate the second issued is in the database (and
+    # known to its management API); the first issued those in the database plus at most one
+    # for each order lost in the kill.
+    a_intermediates = {a_intermediate.subject, a.intermediate().subject}  # a restarted Pebble has a new CA
+    b_intermediate = b.intermediate().subject
+    from_a, from_b = 0, 0
+    for order_id, upstream in valid:
+        certificate = await certificate_of(db, order_id)
+        leaf = x509.load_pem_x509_certificate(certificate.chain_pem.encode())
+        if upstream == "b":
+            assert leaf.issuer == b_intermediate
+            assert b.cert_status(certificate.serial)["Status"] == "Valid"
+            from_b += 1
+        else:
+            assert leaf.issuer in a_intermediates
+            from_a += 1
+    assert b.issued_count() == from_b >= RESTART_AFTER
+    assert from_a <= a.issued_count() <= from_a + len(lost)
+    assert failovers() > before
+    # The first is back: its breaker closes (by the probe) and new orders go to it again.
+    await driver.check()
+    assert driver.breakers["a"].state is State.closed
+    last = await new_order(db, ["after-load.example.test"])
+    assert await until_issued(worker, last, 1) == 0
+    assert (await upstream_order_row(db, last)).upstream == "a"  # type: ignore[union-attr]
+    print(f"load: {len(valid)} issued ({from_a} by a, {from_b} by b), {len(lost)} lost at the kill, a issued {a.issued_count()}, "
+          f"{failovers() - before:.0f} failovers")

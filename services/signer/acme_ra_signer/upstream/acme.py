@@ -49,6 +49,7 @@ from acme_ra_signer.upstream.base import (
     IssuedChain,
     IssueRequest,
     NamedUpstream,
+    RequestNotSent,
     UpstreamDriver,
     UpstreamError,
     UpstreamRejected,
@@ -299,8 +300,9 @@ class AcmeUpstream(NamedUpstream):
         if status == "ready":
             await self._remove_records(journal)  # left by a signer that died after the verdict
             # Recorded before finalize: from here on this upstream order is never replaced.
+            first = journal.entry.finalized_at is None
             await journal.save(state=State.finalizing.value, finalized_at=journal.entry.finalized_at or utcnow())
-            return await self._send_finalize(journal, csr, order)
+            return await self._send_finalize(journal, csr, order, first=first)
         await self._follow(journal, order)
         return None
 
@@ -317,11 +319,18 @@ class AcmeUpstream(NamedUpstream):
         return None
 
     async def _send_finalize(
-        self, journal: Journal, csr: x509.CertificateSigningRequest, order: messages.Order
+        self, journal: Journal, csr: x509.CertificateSigningRequest, order: messages.Order, first: bool = False
     ) -> float | None:
         finalize_url = journal.entry.finalize_url or order.finalize
         try:
             response, _ = await self.signed(finalize_url, messages.CertificateRequest(csr=csr))
+        except RequestNotSent:
+            if first:
+                # The first finalize of this order never left (no connection): the upstream
+                # cannot have issued, so the record says so again and the order may still move
+                # to another upstream (failover). A finalize sent before is never undone here.
+                await journal.save(state=State.pending.value, finalized_at=None)
+            raise
         except AcmeProblem as problem:
             if problem.code == "orderNotReady":
                 return None  # state stays finalizing: the next step looks at the order again
@@ -561,6 +570,16 @@ class AcmeUpstream(NamedUpstream):
         try:
             response, _ = await self.signed(url, None, accept=PEM_CHAIN)
         except AcmeProblem as problem:
+            if problem.status == 404:
+                # Issued, then forgotten (a CA that lost its state): as for a lost finalized order.
+                raise UpstreamRejected(
+                    upstream_problem(
+                        self.name,
+                        "serverInternal",
+                        f"lost certificate {url} of a finalized order; "
+                        "acme-ra does not order again, as that could issue a second certificate",
+                    )
+                ) from None
             raise self.mapped(problem, "certificate download") from None
         certs = _parse_chain(response.content, self.name)
         leaf = certs[0]

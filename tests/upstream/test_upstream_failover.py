@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -36,6 +36,7 @@ from .conftest import (
     run_job,
     upstream_accounts,
     upstream_order_row,
+    wait_until,
 )
 from .pebble import Pebble, require_pebble
 
@@ -82,6 +83,13 @@ async def failover_driver(
         yield driver
     finally:
         await driver.close()
+
+
+def _async(condition: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return condition()
+
+    return check
 
 
 def failovers(source: str = "a", target: str = "b") -> float:
@@ -347,14 +355,20 @@ async def test_load_with_the_first_killed_midway_every_order_completes_exactly_o
         else:
             assert leaf.issuer in a_intermediates
             from_a += 1
+    # Pebble's log (where issued_count reads) may trail its answers by a moment.
+    await wait_until(_async(lambda: b.issued_count() >= from_b and a.issued_count() >= from_a), timeout=5)
+    await asyncio.sleep(0.2)
     assert b.issued_count() == from_b >= RESTART_AFTER
     assert from_a <= a.issued_count() <= from_a + len(lost)
     assert failovers() > before
-    # The first is back: its breaker closes (by the probe) and new orders go to it again.
+    # The first is back: its breaker closes (by the probe, once the cool-down is over, if no
+    # job probed already) and new orders go to it again.
+    await asyncio.sleep(driver.breakers["a"].cool_down_seconds)
     await driver.check()
     assert driver.breakers["a"].state is State.closed
     last = await new_order(db, ["after-load.example.test"])
     assert await until_issued(worker, last, 1) == 0
     assert (await upstream_order_row(db, last)).upstream == "a"  # type: ignore[union-attr]
+    await wait_until(_async(lambda: a.issued_count() >= from_a + 1), timeout=5)
     print(f"load: {len(valid)} issued ({from_a} by a, {from_b} by b), {len(lost)} lost at the kill, a issued {a.issued_count()}, "
           f"{failovers() - before:.0f} failovers")

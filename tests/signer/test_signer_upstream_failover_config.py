@@ -122,6 +122,8 @@ def test_breaker_opens_after_consecutive_failures_half_opens_for_one_probe_and_c
     assert breaker.state is State.half_open
     assert breaker.allow() and gauge("breaker-unit") == 1  # the probe
     assert not breaker.allow()  # only one while its outcome is unknown
+    breaker.release()  # the probe's order was refused: no verdict, the next request probes
+    assert breaker.state is State.half_open and breaker.allow() and not breaker.allow()
     breaker.failure("still refused")  # the probe failed: a new cool-down
     assert breaker.state is State.open and not breaker.allow()
     clock.now += COOL_DOWN_SECONDS

@@ -755,14 +755,17 @@ class AcmeDriver(UpstreamDriver):
                     breaker = self.breakers[name]
                     breaker.failure(str(error) or type(error).__name__)
                     # The breaker decides, not one error: the order moves once it is open.
-                    target = self._next(candidates, tried, admitted) if breaker.state.name != "closed" else None
-                    if target is not None and upstream.may_move(journal.entry):
+                    movable = breaker.state.name != "closed" and upstream.may_move(journal.entry)
+                    target = self._next(candidates, tried, admitted) if movable else None
+                    if target is not None:
                         await self._move(journal, upstream, target, str(error) or type(error).__name__)
                         continue
                     await _note_transient(journal, upstream.name, error)
                     raise
                 except UpstreamRejected:
-                    self.breakers[name].success()  # it answered: it is up
+                    # The order's own fault (possibly decided without asking the upstream): it
+                    # says nothing of the upstream's health; a probe it used goes to the next job.
+                    self.breakers[name].release()
                     raise
                 self.breakers[name].success()
                 return chain

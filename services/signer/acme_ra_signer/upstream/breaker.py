@@ -2,8 +2,8 @@
 
 One failure does not make an upstream unavailable (a CA drops a connection now and then); a run
 of them does. The breaker counts consecutive ``UpstreamUnavailable`` outcomes (connection
-refused, timeouts, 5xx, ``serverInternal``), never refusals (``UpstreamRejected``: the CA
-answered, it is up)::
+refused, timeouts, 5xx, ``serverInternal``), never refusals (``UpstreamRejected``: the order's
+fault, sometimes decided without asking the upstream, so no verdict either way)::
 
     closed ──N failures in a row──▶ open ──cool-down──▶ half-open ──probe succeeds──▶ closed
                                       ▲                     │
@@ -101,6 +101,11 @@ class Breaker:
         self.probing_since = None
         self.last_error = ""
         self._publish()
+
+    def release(self) -> None:
+        """The request let through ended without a verdict on the upstream's health (the order
+        was refused): a half-open breaker lets the next request probe."""
+        self.probing_since = None
 
     def failure(self, error: str = "") -> None:
         self.failures += 1

@@ -163,6 +163,7 @@ async def test_first_down_the_order_moves_to_the_second_once_the_breaker_opens(
     described = {entry["name"]: entry["breaker"] for entry in driver.describe()}
     assert described["a"]["state"] == "open" and "unreachable" in str(described["a"]["last_error"])
     assert described["b"] == {"state": "closed", "consecutive_failures": 0}
+    await driver.check()  # ready: the default route still has an upstream that answers
 
     # While the breaker is open, a new order goes straight to the second: no failed run.
     second = await new_order(db, ["skipped.example.test"])

@@ -35,8 +35,11 @@ SIGNER_UPSTREAMS = {
         {"name": "dns", "authz_strategy": "dns-01",
          "dns_update": {"kind": "rfc2136", "server": "192.0.2.53:53", "tsig_key_name": "acme-ra"}},
         {"name": "hooked", "authz_strategy": "dns-01", "dns_update": {"kind": "hook", "path": "/usr/local/bin/txt"}},
-        {"name": "sectigo", "authz_strategy": "prevalidated", "dns_update": None},
-        {"name": "web", "authz_strategy": "http-01", "dns_update": None},
+        {"name": "sectigo", "authz_strategy": "prevalidated", "dns_update": None,
+         "breaker": {"state": "open", "consecutive_failures": 3, "retry_in_seconds": 12.5,
+                     "last_error": "https://sectigo.test/dir unreachable: ConnectError"}},
+        {"name": "web", "authz_strategy": "http-01", "dns_update": None,
+         "breaker": {"state": "closed", "consecutive_failures": 0}},
     ],
 }
 NOW = dt.datetime(2026, 12, 7, 3, 0, tzinfo=dt.UTC)
@@ -159,10 +162,16 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
     hooked = by_name["hooked"]["dns_update"]
     assert hooked["kind"] == "hook" and hooked["path"] == "/usr/local/bin/txt"
     assert (by_name["hooked"]["validations_pending"], by_name["hooked"]["last_failure"]) == (0, None)
+    open_breaker = {"state": "open", "consecutive_failures": 3, "retry_in_seconds": 12.5,
+                    "last_error": "https://sectigo.test/dir unreachable: ConnectError"}
     assert by_name["sectigo"] == {"name": "sectigo", "authz_strategy": "prevalidated", "dns_update": None,
-                                  "validations_pending": 0, "dns_records": 0, "last_failure": None}
+                                  "validations_pending": 0, "dns_records": 0, "last_failure": None,
+                                  "breaker": open_breaker}
     assert by_name["web"] == {"name": "web", "authz_strategy": "http-01", "dns_update": None,
-                              "validations_pending": 1, "dns_records": 0, "last_failure": None}
+                              "validations_pending": 1, "dns_records": 0, "last_failure": None,
+                              "breaker": {"state": "closed", "consecutive_failures": 0, "last_error": None,
+                                          "retry_in_seconds": None}}
+    assert by_name["dns"]["breaker"] is None  # the signer did not say (an older signer)
     # In the journal, no longer configured: its failure is still shown, its strategy unknown.
     retired = by_name["retired"]
     assert retired["authz_strategy"] is None and retired["last_failure"]["type"] == "rejectedIdentifier"
@@ -176,7 +185,10 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
         in human.stdout
     assert "dns-01, hook /usr/local/bin/txt" in human.stdout
     assert "unknown (the signer did not say)" in human.stdout
-    assert "upstream web\n  strategy      http-01\n  validating    1 upstream order(s)\n" in human.stdout
+    assert "upstream web\n  strategy      http-01\n  breaker       closed\n  validating    1 upstream order(s)\n" \
+        in human.stdout
+    assert "  breaker       open after 3 failure(s), next probe in 12.5s: https://sectigo.test/dir unreachable: " \
+        "ConnectError\n" in human.stdout
 
     with httpx.Client(base_url=admin.url, trust_env=False, timeout=30) as console:
         console.post("/login", data={"token": admin.token})
@@ -189,3 +201,5 @@ def test_strategy_pending_and_last_failure_alike_from_api_cli_and_console(admin:
     assert f'<a href="/orders/{failure["order_id"]}">' in upstreams
     assert "Incorrect TXT record" in upstreams and "older" not in upstreams
     assert "2026-12-07 02:50:00 UTC" in upstreams
+    assert '<span class="status invalid">open</span> after 3 failure(s), next probe in 12.5s' in upstreams
+    assert '<span class="status valid">closed</span>' in upstreams

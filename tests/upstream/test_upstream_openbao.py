@@ -82,7 +82,7 @@ async def test_issues_and_revokes_through_openbao_with_a_token_file(
     await driver.revoke(leaf.public_bytes(Encoding.DER), 1, order_id=order_id)  # again: still fine
     assert driver.describe() == [{
         "name": "bao", "type": "vault", "url": bao.url, "mount": MOUNT, "role": ROLE, "auth": "token_file",
-        "authz_strategy": None, "dns_update": None,
+        "authz_strategy": None, "dns_update": None, "breaker": {"state": "closed", "consecutive_failures": 0},
     }]
 
 

@@ -438,6 +438,15 @@ def _echo_upstream(upstream: dict[str, Any]) -> None:
             else f"hook {dns['path']}"
         strategy += f", {where}"
     typer.echo(f"  strategy      {strategy}")
+    breaker = upstream.get("breaker")
+    if breaker:
+        line = f"  breaker       {breaker['state']}"
+        if breaker["state"] != "closed":
+            line += f" after {breaker['consecutive_failures']} failure(s)"
+            if breaker.get("retry_in_seconds"):
+                line += f", next probe in {breaker['retry_in_seconds']:g}s"
+            line += f": {breaker.get('last_error') or ''}"
+        typer.echo(line)
     pending = f"  validating    {upstream['validations_pending']} upstream order(s)"
     if upstream["dns_records"]:
         pending += f", {upstream['dns_records']} TXT record(s) published"

@@ -109,6 +109,7 @@ def _upstreams(described: list[dict[str, Any]], pending: dict[str, tuple[int, in
     for name in sorted(set(config) | set(pending) | set(failures)):
         strategy = config.get(name, {}).get("authz_strategy")
         dns_update = config.get(name, {}).get("dns_update")
+        breaker = config.get(name, {}).get("breaker")
         orders, records = pending.get(name, (0, 0))
         failed = failures.get(name)
         result.append(schemas.Upstream(
@@ -117,6 +118,7 @@ def _upstreams(described: list[dict[str, Any]], pending: dict[str, tuple[int, in
             dns_update=schemas.DnsUpdate.model_validate(dns_update) if isinstance(dns_update, dict) else None,
             validations_pending=orders,
             dns_records=records,
+            breaker=schemas.UpstreamBreaker.model_validate(breaker) if isinstance(breaker, dict) else None,
             last_failure=None if failed is None else schemas.UpstreamFailure(
                 order_id=failed.order_id,
                 type=(failed.error or {}).get("type"),

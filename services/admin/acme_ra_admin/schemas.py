@@ -172,6 +172,15 @@ class UpstreamFailure(BaseModel):
     at: dt.datetime
 
 
+class UpstreamBreaker(BaseModel):
+    """The signer's circuit breaker for an upstream (failover: an open one is skipped)."""
+
+    state: str = Field(description="closed, half-open (one probe let through) or open (skipped)")
+    consecutive_failures: int
+    last_error: str | None = None
+    retry_in_seconds: float | None = Field(None, description="open: when the next probe is let through")
+
+
 class Upstream(BaseModel):
     name: str
     authz_strategy: str | None = Field(description="prevalidated, dns-01 or http-01; null: the signer did not say")
@@ -179,6 +188,7 @@ class Upstream(BaseModel):
     validations_pending: int = Field(description="upstream orders whose authorizations are being proved now")
     dns_records: int = Field(description="dns-01 TXT records the journal holds for them")
     last_failure: UpstreamFailure | None
+    breaker: UpstreamBreaker | None = Field(None, description="null: the signer did not say")
 
 
 class UpstreamStatus(BaseModel):

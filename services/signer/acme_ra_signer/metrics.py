@@ -57,6 +57,16 @@ UPSTREAM_ACCOUNT_REGISTRATIONS = Counter(
     "Upstream account registrations by upstream name (more than one: the upstream lost the account).",
     ["upstream"],
 )
+UPSTREAM_BREAKER_STATE = Gauge(
+    "acme_ra_upstream_breaker_state",
+    "Circuit breaker of each upstream: 0 closed, 1 half-open (one probe let through), 2 open (skipped).",
+    ["upstream"],
+)
+UPSTREAM_FAILOVERS = Counter(
+    "acme_ra_upstream_failovers_total",
+    "Orders moved from an unavailable upstream to the next of their list (never once finalized).",
+    ["from_upstream", "to_upstream"],
+)
 UPSTREAM_ORDERS_CREATED = Counter(
     "acme_ra_upstream_orders_created_total",
     "newOrder requests sent upstream, by upstream name (one per acme-ra order unless one was lost).",

@@ -49,6 +49,7 @@ from acme_ra_signer.upstream.base import (
     IssuedChain,
     IssueRequest,
     NamedUpstream,
+    RequestNotSent,
     UpstreamDriver,
     UpstreamError,
     UpstreamRejected,
@@ -56,6 +57,7 @@ from acme_ra_signer.upstream.base import (
     said_by,
     upstream_problem,
 )
+from acme_ra_signer.upstream.breaker import Breaker
 from acme_ra_signer.upstream.catalog import AnyUpstream, Catalog, Upstream, load_catalog, sealing_secret
 from acme_ra_signer.upstream.journal import LEASE_SECONDS, DbJournal, Journal, LeaseLost, UpstreamBusy
 
@@ -297,8 +299,9 @@ class AcmeUpstream(NamedUpstream):
         if status == "ready":
             await self._remove_records(journal)  # left by a signer that died after the verdict
             # Recorded before finalize: from here on this upstream order is never replaced.
+            first = journal.entry.finalized_at is None
             await journal.save(state=State.finalizing.value, finalized_at=journal.entry.finalized_at or utcnow())
-            return await self._send_finalize(journal, csr, order)
+            return await self._send_finalize(journal, csr, order, first=first)
         await self._follow(journal, order)
         return None
 
@@ -315,11 +318,18 @@ class AcmeUpstream(NamedUpstream):
         return None
 
     async def _send_finalize(
-        self, journal: Journal, csr: x509.CertificateSigningRequest, order: messages.Order
+        self, journal: Journal, csr: x509.CertificateSigningRequest, order: messages.Order, first: bool = False
     ) -> float | None:
         finalize_url = journal.entry.finalize_url or order.finalize
         try:
             response, _ = await self.signed(finalize_url, messages.CertificateRequest(csr=csr))
+        except RequestNotSent:
+            if first:
+                # The first finalize of this order never left (no connection): the upstream
+                # cannot have issued, so the record says so again and the order may still move
+                # to another upstream (failover). A finalize sent before is never undone here.
+                await journal.save(state=State.pending.value, finalized_at=None)
+            raise
         except AcmeProblem as problem:
             if problem.code == "orderNotReady":
                 return None  # state stays finalizing: the next step looks at the order again
@@ -559,6 +569,16 @@ class AcmeUpstream(NamedUpstream):
         try:
             response, _ = await self.signed(url, None, accept=PEM_CHAIN)
         except AcmeProblem as problem:
+            if problem.status == 404:
+                # Issued, then forgotten (a CA that lost its state): as for a lost finalized order.
+                raise UpstreamRejected(
+                    upstream_problem(
+                        self.name,
+                        "serverInternal",
+                        f"lost certificate {url} of a finalized order; "
+                        "acme-ra does not order again, as that could issue a second certificate",
+                    )
+                ) from None
             raise self.mapped(problem, "certificate download") from None
         certs = _parse_chain(response.content, self.name)
         leaf = certs[0]
@@ -630,8 +650,10 @@ class AcmeUpstream(NamedUpstream):
 
 class AcmeDriver(UpstreamDriver):
     """Every configured upstream (ACME CAs, and the other ``type``s: vault, command, lab); each
-    order goes to the one its profile or provisioner selects, and stays with it (the journal
-    records the name)."""
+    order goes to the first of the ordered list its profile or provisioner selects whose
+    circuit breaker lets it through, and stays with it (the journal records the name) unless
+    that upstream becomes unavailable before anything was finalized there: then it moves to
+    the next one (failover). A finalized order never moves."""
 
     name = "acme"
 
@@ -669,9 +691,13 @@ class AcmeDriver(UpstreamDriver):
             else _other(config, http_timeout, proxy)
             for name, config in catalog.upstreams.items()
         }
+        self.breakers = {name: Breaker(name) for name in catalog.upstreams}
 
     def describe(self) -> list[dict[str, Any]]:
-        return [config.describe() for config in self.catalog.upstreams.values()]
+        return [
+            {**config.describe(), "breaker": self.breakers[name].describe()}
+            for name, config in self.catalog.upstreams.items()
+        ]
 
     @classmethod
     def from_settings(
@@ -700,21 +726,88 @@ class AcmeDriver(UpstreamDriver):
         return self.upstreams[self.catalog.select(provisioner, profile).name]
 
     async def issue(self, request: IssueRequest) -> IssuedChain:
-        chosen = self.catalog.select(request.provisioner, request.profile)
-        async with DbJournal.claim(self.db, request.order_id, chosen.name, self.lease_seconds) as journal:
-            upstream = self.upstreams.get(journal.entry.upstream)
-            if upstream is None:
-                raise UpstreamUnavailable(
-                    f"order {request.order_id} is with upstream {journal.entry.upstream!r}, "
-                    "which is no longer configured"
-                )
-            try:
-                return await upstream.issue(request, journal)
-            except (UpstreamBusy, LeaseLost):
-                raise
-            except UpstreamUnavailable as error:
-                await _note_transient(journal, upstream.name, error)
-                raise
+        candidates = self.catalog.candidates(request.provisioner, request.profile)
+        async with DbJournal.claim(self.db, request.order_id, candidates[0], self.lease_seconds) as journal:
+            # Each upstream at most once per job: a failover chain ends at the last candidate.
+            tried: set[str] = set()
+            admitted: set[str] = set()  # breakers that let this job through (a half-open one once)
+            while True:
+                name = journal.entry.upstream
+                upstream = self.upstreams.get(name)
+                if upstream is None:
+                    raise UpstreamUnavailable(
+                        f"order {request.order_id} is with upstream {name!r}, which is no longer configured"
+                    )
+                tried.add(name)
+                if name not in admitted and not self.breakers[name].allow() and upstream.may_move(journal.entry):
+                    target = self._next(candidates, tried, admitted)
+                    if target is not None:
+                        why = f"its circuit breaker is open ({self.breakers[name].last_error})"
+                        await self._move(journal, upstream, target, why)
+                        continue
+                    # Every candidate is unavailable: try this one anyway (as with one upstream).
+                try:
+                    chain = await upstream.issue(request, journal)
+                except (UpstreamBusy, LeaseLost):
+                    raise
+                except UpstreamUnavailable as error:
+                    breaker = self.breakers[name]
+                    breaker.failure(str(error) or type(error).__name__)
+                    # The breaker decides, not one error: the order moves once it is open.
+                    movable = breaker.state.name != "closed" and upstream.may_move(journal.entry)
+                    target = self._next(candidates, tried, admitted) if movable else None
+                    if target is not None:
+                        await self._move(journal, upstream, target, str(error) or type(error).__name__)
+                        continue
+                    await _note_transient(journal, upstream.name, error)
+                    raise
+                except UpstreamRejected:
+                    # The order's own fault (possibly decided without asking the upstream): it
+                    # says nothing of the upstream's health; a probe it used goes to the next job.
+                    self.breakers[name].release()
+                    raise
+                self.breakers[name].success()
+                return chain
+
+    def _next(self, candidates: tuple[str, ...], tried: set[str], admitted: set[str]) -> str | None:
+        """The first candidate not tried yet in this job whose breaker lets a request through."""
+        for name in candidates:
+            if name not in tried and name in self.upstreams and self.breakers[name].allow():
+                admitted.add(name)
+                return name
+        return None
+
+    async def _move(self, journal: Journal, upstream: NamedUpstream, target: str, why: str) -> None:
+        """Record that the order leaves ``upstream`` for ``target``, before anything is sent to
+        ``target``: the upstream-order fields start afresh (``orders_created`` keeps counting).
+        Only for an entry ``upstream.may_move``: an upstream order created there was never
+        finalized, so it cannot issue; it is abandoned (it expires there, unfinalized)."""
+        entry = journal.entry
+        if entry.dns_records and isinstance(upstream, AcmeUpstream):
+            await upstream._remove_records(journal)  # published for the abandoned order
+        if entry.url is not None:
+            log.warning(
+                "upstream order abandoned, never finalized: the order moves to upstream %s",
+                target,
+                extra={"order_id": journal.order_id, "upstream": upstream.name, "upstream_order": entry.url},
+            )
+        await journal.save(
+            upstream=target,
+            state=State.creating.value,
+            url=None,
+            finalize_url=None,
+            certificate_url=None,
+            account_url=None,
+            error=None,
+        )
+        metrics.UPSTREAM_FAILOVERS.labels(upstream.name, target).inc()
+        log.warning(
+            "order moves from upstream %s to %s: %s",
+            upstream.name,
+            target,
+            why,
+            extra={"order_id": journal.order_id, "from_upstream": upstream.name, "to_upstream": target},
+        )
 
     async def revoke(self, cert_der: bytes, reason: int, order_id: str | None = None) -> None:
         name = self.catalog.default
@@ -732,13 +825,34 @@ class AcmeDriver(UpstreamDriver):
         await upstream.revoke(cert_der, reason)
 
     async def check(self) -> None:
-        results = await asyncio.gather(*(u.check() for u in self.upstreams.values()), return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            error = failures[0]
-            if isinstance(error, UpstreamUnavailable):
-                raise error
-            raise UpstreamUnavailable(str(error) or type(error).__name__) from error
+        """Ready while every route (default, each profile, each provisioner) has an upstream
+        that answers. This is also the breakers' health probe: an open breaker's upstream is
+        not asked (it counts as down) until its cool-down ends; then the check is its probe."""
+        names = list(self.upstreams)
+        results = await asyncio.gather(*(self._probe(name) for name in names), return_exceptions=True)
+        failed = {name: r for name, r in zip(names, results, strict=True) if isinstance(r, BaseException)}
+        if not failed:
+            return
+        routes = [self.catalog.defaults or (self.catalog.default,)]
+        routes += [*self.catalog.by_profile.values(), *self.catalog.by_provisioner.values()]
+        down = next((route for route in routes if all(name in failed for name in route)), None)
+        if down is None:
+            return
+        error = failed[down[0]]
+        if isinstance(error, UpstreamUnavailable):
+            raise error
+        raise UpstreamUnavailable(str(error) or type(error).__name__) from error
+
+    async def _probe(self, name: str) -> None:
+        breaker = self.breakers[name]
+        if breaker.state.name != "closed" and not breaker.allow():
+            raise UpstreamUnavailable(said_by(name, f"circuit breaker open: {breaker.last_error}"))
+        try:
+            await self.upstreams[name].check()
+        except UpstreamUnavailable as error:
+            breaker.failure(str(error) or type(error).__name__)
+            raise
+        breaker.success()
 
     async def close(self) -> None:
         for upstream in self.upstreams.values():

@@ -42,7 +42,7 @@ from opentelemetry import trace
 
 from acme_ra import telemetry
 from acme_ra.http_transport import Answer, LeanTransport
-from acme_ra_signer.upstream.base import UpstreamUnavailable
+from acme_ra_signer.upstream.base import RequestNotSent, UpstreamUnavailable
 from acme_ra_signer.upstream.jws import JwsSigner
 
 log = logging.getLogger("acme_ra_signer.upstream.acme_client")
@@ -311,7 +311,10 @@ class AcmeClient:
         else:
             body = payload.json_dumps().encode()
         for attempt in (1, 2):
-            nonce = await self._nonce()
+            try:
+                nonce = await self._nonce()
+            except UpstreamUnavailable as error:
+                raise RequestNotSent(str(error)) from None
             signed = key.signer.sign(body, nonce, url, kid)
             headers = [(b"Content-Type", JOSE_JSON.encode())]
             if accept:
@@ -353,7 +356,10 @@ class AcmeClient:
                     response = await self._send_httpx(method, url, content, headers)
             except httpx.HTTPError as error:
                 span.set_attribute("error.type", type(error).__name__)
-                raise UpstreamUnavailable(f"{url} unreachable: {type(error).__name__}: {error}") from None
+                # No connection (or no pool slot) for it: not one byte of the request went out.
+                unsent = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+                kind = RequestNotSent if unsent else UpstreamUnavailable
+                raise kind(f"{url} unreachable: {type(error).__name__}: {error}") from None
             span.set_attribute("http.response.status_code", response.status_code)
         nonce = response.headers.get("Replay-Nonce")
         if nonce:

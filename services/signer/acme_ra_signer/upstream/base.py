@@ -94,6 +94,12 @@ class UpstreamUnavailable(UpstreamError):
     """Transient: the upstream is down, slow or rate limiting; the job will be retried."""
 
 
+class RequestNotSent(UpstreamUnavailable):
+    """Unavailable, and the request certainly never reached the upstream (no connection could
+    be made, or the nonce it needed could not be fetched): nothing it asked for can have been
+    done. Any other failure of a sent request leaves open whether the upstream acted on it."""
+
+
 def refusal(upstream: str, text: str, identifiers: list[dict[str, str]]) -> dict[str, Any]:
     """An upstream's refusal (its own words) as the order's problem, naming the upstream:
     ``rejectedIdentifier`` when the words name one of the order's identifiers, else

@@ -23,9 +23,14 @@ named ``default``. Several live in ``ACME_RA_CONFIG_FILE`` (YAML or TOML)::
     default_upstream: incommon-rsa       # optional when there is one upstream (or "default")
     profiles:                            # an order's ACME profile picks its upstream ...
       tlsserver: {upstream: incommon-rsa}
-      tlsserver-ecc: {upstream: incommon-ecc}
+      tlsserver-ecc: {upstreams: [incommon-ecc, incommon-rsa]}   # ordered: failover
     provisioners:                        # ... else its provisioner, else default_upstream
       ecc: {upstream: incommon-ecc}
+
+Each route names one upstream (``upstream: a``, ``default_upstream: a``) or an ordered list
+(``upstreams: [a, b]``, ``default_upstreams: [a, b]``): an order goes to the first whose circuit
+breaker is not open, and moves on while nothing was finalized (``upstream/breaker.py``,
+``AcmeDriver.issue``). One entry gives one form or the other, not both.
 
 An upstream's ``type`` says what it is: ``acme`` (when absent; the keys above), ``vault``
 (OpenBao / Vault PKI, ``upstream/vault.py``), ``command`` (an external program,
@@ -157,16 +162,24 @@ class Catalog:
 
     upstreams: dict[str, AnyUpstream]
     default: str
-    by_profile: dict[str, str] = field(default_factory=dict)
-    by_provisioner: dict[str, str] = field(default_factory=dict)
+    # Each route is an ordered list of upstream names: the first serves, the next take over
+    # while the ones before are unavailable (failover).
+    by_profile: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    by_provisioner: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    defaults: tuple[str, ...] = ()
+
+    def candidates(self, provisioner: str | None = None, profile: str | None = None) -> tuple[str, ...]:
+        """The upstreams that may serve an order, in order: the order's profile decides first,
+        then its provisioner, then the default list."""
+        if profile and profile in self.by_profile:
+            return self.by_profile[profile]
+        if provisioner and provisioner in self.by_provisioner:
+            return self.by_provisioner[provisioner]
+        return self.defaults or (self.default,)
 
     def select(self, provisioner: str | None = None, profile: str | None = None) -> AnyUpstream:
-        """The order's profile decides first, then its provisioner, then the default."""
-        if profile and profile in self.by_profile:
-            return self.upstreams[self.by_profile[profile]]
-        if provisioner and provisioner in self.by_provisioner:
-            return self.upstreams[self.by_provisioner[provisioner]]
-        return self.upstreams[self.default]
+        """The first of the order's candidates."""
+        return self.upstreams[self.candidates(provisioner, profile)[0]]
 
 
 class _FileRfc2136(BaseModel):
@@ -205,12 +218,14 @@ class _FileUpstream(BaseModel):
 class _Route(BaseModel):
     model_config = ConfigDict(extra="allow")  # profiles/provisioners may carry other settings
     upstream: str | None = None
+    upstreams: list[str] | None = None
 
 
 class _File(BaseModel):
     model_config = ConfigDict(extra="ignore")
     upstreams: dict[str, dict[str, Any]] = Field(default_factory=dict)  # by type: _typed
     default_upstream: str | None = None
+    default_upstreams: list[str] | None = None
     profiles: dict[str, _Route | str] = Field(default_factory=dict)
     provisioners: dict[str, _Route | str] = Field(default_factory=dict)
 
@@ -235,29 +250,51 @@ def load_catalog(settings: Settings) -> Catalog:
             f"{PREFIX}ACME_RA_UPSTREAM_DIRECTORY_URL: required when ACME_RA_UPSTREAM=acme "
             "(or declare upstreams in ACME_RA_CONFIG_FILE)"
         )
-    default = document.default_upstream
-    if default is None:
+    defaults = _route(upstreams, where, "default_upstream", document.default_upstream, document.default_upstreams)
+    if not defaults:
         if DEFAULT_UPSTREAM in upstreams:
-            default = DEFAULT_UPSTREAM
+            defaults = (DEFAULT_UPSTREAM,)
         elif len(upstreams) == 1:
-            default = next(iter(upstreams))
+            defaults = (next(iter(upstreams)),)
         else:
             raise UpstreamConfigError(
                 f"{PREFIX}{where}: default_upstream: required with several upstreams ({', '.join(sorted(upstreams))})"
             )
-    if default not in upstreams:
-        raise UpstreamConfigError(f"{PREFIX}{where}: default_upstream: no upstream named {default!r}")
-    routes: dict[str, dict[str, str]] = {}
+    routes: dict[str, dict[str, tuple[str, ...]]] = {}
     for section in ("profiles", "provisioners"):
         routes[section] = {}
         for key, route in getattr(document, section).items():
-            target = route if isinstance(route, str) else route.upstream
-            if target is None:
-                continue
-            if target not in upstreams:
-                raise UpstreamConfigError(f"{PREFIX}{where}: {section}.{key}.upstream: no upstream named {target!r}")
-            routes[section][key] = target
-    return Catalog(upstreams, default, routes["profiles"], routes["provisioners"])
+            if isinstance(route, str):
+                targets = _route(upstreams, where, f"{section}.{key}.upstream", route, None)
+            else:
+                targets = _route(upstreams, where, f"{section}.{key}.upstream", route.upstream, route.upstreams)
+            if targets:
+                routes[section][key] = targets
+    return Catalog(upstreams, defaults[0], routes["profiles"], routes["provisioners"], defaults)
+
+
+def _route(
+    upstreams: dict[str, AnyUpstream], where: str, key: str, single: str | None, ordered: list[str] | None
+) -> tuple[str, ...]:
+    """One route's upstreams in order, from ``key: a`` or ``keys: [a, b]`` (``key`` is the
+    single form's name, e.g. ``profiles.p.upstream``); () when neither is given."""
+    plural = key + "s"
+    if single is not None and ordered is not None:
+        raise UpstreamConfigError(f"{PREFIX}{where}: {plural}: give {key} or {plural}, not both")
+    if ordered is not None:
+        if not ordered:
+            raise UpstreamConfigError(f"{PREFIX}{where}: {plural}: names at least one upstream")
+        names, name_of = tuple(ordered), lambda i: f"{plural}[{i}]"
+    elif single is not None:
+        names, name_of = (single,), lambda i: key
+    else:
+        return ()
+    for index, name in enumerate(names):
+        if name not in upstreams:
+            raise UpstreamConfigError(f"{PREFIX}{where}: {name_of(index)}: no upstream named {name!r}")
+        if name in names[:index]:
+            raise UpstreamConfigError(f"{PREFIX}{where}: {name_of(index)}: {name!r} is listed twice")
+    return names
 
 
 def sealing_secret(settings: Settings) -> bytes:

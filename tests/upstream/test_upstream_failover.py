@@ -25,6 +25,7 @@ from acme_ra_signer.upstream.base import IssueRequest, UpstreamUnavailable
 from acme_ra_signer.upstream.breaker import FAILURES_TO_OPEN, State
 from acme_ra_signer.upstream.journal import DbJournal
 from acme_ra_signer.worker import IssueWorker
+from tests.signer.test_signer_upstream_failover_config import state_of
 
 from .conftest import (
     TEST_LEASE_SECONDS,
@@ -157,8 +158,8 @@ async def test_first_down_the_order_moves_to_the_second_once_the_breaker_opens(
     await driver.revoke(leaf.public_bytes(Encoding.DER), 4, order_id=order_id)
     assert b.cert_status(certificate.serial)["Status"] == "Revoked"
     assert failovers() == before + 1
-    assert driver.breakers["a"].state is State.open and breaker_gauge("a") == 2
-    assert driver.breakers["b"].state is State.closed and breaker_gauge("b") == 0
+    assert state_of(driver.breakers["a"]) is State.open and breaker_gauge("a") == 2
+    assert state_of(driver.breakers["b"]) is State.closed and breaker_gauge("b") == 0
     assert any("abandoned" in r.getMessage() and abandoned == getattr(r, "upstream_order", None) for r in caplog.records)
     described = {entry["name"]: entry["breaker"] for entry in driver.describe()}
     assert described["a"]["state"] == "open" and "unreachable" in str(described["a"]["last_error"])
@@ -175,9 +176,9 @@ async def test_first_down_the_order_moves_to_the_second_once_the_breaker_opens(
     # check is the breaker's probe: it registers again, the breaker closes.
     a.start()
     driver.breakers["a"].cool_down_seconds = 0.0
-    assert driver.breakers["a"].state is State.half_open and breaker_gauge("a") == 1
+    assert state_of(driver.breakers["a"]) is State.half_open and breaker_gauge("a") == 1
     await driver.check()
-    assert driver.breakers["a"].state is State.closed and breaker_gauge("a") == 0
+    assert state_of(driver.breakers["a"]) is State.closed and breaker_gauge("a") == 0
     registrations = {account.upstream: account.registrations for account in await upstream_accounts(db)}
     assert registrations == {"a": 2, "b": 1}
     third = await new_order(db, ["back.example.test"])
@@ -201,7 +202,7 @@ async def test_a_half_open_breaker_lets_the_next_real_request_probe(
     probe = await new_order(db, ["probe.example.test"])
     assert await until_issued(worker, probe, 1) == 0  # the probe: issued at a, which registered
     assert (await upstream_order_row(db, probe)).upstream == "a"  # type: ignore[union-attr]
-    assert driver.breakers["a"].state is State.closed
+    assert state_of(driver.breakers["a"]) is State.closed
     assert a.issued_count() == 1 and b.issued_count() == 1
 
 
@@ -264,7 +265,7 @@ async def test_an_order_finalized_at_the_first_never_moves(
     for _ in range(FAILURES_TO_OPEN + 2):
         with pytest.raises(UpstreamUnavailable):
             await run_job(worker, order_id)  # raised: the job is nak'ed and retried later
-    assert driver.breakers["a"].state is State.open
+    assert state_of(driver.breakers["a"]) is State.open
     row = await upstream_order_row(db, order_id)
     assert row is not None and row.upstream == "a" and row.state == "finalizing" and row.orders_created == 1
     assert (await order_row(db, order_id)).status == "processing"
@@ -366,7 +367,7 @@ async def test_load_with_the_first_killed_midway_every_order_completes_exactly_o
     # job probed already) and new orders go to it again.
     await asyncio.sleep(driver.breakers["a"].cool_down_seconds)
     await driver.check()
-    assert driver.breakers["a"].state is State.closed
+    assert state_of(driver.breakers["a"]) is State.closed
     last = await new_order(db, ["after-load.example.test"])
     assert await until_issued(worker, last, 1) == 0
     assert (await upstream_order_row(db, last)).upstream == "a"  # type: ignore[union-attr]

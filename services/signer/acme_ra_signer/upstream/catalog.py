@@ -284,16 +284,17 @@ def _route(
     if ordered is not None:
         if not ordered:
             raise UpstreamConfigError(f"{PREFIX}{where}: {plural}: names at least one upstream")
-        names, name_of = tuple(ordered), lambda i: f"{plural}[{i}]"
+        names = tuple(ordered)
     elif single is not None:
-        names, name_of = (single,), lambda i: key
+        names = (single,)
     else:
         return ()
     for index, name in enumerate(names):
+        setting = f"{plural}[{index}]" if ordered is not None else key
         if name not in upstreams:
-            raise UpstreamConfigError(f"{PREFIX}{where}: {name_of(index)}: no upstream named {name!r}")
+            raise UpstreamConfigError(f"{PREFIX}{where}: {setting}: no upstream named {name!r}")
         if name in names[:index]:
-            raise UpstreamConfigError(f"{PREFIX}{where}: {name_of(index)}: {name!r} is listed twice")
+            raise UpstreamConfigError(f"{PREFIX}{where}: {setting}: {name!r} is listed twice")
     return names
 
 

@@ -56,10 +56,12 @@ def pages(traced_pebble: TracedLab) -> dict[str, list[Sample]]:
     issued = len(traced_pebble.issued)
 
     def settled(samples: list[Sample]) -> bool:
-        """Refreshed since the last issuance: no open order, every job acknowledged."""
+        """Refreshed since the clients' requests (they redeemed nonces), with no open order left and
+        every job acknowledged: not the refresh at start-up, when everything was 0 too."""
         backlog = value(samples, "acme_ra_jobs_pending") + value(samples, "acme_ra_jobs_unacknowledged")
         open_orders = sum(value(samples, "acme_ra_orders", status=s) for s in ("pending", "ready", "processing"))
-        return any(s.name == "acme_ra_orders" for s in samples) and open_orders == 0 and backlog == 0
+        refreshed = any(s.name == "acme_ra_orders" for s in samples) and value(samples, "acme_ra_nonces_redeemed") > 0
+        return refreshed and open_orders == 0 and backlog == 0
 
     signer = wait_for_page(urls["signer"], lambda samples: value(samples, "acme_ra_certificates_issued_total") >= issued)
     return {

@@ -372,16 +372,19 @@ async def store_certificate(
     return certificate_id
 
 
-def names_sha256(leaf: x509.Certificate) -> str:
-    """SHA-256 (hex) of the leaf's names (SAN DNS names and IP addresses, sorted, one per line):
-    a renewal has the same, so the inventory tells a replaced certificate from one about to lapse."""
+def leaf_names(leaf: x509.Certificate) -> list[str]:
+    """The leaf's SAN DNS names, then its IP addresses, as written ([] without a SAN)."""
     try:
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        names = [str(value).lower() for value in (*san.get_values_for_type(x509.DNSName),
-                                                   *san.get_values_for_type(x509.IPAddress))]
     except x509.ExtensionNotFound:
-        names = []
-    return hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest()
+        return []
+    return [str(value) for value in (*san.get_values_for_type(x509.DNSName), *san.get_values_for_type(x509.IPAddress))]
+
+
+def names_sha256(leaf: x509.Certificate) -> str:
+    """SHA-256 (hex) of the leaf's names (lower case, sorted, one per line): a renewal has the
+    same, so the inventory tells a replaced certificate from one about to lapse."""
+    return hashlib.sha256("\n".join(sorted(name.lower() for name in leaf_names(leaf))).encode()).hexdigest()
 
 
 def issuer_name(leaf: x509.Certificate) -> str:

@@ -23,7 +23,7 @@ from nats.js.errors import NotFoundError
 
 from acme_ra import bus, eab, natsauth
 from acme_ra.config import Settings, http_base
-from acme_ra.db import inventory, models
+from acme_ra.db import inventory, lifecycle, models
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import parse_rules
 from acme_ra.redaction import mask_url
@@ -131,13 +131,9 @@ def _upstreams(described: list[dict[str, Any]], pending: dict[str, tuple[int, in
 
 def certificate_names(chain_pem: str) -> list[str]:
     try:
-        leaf = x509.load_pem_x509_certificate(chain_pem.encode())
-        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
+        return lifecycle.leaf_names(x509.load_pem_x509_certificate(chain_pem.encode()))
+    except ValueError:
         return []
-    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
-        str(v) for v in san.get_values_for_type(x509.IPAddress)
-    ]
 
 
 async def _said_below(error: Exception) -> None:

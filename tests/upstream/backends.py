@@ -22,23 +22,10 @@ def write_config(path: Path, document: dict[str, Any]) -> Path:
 
 
 def backend_settings(tmp_path: Path, database_url: str, config_file: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "state_dir": tmp_path / "var",
-        "database_url": database_url,
-        "external_url": "https://ra.example.test",
-        "nats_url": "",
-        "upstream": "acme",
-        "tls_cert_file": None,
-        "tls_key_file": None,
-        "config_file": config_file,
-        "secret_key": SecretStr(SECRET),
-        "secret_key_file": None,
-        "upstream_directory_url": "",
-        "upstream_proxy": "",
-        "upstream_http_timeout_seconds": 10.0,
-    }
-    values.update(overrides)
-    return Settings(**values)
+    from .conftest import signer_settings
+
+    return signer_settings(tmp_path, database_url, **{"config_file": config_file, "secret_key": SecretStr(SECRET),
+                                                      "upstream_directory_url": "", **overrides})
 
 
 def migrated(settings: Settings) -> str:

@@ -67,8 +67,9 @@ def validating_pebble(tmp_path: Path, bind: Bind) -> Iterator[Pebble]:
         server.stop()
 
 
-def acme_settings(tmp_path: Path, pebble: Pebble, database_url: str, **overrides: Any) -> Settings:
-    """Settings of a signer using ``pebble`` as its one upstream (``ACME_RA_UPSTREAM_*``)."""
+def signer_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    """Settings of a signer on ``database_url`` with ``ACME_RA_UPSTREAM=acme``, no NATS, no TLS
+    files and no configuration file unless ``overrides`` say otherwise."""
     values: dict[str, Any] = {
         "state_dir": tmp_path / "var",
         "database_url": database_url,
@@ -80,6 +81,16 @@ def acme_settings(tmp_path: Path, pebble: Pebble, database_url: str, **overrides
         "config_file": None,
         "secret_key": SecretStr(SECRET),
         "secret_key_file": None,
+        "upstream_proxy": "",
+        "upstream_http_timeout_seconds": 10.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def acme_settings(tmp_path: Path, pebble: Pebble, database_url: str, **overrides: Any) -> Settings:
+    """Settings of a signer using ``pebble`` as its one upstream (``ACME_RA_UPSTREAM_*``)."""
+    values: dict[str, Any] = {
         "upstream_directory_url": pebble.directory_url,
         "upstream_eab_kid": pebble.eab_kid,
         "upstream_eab_hmac_key": SecretStr(pebble.eab_hmac_key),
@@ -87,12 +98,9 @@ def acme_settings(tmp_path: Path, pebble: Pebble, database_url: str, **overrides
         "upstream_email": "pki@example.test",
         "upstream_ca_bundle": pebble.ca_bundle,
         "upstream_cert_lifetime_days": None,
-        "upstream_proxy": "",
         "upstream_order_timeout_seconds": 30.0,
-        "upstream_http_timeout_seconds": 10.0,
     }
-    values.update(overrides)
-    return Settings(**values)
+    return signer_settings(tmp_path, database_url, **{**values, **overrides})
 
 
 def for_pebble(settings: Settings, pebble: Pebble, **overrides: Any) -> Settings:

@@ -120,7 +120,7 @@ def load_trust_anchors(path: Path | None) -> tuple[dns.rrset.RRset, ...]:
     text = path.read_text() if path is not None else "\n".join(ROOT_TRUST_ANCHORS) + "\n"
     where = str(path) if path is not None else "ROOT_TRUST_ANCHORS"
     try:
-        rrsets = dns.zonefile.read_rrsets(text, default_ttl=0, relativize=False)
+        rrsets = dns.zonefile.read_rrsets(text, rdclass=None, default_ttl=0, relativize=False)
     except dns.exception.DNSException as error:
         raise ValueError(f"{where}: not zone-file syntax: {error}") from None
     anchors = tuple(r for r in rrsets if r.rdtype in (dns.rdatatype.DS, dns.rdatatype.DNSKEY))

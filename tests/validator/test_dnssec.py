@@ -144,7 +144,7 @@ async def test_a_resolver_that_does_not_validate_is_refused_and_lookups_fail_clo
         f"the DNS resolver 127.0.0.1:{lab.non_validating[1]} does not validate DNSSEC: no AD bit on the signed "
         "DNSKEY answer for test. (ACME_RA_DNSSEC=validate needs a validating resolver)"
     )
-    assert REGISTRY.get_sample_value("acme_ra_validator_dnssec_resolvers_validating") == 0
+    assert REGISTRY.get_sample_value("acme_ra_validator_dnssec_resolvers_not_validating") == 1
     with pytest.raises(ValidationFailure) as failure:
         await check_dns01(names, "signed.test", KEY_AUTH)  # a good record, but nothing vouches for it
     assert failure.value.type == "dns" and "does not validate DNSSEC" in failure.value.detail
@@ -246,7 +246,7 @@ async def test_validator_starts_on_a_validating_resolver(lab: DnssecLab, tmp_pat
             assert checks is not None, log_path.read_text()
             assert checks["dnssec"] == "ok"
             page = (await client.get(url + "/metrics")).text
-            assert "acme_ra_validator_dnssec_resolvers_validating 1.0" in page
+            assert "acme_ra_validator_dnssec_resolvers_not_validating 0.0" in page
     finally:
         process.terminate()
         process.wait(30)

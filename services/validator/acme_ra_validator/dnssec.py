@@ -43,7 +43,6 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import dns.zonefile
-from prometheus_client import Counter, Gauge
 
 log = logging.getLogger("acme_ra_validator.dnssec")
 
@@ -67,17 +66,6 @@ UNANSWERED = "did not answer the DNSSEC check"
 BOGUS_EDE_CODES = frozenset({5, 6, 7, 8, 9, 10, 11, 12})
 # How much of a resolver's EDE text a problem detail quotes.
 QUOTED_EDE_CHARS = 200
-
-LOOKUPS = Counter(
-    "acme_ra_validator_dnssec_lookups_total",
-    "DNSSEC-checked lookups (TXT, CAA) by outcome: secure, insecure, bogus, refused (an unsigned "
-    "answer under require-signed, or resolvers not validating).",
-    ["outcome"],
-)
-RESOLVERS_VALIDATING = Gauge(
-    "acme_ra_validator_dnssec_resolvers_validating",
-    "1 when the last check found every resolver validating DNSSEC, else 0 (DNSSEC lookups fail).",
-)
 
 
 class DnssecMode(enum.StrEnum):

@@ -28,7 +28,7 @@ import dns.resolver
 import dns.reversename
 
 from acme_ra import telemetry
-from acme_ra_validator import dnssec
+from acme_ra_validator import dnssec, metrics
 from acme_ra_validator.dnssec import DnssecMode, DnssecPolicy, Security
 
 log = logging.getLogger("acme_ra_validator.resolver")
@@ -144,7 +144,7 @@ class NameResolver:
             else:
                 log.error("DNSSEC lookups fail until the resolvers validate: %s", refusal)
         self.dnssec_refusal = refusal
-        dnssec.RESOLVERS_VALIDATING.set(0 if refusal else 1)
+        metrics.DNSSEC_RESOLVERS_NOT_VALIDATING.set(1 if refusal else 0)
         return refusal
 
     async def watch_dnssec(self, interval: float = dnssec.PROBE_INTERVAL_SECONDS) -> None:
@@ -236,7 +236,7 @@ class NameResolver:
     async def _query(self, name: str, rdtype: str, *, dnssec_checked: bool = False) -> dns.resolver.Answer:
         checked = dnssec_checked and self.dnssec.enabled
         if checked and self.dnssec_refusal is not None:
-            dnssec.LOOKUPS.labels("refused").inc()
+            metrics.DNSSEC_LOOKUPS.labels("refused").inc()
             raise DnssecFailure(f"DNSSEC: {self.dnssec_refusal}")
         try:
             answer = await self._dns_resolver().resolve(name, rdtype, search=False)
@@ -253,7 +253,7 @@ class NameResolver:
                 for failure in error.kwargs.get("errors") or []:
                     reason = dnssec.bogus_reason(failure[4] if len(failure) > 4 else None)
                     if reason is not None:
-                        dnssec.LOOKUPS.labels("bogus").inc()
+                        metrics.DNSSEC_LOOKUPS.labels("bogus").inc()
                         raise DnssecFailure(reason) from None
             raise LookupFailed("SERVFAIL") from None
         except dns.exception.Timeout:
@@ -271,7 +271,7 @@ class NameResolver:
         ``require-signed``."""
         secure = bool(responses) and all(dnssec.security(r) is Security.SECURE for r in responses)
         if secure or self.dnssec.mode is DnssecMode.VALIDATE:
-            dnssec.LOOKUPS.labels("secure" if secure else "insecure").inc()
+            metrics.DNSSEC_LOOKUPS.labels("secure" if secure else "insecure").inc()
             return
-        dnssec.LOOKUPS.labels("refused").inc()
+        metrics.DNSSEC_LOOKUPS.labels("refused").inc()
         raise DnssecFailure("DNSSEC: the answer is not signed (insecure zone) and ACME_RA_DNSSEC=require-signed")

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import nats
 import pytest
 from prometheus_client import REGISTRY
 
@@ -28,6 +29,7 @@ from acme_ra_validator.http01 import ValidationPorts, new_http_client
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.worker import ChallengeValidator, ValidationOptions
 from tests.support.dnssec_lab import DnssecLab, LabZone
+from tests.support.nats import nats_server
 
 from .conftest import LAB_POLICY, unused_port
 from .rows import insert_pending_order, snapshot
@@ -250,6 +252,53 @@ async def test_validator_starts_on_a_validating_resolver(lab: DnssecLab, tmp_pat
     finally:
         process.terminate()
         process.wait(30)
+
+
+@pytest.mark.integration
+async def test_validator_process_over_nats_signed_valid_bogus_invalid(database_url: str, tmp_path: Path) -> None:
+    """``python -m acme_ra_validator`` with ACME_RA_DNSSEC=validate and CAA identities takes two
+    dns-01 jobs from JetStream: the secure record passes (CAA too), the bogus one is refused."""
+    db = Database(database_url)
+    good = await insert_pending_order(db, "signed.test", challenge_type="dns-01")
+    bad = await insert_pending_order(db, "bogus.test", challenge_type="dns-01")
+    zones = lab_zones(f'"{txt_record_value(good.key_authorization)}"')
+    zones["bogus"].records.append('_acme-challenge IN TXT "second-before-tampering"')
+    zones["bogus"].tamper['"second-before-tampering"'] = f'"{txt_record_value(bad.key_authorization)}"'
+    servers = DnssecLab(tmp_path / "dns", zones)
+    log_path = tmp_path / "validator.log"
+    try:
+        with nats_server(tmp_path / "nats") as bus_server:
+            env = {**_validator_env(tmp_path, servers.validating, servers.anchors_file),
+                   "ACME_RA_NATS_URL": bus_server.url, "ACME_RA_DATABASE_URL": database_url,
+                   "ACME_RA_CAA_IDENTITIES": CA}
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(  # noqa: ASYNC220 - returns at once; the events are awaited
+                    [sys.executable, "-m", "acme_ra_validator"], env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            nc = await nats.connect(bus_server.url)
+            try:
+                js = nc.jetstream()
+                await bus.ensure_streams(js)
+                events = await nc.subscribe("acme.events.validated")
+                for rows in (good, bad):
+                    job = bus.ValidateJob(challenge_id=rows.challenge_id, order_id=rows.order_id)
+                    await bus.publish_job(js, bus.SUBJECT_VALIDATE, job, f"validate-{rows.challenge_id}")
+                seen = {}
+                for _ in range(2):
+                    event = bus.Event.model_validate_json((await events.next_msg(timeout=60)).data)
+                    seen[event.challenge_id] = event.status
+                assert seen == {good.challenge_id: "valid", bad.challenge_id: "invalid"}, log_path.read_text()
+            finally:
+                await nc.close()
+                process.terminate()
+                process.wait(30)
+        invalid = await snapshot(db, bad)
+        assert invalid["challenge"]["error"]["type"] == "dns"
+        assert BOGUS_DETAIL in invalid["challenge"]["error"]["detail"]
+        assert (await snapshot(db, good))["order"]["status"] == "ready"
+    finally:
+        servers.stop()
+        await db.dispose()
 
 
 def test_dnssec_policy_off_reads_no_file() -> None:

@@ -152,6 +152,20 @@ async def test_a_resolver_that_does_not_validate_is_refused_and_lookups_fail_clo
     assert failure.value.type == "dns" and "does not validate DNSSEC" in failure.value.detail
 
 
+async def test_a_running_validator_notices_a_resolver_that_stops_validating(lab: DnssecLab) -> None:
+    names = resolver(lab, "validate", validating=False)
+    assert names.dnssec_refusal is None  # as after a good start-up check
+    watch = asyncio.create_task(names.watch_dnssec(interval=0.1))
+    try:
+        for _ in range(300):
+            if names.dnssec_refusal is not None:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        watch.cancel()
+    assert names.dnssec_refusal is not None and "does not validate DNSSEC" in names.dnssec_refusal
+
+
 async def test_a_resolver_validating_with_other_keys_is_refused(lab: DnssecLab, tmp_path: Path) -> None:
     other = DnssecLab(tmp_path / "other", {})  # another "test." KSK: its DS as our anchor
     try:

@@ -184,31 +184,42 @@ async def db(database_url: str) -> AsyncIterator[Database]:
     await database.dispose()
 
 
-async def test_jobs_signed_valid_bogus_invalid(db: Database, tmp_path: Path) -> None:
+async def test_jobs_signed_valid_bogus_invalid_unsigned_per_mode(db: Database, tmp_path: Path) -> None:
     """Real challenges through the worker: the same good TXT record, secure in one zone, bogus
-    in the other."""
+    in another; in the unsigned zone valid under validate, invalid under require-signed."""
     good = await insert_pending_order(db, "signed.test", challenge_type="dns-01")
     bad = await insert_pending_order(db, "bogus.test", challenge_type="dns-01")
+    unsigned = await insert_pending_order(db, "unsigned.test", challenge_type="dns-01")
+    strict = await insert_pending_order(db, "unsigned.test", challenge_type="dns-01")
     zones = lab_zones()
     zones["signed"].records.append(f'_acme-challenge IN TXT "{txt_record_value(good.key_authorization)}"')
     zones["bogus"].records.append('_acme-challenge IN TXT "second-before-tampering"')
     zones["bogus"].tamper['"second-before-tampering"'] = f'"{txt_record_value(bad.key_authorization)}"'
+    zones["unsigned"].records += [f'_acme-challenge IN TXT "{txt_record_value(rows.key_authorization)}"'
+                                  for rows in (unsigned, strict)]
     job_lab = DnssecLab(tmp_path / "jobs", zones)
     try:
         options = ValidationOptions(ValidationPorts(80, 443), LAB_POLICY, (CA,), external_url="https://ra.example")
         async with new_http_client() as http:
-            validator = ChallengeValidator(
-                db, http, resolver(job_lab, "validate"), options, authz_lifetime=dt.timedelta(days=1)
-            )
-            for rows in (good, bad):
-                await validator.handle(bus.ValidateJob(challenge_id=rows.challenge_id), _Msg())  # type: ignore[arg-type]
+            for mode, jobs in (("validate", (good, bad, unsigned)), ("require-signed", (strict,))):
+                validator = ChallengeValidator(
+                    db, http, resolver(job_lab, mode), options, authz_lifetime=dt.timedelta(days=1)
+                )
+                for rows in jobs:
+                    job = bus.ValidateJob(challenge_id=rows.challenge_id)
+                    await validator.handle(job, _Msg())  # type: ignore[arg-type]
     finally:
         job_lab.stop()
-    valid, invalid = await snapshot(db, good), await snapshot(db, bad)
-    assert valid["challenge"]["status"] == "valid", valid["challenge"]["error"]
+    for rows in (good, unsigned):
+        valid = await snapshot(db, rows)
+        assert valid["challenge"]["status"] == "valid", valid["challenge"]["error"]
+    invalid, refused = await snapshot(db, bad), await snapshot(db, strict)
     assert invalid["challenge"]["status"] == "invalid"
     assert invalid["challenge"]["error"]["type"] == "dns"
     assert BOGUS_DETAIL in invalid["challenge"]["error"]["detail"]
+    assert refused["challenge"]["status"] == "invalid"
+    assert refused["challenge"]["error"]["type"] == "dns"
+    assert "ACME_RA_DNSSEC=require-signed" in refused["challenge"]["error"]["detail"]
 
 
 class _Msg:

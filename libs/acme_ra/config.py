@@ -169,6 +169,14 @@ class Settings(BaseSettings):
     validation_tls_port: int = Field(443, gt=0, lt=65536)
     # ACME_RA_DNS_RESOLVERS: comma list of host[:port]; empty = the system's resolvers.
     dns_resolvers: str = ""
+    # ACME_RA_DNSSEC: "off", "validate" (the TXT and CAA lookups of validation must be DNSSEC-valid;
+    # bogus answers refuse, provably unsigned zones pass) or "require-signed" (unsigned refused
+    # too). The resolvers must validate: checked at start-up and every 5 minutes (docs/dnssec.md).
+    # Default "off" (make dev, labs); production: "validate".
+    dnssec: Literal["off", "validate", "require-signed"] = "off"
+    # ACME_RA_DNSSEC_TRUST_ANCHORS_FILE: DS or DNSKEY records (zone-file syntax) the resolvers'
+    # DNSSEC is checked against (private zones, tests); unset = the IANA root's KSKs 20326, 38696.
+    dnssec_trust_anchors_file: Path | None = None
     # ACME_RA_VALIDATION_ALLOW_NETWORKS: comma list of CIDRs the validator may connect to although
     # they are in its default deny list (loopback, private, link-local, ...); default "" (none).
     # Labs (make dev, tests) set 127.0.0.0/8,::1/128: their clients answer on loopback.
@@ -397,6 +405,13 @@ class Settings(BaseSettings):
     def _check_client_networks(cls, value: str) -> str:
         for item in filter(None, (v.strip() for v in value.split(","))):
             ipaddress.ip_network(item, strict=False)
+        return value
+
+    @field_validator("dnssec_trust_anchors_file")
+    @classmethod
+    def _check_trust_anchors_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} does not exist")
         return value
 
     @field_validator("secret_key_file")

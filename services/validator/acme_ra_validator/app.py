@@ -96,10 +96,15 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.effective_database_url, settings.db_pool_size)
         http = new_http_client()
+        resolver = NameResolver.from_settings(settings)
+        dnssec_watch = None
+        if resolver.dnssec.enabled:  # checked at start-up by __main__; again here, then every 5 minutes
+            await resolver.check_dnssec()
+            dnssec_watch = asyncio.create_task(resolver.watch_dnssec(), name="dnssec-watch")
         validator = ChallengeValidator(
             db,
             http,
-            NameResolver(settings.resolver_addresses),
+            resolver,
             ValidationOptions.from_settings(settings),
             authz_lifetime=dt.timedelta(seconds=settings.authz_lifetime_seconds),
         )
@@ -107,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
         stop = asyncio.Event()
         state.task = asyncio.create_task(run_consumer(settings, validator, state, stop), name="validate-consumer")
         state.task.add_done_callback(_report_consumer_exit)
-        app.state.db, app.state.consumer = db, state
+        app.state.db, app.state.consumer, app.state.resolver = db, state, resolver
         log.info("validator started", extra={"listen": settings.validator_listen})
         try:
             yield
@@ -117,6 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
                 await asyncio.wait([state.task])  # bus.consume waits for its running jobs
             else:
                 await _cancel(state.task)  # still connecting or setting up: nothing in flight
+            if dnssec_watch is not None:
+                await _cancel(dnssec_watch)
             if state.nc is not None:
                 await state.nc.close()
             await http.aclose()
@@ -134,6 +141,9 @@ def create_app(settings: Settings) -> FastAPI:
     async def readyz(request: Request) -> JSONResponse:
         checks = {"database": "ok" if await _database_answers(request.app.state.db) else "unavailable"}
         checks.update(request.app.state.consumer.checks())
+        resolver: NameResolver = request.app.state.resolver
+        if resolver.dnssec.enabled:
+            checks["dnssec"] = "ok" if resolver.dnssec_refusal is None else "resolvers not validating"
         ready = all(value == "ok" for value in checks.values())
         return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
 

@@ -18,6 +18,16 @@ VALIDATION_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 45),
 )
 JOBS_IN_FLIGHT = Gauge("acme_ra_validator_jobs_in_flight", "Validation jobs being handled by this process.")
+DNSSEC_LOOKUPS = Counter(
+    "acme_ra_validator_dnssec_lookups_total",
+    "DNSSEC-checked lookups (TXT, CAA) by outcome: secure, insecure, bogus, refused (an unsigned "
+    "answer under require-signed, or resolvers not validating).",
+    ["outcome"],
+)
+DNSSEC_RESOLVERS_NOT_VALIDATING = Gauge(
+    "acme_ra_validator_dnssec_resolvers_not_validating",
+    "1 while the last check found a resolver that does not validate DNSSEC (DNSSEC lookups fail), else 0.",
+)
 
 
 def type_label(challenge_type: str) -> str:

@@ -4,23 +4,34 @@ With ``ACME_RA_DNS_RESOLVERS`` set, every query goes to those servers (dnspython
 Without it, addresses come from ``getaddrinfo`` (so /etc/hosts works) and TXT records from the
 system's resolvers. ``localhost`` and names under ``.localhost`` never cause a query
 (RFC 6761 §6.3): addresses are the loopback ones, every other record type is absent.
+
+With ``ACME_RA_DNSSEC`` on, the TXT and CAA lookups are DNSSEC-checked through the resolvers' AD
+bit, and the resolvers are checked to validate (``acme_ra_validator.dnssec`` says how and why);
+addresses (http-01, tls-alpn-01) are not: the BRs ask it of DNS-based validation and CAA.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import dns.asyncresolver
 import dns.exception
+import dns.flags
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.resolver
 import dns.reversename
 
 from acme_ra import telemetry
+from acme_ra_validator import dnssec, metrics
+from acme_ra_validator.dnssec import DnssecMode, DnssecPolicy, Security
+
+log = logging.getLogger("acme_ra_validator.resolver")
 
 # Total time one DNS lookup may take, retries included (seconds).
 DNS_LIFETIME_SECONDS = 5.0
@@ -49,6 +60,11 @@ class LookupFailed(ResolutionError):
     """SERVFAIL, timeout, refused: the answer is unknown."""
 
 
+class DnssecFailure(LookupFailed):
+    """A bogus answer, an unsigned one under ``require-signed``, or resolvers that do not
+    validate: the answer cannot be trusted (a ``dns`` problem)."""
+
+
 class CaaRecord(NamedTuple):
     """One CAA resource record (RFC 8659 §4.1): the tag lowercased, the value as sent."""
 
@@ -68,12 +84,22 @@ def reverse_name(address: str) -> str:
 
 
 class NameResolver:
-    """One per process. ``nameservers`` are (ip, port) pairs; empty means the system's."""
+    """One per process. ``nameservers`` are (ip, port) pairs; empty means the system's.
+    ``dnssec``: the ``ACME_RA_DNSSEC`` policy of the TXT and CAA lookups (default off)."""
 
-    def __init__(self, nameservers: list[tuple[str, int]], lifetime: float = DNS_LIFETIME_SECONDS) -> None:
+    def __init__(
+        self,
+        nameservers: list[tuple[str, int]],
+        lifetime: float = DNS_LIFETIME_SECONDS,
+        *,
+        dnssec: DnssecPolicy | None = None,
+    ) -> None:
         self._lifetime = lifetime
         self._configured = bool(nameservers)
         self._dns: dns.asyncresolver.Resolver | None = None
+        self.dnssec = dnssec or DnssecPolicy(DnssecMode.OFF, ())
+        # Why the resolvers are not trusted to validate (the last check), None when they are.
+        self.dnssec_refusal: str | None = None
         if nameservers:
             resolver = dns.asyncresolver.Resolver(configure=False)
             resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
@@ -83,7 +109,49 @@ class NameResolver:
         resolver.lifetime = self._lifetime
         resolver.timeout = min(DNS_QUERY_TIMEOUT_SECONDS, self._lifetime)
         resolver.cache = None
+        if self.dnssec.enabled:
+            resolver.use_edns(0, dns.flags.DO, dnssec.EDNS_PAYLOAD)  # DO: the AD bit (and EDE) back
+            resolver.flags = dns.flags.RD | dns.flags.AD
         return resolver
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> NameResolver:
+        """``ACME_RA_DNS_RESOLVERS`` and ``ACME_RA_DNSSEC``: what every validator role uses."""
+        return cls(settings.resolver_addresses, dnssec=DnssecPolicy.from_settings(settings))
+
+    async def probe_dnssec(self) -> str | None:
+        """Ask every resolver whether it validates DNSSEC (``dnssec.probe_resolver``): None when
+        all do, else the first refusal (one line)."""
+        try:
+            servers = [(server.address, server.port) for server in self._dns_resolver().nameservers
+                       if isinstance(server, dns.nameserver.Do53Nameserver)]
+        except LookupFailed as error:
+            return error.reason
+        if not servers:
+            return "no DNS resolver to check for DNSSEC validation"
+        results = await asyncio.gather(*(dnssec.probe_resolver(ip, port, self.dnssec) for ip, port in servers))
+        return next((result for result in results if result is not None), None)
+
+    async def check_dnssec(self) -> str | None:
+        """``probe_dnssec``, remembered: DNSSEC lookups fail closed while a resolver does not
+        validate; logged when that changes."""
+        if not self.dnssec.enabled:
+            return None
+        refusal = await self.probe_dnssec()
+        if refusal != self.dnssec_refusal:
+            if refusal is None:
+                log.info("DNS resolvers validate DNSSEC again")
+            else:
+                log.error("DNSSEC lookups fail until the resolvers validate: %s", refusal)
+        self.dnssec_refusal = refusal
+        metrics.DNSSEC_RESOLVERS_NOT_VALIDATING.set(1 if refusal else 0)
+        return refusal
+
+    async def watch_dnssec(self, interval: float = dnssec.PROBE_INTERVAL_SECONDS) -> None:
+        """Check the resolvers every ``interval`` seconds, forever (cancel to stop)."""
+        while True:
+            await asyncio.sleep(interval)
+            await self.check_dnssec()
 
     def _dns_resolver(self) -> dns.asyncresolver.Resolver:
         """The configured resolver, or the system's (read from resolv.conf on first use)."""
@@ -151,7 +219,7 @@ class NameResolver:
         if is_localhost_name(name):
             raise NameNotFound("NXDOMAIN")
         with telemetry.span("validator.dns_lookup", **{"dns.question.name": name, "dns.question.type": "TXT"}):
-            answer = await self._query(name, "TXT")
+            answer = await self._query(name, "TXT", dnssec_checked=True)
         return [b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer]
 
     async def caa(self, name: str) -> list[CaaRecord]:
@@ -159,20 +227,34 @@ class NameResolver:
         if is_localhost_name(name):
             raise NameNotFound("NXDOMAIN")
         with telemetry.span("validator.dns_lookup", **{"dns.question.name": name, "dns.question.type": "CAA"}):
-            answer = await self._query(name, "CAA")
+            answer = await self._query(name, "CAA", dnssec_checked=True)
         return [
             CaaRecord(rdata.flags, rdata.tag.decode("ascii", "replace").lower(), rdata.value.decode("latin-1"))
             for rdata in answer
         ]
 
-    async def _query(self, name: str, rdtype: str) -> dns.resolver.Answer:
+    async def _query(self, name: str, rdtype: str, *, dnssec_checked: bool = False) -> dns.resolver.Answer:
+        checked = dnssec_checked and self.dnssec.enabled
+        if checked and self.dnssec_refusal is not None:
+            metrics.DNSSEC_LOOKUPS.labels("refused").inc()
+            raise DnssecFailure(f"DNSSEC: {self.dnssec_refusal}")
         try:
-            return await self._dns_resolver().resolve(name, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
+            answer = await self._dns_resolver().resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN as error:
+            if checked:
+                self._check_security(list(error.kwargs.get("responses", {}).values()))
             raise NameNotFound("NXDOMAIN") from None
-        except dns.resolver.NoAnswer:
+        except dns.resolver.NoAnswer as error:
+            if checked:
+                self._check_security([r] if (r := error.kwargs.get("response")) else [])
             raise NameNotFound(f"no {rdtype} record") from None
-        except dns.resolver.NoNameservers:
+        except dns.resolver.NoNameservers as error:
+            if checked:
+                for failure in error.kwargs.get("errors") or []:
+                    reason = dnssec.bogus_reason(failure[4] if len(failure) > 4 else None)
+                    if reason is not None:
+                        metrics.DNSSEC_LOOKUPS.labels("bogus").inc()
+                        raise DnssecFailure(reason) from None
             raise LookupFailed("SERVFAIL") from None
         except dns.exception.Timeout:
             raise LookupFailed("timeout") from None
@@ -180,3 +262,16 @@ class NameResolver:
             raise LookupFailed("the name is too long") from None
         except dns.exception.DNSException:
             raise LookupFailed("lookup failed") from None
+        if checked:
+            self._check_security([answer.response])
+        return answer
+
+    def _check_security(self, responses: list[dns.message.Message]) -> None:
+        """Count the answer's outcome; raise DnssecFailure for an unsigned one under
+        ``require-signed``."""
+        secure = bool(responses) and all(dnssec.security(r) is Security.SECURE for r in responses)
+        if secure or self.dnssec.mode is DnssecMode.VALIDATE:
+            metrics.DNSSEC_LOOKUPS.labels("secure" if secure else "insecure").inc()
+            return
+        metrics.DNSSEC_LOOKUPS.labels("refused").inc()
+        raise DnssecFailure("DNSSEC: the answer is not signed (insecure zone) and ACME_RA_DNSSEC=require-signed")

@@ -132,7 +132,8 @@ class Settings(BaseSettings):
     # one gets its ACME_RA_UPSTREAM_CHALLENGE_TYPE challenge POSTed once, nothing provisioned),
     # "dns-01" (the signer publishes the TXT record: ACME_RA_UPSTREAM_DNS_*), "http-01" (the
     # frontends serve the key authorization: ACME_RA_UPSTREAM_HTTP01_LISTEN; hosts redirect to
-    # it). Checked by the signer at start-up (the old "answer" and "fail" are refused).
+    # it), "dns-persist-01" (a standing record the operator published once: `acme-ra upstream
+    # persist-record NAME`). Checked by the signer at start-up (the old "answer" and "fail" are refused).
     upstream_authz_strategy: str = "prevalidated"
     # ACME_RA_UPSTREAM_CHALLENGE_TYPE: the challenge POSTed by "prevalidated" (dns-01 uses dns-01).
     upstream_challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] = "http-01"

@@ -189,6 +189,20 @@ async def test_persist_until_past_is_refused_and_future_bounds_the_authz(persist
     assert expires <= until, (authz["expires"], until)
 
 
+async def test_hashed_accounturi_of_draft_02(persist_lab: Lab, account: TestAcmeClient) -> None:
+    """-02 §4.1: <accountHashPrefix>sha-256/<base64url SHA-256(len || domain || thumbprint || URL)>."""
+    name = unique("hashed")
+    assert account.kid
+    thumbprint = b64(account.key.thumbprint()).encode()
+    digest = hashlib.sha256(bytes([len(name)]) + name.encode() + thumbprint + account.kid.encode()).digest()
+    hashed = f"{account.directory['meta']['accountHashPrefix']}sha-256/{b64(digest)}"
+    order_url, order = await new_order(account, name)
+    with txt(persist_lab, f"_validation-persist.{name}", record(account, account_url=hashed)):
+        authz = await answer(account, order["authorizations"][0], "dns-persist-01")
+    assert authz["status"] == "valid", authz
+    await issue(account, order_url, [name])
+
+
 async def test_dns_account01_issues(persist_lab: Lab, account: TestAcmeClient) -> None:
     name = unique("account")
     order_url, order = await new_order(account, name)

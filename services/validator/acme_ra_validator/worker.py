@@ -211,7 +211,7 @@ class ChallengeValidator:
         # Where the validated events go once connected (run_consumer sets it).
         self.nc = nc
         # The persistUntil of the dns-persist-01 record that validated a challenge, by challenge id.
-        self.persist_until: dict[str, int | None] = {}
+        self.persist_until: dict[str, int] = {}
 
     async def handle(self, job: bus.ValidateJob, msg: Msg) -> None:
         """The ``bus.consume`` handler. Raises only when the outcome could not be stored."""
@@ -328,7 +328,8 @@ class ChallengeValidator:
                 raise ValidationFailure("malformed", "dns-01 cannot validate an IP address identifier (RFC 8738 §7)")
             await check_dns01(self.resolver, value, key_auth)
         elif challenge.type in ACCOUNT_DNS_TYPES:
-            self.persist_until[challenge.challenge_id] = await check_account_dns(self.resolver, options, challenge, key_auth)
+            if (until := await check_account_dns(self.resolver, options, challenge, key_auth)) is not None:
+                self.persist_until[challenge.challenge_id] = until
         elif challenge.wildcard and challenge.type in ("http-01", "tls-alpn-01"):
             raise ValidationFailure("malformed", f"{challenge.type} cannot validate a wildcard name (RFC 8555 §7.1.3)")
         elif challenge.type == "http-01":

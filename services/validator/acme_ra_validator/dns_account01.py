@@ -14,7 +14,7 @@ import json
 
 from acme_ra_validator.dns01 import CHALLENGE_LABEL, QUOTED_VALUE_CHARS, txt_record_value
 from acme_ra_validator.failure import ValidationFailure
-from acme_ra_validator.resolver import LookupFailed, NameNotFound, NameResolver
+from acme_ra_validator.resolver import NameNotFound, NameResolver, ResolutionError
 
 # Octets of SHA-256(account URL) that make the label (the draft's [0:10]).
 LABEL_DIGEST_OCTETS = 10
@@ -37,7 +37,7 @@ async def check_dns_account01(resolver: NameResolver, domain: str, account_url: 
         values = await resolver.txt(name)
     except NameNotFound:
         raise ValidationFailure("unauthorized", f"No TXT record found at {name}") from None
-    except LookupFailed as error:
+    except ResolutionError as error:  # SERVFAIL, timeout (and any later kind, e.g. DNSSEC)
         raise ValidationFailure("dns", f"DNS problem: {error.reason} looking up TXT for {name}") from None
     if txt_record_value(key_authorization) in values:
         return

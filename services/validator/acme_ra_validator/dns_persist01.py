@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass
 
 from acme_ra_validator.failure import ValidationFailure
-from acme_ra_validator.resolver import LookupFailed, NameNotFound, NameResolver
+from acme_ra_validator.resolver import NameNotFound, NameResolver, ResolutionError
 
 PERSIST_LABEL = "_validation-persist"
 # The hash algorithm of -02's hashed account URIs (RFC 6920 hash name string); the only one accepted.
@@ -142,7 +142,7 @@ async def check_dns_persist01(
             values = await resolver.txt(name)
         except NameNotFound:
             continue
-        except LookupFailed as error:
+        except ResolutionError as error:  # SERVFAIL, timeout (and any later kind, e.g. DNSSEC)
             lookup_failure = lookup_failure or f"DNS problem: {error.reason} looking up TXT for {name}"
             continue
         for value in values:

@@ -52,6 +52,19 @@ def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, i
     return host, int(port_text)
 
 
+# dns-persist-01 (draft-ietf-acme-dns-persist-02 §3.1): a challenge names 1 to 10 issuer domain names.
+MAX_ISSUER_DOMAIN_NAMES = 10
+
+
+def normal_issuer_domain(name: str) -> str:
+    """An issuer domain name in the draft's form: A-labels (IDNA), lowercase, no final dot; ""
+    when it cannot be one."""
+    try:
+        return name.strip().rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return ""
+
+
 def http_base(listen: str) -> str:
     """The http:// base URL that reaches a listener configured as ``listen`` (``host:port``) from
     this machine: a wildcard address is reached on loopback."""
@@ -119,7 +132,8 @@ class Settings(BaseSettings):
     # one gets its ACME_RA_UPSTREAM_CHALLENGE_TYPE challenge POSTed once, nothing provisioned),
     # "dns-01" (the signer publishes the TXT record: ACME_RA_UPSTREAM_DNS_*), "http-01" (the
     # frontends serve the key authorization: ACME_RA_UPSTREAM_HTTP01_LISTEN; hosts redirect to
-    # it). Checked by the signer at start-up (the old "answer" and "fail" are refused).
+    # it), "dns-persist-01" (a standing record the operator published once: `acme-ra upstream
+    # persist-record NAME`). Checked by the signer at start-up (the old "answer" and "fail" are refused).
     upstream_authz_strategy: str = "prevalidated"
     # ACME_RA_UPSTREAM_CHALLENGE_TYPE: the challenge POSTed by "prevalidated" (dns-01 uses dns-01).
     upstream_challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] = "http-01"
@@ -224,8 +238,13 @@ class Settings(BaseSettings):
     # (an order with a certificate: this long after the certificate expired; revoked ones are
     # kept); the signers purge hourly, one at a time (acme_ra.db.retention). 0: keep everything.
     retention_days: int = Field(30, ge=0, le=36500)
-    # ACME_RA_CHALLENGE_TYPES: the challenge types offered (comma list).
+    # ACME_RA_CHALLENGE_TYPES: the challenge types offered (comma list): http-01, dns-01,
+    # tls-alpn-01, and the drafts' dns-account-01 and dns-persist-01 (docs/dns-challenges.md).
     challenge_types: str = "http-01,dns-01,tls-alpn-01"
+    # ACME_RA_DNS_PERSIST_ISSUER_DOMAINS: comma list (at most 10) of the issuer domain names a
+    # dns-persist-01 record may name to authorise acme-ra; advertised in its challenges and in the
+    # directory (issuerDomainNames, caaIdentities). Required when dns-persist-01 is offered.
+    dns_persist_issuer_domains: str = ""
     # ACME_RA_REUSE_VALID_AUTHORIZATIONS: a new order reuses the account's valid authorizations.
     reuse_valid_authorizations: bool = True
     # ACME_RA_NONCE_LIFETIME_SECONDS: how long an issued nonce stays redeemable.
@@ -379,10 +398,22 @@ class Settings(BaseSettings):
     @field_validator("challenge_types")
     @classmethod
     def _check_challenge_types(cls, value: str) -> str:
-        known = {"http-01", "dns-01", "tls-alpn-01"}
+        known = {"http-01", "dns-01", "tls-alpn-01", "dns-account-01", "dns-persist-01"}
         types = {t.strip() for t in value.split(",") if t.strip()}
         if not types or types - known:
             raise ValueError(f"must be a comma list of {', '.join(sorted(known))}")
+        return value
+
+    @field_validator("dns_persist_issuer_domains")
+    @classmethod
+    def _check_issuer_domains(cls, value: str) -> str:
+        names = [v.strip() for v in value.split(",") if v.strip()]
+        if len(names) > MAX_ISSUER_DOMAIN_NAMES:
+            raise ValueError(f"names {len(names)} issuer domain names; at most {MAX_ISSUER_DOMAIN_NAMES}")
+        for name in names:
+            normal = normal_issuer_domain(name)
+            if not normal or len(normal) > 253 or any(not label or len(label) > 63 for label in normal.split(".")):
+                raise ValueError(f"{name!r} is not a domain name")
         return value
 
     @field_validator("trusted_proxies")
@@ -444,6 +475,12 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_dns_persist(self) -> Settings:
+        if "dns-persist-01" in self.challenge_type_list and not self.dns_persist_issuer_domain_list:
+            raise ValueError("ACME_RA_CHALLENGE_TYPES offers dns-persist-01: set ACME_RA_DNS_PERSIST_ISSUER_DOMAINS")
+        return self
+
+    @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("ACME_RA_TLS_CERT_FILE and ACME_RA_TLS_KEY_FILE go together")
@@ -484,6 +521,12 @@ class Settings(BaseSettings):
     @property
     def caa_identity_list(self) -> list[str]:
         return [v.strip().lower() for v in self.caa_identities.split(",") if v.strip()]
+
+    @property
+    def dns_persist_issuer_domain_list(self) -> list[str]:
+        """ACME_RA_DNS_PERSIST_ISSUER_DOMAINS as the draft wants them: lowercase A-labels, no final dot."""
+        names = (normal_issuer_domain(v) for v in self.dns_persist_issuer_domains.split(",") if v.strip())
+        return list(dict.fromkeys(names))
 
     def sealing_secret(self) -> bytes:
         """The secret that seals secrets at rest (see ACME_RA_SECRET_KEY)."""

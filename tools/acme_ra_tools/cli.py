@@ -257,9 +257,11 @@ def config_from_acme_proxy(
 
 
 def _mount_operator_commands() -> None:
-    from acme_ra_admin.commands import register
+    from acme_ra_admin.commands import register, upstream_app
+    from acme_ra_tools.persist_record import mount
 
     register(app)
+    mount(upstream_app)  # acme-ra upstream persist-record (issue 21)
 
 
 _mount_operator_commands()

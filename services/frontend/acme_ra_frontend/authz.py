@@ -44,7 +44,8 @@ async def authorization(call: AcmeCall) -> Response:
             if authz.status not in (AuthzStatus.pending, AuthzStatus.valid):
                 raise malformed(f"an authorization that is {authz.status} cannot be deactivated")
             await deactivate_authz(call, authz)
-    return json_response(authz_json(authz, challenges, call.urls), 200, retry_after_headers(call, challenges))
+    issuers = call.state.settings.dns_persist_issuer_domain_list
+    return json_response(authz_json(authz, challenges, call.urls, issuers), 200, retry_after_headers(call, challenges))
 
 
 async def deactivate_authz(call: AcmeCall, authz: AuthzRow) -> None:
@@ -75,7 +76,8 @@ async def challenge(call: AcmeCall) -> Response:
 
 def challenge_response(call: AcmeCall, found: ChallengeRow) -> Response:
     headers = {"Link": f'<{call.urls.authz(found.authz_id)}>;rel="up"', **retry_after_headers(call, [found])}
-    return json_response(challenge_json(found, call.urls), 200, headers)
+    return json_response(challenge_json(found, call.urls, call.state.settings.dns_persist_issuer_domain_list), 200,
+                         headers)
 
 
 async def start_validation(call: AcmeCall, found: ChallengeRow) -> bool:

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from acme_ra.protocol.problems import malformed
 from acme_ra_frontend.context import AcmeCall, resolve_provisioner
+from acme_ra_frontend.dns_persist import dns_persist_meta
 from acme_ra_frontend.render import json_response
 from acme_ra_frontend.state import FrontendState
 from acme_ra_frontend.urls import Urls
@@ -32,6 +33,7 @@ def directory_response(state: FrontendState, urls: Urls) -> Response:
     meta["profiles"] = state.settings.profile_descriptions
     if state.settings.caa_identity_list:
         meta["caaIdentities"] = state.settings.caa_identity_list
+    meta.update(dns_persist_meta(state.settings, urls))
     if state.settings.website_url:
         meta["website"] = state.settings.website_url
     body = {

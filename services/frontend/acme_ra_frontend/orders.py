@@ -60,13 +60,13 @@ def parse_identifiers(raw: object, limit: int = MAX_IDENTIFIERS_PER_ORDER) -> li
 
 
 def challenge_types_for(identifier: Identifier, offered: list[str]) -> list[str]:
-    """Wildcards: DNS only (§7.1.3); IP addresses: never dns-01 (RFC 8738 §7)."""
+    """Wildcards: DNS only (§7.1.3); IP addresses: never the DNS types (RFC 8738 §7)."""
     if identifier.wildcard:
-        wanted = ["dns-01"]
+        wanted = ["dns-01", "dns-account-01", "dns-persist-01"]
     elif identifier.type == "ip":
         wanted = ["http-01", "tls-alpn-01"]
     else:
-        wanted = ["http-01", "dns-01", "tls-alpn-01"]
+        wanted = ["http-01", "dns-01", "tls-alpn-01", "dns-account-01", "dns-persist-01"]
     return [t for t in wanted if t in offered]
 
 

@@ -4,6 +4,7 @@ beyond URLs."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from fastapi.responses import Response
 
 from acme_ra.db.models import Account, OrderStatus
 from acme_ra.protocol.problems import render_data
+from acme_ra_frontend.dns_persist import dns_persist_fields
 from acme_ra_frontend.repo.authz import AuthzRow, ChallengeRow
 from acme_ra_frontend.repo.orders import OrderRow
 from acme_ra_frontend.urls import Urls
@@ -61,13 +63,16 @@ def order_json(order: OrderRow, authz_ids: list[str], urls: Urls) -> dict[str, A
     return body
 
 
-def challenge_json(challenge: ChallengeRow, urls: Urls) -> dict[str, Any]:
+def challenge_json(challenge: ChallengeRow, urls: Urls, issuer_domains: Sequence[str] = ()) -> dict[str, Any]:
     body: dict[str, Any] = {
         "type": challenge.type,
         "url": urls.challenge(challenge.authz_id, challenge.id),
         "status": challenge.status,
-        "token": challenge.token,
     }
+    if challenge.type == "dns-persist-01":
+        body.update(dns_persist_fields(issuer_domains))  # no token: the record is the account's
+    else:
+        body["token"] = challenge.token
     if challenge.validated:
         body["validated"] = timestamp(challenge.validated)
     if challenge.error:
@@ -75,12 +80,14 @@ def challenge_json(challenge: ChallengeRow, urls: Urls) -> dict[str, Any]:
     return body
 
 
-def authz_json(authz: AuthzRow, challenges: list[ChallengeRow], urls: Urls) -> dict[str, Any]:
+def authz_json(
+    authz: AuthzRow, challenges: list[ChallengeRow], urls: Urls, issuer_domains: Sequence[str] = ()
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "identifier": {"type": authz.identifier_type, "value": authz.identifier_value},
         "status": authz.status,
         "expires": timestamp(authz.expires),
-        "challenges": [challenge_json(c, urls) for c in challenges],
+        "challenges": [challenge_json(c, urls, issuer_domains) for c in challenges],
     }
     if authz.wildcard:
         body["wildcard"] = True

@@ -40,6 +40,7 @@ from acme_ra.db.fast import Statement
 from acme_ra.db.lifecycle import finish_challenge, settle_pending_orders
 from acme_ra.db.models import Account, Authorization, Challenge, ChallengeStatus, Order, OrderAuthorization
 from acme_ra_validator import metrics
+from acme_ra_validator.account_dns import ACCOUNT_DNS_TYPES, authz_lifetime, check_account_dns
 from acme_ra_validator.caa import check_caa
 from acme_ra_validator.dns01 import check_dns01
 from acme_ra_validator.failure import ValidationFailure
@@ -108,6 +109,8 @@ class ValidationOptions:
     timeout_seconds: float = VALIDATION_TIMEOUT_SECONDS
     # ACME_RA_VALIDATION_MAX_ATTEMPTS: deliveries of one job before it is abandoned.
     max_attempts: int = MAX_ATTEMPTS
+    # ACME_RA_DNS_PERSIST_ISSUER_DOMAINS: the issuer domain names a dns-persist-01 record may name.
+    persist_issuer_domains: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ValidationOptions:
@@ -120,6 +123,7 @@ class ValidationOptions:
             external_url=settings.external_url,
             timeout_seconds=settings.validation_timeout_seconds,
             max_attempts=settings.validation_max_attempts,
+            persist_issuer_domains=tuple(settings.dns_persist_issuer_domain_list),
         )
 
     def account_url(self, provisioner: str, account_id: str) -> str:
@@ -206,6 +210,8 @@ class ChallengeValidator:
         self.authz_lifetime = authz_lifetime
         # Where the validated events go once connected (run_consumer sets it).
         self.nc = nc
+        # The persistUntil of the dns-persist-01 record that validated a challenge, by challenge id.
+        self.persist_until: dict[str, int] = {}
 
     async def handle(self, job: bus.ValidateJob, msg: Msg) -> None:
         """The ``bus.consume`` handler. Raises only when the outcome could not be stored."""
@@ -239,7 +245,8 @@ class ChallengeValidator:
                 error = await self.validate(challenge)
             # One statement on PostgreSQL, three in SQLite's transaction: see finish_challenge.
             async with self.db.autocommit() as conn:
-                finished = await finish_challenge(conn, challenge.challenge_id, error, self.authz_lifetime)
+                lifetime = authz_lifetime(self.authz_lifetime, self.persist_until.pop(challenge.challenge_id, None))
+                finished = await finish_challenge(conn, challenge.challenge_id, error, lifetime)
             changed = finished is not None
             if finished is not None and finished.orders_left_pending and error is None:
                 await self.settle_again(finished.authz_id)
@@ -320,6 +327,9 @@ class ChallengeValidator:
             if kind == "ip":
                 raise ValidationFailure("malformed", "dns-01 cannot validate an IP address identifier (RFC 8738 §7)")
             await check_dns01(self.resolver, value, key_auth)
+        elif challenge.type in ACCOUNT_DNS_TYPES:
+            if (until := await check_account_dns(self.resolver, options, challenge, key_auth)) is not None:
+                self.persist_until[challenge.challenge_id] = until
         elif challenge.wildcard and challenge.type in ("http-01", "tls-alpn-01"):
             raise ValidationFailure("malformed", f"{challenge.type} cannot validate a wildcard name (RFC 8555 §7.1.3)")
         elif challenge.type == "http-01":

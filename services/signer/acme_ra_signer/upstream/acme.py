@@ -35,7 +35,7 @@ from acme_ra.db.models import UpstreamOrder, UpstreamOrderState, utcnow
 from acme_ra.protocol.problems import STATUS_BY_TYPE
 from acme_ra.sealing import Sealer
 from acme_ra_signer import metrics
-from acme_ra_signer.upstream import dns01, http01
+from acme_ra_signer.upstream import dns01, dns_persist, http01
 from acme_ra_signer.upstream.accounts import Account, AccountStore
 from acme_ra_signer.upstream.acme_client import (
     PEM_CHAIN,
@@ -386,7 +386,7 @@ class AcmeUpstream(NamedUpstream):
         if not pending:
             return
         strategy = self.config.authz_strategy
-        wanted = strategy if strategy in ("dns-01", "http-01") else self.config.challenge_type
+        wanted = strategy if strategy in ("dns-01", "http-01", dns_persist.STRATEGY) else self.config.challenge_type
         challenges: list[tuple[str, messages.ChallengeBody]] = []
         for url, authz in pending:
             if strategy == "http-01" and authz.wildcard:
@@ -398,9 +398,9 @@ class AcmeUpstream(NamedUpstream):
                         "prove it (set authz_strategy dns-01 for this upstream, or order without the wildcard)",
                     }
                 )
-            challenge = next((c for c in authz.challenges if c.chall.typ == wanted), None)
+            challenge = next((c for c in authz.challenges if dns_persist.challenge_type(c) == wanted), None)
             if challenge is None:
-                offered = ", ".join(c.chall.typ for c in authz.challenges) or "none"
+                offered = ", ".join(dns_persist.challenge_type(c) for c in authz.challenges) or "none"
                 raise UpstreamRejected(
                     upstream_problem(
                         self.name,
@@ -541,6 +541,8 @@ class AcmeUpstream(NamedUpstream):
                 f" (with {self.config.setting('authz_strategy')}=prevalidated acme-ra proves nothing itself: "
                 "have the CA pre-validate the domain, or set authz_strategy dns-01 or http-01)"
             )
+        elif self.config.authz_strategy == dns_persist.STRATEGY:
+            detail += dns_persist.failure_hint(_identifier(authz, url))
         return upstream_problem(self.name, "unauthorized", detail)
 
     async def _authorization(self, url: str) -> messages.Authorization:

@@ -70,7 +70,7 @@ class UpstreamConfigError(Exception):
 
 
 # The strategies of authz_strategy; the values that were replaced, and by what.
-AUTHZ_STRATEGIES = ("prevalidated", "dns-01", "http-01")
+AUTHZ_STRATEGIES = ("prevalidated", "dns-01", "http-01", "dns-persist-01")  # dns-persist-01: dns_persist.py
 REPLACED_STRATEGIES = {
     "answer": "prevalidated (a pending authorization gets its challenge POSTed once, nothing provisioned), "
     "or dns-01 to have the signer publish the TXT record, or http-01 to have the frontends serve the "

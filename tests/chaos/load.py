@@ -163,7 +163,7 @@ class Load:
         )
         self.order_urls: list[str] = []
         self.certificates: dict[str, x509.Certificate] = {}  # order URL -> leaf
-        # name -> when (time.monotonic()) its challenge was answered ("answered"), its order was
+        # name -> when (time.monotonic()) its order was begun ("started"), its challenge was answered ("answered"), its order was
         # ready ("validated"), finalized ("finalized"), valid ("issued"): how long clients waited.
         self.timeline: dict[str, dict[str, float]] = {}
 
@@ -326,9 +326,10 @@ class Load:
     async def issue(self, client: TestAcmeClient, name: str) -> str:
         """One certificate for ``name`` (http-01) from newOrder to the download; the order URL."""
         deadline = time.monotonic() + self.order_timeout
+        marks = self.timeline.setdefault(name, {})
+        marks["started"] = time.monotonic()
         order_url, order = await self.new_order(client, name, deadline)
         _, challenge_url = await self.challenge_of(client, order, deadline)
-        marks = self.timeline.setdefault(name, {})
         marks["answered"] = time.monotonic()
         await self.answer(client, challenge_url, deadline)
         order = await self.poll(client, order_url, {"ready", "valid"}, deadline)

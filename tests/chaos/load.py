@@ -360,3 +360,20 @@ class Load:
 
         results = await asyncio.gather(*(one(n) for n in range(count)))
         return [r for r in results if r is not None]
+
+
+def waits(timeline: dict[str, dict[str, float]], killed: float, promoted: float | None = None) -> dict[str, object]:
+    """How long orders waited on a fault (``Load.timeline``): those in flight at ``killed``, from
+    then to their certificate; the first order issued after ``promoted`` (the recovery; default
+    the fault itself); the slowest order."""
+    promoted = killed if promoted is None else promoted
+    in_flight = [marks["issued"] - killed for marks in timeline.values()
+                 if marks.get("started", 0) <= killed < marks.get("issued", 0)]
+    after = [marks["issued"] - promoted for marks in timeline.values() if marks.get("issued", 0) > promoted]
+    took = [marks["issued"] - marks["started"] for marks in timeline.values() if "issued" in marks]
+    return {
+        "orders in flight at the fault": len(in_flight),
+        "in-flight orders issued, seconds after the fault (max)": round(max(in_flight, default=0.0), 1),
+        "first order issued, seconds after the recovery": round(min(after, default=-1.0), 1),
+        "slowest order, newOrder to issued (s)": round(max(took, default=0.0), 1),
+    }

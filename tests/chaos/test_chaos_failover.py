@@ -28,6 +28,7 @@ from tests.upstream.pebble import require_pebble
 
 from .conftest import kept
 from .lab import ChaosLab, assert_nothing_lost, migrate, run_sql
+from .load import waits
 
 pytestmark = pytest.mark.integration
 
@@ -138,17 +139,3 @@ async def test_postgres_primary_killed_and_standby_promoted_mid_load(failover: C
     assert len(downloaded) == ORDERS
     assert downloaded == serials, "a client downloaded a certificate the database does not hold for its order"
 
-
-def waits(timeline: dict[str, dict[str, float]], killed: float, promoted: float) -> dict[str, object]:
-    """How long orders waited on the failover: those in flight when the primary died, from the
-    kill to their certificate; the first order issued after the promotion; the slowest order."""
-    in_flight = [marks["issued"] - killed for marks in timeline.values()
-                 if marks.get("started", 0) <= killed < marks.get("issued", 0)]
-    after = [marks["issued"] - promoted for marks in timeline.values() if marks.get("issued", 0) > promoted]
-    took = [marks["issued"] - marks["started"] for marks in timeline.values() if "issued" in marks]
-    return {
-        "orders in flight at the kill": len(in_flight),
-        "in-flight orders issued, seconds after the kill (max)": round(max(in_flight, default=0.0), 1),
-        "first order issued, seconds after the promotion": round(min(after, default=-1.0), 1),
-        "slowest order, newOrder to issued (s)": round(max(took, default=0.0), 1),
-    }

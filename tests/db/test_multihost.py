@@ -6,16 +6,20 @@ outage (503, a redelivered job) rather than a bug."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy.exc
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from acme_ra.config import Settings
+from acme_ra.config import ENV_PREFIX, Settings
 from acme_ra.db.engine import Database, is_read_only_refusal
 from acme_ra.db.multihost import hosts, sqlalchemy_url
+from tests.support.lab import base_environment
 from tests.support.postgres import PostgresServer
 
 
@@ -102,3 +106,23 @@ async def test_a_connection_refused_writes_is_dropped_and_replaced(servers: tupl
             await session.execute(text("CREATE TABLE IF NOT EXISTS multihost_refused (n int)"))
     finally:
         await database.dispose()
+
+
+@pytest.mark.integration
+def test_acme_ra_migrate_runs_on_the_primary_through_the_host_list(
+        servers: tuple[PostgresServer, PostgresServer], tmp_path: Path) -> None:
+    primary, standby = servers
+    subprocess.run([str(primary.bin / "createdb"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                    "multihost_migrate"], check=True, timeout=60)
+    env = base_environment() | {
+        f"{ENV_PREFIX}DATABASE_URL":
+            f"postgresql+asyncpg://postgres@127.0.0.1:{standby.port},127.0.0.1:{primary.port}/multihost_migrate",
+        f"{ENV_PREFIX}STATE_DIR": str(tmp_path),
+    }
+    done = subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", "migrate"], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tables = subprocess.run([str(primary.bin / "psql"), "-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres",
+                             "-At", "-d", "multihost_migrate", "-c", "SELECT count(*) FROM orders"],
+                            check=True, capture_output=True, text=True, timeout=60)
+    assert tables.stdout.strip() == "0"

@@ -6,8 +6,11 @@ outage (503, a redelivered job) rather than a bug."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 
 from acme_ra.config import ENV_PREFIX, Settings
+from acme_ra.db import engine
 from acme_ra.db.engine import Database, is_read_only_refusal
 from acme_ra.db.multihost import hosts, sqlalchemy_url
 from tests.support.lab import base_environment
@@ -106,6 +110,33 @@ async def test_a_connection_refused_writes_is_dropped_and_replaced(servers: tupl
             await session.execute(text("CREATE TABLE IF NOT EXISTS multihost_refused (n int)"))
     finally:
         await database.dispose()
+
+
+@pytest.mark.integration
+async def test_a_host_that_never_answers_costs_one_timeout_then_none(
+        servers: tuple[PostgresServer, PostgresServer]) -> None:
+    """A frozen server first in the list: it accepts the TCP connection (the kernel does) and
+    never answers. asyncpg's own 60 s for all hosts would go on it; here it gets
+    HOST_CONNECT_TIMEOUT_SECONDS, then the primary is found, and later connections go to the
+    primary first."""
+    primary, _standby = servers
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(16)
+    port = frozen.getsockname()[1]
+    database = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{port},127.0.0.1:{primary.port}/postgres")
+    try:
+        async with asyncio.timeout(engine.HOST_CONNECT_TIMEOUT_SECONDS * 4):
+            async with database.transaction() as session:
+                assert (await session.execute(text("SELECT pg_is_in_recovery()"))).scalar_one() is False
+            began = time.monotonic()
+            connections = [await database.engine.connect() for _ in range(3)]  # new ones, the first still held
+            for conn in connections:
+                await conn.close()
+        assert time.monotonic() - began < engine.HOST_CONNECT_TIMEOUT_SECONDS, "the frozen host was tried again"
+    finally:
+        await database.dispose()
+        frozen.close()
 
 
 @pytest.mark.integration

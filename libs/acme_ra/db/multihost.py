@@ -14,6 +14,12 @@ transaction_read_only`` is off): the primary, whichever server that is after a f
 :func:`sqlalchemy_url` turns the first form into the second. A URL with several hosts and no
 ``target_session_attrs`` gets ``read-write``: acme-ra writes on every request, so a connection to
 a standby is never what an operator means. One host, the query form, SQLite: unchanged.
+
+asyncpg gives all the hosts together one timeout (60 s): a first host that does not answer at
+all (a dead machine drops the packets, a frozen one accepts and says nothing) would take all of it,
+on every new connection. :class:`acme_ra.db.engine.PrimaryConnector` connects the services
+instead: one host at a time, each for at most ``engine.HOST_CONNECT_TIMEOUT_SECONDS``, starting
+with the host that was the primary last time.
 """
 
 from __future__ import annotations
@@ -72,3 +78,4 @@ def sqlalchemy_url(url: str) -> str:
     arguments = [("host", f"{host}:{port}") for host, port in pairs] + rest
     userinfo = f"{match['userinfo']}@" if match["userinfo"] is not None else ""
     return f"{match['scheme']}://{userinfo}{match['path'] or '/'}?{urlencode(arguments, safe=':/')}"
+

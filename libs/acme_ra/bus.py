@@ -22,8 +22,6 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
-from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ConfigDict
 
 log = logging.getLogger("acme_ra.bus")
@@ -211,77 +209,17 @@ async def connect(url: str, name: str, options: Mapping[str, Any] | None = None)
 
 
 async def wait_for_consumer(js: JetStreamContext, durable: str) -> None:
-    """A worker's start: its durable consumer exists, or ``ensure_streams`` makes it. On a bus with
-    permissions (acme_ra.natsauth) only the frontend and the signer may make streams; a validator's
-    attempt is refused and raises, and its caller tries again until they have."""
-    try:
-        await js.consumer_info(JOBS_STREAM, durable)
-    except NotFoundError:
-        await ensure_streams(js)
+    """A worker's start: its durable consumer exists, or ``ensure_streams`` makes it (acme_ra.streams)."""
+    from acme_ra import streams  # the streams' set-up lives there (module size)
+
+    await streams.wait_for_consumer(js, durable)
 
 
 async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:
-    """Create (or update) the job and event streams and the durable consumers. Idempotent.
+    """Create (or update) the job and event streams and the durable consumers (acme_ra.streams)."""
+    from acme_ra import streams
 
-    ``replicas``: copies of each stream in a NATS cluster (3 for R3). None creates a stream with
-    one and keeps the replicas of a stream that exists, so that a service starting with the
-    default never scales down a stream an operator (or a replicated deployment) made R3."""
-    jobs = StreamConfig(
-        name=JOBS_STREAM,
-        subjects=["acme.jobs.*"],
-        retention=RetentionPolicy.WORK_QUEUE,
-        duplicate_window=DEDUP_WINDOW_SECONDS,
-    )
-    events = StreamConfig(
-        name=EVENTS_STREAM,
-        subjects=[SUBJECT_EVENTS],
-        retention=RetentionPolicy.LIMITS,
-        max_age=7 * 86400,
-        max_msgs=1_000_000,
-    )
-    for config in (jobs, events):
-        try:
-            info = await js.stream_info(config.name)  # type: ignore[arg-type]
-            config.num_replicas = replicas or info.config.num_replicas or 1
-            await js.update_stream(config)
-        except NotFoundError:
-            config.num_replicas = replicas or 1
-            await js.add_stream(config)
-    for durable, subject, ack_wait in (
-        (DURABLE_VALIDATOR, SUBJECT_VALIDATE, VALIDATE_ACK_WAIT_SECONDS),
-        (DURABLE_SIGNER, SUBJECT_ISSUE, ISSUE_ACK_WAIT_SECONDS),
-    ):
-        consumer = ConsumerConfig(
-            durable_name=durable,
-            filter_subject=subject,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=ack_wait,
-            max_deliver=MAX_DELIVER,
-            max_ack_pending=MAX_ACK_PENDING,
-        )
-        try:
-            info = await js.consumer_info(JOBS_STREAM, durable)
-        except NotFoundError:
-            await js.add_consumer(JOBS_STREAM, consumer)
-            continue
-        await _update_consumer(js, info.config, consumer)
-
-
-async def _update_consumer(js: JetStreamContext, current: ConsumerConfig, wanted: ConsumerConfig) -> None:
-    """Bring an existing durable consumer to this release's ack wait, redelivery count and
-    backoff (none): a deployment whose consumers were made by an older release (60 s and 120 s
-    ack waits) gets the short ones. nats-server edits these in place (creating a durable that
-    exists with another config updates it); the pending jobs stay. A server that refuses the edit
-    is logged, and the service starts with the consumer as it is."""
-    fields = ("ack_wait", "max_deliver", "max_ack_pending", "backoff")
-    if all(getattr(current, name) == getattr(wanted, name) for name in fields):
-        return
-    try:
-        await js.add_consumer(JOBS_STREAM, wanted)
-    except Exception as error:  # noqa: BLE001 - a consumer we cannot edit still works
-        log.warning("consumer %s not updated (ack wait stays %s s): %s", wanted.durable_name, current.ack_wait, error)
-        return
-    log.info("consumer %s updated: ack wait %s s -> %s s", wanted.durable_name, current.ack_wait, wanted.ack_wait)
+    await streams.ensure_streams(js, replicas)
 
 
 async def publish_job(

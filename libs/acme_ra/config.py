@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from acme_ra.db import multihost
+
 ENV_PREFIX = "ACME_RA_"
 # ACME_RA_* variables that are not settings of the services: the test suite's (ACME_RA_TEST_*,
 # ACME_RA_HYPOTHESIS_*) and the benchmark's (ACME_RA_BENCH_*). Never reported as unknown.
@@ -83,10 +85,17 @@ class Settings(BaseSettings):
     # ACME_RA_STRICT_CONFIG: an ACME_RA_* variable that is no setting (a misspelling) stops every
     # service and acme-ra command with one line (exit 2); false: a warning naming the closest setting.
     strict_config: bool = False
-    # ACME_RA_DATABASE_URL: SQLAlchemy async URL; default SQLite under the state dir.
+    # ACME_RA_DATABASE_URL: SQLAlchemy async URL; default SQLite under the state dir. PostgreSQL
+    # behind a failover (Patroni, CloudNativePG): several hosts, libpq's way,
+    # postgresql+asyncpg://user@db1:5432,db2:5432/acme?target_session_attrs=read-write; the
+    # services connect to whichever is the primary (read-write is the default with several hosts).
     database_url: str = ""
     # ACME_RA_NATS_URL: unset means make dev (acme_ra_tools.dev) starts an embedded nats-server.
     nats_url: str = ""
+    # ACME_RA_NATS_STREAM_REPLICAS: copies of the job and event streams in a NATS cluster (3 for
+    # R3, at most 5); the frontend and the signer create the streams with it, or scale existing
+    # ones in place (their consumers follow). Unset: new streams get 1, existing ones keep theirs.
+    nats_stream_replicas: int = Field(1, ge=1, le=5)
     # ACME_RA_NATS_USER / ACME_RA_NATS_PASSWORD (or _FILE): this service's NATS user (each service
     # its own, with only the permissions its job needs: acme_ra.natsauth, docs/security.md); unset:
     # connect without credentials (a NATS without auth). make dev and make lab set them.
@@ -460,6 +469,17 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_hosts(cls, value: str) -> str:
+        multihost.sqlalchemy_url(value)  # a host list or target_session_attrs it cannot read
+        return value
+
+    @property
+    def stream_replicas(self) -> int | None:
+        """ACME_RA_NATS_STREAM_REPLICAS when set; None (create with 1, keep what exists) when not."""
+        return self.nats_stream_replicas if "nats_stream_replicas" in self.model_fields_set else None
+
     @model_validator(mode="after")
     def _check_nats_credentials(self) -> Settings:
         if self.nats_password is not None and self.nats_password_file is not None:
@@ -494,7 +514,7 @@ class Settings(BaseSettings):
     @property
     def effective_database_url(self) -> str:
         if self.database_url:
-            return self.database_url
+            return multihost.sqlalchemy_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.state_dir / 'acme-ra.db').resolve()}"
 
     @property

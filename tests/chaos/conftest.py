@@ -6,6 +6,7 @@ logs are kept in build/chaos-logs/<test>/."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -59,14 +60,22 @@ async def chaos(request: pytest.FixtureRequest, tmp_path: Path, postgres: Postgr
                 test_dns: TestDnsServer) -> AsyncIterator[ChaosLab]:
     require_pebble()
     lab = ChaosLab(request.node.name.removeprefix("test_"), tmp_path, postgres, database, test_dns.resolver_setting)
+    async with kept(request, lab):
+        yield lab
+
+
+@contextlib.asynccontextmanager
+async def kept(request: pytest.FixtureRequest, lab: ChaosLab) -> AsyncIterator[ChaosLab]:
+    """``lab`` stopped at the end whatever happens, its services' logs kept in LOGS_DIR and its
+    figures printed (a fixture of a test module's own that makes its lab uses it too)."""
     try:
         yield lab
     finally:
         await lab.close()
         lab.stop()
-        kept = Path(request.config.rootpath) / LOGS_DIR / lab.figures.test
-        shutil.rmtree(kept, ignore_errors=True)
-        shutil.copytree(lab.deployment.log_dir, kept)
+        logs = Path(request.config.rootpath) / LOGS_DIR / lab.figures.test
+        shutil.rmtree(logs, ignore_errors=True)
+        shutil.copytree(lab.deployment.log_dir, logs)
         if lab.figures.orders or lab.figures.faults:
             FIGURES.append(lab.figures)
             print("\n" + lab.figures.render())

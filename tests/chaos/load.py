@@ -163,7 +163,7 @@ class Load:
         )
         self.order_urls: list[str] = []
         self.certificates: dict[str, x509.Certificate] = {}  # order URL -> leaf
-        # name -> when (time.monotonic()) its challenge was answered ("answered"), its order was
+        # name -> when (time.monotonic()) its order was begun ("started"), its challenge was answered ("answered"), its order was
         # ready ("validated"), finalized ("finalized"), valid ("issued"): how long clients waited.
         self.timeline: dict[str, dict[str, float]] = {}
 
@@ -326,9 +326,10 @@ class Load:
     async def issue(self, client: TestAcmeClient, name: str) -> str:
         """One certificate for ``name`` (http-01) from newOrder to the download; the order URL."""
         deadline = time.monotonic() + self.order_timeout
+        marks = self.timeline.setdefault(name, {})
+        marks["started"] = time.monotonic()
         order_url, order = await self.new_order(client, name, deadline)
         _, challenge_url = await self.challenge_of(client, order, deadline)
-        marks = self.timeline.setdefault(name, {})
         marks["answered"] = time.monotonic()
         await self.answer(client, challenge_url, deadline)
         order = await self.poll(client, order_url, {"ready", "valid"}, deadline)
@@ -359,3 +360,20 @@ class Load:
 
         results = await asyncio.gather(*(one(n) for n in range(count)))
         return [r for r in results if r is not None]
+
+
+def waits(timeline: dict[str, dict[str, float]], killed: float, promoted: float | None = None) -> dict[str, object]:
+    """How long orders waited on a fault (``Load.timeline``): those in flight at ``killed``, from
+    then to their certificate; the first order issued after ``promoted`` (the recovery; default
+    the fault itself); the slowest order."""
+    promoted = killed if promoted is None else promoted
+    in_flight = [marks["issued"] - killed for marks in timeline.values()
+                 if marks.get("started", 0) <= killed < marks.get("issued", 0)]
+    after = [marks["issued"] - promoted for marks in timeline.values() if marks.get("issued", 0) > promoted]
+    took = [marks["issued"] - marks["started"] for marks in timeline.values() if "issued" in marks]
+    return {
+        "orders in flight at the fault": len(in_flight),
+        "in-flight orders issued, seconds after the fault (max)": round(max(in_flight, default=0.0), 1),
+        "first order issued, seconds after the recovery": round(min(after, default=-1.0), 1),
+        "slowest order, newOrder to issued (s)": round(max(took, default=0.0), 1),
+    }

@@ -2,7 +2,9 @@
 authentication on 127.0.0.1 and a free port, owned by the ``postgres`` user when we are root
 (PostgreSQL refuses to run as root).
 
-The chaos tests start one because they stop and restart it. The rest of the suite starts one
+The chaos tests start one because they stop and restart it, or two: a primary and a streaming
+standby of it (:meth:`PostgresServer.standby`, ``pg_basebackup -R``) whose primary they kill
+(:meth:`PostgresServer.kill`) and which they promote (:meth:`PostgresServer.promote`). The rest of the suite starts one
 (:func:`throwaway_cluster`, once per run) when it needs PostgreSQL and none is configured, or when
 ``ACME_RA_TEST_DATABASE_URL`` names a server nothing answers on: ``make test`` needs no database
 server running on the machine.
@@ -11,9 +13,11 @@ server running on the machine.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -62,7 +66,9 @@ def reachable(url: str) -> bool:
 class PostgresServer:
     """A PostgreSQL instance in a temp dir, on 127.0.0.1:``port``; ``remove()`` deletes it."""
 
-    def __init__(self, prefix: str = "acme-ra-test-pg-", settings: Mapping[str, str] | None = None) -> None:
+    def __init__(self, prefix: str = "acme-ra-test-pg-", settings: Mapping[str, str] | None = None,
+                 *, initialize: bool = True) -> None:
+        """``initialize=False``: an empty data directory (``standby`` fills it)."""
         self.bin = postgres_bin()
         self.settings = dict(settings or {})  # more server settings (-c name=value)
         self.root = Path(tempfile.mkdtemp(prefix=prefix))
@@ -73,7 +79,8 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres")
             self._as_postgres = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        if initialize:
+            self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
         self.starts = 0
 
     def _run(self, tool: str, *args: str, timeout: float = START_TIMEOUT_SECONDS) -> None:
@@ -100,6 +107,46 @@ class PostgresServer:
         system is shutting down") while the sessions already open go on."""
         self._run("pg_ctl", "-D", str(self.data), "-m", "smart", "-W", "stop")
 
+    def standby(self, prefix: str = "acme-ra-test-pg-standby-", settings: Mapping[str, str] | None = None,
+                ) -> PostgresServer:
+        """A streaming standby of this running server, not started: ``pg_basebackup -R`` (a
+        base backup, WAL streamed, ``primary_conninfo`` and ``standby.signal`` written) into a new
+        temp dir, with ``settings`` (default: this server's) and a port of its own. initdb's
+        trust rules let 127.0.0.1 replicate."""
+        replica = PostgresServer(prefix, self.settings if settings is None else settings, initialize=False)
+        try:
+            replica._run("pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                         "-D", str(replica.data), "-R", "-X", "stream", "-c", "fast", "--no-sync")
+        except BaseException:
+            replica.remove()
+            raise
+        return replica
+
+    def in_recovery(self) -> bool:
+        """Whether the server is a standby (``pg_is_in_recovery()``), through psql's own client."""
+        done = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                               "-At", "-c", "SELECT pg_is_in_recovery()"], check=True, capture_output=True, text=True,
+                              timeout=START_TIMEOUT_SECONDS)
+        return done.stdout.strip() == "t"
+
+    def promote(self) -> None:
+        """``pg_ctl promote``, waiting until the standby takes writes."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "60", "promote")
+
+    def kill(self) -> None:
+        """SIGKILL to the postmaster and every process of it, at once: the machine is gone (no
+        shutdown, sessions cut). The data directory stays (``remove`` deletes it)."""
+        pid_file = self.data / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        postmaster = int(pid_file.read_text().split()[0])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(postmaster, signal.SIGSTOP)  # forks no backend while its children are listed
+        for pid in [postmaster, *_children(postmaster)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        pid_file.unlink(missing_ok=True)
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
 
@@ -111,6 +158,16 @@ class PostgresServer:
             self.stop("immediate")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _children(parent: int) -> list[int]:
+    """The processes whose parent is ``parent`` (a postmaster's backends and workers)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                found.append(int(stat.parent.name))
+    return found
 
 
 _throwaway: PostgresServer | None = None

@@ -13,13 +13,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, exc
+from sqlalchemy.dialects.postgresql.asyncpg import PGDialect_asyncpg
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from acme_ra.db import multihost
 
 # SQLite: how long a writer waits for another process's write lock (milliseconds).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL: a pooled connection unused for this long is pinged before use (seconds).
 POOL_PING_IDLE_SECONDS = 10.0
+# SQLSTATE of a write refused by a server that is (now) a standby: read_only_sql_transaction.
+READ_ONLY_SQLSTATE = "25006"
+# How long one host of several may take to accept a connection and answer before the next is
+# tried (seconds).
+HOST_CONNECT_TIMEOUT_SECONDS = 5.0
+# A host that fails so is passed over for the next; any other error (a wrong password) is raised.
+_NEXT_HOST = (OSError, TimeoutError, asyncpg.exceptions.TargetServerAttributeNotMatched,
+              asyncpg.exceptions.CannotConnectNowError)
 
 
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
@@ -33,15 +46,44 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     # frontend answers that request 503 + Retry-After, a worker's job is nak'ed and redelivered.
     # Only a connection idle for POOL_PING_IDLE_SECONDS is pinged (a restart or a network device
     # may have closed it meanwhile); LIFO keeps the busy connections busy and the others idle.
+    # Several hosts (libpq's h1:p1,h2:p2): each new connection goes to the one that takes writes,
+    # one host at a time with a timeout each (PrimaryConnector), so that a new connection after a
+    # failover reaches the new primary.
+    several = len(multihost.hosts(url)) > 1
     engine = create_async_engine(
-        url,
+        multihost.sqlalchemy_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
         pool_use_lifo=True,
+        async_creator=PrimaryConnector(url) if several else None,
     )
     _ping_idle_connections(engine)
+    _drop_connections_to_a_standby(engine)
     return engine
+
+
+def is_read_only_refusal(error: BaseException | None) -> bool:
+    """A write refused because the server is a standby (SQLSTATE 25006), here or in the chain."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "sqlstate", None) == READ_ONLY_SQLSTATE:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _drop_connections_to_a_standby(engine: AsyncEngine) -> None:
+    """A server demoted under open connections (a switchover whose old primary came back as a
+    standby without dropping them, a proxy that kept them) refuses every write: the error counts
+    as a disconnect, so that the pool drops every connection as old as this one and the next
+    ones go to the primary; the request is answered 503 and retried, the job redelivered."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _on_error(context: Any) -> None:
+        if is_read_only_refusal(context.original_exception):
+            context.is_disconnect = True
 
 
 def _ping_idle_connections(engine: AsyncEngine) -> None:
@@ -79,6 +121,44 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _driver_closed(conn: AsyncConnection) -> bool:
+    """Whether the asyncpg connection under ``conn`` has seen its socket close (a killed server)."""
+    fairy = conn.sync_connection._dbapi_connection if conn.sync_connection is not None else None
+    driver = fairy.driver_connection if fairy is not None else None
+    return driver is None or bool(driver.is_closed())
+
+
+class PrimaryConnector:
+    """SQLAlchemy's ``async_creator`` for a URL with several hosts: an asyncpg connection to the
+    first host, in turn, that answers within the per-host timeout and has the URL's
+    ``target_session_attrs``; the host that was chosen is tried first next time. Raises the last
+    host's error when none fits (an outage to the callers: 503, a redelivered job)."""
+
+    def __init__(self, url: str) -> None:
+        _, options = PGDialect_asyncpg().create_connect_args(make_url(multihost.sqlalchemy_url(url)))  # type: ignore[no-untyped-call]
+        self.timeout = HOST_CONNECT_TIMEOUT_SECONDS
+        self.hosts: list[tuple[str, int]] = list(zip(options.pop("host"), options.pop("port"), strict=True))
+        for adapter_only in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+            options.pop(adapter_only, None)
+        self.options: dict[str, Any] = options
+        self.preferred = 0
+
+    async def __call__(self) -> asyncpg.Connection:
+        error: BaseException | None = None
+        for step in range(len(self.hosts)):
+            index = (self.preferred + step) % len(self.hosts)
+            host, port = self.hosts[index]
+            try:
+                connection = await asyncpg.connect(host=host, port=port, timeout=self.timeout, **self.options)
+            except _NEXT_HOST as failed:
+                error = failed
+                continue
+            self.preferred = index
+            return connection
+        assert error is not None
+        raise error
 
 
 class Database:
@@ -137,8 +217,11 @@ class Database:
         now = time.monotonic()
         while self._idle:
             conn, since = self._idle.pop()
-            if now - since < POOL_PING_IDLE_SECONDS and not conn.closed and not conn.invalidated:
-                return conn
+            if not conn.closed and not conn.invalidated:
+                if _driver_closed(conn):  # its server went away while it was idle: not back to the pool
+                    await conn.invalidate()
+                elif now - since < POOL_PING_IDLE_SECONDS:
+                    return conn
             await conn.close()
         conn = await self.engine.connect()
         try:

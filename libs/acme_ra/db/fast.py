@@ -30,10 +30,12 @@ _DIALECT = PGDialect_asyncpg()  # type: ignore[no-untyped-call]
 # An expanding IN list (``in_(bindparam(..., expanding=True))`` or ``in_([literals])``) as
 # compiled; asyncpg gets it as one array parameter instead.
 _POSTCOMPILE = re.compile(r"(NOT )?IN \(__\[POSTCOMPILE_(\w+)\]\)")
-# Errors after which the connection is unusable (PostgreSQL restarted, network cut); others are
+# Errors after which the connection is unusable (PostgreSQL restarted, network cut, or the server
+# is a standby now: a write refused with read_only_sql_transaction after a failover); others are
 # recognised by the connection being closed afterwards.
 _LOST = (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError,
-         asyncpg.exceptions.PostgresConnectionError, ConnectionError, OSError)
+         asyncpg.exceptions.PostgresConnectionError, asyncpg.exceptions.ReadOnlySQLTransactionError,
+         ConnectionError, OSError)
 
 
 # Called with (statement, connection) before each statement run straight on asyncpg: where
@@ -137,7 +139,7 @@ class Statement:
         except Exception as error:
             if not isinstance(error, _LOST) and not driver.is_closed():
                 raise
-            # Gone (PostgreSQL restarted, the backend terminated): not back into the pool, and an
+            # Gone (PostgreSQL restarted, the backend terminated, a standby now): not back into the pool, and an
             # outage to the caller (the frontend answers 503, a worker's job is retried), as
             # SQLAlchemy's own statements report it.
             await conn.invalidate()

@@ -43,6 +43,10 @@ _DRIVER_OUTAGES = (
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, starting up, admin shutdown
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.ConnectionDoesNotExistError,
+    # A failover under way: the server this connection had is a standby now, or none of the
+    # URL's hosts takes writes yet (acme_ra.db.multihost, target_session_attrs=read-write).
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
 )
 
 

@@ -104,14 +104,15 @@ async def test_autocommit_connections_are_kept_between_uses(fresh_database_url: 
     assert conn.closed  # type: ignore[attr-defined]
 
 
-async def test_a_kept_autocommit_connection_that_died_fails_once_then_is_replaced(fresh_database_url: str) -> None:
+async def test_a_kept_autocommit_connection_that_died_is_replaced_before_use(fresh_database_url: str) -> None:
+    """Its server ended it while it was kept (PostgreSQL restarted, a failover): the client saw
+    the socket close, so it is dropped and a new one used, no request failing for it. (One
+    that dies while in use fails its statement: test_fast.)"""
     db = Database(fresh_database_url, pool_size=2)
     try:
         pid, _ = await autocommit_pid(db)
         await terminate(fresh_database_url, pid)
-        with pytest.raises(sqlalchemy.exc.DBAPIError) as failed:
-            await autocommit_pid(db)
-        assert is_unavailable(failed.value)
+        await asyncio.sleep(0.2)  # the client reads the server's goodbye
         assert (await autocommit_pid(db))[0] != pid
     finally:
         await db.dispose()

@@ -3,11 +3,13 @@ back end (on PostgreSQL the statement runs straight on asyncpg; on SQLite throug
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import asyncpg
 import pytest
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from acme_ra.db.engine import Database
 from acme_ra.db.fast import Statement
@@ -82,17 +84,28 @@ async def test_a_statement_joins_the_connections_transaction(db: Database) -> No
 
 @pytest.mark.skipif(database.backend() != "postgresql", reason="asyncpg's own connection (PostgreSQL)")
 async def test_a_lost_connection_is_an_outage_and_the_pool_recovers(db: Database, fresh_database_url: str) -> None:
-    async with db.autocommit() as conn:
+    async def pid_of(conn: AsyncConnection) -> int:
         raw = await conn.get_raw_connection()
         assert raw.driver_connection is not None
-        pid = raw.driver_connection.get_server_pid()
-    admin = await asyncpg.connect(fresh_database_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
-    finally:
-        await admin.close()
+        return int(raw.driver_connection.get_server_pid())
+
+    async def terminate(pid: int) -> None:
+        admin = await asyncpg.connect(fresh_database_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.2)  # the client reads the server's goodbye
+
+    async with db.autocommit() as conn:
+        idle = await pid_of(conn)
+    await terminate(idle)
+    async with db.autocommit() as conn:  # ended while idle: replaced before use, no error at all
+        assert (await _NONCE_COUNT.run(conn, {})).all() == []
+        assert await pid_of(conn) != idle
     with pytest.raises(Exception) as failed:
-        async with db.autocommit() as conn:
+        async with db.autocommit() as conn:  # ended while in use: the statement fails
+            await terminate(await pid_of(conn))
             await _NONCE_COUNT.run(conn, {})
     assert is_unavailable(failed.value)  # the frontend answers 503 + Retry-After
     async with db.autocommit() as conn:  # the dead connection was not put back

@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import dns.exception
 import httpx
@@ -47,6 +47,9 @@ from acme_ra_validator.http01 import ValidationPorts, check_http01
 from acme_ra_validator.network import NetworkPolicy
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.tlsalpn01 import check_tls_alpn01
+
+if TYPE_CHECKING:
+    from acme_ra_validator.mpic import Corroboration
 
 log = logging.getLogger("acme_ra_validator.worker")
 
@@ -206,6 +209,8 @@ class ChallengeValidator:
         self.authz_lifetime = authz_lifetime
         # Where the validated events go once connected (run_consumer sets it).
         self.nc = nc
+        # Multi-perspective corroboration (ACME_RA_MPIC_REMOTE_PERSPECTIVES > 0): app.py sets it.
+        self.corroboration: Corroboration | None = None
 
     async def handle(self, job: bus.ValidateJob, msg: Msg) -> None:
         """The ``bus.consume`` handler. Raises only when the outcome could not be stored."""
@@ -235,6 +240,8 @@ class ChallengeValidator:
                 error = abandoned(earlier)
                 metrics.VALIDATIONS.labels(metrics.type_label(challenge.type), "abandoned").inc()
                 log.warning("validation job abandoned", extra={"challenge_id": job.challenge_id, "checks": earlier})
+            elif self.corroboration is not None:
+                error = await self.corroboration.validate(self, challenge)
             else:
                 error = await self.validate(challenge)
             # One statement on PostgreSQL, three in SQLite's transaction: see finish_challenge.

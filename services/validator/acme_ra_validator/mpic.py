@@ -201,11 +201,12 @@ class Corroboration:
             results = await self._ask(validator, challenge, choose(live, self.asked), deadline)
             decision = decide(results, self.asked, self.required, self.min_regions)
             primary_failed = primary.done() and primary.result()[0] is not None
-            if decision.verdict != "undecided" or primary_failed or time.monotonic() + RETRY_SECONDS >= deadline:
+            remaining = deadline - time.monotonic()
+            if decision.verdict != "undecided" or primary_failed or remaining <= 0:
                 break
             log.info("too few perspectives answered; asking again", extra={
                 "challenge_id": challenge.challenge_id, "quorum": decision.quorum, "live": len(live)})
-            await asyncio.sleep(RETRY_SECONDS)
+            await asyncio.sleep(min(RETRY_SECONDS, remaining))  # the last round comes at the deadline
         primary_problem, primary_addresses = await primary
         problem = primary_problem
         if problem is None and decision.verdict == "invalid":

@@ -110,9 +110,11 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     # A remote perspective (ACME_RA_VALIDATOR_ROLE=remote, in another site behind a leaf node):
     # says it is alive and answers the check requests sent to it; nothing else (no job, no
-    # event, no database). A site may narrow it to its own name: perspective_permissions(name).
+    # event, no database). Its answers go to the validators' inboxes: through a leaf node they
+    # are plain publishes (allow_responses does not cover a leaf connection); the primary binds
+    # each answer to its request (a random id). A site may narrow it: perspective_permissions(name).
     "perspective": Permissions(
-        publish=(perspectives.SUBJECT_HEARTBEATS,),
+        publish=(perspectives.SUBJECT_HEARTBEATS, f"{inbox_prefix('validator')}.>"),
         subscribe=(perspectives.SUBJECT_CHECKS, f"{inbox_prefix('perspective')}.>"),
         responds=True,
     ),
@@ -138,7 +140,7 @@ def perspective_permissions(name: str) -> Permissions:
     """The permissions of a user for the one perspective ``name`` (a user per remote site):
     its own heartbeat and check subjects only, so it can neither speak for nor hear another."""
     return Permissions(
-        publish=(perspectives.heartbeat_subject(name),),
+        publish=(perspectives.heartbeat_subject(name), f"{inbox_prefix('validator')}.>"),
         subscribe=(perspectives.check_subject(name), f"{inbox_prefix('perspective')}.>"),
         responds=True,
     )

@@ -97,6 +97,8 @@ class MpicLab:
     auth_dir: Path
     database_url: str
     http_port: int
+    # The hub's leaf node port: a remote site's nats-server connects there (docs/perspectives.md).
+    leaf_port: int = 0
     resolvers: dict[str, Resolver] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
 
@@ -113,12 +115,13 @@ class MpicLab:
         for name, resolver in self.resolvers.items():
             resolver.point(domain, HIJACK_ADDRESS if name in hijacked else REAL_ADDRESS)
 
-    def _start(self, name: str, role: str, extra: dict[str, str]) -> Process:
+    def _start(self, name: str, role: str, extra: dict[str, str], nats_url: str | None = None) -> Process:
+        """``nats_url``: another nats-server (a site's leaf node, no credentials) in place of the hub."""
         listen = f"127.0.0.1:{free_port()}"
         env = {
             **os.environ,
-            "ACME_RA_NATS_URL": self.nats_url,
-            **natsauth.service_env(self.auth_dir, role),
+            "ACME_RA_NATS_URL": nats_url or self.nats_url,
+            **(natsauth.service_env(self.auth_dir, role) if nats_url is None else {}),
             "ACME_RA_VALIDATOR_LISTEN": listen,
             "ACME_RA_VALIDATION_HTTP_PORT": str(self.http_port),
             "ACME_RA_VALIDATION_ALLOW_NETWORKS": LAB_ALLOW_NETWORKS,
@@ -134,10 +137,10 @@ class MpicLab:
         self.processes[name] = Process(name, process, log_path, listen)
         return self.processes[name]
 
-    def start_perspective(self, name: str, region: str) -> Process:
+    def start_perspective(self, name: str, region: str, nats_url: str | None = None) -> Process:
         return self._start(name, "perspective", {"ACME_RA_VALIDATOR_ROLE": "remote",
                                                  "ACME_RA_VALIDATOR_PERSPECTIVE": name,
-                                                 "ACME_RA_VALIDATOR_REGION": region})
+                                                 "ACME_RA_VALIDATOR_REGION": region}, nats_url)
 
     def start_primary(self, remote: int, deadline: float = 40.0, **extra: str) -> Process:
         return self._start("primary", "validator", {"ACME_RA_DATABASE_URL": self.database_url,
@@ -165,16 +168,20 @@ def mpic_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def nats_with_users(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A JetStream nats-server with acme-ra's users and permissions (acme_ra.natsauth)."""
+def nats_with_users(tmp_path: Path) -> Iterator[tuple[str, Path, int]]:
+    """A JetStream nats-server with acme-ra's users and permissions (acme_ra.natsauth), taking
+    leaf node connections on a port of its own (docs/perspectives.md)."""
     auth_dir = tmp_path / "nats-auth"
     config = natsauth.write_server_config(auth_dir)
+    leaf_port = free_port()
+    hub = tmp_path / "hub.conf"
+    hub.write_text(config.read_text() + f"leafnodes {{\n  listen: \"127.0.0.1:{leaf_port}\"\n}}\n")
     port = free_port()
     process = subprocess.Popen(
-        [str(nats_server_binary()), "-c", str(config), "-js", "-sd", str(tmp_path / "nats"), "-a", "127.0.0.1",
+        [str(nats_server_binary()), "-c", str(hub), "-js", "-sd", str(tmp_path / "nats"), "-a", "127.0.0.1",
          "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield f"nats://127.0.0.1:{port}", auth_dir
+        yield f"nats://127.0.0.1:{port}", auth_dir, leaf_port
     finally:
         process.terminate()
         process.wait(10)
@@ -194,15 +201,15 @@ class Web:
 
 @pytest.fixture
 async def mpic_lab(
-    tmp_path: Path, nats_with_users: tuple[str, Path], mpic_database: str
+    tmp_path: Path, nats_with_users: tuple[str, Path, int], mpic_database: str
 ) -> AsyncIterator[tuple[MpicLab, Web]]:
-    nats_url, auth_dir = nats_with_users
+    nats_url, auth_dir, leaf_port = nats_with_users
     real, hijack = HttpLab(), HttpLab()
     real_server = await _serve_on(real, REAL_ADDRESS, 0)
     port = real_server.sockets[0].getsockname()[1]
     hijack_server = await _serve_on(hijack, HIJACK_ADDRESS, port)
     real.port = hijack.port = port
-    lab = MpicLab(tmp_path, nats_url, auth_dir, mpic_database, port)
+    lab = MpicLab(tmp_path, nats_url, auth_dir, mpic_database, port, leaf_port)
     # The streams and consumers, as the frontend or signer would make them (a validator may not).
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while True:

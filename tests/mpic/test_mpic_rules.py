@@ -65,9 +65,9 @@ def test_choose_spreads_regions() -> None:
 
 def test_perspective_user_permissions() -> None:
     remote = natsauth.PERMISSIONS["perspective"]
-    assert remote.publish == (perspectives.SUBJECT_HEARTBEATS,) and remote.responds
+    assert remote.publish == (perspectives.SUBJECT_HEARTBEATS, "_INBOX.validator.>") and remote.responds
     assert perspectives.SUBJECT_CHECKS in remote.subscribe
     validator = natsauth.PERMISSIONS["validator"]
     assert perspectives.SUBJECT_CHECKS in validator.publish and perspectives.SUBJECT_HEARTBEATS in validator.subscribe
     own = natsauth.perspective_permissions("p1")
-    assert own.publish == ("acme.perspectives.heartbeat.p1",) and "acme.perspectives.check.p1" in own.subscribe
+    assert own.publish == ("acme.perspectives.heartbeat.p1", "_INBOX.validator.>") and "acme.perspectives.check.p1" in own.subscribe

@@ -235,23 +235,11 @@ class Corroboration:
         self, validator: ChallengeValidator, challenge: ChallengeToCheck, chosen: list[tuple[str, str]],
         deadline: float,
     ) -> list[PerspectiveResult]:
-        """Ask every chosen perspective at once; stop waiting once the quorum is decided."""
+        """Ask every chosen perspective at once and wait for every answer (or its timeout): the
+        record is audit evidence, so it holds what each one saw, not only the first quorum."""
         timeout = max(1.0, min(validator.options.timeout_seconds + REPLY_MARGIN_SECONDS, deadline - time.monotonic()))
-        tasks = {asyncio.create_task(self._ask_one(validator, challenge, name, region, timeout)): (name, region)
-                 for name, region in chosen}
-        results: list[PerspectiveResult] = []
-        pending = set(tasks)
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            results.extend(task.result() for task in done)
-            if decide(results, self.asked, self.required, self.min_regions).verdict != "undecided":
-                break
-        for task in pending:
-            task.cancel()
-            name, region = tasks[task]
-            results.append(PerspectiveResult(name, region, "unavailable", {
-                "type": "serverInternal", "detail": "not waited for: the quorum was decided"}))
-        return results
+        return list(await asyncio.gather(*(self._ask_one(validator, challenge, name, region, timeout)
+                                           for name, region in chosen)))
 
     async def _ask_one(
         self, validator: ChallengeValidator, challenge: ChallengeToCheck, name: str, region: str, timeout: float

@@ -76,6 +76,14 @@ class Process:
                 await asyncio.sleep(0.2)
         pytest.fail(f"{self.name} never ready:\n{self.log_path.read_text()}")
 
+    async def heard(self, count: int) -> None:
+        """Wait until this primary has heard ``count`` live perspectives (its metrics say)."""
+        deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+        while f"acme_ra_mpic_live_perspectives {float(count)}" not in await self.metrics():
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} never heard {count} perspectives:\n{self.log_path.read_text()}")
+            await asyncio.sleep(0.3)
+
     async def metrics(self) -> str:
         async with httpx.AsyncClient(trust_env=False) as client:
             return (await client.get(f"http://{self.listen}/metrics")).text

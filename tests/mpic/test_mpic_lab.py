@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Iterator
 
 import asyncpg
@@ -64,6 +65,12 @@ def test_a_certificate_corroborated_by_three_perspectives(
         "perspective-1", "perspective-2", "perspective-3"}
     assert lab.services["perspective-2"].env["ACME_RA_NATS_USER"] == "perspective"
     assert lab.services["validator-1"].env["ACME_RA_MPIC_REMOTE_PERSPECTIVES"] == "3"
+
+    # The validator has heard all three (else it asks the two it knows: 2 of 3 suffice).
+    deadline = time.monotonic() + 60
+    while "acme_ra_mpic_live_perspectives 3.0" not in httpx.get(lab.metrics_urls()["validator-1"], trust_env=False).text:
+        assert time.monotonic() < deadline, "the validator never heard three perspectives"
+        time.sleep(0.5)
 
     async def one() -> None:
         context = ssl.create_default_context(cafile=str(lab.ca_bundle))

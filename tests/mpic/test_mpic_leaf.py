@@ -46,6 +46,7 @@ async def test_perspectives_behind_a_leaf_node(mpic_lab: tuple[MpicLab, Web], tm
                    for name, region in (("s1", "ripe"), ("s2", "ripe"), ("s3", "apnic"))]
         started.append(lab.start_primary(3))
         await asyncio.gather(*(process.ready() for process in started))
+        await lab.processes["primary"].heard(3)
         # What the site publishes beyond heartbeats and answers stays in the site.
         seen: list[str] = []
         operator = await lab.operator()

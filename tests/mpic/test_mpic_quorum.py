@@ -35,6 +35,7 @@ async def _start(lab: MpicLab, perspectives: int, remote: int, deadline: float =
     started = [lab.start_perspective(name, REGIONS[i]) for i, name in enumerate(names)]
     started.append(lab.start_primary(remote, deadline))
     await asyncio.gather(*(process.ready() for process in started))
+    await lab.processes["primary"].heard(perspectives)
 
 
 async def _validate(lab: MpicLab, web: Web, domain: str, hijacked: set[str]) -> tuple[PendingOrder, Database]:
@@ -109,7 +110,6 @@ async def test_one_stopped_perspective_of_three_still_valid(mpic_lab: tuple[Mpic
     lab, web = mpic_lab
     await _start(lab, 3, 3)
     # Heard alive by the primary, then gone: its request finds no responder (or no answer).
-    await asyncio.sleep(3)
     lab.processes["p3"].stop()
     rows, db = await _validate(lab, web, "stopped.mpic.test", set())
     try:
@@ -195,7 +195,7 @@ async def test_a_reply_not_bound_to_its_request_is_dropped(mpic_lab: tuple[MpicL
     await nc.subscribe(perspectives.check_subject("rogue"), cb=answer)
     beating = asyncio.create_task(beat())
     try:
-        await asyncio.sleep(3)  # heard by the primary
+        await lab.processes["primary"].heard(2)
         rows, db = await _validate(lab, web, "rogue.mpic.test", set())
         try:
             outcome = await wait_for_outcome(db, rows.challenge_id, OUTCOME_TIMEOUT_SECONDS)

@@ -31,7 +31,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from sqlalchemy import Table, bindparam, update
 
@@ -60,6 +60,12 @@ QUORUM_DECISIONS = Counter(
     "acme_ra_mpic_decisions_total",
     "Corroboration decisions (valid, invalid, too_few).",
     ["result"],
+)
+
+LIVE_PERSPECTIVES = Gauge(
+    "acme_ra_mpic_live_perspectives",
+    "Remote perspectives this primary heard from within the heartbeat expiry (alert when below "
+    "ACME_RA_MPIC_REMOTE_PERSPECTIVES).",
 )
 
 Outcome = Literal["valid", "invalid", "unavailable"]
@@ -122,6 +128,7 @@ class PerspectiveDirectory:
 
     def __init__(self) -> None:
         self.heard: dict[str, tuple[str, float]] = {}
+        LIVE_PERSPECTIVES.set_function(lambda: len(self.live()))
 
     async def subscribe(self, nc: NATS) -> None:
         await nc.subscribe(perspectives.SUBJECT_HEARTBEATS, cb=self._on_heartbeat)

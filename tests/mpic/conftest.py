@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
-from dnslib import RR
+from dnslib import QTYPE, RR
 from dnslib.server import DNSLogger, DNSServer
 from nats.aio.client import Client as NATS
 
@@ -52,7 +52,10 @@ class Resolver:
         return f"{host}:{port}"
 
     def point(self, name: str, address: str) -> None:
-        self.zone.records[name.lower().rstrip(".") + "."] = list(RR.fromZone(f"{name}. 0 A {address}"))
+        """``name``'s A record answers ``address`` (its other records stay)."""
+        key = name.lower().rstrip(".") + "."
+        others = [rr for rr in self.zone.records.get(key, []) if rr.rtype != QTYPE.A]
+        self.zone.records[key] = others + list(RR.fromZone(f"{name}. 0 A {address}"))
 
 
 @dataclass

@@ -9,6 +9,8 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 # make lab VALIDATORS=N: how many validator processes the lab runs.
 VALIDATORS ?= 2
+# make lab PERSPECTIVES=N: remote network perspectives the validators ask (0: off; docs/perspectives.md).
+PERSPECTIVES ?= 3
 # make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; see docs/performance.md).
 BENCH_ARGS ?=
 
@@ -24,7 +26,7 @@ install: $(INSTALLED)
 
 # The docker-compose topology as processes (needs: apt-get install -y pebble haproxy postgresql).
 lab: install
-	$(BIN)/python -m acme_ra_tools.lab --validators $(VALIDATORS)
+	$(BIN)/python -m acme_ra_tools.lab --validators $(VALIDATORS) --perspectives $(PERSPECTIVES)
 
 # Debian packages the tests drive for real (Pebble, lego, dehydrated, uacme, HAProxy, promtool,
 # Chromium, wrk): installed when missing.

@@ -10,6 +10,7 @@ Exits 1 when any request failed or a target did not run.
     make bench BENCH_ARGS=--smoke               # a tiny run (what CI's smoke test does)
     make bench BENCH_ARGS='--targets b --levels 16 --profile build/bench/profiles'
     make bench-upstream                         # upstream validation time per method (p50/p95)
+    make bench BENCH_ARGS='--targets a,m --perspectives 3'   # (a) against (a) with 3 perspectives
 
 ``--upstream-validation`` measures, in place of the targets, how long a Pebble validating for real
 takes to validate what the signer proves to it, per method (bench/upstream_validation.py).
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from acme_ra_tools.supervisor import LaunchError, free_port, port_is_free
-from bench import nonces, profiling, report, upstream_validation
+from bench import nonces, perspectives, profiling, report, upstream_validation
 from bench.load import DEFAULT_POLL_CAP_SECONDS, LoadConfig
 from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_rss_mb, tls_material
 
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default=",".join(TARGET_KEYS),
                         help="comma list of a (acme-ra, lab CA), b (acme-ra, Pebble upstream), c (Pebble alone)")
+    parser.add_argument("--perspectives", type=int, default=0, metavar="N",
+                        help="run target m too: (a) whose validator asks N remote perspectives "
+                             f"(multi-perspective corroboration; bench/perspectives.py; m alone: {perspectives.DEFAULT_PERSPECTIVES})")
     parser.add_argument("--levels", default=DEFAULT_LEVELS, help=f"concurrency levels (default {DEFAULT_LEVELS})")
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
                         help=f"certificates measured per level (default {DEFAULT_COUNT})")
@@ -99,7 +103,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.nonce_seconds = min(args.nonce_seconds, 1.0)
     args.level_list = [int(v) for v in args.levels.split(",") if v.strip()]
     args.target_list = [v.strip() for v in args.targets.split(",") if v.strip()]
-    unknown = set(args.target_list) - set(TARGET_KEYS)
+    if args.perspectives > 0 and perspectives.KEY not in args.target_list:
+        args.target_list.append(perspectives.KEY)
+    unknown = set(args.target_list) - set(TARGET_KEYS) - {perspectives.KEY}
     if unknown or not args.target_list:
         parser.error(f"--targets: unknown {', '.join(sorted(unknown)) or 'none given'}")
     if not args.level_list or min(args.level_list) < 1 or args.count < 1:
@@ -185,6 +191,9 @@ def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: 
         return AcmeRaTarget("a", "lab", workdir / "a", tls, http01_port, database, extra_env)
     if key == "b":
         return AcmeRaTarget("b", "pebble", workdir / "b", tls, http01_port, database, extra_env)
+    if key == perspectives.KEY:
+        return perspectives.PerspectivesTarget(args.perspectives or perspectives.DEFAULT_PERSPECTIVES,
+                                               workdir / key, tls, http01_port, database, extra_env)
     return PebbleTarget("c", workdir / "c", tls, http01_port)
 
 
@@ -323,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(machine_line(info))
     print(report.full_report(targets))
+    cost = perspectives.cost_lines(targets)
+    if cost:
+        print("\n" + cost)
     print(f"\nresults: {args.json}   logs: {workdir}")
     return 1 if results["errors"] else 0
 

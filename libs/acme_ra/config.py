@@ -216,6 +216,29 @@ class Settings(BaseSettings):
     # ACME_RA_RECONCILE_MAX_REPUBLICATIONS: times the frontends' reconciler publishes again the job
     # of a challenge or order stuck in processing; then it ends it invalid; default 10.
     reconcile_max_republications: int = Field(10, ge=1, le=1000)
+    # Multi-perspective corroboration (MPIC, CA/B Forum BR 3.2.2.9; docs/perspectives.md).
+    # ACME_RA_VALIDATOR_ROLE: "primary" (takes validation jobs, needs the database) or "remote" (a
+    # network perspective answering check requests over NATS, no database: run it in another site).
+    validator_role: Literal["primary", "remote"] = "primary"
+    # ACME_RA_VALIDATOR_PERSPECTIVE: this validator's perspective name (letters, digits, '-', '_');
+    # required when remote; a primary's names its own result in validation records ("primary").
+    validator_perspective: str = ""
+    # ACME_RA_VALIDATOR_REGION: the perspective's regional internet registry (arin, ripe, apnic,
+    # lacnic, afrinic); required when remote.
+    validator_region: str = ""
+    # ACME_RA_MPIC_REMOTE_PERSPECTIVES: distinct remote perspectives a primary asks for every check
+    # (and CAA), in parallel; 0 = off. The BRs want 3 (since 2026-03-15), 4 (2026-06-15), 5 (2026-12-15).
+    mpic_remote_perspectives: int = Field(0, ge=0, le=32)
+    # ACME_RA_MPIC_QUORUM: remote perspectives that must pass; unset = the BR table (2-5 remote:
+    # all but 1; 6 or more: all but 2).
+    mpic_quorum: int | None = Field(None, ge=1, le=32)
+    # ACME_RA_MPIC_REGIONS_MIN: distinct regions the passing remote perspectives must span; unset =
+    # 2 under the BR table (with 2 or more remote perspectives), else 1.
+    mpic_regions_min: int | None = Field(None, ge=1, le=5)
+    # ACME_RA_MPIC_DEADLINE_SECONDS: how long a check waits for enough live perspectives (asking
+    # again every few seconds; the challenge stays processing) before it ends invalid; keep it
+    # below the frontends' reconciler deadline (60 s).
+    mpic_deadline_seconds: float = Field(40.0, gt=0, le=600)
     # ACME_RA_CAA_IDENTITIES: comma list of CA domain names CAA `issue`/`issuewild` records must
     # name (in RA mode the upstream CA's, e.g. sectigo.com,incommon.org); default "" = no CAA check.
     caa_identities: str = ""
@@ -501,6 +524,21 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_perspectives(self) -> Settings:
+        from acme_ra.perspectives import REGIONS
+
+        name = self.validator_perspective
+        if name and not name.replace("-", "").replace("_", "").isalnum():
+            raise ValueError("ACME_RA_VALIDATOR_PERSPECTIVE: letters, digits, '-' and '_' only")
+        if self.validator_region and self.validator_region not in REGIONS:
+            raise ValueError(f"ACME_RA_VALIDATOR_REGION must be one of {', '.join(REGIONS)}")
+        if self.validator_role == "remote" and not (name and self.validator_region):
+            raise ValueError("ACME_RA_VALIDATOR_ROLE=remote needs ACME_RA_VALIDATOR_PERSPECTIVE and _REGION")
+        if self.mpic_quorum is not None and self.mpic_quorum > self.mpic_remote_perspectives:
+            raise ValueError("ACME_RA_MPIC_QUORUM is more than ACME_RA_MPIC_REMOTE_PERSPECTIVES")
+        return self
+
+    @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("ACME_RA_TLS_CERT_FILE and ACME_RA_TLS_KEY_FILE go together")
@@ -547,6 +585,23 @@ class Settings(BaseSettings):
         """ACME_RA_DNS_PERSIST_ISSUER_DOMAINS as the draft wants them: lowercase A-labels, no final dot."""
         names = (normal_issuer_domain(v) for v in self.dns_persist_issuer_domains.split(",") if v.strip())
         return list(dict.fromkeys(names))
+
+    @property
+    def mpic_required_passes(self) -> int:
+        """Remote perspectives that must pass: ACME_RA_MPIC_QUORUM, else the BR table."""
+        count = self.mpic_remote_perspectives
+        if self.mpic_quorum is not None:
+            return self.mpic_quorum
+        if count <= 1:
+            return count
+        return count - (1 if count <= 5 else 2)
+
+    @property
+    def mpic_min_regions(self) -> int:
+        """Distinct regions the passing remote perspectives must span."""
+        if self.mpic_regions_min is not None:
+            return self.mpic_regions_min
+        return 2 if self.mpic_quorum is None and self.mpic_remote_perspectives >= 2 else 1
 
     def sealing_secret(self) -> bytes:
         """The secret that seals secrets at rest (see ACME_RA_SECRET_KEY)."""

@@ -32,13 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from acme_ra import bus
+from acme_ra import bus, perspectives
 
 if TYPE_CHECKING:
     from acme_ra.config import Settings
 
 # The services, each a NATS user of its own name.
-ROLES = ("frontend", "validator", "signer", "admin")
+ROLES = ("frontend", "validator", "signer", "admin", "perspective")
 # A person's user (the nats CLI: purge a stream, inspect): every permission. No service uses it;
 # production may leave it out (server_config(..., operator=False)).
 OPERATOR = "operator"
@@ -104,8 +104,18 @@ PERMISSIONS: dict[str, Permissions] = {
     # Takes validation jobs, says "validated", answers CAA re-checks. It fetches what the internet
     # serves: it may create nothing, revoke nothing, publish no job and no other event.
     "validator": Permissions(
-        publish=(*_pull(bus.DURABLE_VALIDATOR), _event("validated")),
-        subscribe=(bus.SUBJECT_CAA_RPC, f"{inbox_prefix('validator')}.>"),
+        publish=(*_pull(bus.DURABLE_VALIDATOR), _event("validated"), perspectives.SUBJECT_CHECKS),
+        subscribe=(bus.SUBJECT_CAA_RPC, perspectives.SUBJECT_HEARTBEATS, f"{inbox_prefix('validator')}.>"),
+        responds=True,
+    ),
+    # A remote perspective (ACME_RA_VALIDATOR_ROLE=remote, in another site behind a leaf node):
+    # says it is alive and answers the check requests sent to it; nothing else (no job, no
+    # event, no database). Its answers go to the validators' inboxes: through a leaf node they
+    # are plain publishes (allow_responses does not cover a leaf connection); the primary binds
+    # each answer to its request (a random id). A site may narrow it: perspective_permissions(name).
+    "perspective": Permissions(
+        publish=(perspectives.SUBJECT_HEARTBEATS, f"{inbox_prefix('validator')}.>"),
+        subscribe=(perspectives.SUBJECT_CHECKS, f"{inbox_prefix('perspective')}.>"),
         responds=True,
     ),
     # Takes issue jobs, says "issued", "failed" and "revoked", answers revocation requests;
@@ -124,6 +134,16 @@ PERMISSIONS: dict[str, Permissions] = {
     ),
     OPERATOR: Permissions(publish=(">",), subscribe=(">",)),
 }
+
+
+def perspective_permissions(name: str) -> Permissions:
+    """The permissions of a user for the one perspective ``name`` (a user per remote site):
+    its own heartbeat and check subjects only, so it can neither speak for nor hear another."""
+    return Permissions(
+        publish=(perspectives.heartbeat_subject(name), f"{inbox_prefix('validator')}.>"),
+        subscribe=(perspectives.check_subject(name), f"{inbox_prefix('perspective')}.>"),
+        responds=True,
+    )
 
 
 def password_variable(role: str) -> str:

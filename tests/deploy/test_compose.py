@@ -24,7 +24,8 @@ from .conftest import ROOT
 from .test_image import ENTRYPOINT_COMMANDS
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-ACME_RA_SERVICES = {"frontend-1", "frontend-2", "validator", "signer", "admin", "migrate", "lab-init"}
+ACME_RA_SERVICES = {"frontend-1", "frontend-2", "validator", "signer", "admin", "migrate", "lab-init",
+                    "perspective-1", "perspective-2", "perspective-3"}
 # Where the header comment says the admin console is, and the host address it is published on.
 ADMIN_HOST, ADMIN_PORT = "127.0.0.1", 9443
 # What the issue asks the lab to contain.
@@ -304,3 +305,19 @@ def test_files_named_by_settings_are_mounted(rendered: Mapping[str, Any]) -> Non
         for variable in file_settings & set(env):
             assert any(env[variable] == p or env[variable].startswith(p.rstrip("/") + "/") for p in places), \
                 f"{name}: {variable}={env[variable]} is not mounted"
+
+
+def test_three_remote_perspectives(rendered: Mapping[str, Any]) -> None:
+    """The validator asks three perspectives, each a remote validator in its own region, as the
+    perspective NATS user, with no database to reach."""
+    assert acme_ra_environment(rendered["services"]["validator"])["ACME_RA_MPIC_REMOTE_PERSPECTIVES"] == "3"
+    regions = set()
+    for number in (1, 2, 3):
+        service = rendered["services"][f"perspective-{number}"]
+        env = acme_ra_environment(service)
+        assert service["command"] == ["validator"] and env["ACME_RA_VALIDATOR_ROLE"] == "remote"
+        assert env["ACME_RA_VALIDATOR_PERSPECTIVE"] == f"perspective-{number}"
+        assert env["ACME_RA_NATS_USER"] == "perspective"
+        assert "postgres" not in service.get("depends_on", {}) and "migrate" not in service.get("depends_on", {})
+        regions.add(env["ACME_RA_VALIDATOR_REGION"])
+    assert len(regions) == 3

@@ -10,6 +10,8 @@ What runs (the same ``ACME_RA_*`` variables as docker-compose.yml and ``make dev
   the lab uses it instead of starting its own;
 - two frontends behind HAProxy (Debian's ``haproxy``), which terminates TLS on the external URL's
   port (8443) and re-encrypts to the frontends; ``--validators N`` validators; the signer;
+- ``--perspectives N`` remote network perspectives (default 3; lab_perspectives.py), which the
+  validators ask for every check (multi-perspective corroboration, docs/perspectives.md);
 - the admin API and console (``python -m acme_ra_admin``) on ``ACME_RA_ADMIN_LISTEN``
   (127.0.0.1:9443), as docker-compose.yml's ``admin`` service.
 
@@ -44,6 +46,7 @@ from sqlalchemy.engine import make_url
 from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, get_settings, http_base
 from acme_ra.redaction import mask_url
+from acme_ra_tools import lab_perspectives
 from acme_ra_tools.dev import Topology
 from acme_ra_tools.lab_tls import LOCAL_NAMES, TlsMaterial, ensure_tls_material, write_private
 from acme_ra_tools.supervisor import (
@@ -87,7 +90,8 @@ DEFAULT_PORTS = {
     "signer": 9125,
     "admin": 9443,
 }
-PORT_BASES = {"frontend": 8443, "frontend-metrics": 9130, "validator": 9140}
+PORT_BASES = {"frontend": 8443, "frontend-metrics": 9130, "validator": 9140,
+              "perspective": lab_perspectives.PORT_BASE}
 # Servers the lab uses as they are when something already listens on their port.
 SHARED_PORTS = {"pebble", "pebble-management", "dns", "dns-management", "nats"}
 # Restart back-off of a process that died: first delay, doubled up to the maximum (seconds);
@@ -199,6 +203,7 @@ class ProcessLab:
         *,
         frontends: int = DEFAULT_FRONTENDS,
         validators: int = DEFAULT_VALIDATORS,
+        perspectives: int = 0,
         ports: LabPorts | None = None,
         echo: IO[bytes] | None = None,
         ready_timeout: float = READY_TIMEOUT_SECONDS,
@@ -208,6 +213,7 @@ class ProcessLab:
         self.ports = ports or LabPorts()
         self.frontends = frontends
         self.validators = validators
+        self.perspectives = perspectives
         self.echo = echo
         self.ready_timeout = ready_timeout
         self.env = self._lab_env(dict(os.environ if env is None else env))
@@ -255,6 +261,7 @@ class ProcessLab:
             "RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR": "0",
             "RATE_NEW_ORDERS_PER_ACCOUNT_PER_HOUR": "0",
             "RATE_CERTIFICATES_PER_DOMAIN_PER_WEEK": "0",
+            "MPIC_REMOTE_PERSPECTIVES": str(self.perspectives),
         }
         env = {(k if k.startswith(ENV_PREFIX) else ENV_PREFIX + k): v for k, v in defaults.items()}
         env.update(base)
@@ -308,6 +315,7 @@ class ProcessLab:
             self._run_step("migrate", [sys.executable, "-m", "acme_ra_tools.cli", "migrate"])
             self._run_step("bootstrap", [sys.executable, "-m", "acme_ra_signer", "bootstrap"])
             services = [self._add_signer()]
+            services += [self._add_perspective(number) for number in range(1, self.perspectives + 1)]
             services += [self._add_validator(number) for number in range(1, self.validators + 1)]
             services += [self._add_frontend(number) for number in range(1, self.frontends + 1)]
             services.append(self._add_admin())
@@ -456,6 +464,12 @@ class ProcessLab:
                                                 "OTEL_SERVICE_NAME": f"acme-ra-{name}"})
         service = Service(name, [sys.executable, "-m", "acme_ra_validator"], env,
                           ready=lambda: http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})
+        self.services[name] = service
+        return service
+
+    def _add_perspective(self, number: int) -> Service:
+        name = f"perspective-{number}"
+        service = lab_perspectives.perspective_service(number, self.ports(name), self._service_env, Service)
         self.services[name] = service
         return service
 
@@ -630,7 +644,7 @@ class ProcessLab:
         if self._supervisor is not None:
             self._supervisor.join(STOP_TIMEOUT_SECONDS)
         with self._lock:
-            order = ["frontend", "admin", "validator", "signer", "haproxy", "pebble", "challtestsrv", "nats-server"]
+            order = ["frontend", "admin", "validator", "perspective", "signer", "haproxy", "pebble", "challtestsrv", "nats-server"]
             for prefix in order:
                 group = [s for n, s in self.services.items() if n.startswith(prefix)]
                 for service in group:
@@ -671,7 +685,7 @@ class ProcessLab:
         lines = [
             "",
             (f"acme-ra lab is running: {len(frontends)} frontends behind HAProxy, {len(validators)} validators "
-             "and the signer, each its own process."),
+             f"and the signer, each its own process; {self.perspectives} remote network perspectives."),
             f"  ACME directory   {self.directory_url}  (HAProxy: TLS, round robin over the frontends)",
             f"  CA bundle        {self.ca_bundle}  (what ACME clients must trust)",
             f"  admin console    {self.admin_url}/  (and the admin API, {self.admin_url}/api/)",
@@ -711,7 +725,8 @@ def run(args: argparse.Namespace) -> int:
     """``make lab``: start, print how to use it, restart what dies, stop on Ctrl-C."""
     get_settings()  # one line and exit 2 on bad configuration
     try:
-        lab = ProcessLab(frontends=args.frontends, validators=args.validators, echo=sys.stderr.buffer)
+        lab = ProcessLab(frontends=args.frontends, validators=args.validators, perspectives=args.perspectives,
+                         echo=sys.stderr.buffer)
     except LaunchError as error:
         print(f"acme-ra lab: {error}", file=sys.stderr)
         return 1
@@ -747,6 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m acme_ra_tools.lab", description=__doc__.splitlines()[0])
     parser.add_argument("--validators", type=int, default=int(os.environ.get("VALIDATORS") or DEFAULT_VALIDATORS),
                         help=f"validator processes (default {DEFAULT_VALIDATORS}, or $VALIDATORS)")
+    parser.add_argument("--perspectives", type=int,
+                        default=int(os.environ.get("PERSPECTIVES") or lab_perspectives.DEFAULT_PERSPECTIVES),
+                        help="remote network perspectives the validators ask (default "
+                             f"{lab_perspectives.DEFAULT_PERSPECTIVES}, or $PERSPECTIVES; 0: off)")
     parser.add_argument("--frontends", type=int, default=DEFAULT_FRONTENDS, choices=(1, 2),
                         help=f"frontend processes behind HAProxy (default {DEFAULT_FRONTENDS})")
     commands = parser.add_subparsers(dest="command")

@@ -219,6 +219,9 @@ class Challenge(Base):
     # Checks started on a redelivered validation job (the validator's poison-job count, worker.py);
     # the first delivery writes nothing.
     check_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Multi-perspective corroboration: each perspective's result and the quorum
+    # (acme_ra_validator.mpic); NULL when validated without it.
+    validation_record: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (Index("ix_challenges_status_updated", "status", "updated_at"),)
 

@@ -565,7 +565,8 @@ def _authorization(row: models.Authorization, challenges: list[models.Challenge]
     return schemas.Authorization(
         id=row.id, identifier=f"{row.identifier_type}:{value}", wildcard=row.wildcard, status=row.status,
         expires=row.expires,
-        challenges=[schemas.Challenge(id=c.id, type=c.type, status=c.status, validated=c.validated, error=c.error)
+        challenges=[schemas.Challenge(id=c.id, type=c.type, status=c.status, validated=c.validated, error=c.error,
+                                     validation_record=c.validation_record)
                     for c in challenges],
     )
 

@@ -54,6 +54,8 @@ class Challenge(BaseModel):
     status: str
     validated: dt.datetime | None
     error: dict[str, Any] | None
+    # Multi-perspective corroboration: each perspective's result and the quorum (validator mpic.py).
+    validation_record: dict[str, Any] | None = None
 
 
 class Authorization(BaseModel):

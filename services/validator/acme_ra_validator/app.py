@@ -24,9 +24,10 @@ from sqlalchemy import text
 from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra_validator import metrics
+from acme_ra_validator import metrics, perspective
 from acme_ra_validator.caa_recheck import CaaRecheckResponder
 from acme_ra_validator.http01 import new_http_client
+from acme_ra_validator.mpic import Corroboration
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.worker import ChallengeValidator, ValidationOptions
 
@@ -76,6 +77,8 @@ async def run_consumer(
             log.warning("JetStream streams not ready: %s", error)
             await asyncio.sleep(STREAM_SETUP_RETRY_SECONDS)
     validator.nc = state.nc
+    if validator.corroboration is not None:  # MPIC: live perspectives from their heartbeats
+        await validator.corroboration.subscribe(state.nc)
     # CAA re-checks at finalization (acme.rpc.caa); the subscription ends with the connection.
     await CaaRecheckResponder(validator.resolver, validator.options.caa_identities).subscribe(state.nc)
     state.consuming = True
@@ -92,6 +95,9 @@ async def run_consumer(
 
 
 def create_app(settings: Settings) -> FastAPI:
+    if settings.validator_role == "remote":  # a network perspective: NATS only (perspective.py)
+        return perspective.create_app(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.effective_database_url, settings.db_pool_size)
@@ -108,6 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
             ValidationOptions.from_settings(settings),
             authz_lifetime=dt.timedelta(seconds=settings.authz_lifetime_seconds),
         )
+        if settings.mpic_remote_perspectives > 0:
+            validator.corroboration = Corroboration(settings)
         state = ConsumerState()
         stop = asyncio.Event()
         state.task = asyncio.create_task(run_consumer(settings, validator, state, stop), name="validate-consumer")

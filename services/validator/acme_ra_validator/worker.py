@@ -25,7 +25,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import dns.exception
 import httpx
@@ -48,6 +48,9 @@ from acme_ra_validator.http01 import ValidationPorts, check_http01
 from acme_ra_validator.network import NetworkPolicy
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.tlsalpn01 import check_tls_alpn01
+
+if TYPE_CHECKING:
+    from acme_ra_validator.mpic import Corroboration
 
 log = logging.getLogger("acme_ra_validator.worker")
 
@@ -212,6 +215,8 @@ class ChallengeValidator:
         self.nc = nc
         # The persistUntil of the dns-persist-01 record that validated a challenge, by challenge id.
         self.persist_until: dict[str, int] = {}
+        # Multi-perspective corroboration (ACME_RA_MPIC_REMOTE_PERSPECTIVES > 0): app.py sets it.
+        self.corroboration: Corroboration | None = None
 
     async def handle(self, job: bus.ValidateJob, msg: Msg) -> None:
         """The ``bus.consume`` handler. Raises only when the outcome could not be stored."""
@@ -241,6 +246,8 @@ class ChallengeValidator:
                 error = abandoned(earlier)
                 metrics.VALIDATIONS.labels(metrics.type_label(challenge.type), "abandoned").inc()
                 log.warning("validation job abandoned", extra={"challenge_id": job.challenge_id, "checks": earlier})
+            elif self.corroboration is not None:
+                error = await self.corroboration.validate(self, challenge)
             else:
                 error = await self.validate(challenge)
             # One statement on PostgreSQL, three in SQLite's transaction: see finish_challenge.

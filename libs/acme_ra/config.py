@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     nats_tls_ca: Path | None = None
     nats_tls_cert_file: Path | None = None
     nats_tls_key_file: Path | None = None
+    # ACME_RA_NATS_STREAM_REPLICAS: copies of each JetStream stream (3 on a 3-node cluster: R3);
+    # unset creates R1 streams and keeps the replicas of streams that exist.
+    nats_stream_replicas: int | None = Field(None, ge=1, le=5)
     # ACME_RA_LISTEN: the public ACME listener (frontend).
     listen: str = "127.0.0.1:8443"
     # ACME_RA_EXTERNAL_URL: the base URL clients see (behind a load balancer: its URL).

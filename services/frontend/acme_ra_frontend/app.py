@@ -54,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             await db.dispose()
             raise SystemExit(3) from None
         js = nc.jetstream()
-        await bus.ensure_streams(js)
+        await bus.ensure_streams(js, settings.nats_stream_replicas)
         sealer = Sealer(settings.sealing_secret())
         try:
             nonce_key = await load_or_create_key(db, sealer)

@@ -100,7 +100,7 @@ async def start(settings: Settings) -> Runtime:
     js = nc.jetstream()
     runtime = Runtime(driver=driver, db=db, nc=nc, js=js)
     try:
-        await bus.ensure_streams(js)
+        await bus.ensure_streams(js, settings.nats_stream_replicas)
     except BaseException:
         await stop(runtime)
         raise

@@ -64,9 +64,9 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def compose_config(secrets_dir: Path, *args: str, env_file: Path = ENV_EXAMPLE) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ACME_RA_SECRETS_DIR=str(secrets_dir))
+    env = dict(os.environ, PRODUCTION_SECRETS_DIR=str(secrets_dir))
     for name in list(env):  # the example .env decides, not this shell
-        if name.startswith(ENV_PREFIX) and name != "ACME_RA_SECRETS_DIR":
+        if name.startswith(ENV_PREFIX):
             del env[name]
     return subprocess.run([str(docker_compose()), "-f", str(PRODUCTION), "--env-file", str(env_file), *args,
                            "config", "--format", "json"], capture_output=True, text=True, env=env, timeout=60,

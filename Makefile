@@ -17,7 +17,7 @@ BENCH_ARGS ?=
 # What make lint checks (ruff with pyproject.toml's settings, then strict mypy).
 LINT_PATHS := libs services tools bench tests
 
-.PHONY: dev install test-packages test lint clean lab bench bench-upstream dist
+.PHONY: dev install test-packages test lint clean lab bench bench-upstream dist image-lock
 
 dev: install
 	$(BIN)/python -m acme_ra_tools.cli dev
@@ -52,6 +52,11 @@ bench-upstream: install
 # The wheel and the sdist, in dist/ (what pip installs: see docs/install.md).
 dist: install
 	$(BIN)/python -m build --outdir dist .
+
+# requirements/image.lock: the image's dependencies pinned to this venv's versions, with hashes
+# (deploy/Dockerfile installs it with --require-hashes); after any dependency changes.
+image-lock: install
+	$(BIN)/python -m acme_ra_tools.imagelock --write
 
 clean:
 	rm -rf var build dist .pytest_cache

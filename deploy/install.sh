@@ -90,11 +90,13 @@ installed $version into ${root:-}/opt/acme-ra, units in $units, configuration in
 Next:
   1. Edit $etc/env${wrote_env:+ (a template)}: the database, the upstream CA, the host name.
      Put the upstream CA's EAB HMAC key in $etc/upstream-hmac.key (empty now).
-  2. set -a; . /etc/acme-ra/env; set +a; acme-ra config check
-  3. As $user, with that environment: the schema, the upstream account, the frontend's certificate:
-     for step in "acme-ra db migrate" "python -m acme_ra_signer check-upstream" "python -m acme_ra_signer bootstrap"; do
-       systemd-run --wait --pipe --uid=$user --gid=$group -p EnvironmentFile=/etc/acme-ra/env \\
-         -p WorkingDirectory=/var/lib/acme-ra /opt/acme-ra/bin/\$step; done
-  4. systemctl daemon-reload
+  2. As $user, with that environment (docs/install.md, step 3): check it, the schema, the
+     upstream account, the frontend's certificate:
+       as_acme_ra() { runuser -u $user -- env -C /var/lib/acme-ra sh -c 'set -a; . /etc/acme-ra/env; set +a; exec "\$@"' sh "\$@"; }
+       as_acme_ra /opt/acme-ra/bin/acme-ra config check
+       as_acme_ra /opt/acme-ra/bin/acme-ra db migrate
+       as_acme_ra /opt/acme-ra/bin/python -m acme_ra_signer check-upstream
+       as_acme_ra /opt/acme-ra/bin/python -m acme_ra_signer bootstrap
+  3. systemctl daemon-reload
      systemctl enable --now acme-ra-nats acme-ra-signer acme-ra-validator acme-ra-frontend acme-ra-admin
 END

@@ -77,3 +77,41 @@ async def test_caa_seen_by_each_perspective(mpic_lab: tuple[MpicLab, Web], forbi
     if status == "invalid":
         error = outcome["error"]
         assert isinstance(error, dict) and error["type"] == "caa"
+
+
+@pytest.mark.parametrize(("hijacked", "status"), [({"p1"}, "valid"), ({"p1", "p2"}, "invalid")])
+async def test_dns_persist01_through_perspectives(mpic_lab: tuple[MpicLab, Web], hijacked: set[str],
+                                                  status: str) -> None:
+    """A dns-persist-01 record read by each perspective with its own resolver: the issuer domain
+    names travel with the request (the perspectives have none configured), and a perspective that
+    sees a record naming another account disagrees."""
+    lab, _web = mpic_lab
+    await _start(lab, ACME_RA_EXTERNAL_URL="https://ra.mpic.test", ACME_RA_CHALLENGE_TYPES="dns-01,dns-persist-01",
+                 ACME_RA_DNS_PERSIST_ISSUER_DOMAINS="ra.mpic.test")
+    domain = f"persist{len(hijacked)}.mpic.test"
+    db = Database(lab.database_url)
+    try:
+        rows = await insert_pending_order(db, domain, "dns-persist-01")
+        ours = f"https://ra.mpic.test/acme/acme/account/{rows.account_id}"
+        for name, resolver in lab.resolvers.items():
+            account = "https://ra.mpic.test/acme/acme/account/someone-else" if name in hijacked else ours
+            resolver.zone.add(f'_validation-persist.{domain}. 0 TXT "ra.mpic.test; accounturi={account}"')
+        nc = await lab.operator()
+        try:
+            job = bus.ValidateJob(challenge_id=rows.challenge_id, order_id=rows.order_id)
+            await bus.publish_job(nc.jetstream(), bus.SUBJECT_VALIDATE, job, f"validate-{rows.challenge_id}")
+        finally:
+            await nc.close()
+        outcome = await wait_for_outcome(db, rows.challenge_id, OUTCOME_TIMEOUT_SECONDS)
+    finally:
+        await db.dispose()
+    assert outcome["status"] == status, outcome
+    record = outcome["record"]
+    assert isinstance(record, dict)
+    results = _by_name(record)
+    for name in {"p1", "p2", "p3"} - hijacked:
+        assert results[name]["outcome"] == "valid", results[name]
+    for name in hijacked:
+        assert results[name]["outcome"] == "invalid" and "another account" in results[name]["problem"]["detail"]
+    if status == "valid":
+        assert record["quorum"] == "2/3"

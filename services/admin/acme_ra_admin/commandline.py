@@ -53,12 +53,14 @@ def call(url: str | None, token: str | None, method: str, path: str,
     url = url or settings.admin_url
     if url:
         token = token or (settings.admin_token.get_secret_value() if settings.admin_token else "")
-        return _remote(url.rstrip("/"), token or "", method, path, body, params)
+        verify: str | bool = str(settings.admin_tls_ca) if settings.admin_tls_ca else True
+        return _remote(url.rstrip("/"), token or "", method, path, body, params, verify)
     return asyncio.run(_direct(settings, direct))
 
 
 def _remote(url: str, token: str, method: str, path: str, body: dict[str, Any] | None,
-            params: dict[str, Any] | None) -> Any:
+            params: dict[str, Any] | None, verify: str | bool = True) -> Any:
+    """``verify``: ACME_RA_ADMIN_TLS_CA (a PEM file) for an https URL, else the system's roots."""
     import httpx
 
     if not token:
@@ -66,7 +68,7 @@ def _remote(url: str, token: str, method: str, path: str, body: dict[str, Any] |
     query = {k: v for k, v in (params or {}).items() if v is not None}
     try:
         response = httpx.request(method, f"{url}/api{path}", json=body, params=query, timeout=API_TIMEOUT_SECONDS,
-                                 headers={"Authorization": f"Bearer {token}"})
+                                 headers={"Authorization": f"Bearer {token}"}, verify=verify)
     except httpx.HTTPError as error:
         from acme_ra.redaction import mask_url
 

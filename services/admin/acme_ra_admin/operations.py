@@ -3,7 +3,12 @@
 
 Revocation goes to the signer over NATS (``acme.rpc.revoke``), exactly as the frontend's
 revokeCert does, so the upstream CA is told; the signer records it in the database. The status
-reports are in :mod:`acme_ra_admin.status`, the errors in :mod:`acme_ra_admin.errors`.
+reports are in :mod:`acme_ra_admin.status`, admin tokens and the audit log in
+:mod:`acme_ra_admin.access`, the errors in :mod:`acme_ra_admin.errors`.
+
+Every change takes ``actor`` (:class:`acme_ra.db.audit.Actor`: the admin token and client address
+of an API or console request; unset: ``acme-ra`` on the database, ``cli:<OS user>``) and is
+written to the audit log in the change's own transaction.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from cryptography import x509
 
 from acme_ra import bus, eab, natsauth
 from acme_ra.config import Settings
-from acme_ra.db import inventory, lifecycle, models
+from acme_ra.db import audit, inventory, lifecycle, models
+from acme_ra.db.audit import Actor
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import parse_rules
 from acme_ra.sealing import Sealer
-from acme_ra_admin import repository, schemas, tokens
+from acme_ra_admin import repository, schemas
+from acme_ra_admin.access import AccessOperations
 from acme_ra_admin.errors import Conflict, NotFound, OperationError, Rejected, Unavailable
 from acme_ra_admin.natslink import NatsLink
 from acme_ra_admin.status import StatusOperations
@@ -83,7 +90,7 @@ def certificate_names(chain_pem: str) -> list[str]:
         return []
 
 
-class AdminOperations(StatusOperations):
+class AdminOperations(StatusOperations, AccessOperations):
     def __init__(self, settings: Settings, db: Database, nats_link: NatsLink) -> None:
         self.settings = settings
         self.db = db
@@ -121,19 +128,20 @@ class AdminOperations(StatusOperations):
             orders, certificates = await repository.account_counts(session, account_id)
         return _account(row, orders, certificates)
 
-    async def deactivate_account(self, account_id: str) -> schemas.Account:
+    async def deactivate_account(self, account_id: str, actor: Actor | None = None) -> schemas.Account:
         async with self.db.transaction() as session:
             row = await session.get(models.Account, account_id)
             if row is None:
                 raise NotFound(f"no account {account_id}")
             if not await repository.revoke_account(session, account_id):
                 raise Conflict(f"account {account_id} is already {row.status}")
+            await audit.record(session, actor or Actor.local(), "account.deactivate", account_id)
         log.info("account deactivated", extra={"account_id": account_id})
         return await self.get_account(account_id)
 
     # EAB keys -------------------------------------------------------------------------------
 
-    async def create_eab_key(self, request: schemas.EabKeyCreate) -> schemas.NewEabKey:
+    async def create_eab_key(self, request: schemas.EabKeyCreate, actor: Actor | None = None) -> schemas.NewEabKey:
         try:
             allow, deny = parse_rules(request.allow), parse_rules(request.deny)
         except ValueError as error:
@@ -148,6 +156,8 @@ class AdminOperations(StatusOperations):
             new = await eab.create_key(session, self.sealer, request.label, policy, request.profile)
             row = await repository.get_eab_key(session, new.kid)
             assert row is not None
+            await audit.record(session, actor or Actor.local(), "eab_key.create", new.kid,
+                               {"label": request.label, "policy": policy, "profile": request.profile})
         log.info("eab key created", extra={"kid": new.kid, "label": request.label})
         return schemas.NewEabKey(**_eab_key(row).model_dump(), hmac_key=new.hmac_key)
 
@@ -156,7 +166,7 @@ class AdminOperations(StatusOperations):
             rows = await eab.list_keys(session)
         return [_eab_key(row) for row in rows]
 
-    async def revoke_eab_key(self, kid: str) -> schemas.EabKey:
+    async def revoke_eab_key(self, kid: str, actor: Actor | None = None) -> schemas.EabKey:
         async with self.db.transaction() as session:
             row = await repository.get_eab_key(session, kid)
             if row is None:
@@ -164,15 +174,18 @@ class AdminOperations(StatusOperations):
             if not await eab.revoke_key(session, kid):
                 raise Conflict(f"EAB key {kid} is already revoked")
             await session.refresh(row)
+            await audit.record(session, actor or Actor.local(), "eab_key.revoke", kid, {"label": row.label})
         log.info("eab key revoked", extra={"kid": kid})
         return _eab_key(row)
 
     # Orders ---------------------------------------------------------------------------------
 
     async def list_orders(self, status: str | None = None, account_id: str | None = None,
-                          limit: int = repository.DEFAULT_LIMIT, offset: int = 0) -> list[schemas.Order]:
+                          limit: int = repository.DEFAULT_LIMIT, offset: int = 0,
+                          search: str | None = None) -> list[schemas.Order]:
+        """Newest first; ``search``: a name, or part of one."""
         async with self.db.transaction() as session:
-            rows = await repository.list_orders(session, status, account_id, limit, offset)
+            rows = await repository.list_orders(session, status, account_id, limit, offset, search)
         return [self._order(row) for row in rows]
 
     async def get_order(self, order_id: str) -> schemas.OrderDetail:
@@ -208,15 +221,17 @@ class AdminOperations(StatusOperations):
 
     async def list_certificates(self, account_id: str | None = None, revoked: bool | None = None,
                                 limit: int = repository.DEFAULT_LIMIT, offset: int = 0,
-                                wanted: inventory.CertificateFilter | None = None) -> list[schemas.Certificate]:
-        """Newest first; with ``wanted`` (the inventory's filter), what it asks for."""
+                                wanted: inventory.CertificateFilter | None = None,
+                                search: str | None = None) -> list[schemas.Certificate]:
+        """Newest first; with ``wanted`` (the inventory's filter), what it asks for; ``search``: a
+        name (or part of one) or a serial number."""
         wanted = wanted or inventory.CertificateFilter()
         if account_id is not None:
             wanted = dataclasses.replace(wanted, account_id=account_id)
         if revoked is not None:
             wanted = dataclasses.replace(wanted, revoked=revoked)
         async with self.db.transaction() as session:
-            rows = await repository.list_certificates(session, wanted, limit, offset)
+            rows = await repository.list_certificates(session, wanted, limit, offset, search)
         return [_certificate(row, upstream, profile, eab_kid) for row, upstream, profile, eab_kid in rows]
 
     async def inventory(self, upstream: str | None = None, weeks: int = 13, days: int = 30) -> schemas.Inventory:
@@ -243,8 +258,10 @@ class AdminOperations(StatusOperations):
             raise Conflict(f"serial {id_or_serial} names {len(rows)} certificates; give the certificate id")
         return rows[0]
 
-    async def revoke_certificate(self, id_or_serial: str, reason: int | str = 0) -> schemas.Revocation:
-        """Ask the signer to revoke upstream and record it (``bus.RevokeRequest``)."""
+    async def revoke_certificate(self, id_or_serial: str, reason: int | str = 0,
+                                 actor: Actor | None = None) -> schemas.Revocation:
+        """Ask the signer to revoke upstream and record it (``bus.RevokeRequest``); the audit entry
+        once the signer says it is revoked (the signer writes the certificate's row)."""
         code = reason_code(reason)
         row = await self._one_certificate(id_or_serial)
         if row.revoked_at is not None:
@@ -272,11 +289,13 @@ class AdminOperations(StatusOperations):
         async with self.db.transaction() as session:
             stored = await session.get(models.Certificate, row.id)
             assert stored is not None
+            await audit.record(session, actor or Actor.local(), "certificate.revoke", row.id,
+                               {"serial": row.serial, "reason": code, "names": certificate_names(row.chain_pem)})
         return schemas.Revocation(outcome="revoked", certificate=_certificate(stored))
 
     # Secrets at rest ------------------------------------------------------------------------
 
-    async def reseal_secrets(self) -> schemas.ResealReport:
+    async def reseal_secrets(self, actor: Actor | None = None) -> schemas.ResealReport:
         """Seal again, in today's format (acme_ra.sealing: a key per purpose), every secret at rest
         sealed in an older one. A value that does not open stops it all (nothing is written)."""
         from sqlalchemy import select, update
@@ -302,29 +321,11 @@ class AdminOperations(StatusOperations):
                     # Only if unchanged since read: a concurrent rewrite is already current.
                     await session.execute(update(table).where(key == row_id, column == sealed).values({column: new}))
                     report.resealed += 1
+            if report.resealed:
+                await audit.record(session, actor or Actor.local(), "secrets.reseal", "secrets at rest",
+                                   {"resealed": report.resealed, "current": report.current})
         log.info("secrets resealed", extra={"resealed": report.resealed, "current": report.current})
         return report
-
-    # Admin tokens ---------------------------------------------------------------------------
-
-    async def create_admin_token(self, label: str = "") -> schemas.NewAdminToken:
-        async with self.db.transaction() as session:
-            row, token = await tokens.create_token(session, label)
-        log.info("admin token created", extra={"token_id": row.id, "label": label})
-        return schemas.NewAdminToken(**_admin_token(row).model_dump(), token=token)
-
-    async def list_admin_tokens(self) -> list[schemas.AdminToken]:
-        async with self.db.transaction() as session:
-            rows = await tokens.list_tokens(session)
-        return [_admin_token(row) for row in rows]
-
-    async def revoke_admin_token(self, token_id: str) -> None:
-        async with self.db.transaction() as session:
-            if await session.get(models.AdminToken, token_id) is None:
-                raise NotFound(f"no admin token {token_id}")
-            if not await tokens.revoke_token(session, token_id):
-                raise Conflict(f"admin token {token_id} is already revoked")
-        log.info("admin token revoked", extra={"token_id": token_id})
 
 
 def _account(row: models.Account, orders: int = 0, certificates: int = 0) -> schemas.Account:
@@ -362,7 +363,3 @@ def _certificate(row: models.Certificate, upstream: str | None = None, profile: 
         upstream=upstream, issuer=row.issuer, profile=profile, eab_kid=eab_kid,
     )
 
-
-def _admin_token(row: models.AdminToken) -> schemas.AdminToken:
-    return schemas.AdminToken(id=row.id, label=row.label, created_at=row.created_at,
-                              last_used_at=row.last_used_at, revoked_at=row.revoked_at)

@@ -1,9 +1,10 @@
 """The operator commands about the service itself (mounted with :mod:`acme_ra_admin.commands`):
-``upstream``, ``queues``, ``policy``, ``admin-token`` and ``secrets``."""
+``upstream``, ``queues``, ``policy`` and ``secrets`` (``admin-token`` and ``audit``:
+:mod:`acme_ra_admin.access_commands`)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 
@@ -154,50 +155,6 @@ def policy_show(as_json: Json = False, url: Url = None, token: Token = None) -> 
     run(body)
 
 
-# admin tokens -------------------------------------------------------------------------------
-
-tokens_app = typer.Typer(help="Bearer tokens of the admin API and console (on the database only).",
-                         no_args_is_help=True)
-
-
-@tokens_app.command("create")
-def token_create(label: Annotated[str, typer.Option(help="whose token it is")] = "", as_json: Json = False) -> None:
-    """Create an admin token; it is printed this once."""
-
-    def body() -> None:
-        row = on_database(lambda ops: ops.create_admin_token(label))
-        if as_json:
-            emit_json(row)
-        else:
-            typer.echo(row["token"])
-            typer.echo(f"(admin token {row['id']}: shown this once; store it now)", err=True)
-
-    run(body)
-
-
-@tokens_app.command("list")
-def token_list(as_json: Json = False) -> None:
-    """List admin tokens (never the tokens themselves)."""
-
-    def body() -> None:
-        rows = on_database(lambda ops: ops.list_admin_tokens())
-        emit_json(rows) if as_json else table(rows, [("id", "ID"), ("label", "LABEL"), ("created_at", "CREATED"),
-                                                     ("last_used_at", "LAST USED"), ("revoked_at", "REVOKED")])
-
-    run(body)
-
-
-@tokens_app.command("revoke")
-def token_revoke(token_id: str) -> None:
-    """Revoke an admin token: its API calls and console sessions stop working at once."""
-
-    def body() -> None:
-        on_database(lambda ops: ops.revoke_admin_token(token_id))
-        typer.echo(f"Admin token {token_id} revoked.")
-
-    run(body)
-
-
 # secrets at rest ----------------------------------------------------------------------------
 
 secrets_app = typer.Typer(help="Secrets sealed at rest with ACME_RA_SECRET_KEY (on the database only).",
@@ -220,8 +177,10 @@ def secrets_reseal(as_json: Json = False) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    from acme_ra_admin import access_commands
+
     app.add_typer(upstream_app, name="upstream")
     app.add_typer(queues_app, name="queues")
-    app.add_typer(tokens_app, name="admin-token")
     app.add_typer(policy_app, name="policy")
     app.add_typer(secrets_app, name="secrets")
+    access_commands.register(app)

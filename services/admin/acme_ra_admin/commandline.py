@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any
 
@@ -53,13 +54,14 @@ def call(url: str | None, token: str | None, method: str, path: str,
     url = url or settings.admin_url
     if url:
         token = token or (settings.admin_token.get_secret_value() if settings.admin_token else "")
-        verify: str | bool = str(settings.admin_tls_ca) if settings.admin_tls_ca else True
+        verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(settings.admin_tls_ca)) \
+            if settings.admin_tls_ca else True
         return _remote(url.rstrip("/"), token or "", method, path, body, params, verify)
     return asyncio.run(_direct(settings, direct))
 
 
 def _remote(url: str, token: str, method: str, path: str, body: dict[str, Any] | None,
-            params: dict[str, Any] | None, verify: str | bool = True) -> Any:
+            params: dict[str, Any] | None, verify: ssl.SSLContext | bool = True) -> Any:
     """``verify``: ACME_RA_ADMIN_TLS_CA (a PEM file) for an https URL, else the system's roots."""
     import httpx
 

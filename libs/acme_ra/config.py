@@ -248,8 +248,16 @@ class Settings(BaseSettings):
     validator_listen: str = "127.0.0.1:9124"
     signer_listen: str = "127.0.0.1:9125"
     # ACME_RA_ADMIN_LISTEN: the admin API (/api/) and web console (python -m acme_ra_admin);
-    # never the public ACME port. Plain HTTP: keep it on loopback or behind a TLS proxy.
+    # never the public ACME port. Plain HTTP unless ACME_RA_ADMIN_TLS_CERT_FILE is set: then keep
+    # it on loopback or behind a TLS proxy.
     admin_listen: str = "127.0.0.1:9443"
+    # ACME_RA_ADMIN_TLS_CERT_FILE / ACME_RA_ADMIN_TLS_KEY_FILE: serve the admin listener over
+    # HTTPS with this certificate (PEM, chain after the leaf) and key; unset: plain HTTP.
+    admin_tls_cert_file: Path | None = None
+    admin_tls_key_file: Path | None = None
+    # ACME_RA_ADMIN_TLS_CA: PEM roots the `acme-ra` command trusts for an https ACME_RA_ADMIN_URL
+    # (e.g. a private CA's root); unset = the system's roots.
+    admin_tls_ca: Path | None = None
     # ACME_RA_ADMIN_URL / ACME_RA_ADMIN_TOKEN: where the `acme-ra` command finds the admin API and
     # the bearer token it sends there; unset URL: the command works on the database directly.
     admin_url: str = ""
@@ -539,6 +547,15 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _check_admin_tls(self) -> Settings:
+        if (self.admin_tls_cert_file is None) != (self.admin_tls_key_file is None):
+            raise ValueError("ACME_RA_ADMIN_TLS_CERT_FILE and ACME_RA_ADMIN_TLS_KEY_FILE go together")
+        for path in (self.admin_tls_cert_file, self.admin_tls_key_file, self.admin_tls_ca):
+            if path is not None and not path.is_file():
+                raise ValueError(f"admin TLS file {path} does not exist")
+        return self
+
+    @model_validator(mode="after")
     def _check_tls_pair(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("ACME_RA_TLS_CERT_FILE and ACME_RA_TLS_KEY_FILE go together")
@@ -623,6 +640,12 @@ class Settings(BaseSettings):
     @property
     def lab_ca_dir(self) -> Path:
         return self.state_dir / "lab-ca"
+
+    @property
+    def admin_base_url(self) -> str:
+        """The admin listener's own URL: https when it has a certificate (ACME_RA_ADMIN_TLS_*)."""
+        base = http_base(self.admin_listen)
+        return "https" + base.removeprefix("http") if self.admin_tls_cert_file else base
 
     @property
     def frontend_tls_paths(self) -> tuple[Path, Path]:

@@ -1,6 +1,7 @@
 """The web console in headless Chromium (selenium + Debian's chromium-driver), beside the real
 topology: log in with an admin token, create an EAB key, see an issued order, revoke its
-certificate (through the signer). Screenshots go to build/screenshots/."""
+certificate (through the signer, after a confirmation step); search by name and serial, pages,
+the audit log. Screenshots go to build/screenshots/."""
 
 from __future__ import annotations
 
@@ -124,6 +125,12 @@ def test_console_login_eab_key_order_and_revocation(admin_service: AdminService,
     Select(row.find_element(By.NAME, "reason")).select_by_visible_text("keyCompromise")
     shot(driver, "05-certificates")
     row.find_element(By.CSS_SELECTOR, "button.danger").click()
+    # Not yet: the confirmation page names the certificate and the reason chosen.
+    arrive(driver, f"{base}/certificates/{issued.certificate['id']}/revoke?reason=1")
+    assert driver.find_element(By.ID, "confirm-serial").text == issued.certificate["serial"]  # type: ignore[attr-defined]
+    assert Select(driver.find_element(By.ID, "confirm-reason")).first_selected_option.text == "keyCompromise"  # type: ignore[attr-defined]
+    shot(driver, "05-revoke-confirmation")
+    driver.find_element(By.ID, "confirm-revoke").click()  # type: ignore[attr-defined]
     notice = driver.find_element(By.CSS_SELECTOR, ".notice").text  # type: ignore[attr-defined]
     assert f"Certificate {issued.certificate['serial']} revoked." == notice
     row = driver.find_element(By.CSS_SELECTOR, f'tr[data-certificate="{issued.certificate["id"]}"]')  # type: ignore[attr-defined]
@@ -208,3 +215,117 @@ def test_inventory_charts_and_what_lapses(admin_service: AdminService, browser: 
     arrive(driver, f"{base}/inventory?upstream=nothing-here")
     assert "every certificate expiring in the next 30 days was renewed" in driver.find_element(  # type: ignore[attr-defined]
         By.ID, "lapsing").text
+
+
+def log_in(driver: object, base: str, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{base}/login")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "token").send_keys(token)  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "login").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/orders")
+
+
+def test_search_pages_revocation_confirmation_and_audit(admin_service: AdminService, browser: object,
+                                                        tmp_path: Path) -> None:
+    """Search by name and by serial (as people write it), page through the results, cancel a
+    revocation at its confirmation, then confirm it; the audit log says who, when, from where."""
+    import asyncio
+    import datetime as dt
+    import urllib.parse
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from acme_ra.config import ENV_PREFIX
+    from acme_ra.db.engine import Database
+    from tests.support.history import History
+
+    issued = issue(admin_service, "search.localhost", tmp_path)
+    now = dt.datetime.now(dt.UTC)
+
+    async def history() -> None:
+        db = Database(admin_service.env[f"{ENV_PREFIX}DATABASE_URL"])
+        try:
+            made = History(db)
+            await made.start()
+            for i in range(30):
+                await made.order("valid", now, not_after=now + dt.timedelta(days=60 + i),
+                                 names=f"p{i:02}.paging.example.edu", created=now - dt.timedelta(minutes=i))
+        finally:
+            await db.dispose()
+
+    asyncio.run(history())
+    driver = browser
+    base = admin_service.url
+    log_in(driver, base, admin_service.token)
+
+    # By name, 25 a page: 25 then 5, no certificate twice.
+    driver.find_element(By.LINK_TEXT, "Certificates").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/certificates")
+    driver.get(f"{base}/certificates?rows=25")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "search").send_keys("PAGING.example.edu")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "search-button").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/certificates?q=PAGING.example.edu&rows=25")
+
+    def names_shown() -> list[str]:
+        rows = driver.find_elements(By.CSS_SELECTOR, "#certificates tbody tr[data-certificate]")  # type: ignore[attr-defined]
+        return [row.find_elements(By.TAG_NAME, "td")[2].text for row in rows]
+
+    first = names_shown()
+    assert first == [f"p{i:02}.paging.example.edu" for i in range(25)]
+    assert driver.find_element(By.ID, "page-number").text == "page 1"  # type: ignore[attr-defined]
+    shot(driver, "09-search-page-1")
+    driver.find_element(By.ID, "next-page").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/certificates?q=PAGING.example.edu&rows=25&page=2")
+    assert names_shown() == [f"p{i:02}.paging.example.edu" for i in range(25, 30)]
+    assert not driver.find_elements(By.ID, "next-page")  # type: ignore[attr-defined]
+    shot(driver, "10-search-page-2")
+    driver.find_element(By.ID, "previous-page").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/certificates?q=PAGING.example.edu&rows=25")
+
+    # By serial: upper case, with colons, leading zero pairs.
+    serial = issued.certificate["serial"]
+    hexed = serial.upper().rjust(len(serial) + len(serial) % 2, "0")
+    spelled = ":".join(hexed[i:i + 2] for i in range(0, len(hexed), 2))
+    search = driver.find_element(By.ID, "search")  # type: ignore[attr-defined]
+    search.clear()
+    search.send_keys(spelled)
+    driver.find_element(By.ID, "search-button").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/certificates?{urllib.parse.urlencode({'q': spelled, 'rows': '25'})}")
+    rows = driver.find_elements(By.CSS_SELECTOR, "#certificates tbody tr[data-certificate]")  # type: ignore[attr-defined]
+    assert [row.get_attribute("data-certificate") for row in rows] == [issued.certificate["id"]]
+    assert "search.localhost" in rows[0].text
+    shot(driver, "11-search-serial")
+
+    # Revoke: the confirmation step, cancelled, changes nothing.
+    rows[0].find_element(By.CSS_SELECTOR, "button.danger").click()
+    arrive(driver, f"{base}/certificates/{issued.certificate['id']}/revoke?reason=0")
+    assert "search.localhost" in driver.find_element(By.ID, "confirm-names").text  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "cancel-revoke").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/certificates")
+    with httpx.Client(base_url=base, headers=admin_service.auth, trust_env=False, timeout=30) as client:
+        assert client.get(f"/api/certificates/{issued.certificate['id']}").json()["status"] == "valid"
+
+    # Confirmed, with another reason chosen on the confirmation page.
+    driver.get(f"{base}/certificates/{issued.certificate['id']}/revoke")  # type: ignore[attr-defined]
+    Select(driver.find_element(By.ID, "confirm-reason")).select_by_visible_text("superseded")  # type: ignore[attr-defined]
+    before = dt.datetime.now(dt.UTC)
+    driver.find_element(By.ID, "confirm-revoke").click()  # type: ignore[attr-defined]
+    assert driver.find_element(By.CSS_SELECTOR, ".notice").text == f"Certificate {serial} revoked."  # type: ignore[attr-defined]
+    after = dt.datetime.now(dt.UTC)
+    with httpx.Client(base_url=base, headers=admin_service.auth, trust_env=False, timeout=30) as client:
+        stored = client.get(f"/api/certificates/{issued.certificate['id']}").json()
+        assert stored["status"] == "revoked" and stored["revocation_reason"] == 4
+        [entry] = client.get("/api/audit", params={"subject": issued.certificate["id"]}).json()
+    assert entry["action"] == "certificate.revoke" and entry["actor"] == "tests" and entry["client"] == "127.0.0.1"
+    assert entry["token_id"] and entry["detail"]["reason"] == 4 and entry["detail"]["serial"] == serial
+    assert before - dt.timedelta(seconds=1) <= dt.datetime.fromisoformat(entry["at"]) <= after
+
+    # The audit log page shows it.
+    driver.find_element(By.LINK_TEXT, "Audit log").click()  # type: ignore[attr-defined]
+    arrive(driver, f"{base}/audit")
+    row = driver.find_element(By.CSS_SELECTOR, f'tr[data-audit="{entry["id"]}"]')  # type: ignore[attr-defined]
+    assert "certificate.revoke" in row.text and "tests" in row.text and "127.0.0.1" in row.text
+    assert issued.certificate["id"] in row.text
+    shot(driver, "12-audit-log")

@@ -157,7 +157,7 @@ class Topology:
             f"  upstream         {upstream}",
             f"  ACME directory   {self.directory_url}",
             f"  CA bundle        {self.ca_bundle}  (what ACME clients must trust)",
-            (f"  admin console    {http_base(self.settings.admin_listen)}/  (log in with a token from"
+            (f"  admin console    {self.settings.admin_base_url}/  (log in with a token from"
             " `acme-ra admin-token create`)"),
             f"  database         {database}",
             f"  NATS             {nats}",
@@ -261,8 +261,11 @@ class Topology:
     def _wait_ready(self) -> None:
         services = list(self.services.values())
         for name in ("signer", "validator", "admin"):
-            url = http_base(getattr(self.settings, f"{name}_listen")) + "/readyz"
-            with httpx.Client(trust_env=False, timeout=2) as client:
+            url = (self.settings.admin_base_url if name == "admin" else
+                   http_base(getattr(self.settings, f"{name}_listen"))) + "/readyz"
+            # verify=False: a readiness probe of the process just started, on its own listener
+            # (an admin certificate may name the host, not 127.0.0.1); it sends nothing secret.
+            with httpx.Client(trust_env=False, timeout=2, verify=False) as client:
                 self._wait_until(name, partial(_answers_200, client, url), services)
         context = ssl.create_default_context()  # the system's roots (a real upstream's chain)
         if self.settings.tls_cert_file is None and self.ca_bundle.exists():

@@ -44,7 +44,7 @@ import httpx
 from sqlalchemy.engine import make_url
 
 from acme_ra import natsauth
-from acme_ra.config import ENV_PREFIX, Settings, get_settings, http_base
+from acme_ra.config import ENV_PREFIX, Settings, get_settings
 from acme_ra.redaction import mask_url
 from acme_ra_tools import lab_perspectives
 from acme_ra_tools.dev import Topology
@@ -489,7 +489,7 @@ class ProcessLab:
     @property
     def admin_url(self) -> str:
         """The admin API (``/api/``) and console, as ``make dev`` prints it."""
-        return http_base(self.settings.admin_listen)
+        return self.settings.admin_base_url
 
     def _add_admin(self) -> Service:
         """The admin API and console; ready when its database answers and it is connected to

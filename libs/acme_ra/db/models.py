@@ -392,3 +392,38 @@ class AdminToken(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     last_used_at: Mapped[dt.datetime | None]
     revoked_at: Mapped[dt.datetime | None]
+    # What the token may do: "operator" (everything) or "read-only" (GET only: 403 on a change).
+    scope: Mapped[str] = mapped_column(String(16), default="operator", server_default="operator")
+    # After this the token is refused (401); None: it never expires.
+    expires_at: Mapped[dt.datetime | None]
+
+
+class AdminTokenScope(enum.StrEnum):
+    operator = "operator"
+    read_only = "read-only"
+
+
+class AuditEntry(Base):
+    """One change made through the admin plane (API, console, ``acme-ra``): who, when, from where,
+    what and to what. Written in the change's own transaction where there is one; kept for ever
+    (retention does not purge it: acme_ra.db.retention)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # The admin token's id and label; None and "cli:<OS user>" for `acme-ra` on the database.
+    token_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    # The client's address (the proxy's client with a trusted X-Forwarded-For); "local" for the CLI.
+    client: Mapped[str] = mapped_column(String(64))
+    # e.g. "eab_key.create", "certificate.revoke", "admin_token.revoke" (acme_ra.db.audit).
+    action: Mapped[str] = mapped_column(String(64))
+    # The id of what changed: an EAB kid, a certificate id, an admin token id...
+    subject: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+    # Newest first, and newest first per action: the console's and API's listings.
+    __table_args__ = (
+        Index("ix_audit_log_at", "at", "id"),
+        Index("ix_audit_log_action_at", "action", "at"),
+    )

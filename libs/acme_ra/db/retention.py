@@ -13,7 +13,8 @@ whose use is over are deleted once the retention period has passed:
   ``retention`` ago (an authorization may serve several orders: it goes with the last one).
 
 Nonces and rate-limit counters are short-lived and purged by the frontends as they go
-(``nonces``, ``ratelimits``); accounts, EAB keys, blocked keys and admin tokens are kept.
+(``nonces``, ``ratelimits``); accounts, EAB keys, blocked keys, admin tokens and the admin audit
+log (``audit_log``, acme_ra.db.audit) are kept.
 
 The purge works in batches of ``batch`` orders, each its own short transaction on old rows no
 request reads, so no request waits on it; on PostgreSQL one replica at a time purges (a session

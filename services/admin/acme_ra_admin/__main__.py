@@ -1,4 +1,5 @@
-"""``python -m acme_ra_admin`` serves the admin API and web console on ACME_RA_ADMIN_LISTEN."""
+"""``python -m acme_ra_admin`` serves the admin API and web console on ACME_RA_ADMIN_LISTEN (over
+HTTPS with ACME_RA_ADMIN_TLS_CERT_FILE and ACME_RA_ADMIN_TLS_KEY_FILE)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     host, port = parse_host_port(settings.admin_listen)
     # proxy_headers=False: uvicorn would take X-Forwarded-Proto/-For from any 127.0.0.1 peer (its
     # FORWARDED_ALLOW_IPS default); the console trusts only ACME_RA_TRUSTED_PROXIES (console.came_over_https).
+    # ACME_RA_ADMIN_TLS_CERT_FILE / _KEY_FILE: HTTPS on the admin listener itself (TLS 1.2+).
+    tls = {"ssl_certfile": str(settings.admin_tls_cert_file), "ssl_keyfile": str(settings.admin_tls_key_file)} \
+        if settings.admin_tls_cert_file else {}
     uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False,
-                timeout_graceful_shutdown=10, proxy_headers=False)
+                timeout_graceful_shutdown=10, proxy_headers=False, **tls)  # type: ignore[arg-type]
     return 0
 
 

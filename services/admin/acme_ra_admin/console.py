@@ -24,11 +24,13 @@ import jinja2
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from acme_ra.db.audit import Actor
 from acme_ra.db.models import OrderStatus
 from acme_ra.sealing import derive_key
 from acme_ra_admin import charts, schemas, tokens
 from acme_ra_admin.api import client_address
-from acme_ra_admin.operations import REVOCATION_REASONS, AdminOperations, OperationError
+from acme_ra_admin.operations import AdminOperations, OperationError
+from acme_ra_admin.paging import Pager
 
 log = logging.getLogger("acme_ra_admin.console")
 
@@ -58,7 +60,8 @@ SECURITY_HEADERS = {
 }
 
 NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/inventory", "Inventory"), ("/accounts", "Accounts"),
-       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues"), ("/policy", "Policy")]
+       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues"), ("/policy", "Policy"),
+       ("/audit", "Audit log")]
 
 
 def session_key(secret: bytes) -> bytes:
@@ -118,12 +121,21 @@ def csrf_token(key: bytes, cookie: str) -> str:
 class Page:
     """What one console request has: the operations, the session, and how to render."""
 
-    def __init__(self, request: Request, token_id: str | None) -> None:
+    def __init__(self, request: Request, token_id: str | None, label: str = "", may_change: bool = False) -> None:
         self.request = request
         self.ops: AdminOperations = request.app.state.ops
         self.key: bytes = request.app.state.session_key
         self.token_id = token_id
+        self.label = label
+        # False for a read-only token: the console shows no forms that change anything.
+        self.may_change = may_change
         self.cookie = request.cookies.get(SESSION_COOKIE, "")
+
+    @property
+    def actor(self) -> Actor:
+        """Who acts, for the audit log: the session's token and the browser's address."""
+        assert self.token_id is not None
+        return Actor.token(self.token_id, self.label, client_address(self.request))
 
     @property
     def csrf(self) -> str:
@@ -134,7 +146,7 @@ class Page:
         context.setdefault("error", None)
         html = TEMPLATES.get_template(template).render(
             nav=NAV, path=self.request.url.path, csrf=self.csrf if self.token_id else "",
-            logged_in=self.token_id is not None, **context,
+            logged_in=self.token_id is not None, may_change=self.may_change, **context,
         )
         return HTMLResponse(html, status_code=code, headers=SECURITY_HEADERS)
 
@@ -147,9 +159,10 @@ async def current_page(request: Request) -> Page | None:
         return None
     ops: AdminOperations = request.app.state.ops
     async with ops.db.transaction() as session:
-        if await tokens.live_token(session, token_id) is None:
-            return None
-    return Page(request, token_id)
+        row = await tokens.live_token(session, token_id)
+    if row is None:
+        return None
+    return Page(request, token_id, row.label, tokens.may_change(row))
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -249,14 +262,17 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("/orders")
-async def orders(request: Request, status: str = "", account: str = "") -> Response:
-    page = await current_page(request)
-    if page is None:
+async def orders(request: Request, status: str = "", account: str = "", q: str = "", page: str = "1",
+                 rows: str = "") -> Response:
+    current = await current_page(request)
+    if current is None:
         return to_login()
     status = status if status in OrderStatus.__members__ else ""
-    rows = await page.ops.list_orders(status or None, account.strip() or None, PAGE_ROWS)
-    return page.render("orders.html", title="Orders", orders=rows, status=status, account=account,
-                       statuses=list(OrderStatus.__members__))
+    pager = Pager.of(page, rows, {"status": status, "account": account, "q": q})
+    found = await current.ops.list_orders(status or None, account.strip() or None, pager.fetch, pager.offset,
+                                          q[:200].strip() or None)
+    return current.render("orders.html", title="Orders", orders=pager.cut(found), status=status, account=account,
+                          q=q, pager=pager, statuses=list(OrderStatus.__members__))
 
 
 @router.get("/orders/{order_id}")
@@ -269,20 +285,6 @@ async def order(request: Request, order_id: str) -> Response:
     except OperationError as error:
         return page.render("message.html", code=error.status, title="Order", error=error.detail)
     return page.render("order.html", title=f"Order {order_id}", order=detail)
-
-
-@router.get("/certificates")
-async def certificates(request: Request) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
-    return await certificates_page(page)
-
-
-async def certificates_page(page: Page, status: int = 200, **context: Any) -> HTMLResponse:
-    rows = await page.ops.list_certificates(limit=PAGE_ROWS)
-    return page.render("certificates.html", code=status, title="Certificates", certificates=rows,
-                       reasons=REVOCATION_REASONS, **context)
 
 
 @router.get("/inventory")
@@ -301,15 +303,6 @@ async def inventory_page(request: Request, upstream: str = "") -> Response:
     )
 
 
-@router.post("/certificates/{certificate_id}/revoke")
-async def revoke_certificate(request: Request, certificate_id: str) -> Response:
-    async def act(page: Page, form: dict[str, str]) -> dict[str, Any]:
-        result = await page.ops.revoke_certificate(certificate_id, form.get("reason", "0"))
-        return {"notice": f"Certificate {result.certificate.serial} revoked."}
-
-    return await form_action(request, certificates_page, act)
-
-
 @router.get("/accounts")
 async def accounts(request: Request) -> Response:
     page = await current_page(request)
@@ -326,7 +319,7 @@ async def accounts_page(page: Page, status: int = 200, **context: Any) -> HTMLRe
 @router.post("/accounts/{account_id}/deactivate")
 async def deactivate_account(request: Request, account_id: str) -> Response:
     async def act(page: Page, _form: dict[str, str]) -> dict[str, Any]:
-        await page.ops.deactivate_account(account_id)
+        await page.ops.deactivate_account(account_id, actor=page.actor)
         return {"notice": f"Account {account_id} deactivated."}
 
     return await form_action(request, accounts_page, act)
@@ -359,7 +352,7 @@ async def create_eab_key(request: Request) -> Response:
             deny=rules(form.get("deny", "")),
             wildcards=form.get("no_wildcards") != "on",
             profile=form.get("profile") or None,
-        ))
+        ), actor=page.actor)
         return {"new_key": new_key}
 
     return await form_action(request, eab_keys_page, act)
@@ -368,7 +361,7 @@ async def create_eab_key(request: Request) -> Response:
 @router.post("/eab-keys/{kid}/revoke")
 async def revoke_eab_key(request: Request, kid: str) -> Response:
     async def act(page: Page, _form: dict[str, str]) -> dict[str, Any]:
-        await page.ops.revoke_eab_key(kid)
+        await page.ops.revoke_eab_key(kid, actor=page.actor)
         return {"notice": f"EAB key {kid} revoked."}
 
     return await form_action(request, eab_keys_page, act)

@@ -4,10 +4,13 @@ its authentication before anything reads its body.
 - A body declared (Content-Length) larger than ``MAX_BODY_BYTES`` is answered 413 at once; one
   that is not declared (chunked) is counted as it arrives and cut at the same cap, 413. (FastAPI's
   own ``max_body_size`` would answer only once a route reads the body: after authentication.)
-- ``/api/...`` (but its OpenAPI document) wants a live admin bearer token: 401 otherwise. The
-  token's id is left in ``request.state.admin_token_id`` for the routes.
+- ``/api/...`` (but its OpenAPI document) wants a live admin bearer token (not revoked, not
+  expired): 401 otherwise. The token's id and label are left in ``request.state.admin_token_id``
+  and ``admin_token_label`` for the routes (the audit log).
 - A console request that carries a body (a form POST), but the login form, wants a live session
   cookie: otherwise a redirect to the login page (303), as every console page without one.
+- A read-only token may only read: a change (any API method but GET/HEAD/OPTIONS, any console
+  form but logging out) is answered 403.
 
 Early answers say ``Connection: close``: the body a client declared is never read, so the
 connection cannot carry another request.
@@ -23,6 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from acme_ra.db.models import AdminToken
 from acme_ra_admin import console, tokens
 from acme_ra_admin.api import client_address
 from acme_ra_admin.operations import AdminOperations
@@ -35,6 +39,8 @@ MAX_BODY_BYTES = 65_536
 
 API_PREFIX = "/api/"
 LOGIN_PATH = "/login"
+LOGOUT_PATH = "/logout"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 BEARER_PREFIX = "bearer "
 _CLOSE = {"Connection": "close"}
 
@@ -47,6 +53,25 @@ def too_large() -> JSONResponse:
 def unauthorized() -> JSONResponse:
     return JSONResponse({"detail": "a valid admin bearer token is required"}, status_code=401,
                         headers={"WWW-Authenticate": "Bearer"} | _CLOSE)
+
+
+def read_only() -> JSONResponse:
+    return JSONResponse({"detail": "this admin token is read-only"}, status_code=403, headers=_CLOSE)
+
+
+def read_only_page() -> Response:
+    html = ("<!doctype html><title>Forbidden</title><p>This admin token is read-only: it cannot change anything. "
+            '<a href="/">Back</a></p>')
+    return Response(html, status_code=403, media_type="text/html", headers=console.SECURITY_HEADERS | _CLOSE)
+
+
+def _refuse_change(request: Request, row: AdminToken) -> bool:
+    if tokens.may_change(row):
+        return False
+    log.warning("admin: change refused to a read-only token", extra={
+        "path": request.url.path, "method": request.method, "client": client_address(request), "token_id": row.id,
+    })
+    return True
 
 
 class AdminGate:
@@ -88,12 +113,17 @@ class AdminGate:
             header = request.headers.get("authorization", "")
             reason = "missing bearer token"
             if header[:len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
+                presented = header[len(BEARER_PREFIX):].strip()
                 async with ops.db.transaction() as session:
-                    row = await tokens.authenticate(session, header[len(BEARER_PREFIX):].strip())
+                    row = await tokens.authenticate(session, presented)
+                    expired = row is None and await tokens.expired(session, presented)
                 if row is not None:
-                    request.scope.setdefault("state", {})["admin_token_id"] = row.id
+                    if request.method not in SAFE_METHODS and _refuse_change(request, row):
+                        return read_only()
+                    state = request.scope.setdefault("state", {})
+                    state["admin_token_id"], state["admin_token_label"] = row.id, row.label
                     return None
-                reason = "unknown or revoked token"
+                reason = "expired token" if expired else "unknown or revoked token"
             log.warning("admin api: unauthorized request", extra={
                 "path": path, "method": request.method, "client": client_address(request), "reason": reason,
             })
@@ -105,9 +135,9 @@ class AdminGate:
                                                 request.cookies.get(console.SESSION_COOKIE))
             if token_id is not None:
                 async with ops.db.transaction() as session:
-                    live = await tokens.live_token(session, token_id) is not None
-                if live:
-                    return None
+                    row = await tokens.live_token(session, token_id)
+                if row is not None:
+                    return read_only_page() if path != LOGOUT_PATH and _refuse_change(request, row) else None
             log.warning("admin console: form without a session", extra={
                 "path": path, "method": request.method, "client": client_address(request),
             })

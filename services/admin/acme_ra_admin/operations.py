@@ -2,33 +2,48 @@
 :class:`AdminOperations`, which answers with :mod:`acme_ra_admin.schemas` models.
 
 Revocation goes to the signer over NATS (``acme.rpc.revoke``), exactly as the frontend's
-revokeCert does, so the upstream CA is told; the signer records it in the database.
+revokeCert does, so the upstream CA is told; the signer records it in the database. The status
+reports are in :mod:`acme_ra_admin.status`, admin tokens and the audit log in
+:mod:`acme_ra_admin.access`, the errors in :mod:`acme_ra_admin.errors`.
+
+Every change takes ``actor`` (:class:`acme_ra.db.audit.Actor`: the admin token and client address
+of an API or console request; unset: ``acme-ra`` on the database, ``cli:<OS user>``) and is
+written to the audit log in the change's own transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from typing import Any
 
-import httpx
-import nats
 import nats.errors
 from cryptography import x509
-from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError
 
 from acme_ra import bus, eab, natsauth
-from acme_ra.config import Settings, http_base
-from acme_ra.db import inventory, lifecycle, models
+from acme_ra.config import Settings
+from acme_ra.db import audit, inventory, lifecycle, models
+from acme_ra.db.audit import Actor
 from acme_ra.db.engine import Database
 from acme_ra.protocol.policy import parse_rules
-from acme_ra.redaction import mask_url
 from acme_ra.sealing import Sealer
-from acme_ra_admin import repository, schemas, tokens
+from acme_ra_admin import repository, schemas
+from acme_ra_admin.access import AccessOperations
+from acme_ra_admin.errors import Conflict, NotFound, OperationError, Rejected, Unavailable
+from acme_ra_admin.natslink import NatsLink
+from acme_ra_admin.status import StatusOperations
+
+__all__ = [
+    "REVOCATION_REASONS",
+    "AdminOperations",
+    "Conflict",
+    "NatsLink",
+    "NotFound",
+    "OperationError",
+    "Rejected",
+    "Unavailable",
+    "reason_code",
+]
 
 log = logging.getLogger("acme_ra_admin.operations")
 
@@ -42,38 +57,6 @@ REVOCATION_REASONS = {
     "cessationOfOperation": 5,
     "privilegeWithdrawn": 9,
 }
-# How long the signer's /readyz may take (seconds); it asks the upstream, so allow for that.
-SIGNER_READY_TIMEOUT_SECONDS = 10.0
-# How long a command-line connection to NATS may take (seconds).
-NATS_CONNECT_TIMEOUT_SECONDS = 3
-
-
-class OperationError(Exception):
-    """Something the caller asked for cannot be done; ``status`` is the HTTP status to answer."""
-
-    status = 400
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class NotFound(OperationError):
-    status = 404
-
-
-class Conflict(OperationError):
-    status = 409
-
-
-class Rejected(OperationError):
-    """The upstream CA refused."""
-
-    status = 502
-
-
-class Unavailable(OperationError):
-    status = 503
 
 
 def reason_code(reason: int | str) -> int:
@@ -100,35 +83,6 @@ def trace_id(traceparent: str | None) -> str | None:
     return parts[1]
 
 
-def _upstreams(described: list[dict[str, Any]], pending: dict[str, tuple[int, int]],
-               failures: dict[str, models.UpstreamOrder]) -> list[schemas.Upstream]:
-    """The upstreams the signer describes, then any other the journal names (one no longer
-    configured, or all of them while the signer cannot be asked), by name."""
-    config = {str(u["name"]): u for u in described}
-    result = []
-    for name in sorted(set(config) | set(pending) | set(failures)):
-        strategy = config.get(name, {}).get("authz_strategy")
-        dns_update = config.get(name, {}).get("dns_update")
-        breaker = config.get(name, {}).get("breaker")
-        orders, records = pending.get(name, (0, 0))
-        failed = failures.get(name)
-        result.append(schemas.Upstream(
-            name=name,
-            authz_strategy=strategy if isinstance(strategy, str) else None,
-            dns_update=schemas.DnsUpdate.model_validate(dns_update) if isinstance(dns_update, dict) else None,
-            validations_pending=orders,
-            dns_records=records,
-            breaker=schemas.UpstreamBreaker.model_validate(breaker) if isinstance(breaker, dict) else None,
-            last_failure=None if failed is None else schemas.UpstreamFailure(
-                order_id=failed.order_id,
-                type=(failed.error or {}).get("type"),
-                detail=(failed.error or {}).get("detail"),
-                at=failed.updated_at,
-            ),
-        ))
-    return result
-
-
 def certificate_names(chain_pem: str) -> list[str]:
     try:
         return lifecycle.leaf_names(x509.load_pem_x509_certificate(chain_pem.encode()))
@@ -136,72 +90,7 @@ def certificate_names(chain_pem: str) -> list[str]:
         return []
 
 
-async def _said_below(error: Exception) -> None:
-    """nats-py's error callback of a one-shot connection: the failure is raised (Unavailable names
-    it: an authorization violation without the admin's NATS credentials), not logged with a
-    traceback."""
-
-
-class NatsLink:
-    """A NATS connection that may not exist yet: the admin service starts (and shows the
-    database) while NATS is down, and connects in the background."""
-
-    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
-        self.url = url
-        # The admin user's credentials, inbox prefix and TLS (natsauth.connect_options).
-        self.options = options or {}
-        self.client: NATS | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def configured(self) -> bool:
-        return bool(self.url)
-
-    def start(self) -> None:
-        if self.url and self._task is None:
-            self._task = asyncio.create_task(self._connect_forever(), name="admin-nats-connect")
-
-    async def connect_once(self) -> None:
-        """For short-lived commands: connect now or raise :class:`Unavailable`."""
-        if not self.url:
-            raise Unavailable("ACME_RA_NATS_URL is not set")
-        try:
-            self.client = await nats.connect(
-                [server.strip() for server in self.url.split(",") if server.strip()], name="acme-ra-cli",
-                allow_reconnect=False, connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS, error_cb=_said_below,
-                **self.options,
-            )
-        except Exception as error:  # noqa: BLE001 - any failure means the same to the caller
-            raise Unavailable(f"cannot reach NATS at {mask_url(self.url)}: "
-                              f"{mask_url(str(error)) or type(error).__name__}") from None
-
-    async def _connect_forever(self) -> None:
-        while self.client is None:
-            try:
-                self.client = await bus.connect(self.url, "acme-ra-admin", self.options)
-            except Exception as error:  # noqa: BLE001 - retried
-                log.warning("nats: cannot connect to %s: %s; retrying", mask_url(self.url),
-                            mask_url(str(error)) or type(error).__name__)
-                await asyncio.sleep(2)
-
-    def require(self) -> NATS:
-        if not self.url:
-            raise Unavailable("ACME_RA_NATS_URL is not set: revocation and queue status need NATS")
-        if self.client is None or not self.client.is_connected:
-            raise Unavailable(f"NATS at {mask_url(self.url)} is not connected")
-        return self.client
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                await self.client.close()
-
-
-class AdminOperations:
+class AdminOperations(StatusOperations, AccessOperations):
     def __init__(self, settings: Settings, db: Database, nats_link: NatsLink) -> None:
         self.settings = settings
         self.db = db
@@ -239,19 +128,20 @@ class AdminOperations:
             orders, certificates = await repository.account_counts(session, account_id)
         return _account(row, orders, certificates)
 
-    async def deactivate_account(self, account_id: str) -> schemas.Account:
+    async def deactivate_account(self, account_id: str, actor: Actor | None = None) -> schemas.Account:
         async with self.db.transaction() as session:
             row = await session.get(models.Account, account_id)
             if row is None:
                 raise NotFound(f"no account {account_id}")
             if not await repository.revoke_account(session, account_id):
                 raise Conflict(f"account {account_id} is already {row.status}")
+            await audit.record(session, actor or Actor.local(), "account.deactivate", account_id)
         log.info("account deactivated", extra={"account_id": account_id})
         return await self.get_account(account_id)
 
     # EAB keys -------------------------------------------------------------------------------
 
-    async def create_eab_key(self, request: schemas.EabKeyCreate) -> schemas.NewEabKey:
+    async def create_eab_key(self, request: schemas.EabKeyCreate, actor: Actor | None = None) -> schemas.NewEabKey:
         try:
             allow, deny = parse_rules(request.allow), parse_rules(request.deny)
         except ValueError as error:
@@ -266,6 +156,8 @@ class AdminOperations:
             new = await eab.create_key(session, self.sealer, request.label, policy, request.profile)
             row = await repository.get_eab_key(session, new.kid)
             assert row is not None
+            await audit.record(session, actor or Actor.local(), "eab_key.create", new.kid,
+                               {"label": request.label, "policy": policy, "profile": request.profile})
         log.info("eab key created", extra={"kid": new.kid, "label": request.label})
         return schemas.NewEabKey(**_eab_key(row).model_dump(), hmac_key=new.hmac_key)
 
@@ -274,7 +166,7 @@ class AdminOperations:
             rows = await eab.list_keys(session)
         return [_eab_key(row) for row in rows]
 
-    async def revoke_eab_key(self, kid: str) -> schemas.EabKey:
+    async def revoke_eab_key(self, kid: str, actor: Actor | None = None) -> schemas.EabKey:
         async with self.db.transaction() as session:
             row = await repository.get_eab_key(session, kid)
             if row is None:
@@ -282,15 +174,18 @@ class AdminOperations:
             if not await eab.revoke_key(session, kid):
                 raise Conflict(f"EAB key {kid} is already revoked")
             await session.refresh(row)
+            await audit.record(session, actor or Actor.local(), "eab_key.revoke", kid, {"label": row.label})
         log.info("eab key revoked", extra={"kid": kid})
         return _eab_key(row)
 
     # Orders ---------------------------------------------------------------------------------
 
     async def list_orders(self, status: str | None = None, account_id: str | None = None,
-                          limit: int = repository.DEFAULT_LIMIT, offset: int = 0) -> list[schemas.Order]:
+                          limit: int = repository.DEFAULT_LIMIT, offset: int = 0,
+                          search: str | None = None) -> list[schemas.Order]:
+        """Newest first; ``search``: a name, or part of one."""
         async with self.db.transaction() as session:
-            rows = await repository.list_orders(session, status, account_id, limit, offset)
+            rows = await repository.list_orders(session, status, account_id, limit, offset, search)
         return [self._order(row) for row in rows]
 
     async def get_order(self, order_id: str) -> schemas.OrderDetail:
@@ -326,15 +221,17 @@ class AdminOperations:
 
     async def list_certificates(self, account_id: str | None = None, revoked: bool | None = None,
                                 limit: int = repository.DEFAULT_LIMIT, offset: int = 0,
-                                wanted: inventory.CertificateFilter | None = None) -> list[schemas.Certificate]:
-        """Newest first; with ``wanted`` (the inventory's filter), what it asks for."""
+                                wanted: inventory.CertificateFilter | None = None,
+                                search: str | None = None) -> list[schemas.Certificate]:
+        """Newest first; with ``wanted`` (the inventory's filter), what it asks for; ``search``: a
+        name (or part of one) or a serial number."""
         wanted = wanted or inventory.CertificateFilter()
         if account_id is not None:
             wanted = dataclasses.replace(wanted, account_id=account_id)
         if revoked is not None:
             wanted = dataclasses.replace(wanted, revoked=revoked)
         async with self.db.transaction() as session:
-            rows = await repository.list_certificates(session, wanted, limit, offset)
+            rows = await repository.list_certificates(session, wanted, limit, offset, search)
         return [_certificate(row, upstream, profile, eab_kid) for row, upstream, profile, eab_kid in rows]
 
     async def inventory(self, upstream: str | None = None, weeks: int = 13, days: int = 30) -> schemas.Inventory:
@@ -361,8 +258,10 @@ class AdminOperations:
             raise Conflict(f"serial {id_or_serial} names {len(rows)} certificates; give the certificate id")
         return rows[0]
 
-    async def revoke_certificate(self, id_or_serial: str, reason: int | str = 0) -> schemas.Revocation:
-        """Ask the signer to revoke upstream and record it (``bus.RevokeRequest``)."""
+    async def revoke_certificate(self, id_or_serial: str, reason: int | str = 0,
+                                 actor: Actor | None = None) -> schemas.Revocation:
+        """Ask the signer to revoke upstream and record it (``bus.RevokeRequest``); the audit entry
+        once the signer says it is revoked (the signer writes the certificate's row)."""
         code = reason_code(reason)
         row = await self._one_certificate(id_or_serial)
         if row.revoked_at is not None:
@@ -390,112 +289,13 @@ class AdminOperations:
         async with self.db.transaction() as session:
             stored = await session.get(models.Certificate, row.id)
             assert stored is not None
+            await audit.record(session, actor or Actor.local(), "certificate.revoke", row.id,
+                               {"serial": row.serial, "reason": code, "names": certificate_names(row.chain_pem)})
         return schemas.Revocation(outcome="revoked", certificate=_certificate(stored))
-
-    # Upstream and queues --------------------------------------------------------------------
-
-    async def upstream_status(self) -> schemas.UpstreamStatus:
-        signer = await self.signer_status()
-        async with self.db.transaction() as session:
-            accounts = await repository.upstream_accounts(session)
-            states = await repository.upstream_order_states(session)
-            statuses = await repository.order_statuses(session)
-            pending = await repository.upstream_validations_pending(session)
-            failures = {row.upstream: row for row in await repository.upstream_last_failures(session)}
-        return schemas.UpstreamStatus(
-            upstream=self.settings.upstream,
-            signer=signer,
-            upstreams=_upstreams(signer.upstreams, pending, failures),
-            accounts=[
-                schemas.UpstreamAccount(
-                    upstream=a.upstream, directory_url=a.directory_url, url=a.url, eab_kid=a.eab_kid,
-                    registered_at=a.registered_at, registrations=a.registrations,
-                )
-                for a in accounts
-            ],
-            upstream_orders=states,
-            orders=statuses,
-        )
-
-    async def signer_status(self) -> schemas.SignerStatus:
-        url = http_base(self.settings.signer_listen) + "/readyz"
-        try:
-            async with httpx.AsyncClient(trust_env=False, timeout=SIGNER_READY_TIMEOUT_SECONDS) as client:
-                response = await client.get(url)
-        except httpx.HTTPError as error:
-            return schemas.SignerStatus(url=url, reachable=False, ready=False,
-                                        failed={"signer": str(error) or type(error).__name__})
-        answer: Any = None
-        with contextlib.suppress(ValueError):
-            answer = response.json()
-        body: dict[str, Any] = answer if isinstance(answer, dict) else {}  # a proxy may answer anything
-        reported = body.get("failed")
-        failed: dict[Any, Any] = reported if isinstance(reported, dict) else {}
-        if response.status_code != 200 and not failed:
-            failed = {"signer": f"HTTP {response.status_code}"}
-        described: Any = None
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            async with httpx.AsyncClient(trust_env=False, timeout=SIGNER_READY_TIMEOUT_SECONDS) as client:
-                described = (await client.get(http_base(self.settings.signer_listen) + "/upstreams")).json()
-        described = described.get("upstreams") if isinstance(described, dict) else None
-        return schemas.SignerStatus(url=url, reachable=True, ready=response.status_code == 200,
-                                    failed={str(k): str(v) for k, v in failed.items()},
-                                    upstreams=[u for u in described if isinstance(u, dict) and u.get("name")]
-                                    if isinstance(described, list) else [])
-
-    async def queue_status(self) -> schemas.QueueStatus:
-        try:
-            client = self.nats.require()
-        except Unavailable as error:
-            return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=False, error=error.detail)
-        js = client.jetstream()
-        try:
-            stream = await js.stream_info(bus.JOBS_STREAM)
-            consumers = []
-            for durable in (bus.DURABLE_VALIDATOR, bus.DURABLE_SIGNER):
-                try:
-                    info = await js.consumer_info(bus.JOBS_STREAM, durable)
-                except NotFoundError:
-                    continue
-                consumers.append(schemas.Consumer(
-                    name=durable, pending=info.num_pending or 0, ack_pending=info.num_ack_pending or 0,
-                    redelivered=info.num_redelivered or 0, waiting=info.num_waiting or 0,
-                ))
-        except NotFoundError:
-            return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=True,
-                                       error=f"stream {bus.JOBS_STREAM} does not exist yet (no service started?)")
-        except Exception as error:  # noqa: BLE001 - reported, not raised
-            return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=False, error=str(error) or type(error).__name__)
-        return schemas.QueueStatus(stream=bus.JOBS_STREAM, reachable=True,
-                                   messages=stream.state.messages or 0, consumers=consumers)
-
-    # Policy ---------------------------------------------------------------------------------
-
-    async def policy(self) -> schemas.PolicyView:
-        """The identifier policy and the client networks, read from the configuration now."""
-        from acme_ra.client_networks import ClientNetworksError, load_client_networks
-
-        settings = self.settings
-        config_file = str(settings.config_file) if settings.config_file else None
-        try:
-            rules = load_client_networks(settings)
-        except ClientNetworksError as error:
-            networks = schemas.ClientNetworks(restricted=None, networks=[], config_file=config_file,
-                                              error=str(error).removeprefix("acme-ra: "))
-        else:
-            networks = schemas.ClientNetworks(
-                restricted=rules.restricted, config_file=config_file,
-                networks=[schemas.ClientNetworkRule(**entry) for entry in rules.to_data()])
-        return schemas.PolicyView(
-            identifiers=schemas.IdentifierPolicy(allow=parse_rules(settings.policy_allow),
-                                                 deny=parse_rules(settings.policy_deny),
-                                                 wildcards=settings.policy_wildcards),
-            client_networks=networks,
-        )
 
     # Secrets at rest ------------------------------------------------------------------------
 
-    async def reseal_secrets(self) -> schemas.ResealReport:
+    async def reseal_secrets(self, actor: Actor | None = None) -> schemas.ResealReport:
         """Seal again, in today's format (acme_ra.sealing: a key per purpose), every secret at rest
         sealed in an older one. A value that does not open stops it all (nothing is written)."""
         from sqlalchemy import select, update
@@ -521,29 +321,11 @@ class AdminOperations:
                     # Only if unchanged since read: a concurrent rewrite is already current.
                     await session.execute(update(table).where(key == row_id, column == sealed).values({column: new}))
                     report.resealed += 1
+            if report.resealed:
+                await audit.record(session, actor or Actor.local(), "secrets.reseal", "secrets at rest",
+                                   {"resealed": report.resealed, "current": report.current})
         log.info("secrets resealed", extra={"resealed": report.resealed, "current": report.current})
         return report
-
-    # Admin tokens ---------------------------------------------------------------------------
-
-    async def create_admin_token(self, label: str = "") -> schemas.NewAdminToken:
-        async with self.db.transaction() as session:
-            row, token = await tokens.create_token(session, label)
-        log.info("admin token created", extra={"token_id": row.id, "label": label})
-        return schemas.NewAdminToken(**_admin_token(row).model_dump(), token=token)
-
-    async def list_admin_tokens(self) -> list[schemas.AdminToken]:
-        async with self.db.transaction() as session:
-            rows = await tokens.list_tokens(session)
-        return [_admin_token(row) for row in rows]
-
-    async def revoke_admin_token(self, token_id: str) -> None:
-        async with self.db.transaction() as session:
-            if await session.get(models.AdminToken, token_id) is None:
-                raise NotFound(f"no admin token {token_id}")
-            if not await tokens.revoke_token(session, token_id):
-                raise Conflict(f"admin token {token_id} is already revoked")
-        log.info("admin token revoked", extra={"token_id": token_id})
 
 
 def _account(row: models.Account, orders: int = 0, certificates: int = 0) -> schemas.Account:
@@ -582,7 +364,3 @@ def _certificate(row: models.Certificate, upstream: str | None = None, profile: 
         upstream=upstream, issuer=row.issuer, profile=profile, eab_kid=eab_kid,
     )
 
-
-def _admin_token(row: models.AdminToken) -> schemas.AdminToken:
-    return schemas.AdminToken(id=row.id, label=row.label, created_at=row.created_at,
-                              last_used_at=row.last_used_at, revoked_at=row.revoked_at)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import func, select, update
+import re
+from typing import Any
+
+from sqlalchemy import String, cast, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from acme_ra.db import inventory
@@ -26,6 +29,29 @@ from acme_ra.db.models import (
 # Rows a list returns when the caller does not say (and the most it may ask for).
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+# A search that could be a serial number: hex digits, optionally in colon- or space-separated pairs.
+SERIAL_PATTERN = re.compile(r"[0-9a-fA-F]+([: ][0-9a-fA-F]+)*")
+
+
+def normal_serial(text: str) -> str | None:
+    """A serial as stored (lowercase hex, no leading zeros) from one as people write it
+    (any case, colons or spaces optional, leading zeros), or None if ``text`` is not hex."""
+    text = text.strip()
+    if not SERIAL_PATTERN.fullmatch(text):
+        return None
+    return text.replace(":", "").replace(" ", "").lower().lstrip("0") or "0"
+
+
+def _name_matches(text: str) -> Any:
+    """An order whose identifiers contain ``text`` (any case): a substring of the JSON they are
+    stored as, so "physics.example.edu" finds "www.physics.example.edu"."""
+    return func.lower(cast(Order.identifiers, String)).contains(text.strip().lower(), autoescape=True)
+
+
+def _search(text: str) -> Any:
+    """Certificates (joined with their order) whose names contain ``text``, or whose serial it is."""
+    serial = normal_serial(text)
+    return or_(_name_matches(text), Certificate.serial == serial) if serial else _name_matches(text)
 
 
 async def list_accounts(session: AsyncSession, status: str | None, limit: int, offset: int = 0) -> list[Account]:
@@ -73,9 +99,13 @@ async def get_eab_key(session: AsyncSession, kid: str) -> EabKey | None:
 
 
 async def list_orders(
-    session: AsyncSession, status: str | None, account_id: str | None, limit: int, offset: int = 0
+    session: AsyncSession, status: str | None, account_id: str | None, limit: int, offset: int = 0,
+    search: str | None = None,
 ) -> list[Order]:
+    """Newest first; ``search``: a name (or part of one) among the order's identifiers."""
     query = select(Order).order_by(Order.created_at.desc(), Order.id)
+    if search and search.strip():
+        query = query.where(_name_matches(search))
     if status:
         query = query.where(Order.status == status)
     if account_id:
@@ -105,10 +135,15 @@ async def order_authorizations(session: AsyncSession, order_id: str) -> list[tup
 
 
 async def list_certificates(session: AsyncSession, wanted: inventory.CertificateFilter, limit: int,
-                            offset: int = 0) -> list[tuple[Certificate, str, str | None, str | None]]:
+                            offset: int = 0, search: str | None = None,
+                            ) -> list[tuple[Certificate, str, str | None, str | None]]:
     """(certificate, upstream, profile, EAB kid) rows: soonest expiry first when the filter asks for
-    what expires, else newest first (acme_ra.db.inventory)."""
-    query = inventory.certificates_query(wanted, utcnow()).limit(limit).offset(offset)
+    what expires, else newest first (acme_ra.db.inventory). ``search``: a name (or part of one)
+    of the certificate's order, or its serial (hex, any case, colons optional)."""
+    query = inventory.certificates_query(wanted, utcnow())
+    if search and search.strip():
+        query = query.where(_search(search))
+    query = query.limit(limit).offset(offset)
     return [(row[0], row[1], row[2], row[3]) for row in (await session.execute(query)).all()]
 
 
@@ -117,7 +152,7 @@ async def find_certificates(session: AsyncSession, id_or_serial: str) -> list[Ce
     row = await session.get(Certificate, id_or_serial)
     if row is not None:
         return [row]
-    serial = id_or_serial.replace(":", "").lower().lstrip("0") or "0"
+    serial = normal_serial(id_or_serial) or id_or_serial.replace(":", "").lower().lstrip("0") or "0"
     return list((await session.execute(select(Certificate).where(Certificate.serial == serial))).scalars())
 
 

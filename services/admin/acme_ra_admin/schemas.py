@@ -224,6 +224,8 @@ class AdminToken(BaseModel):
     created_at: dt.datetime
     last_used_at: dt.datetime | None
     revoked_at: dt.datetime | None
+    scope: str = Field(description="operator (every operation) or read-only (reads only)")
+    expires_at: dt.datetime | None = Field(description="refused after this; null: never expires")
 
 
 class NewAdminToken(AdminToken):
@@ -233,6 +235,19 @@ class NewAdminToken(AdminToken):
 class ResealReport(BaseModel):
     resealed: int = Field(description="secrets sealed again in today's format")
     current: int = Field(description="secrets already in today's format")
+
+
+class AuditEntry(BaseModel):
+    """One admin change (acme_ra.db.audit)."""
+
+    id: str
+    at: dt.datetime
+    actor: str = Field(description="the admin token's label, or cli:<OS user> for acme-ra on the database")
+    token_id: str | None = Field(description="the admin token's id; null for acme-ra on the database")
+    client: str = Field(description="the client's address; local for acme-ra on the database")
+    action: str = Field(description="e.g. eab_key.create, certificate.revoke, admin_token.revoke")
+    subject: str = Field(description="the id of what changed")
+    detail: dict[str, Any] | None
 
 
 class ErrorBody(BaseModel):

@@ -257,7 +257,8 @@ def config_from_acme_proxy(
 
 
 def _mount_operator_commands() -> None:
-    from acme_ra_admin.commands import register, upstream_app
+    from acme_ra_admin.commands import register
+    from acme_ra_admin.service_commands import upstream_app
     from acme_ra_tools.persist_record import mount
 
     register(app)

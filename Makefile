@@ -9,7 +9,8 @@ INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 # make lab VALIDATORS=N: how many validator processes the lab runs.
 VALIDATORS ?= 2
-# make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; see docs/performance.md).
+# make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; same-run comparisons:
+# --history N [--purge], --baseline-ref REV; see docs/performance.md).
 BENCH_ARGS ?=
 
 # What make lint checks (ruff with pyproject.toml's settings, then strict mypy).

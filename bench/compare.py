@@ -32,6 +32,9 @@ from bench.targets import BenchDatabase
 ROOT = Path(__file__).resolve().parents[1]
 # The longest one inner run may take (seconds): targets, load and purge.
 RUN_TIMEOUT_SECONDS = 7200
+# Processes of a target that are not acme-ra's (left out of its CPU per certificate).
+NOT_ACME_RA = {"pebble", "load generator", "launcher (log copying)"}
+MEASURES = ("certificates_per_second", "p50", "p99", "cpu_ms")
 # The longest the history fill may take (seconds; 1,000,000 orders take a few minutes).
 FILL_TIMEOUT_SECONDS = 7200
 
@@ -134,14 +137,18 @@ def run_once(variant: Variant, args: argparse.Namespace, out: Path) -> dict[str,
 
 
 def figures(result: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]:
-    """(target, concurrency) → certificates/s, p50, p99 (ms), failed; purge figures when any."""
+    """(target, concurrency) → certificates/s, p50, p99 (ms), CPU ms per certificate of acme-ra's
+    processes (PostgreSQL and nats-server included: the steadier measure on a busy machine),
+    failed; purge figures when any."""
     found = {}
     for target in result.get("targets", []):
         for level in (target.get("load") or {}).get("levels", []):
             issuance = level.get("issuance_ms", {})
+            cpu = level.get("cpu_ms_per_certificate") or {}
             found[(target["key"], level["concurrency"])] = {
                 "certificates_per_second": level.get("certificates_per_second"), "p50": issuance.get("p50"),
-                "p99": issuance.get("p99"), "failed": level.get("failed", 0), "purge": target.get("purge")}
+                "p99": issuance.get("p99"), "failed": level.get("failed", 0), "purge": target.get("purge"),
+                "cpu_ms": round(sum(v for k, v in cpu.items() if k not in NOT_ACME_RA and v), 2) if cpu else None}
     return found
 
 
@@ -164,11 +171,10 @@ def summary(names: list[str], rounds: list[list[dict[str, Any]]]) -> list[dict[s
         row: dict[str, Any] = {"target": key[0], "concurrency": key[1]}
         for index, name in enumerate(names):
             runs = [pair[index] for pair in pairs if pair[index]]
-            row[name] = {measure: _median([run[measure] for run in runs])
-                         for measure in ("certificates_per_second", "p50", "p99")}
+            row[name] = {measure: _median([run.get(measure) for run in runs]) for measure in MEASURES}
             row[name]["failed"] = sum(run["failed"] or 0 for run in runs)
-        for measure in ("certificates_per_second", "p50", "p99"):
-            ratios = [_ratio(b[measure], a[measure]) for a, b in pairs if a and b]
+        for measure in MEASURES:
+            ratios = [_ratio(b.get(measure), a.get(measure)) for a, b in pairs if a and b]
             row[f"ratio_{measure}"] = ratios
             row[f"median_ratio_{measure}"] = _median([r for r in ratios if r is not None])
         row["purges"] = [b["purge"] for _, b in pairs if b and b.get("purge")]
@@ -180,19 +186,21 @@ def table(names: list[str], rows: list[dict[str, Any]]) -> str:
     a, b = names
     lines = [f"Same run, interleaved pairs: A = {a}, B = {b} (medians over the pairs; ratios B/A per pair)",
              (f"  {'target':<6} {'conc':>4} {'A certs/s':>9} {'B certs/s':>9} {'ratio':>6}   {'A p50':>7} "
-              f"{'B p50':>7} {'ratio':>6}   {'A p99':>7} {'B p99':>7} {'ratio':>6}   pairs (certs/s; p50; p99)")]
+              f"{'B p50':>7} {'ratio':>6}   {'A p99':>7} {'B p99':>7} {'ratio':>6}   {'A CPU':>6} {'B CPU':>6} "
+              f"{'ratio':>6}   pairs (certs/s; p50; p99; CPU ms/cert)")]
     for row in rows:
         ra, rb = row[a], row[b]
         per_pair = "; ".join(" ".join(f"{v:.2f}" if v is not None else "-" for v in row[f"ratio_{m}"])
-                             for m in ("certificates_per_second", "p50", "p99"))
+                             for m in MEASURES)
         lines.append(
             f"  {row['target']:<6} {row['concurrency']:>4} {_show(ra['certificates_per_second'])} "
             f"{_show(rb['certificates_per_second'])} {_show(row['median_ratio_certificates_per_second'], 6)}   "
             f"{_show(ra['p50'], 7)} {_show(rb['p50'], 7)} {_show(row['median_ratio_p50'], 6)}   "
-            f"{_show(ra['p99'], 7)} {_show(rb['p99'], 7)} {_show(row['median_ratio_p99'], 6)}   {per_pair}")
+            f"{_show(ra['p99'], 7)} {_show(rb['p99'], 7)} {_show(row['median_ratio_p99'], 6)}   "
+            f"{_show(ra['cpu_ms'], 6)} {_show(rb['cpu_ms'], 6)} {_show(row['median_ratio_cpu_ms'], 6)}   {per_pair}")
         for purge in row["purges"]:
             lines.append(f"         purge: {purge.get('rows_total')} rows in {purge.get('seconds')} s, "
-                         f"running during {purge.get('covered_percent')} % of the measured load")
+                         f"running during {purge.get('covered_percent', purge.get('overlap_percent'))} % of the measured load")
         if ra["failed"] or rb["failed"]:
             lines.append(f"         failed certificates: A {ra['failed']}, B {rb['failed']}")
     return "\n".join(lines)

@@ -69,6 +69,8 @@ def baseline_tree(rev: str, workdir: Path) -> tuple[Path, dict[str, str]]:
         raise SystemExit(f"bench: --baseline-ref {rev}: {commit.stderr.strip()}")
     tree = workdir / f"baseline-{commit.stdout.strip()[:12]}"
     if not (tree / "pyproject.toml").is_file():
+        # A worktree kept by --keep-baseline was emptied with the work directory: forget it first.
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False, capture_output=True)
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), commit.stdout.strip()],
                        check=True, capture_output=True)
     roots = tomllib.loads((tree / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["where"]

@@ -97,3 +97,21 @@ def test_bench_history_with_purge_compares_one_pair(tmp_path: Path) -> None:
     assert row["concurrency"] == 2 and len(row["ratio_certificates_per_second"]) == 1, output
     assert "A = history" in done.stdout and "purge:" in done.stdout, output
     assert done.returncode == 0, output
+
+
+def test_bench_baseline_ref_runs_that_commit_from_a_worktree(tmp_path: Path) -> None:
+    """--baseline-ref HEAD: one pair, A from a git worktree of HEAD (its own bench, its packages
+    first on PYTHONPATH), B this checkout; the worktree is gone afterwards."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    results, output, done = run_bench(tmp_path, "--baseline-ref", "HEAD", "--rounds", "1")
+    assert results["variants"] == ["baseline HEAD", "this checkout"], output
+    [pair] = results["rounds"]
+    assert head.startswith(pair[0]["machine"]["commit"]), output  # A ran the worktree's code
+    for run in pair:
+        assert run["errors"] == 0 and [t["key"] for t in run["targets"]] == ["b"], output
+    assert not Path(results["notes"]["baseline"]["tree"]).exists(), output
+    worktrees = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True,
+                               check=True).stdout
+    assert results["notes"]["baseline"]["tree"] not in worktrees, output
+    assert done.returncode == 0, output

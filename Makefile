@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 VALIDATORS ?= 2
 # make lab PERSPECTIVES=N: remote network perspectives the validators ask (0: off; docs/perspectives.md).
 PERSPECTIVES ?= 3
-# make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; see docs/performance.md).
+# make bench BENCH_ARGS='--smoke' (or --targets, --levels, --count, --profile DIR; same-run comparisons:
+# --history N [--purge], --baseline-ref REV; see docs/performance.md).
 BENCH_ARGS ?=
 
 # What make lint checks (ruff with pyproject.toml's settings, then strict mypy).

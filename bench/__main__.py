@@ -11,7 +11,11 @@ Exits 1 when any request failed or a target did not run.
     make bench BENCH_ARGS='--targets b --levels 16 --profile build/bench/profiles'
     make bench-upstream                         # upstream validation time per method (p50/p95)
     make bench BENCH_ARGS='--targets a,m --perspectives 3'   # (a) against (a) with 3 perspectives
+    make bench BENCH_ARGS='--history 1000000'   # empty database against 1M historical orders (pairs)
+    make bench BENCH_ARGS='--history 1000000 --purge'    # the same load with and without a purge
+    make bench BENCH_ARGS='--baseline-ref 54a1d21'       # an earlier commit against this checkout
 
+``--history``, ``--baseline-ref``: same-run comparisons in interleaved pairs (bench/compare.py).
 ``--upstream-validation`` measures, in place of the targets, how long a Pebble validating for real
 takes to validate what the signer proves to it, per method (bench/upstream_validation.py).
 """
@@ -31,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from acme_ra_tools.supervisor import LaunchError, free_port, port_is_free
-from bench import nonces, perspectives, profiling, report, upstream_validation
+from bench import compare, nonces, perspectives, profiling, report, upstream_validation
 from bench.load import DEFAULT_POLL_CAP_SECONDS, LoadConfig
+from bench.purge_during_load import PurgeDuringLoad
 from bench.targets import AcmeRaTarget, PebbleTarget, Target, TargetError, peak_rss_mb, tls_material
 
 # ACME_RA_DATABASE_URL of the PostgreSQL server the acme-ra targets use (a database of their
@@ -93,7 +98,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--upstream-methods", default=",".join(upstream_validation.METHODS),
                         help="with --upstream-validation: comma list of "
                              f"{', '.join(upstream_validation.METHODS)} (default: all)")
+    comparison = parser.add_argument_group("same-run comparisons (interleaved pairs, bench/compare.py)")
+    comparison.add_argument("--history", type=int, default=0, metavar="N",
+                            help="an empty database against one holding N historical orders (bench.history)")
+    comparison.add_argument("--purge", action="store_true",
+                            help="with --history: the history database with and without `acme-ra db purge` "
+                                 "running during the load")
+    comparison.add_argument("--baseline-ref", default=None, metavar="REV",
+                            help="acme-ra of commit REV (a git worktree, its code first on PYTHONPATH) against "
+                                 "this checkout")
+    comparison.add_argument("--rounds", type=int, default=2, help="pairs measured (default 2)")
+    comparison.add_argument("--keep-baseline", action="store_true", help="keep the baseline's git worktree")
+    parser.add_argument("--database-template", default=None, help=argparse.SUPPRESS)  # compare.py's inner runs
+    parser.add_argument("--purge-during-load", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.purge and not args.history:
+        parser.error("--purge needs --history N")
+    if args.history < 0 or args.rounds < 1 or (args.history and args.baseline_ref):
+        parser.error("--history N (N >= 0) or --baseline-ref, with --rounds >= 1")
+    if (args.history or args.baseline_ref) and args.targets == ",".join(TARGET_KEYS):
+        args.targets = "b"  # the comparisons' goals are about acme-ra with the Pebble upstream
     args.upstream_method_list = [v.strip() for v in args.upstream_methods.split(",") if v.strip()]
     unknown_methods = set(args.upstream_method_list) - set(upstream_validation.METHODS)
     if unknown_methods or not args.upstream_method_list:
@@ -188,9 +213,11 @@ def make_target(key: str, args: argparse.Namespace, workdir: Path, http01_port: 
     database = None if args.database_url == "sqlite" else args.database_url
     extra_env = dict(item.split("=", 1) for item in args.ra_env)
     if key == "a":
-        return AcmeRaTarget("a", "lab", workdir / "a", tls, http01_port, database, extra_env)
+        return AcmeRaTarget("a", "lab", workdir / "a", tls, http01_port, database, extra_env,
+                            database_template=args.database_template)
     if key == "b":
-        return AcmeRaTarget("b", "pebble", workdir / "b", tls, http01_port, database, extra_env)
+        return AcmeRaTarget("b", "pebble", workdir / "b", tls, http01_port, database, extra_env,
+                            database_template=args.database_template)
     if key == perspectives.KEY:
         return perspectives.PerspectivesTarget(args.perspectives or perspectives.DEFAULT_PERSPECTIVES,
                                                workdir / key, tls, http01_port, database, extra_env)
@@ -270,7 +297,13 @@ def measure_target(key: str, args: argparse.Namespace, workdir: Path, http01_por
         target.start()
         result["directory_url"] = target.directory_url
         print(f"bench: ({key}) started in {time.monotonic() - started:.1f}s; load", file=sys.stderr, flush=True)
+        purge = None
+        if args.purge_during_load and isinstance(target, AcmeRaTarget):
+            purge = PurgeDuringLoad(target.database.url)
+            purge.start()
         result["load"] = run_load(target, args, workdir, http01_port)
+        if purge is not None:
+            result["purge"] = purge.finish(sum(level["wall_seconds"] for level in result["load"].get("levels", [])))
         if args.nonce_seconds > 0:
             server = target.service_pids()
             result["new_nonce"] = nonces.measure(target.nonce_url(), args.nonce_seconds, args.nonce_connections,
@@ -315,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         "errors": 0,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
+    if args.history or args.baseline_ref:
+        return compare.run(args, workdir, info)
     if args.upstream_validation:
         methods = upstream_validation.run(args, workdir, http01_port, _run_generator)
         results["upstream_validation"] = methods

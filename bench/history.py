@@ -64,10 +64,10 @@ def _tables() -> dict[str, Table]:
 class HistoryMaker:
     """Rows for ``orders`` orders of ``accounts`` accounts, chunk by chunk."""
 
-    def __init__(self, orders: int, accounts: int, years: float, seed: int, now: dt.datetime) -> None:
+    def __init__(self, orders: int, accounts: int | list[str], years: float, seed: int, now: dt.datetime) -> None:
         self.orders, self.years, self.now = orders, years, now
         self.random = random.Random(seed)
-        self.accounts = [new_id() for _ in range(accounts)]
+        self.accounts = list(accounts) if isinstance(accounts, list) else [new_id() for _ in range(accounts)]
         self.outcomes = list(MIX)
         self.weights = list(MIX.values())
         # Hosts renew about every two months: so many distinct hosts over the years.
@@ -161,18 +161,20 @@ async def _copy(db: Database, tables: dict[str, Table], rows: dict[str, list[dic
             await raw.copy_records_to_table(name, records=records, columns=names)
 
 
-async def fill(database_url: str, orders: int, accounts: int | None = None, years: float = 3.0, seed: int = 1,
-               progress: bool = False) -> dict[str, Any]:
-    """Add ``orders`` historical orders to a migrated database; returns rows written and time."""
+async def fill(database_url: str, orders: int, accounts: int | list[str] | None = None, years: float = 3.0,
+               seed: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Add ``orders`` historical orders to a migrated database; returns rows written and time.
+    ``accounts``: how many new accounts they belong to, or the ids of existing ones."""
     db = Database(database_url)
     tables = _tables()
     maker = HistoryMaker(orders, accounts or max(10, orders // 100), years, seed, utcnow())
     started = time.perf_counter()
     written = dict.fromkeys(tables, 0)
     try:
-        account_rows = maker.account_rows()
-        await _copy(db, tables, {"accounts": account_rows})
-        written["accounts"] = len(account_rows)
+        if not isinstance(accounts, list):
+            account_rows = maker.account_rows()
+            await _copy(db, tables, {"accounts": account_rows})
+            written["accounts"] = len(account_rows)
         for number, rows in enumerate(maker.chunks(), start=1):
             await _copy(db, tables, rows)
             for name, values in rows.items():
@@ -192,13 +194,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", required=True, help="a migrated acme-ra database (ACME_RA_DATABASE_URL form)")
     parser.add_argument("--orders", type=int, required=True, help="historical orders to add")
     parser.add_argument("--accounts", type=int, default=None, help="accounts they belong to (default: orders/100)")
+    parser.add_argument("--account", action="append", default=None, metavar="ID",
+                        help="an existing account the orders belong to instead (repeatable)")
     parser.add_argument("--years", type=float, default=3.0, help="how far back the history goes")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print what was written as JSON")
     args = parser.parse_args(argv)
     if args.orders < 1:
         parser.error("--orders must be at least 1")
-    done = asyncio.run(fill(args.database_url, args.orders, args.accounts, args.years, args.seed,
+    done = asyncio.run(fill(args.database_url, args.orders, args.account or args.accounts, args.years, args.seed,
                             progress=not args.json))
     if args.json:
         print(json.dumps(done))

@@ -91,15 +91,19 @@ class BenchDatabase:
     """A database of its own for one target: PostgreSQL (created and dropped through the
     server's ``postgres`` database) or a SQLite file in the target's directory."""
 
-    def __init__(self, server_url: str | None, directory: Path) -> None:
+    def __init__(self, server_url: str | None, directory: Path, template: str | None = None) -> None:
+        """``template``: a database to start from (its name on the server, or a SQLite file)."""
         self.server_url = server_url
         self.directory = directory
+        self.template = template
         self.name: str | None = None
         self.url = ""
 
     def create(self) -> str:
         if not self.server_url:
             self.directory.mkdir(parents=True, exist_ok=True)
+            if self.template:
+                shutil.copyfile(self.template, self.directory / "acme-ra.db")
             self.url = f"sqlite+aiosqlite:///{(self.directory / 'acme-ra.db').resolve()}"
             return self.url
         base = make_url(self.server_url)
@@ -108,7 +112,8 @@ class BenchDatabase:
         self.name = f"acme_ra_bench_{secrets.token_hex(4)}"
         admin = base.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
         try:
-            _execute(admin, f'CREATE DATABASE "{self.name}"')
+            copy = f' TEMPLATE "{self.template}"' if self.template else ""
+            _execute(admin, f'CREATE DATABASE "{self.name}"{copy}')
         except Exception as error:  # noqa: BLE001 - any failure: say which server and why
             shown = base.render_as_string(hide_password=True)
             raise TargetError(f"cannot create a database on {shown}: {type(error).__name__}: {error}") from None
@@ -254,9 +259,11 @@ class AcmeRaTarget(Target):
 
     def __init__(self, key: str, upstream: str, workdir: Path, tls: TlsMaterial, http01_port: int,
                  database_server_url: str | None, extra_env: Mapping[str, str] | None = None,
-                 pebble_dns_server: str | None = None, pebble_http01_port: int | None = None) -> None:
+                 pebble_dns_server: str | None = None, pebble_http01_port: int | None = None,
+                 database_template: str | None = None) -> None:
         """``pebble_dns_server``: the upstream Pebble validates for real, asking this resolver
-        (its authorizations are then proved by the signer: ``ACME_RA_UPSTREAM_AUTHZ_STRATEGY``)."""
+        (its authorizations are then proved by the signer: ``ACME_RA_UPSTREAM_AUTHZ_STRATEGY``).
+        ``database_template``: the database starts as a copy of this one (BenchDatabase)."""
         self.key = key
         self.pebble_dns_server = pebble_dns_server
         # The port the validating Pebble fetches http-01 from (upstream http-01: the responder's).
@@ -265,7 +272,7 @@ class AcmeRaTarget(Target):
         self.workdir = workdir
         self.tls = tls
         self.http01_port = http01_port
-        self.database = BenchDatabase(database_server_url, workdir / "db")
+        self.database = BenchDatabase(database_server_url, workdir / "db", database_template)
         self.extra_env = dict(extra_env or {})
         self.pebble: PebbleProcess | None = None
         self.topology: Topology | None = None

@@ -1,34 +1,40 @@
 """Every statement the services run on the request path and the job path is served by an index
 once the tables are large: a PostgreSQL of the test's own logs the plan of every statement
 (auto_explain), the tables hold years of history (bench.history), and a lab issues and revokes
-certificates through certbot (http-01 and dns-01) and purges; a sequential scan of a large table in
-any plan fails the test, naming the statement."""
+certificates through certbot (http-01 and dns-01), reads an account's orders list page by page and
+purges; a sequential scan of a large table in any plan fails the test, naming the statement."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
+import re
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import text
 
 from acme_ra.db import retention
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
+from tests.conformance.client import TestAcmeClient
 from tests.support.certbot import CERTBOT, certonly, trust_environment
 from tests.support.dns_server import TestDnsServer
-from tests.support.lab import TEST_ZONE, running_lab
+from tests.support.lab import TEST_ZONE, Lab, running_lab
 from tests.support.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 # Historical orders in the tables (each with its authorization, 3 challenges, ...).
 HISTORY_ORDERS = 30_000
+# Orders of the account whose orders list the test reads, page by page.
+ORDERS_LISTED = 1_000
 # A table with more rows than this is large: a sequential scan of it is a missing index.
 LARGE_ROWS = 10_000
 
@@ -92,6 +98,30 @@ async def purge(url: str) -> None:
         await db.dispose()
 
 
+async def walk_orders_list(lab: Lab, url: str) -> None:
+    """An account with ORDERS_LISTED orders reads its orders list to the end (every page after
+    the first starts from a cursor)."""
+    async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(lab.ca_bundle)), timeout=60) as http:
+        client = TestAcmeClient(http, lab.directory_url)
+        await client.load_directory()
+        registered = await client.register()
+        assert registered.status == 201 and client.kid, registered.text
+        fill = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "bench.history", "--database-url", url, "--orders",
+                             str(ORDERS_LISTED), "--account", client.kid.rsplit("/", 1)[1], "--json"],
+            check=False, capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert fill.returncode == 0, fill.stderr
+        next_url: str | None = registered.body["orders"]
+        pages = 0
+        while next_url:
+            page = await client.post(next_url)
+            assert page.status == 200, page.text
+            pages += 1
+            found = re.search(r'<([^>]+)>;\s*rel="next"', page.headers.get("link", ""))
+            next_url = found.group(1) if found else None
+        assert pages > 2
+
+
 def test_no_statement_scans_a_large_table(postgres: PostgresServer, test_dns: TestDnsServer,
                                           tmp_path: Path) -> None:
     url = postgres.url("ra")
@@ -115,6 +145,7 @@ def test_no_statement_scans_a_large_table(postgres: PostgresServer, test_dns: Te
              "--logs-dir", str(tmp_path / "http" / "logs")],
             env=trust_environment(lab.ca_bundle), capture_output=True, text=True, timeout=120, check=False)
         assert revoke.returncode == 0, revoke.stdout + revoke.stderr
+        asyncio.run(walk_orders_list(lab, url))
         asyncio.run(purge(url))
     log = postgres.log.read_text(errors="replace")[start:]
     seen, scanning = 0, []

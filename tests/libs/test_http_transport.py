@@ -20,7 +20,7 @@ import httpx
 import pytest
 import uvloop
 
-from acme_ra import http_transport
+from acme_ra import http_wire
 from acme_ra.http_transport import LeanTransport
 from acme_ra_tools.lab_tls import TlsMaterial, ensure_tls_material
 
@@ -328,7 +328,7 @@ def test_after_the_server_closes_the_next_request_opens_a_new_connection(
 def test_a_connection_idle_too_long_is_not_reused(
     run: Callable[[Awaitable[None]], None], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(http_transport, "KEEPALIVE_EXPIRY_SECONDS", 0.05)
+    monkeypatch.setattr(http_wire, "KEEPALIVE_EXPIRY_SECONDS", 0.05)
 
     async def scenario() -> None:
         async with serving() as server, client() as (http, transport):

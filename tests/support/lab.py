@@ -13,6 +13,8 @@ import pytest
 from acme_ra.config import ENV_PREFIX, Settings
 from acme_ra_tools.dev import Topology
 from acme_ra_tools.supervisor import LaunchError, free_port
+from tests.support import database
+from tests.support.dns_server import TestDnsServer
 
 # Where the test DNS server's names resolve, and the zone it answers for.
 TEST_ZONE = "acme-ra.test"
@@ -98,6 +100,34 @@ class Lab:
         for path in sorted(self.topology.log_dir.glob("*.log")):
             parts.append(f"----- {path.name}\n{path.read_text(errors='replace')[-20000:]}")
         return "\n".join(parts)
+
+
+@contextmanager
+def running_tls_lab(workdir: Path, test_dns: TestDnsServer, extra_env: Mapping[str, str]) -> Iterator[tuple[Lab, Path]]:
+    """A topology on a fresh database of the lane's kind whose frontend serves a TLS pair of the
+    test's own (``ACME_RA_TLS_CERT_FILE``), ``extra_env`` on top; yields it and the pair's root
+    (what clients must trust). With no pair and an ACME upstream, ``ca-bundle.pem`` holds only the
+    upstream's intermediate, which OpenSSL-based clients and the launcher's readiness check cannot
+    use as a trust anchor (docs/conformance.md, "Interop")."""
+    from tests.upstream.pebble import make_tls_material
+
+    trust, cert, key = make_tls_material(workdir / "frontend-tls")
+    ports = LabPorts.allocate()
+    with database.fresh_database(workdir / "db") as database_url:
+        env = lab_environment(workdir / "var", database_url, ports, dns_resolvers=test_dns.resolver_setting)
+        env.update({"ACME_RA_TLS_CERT_FILE": str(cert), "ACME_RA_TLS_KEY_FILE": str(key), **extra_env})
+        topology = Topology(env, nats_port=ports.nats)
+        with pytest.MonkeyPatch.context() as patch:  # the launcher checks our TLS pair against these roots
+            patch.setenv("SSL_CERT_FILE", str(trust))
+            patch.delenv("SSL_CERT_DIR", raising=False)
+            try:
+                topology.start()
+            except LaunchError as error:
+                pytest.fail(f"the topology did not start: {error}", pytrace=False)
+        try:
+            yield Lab(topology, ports, test_dns.txt_dir), trust
+        finally:
+            topology.stop()
 
 
 @contextmanager

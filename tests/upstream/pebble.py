@@ -64,6 +64,18 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def upstream_env(pebble: Pebble, secret_key: str) -> dict[str, str]:
+    """acme-ra's settings for ``pebble`` as its ACME upstream (EAB), with ``secret_key``."""
+    return {
+        "ACME_RA_UPSTREAM": "acme",
+        "ACME_RA_UPSTREAM_DIRECTORY_URL": pebble.directory_url,
+        "ACME_RA_UPSTREAM_EAB_KID": pebble.eab_kid,
+        "ACME_RA_UPSTREAM_EAB_HMAC_KEY": pebble.eab_hmac_key,
+        "ACME_RA_UPSTREAM_CA_BUNDLE": str(pebble.ca_bundle),
+        "ACME_RA_SECRET_KEY": secret_key,
+    }
+
+
 def make_tls_material(directory: Path) -> tuple[Path, Path, Path]:
     """A throw-away CA and a server certificate for 127.0.0.1/localhost: (ca, cert, key) paths."""
     now = dt.datetime.now(dt.UTC)

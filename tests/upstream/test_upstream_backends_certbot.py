@@ -16,16 +16,12 @@ import pytest
 import yaml
 
 from acme_ra_signer.upstream.vault import vault_serial
-from acme_ra_tools.dev import Topology
-from acme_ra_tools.supervisor import LaunchError
-from tests.support import database
 from tests.support.certbot import CertbotRun, certonly, dns_names, revoke
 from tests.support.dns_server import TestDnsServer
-from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment
+from tests.support.lab import TEST_ZONE, Lab, running_tls_lab
 from tests.support.openssl_ca import ISSUE, REVOKE, OpensslCa
 
 from .openbao import MOUNT, ROLE, OpenBao
-from .pebble import make_tls_material
 
 SECRET = "backends-certbot-tests-sealing-secret-0"
 VAULT_ZONE = f"vault.{TEST_ZONE}"  # the names the OpenBao role signs
@@ -61,31 +57,14 @@ def backends_lab(test_dns: TestDnsServer, tmp_path_factory: pytest.TempPathFacto
             "default_upstream": "bao-token",
             "profiles": {"approle": {"upstream": "bao-approle"}, "openssl": {"upstream": "openssl"}},
         }))
-        trust, cert, key = make_tls_material(workdir / "frontend-tls")
-        ports = LabPorts.allocate()
-        with database.fresh_database(workdir / "db") as database_url:
-            env = lab_environment(workdir / "var", database_url, ports, dns_resolvers=test_dns.resolver_setting)
-            env.update({
-                "ACME_RA_UPSTREAM": "acme",
-                "ACME_RA_CONFIG_FILE": str(config),
-                "ACME_RA_SECRET_KEY": SECRET,
-                "ACME_RA_TLS_CERT_FILE": str(cert),
-                "ACME_RA_TLS_KEY_FILE": str(key),
-                "ACME_RA_PROFILES": "tlsserver=OpenBao (token),approle=OpenBao (AppRole),openssl=openssl ca",
-                **ca.environment,  # the signer's environment reaches the command
-            })
-            topology = Topology(env, nats_port=ports.nats)
-            with pytest.MonkeyPatch.context() as patch:  # the launcher checks our TLS pair against these roots
-                patch.setenv("SSL_CERT_FILE", str(trust))
-                patch.delenv("SSL_CERT_DIR", raising=False)
-                try:
-                    topology.start()
-                except LaunchError as error:
-                    pytest.fail(f"the topology did not start: {error}", pytrace=False)
-            try:
-                yield BackendsLab(Lab(topology, ports, test_dns.txt_dir), bao, ca, trust)
-            finally:
-                topology.stop()
+        with running_tls_lab(workdir, test_dns, {
+            "ACME_RA_UPSTREAM": "acme",
+            "ACME_RA_CONFIG_FILE": str(config),
+            "ACME_RA_SECRET_KEY": SECRET,
+            "ACME_RA_PROFILES": "tlsserver=OpenBao (token),approle=OpenBao (AppRole),openssl=openssl ca",
+            **ca.environment,  # the signer's environment reaches the command
+        }) as (lab, trust):
+            yield BackendsLab(lab, bao, ca, trust)
     finally:
         bao.stop()
 

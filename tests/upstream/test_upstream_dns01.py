@@ -6,7 +6,6 @@ front of that Pebble fails naming ``authz_strategy``; a wrong TSIG secret fails 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import logging
 import secrets
 import socket
@@ -16,12 +15,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from pydantic import SecretStr
-from sqlalchemy import update
 
 from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra.db.models import UpstreamOrder, utcnow
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.worker import IssueWorker
 from tests.support.bind import Bind, Zone
@@ -37,10 +34,9 @@ from .conftest import (
     order_row,
     run_job,
     upstream_order_row,
-    wait_until,
 )
 from .pebble import Pebble, free_port, require_pebble
-from .test_upstream_signer_killed import LINK_DELAY_SECONDS, SignerProcess, signer_env
+from .test_upstream_signer_killed import LINK_DELAY_SECONDS, KilledMidIssuance, signer_env
 
 # The hosts live in example.test (the key may write it) and hosts.test (it may not: its
 # _acme-challenge names are CNAMEs into validation.test, the one zone delegated to acme-ra).
@@ -239,57 +235,25 @@ async def test_signer_killed_mid_validation_completes_once_and_leaves_no_record(
         ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE=str(bind.secret_file),
         ACME_RA_UPSTREAM_DNS_NAMESERVERS=bind.address,
     )
-    first = SignerProcess(env, tmp_path / "signer-1.log")
-    second: SignerProcess | None = None
-    nc = await bus.connect(nats_url, "test")
-    names = ["killed.example.test", "*.killed.example.test"]
     try:
-        order_id = await new_order(db, names)
+        async with KilledMidIssuance(tmp_path, env, link, db, nats_url) as run:
+            order_id = await run.issue(["killed.example.test", "*.killed.example.test"])
 
-        async def js_ready() -> bool:
-            try:
-                await nc.jetstream().stream_info(bus.JOBS_STREAM)
-                return True
-            except Exception:  # noqa: BLE001 - not created yet
-                return False
+            async def published() -> bool:
+                return len(bind.txt("_acme-challenge.killed.example.test")) == 2
 
-        await wait_until(js_ready, timeout=30)
-        js = nc.jetstream()
-        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}")
-
-        async def published() -> bool:
-            return len(bind.txt("_acme-challenge.killed.example.test")) == 2
-
-        await wait_until(published, timeout=60, interval=0.01)
-        first.kill()
-        record = await upstream_order_row(db, order_id)
-        assert record is not None and record.state == "pending" and record.dns_records, record
-        async with db.transaction() as session:  # the dead signer's lease ran out (as after 10 s)
-            await session.execute(
-                update(UpstreamOrder)
-                .where(UpstreamOrder.order_id == order_id)
-                .values(lease_until=utcnow() - dt.timedelta(seconds=1))
-            )
-        link.delay = 0.0
-        second = SignerProcess(env, tmp_path / "signer-2.log")
-        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}-again")
-
-        async def settled() -> bool:
-            return (await order_row(db, order_id)).status in ("valid", "invalid")
-
-        await wait_until(settled, timeout=60)
-        order = await order_row(db, order_id)
-        assert order.status == "valid", (order.error, (tmp_path / "signer-2.log").read_text()[-3000:])
-        record = await upstream_order_row(db, order_id)
-        assert record is not None and record.orders_created == 1 and record.dns_records is None
-        assert await certificate_count(db, order_id) == 1
-        assert pebble.issued_count() == 1
-        assert bind.all_txt() == {}
+            await run.kill_when(published)
+            record = await upstream_order_row(db, order_id)
+            assert record is not None and record.state == "pending" and record.dns_records, record
+            await run.resume()
+            order = await order_row(db, order_id)
+            assert order.status == "valid", (order.error, (tmp_path / "signer-2.log").read_text()[-3000:])
+            record = await upstream_order_row(db, order_id)
+            assert record is not None and record.orders_created == 1 and record.dns_records is None
+            assert await certificate_count(db, order_id) == 1
+            assert pebble.issued_count() == 1
+            assert bind.all_txt() == {}
     finally:
-        await nc.close()
-        first.kill()
-        if second is not None:
-            second.stop()
         link.stop()
 
 

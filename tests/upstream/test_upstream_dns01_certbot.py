@@ -17,16 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from acme_ra_tools.dev import Topology
-from acme_ra_tools.supervisor import LaunchError
-from tests.support import database
 from tests.support.bind import Bind, Zone
 from tests.support.certbot import certonly, dns_names
 from tests.support.dns_server import TestDnsServer
 from tests.support.doc_recipes import exports, recipe, substituted
-from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment
+from tests.support.lab import TEST_ZONE, Lab, running_tls_lab
 
-from .pebble import Pebble, make_tls_material, require_pebble
+from .pebble import Pebble, require_pebble
+from .pebble import upstream_env as pebble_upstream_env
 
 SECRET = "dns01-certbot-tests-sealing-secret-0123"
 HOSTS = f"hosts.{TEST_ZONE}"
@@ -52,33 +50,8 @@ def topology_in_front_of(
     pebble: Pebble, workdir: Path, test_dns: TestDnsServer, upstream_env: dict[str, str]
 ) -> Iterator[Lab]:
     """The three services with ``pebble`` as their upstream and ``upstream_env`` on top."""
-    trust, cert, key = make_tls_material(workdir / "frontend-tls")
-    ports = LabPorts.allocate()
-    with database.fresh_database(workdir / "db") as database_url:
-        env = lab_environment(workdir / "var", database_url, ports, dns_resolvers=test_dns.resolver_setting)
-        env.update({
-            "ACME_RA_UPSTREAM": "acme",
-            "ACME_RA_UPSTREAM_DIRECTORY_URL": pebble.directory_url,
-            "ACME_RA_UPSTREAM_EAB_KID": pebble.eab_kid,
-            "ACME_RA_UPSTREAM_EAB_HMAC_KEY": pebble.eab_hmac_key,
-            "ACME_RA_UPSTREAM_CA_BUNDLE": str(pebble.ca_bundle),
-            "ACME_RA_SECRET_KEY": SECRET,
-            "ACME_RA_TLS_CERT_FILE": str(cert),
-            "ACME_RA_TLS_KEY_FILE": str(key),
-            **upstream_env,
-        })
-        topology = Topology(env, nats_port=ports.nats)
-        with pytest.MonkeyPatch.context() as patch:  # the launcher checks our TLS pair against these roots
-            patch.setenv("SSL_CERT_FILE", str(trust))
-            patch.delenv("SSL_CERT_DIR", raising=False)
-            try:
-                topology.start()
-            except LaunchError as error:
-                pytest.fail(f"the topology did not start: {error}", pytrace=False)
-        try:
-            yield Lab(topology, ports, test_dns.txt_dir)
-        finally:
-            topology.stop()
+    with running_tls_lab(workdir, test_dns, pebble_upstream_env(pebble, SECRET) | upstream_env) as (lab, _):
+        yield lab
 
 
 def dns01_env(bind: Bind) -> dict[str, str]:

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
-from acme_ra import bus
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
-from acme_ra.db.models import UpstreamKeyAuthorization, UpstreamOrder, utcnow
+from acme_ra.db.models import UpstreamKeyAuthorization, utcnow
 from acme_ra_frontend import upstream_http01
 from acme_ra_signer import metrics as signer_metrics
 from acme_ra_signer.upstream.base import UpstreamRejected
@@ -51,7 +50,7 @@ from .conftest import (
 )
 from .pebble import Pebble, free_port, require_pebble
 from .test_upstream_dns01_certbot import topology_in_front_of
-from .test_upstream_signer_killed import LINK_DELAY_SECONDS, SignerProcess, signer_env
+from .test_upstream_signer_killed import LINK_DELAY_SECONDS, KilledMidIssuance, signer_env
 
 ZONES = [Zone("example.test")]  # "* IN A 127.0.0.1": every test name is this machine
 TOKEN = "tok_" + "A" * 40
@@ -333,57 +332,26 @@ async def test_signer_killed_mid_validation_completes_once_and_leaves_no_row(
     link = TcpProxy(pebble.port, delay=LINK_DELAY_SECONDS)
     env = signer_env(tmp_path, pebble, f"https://127.0.0.1:{link.port}/dir", nats_url, db_url)
     env["ACME_RA_UPSTREAM_AUTHZ_STRATEGY"] = "http-01"
-    first = SignerProcess(env, tmp_path / "signer-1.log")
-    second: SignerProcess | None = None
-    nc = await bus.connect(nats_url, "test")
     try:
-        order_id = await new_order(db, ["killed.example.test"])
+        async with KilledMidIssuance(tmp_path, env, link, db, nats_url) as run:
+            order_id = await run.issue(["killed.example.test"])
 
-        async def js_ready() -> bool:
-            try:
-                await nc.jetstream().stream_info(bus.JOBS_STREAM)
-                return True
-            except Exception:  # noqa: BLE001 - not created yet
-                return False
+            async def stored() -> bool:
+                return await key_authorization_rows(db) == 1
 
-        await wait_until(js_ready, timeout=30)
-        js = nc.jetstream()
-        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}")
-
-        async def stored() -> bool:
-            return await key_authorization_rows(db) == 1
-
-        await wait_until(stored, timeout=60, interval=0.01)
-        first.kill()
-        record = await upstream_order_row(db, order_id)
-        assert record is not None and record.state == "pending", record
-        assert await key_authorization_rows(db) == 1  # what the dead signer published stays...
-        async with db.transaction() as session:  # the dead signer's lease ran out (as after 10 s)
-            await session.execute(
-                update(UpstreamOrder)
-                .where(UpstreamOrder.order_id == order_id)
-                .values(lease_until=utcnow() - dt.timedelta(seconds=1))
-            )
-        link.delay = 0.0
-        second = SignerProcess(env, tmp_path / "signer-2.log")
-        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}-again")
-
-        async def settled() -> bool:
-            return (await order_row(db, order_id)).status in ("valid", "invalid")
-
-        await wait_until(settled, timeout=60)
-        order = await order_row(db, order_id)
-        assert order.status == "valid", (order.error, (tmp_path / "signer-2.log").read_text()[-3000:])
-        record = await upstream_order_row(db, order_id)
-        assert record is not None and record.orders_created == 1
-        assert await certificate_count(db, order_id) == 1
-        assert pebble.issued_count() == 1
-        assert await key_authorization_rows(db) == 0  # ... until the next signer removes it
+            await run.kill_when(stored)
+            record = await upstream_order_row(db, order_id)
+            assert record is not None and record.state == "pending", record
+            assert await key_authorization_rows(db) == 1  # what the dead signer published stays...
+            await run.resume()
+            order = await order_row(db, order_id)
+            assert order.status == "valid", (order.error, (tmp_path / "signer-2.log").read_text()[-3000:])
+            record = await upstream_order_row(db, order_id)
+            assert record is not None and record.orders_created == 1
+            assert await certificate_count(db, order_id) == 1
+            assert pebble.issued_count() == 1
+            assert await key_authorization_rows(db) == 0  # ... until the next signer removes it
     finally:
-        await nc.close()
-        first.kill()
-        if second is not None:
-            second.stop()
         link.stop()
 
 

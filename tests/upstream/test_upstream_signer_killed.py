@@ -10,8 +10,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Self
 
 import pytest
 from sqlalchemy import update
@@ -78,61 +79,92 @@ def signer_env(tmp_path: Path, pebble: Pebble, directory_url: str, nats_url: str
     return env
 
 
+class KilledMidIssuance:
+    """The scenario of the signer-killed tests: a first signer process takes the issue job of a new
+    order, is SIGKILLed at a moment the test chooses, and a second one (the dead one's lease run
+    out, the link to the upstream fast again) finishes the re-published job."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], link: TcpProxy, db: Database, nats_url: str) -> None:
+        self.tmp_path, self.env, self.link, self.db, self.nats_url = tmp_path, env, link, db, nats_url
+        self.first: SignerProcess | None = None
+        self.second: SignerProcess | None = None
+        self.order_id = ""
+
+    async def __aenter__(self) -> Self:
+        self.nc = await bus.connect(self.nats_url, "test")
+        self.first = SignerProcess(self.env, self.tmp_path / "signer-1.log")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.nc.close()
+        if self.first is not None:
+            self.first.kill()
+        if self.second is not None:
+            self.second.stop()
+
+    async def issue(self, names: list[str]) -> str:
+        """A new order for ``names``, its issue job published once the signer created the streams."""
+        self.order_id = await new_order(self.db, names)
+
+        async def js_ready() -> bool:
+            try:
+                await self.nc.jetstream().stream_info(bus.JOBS_STREAM)
+                return True
+            except Exception:  # noqa: BLE001 - not created yet
+                return False
+
+        await wait_until(js_ready, timeout=30)
+        await bus.publish_job(self.nc.jetstream(), bus.SUBJECT_ISSUE, bus.IssueJob(order_id=self.order_id),
+                              f"issue-{self.order_id}")
+        return self.order_id
+
+    async def kill_when(self, moment: Callable[[], Awaitable[bool]]) -> None:
+        await wait_until(moment, timeout=60, interval=0.01)
+        assert self.first is not None
+        self.first.kill()
+
+    async def resume(self) -> None:
+        """The job comes back (re-published here as the reconciler does; JetStream itself
+        redelivers after its ack wait) to a new signer once the dead one's lease ran out (30 s in
+        production; expiry itself is tested in test_upstream_never_twice); returns when the order
+        is settled."""
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(UpstreamOrder)
+                .where(UpstreamOrder.order_id == self.order_id)
+                .values(lease_until=utcnow() - dt.timedelta(seconds=1))
+            )
+        self.link.delay = 0.0  # the same upstream URL (the account and order URLs depend on it), now fast
+        self.second = SignerProcess(self.env, self.tmp_path / "signer-2.log")
+        await bus.publish_job(self.nc.jetstream(), bus.SUBJECT_ISSUE, bus.IssueJob(order_id=self.order_id),
+                              f"issue-{self.order_id}-again")
+
+        async def settled() -> bool:
+            return (await order_row(self.db, self.order_id)).status in ("valid", "invalid")
+
+        await wait_until(settled, timeout=60)
+
+
 async def test_signer_killed_after_the_upstream_order_was_created(
     tmp_path: Path, pebble: Pebble, slow_link: TcpProxy, db: Database, db_url: str, nats_url: str
 ) -> None:
     slow_url = f"https://127.0.0.1:{slow_link.port}/dir"
-    first = SignerProcess(signer_env(tmp_path, pebble, slow_url, nats_url, db_url), tmp_path / "signer-1.log")
-    second: SignerProcess | None = None
-    nc = await bus.connect(nats_url, "test")
-    try:
-        order_id = await new_order(db, ["killed.example.test", "www.killed.example.test"])
-
-        async def js_ready() -> bool:  # the signer has created the streams
-            try:
-                await nc.jetstream().stream_info(bus.JOBS_STREAM)
-                return True
-            except Exception:  # noqa: BLE001
-                return False
-
-        await wait_until(js_ready, timeout=30)
-        js = nc.jetstream()
-        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}")
+    env = signer_env(tmp_path, pebble, slow_url, nats_url, db_url)
+    async with KilledMidIssuance(tmp_path, env, slow_link, db, nats_url) as run:
+        order_id = await run.issue(["killed.example.test", "www.killed.example.test"])
 
         async def upstream_order_created() -> bool:
             record = await upstream_order_row(db, order_id)
             return record is not None and record.url is not None
 
-        await wait_until(upstream_order_created, timeout=60, interval=0.01)
-        first.kill()
+        await run.kill_when(upstream_order_created)
         killed_in = (await upstream_order_row(db, order_id)).state  # type: ignore[union-attr]
         assert killed_in in ("pending", "finalizing", "processing"), killed_in
         assert (await order_row(db, order_id)).status == "processing"
-
-        # A new signer; the job comes back (here re-published as the reconciler does; JetStream
-        # itself redelivers after its ack wait). The dead signer's lease has run out by then
-        # (30 s in production; expiry itself is tested in test_upstream_never_twice).
-        async with db.transaction() as session:
-            await session.execute(
-                update(UpstreamOrder)
-                .where(UpstreamOrder.order_id == order_id)
-                .values(lease_until=utcnow() - dt.timedelta(seconds=1))
-            )
-        slow_link.delay = 0.0  # the same upstream URL (the account and order URLs depend on it), now fast
-        second = SignerProcess(signer_env(tmp_path, pebble, slow_url, nats_url, db_url), tmp_path / "signer-2.log")
-        await bus.publish_job(js, bus.SUBJECT_ISSUE, bus.IssueJob(order_id=order_id), f"issue-{order_id}-again")
-
-        async def valid() -> bool:
-            return (await order_row(db, order_id)).status == "valid"
-
-        await wait_until(valid, timeout=60)
+        await run.resume()
+        assert (await order_row(db, order_id)).status == "valid"
         assert await certificate_count(db, order_id) == 1
         record = await upstream_order_row(db, order_id)
         assert record is not None and record.orders_created == 1
         await asyncio.sleep(0.5)  # anything still in flight would have issued by now
         assert pebble.issued_count() == 1
-    finally:
-        await nc.close()
-        first.kill()
-        if second is not None:
-            second.stop()

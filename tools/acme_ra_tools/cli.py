@@ -227,6 +227,7 @@ def config_from_acme_proxy(
 ) -> None:
     """Print the acme-ra environment file equivalent to an esnet/acme-proxy ca.json.
     What does not carry over is one line each on stderr; exit status 2 for an unreadable ca.json."""
+    from acme_ra_admin import acme_proxy_files as files
     from acme_ra_admin import acme_proxy_migration as migration_module
 
     if len(ca_json) > 1 and config_file is None:
@@ -238,10 +239,10 @@ def config_from_acme_proxy(
             result: Any = migration_module.migrate(documents[0][1], secrets_dir)
         else:
             config_file = config_file.resolve()
-            result = migration_module.combine(documents, config_file, secrets_dir)
-        written = migration_module.write_secrets(result) if secrets_dir is not None else []
+            result = files.combine(documents, config_file, secrets_dir)
+        written = files.write_secrets(result) if secrets_dir is not None else []
         if config_file is not None:
-            config_file.write_text(migration_module.render_config(result, ca_json))
+            config_file.write_text(files.render_config(result, ca_json))
             written.append(config_file)
     except migration_module.MigrationError as error:
         typer.echo(f"acme-ra: {error}", err=True)
@@ -249,7 +250,7 @@ def config_from_acme_proxy(
     except OSError as error:
         typer.echo(f"acme-ra: cannot write {error.filename or secrets_dir}: {error.strerror or error}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(migration_module.render_env(result, ca_json if config_file else ca_json[0]), nl=False)
+    typer.echo(files.render_env(result, ca_json if config_file else ca_json[0]), nl=False)
     for note in result.notes:
         typer.echo(f"acme-ra: {note}", err=True)
     for path in written:

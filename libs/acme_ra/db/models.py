@@ -145,7 +145,7 @@ class EabKey(Base):
 class Order(Base):
     __tablename__ = "orders"
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"), index=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     provisioner: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default=OrderStatus.pending.value)
     expires: Mapped[dt.datetime]
@@ -170,6 +170,8 @@ class Order(Base):
 
     __table_args__ = (
         Index("ix_orders_status_updated", "status", "updated_at"),
+        # An account's orders list, a page at a time (frontend repo.accounts.order_page).
+        Index("ix_orders_account_created", "account_id", "created_at", "id"),
         # Retention: orders that never got a certificate, by expiry (acme_ra.db.retention).
         Index("ix_orders_unissued_expires", "expires", postgresql_where=text("certificate_id IS NULL"),
               sqlite_where=text("certificate_id IS NULL")),

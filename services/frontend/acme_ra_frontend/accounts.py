@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
 import html
@@ -38,6 +39,10 @@ BLOCKED_REASON = "a certificate for it was revoked for keyCompromise"
 MAX_CONTACTS = 10
 # Orders per page of an account's orders list.
 ORDERS_PAGE_SIZE = 100
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# An orders-list cursor's parts: microseconds (up to year 9999) and a resource id (models.new_id).
+_CURSOR_MICROS = re.compile(r"[0-9]{1,18}")
+_ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 # Where a person agrees to changed terms of service (the userActionRequired problem's instance):
 # the account id and a MAC of it and the terms' URL, so only whoever got the problem can agree.
 TERMS_AGREEMENT = "/acme/{provisioner}/terms/{account_id}/{token}"
@@ -161,16 +166,32 @@ async def deactivate(call: AcmeCall, acct: Account) -> None:
 
 
 async def account_orders(call: AcmeCall) -> Response:
+    """The account's orders list (§7.1.2.1), ORDERS_PAGE_SIZE at a time; ``Link: rel="next"`` names
+    the page after the last order listed (a keyset, not an offset: stable while orders are added)."""
     acct = owned_account(call)
-    page_text = call.request.query_params.get("page", "0")
-    if not (page_text.isascii() and page_text.isdigit()) or int(page_text) > 1_000_000:  # "²" is a digit
-        raise malformed("page must be a small non-negative integer")
-    page = int(page_text)
-    ids = await repo.order_ids(call.session, acct.id, page * ORDERS_PAGE_SIZE, ORDERS_PAGE_SIZE + 1)
+    after = order_cursor(call.request.query_params.get("after"))
+    rows = await repo.order_page(call.session, acct.id, after, ORDERS_PAGE_SIZE + 1)
+    page = rows[:ORDERS_PAGE_SIZE]
     headers = {}
-    if len(ids) > ORDERS_PAGE_SIZE:
-        headers["Link"] = f'<{call.urls.account_orders(acct.id)}?page={page + 1}>;rel="next"'
-    return json_response({"orders": [call.urls.order(i) for i in ids[:ORDERS_PAGE_SIZE]]}, 200, headers)
+    if len(rows) > ORDERS_PAGE_SIZE:
+        last_id, last_created = page[-1]
+        cursor = f"{(last_created - EPOCH) // dt.timedelta(microseconds=1)}.{last_id}"
+        headers["Link"] = f'<{call.urls.account_orders(acct.id)}?after={cursor}>;rel="next"'
+    return json_response({"orders": [call.urls.order(order_id) for order_id, _ in page]}, 200, headers)
+
+
+def order_cursor(text: str | None) -> tuple[dt.datetime, str] | None:
+    """``after`` of the orders list: "<created_at in µs since 1970>.<order id>", as the server
+    wrote it into a previous page's Link."""
+    if text is None:
+        return None
+    micros, _, order_id = text.partition(".")
+    try:
+        if _CURSOR_MICROS.fullmatch(micros) and _ORDER_ID.fullmatch(order_id):
+            return EPOCH + dt.timedelta(microseconds=int(micros)), order_id
+    except OverflowError:  # past year 9999
+        pass
+    raise malformed("after must be the cursor of a previous page's Link header")
 
 
 async def key_change(call: AcmeCall) -> Response:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import select, update
+from sqlalchemy import literal, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from acme_ra.db.models import Account, Authorization, AuthzStatus, EabKey, Order, OrderStatus
+from acme_ra.db.models import Account, Authorization, AuthzStatus, EabKey, Order, OrderStatus, UTCDateTime
 
 
 async def by_thumbprint(session: AsyncSession, key_thumbprint: str) -> Account | None:
@@ -44,15 +45,20 @@ async def end_pending_work(session: AsyncSession, account_id: str) -> None:
     )
 
 
-async def order_ids(session: AsyncSession, account_id: str, offset: int, limit: int) -> Sequence[str]:
-    """The account's orders that are not invalid, oldest first."""
-    return (await session.execute(
-        select(Order.id)
-        .where(Order.account_id == account_id, Order.status != OrderStatus.invalid)
-        .order_by(Order.created_at, Order.id)
-        .offset(offset)
-        .limit(limit)
-    )).scalars().all()
+async def order_page(session: AsyncSession, account_id: str, after: tuple[dt.datetime, str] | None,
+                     limit: int) -> Sequence[tuple[str, dt.datetime]]:
+    """Up to ``limit`` of the account's orders that are not invalid, oldest first, from the one
+    after ``after`` (its created_at and id): (id, created_at) pairs. A keyset on
+    ix_orders_account_created, so a page costs the same at any depth and orders created meanwhile
+    only ever add to the end."""
+    query = (select(Order.id, Order.created_at)
+             .where(Order.account_id == account_id, Order.status != OrderStatus.invalid)
+             .order_by(Order.created_at, Order.id)
+             .limit(limit))
+    if after is not None:
+        query = query.where(tuple_(Order.created_at, Order.id) > tuple_(
+            literal(after[0], UTCDateTime()), literal(after[1], Order.id.type)))
+    return [(row.id, row.created_at) for row in await session.execute(query)]
 
 
 async def id_by_thumbprint(session: AsyncSession, key_thumbprint: str) -> str | None:

@@ -1,6 +1,6 @@
 """Configuration from ``ACME_RA_*`` environment variables (pydantic-settings).
 
-One settings class; every service reads the fields it needs. ``load_settings`` turns a
+One settings class, made of sections (``acme_ra.settings``); every service reads the fields it needs. ``load_settings`` turns a
 validation error into one line that names the variable, and exits.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -17,11 +16,15 @@ from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from acme_ra.db import multihost
+from acme_ra.settings.acme import AcmeSettings
+from acme_ra.settings.section import ENV_PREFIX, http_base, normal_issuer_domain, parse_host_port
+from acme_ra.settings.upstream import UpstreamSettings
+from acme_ra.settings.validation import ValidationSettings
 
-ENV_PREFIX = "ACME_RA_"
+__all__ = ["ENV_PREFIX", "Settings", "get_settings", "http_base", "normal_issuer_domain", "parse_host_port"]
+
 # ACME_RA_* variables that are not settings of the services: the test suite's (ACME_RA_TEST_*,
 # ACME_RA_HYPOTHESIS_*) and the benchmark's (ACME_RA_BENCH_*). Never reported as unknown.
 NOT_SETTINGS_PREFIXES = (ENV_PREFIX + "TEST_", ENV_PREFIX + "HYPOTHESIS_", ENV_PREFIX + "BENCH_")
@@ -31,54 +34,9 @@ COMMAND_UPSTREAM_VARIABLES = frozenset(ENV_PREFIX + name for name in (
     "ORDER_ID", "NAMES", "PROFILE", "PROVISIONER", "SERIAL", "REASON"))
 
 
-def parse_host_port(value: str, default_port: int | None = None) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or (with a default port) a bare host."""
-    value = value.strip()
-    if value.startswith("["):
-        host, _, rest = value[1:].partition("]")
-        port_text = rest[1:] if rest.startswith(":") else ""
-    elif value.count(":") == 1:
-        host, _, port_text = value.partition(":")
-    elif value.count(":") > 1:  # bare IPv6 address
-        host, port_text = value, ""
-    else:
-        host, port_text = value, ""
-    if not host:
-        raise ValueError(f"no host in {value!r}")
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"expected host:port, got {value!r}")
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"bad port in {value!r}")
-    return host, int(port_text)
-
-
-# dns-persist-01 (draft-ietf-acme-dns-persist-02 §3.1): a challenge names 1 to 10 issuer domain names.
-MAX_ISSUER_DOMAIN_NAMES = 10
-
-
-def normal_issuer_domain(name: str) -> str:
-    """An issuer domain name in the draft's form: A-labels (IDNA), lowercase, no final dot; ""
-    when it cannot be one."""
-    try:
-        return name.strip().rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError:
-        return ""
-
-
-def http_base(listen: str) -> str:
-    """The http:// base URL that reaches a listener configured as ``listen`` (``host:port``) from
-    this machine: a wildcard address is reached on loopback."""
-    host, port = parse_host_port(listen)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-class Settings(BaseSettings):
-    """Every ``ACME_RA_*`` variable. Names are a documented contract (README, docs/configuration.md)."""
-
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", case_sensitive=False)
+class Settings(UpstreamSettings, ValidationSettings, AcmeSettings):
+    """Every ``ACME_RA_*`` variable: the common ones here, the rest in their sections
+    (acme_ra.settings). Names are a documented contract (README, docs/configuration.md)."""
 
     # ACME_RA_STATE_DIR: lab CA, embedded NATS data, SQLite file, generated TLS material.
     state_dir: Path = Path("./var")
@@ -114,134 +72,10 @@ class Settings(BaseSettings):
     # ACME_RA_TLS_CERT_FILE / ACME_RA_TLS_KEY_FILE: bring your own; unset = issued by the lab CA.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    # ACME_RA_UPSTREAM: the signer's back end: "lab" (dev and tests only) or "acme" (the configured
-    # upstreams: an ACME CA with External Account Binding - InCommon/Sectigo, Let's Encrypt, ZeroSSL,
-    # step-ca, Pebble - and, in ACME_RA_CONFIG_FILE, upstreams of type vault, command or lab).
-    upstream: Literal["lab", "acme"] = "lab"
     # ACME_RA_CONFIG_FILE: optional YAML or TOML file; its `upstreams` section declares named
     # upstreams selected per profile or provisioner (docs/upstream.md). Env vars suffice for one.
     # Its `client_networks` section: who may use the ACME API (docs/policy.md).
     config_file: Path | None = None
-    # ACME_RA_UPSTREAM_*: the one upstream ACME CA (named "default") when upstream=acme.
-    # ACME_RA_UPSTREAM_DIRECTORY_URL: e.g. https://acme.sectigo.com/v2/InCommonRSAOV
-    upstream_directory_url: str = ""
-    # ACME_RA_UPSTREAM_EAB_KID / ACME_RA_UPSTREAM_EAB_HMAC_KEY (or _FILE): the EAB pair the CA gave.
-    upstream_eab_kid: str = ""
-    upstream_eab_hmac_key: SecretStr | None = None
-    upstream_eab_hmac_key_file: Path | None = None
-    # ACME_RA_UPSTREAM_EMAIL: contact of the upstream account (optional).
-    upstream_email: str = ""
-    # ACME_RA_UPSTREAM_CA_BUNDLE: PEM roots trusted for the upstream's TLS; unset = certifi's roots.
-    upstream_ca_bundle: Path | None = None
-    # ACME_RA_UPSTREAM_CERT_LIFETIME_DAYS: ask the upstream for this lifetime (notAfter); unset =
-    # the upstream's default (not every CA accepts notAfter).
-    upstream_cert_lifetime_days: int | None = Field(None, gt=0, le=3650)
-    # ACME_RA_UPSTREAM_AUTHZ_STRATEGY: how the signer satisfies upstream authorizations that are
-    # not already valid: "prevalidated" (the CA holds them, e.g. Sectigo DCV inheritance: a pending
-    # one gets its ACME_RA_UPSTREAM_CHALLENGE_TYPE challenge POSTed once, nothing provisioned),
-    # "dns-01" (the signer publishes the TXT record: ACME_RA_UPSTREAM_DNS_*), "http-01" (the
-    # frontends serve the key authorization: ACME_RA_UPSTREAM_HTTP01_LISTEN; hosts redirect to
-    # it), "dns-persist-01" (a standing record the operator published once: `acme-ra upstream
-    # persist-record NAME`). Checked by the signer at start-up (the old "answer" and "fail" are refused).
-    upstream_authz_strategy: str = "prevalidated"
-    # ACME_RA_UPSTREAM_CHALLENGE_TYPE: the challenge POSTed by "prevalidated" (dns-01 uses dns-01).
-    upstream_challenge_type: Literal["http-01", "dns-01", "tls-alpn-01"] = "http-01"
-    # ACME_RA_UPSTREAM_DNS_RFC2136_SERVER: host:port of the primary DNS server that takes RFC 2136
-    # updates of the upstream dns-01 TXT records (authz_strategy dns-01).
-    upstream_dns_rfc2136_server: str = ""
-    # ACME_RA_UPSTREAM_DNS_HOOK: instead of RFC 2136, a program called as `HOOK add FQDN VALUE`
-    # and `HOOK remove FQDN VALUE` that publishes and removes the TXT record (any DNS provider).
-    upstream_dns_hook: Path | None = None
-    # ACME_RA_UPSTREAM_DNS_TSIG_KEY_NAME: name of the TSIG key that signs those updates.
-    upstream_dns_tsig_key_name: str = ""
-    # ACME_RA_UPSTREAM_DNS_TSIG_ALGORITHM: its algorithm (hmac-sha256, -sha384, -sha512, ...).
-    upstream_dns_tsig_algorithm: str = "hmac-sha256"
-    # ACME_RA_UPSTREAM_DNS_TSIG_SECRET: its base64 secret (prefer the _FILE variable).
-    upstream_dns_tsig_secret: SecretStr | None = None
-    # ACME_RA_UPSTREAM_DNS_TSIG_SECRET_FILE: file holding the base64 secret alone (as in the
-    # `secret "..."` line BIND's tsig-keygen writes), read at start-up, never logged.
-    upstream_dns_tsig_secret_file: Path | None = None
-    # ACME_RA_UPSTREAM_DNS_NAMESERVERS: comma list of IP:port the signer asks for its CNAME/SOA
-    # lookups and its propagation check (split-horizon DNS, tests); empty = the system's
-    # resolvers for lookups and each zone's NS servers on port 53 for the check.
-    upstream_dns_nameservers: str = ""
-    # ACME_RA_UPSTREAM_DNS_PROPAGATION_TIMEOUT_SECONDS: how long the signer waits for every
-    # authoritative server of the zone to answer the TXT record before it gives up.
-    upstream_dns_propagation_timeout_seconds: float = Field(120.0, gt=0)
-    # ACME_RA_UPSTREAM_VALIDATION_TIMEOUT_SECONDS: how long the upstream may take to validate an
-    # authorization once its challenge is POSTed (CERTInext: minutes).
-    upstream_validation_timeout_seconds: float = Field(600.0, gt=0)
-    # ACME_RA_UPSTREAM_HTTP01_LISTEN: host:port of the plain-HTTP listener on which every frontend
-    # process that has it serves the upstream http-01 key authorizations (authz_strategy http-01)
-    # at /.well-known/acme-challenge/<token>, and nothing else; e.g. 0.0.0.0:80. Empty = off.
-    upstream_http01_listen: str = ""
-    # ACME_RA_UPSTREAM_ACCOUNT_KEY_TYPE: key type of a new upstream account (ES256 signs every
-    # upstream request far cheaper than RS256). An account already stored keeps its own key.
-    upstream_account_key_type: Literal["rsa2048", "ec256"] = "ec256"
-    # ACME_RA_UPSTREAM_HTTP_TIMEOUT_SECONDS: one HTTP request to the upstream.
-    upstream_http_timeout_seconds: float = Field(60.0, gt=0)
-    # ACME_RA_UPSTREAM_ORDER_TIMEOUT_SECONDS: how long one issue job waits for the upstream order
-    # (slow CAs sign in 30 s and more) before handing it back to the queue to resume later.
-    upstream_order_timeout_seconds: float = Field(600.0, gt=0)
-    # ACME_RA_UPSTREAM_PROXY: outbound HTTP(S) proxy for upstream traffic (http://host:port).
-    upstream_proxy: str = ""
-    # ACME_RA_PROVISIONERS: comma list of provisioner names served under /acme/<name>/.
-    provisioners: str = "acme"
-    # ACME_RA_VALIDATION_HTTP_PORT / _TLS_PORT: where the validator connects (80/443 in production).
-    validation_http_port: int = Field(80, gt=0, lt=65536)
-    validation_tls_port: int = Field(443, gt=0, lt=65536)
-    # ACME_RA_DNS_RESOLVERS: comma list of host[:port]; empty = the system's resolvers.
-    dns_resolvers: str = ""
-    # ACME_RA_DNSSEC: "off", "validate" (the TXT and CAA lookups of validation must be DNSSEC-valid;
-    # bogus answers refuse, provably unsigned zones pass) or "require-signed" (unsigned refused
-    # too). The resolvers must validate: checked at start-up and every 5 minutes (docs/dnssec.md).
-    # Default "off" (make dev, labs); production: "validate".
-    dnssec: Literal["off", "validate", "require-signed"] = "off"
-    # ACME_RA_DNSSEC_TRUST_ANCHORS_FILE: DS or DNSKEY records (zone-file syntax) the resolvers'
-    # DNSSEC is checked against (private zones, tests); unset = the IANA root's KSKs 20326, 38696.
-    dnssec_trust_anchors_file: Path | None = None
-    # ACME_RA_VALIDATION_ALLOW_NETWORKS: comma list of CIDRs the validator may connect to although
-    # they are in its default deny list (loopback, private, link-local, ...); default "" (none).
-    # Labs (make dev, tests) set 127.0.0.0/8,::1/128: their clients answer on loopback.
-    validation_allow_networks: str = ""
-    # ACME_RA_VALIDATION_DENY_NETWORKS: comma list of CIDRs the validator never connects to, added
-    # to the default deny list and winning over the allow list; default "".
-    validation_deny_networks: str = ""
-    # ACME_RA_VALIDATION_TIMEOUT_SECONDS: the most one validation may take, every address, redirect,
-    # byte and DNS lookup included (a server dribbling a byte at a time meets it); default 45.
-    validation_timeout_seconds: float = Field(45.0, gt=0, le=300)
-    # ACME_RA_VALIDATION_MAX_ATTEMPTS: checks of one challenge that may fail or crash a validator
-    # (counted on redeliveries); the next delivery ends the challenge invalid unchecked; default 3.
-    validation_max_attempts: int = Field(3, ge=1, le=19)  # below bus.MAX_DELIVER
-    # ACME_RA_RECONCILE_MAX_REPUBLICATIONS: times the frontends' reconciler publishes again the job
-    # of a challenge or order stuck in processing; then it ends it invalid; default 10.
-    reconcile_max_republications: int = Field(10, ge=1, le=1000)
-    # Multi-perspective corroboration (MPIC, CA/B Forum BR 3.2.2.9; docs/perspectives.md).
-    # ACME_RA_VALIDATOR_ROLE: "primary" (takes validation jobs, needs the database) or "remote" (a
-    # network perspective answering check requests over NATS, no database: run it in another site).
-    validator_role: Literal["primary", "remote"] = "primary"
-    # ACME_RA_VALIDATOR_PERSPECTIVE: this validator's perspective name (letters, digits, '-', '_');
-    # required when remote; a primary's names its own result in validation records ("primary").
-    validator_perspective: str = ""
-    # ACME_RA_VALIDATOR_REGION: the perspective's regional internet registry (arin, ripe, apnic,
-    # lacnic, afrinic); required when remote.
-    validator_region: str = ""
-    # ACME_RA_MPIC_REMOTE_PERSPECTIVES: distinct remote perspectives a primary asks for every check
-    # (and CAA), in parallel; 0 = off. The BRs want 3 (since 2026-03-15), 4 (2026-06-15), 5 (2026-12-15).
-    mpic_remote_perspectives: int = Field(0, ge=0, le=32)
-    # ACME_RA_MPIC_QUORUM: remote perspectives that must pass; unset = the BR table (2-5 remote:
-    # all but 1; 6 or more: all but 2).
-    mpic_quorum: int | None = Field(None, ge=1, le=32)
-    # ACME_RA_MPIC_REGIONS_MIN: distinct regions the passing remote perspectives must span; unset =
-    # 2 under the BR table (with 2 or more remote perspectives), else 1.
-    mpic_regions_min: int | None = Field(None, ge=1, le=5)
-    # ACME_RA_MPIC_DEADLINE_SECONDS: how long a check waits for enough live perspectives (asking
-    # again every few seconds; the challenge stays processing) before it ends invalid; keep it
-    # below the frontends' reconciler deadline (60 s).
-    mpic_deadline_seconds: float = Field(40.0, gt=0, le=600)
-    # ACME_RA_CAA_IDENTITIES: comma list of CA domain names CAA `issue`/`issuewild` records must
-    # name (in RA mode the upstream CA's, e.g. sectigo.com,incommon.org); default "" = no CAA check.
-    caa_identities: str = ""
     # ACME_RA_METRICS_LISTEN: the frontend's Prometheus /metrics listener (empty: off).
     metrics_listen: str = "127.0.0.1:9123"
     # ACME_RA_VALIDATOR_LISTEN / ACME_RA_SIGNER_LISTEN: health and metrics of the workers.
@@ -265,37 +99,10 @@ class Settings(BaseSettings):
     # ACME_RA_TRACE_URL_TEMPLATE: the console's link to an order's trace, "{trace_id}" replaced,
     # e.g. http://localhost:16686/trace/{trace_id} (Jaeger); empty: no link.
     trace_url_template: str = ""
-    # ACME_RA_TERMS_OF_SERVICE_URL: advertised in the directory; agreement then required. A new URL
-    # is a change of terms: accounts must agree again (userActionRequired) before ordering.
-    terms_of_service_url: str = ""
-    # ACME_RA_WEBSITE_URL: advertised in the directory meta.
-    website_url: str = ""
-    # ACME_RA_ORDER_LIFETIME_SECONDS: how long a pending order lives (default 1 day).
-    order_lifetime_seconds: int = Field(86400, gt=0)
-    # ACME_RA_AUTHZ_LIFETIME_SECONDS: how long a valid authorization may be reused (default 30 days).
-    authz_lifetime_seconds: int = Field(30 * 86400, gt=0)
     # ACME_RA_RETENTION_DAYS: how long finished orders, authorizations and challenges are kept
     # (an order with a certificate: this long after the certificate expired; revoked ones are
     # kept); the signers purge hourly, one at a time (acme_ra.db.retention). 0: keep everything.
     retention_days: int = Field(30, ge=0, le=36500)
-    # ACME_RA_CHALLENGE_TYPES: the challenge types offered (comma list): http-01, dns-01,
-    # tls-alpn-01, and the drafts' dns-account-01 and dns-persist-01 (docs/dns-challenges.md).
-    challenge_types: str = "http-01,dns-01,tls-alpn-01"
-    # ACME_RA_DNS_PERSIST_ISSUER_DOMAINS: comma list (at most 10) of the issuer domain names a
-    # dns-persist-01 record may name to authorise acme-ra; advertised in its challenges and in the
-    # directory (issuerDomainNames, caaIdentities). Required when dns-persist-01 is offered.
-    dns_persist_issuer_domains: str = ""
-    # ACME_RA_REUSE_VALID_AUTHORIZATIONS: a new order reuses the account's valid authorizations.
-    reuse_valid_authorizations: bool = True
-    # ACME_RA_NONCE_LIFETIME_SECONDS: how long an issued nonce stays redeemable.
-    nonce_lifetime_seconds: int = Field(3600, gt=0)
-    # ACME_RA_RETRY_AFTER_SECONDS: Retry-After on processing challenges and orders.
-    retry_after_seconds: int = Field(1, ge=1, le=60)
-    # ACME_RA_ANSWER_WAIT_SECONDS: how long a challenge POST or finalize waits, after its commit,
-    # for the validator's or signer's event before it answers "processing" + Retry-After; 0: never.
-    answer_wait_seconds: float = Field(2.0, ge=0, le=10)
-    # ACME_RA_CERT_LIFETIME_DAYS: lifetime of lab-CA certificates.
-    cert_lifetime_days: int = Field(90, gt=0, le=398)
     # ACME_RA_DB_POOL_SIZE: connections per service process.
     db_pool_size: int = Field(10, gt=0)
     # ACME_RA_SECRET_KEY / ACME_RA_SECRET_KEY_FILE: seals secrets at rest (EAB HMAC keys, the
@@ -304,70 +111,6 @@ class Settings(BaseSettings):
     # replicas on several machines must share one key).
     secret_key: SecretStr | None = None
     secret_key_file: Path | None = None
-    # ACME_RA_EAB_REQUIRED: new accounts must carry an External Account Binding made with
-    # `acme-ra eab create`.
-    eab_required: bool = False
-    # ACME_RA_POLICY_ALLOW / ACME_RA_POLICY_DENY: comma lists of identifier rules
-    # (name, .suffix, CIDR; see docs/policy.md). ACME_RA_POLICY_WILDCARDS: allow wildcard names.
-    policy_allow: str = ""
-    policy_deny: str = ""
-    policy_wildcards: bool = True
-    # ACME_RA_POLICY_CLIENT_NETWORKS: comma list of CIDRs whose clients may use the ACME API (any
-    # name the policy allows); `client_networks` in ACME_RA_CONFIG_FILE adds networks with their own
-    # identifier rules, reloaded when the file changes (docs/policy.md). Both unset: every address.
-    policy_client_networks: str = ""
-    # ACME_RA_PROFILES: the ACME profiles offered, "name=description" comma list
-    # (draft-ietf-acme-profiles). ACME_RA_DEFAULT_PROFILE: used when an order names none.
-    profiles: str = "tlsserver=TLS server certificate for the names in the order"
-    default_profile: str = "tlsserver"
-    # Rate limits, shared by every frontend replica (kept in the database). 0 turns one off.
-    # ACME_RA_RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR
-    rate_new_accounts_per_ip_per_hour: int = Field(20, ge=0)
-    # ACME_RA_RATE_NEW_ORDERS_PER_ACCOUNT_PER_HOUR
-    rate_new_orders_per_account_per_hour: int = Field(300, ge=0)
-    # ACME_RA_RATE_FAILED_VALIDATIONS_PER_NAME_PER_HOUR (per account and name)
-    rate_failed_validations_per_name_per_hour: int = Field(5, ge=0)
-    # ACME_RA_RATE_CERTIFICATES_PER_DOMAIN_PER_WEEK (per registered domain; an RA fronts one
-    # organisation's domains, so the default is far above a public CA's)
-    rate_certificates_per_domain_per_week: int = Field(5000, ge=0)
-    # ACME_RA_RATE_NEW_ORDERS_PER_EAB_KEY_PER_HOUR (all accounts bound to one EAB key)
-    rate_new_orders_per_eab_key_per_hour: int = Field(1000, ge=0)
-    # Caps on what one client can make the RA store (docs/security.md, "Caps and connection use").
-    # ACME_RA_LIMIT_PENDING_AUTHZ_PER_ACCOUNT: pending, unexpired authorizations one account may
-    # hold (Boulder: 1,000); a newOrder that would pass it is refused rateLimited. 0: no cap.
-    limit_pending_authz_per_account: int = Field(1000, ge=0)
-    # ACME_RA_LIMIT_IDENTIFIERS_PER_ORDER: identifiers in one order (Boulder: 100), else malformed.
-    limit_identifiers_per_order: int = Field(100, ge=1, le=1000)
-    # ACME_RA_LIMIT_ACCOUNTS_IPV6_PREFIX: ACME_RA_RATE_NEW_ACCOUNTS_PER_IP_PER_HOUR counts an IPv6
-    # client per network of this prefix length (one client usually holds a whole /64).
-    limit_accounts_ipv6_prefix: int = Field(64, ge=0, le=128)
-    # ACME_RA_LIMIT_ACCOUNTS_IPV4_PREFIX: the same for an IPv4 client (32: per address).
-    limit_accounts_ipv4_prefix: int = Field(32, ge=0, le=32)
-    # ACME_RA_TRUSTED_PROXIES: CIDRs of load balancers whose X-Forwarded-For names the client, and
-    # whose X-Forwarded-Proto: https makes the admin console's session cookie Secure.
-    trusted_proxies: str = ""
-    # ACME_RA_SHUTDOWN_DELAY_SECONDS: on SIGTERM the frontend reports not-ready this long before it
-    # stops accepting connections (load balancers take it out first), then drains in-flight requests.
-    shutdown_delay_seconds: float = Field(2, ge=0, le=60)
-    # ACME_RA_FRONTEND_WORKERS: frontend processes sharing the ACME port (one event loop each);
-    # up to one per core. Each has its own database pool (ACME_RA_DB_POOL_SIZE) and NATS connection.
-    frontend_workers: int = Field(1, ge=1, le=64)
-    # HTTP limits of the ACME listener, enforced by the frontend itself (acme_ra_frontend/http_limits.py):
-    # ACME_RA_HTTP_MAX_REQUEST_LINE_BYTES: longest request target (path and query); longer: 414.
-    http_max_request_line_bytes: int = Field(8192, ge=256, le=1_048_576)
-    # ACME_RA_HTTP_MAX_HEADER_COUNT: most request headers; more: 431.
-    http_max_header_count: int = Field(100, ge=16, le=10_000)
-    # ACME_RA_HTTP_MAX_HEADER_BYTES: largest request head (request line and headers); larger: 431.
-    http_max_header_bytes: int = Field(32_768, ge=1024, le=1_048_576)
-    # ACME_RA_HTTP_MAX_BODY_BYTES: largest request body (Boulder: 50,000 bytes); larger: 413.
-    http_max_body_bytes: int = Field(50_000, ge=1024, le=10_485_760)
-    # ACME_RA_HTTP_HEADER_TIMEOUT_SECONDS: a request head must be complete this long after its first byte; else 408.
-    http_header_timeout_seconds: float = Field(10, gt=0, le=600)
-    # ACME_RA_HTTP_BODY_TIMEOUT_SECONDS: a request body must be complete this long after its head; else 408.
-    http_body_timeout_seconds: float = Field(30, gt=0, le=600)
-    # ACME_RA_HTTP_IDLE_TIMEOUT_SECONDS: a connection without a request in progress (new, or kept alive
-    # after a response) is closed after this long (uvicorn's timeout_keep_alive).
-    http_idle_timeout_seconds: float = Field(5, gt=0, le=3600)
     # ACME_RA_LOG_LEVEL
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -405,28 +148,6 @@ class Settings(BaseSettings):
             raise ValueError("must contain {trace_id}, e.g. http://localhost:16686/trace/{trace_id}")
         return value
 
-    @field_validator("dns_resolvers")
-    @classmethod
-    def _check_resolvers(cls, value: str) -> str:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            host, _ = parse_host_port(item, 53)
-            ipaddress.ip_address(host)
-        return value
-
-    @field_validator("validation_allow_networks", "validation_deny_networks")
-    @classmethod
-    def _check_networks(cls, value: str) -> str:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            ipaddress.ip_network(item, strict=False)
-        return value
-
-    @field_validator("provisioners")
-    @classmethod
-    def _check_provisioners(cls, value: str) -> str:
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        if not names or not all(n.replace("-", "").replace("_", "").isalnum() for n in names):
-            raise ValueError("must be a comma list of names made of letters, digits, '-' and '_'")
-        return value
 
     @field_validator("database_url")
     @classmethod
@@ -435,55 +156,6 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql+asyncpg:// or sqlite+aiosqlite://")
         return value
 
-    @field_validator("challenge_types")
-    @classmethod
-    def _check_challenge_types(cls, value: str) -> str:
-        known = {"http-01", "dns-01", "tls-alpn-01", "dns-account-01", "dns-persist-01"}
-        types = {t.strip() for t in value.split(",") if t.strip()}
-        if not types or types - known:
-            raise ValueError(f"must be a comma list of {', '.join(sorted(known))}")
-        return value
-
-    @field_validator("dns_persist_issuer_domains")
-    @classmethod
-    def _check_issuer_domains(cls, value: str) -> str:
-        names = [v.strip() for v in value.split(",") if v.strip()]
-        if len(names) > MAX_ISSUER_DOMAIN_NAMES:
-            raise ValueError(f"names {len(names)} issuer domain names; at most {MAX_ISSUER_DOMAIN_NAMES}")
-        for name in names:
-            normal = normal_issuer_domain(name)
-            if not normal or len(normal) > 253 or any(not label or len(label) > 63 for label in normal.split(".")):
-                raise ValueError(f"{name!r} is not a domain name")
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _check_proxies(cls, value: str) -> str:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            ipaddress.ip_network(item, strict=False)
-        return value
-
-    @field_validator("policy_allow", "policy_deny")
-    @classmethod
-    def _check_policy_rules(cls, value: str) -> str:
-        from acme_ra.protocol.policy import parse_rules
-
-        parse_rules(value)
-        return value
-
-    @field_validator("policy_client_networks")
-    @classmethod
-    def _check_client_networks(cls, value: str) -> str:
-        for item in filter(None, (v.strip() for v in value.split(","))):
-            ipaddress.ip_network(item, strict=False)
-        return value
-
-    @field_validator("dnssec_trust_anchors_file")
-    @classmethod
-    def _check_trust_anchors_file(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"{value} does not exist")
-        return value
 
     @field_validator("secret_key_file")
     @classmethod
@@ -492,13 +164,6 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} does not exist")
         return value
 
-    @model_validator(mode="after")
-    def _check_default_profile(self) -> Settings:
-        if self.default_profile not in self.profile_descriptions:
-            raise ValueError(
-                f"ACME_RA_DEFAULT_PROFILE {self.default_profile!r} is not one of ACME_RA_PROFILES"
-            )
-        return self
 
     @field_validator("database_url")
     @classmethod
@@ -525,26 +190,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"NATS file {path} does not exist")
         return self
 
-    @model_validator(mode="after")
-    def _check_dns_persist(self) -> Settings:
-        if "dns-persist-01" in self.challenge_type_list and not self.dns_persist_issuer_domain_list:
-            raise ValueError("ACME_RA_CHALLENGE_TYPES offers dns-persist-01: set ACME_RA_DNS_PERSIST_ISSUER_DOMAINS")
-        return self
-
-    @model_validator(mode="after")
-    def _check_perspectives(self) -> Settings:
-        from acme_ra.perspectives import REGIONS
-
-        name = self.validator_perspective
-        if name and not name.replace("-", "").replace("_", "").isalnum():
-            raise ValueError("ACME_RA_VALIDATOR_PERSPECTIVE: letters, digits, '-' and '_' only")
-        if self.validator_region and self.validator_region not in REGIONS:
-            raise ValueError(f"ACME_RA_VALIDATOR_REGION must be one of {', '.join(REGIONS)}")
-        if self.validator_role == "remote" and not (name and self.validator_region):
-            raise ValueError("ACME_RA_VALIDATOR_ROLE=remote needs ACME_RA_VALIDATOR_PERSPECTIVE and _REGION")
-        if self.mpic_quorum is not None and self.mpic_quorum > self.mpic_remote_perspectives:
-            raise ValueError("ACME_RA_MPIC_QUORUM is more than ACME_RA_MPIC_REMOTE_PERSPECTIVES")
-        return self
 
     @model_validator(mode="after")
     def _check_admin_tls(self) -> Settings:
@@ -572,53 +217,6 @@ class Settings(BaseSettings):
             return multihost.sqlalchemy_url(self.database_url)
         return f"sqlite+aiosqlite:///{(self.state_dir / 'acme-ra.db').resolve()}"
 
-    @property
-    def profile_descriptions(self) -> dict[str, str]:
-        result = {}
-        for item in self.profiles.split(","):
-            name, _, description = item.partition("=")
-            if name.strip():
-                result[name.strip()] = description.strip() or name.strip()
-        return result
-
-    @property
-    def challenge_type_list(self) -> list[str]:
-        return [t.strip() for t in self.challenge_types.split(",") if t.strip()]
-
-    @property
-    def provisioner_names(self) -> list[str]:
-        return [v.strip() for v in self.provisioners.split(",") if v.strip()]
-
-    @property
-    def resolver_addresses(self) -> list[tuple[str, int]]:
-        return [parse_host_port(v.strip(), 53) for v in self.dns_resolvers.split(",") if v.strip()]
-
-    @property
-    def caa_identity_list(self) -> list[str]:
-        return [v.strip().lower() for v in self.caa_identities.split(",") if v.strip()]
-
-    @property
-    def dns_persist_issuer_domain_list(self) -> list[str]:
-        """ACME_RA_DNS_PERSIST_ISSUER_DOMAINS as the draft wants them: lowercase A-labels, no final dot."""
-        names = (normal_issuer_domain(v) for v in self.dns_persist_issuer_domains.split(",") if v.strip())
-        return list(dict.fromkeys(names))
-
-    @property
-    def mpic_required_passes(self) -> int:
-        """Remote perspectives that must pass: ACME_RA_MPIC_QUORUM, else the BR table."""
-        count = self.mpic_remote_perspectives
-        if self.mpic_quorum is not None:
-            return self.mpic_quorum
-        if count <= 1:
-            return count
-        return count - (1 if count <= 5 else 2)
-
-    @property
-    def mpic_min_regions(self) -> int:
-        """Distinct regions the passing remote perspectives must span."""
-        if self.mpic_regions_min is not None:
-            return self.mpic_regions_min
-        return 2 if self.mpic_quorum is None and self.mpic_remote_perspectives >= 2 else 1
 
     def sealing_secret(self) -> bytes:
         """The secret that seals secrets at rest (see ACME_RA_SECRET_KEY)."""

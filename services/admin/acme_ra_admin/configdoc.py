@@ -1,5 +1,6 @@
 """docs/configuration.md, generated from the settings class (``acme_ra.config.Settings``): each
-variable's type and default from the field, its meaning from the comment above it in config.py.
+variable's type and default from the field, its meaning from the comment above it in config.py
+or in its section (acme_ra.settings).
 
     python -m acme_ra_admin.configdoc            print the page
     python -m acme_ra_admin.configdoc --write    write docs/configuration.md (of this checkout)
@@ -27,7 +28,7 @@ DOC_PATH = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
 HEADER = """\
 # Configuration reference
 
-<!-- Generated from libs/acme_ra/config.py by `python -m acme_ra_admin.configdoc --write`; do not
+<!-- Generated from libs/acme_ra/config.py and libs/acme_ra/settings/ by `python -m acme_ra_admin.configdoc --write`; do not
 edit by hand: change the settings class (or the comment above a field) and regenerate. -->
 
 Every setting is an environment variable with the prefix `ACME_RA_`; every service and the
@@ -69,7 +70,7 @@ def _expand(group: str, known: set[str]) -> list[str]:
 
 
 def field_comments() -> dict[str, str]:
-    """What the comments above the fields of ``Settings`` (config.py) say about each variable.
+    """What the comments above the fields of ``Settings`` (config.py, acme_ra.settings) say about each variable.
 
     A comment block is cut into segments at each ``ACME_RA_NAME:``; a segment is about the names
     it starts with, text before any name is about every field under the block, and a field that
@@ -80,7 +81,7 @@ def field_comments() -> dict[str, str]:
     block: list[str] = []
     lead = full = ""
     named: dict[str, str] = {}
-    for line in inspect.getsource(Settings).splitlines():
+    for line in _settings_source().splitlines():
         stripped = line.strip()
         if stripped.startswith("#"):
             if not block:
@@ -102,6 +103,13 @@ def field_comments() -> dict[str, str]:
                 explicit = f"{_humanise(name)} {explicit}".strip()
             comments[name] = f"{explicit.rstrip('.')}. {lead}".strip() if lead else explicit
     return comments
+
+
+def _settings_source() -> str:
+    """The source of ``Settings`` and of its sections (acme_ra.settings), in field order."""
+    classes = [cls for cls in reversed(Settings.__mro__)
+               if cls.__module__.startswith("acme_ra.") and "model_fields" in dir(cls)]
+    return "\n".join(inspect.getsource(cls) for cls in classes)
 
 
 def _humanise(name: str) -> str:

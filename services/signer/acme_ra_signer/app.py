@@ -120,7 +120,7 @@ async def start(settings: Settings) -> Runtime:
                                              name="retention-purge")
     if settings.upstream == "acme" and settings.tls_cert_file is None:
         from acme_ra_signer import frontend_tls
-        from acme_ra_signer.upstream.acme import AcmeDriver
+        from acme_ra_signer.upstream.failover import AcmeDriver
 
         assert isinstance(driver, AcmeDriver)
         runtime.tls_renewal = asyncio.create_task(

@@ -58,6 +58,10 @@ PROBLEM_JSON = "application/problem+json"
 ACCOUNT_KEY_TYPES = ("rsa2048", "ec256")
 
 
+class OrderLost(Exception):
+    """The upstream does not know the recorded order (or its authorization) any more."""
+
+
 class AcmeProblem(Exception):
     """The upstream answered with an RFC 7807 problem document."""
 

@@ -160,6 +160,13 @@ class Settings(BaseSettings):
     # ACME_RA_UPSTREAM_ORDER_TIMEOUT_SECONDS: how long one issue job waits for the upstream order
     # (slow CAs sign in 30 s and more) before handing it back to the queue to resume later.
     upstream_order_timeout_seconds: float = Field(600.0, gt=0)
+    # ACME_RA_ARI_RETRY_AFTER_SECONDS: the Retry-After of renewalInfo answers (RFC 9773): how
+    # long ARI clients (certbot, lego) wait before asking again, so how soon they see
+    # `acme-ra certs renew-early` at the latest. Boulder's 6 h by default; lower it before a CA switch.
+    ari_retry_after_seconds: int = Field(21600, ge=1, le=7 * 86400)
+    # ACME_RA_UPSTREAM_ARI_POLL_SECONDS: how often the signer looks for relayed renewal windows
+    # due again (each is read again after the upstream's Retry-After, at least this far apart).
+    upstream_ari_poll_seconds: float = Field(60.0, gt=0)
     # ACME_RA_UPSTREAM_PROXY: outbound HTTP(S) proxy for upstream traffic (http://host:port).
     upstream_proxy: str = ""
     # ACME_RA_PROVISIONERS: comma list of provisioner names served under /acme/<name>/.

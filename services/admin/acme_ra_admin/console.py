@@ -58,7 +58,8 @@ SECURITY_HEADERS = {
 }
 
 NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/inventory", "Inventory"), ("/accounts", "Accounts"),
-       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues"), ("/policy", "Policy")]
+       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/renewals", "Renewals"),
+       ("/queues", "Queues"), ("/policy", "Policy")]
 
 
 def session_key(secret: bytes) -> bytes:

@@ -22,6 +22,7 @@ from acme_ra.db import inventory
 from acme_ra.db.engine import Database
 from acme_ra.redaction import mask_url
 from acme_ra_signer import expiry, metrics, purger
+from acme_ra_signer.renewal_relay import RenewalRelay
 from acme_ra_signer.revoker import RevokeResponder
 from acme_ra_signer.upstream import UpstreamDriver, make_driver
 from acme_ra_signer.worker import IssueWorker
@@ -57,6 +58,8 @@ class Runtime:
     tls_renewal: asyncio.Task[None] | None = None
     purger: asyncio.Task[None] | None = None
     expiry: asyncio.Task[None] | None = None
+    relay: RenewalRelay | None = None  # ARI relayed: the upstreams' renewal windows
+    relay_task: asyncio.Task[None] | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -104,7 +107,10 @@ async def start(settings: Settings) -> Runtime:
     except BaseException:
         await stop(runtime)
         raise
-    worker = IssueWorker(db, driver, nc)
+    if settings.upstream == "acme":
+        runtime.relay = RenewalRelay(db, driver, settings.upstream_ari_poll_seconds)
+        runtime.relay_task = asyncio.create_task(runtime.relay.relay_forever(runtime.stop), name="ari-relay")
+    worker = IssueWorker(db, driver, nc, relay=runtime.relay)
     runtime.consumer = asyncio.create_task(_consume(runtime, worker), name="issue-consumer")
     runtime.revoker = RevokeResponder(db, driver, js)
     try:
@@ -133,7 +139,7 @@ async def start(settings: Settings) -> Runtime:
 async def stop(runtime: Runtime) -> None:
     """Finish the jobs in hand, then close NATS, the database and the driver."""
     runtime.stop.set()
-    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger, runtime.expiry):
+    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger, runtime.expiry, runtime.relay_task):
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,6 +158,8 @@ async def stop(runtime: Runtime) -> None:
             await runtime.nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
     with contextlib.suppress(Exception):
         await runtime.nc.close()
+    if runtime.relay is not None:
+        await runtime.relay.close()
     await runtime.db.dispose()
     await runtime.driver.close()
 

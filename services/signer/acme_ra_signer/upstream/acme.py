@@ -35,6 +35,7 @@ from acme_ra.db.models import UpstreamOrderState, utcnow
 from acme_ra.protocol.problems import STATUS_BY_TYPE
 from acme_ra.sealing import Sealer
 from acme_ra_signer import metrics
+from acme_ra_signer.upstream import renewal_info
 from acme_ra_signer.upstream.accounts import Account, AccountStore
 from acme_ra_signer.upstream.acme_client import (
     PEM_CHAIN,
@@ -51,6 +52,7 @@ from acme_ra_signer.upstream.base import (
     IssuedChain,
     IssueRequest,
     NamedUpstream,
+    RenewalInfo,
     RequestNotSent,
     UpstreamError,
     UpstreamRejected,
@@ -426,6 +428,9 @@ class AcmeUpstream(NamedUpstream):
             "certificate revoked upstream",
             extra={"upstream": self.name, "serial": format(cert.serial_number, "x"), "reason": reason},
         )
+
+    async def renewal_info(self, leaf: x509.Certificate) -> RenewalInfo | None:
+        return await renewal_info.fetch(self.client, leaf, self.name)
 
     def describe(self) -> dict[str, Any]:
         return self.config.describe()

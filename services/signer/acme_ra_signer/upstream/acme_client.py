@@ -298,6 +298,10 @@ class AcmeClient:
             self._resource_names = resource_names(self.directory_url, directory)
         return self._directory
 
+    async def get(self, url: str) -> UpstreamResponse:
+        """An unauthenticated GET (renewalInfo); a problem document raises ``AcmeProblem``."""
+        return self._check(await self._send("GET", url))
+
     async def post(
         self,
         url: str,

@@ -14,6 +14,7 @@ import logging
 from typing import Any
 
 import httpx
+from cryptography import x509
 from sqlalchemy import select
 
 from acme_ra.config import Settings
@@ -28,6 +29,7 @@ from acme_ra_signer.upstream.base import (
     IssuedChain,
     IssueRequest,
     NamedUpstream,
+    RenewalInfo,
     UpstreamDriver,
     UpstreamRejected,
     UpstreamUnavailable,
@@ -218,6 +220,10 @@ class AcmeDriver(UpstreamDriver):
                 {"type": "serverInternal", "detail": f"the certificate's upstream {name!r} is no longer configured"}
             )
         await upstream.revoke(cert_der, reason)
+
+    async def renewal_info(self, upstream: str, leaf: x509.Certificate) -> RenewalInfo | None:
+        named = self.upstreams.get(upstream)
+        return None if named is None else await named.renewal_info(leaf)
 
     async def check(self) -> None:
         """Ready while every route (default, each profile, each provisioner) has an upstream

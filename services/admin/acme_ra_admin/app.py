@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from acme_ra.config import Settings
-from acme_ra_admin import api, console, renewals
+from acme_ra_admin import api, console, renewal_routes
 from acme_ra_admin.gate import AdminGate
 from acme_ra_admin.operations import AdminOperations, OperationError
 
@@ -65,8 +65,8 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
     app.add_middleware(AdminGate, openapi_path=OPENAPI_PATH)  # size and authentication before any body
     app.include_router(api.router)
     app.include_router(console.router)
-    app.include_router(renewals.api_routes())  # renew-early, CA switch progress
-    app.include_router(renewals.console_routes())
+    app.include_router(renewal_routes.api_router)  # renew-early, CA switch progress
+    app.include_router(renewal_routes.console_router)
     app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route(PATH_READYZ, readyz, methods=["GET"], include_in_schema=False)
     return app

@@ -11,8 +11,8 @@ The switch progress counts, per upstream, its certificates still valid and how m
 were replaced already (a later certificate for the same names, or an order that ``replaces``
 it): after a CA switch, the old upstream's "to replace" falls to zero as clients renew.
 
-One module for the CLI (``register``), the admin API (``api_routes``) and the console
-(``console_routes``), all on the same two operations.
+The two operations and the CLI (``register``) are here; the admin API and the console's page
+are ``renewal_routes.py``.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ from pydantic import BaseModel, Field
 
 from acme_ra_admin.commands import Json, Token, Url
 
-if TYPE_CHECKING:  # the rest is imported when used: `acme-ra` starts without SQLAlchemy or FastAPI
-    from fastapi import APIRouter
-
+if TYPE_CHECKING:  # the rest is imported when used: `acme-ra` starts without SQLAlchemy
     from acme_ra.db.engine import Database
 
 # The operator's window: it ended this long before the request and lasted an hour, so that it
@@ -162,67 +160,6 @@ async def switch_progress(db: Database, now: dt.datetime | None = None) -> list[
          "to_replace": int(row.valid) - int(row.replaced or 0), "renew_early": int(row.renew_early or 0)}
         for row in rows
     ]
-
-
-# Admin API ------------------------------------------------------------------------------------
-
-def api_routes() -> APIRouter:
-    """The admin API's routes (under /api/, bearer token)."""
-    from fastapi import APIRouter, Depends
-
-    from acme_ra_admin import api
-
-    router = APIRouter(prefix=api.PREFIX, dependencies=[Depends(api.require_token)], responses=api.ERRORS)
-
-    @router.post("/certificates/renew-early", tags=["certificates"])
-    async def renew_early_route(body: RenewEarly, ops: api.Ops) -> dict[str, Any]:
-        """Move the renewal window (RFC 9773) of the selected certificates into the past."""
-        return await renew_early(ops.db, body)
-
-    @router.get("/renewals/progress", tags=["certificates"])
-    async def progress_route(ops: api.Ops) -> list[dict[str, Any]]:
-        """Per upstream: valid certificates, replaced, still to replace, renew-early set."""
-        return await switch_progress(ops.db)
-
-    return router
-
-
-# Console --------------------------------------------------------------------------------------
-
-def console_routes() -> APIRouter:
-    """The console's Renewals page and its renew-early form."""
-    from fastapi import APIRouter, Request, Response
-
-    from acme_ra_admin import console
-    from acme_ra_admin.operations import OperationError
-
-    router = APIRouter(include_in_schema=False)
-
-    async def render(page: console.Page, status: int = 200, **context: Any) -> Any:
-        progress = await switch_progress(page.ops.db)
-        return page.render("renewals.html", code=status, title="Renewals", progress=progress, **context)
-
-    @router.get("/renewals")
-    async def renewals_page(request: Request) -> Response:
-        page = await console.current_page(request)
-        if page is None:
-            return console.to_login()
-        return await render(page)  # type: ignore[no-any-return]
-
-    @router.post("/renewals/renew-early")
-    async def renew_early_form(request: Request) -> Response:
-        async def act(page: console.Page, form: dict[str, str]) -> dict[str, Any]:
-            selector = form.get("selector", "")
-            if selector not in SELECTORS:
-                raise OperationError("choose what to select by: upstream, serial, name or profile")
-            body = RenewEarly(**{selector: form.get("value", "")}, reason_url=form.get("reason_url") or None)
-            result = await renew_early(page.ops.db, body)
-            return {"notice": f"Renewal window moved into the past for {result['certificates']} certificate(s) "
-                              f"({selector} {result['value']}): ARI clients renew on their next run."}
-
-        return await console.form_action(request, render, act)
-
-    return router
 
 
 # CLI ------------------------------------------------------------------------------------------

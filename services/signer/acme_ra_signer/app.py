@@ -196,7 +196,8 @@ async def healthz() -> dict[str, str]:
 
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers, NATS is connected, the consumer runs and the upstream
-    is usable; otherwise 503 naming what failed."""
+    is usable; otherwise 503 naming what failed. Either way, with several upstreams, each one's
+    circuit breaker (state, failures in a row, last error, next probe)."""
     runtime: Runtime | None = request.app.state.runtime
     if runtime is None:
         return JSONResponse({"status": "unavailable", "failed": {"signer": "starting"}}, status_code=503)
@@ -207,9 +208,12 @@ async def readyz(request: Request) -> JSONResponse:
         _check("upstream", _upstream_ok(runtime.driver)),
     )
     failed = {name: error for name, error in results if error is not None}
+    # Each upstream's circuit breaker (ACME_RA_UPSTREAM=acme): which upstreams orders go to now.
+    breakers = {entry["name"]: entry["breaker"] for entry in runtime.driver.describe() if "breaker" in entry}
+    detail = {"upstreams": breakers} if breakers else {}
     if failed:
-        return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "failed": failed, **detail}, status_code=503)
+    return JSONResponse({"status": "ready", **detail})
 
 
 async def upstreams_endpoint(request: Request) -> JSONResponse:

@@ -17,8 +17,10 @@ import pytest
 from cryptography import x509
 from sqlalchemy import select
 
+from acme_ra.config import http_base
 from acme_ra.db.engine import Database
 from acme_ra.db.models import Certificate, Order
+from acme_ra_tools.supervisor import settings_from_env
 from tests.support.lab import TEST_ZONE, Lab
 
 from . import clients
@@ -39,7 +41,7 @@ def certbot_early(lab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Certbot
 
 def acme_ra(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
     """The operator's ``acme-ra`` on the lab's database."""
-    return subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", *args], env=lab.topology.child_env,
+    return subprocess.run([sys.executable, "-m", "acme_ra_tools.cli", *args], env=lab.topology.service_env("admin"),
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=CLI_TIMEOUT_SECONDS,
                           check=False)
 
@@ -128,7 +130,12 @@ def test_acme_sh_renews_after_renew_early_with_replaces(lab: Lab, lab_database_u
     assert run.returncode == RENEW_SKIP and "Skipping" in run.output, run.describe()
     assert "ARI suggestedWindow starts at" in run.output, run.describe()
 
-    done = acme_ra(lab, "certs", "renew-early", "--serial", format(first.serial_number, "x").upper())
+    # Through the admin API this time (--url, --token), as an operator away from the database.
+    env = lab.topology.service_env("admin")
+    created = acme_ra(lab, "admin-token", "create", "--label", "renew-early", "--json")
+    token = json.loads(created.stdout)["token"]
+    api = ["--url", http_base(settings_from_env(env).admin_listen), "--token", token]
+    done = acme_ra(lab, "certs", "renew-early", "--serial", format(first.serial_number, "x").upper(), *api)
     assert done.returncode == 0, done.stderr
     assert "for 1 certificate(s) (serial " in done.stdout, done.stdout
 

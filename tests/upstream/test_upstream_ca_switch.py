@@ -7,6 +7,7 @@ that chains to the new CA; the switch progress (CLI, admin API, console) follows
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -192,4 +193,13 @@ def test_ca_switch_walkthrough(switch: Switch) -> None:
         assert page.status_code == 200
         assert '<tr data-upstream="old-ca"><td>old-ca</td><td class="valid">3</td><td class="replaced">3</td>' \
             '<td class="to-replace">0</td>' in page.text
+        # The console's renew-early form (its CSRF token from the page).
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        form = console.post("/renewals/renew-early", data={"csrf": csrf.group(1), "selector": "name",
+                                                             "value": NAMES[0], "reason_url": ""})
+        assert form.status_code == 200, form.text
+        assert f"Renewal window moved into the past for 1 certificate(s) (name {NAMES[0]})" in form.text
+        refused = console.post("/renewals/renew-early", data={"csrf": "forged", "selector": "name", "value": NAMES[0]})
+        assert refused.status_code == 403
     clients.assert_certificate(certbot.chain(NAMES[0]), [switch.new.root()], {NAMES[0]})

@@ -164,14 +164,17 @@ class RenewalRelay:
         return claimed
 
     async def relay_once(self) -> int:
-        """Read every due window once; the number read."""
+        """Read every due window once, a batch at a time; the number read."""
         read = 0
-        for certificate_id in await self.due():
-            try:
-                read += await self.refresh(certificate_id)
-            except Exception as error:  # noqa: BLE001 - one certificate's trouble stops no other
-                log.warning("renewal window not read: %s", error, extra={"certificate_id": certificate_id})
-        return read
+        while True:
+            batch = await self.due()
+            for certificate_id in batch:
+                try:
+                    read += await self.refresh(certificate_id)
+                except Exception as error:  # noqa: BLE001 - one certificate's trouble stops no other
+                    log.warning("renewal window not read: %s", error, extra={"certificate_id": certificate_id})
+            if len(batch) < BATCH:
+                return read
 
     async def relay_forever(self, stop: asyncio.Event) -> None:
         """``relay_once`` every ``poll_seconds`` until ``stop``."""

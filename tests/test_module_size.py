@@ -10,8 +10,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 500
 # Over MAX_LINES on 2026-12-07 (lines then): to be split, never to grow the list.
 KNOWN_LONG = {
-    "services/signer/acme_ra_signer/upstream/acme.py": 912,
-    "services/signer/acme_ra_signer/upstream/catalog.py": 586,
     "tools/acme_ra_tools/lab.py": 766,
 }
 

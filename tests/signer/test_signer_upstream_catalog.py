@@ -326,3 +326,12 @@ def test_http01_loads_from_the_environment_and_per_upstream_from_the_file(tmp_pa
     assert acme(catalog.upstreams["certinext"]).authz_strategy == "http-01"
     assert acme(catalog.upstreams["certinext"]).validation_timeout_seconds == 900
     assert acme(catalog.upstreams["sectigo"]).authz_strategy == "prevalidated"
+
+
+def test_every_configurable_strategy_has_one_way_to_prove() -> None:
+    """``authz_strategy`` is checked against ``AUTHZ_STRATEGIES``; the authorization step
+    dispatches on ``STRATEGIES``: the two name the same strategies."""
+    from acme_ra_signer.upstream.acme_config import AUTHZ_STRATEGIES
+    from acme_ra_signer.upstream.authorizations import STRATEGIES
+
+    assert set(AUTHZ_STRATEGIES) == set(STRATEGIES)

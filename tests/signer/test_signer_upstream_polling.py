@@ -1,5 +1,5 @@
 """How long the acme upstream driver waits between looks at an order or authorization the
-upstream CA is still working on (``upstream.acme.poll_delay``)."""
+upstream CA is still working on (``upstream.polling.poll_delay``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from acme_ra_signer.upstream.acme import (
+from acme_ra_signer.upstream.polling import (
     POLL_FACTOR,
     POLL_FIRST_SECONDS,
     POLL_MAX_SECONDS,

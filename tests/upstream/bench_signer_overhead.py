@@ -47,8 +47,10 @@ from acme_ra.db import fast
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
 from acme_ra.http_transport import Answer, LeanTransport
-from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream, poll_delay
+from acme_ra_signer.upstream.acme import AcmeUpstream
 from acme_ra_signer.upstream.acme_client import PEM_CHAIN, tls_context
+from acme_ra_signer.upstream.failover import AcmeDriver
+from acme_ra_signer.upstream.polling import poll_delay
 from acme_ra_signer.worker import IssueWorker
 from tests.signer.conftest import insert_order, make_csr
 from tests.upstream.pebble import Pebble

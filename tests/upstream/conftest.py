@@ -21,7 +21,7 @@ from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import Certificate, Order, UpstreamAccount, UpstreamOrder
-from acme_ra_signer.upstream.acme import AcmeDriver
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.worker import IssueWorker
 from tests.signer.conftest import insert_order, make_csr
 from tests.support.bind import Bind

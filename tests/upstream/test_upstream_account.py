@@ -16,9 +16,10 @@ from acme_ra.db.engine import Database
 from acme_ra.db.models import Order, UpstreamAccount, UpstreamOrder
 from acme_ra.sealing import Sealer, upstream_account_purpose
 from acme_ra_signer.upstream.accounts import AccountRefused
-from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream
+from acme_ra_signer.upstream.acme import AcmeUpstream
 from acme_ra_signer.upstream.acme_client import AccountKey
 from acme_ra_signer.upstream.base import UpstreamUnavailable
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.worker import IssueWorker
 
 from .conftest import (

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.upstream.base import UpstreamUnavailable
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.upstream.journal import DbJournal
 from tests.support.openssl_ca import ISSUE, REVOKE, OpensslCa
 

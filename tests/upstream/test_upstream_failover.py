@@ -20,9 +20,10 @@ from prometheus_client import REGISTRY
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import utcnow
-from acme_ra_signer.upstream.acme import AcmeDriver, AcmeUpstream
+from acme_ra_signer.upstream.acme import AcmeUpstream
 from acme_ra_signer.upstream.base import IssueRequest, UpstreamUnavailable
 from acme_ra_signer.upstream.breaker import FAILURES_TO_OPEN, State
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.upstream.journal import DbJournal
 from acme_ra_signer.worker import IssueWorker
 from tests.signer.test_signer_upstream_failover_config import state_of
@@ -140,7 +141,7 @@ async def test_first_down_the_order_moves_to_the_second_once_the_breaker_opens(
     # ... then the first upstream goes down.
     a.stop()
     before = failovers()
-    caplog.set_level(logging.WARNING, logger="acme_ra_signer.upstream.acme")
+    caplog.set_level(logging.WARNING, logger="acme_ra_signer.upstream.failover")
     failed = await until_issued(worker, order_id, FAILURES_TO_OPEN + 1)
     # One error does not move the order; the breaker opening does, within the same job.
     assert failed == FAILURES_TO_OPEN - 1

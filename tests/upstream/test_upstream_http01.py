@@ -26,8 +26,8 @@ from acme_ra.db.migrate import upgrade
 from acme_ra.db.models import UpstreamKeyAuthorization, utcnow
 from acme_ra_frontend import upstream_http01
 from acme_ra_signer import metrics as signer_metrics
+from acme_ra_signer.upstream.acme_config import Upstream
 from acme_ra_signer.upstream.base import UpstreamRejected
-from acme_ra_signer.upstream.catalog import Upstream
 from acme_ra_signer.upstream.http01 import check_token
 from acme_ra_signer.worker import IssueWorker
 from tests.support.bind import Bind, Zone

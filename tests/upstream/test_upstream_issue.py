@@ -19,8 +19,8 @@ from acme_ra.db import fast
 from acme_ra.db.engine import Database
 from acme_ra.db.fast import Statement
 from acme_ra.db.models import UpstreamOrderState
-from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.upstream.acme_client import tls_context
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.worker import IssueWorker
 
 from .conftest import (

@@ -19,9 +19,9 @@ from sqlalchemy import update
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UpstreamOrder, utcnow
-from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.upstream.acme_client import tls_context
 from acme_ra_signer.upstream.base import UpstreamUnavailable
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.upstream.journal import UpstreamBusy
 from acme_ra_signer.worker import IssueWorker
 

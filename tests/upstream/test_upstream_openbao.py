@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra.db.models import utcnow
-from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.upstream.base import IssueRequest, UpstreamUnavailable
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.upstream.journal import DbJournal
 from acme_ra_signer.upstream.vault import vault_serial
 from acme_ra_signer.worker import IssueWorker

@@ -60,6 +60,7 @@ async def test_issue_and_revoke_through_the_signer_service(
         async with app.router.lifespan_context(app), client(app) as http:
             ready = await http.get("/readyz")
             assert ready.status_code == 200, ready.text
+            assert ready.json()["upstreams"] == {"default": {"state": "closed", "consecutive_failures": 0}}
             certificate = await issue_through_the_bus(nc, db, ["svc.example.test"])
             assert pebble.cert_status(certificate.serial)["Status"] == "Valid"
 

@@ -261,6 +261,28 @@ class Certificate(Base):
     )
 
 
+
+class RenewalWindow(Base):
+    """A certificate's renewal window (RFC 9773) when it is not the one acme-ra computes: the
+    upstream's, relayed (``source`` "upstream", read again at ``next_fetch_at``), or an
+    operator's ``acme-ra certs renew-early`` (``source`` "operator": a window in the past,
+    never overwritten by the upstream's). The frontend's renewalInfo serves it."""
+
+    __tablename__ = "renewal_windows"
+    certificate_id: Mapped[str] = mapped_column(
+        ForeignKey("certificates.id", ondelete="CASCADE"), primary_key=True
+    )
+    source: Mapped[str] = mapped_column(String(16))  # upstream | operator
+    # The upstream that issued the certificate (the journal's name), when one did.
+    upstream: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    start: Mapped[dt.datetime | None]  # None: the upstream did not answer yet
+    end: Mapped[dt.datetime | None]
+    explanation_url: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    # When the relay asks the upstream again (its Retry-After); None: never (operator's window).
+    next_fetch_at: Mapped[dt.datetime | None] = mapped_column(index=True)
+    fetch_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
 class BlockedKey(Base):
     """A public key refused for accounts and CSRs: a certificate for it was revoked for
     keyCompromise (acme_ra.blocked_keys)."""

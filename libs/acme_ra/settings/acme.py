@@ -34,6 +34,10 @@ class AcmeSettings(SettingsSection):
     dns_persist_issuer_domains: str = ""
     # ACME_RA_REUSE_VALID_AUTHORIZATIONS: a new order reuses the account's valid authorizations.
     reuse_valid_authorizations: bool = True
+    # ACME_RA_ARI_RETRY_AFTER_SECONDS: the Retry-After of renewalInfo answers (RFC 9773): how
+    # long ARI clients (certbot, lego) wait before asking again, so how soon they see
+    # `acme-ra certs renew-early` at the latest. Boulder's 6 h by default; lower it before a CA switch.
+    ari_retry_after_seconds: int = Field(21600, ge=1, le=7 * 86400)
     # ACME_RA_NONCE_LIFETIME_SECONDS: how long an issued nonce stays redeemable.
     nonce_lifetime_seconds: int = Field(3600, gt=0)
     # ACME_RA_RETRY_AFTER_SECONDS: Retry-After on processing challenges and orders.

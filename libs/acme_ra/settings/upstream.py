@@ -79,6 +79,9 @@ class UpstreamSettings(SettingsSection):
     # ACME_RA_UPSTREAM_ORDER_TIMEOUT_SECONDS: how long one issue job waits for the upstream order
     # (slow CAs sign in 30 s and more) before handing it back to the queue to resume later.
     upstream_order_timeout_seconds: float = Field(600.0, gt=0)
+    # ACME_RA_UPSTREAM_ARI_POLL_SECONDS: how often the signer looks for relayed renewal windows
+    # due again (each is read again after the upstream's Retry-After, at least this far apart).
+    upstream_ari_poll_seconds: float = Field(60.0, gt=0)
     # ACME_RA_UPSTREAM_PROXY: outbound HTTP(S) proxy for upstream traffic (http://host:port).
     upstream_proxy: str = ""
     # ACME_RA_CERT_LIFETIME_DAYS: lifetime of lab-CA certificates.

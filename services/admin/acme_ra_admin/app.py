@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from acme_ra.config import Settings
-from acme_ra_admin import api, console, console_audit, console_certificates
+from acme_ra_admin import api, console, console_audit, console_certificates, renewal_routes
 from acme_ra_admin.gate import AdminGate
 from acme_ra_admin.operations import AdminOperations, OperationError
 
@@ -67,6 +67,8 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
     app.include_router(console.router)
     app.include_router(console_certificates.router)
     app.include_router(console_audit.router)
+    app.include_router(renewal_routes.api_router)  # renew-early, CA switch progress
+    app.include_router(renewal_routes.console_router)
     app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route(PATH_READYZ, readyz, methods=["GET"], include_in_schema=False)
     return app

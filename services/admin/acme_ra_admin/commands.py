@@ -287,5 +287,8 @@ def register(app: typer.Typer) -> None:
     app.add_typer(eab_app, name="eab")
     app.add_typer(accounts_app, name="accounts")
     app.add_typer(orders_app, name="orders")
+    from acme_ra_admin import renewals
+
+    renewals.register(certs_app)  # certs renew-early, certs switch-progress
     app.add_typer(certs_app, name="certs")
     service_commands.register(app)

@@ -60,8 +60,8 @@ SECURITY_HEADERS = {
 }
 
 NAV = [("/orders", "Orders"), ("/certificates", "Certificates"), ("/inventory", "Inventory"), ("/accounts", "Accounts"),
-       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/queues", "Queues"), ("/policy", "Policy"),
-       ("/audit", "Audit log")]
+       ("/eab-keys", "EAB keys"), ("/upstream", "Upstream"), ("/renewals", "Renewals"),
+       ("/queues", "Queues"), ("/policy", "Policy"), ("/audit", "Audit log")]
 
 
 def session_key(secret: bytes) -> bytes:

@@ -1,4 +1,10 @@
-"""ACME Renewal Information (RFC 9773): an unauthenticated GET of a certificate's renewal window."""
+"""ACME Renewal Information (RFC 9773): an unauthenticated GET of a certificate's renewal window.
+
+The window served, first that applies: a revoked certificate's (in the past: renew now); the
+one stored for it (``renewal_windows``: an operator's ``acme-ra certs renew-early``, in the
+past, or the window its upstream CA suggests, relayed by the signer, with its
+``explanationURL``); else the one computed here (``suggested_window``).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +15,15 @@ from fastapi import Request
 from fastapi.responses import Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from acme_ra.db.models import Certificate
+from acme_ra.db.models import Certificate, RenewalWindow
 from acme_ra.protocol.jws import b64url_decode
 from acme_ra.protocol.problems import Problem, malformed
 from acme_ra_frontend.context import resolve_provisioner
 from acme_ra_frontend.render import json_response, timestamp
 from acme_ra_frontend.repo import certificates as repo_certificates
 
-# How long clients should wait before asking again (RFC 9773 §4.3; Boulder: 6 h).
+# How long clients should wait before asking again (RFC 9773 §4.3; Boulder: 6 h): the default
+# of ACME_RA_ARI_RETRY_AFTER_SECONDS.
 RETRY_AFTER_SECONDS = 6 * 3600
 # How often, at most, a frontend re-reads the issuers it knows when a certID names an issuer it
 # has not seen (seconds), and how many recent certificates that read looks at.
@@ -45,6 +52,19 @@ def suggested_window(cert: Certificate) -> tuple[dt.datetime, dt.datetime]:
         center = cert.not_before + lifetime * 2 / 3
     spread = max(lifetime / 50, dt.timedelta(minutes=1))
     return center - spread, center + spread
+
+
+def served_window(cert: Certificate, stored: RenewalWindow | None) -> dict[str, object]:
+    """The renewalInfo body: ``suggestedWindow`` and, when known, ``explanationURL``."""
+    body: dict[str, object] = {}
+    if cert.revoked_at is None and stored is not None and stored.start is not None and stored.end is not None:
+        start, end = stored.start, stored.end
+        if stored.explanation_url:
+            body["explanationURL"] = stored.explanation_url
+    else:
+        start, end = suggested_window(cert)
+    body["suggestedWindow"] = {"start": timestamp(start), "end": timestamp(end)}
+    return body
 
 
 class KnownIssuers:
@@ -86,11 +106,12 @@ async def renewal_info(request: Request) -> Response:
         cert = await repo_certificates.by_ari_id(session, cert_id)
         if cert is None and not await issuers.knows(session, aki):
             raise malformed("the certID's key identifier names no issuer of this server")
+        stored = None if cert is None else await repo_certificates.renewal_window(session, cert.id)
     if cert is None:
         raise Problem("malformed", "no certificate with this certID was issued here", 404)
     issuers.keys.add(aki)
-    start, end = suggested_window(cert)
-    body = {"suggestedWindow": {"start": timestamp(start), "end": timestamp(end)}}
+    retry_after = state.settings.ari_retry_after_seconds
     return json_response(
-        body, headers={"Retry-After": str(RETRY_AFTER_SECONDS), "Cache-Control": "public, max-age=3600"}
+        served_window(cert, stored),
+        headers={"Retry-After": str(retry_after), "Cache-Control": f"public, max-age={min(retry_after, 3600)}"},
     )

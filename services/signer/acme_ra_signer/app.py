@@ -22,6 +22,7 @@ from acme_ra.db import inventory
 from acme_ra.db.engine import Database
 from acme_ra.redaction import mask_url
 from acme_ra_signer import expiry, metrics, purger
+from acme_ra_signer.renewal_relay import RenewalRelay
 from acme_ra_signer.revoker import RevokeResponder
 from acme_ra_signer.upstream import UpstreamDriver, make_driver
 from acme_ra_signer.worker import IssueWorker
@@ -57,6 +58,8 @@ class Runtime:
     tls_renewal: asyncio.Task[None] | None = None
     purger: asyncio.Task[None] | None = None
     expiry: asyncio.Task[None] | None = None
+    relay: RenewalRelay | None = None  # ARI relayed: the upstreams' renewal windows
+    relay_task: asyncio.Task[None] | None = None
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -104,7 +107,10 @@ async def start(settings: Settings) -> Runtime:
     except BaseException:
         await stop(runtime)
         raise
-    worker = IssueWorker(db, driver, nc)
+    if settings.upstream == "acme":
+        runtime.relay = RenewalRelay(db, driver, settings.upstream_ari_poll_seconds)
+        runtime.relay_task = asyncio.create_task(runtime.relay.relay_forever(runtime.stop), name="ari-relay")
+    worker = IssueWorker(db, driver, nc, relay=runtime.relay)
     runtime.consumer = asyncio.create_task(_consume(runtime, worker), name="issue-consumer")
     runtime.revoker = RevokeResponder(db, driver, js)
     try:
@@ -120,7 +126,7 @@ async def start(settings: Settings) -> Runtime:
                                              name="retention-purge")
     if settings.upstream == "acme" and settings.tls_cert_file is None:
         from acme_ra_signer import frontend_tls
-        from acme_ra_signer.upstream.acme import AcmeDriver
+        from acme_ra_signer.upstream.failover import AcmeDriver
 
         assert isinstance(driver, AcmeDriver)
         runtime.tls_renewal = asyncio.create_task(
@@ -133,7 +139,7 @@ async def start(settings: Settings) -> Runtime:
 async def stop(runtime: Runtime) -> None:
     """Finish the jobs in hand, then close NATS, the database and the driver."""
     runtime.stop.set()
-    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger, runtime.expiry):
+    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger, runtime.expiry, runtime.relay_task):
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,6 +158,8 @@ async def stop(runtime: Runtime) -> None:
             await runtime.nc.flush(timeout=FLUSH_TIMEOUT_SECONDS)
     with contextlib.suppress(Exception):
         await runtime.nc.close()
+    if runtime.relay is not None:
+        await runtime.relay.close()
     await runtime.db.dispose()
     await runtime.driver.close()
 
@@ -188,7 +196,8 @@ async def healthz() -> dict[str, str]:
 
 async def readyz(request: Request) -> JSONResponse:
     """Ready when the database answers, NATS is connected, the consumer runs and the upstream
-    is usable; otherwise 503 naming what failed."""
+    is usable; otherwise 503 naming what failed. Either way, with several upstreams, each one's
+    circuit breaker (state, failures in a row, last error, next probe)."""
     runtime: Runtime | None = request.app.state.runtime
     if runtime is None:
         return JSONResponse({"status": "unavailable", "failed": {"signer": "starting"}}, status_code=503)
@@ -199,9 +208,12 @@ async def readyz(request: Request) -> JSONResponse:
         _check("upstream", _upstream_ok(runtime.driver)),
     )
     failed = {name: error for name, error in results if error is not None}
+    # Each upstream's circuit breaker (ACME_RA_UPSTREAM=acme): which upstreams orders go to now.
+    breakers = {entry["name"]: entry["breaker"] for entry in runtime.driver.describe() if "breaker" in entry}
+    detail = {"upstreams": breakers} if breakers else {}
     if failed:
-        return JSONResponse({"status": "unavailable", "failed": failed}, status_code=503)
-    return JSONResponse({"status": "ready"})
+        return JSONResponse({"status": "unavailable", "failed": failed, **detail}, status_code=503)
+    return JSONResponse({"status": "ready", **detail})
 
 
 async def upstreams_endpoint(request: Request) -> JSONResponse:

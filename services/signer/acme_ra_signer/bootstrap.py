@@ -114,7 +114,7 @@ def run_acme(settings: Settings) -> BootstrapResult:
 async def _frontend_cert_from_upstream(settings: Settings) -> str:
     from acme_ra.db.engine import Database
     from acme_ra_signer import frontend_tls
-    from acme_ra_signer.upstream.acme import AcmeDriver
+    from acme_ra_signer.upstream.failover import AcmeDriver
 
     db = Database(settings.effective_database_url, 2)
     try:

@@ -32,8 +32,8 @@ from cryptography.x509.oid import NameOID
 
 from acme_ra.config import Settings
 from acme_ra_signer import labca
-from acme_ra_signer.upstream.acme import AcmeDriver
 from acme_ra_signer.upstream.base import IssueRequest, UpstreamError
+from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.upstream.journal import MemoryJournal
 
 log = logging.getLogger("acme_ra_signer.frontend_tls")

@@ -26,6 +26,7 @@ from acme_ra.db.engine import Database
 from acme_ra.db.fast import Statement
 from acme_ra.db.models import Order, OrderStatus
 from acme_ra_signer import metrics
+from acme_ra_signer.renewal_relay import RenewalRelay
 from acme_ra_signer.upstream.base import (
     IssueRequest,
     UpstreamDriver,
@@ -71,9 +72,12 @@ class IssueWorker:
         db: Database,
         driver: UpstreamDriver,
         nc: NATS | None = None,
+        relay: RenewalRelay | None = None,
     ) -> None:
         self.db = db
         self.driver = driver
+        # Reads the upstream's renewal window of each certificate issued (ARI relayed).
+        self.relay = relay
         # Where the issued and failed events go: a plain NATS publish (publish_event_unconfirmed).
         self.nc = nc
 
@@ -171,6 +175,8 @@ class IssueWorker:
         if certificate_id is None:
             return _Outcome("duplicate", {"serial": chain.serial_hex})
         metrics.CERTIFICATES_ISSUED.inc()
+        if self.relay is not None:
+            self.relay.issued(certificate_id)
         await self._event(bus.Event(kind="issued", order_id=order_id, status=OrderStatus.valid.value,
                                     certificate_id=certificate_id))
         return _Outcome("issued", {"certificate_id": certificate_id, "serial": chain.serial_hex})

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from acme_ra.db.fast import Statement
-from acme_ra.db.models import Certificate
+from acme_ra.db.models import Certificate, RenewalWindow
 from acme_ra_frontend.repo.reads import Read
 
 
@@ -34,6 +34,11 @@ def certificate_from_rows(rows: Sequence[Any]) -> CertificateRow | None:
 
 async def by_ari_id(session: AsyncSession, ari_cert_id: str) -> Certificate | None:
     return (await session.execute(select(Certificate).where(Certificate.ari_cert_id == ari_cert_id))).scalars().first()
+
+
+async def renewal_window(session: AsyncSession, certificate_id: str) -> RenewalWindow | None:
+    """The window stored for a certificate (relayed from its upstream, or renew-early's)."""
+    return await session.get(RenewalWindow, certificate_id)
 
 
 async def by_serial(session: AsyncSession, serial: str) -> Sequence[Certificate]:

@@ -34,7 +34,7 @@ def _lab(settings: Settings, db: Database | None) -> UpstreamDriver:
 
 
 def _acme(settings: Settings, db: Database | None) -> UpstreamDriver:
-    from acme_ra_signer.upstream.acme import AcmeDriver
+    from acme_ra_signer.upstream.failover import AcmeDriver
 
     if db is None:
         raise ValueError("the acme upstream keeps its account and orders in the database")

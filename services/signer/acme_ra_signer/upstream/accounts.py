@@ -23,8 +23,8 @@ from acme_ra.db.models import UpstreamAccount, new_id, utcnow
 from acme_ra.sealing import Sealer, SealError, upstream_account_purpose
 from acme_ra_signer import metrics
 from acme_ra_signer.upstream.acme_client import AccountKey, AcmeClient, AcmeProblem
+from acme_ra_signer.upstream.acme_config import Upstream
 from acme_ra_signer.upstream.base import UpstreamUnavailable
-from acme_ra_signer.upstream.catalog import Upstream
 
 log = logging.getLogger("acme_ra_signer.upstream.accounts")
 

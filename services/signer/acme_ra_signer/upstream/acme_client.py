@@ -58,6 +58,10 @@ PROBLEM_JSON = "application/problem+json"
 ACCOUNT_KEY_TYPES = ("rsa2048", "ec256")
 
 
+class OrderLost(Exception):
+    """The upstream does not know the recorded order (or its authorization) any more."""
+
+
 class AcmeProblem(Exception):
     """The upstream answered with an RFC 7807 problem document."""
 
@@ -293,6 +297,10 @@ class AcmeClient:
             self._directory = directory
             self._resource_names = resource_names(self.directory_url, directory)
         return self._directory
+
+    async def get(self, url: str) -> UpstreamResponse:
+        """An unauthenticated GET (renewalInfo); a problem document raises ``AcmeProblem``."""
+        return self._check(await self._send("GET", url))
 
     async def post(
         self,

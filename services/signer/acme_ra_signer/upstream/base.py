@@ -52,6 +52,17 @@ class IssuedChain:
     alternate_chains_pem: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class RenewalInfo:
+    """An upstream's suggested renewal window for a certificate (RFC 9773 ``suggestedWindow``,
+    timezone-aware UTC), its ``explanationURL``, and when to ask again (``Retry-After``, seconds)."""
+
+    start: dt.datetime
+    end: dt.datetime
+    explanation_url: str | None = None
+    retry_after: float | None = None
+
+
 class UpstreamError(Exception):
     """Base of the typed upstream outcomes."""
 
@@ -135,6 +146,11 @@ class UpstreamDriver(abc.ABC):
         """Each upstream as operators may see it (name, authz_strategy, dns_update); no secret."""
         return []
 
+    async def renewal_info(self, upstream: str, leaf: x509.Certificate) -> RenewalInfo | None:
+        """The renewal window the named upstream suggests for a certificate it issued (RFC 9773),
+        or None when it offers none (or is not configured any more)."""
+        return None
+
     async def close(self) -> None:
         """Release connections and background work; called once at shutdown."""
         return
@@ -167,6 +183,11 @@ class NamedUpstream(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """The upstream as operators may see it (name, type, ...); never a secret."""
+
+    async def renewal_info(self, leaf: x509.Certificate) -> RenewalInfo | None:
+        """The upstream's renewal window for a certificate it issued (RFC 9773), or None when
+        it offers none; raises ``UpstreamUnavailable`` when it offers one but did not answer."""
+        return None
 
     def may_move(self, entry: Entry) -> bool:
         """Whether an order recorded as ``entry`` may go to another upstream without risking a

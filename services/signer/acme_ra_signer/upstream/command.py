@@ -101,7 +101,7 @@ class _FileCommand(BaseModel):
 
 def from_file(settings: Settings, name: str, fields: dict[str, Any], origin: str) -> CommandConfig:
     """``upstreams.<name>`` of ``type: command``; raises ``UpstreamConfigError`` (one line)."""
-    from acme_ra_signer.upstream.catalog import PREFIX, UpstreamConfigError, validated
+    from acme_ra_signer.upstream.config_errors import PREFIX, UpstreamConfigError, validated
 
     entry = validated(_FileCommand, fields, origin)
     for key in ("issue", "revoke"):

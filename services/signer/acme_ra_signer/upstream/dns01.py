@@ -37,8 +37,8 @@ import dns.tsigkeyring
 import dns.update
 from josepy import JWK
 
+from acme_ra_signer.upstream.acme_config import Rfc2136, Upstream
 from acme_ra_signer.upstream.base import UpstreamRejected, UpstreamUnavailable, upstream_problem
-from acme_ra_signer.upstream.catalog import Rfc2136, Upstream
 
 log = logging.getLogger("acme_ra_signer.upstream.dns01")
 
@@ -284,7 +284,7 @@ class Dns01:
         if upstream.rfc2136 is not None:
             self.publisher = Rfc2136Publisher(upstream.rfc2136, upstream)
         else:
-            assert upstream.dns_hook is not None  # catalog._check: one of the two
+            assert upstream.dns_hook is not None  # acme_config._check: one of the two
             self.publisher = HookPublisher(upstream.dns_hook, upstream)
 
     async def owners(self, names: Iterable[str]) -> dict[str, str]:

@@ -29,8 +29,8 @@ from sqlalchemy import Table, delete, insert
 
 from acme_ra.db.engine import Database
 from acme_ra.db.models import UPSTREAM_TOKEN_PATTERN, UpstreamKeyAuthorization, utcnow
+from acme_ra_signer.upstream.acme_config import Upstream
 from acme_ra_signer.upstream.base import UpstreamRejected
-from acme_ra_signer.upstream.catalog import Upstream
 
 log = logging.getLogger("acme_ra_signer.upstream.http01")
 

@@ -121,7 +121,7 @@ class _FileLab(BaseModel):
 
 
 def from_file(settings: Settings, name: str, fields: dict[str, Any], origin: str) -> LabConfig:
-    from acme_ra_signer.upstream.catalog import validated
+    from acme_ra_signer.upstream.config_errors import validated
 
     validated(_FileLab, fields, origin)
     return LabConfig(name, origin, settings.lab_ca_dir, settings.cert_lifetime_days)

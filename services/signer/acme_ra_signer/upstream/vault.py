@@ -108,7 +108,7 @@ class _FileVault(BaseModel):
 
 def from_file(settings: Settings, name: str, fields: dict[str, Any], origin: str) -> VaultConfig:
     """``upstreams.<name>`` of ``type: vault``; raises ``UpstreamConfigError`` (one line)."""
-    from acme_ra_signer.upstream.catalog import PREFIX, UpstreamConfigError, read_secret, validated
+    from acme_ra_signer.upstream.config_errors import PREFIX, UpstreamConfigError, read_secret, validated
 
     entry = validated(_FileVault, fields, origin)
     parts = urlsplit(entry.url.strip())

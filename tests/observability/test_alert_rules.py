@@ -21,6 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 import acme_ra_frontend.metrics
 import acme_ra_signer.metrics
 import acme_ra_validator.metrics
+import acme_ra_validator.mpic
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -41,7 +42,7 @@ EXTERNAL_SERIES = {"up", "ALERTS"}
 EXTERNAL_PREFIXES = ("haproxy_",)
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = {"job", "instance"}
-METRIC_MODULES = (acme_ra_frontend.metrics, acme_ra_validator.metrics, acme_ra_signer.metrics)
+METRIC_MODULES = (acme_ra_frontend.metrics, acme_ra_validator.metrics, acme_ra_validator.mpic, acme_ra_signer.metrics)
 
 
 def promtool() -> str:

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from acme_ra.config import Settings
 from acme_ra_signer import labca
+from acme_ra_signer.frontend_tls import identifier_type
 
 log = logging.getLogger("acme_ra_signer.bootstrap")
 
@@ -158,7 +159,7 @@ def ensure_frontend_cert(
         if _still_good(ca, cert_path, key_path, names, now):
             return "kept"
         key = ec.generate_private_key(ec.SECP256R1())
-        identifiers = [{"type": _identifier_type(name), "value": name} for name in names]
+        identifiers = [{"type": identifier_type(name), "value": name} for name in names]
         leaf = ca.issue_leaf(key.public_key(), identifiers, FRONTEND_CERT_LIFETIME, now)
         # Key first: a certificate on disk always has its key next to it.
         labca.write_atomic(key_path, labca.private_key_pem(key), 0o600)
@@ -185,13 +186,6 @@ def _still_good(
     lifetime = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     return leaf.not_valid_after_utc - now > lifetime / 3
 
-
-def _identifier_type(name: str) -> str:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return "dns"
-    return "ip"
 
 
 def _canonical(name: str) -> str:

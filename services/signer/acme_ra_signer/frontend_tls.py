@@ -108,7 +108,7 @@ async def ensure(settings: Settings, driver: AcmeDriver, *, at_bootstrap: bool) 
 async def obtain(driver: AcmeDriver, cert_path: Path, key_path: Path, names: list[str], bundle: Path) -> None:
     """Order a certificate for ``names`` from the default upstream and write key, chain, bundle."""
     key = ec.generate_private_key(ec.SECP256R1())
-    identifiers = [{"type": _identifier_type(name), "value": name} for name in names]
+    identifiers = [{"type": identifier_type(name), "value": name} for name in names]
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([]))
@@ -147,7 +147,7 @@ def write_placeholder(cert_path: Path, key_path: Path, names: list[str]) -> None
             x509.NameAttribute(NameOID.COMMON_NAME, (names[0] if names else "acme-ra")[:64]),
         ]
     )
-    identifiers = [{"type": _identifier_type(n), "value": n} for n in names]
+    identifiers = [{"type": identifier_type(n), "value": n} for n in names]
     builder = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -202,7 +202,8 @@ def _try_lock(path: Path, block: bool) -> Iterator[bool]:
         os.close(fd)
 
 
-def _identifier_type(name: str) -> str:
+def identifier_type(name: str) -> str:
+    """An ACME identifier's type for a name of the frontend's certificate: "ip" or "dns"."""
     try:
         ipaddress.ip_address(name)
     except ValueError:

@@ -8,7 +8,7 @@ import hashlib
 import json
 
 from acme_ra_validator.failure import ValidationFailure
-from acme_ra_validator.resolver import LookupFailed, NameNotFound, NameResolver
+from acme_ra_validator.resolver import NameNotFound, NameResolver, ResolutionError
 
 CHALLENGE_LABEL = "_acme-challenge"
 # How much of a wrong TXT value a problem detail quotes.
@@ -23,12 +23,17 @@ def txt_record_value(key_authorization: str) -> str:
 
 async def check_dns01(resolver: NameResolver, domain: str, key_authorization: str) -> None:
     """Return when one TXT record matches; raise ValidationFailure otherwise."""
-    name = f"{CHALLENGE_LABEL}.{domain.rstrip('.')}"
+    await check_txt_digest(resolver, f"{CHALLENGE_LABEL}.{domain.rstrip('.')}", key_authorization)
+
+
+async def check_txt_digest(resolver: NameResolver, name: str, key_authorization: str) -> None:
+    """Return when one TXT record at ``name`` holds the key authorization's digest (dns-01's
+    value; dns-account-01 looks at another name); raise ValidationFailure otherwise."""
     try:
         values = await resolver.txt(name)
     except NameNotFound:
         raise ValidationFailure("unauthorized", f"No TXT record found at {name}") from None
-    except LookupFailed as error:
+    except ResolutionError as error:  # SERVFAIL, timeout, DNSSEC (resolver.LookupFailed and kin)
         raise ValidationFailure("dns", f"DNS problem: {error.reason} looking up TXT for {name}") from None
     if txt_record_value(key_authorization) in values:
         return

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 
-from acme_ra_validator.dns01 import CHALLENGE_LABEL, QUOTED_VALUE_CHARS, txt_record_value
-from acme_ra_validator.failure import ValidationFailure
-from acme_ra_validator.resolver import NameNotFound, NameResolver, ResolutionError
+from acme_ra_validator.dns01 import CHALLENGE_LABEL, check_txt_digest
+from acme_ra_validator.resolver import NameResolver
 
 # Octets of SHA-256(account URL) that make the label (the draft's [0:10]).
 LABEL_DIGEST_OCTETS = 10
@@ -32,17 +30,4 @@ def validation_name(domain: str, account_url: str) -> str:
 
 async def check_dns_account01(resolver: NameResolver, domain: str, account_url: str, key_authorization: str) -> None:
     """Return when one TXT record at the account's name matches; raise ValidationFailure otherwise."""
-    name = validation_name(domain, account_url)
-    try:
-        values = await resolver.txt(name)
-    except NameNotFound:
-        raise ValidationFailure("unauthorized", f"No TXT record found at {name}") from None
-    except ResolutionError as error:  # SERVFAIL, timeout (and any later kind, e.g. DNSSEC)
-        raise ValidationFailure("dns", f"DNS problem: {error.reason} looking up TXT for {name}") from None
-    if txt_record_value(key_authorization) in values:
-        return
-    more = f" (and {len(values) - 1} more)" if len(values) > 1 else ""
-    raise ValidationFailure(
-        "unauthorized",
-        f"Incorrect TXT record {json.dumps(values[0][:QUOTED_VALUE_CHARS])}{more} found at {name}",
-    )
+    await check_txt_digest(resolver, validation_name(domain, account_url), key_authorization)

@@ -23,6 +23,9 @@ from acme_ra import bus
 from acme_ra.db.engine import Database
 from acme_ra_validator.caa import check_caa
 from acme_ra_validator.dns01 import check_dns01, txt_record_value
+from acme_ra_validator.dns_account01 import account_label as account_label_of
+from acme_ra_validator.dns_account01 import check_dns_account01
+from acme_ra_validator.dns_persist01 import PersistAccount, check_dns_persist01
 from acme_ra_validator.dnssec import DnssecMode, DnssecPolicy, load_trust_anchors
 from acme_ra_validator.failure import ValidationFailure
 from acme_ra_validator.http01 import ValidationPorts, new_http_client
@@ -37,19 +40,27 @@ from .rows import insert_pending_order, snapshot
 KEY_AUTH = "tok-dnssec.thumbprint-abc"
 GOOD = f'"{txt_record_value(KEY_AUTH)}"'
 CA = "ca.example"
+ACCOUNT_URL = "https://ra.example/acct/1"
 BOGUS_DETAIL = "DNSSEC validation failed (DNSSEC Bogus: validation failure <_acme-challenge.bogus.test. TXT IN>"
 
 
 def lab_zones(good: str = GOOD) -> dict[str, LabZone]:
     """The same records in a signed, a bogus (TXT and CAA changed after signing) and an unsigned
-    zone: only DNSSEC tells them apart."""
-    records = [f"_acme-challenge IN TXT {good}", f'@ IN CAA 0 issue "{CA}"']
+    zone: only DNSSEC tells them apart. With them the account-bound records of dns-account-01 and
+    dns-persist-01 (draft challenge types that read TXT through the same resolver)."""
+    account_label = account_label_of(ACCOUNT_URL)
+    persist = f'"{CA}; accounturi={ACCOUNT_URL}"'
+    records = [f"_acme-challenge IN TXT {good}", f'@ IN CAA 0 issue "{CA}"',
+               f"{account_label}._acme-challenge IN TXT {good}", f"_validation-persist IN TXT {persist}"]
     return {
         "signed": LabZone("signed.test.", records),
         "bogus": LabZone(
             "bogus.test.",
-            ['_acme-challenge IN TXT "before-tampering"', '@ IN CAA 0 issue "other.example"'],
-            tamper={'"before-tampering"': good, '"other.example"': f'"{CA}"'},
+            ['_acme-challenge IN TXT "before-tampering"', '@ IN CAA 0 issue "other.example"',
+             f'{account_label}._acme-challenge IN TXT "account-before-tampering"',
+             '_validation-persist IN TXT "persist-before-tampering"'],
+            tamper={'"before-tampering"': good, '"other.example"': f'"{CA}"',
+                    '"account-before-tampering"': good, '"persist-before-tampering"': persist},
         ),
         "unsigned": LabZone("unsigned.test.", records, signed=False),
         "unsigned-nocaa": LabZone("unsigned-nocaa.test.", [f"_acme-challenge IN TXT {good}"], signed=False),
@@ -113,6 +124,28 @@ async def test_validate_refuses_a_bogus_zone_with_a_dns_problem(lab: DnssecLab) 
         await caa(names, "bogus.test")
     assert refused.value.type == "dns" and "DNSSEC Bogus" in refused.value.detail
     assert lookups("bogus") == before + 2
+
+
+async def persist(names: NameResolver, domain: str) -> None:
+    account = PersistAccount(ACCOUNT_URL, "thumbprint-abc", "https://ra.example/acct/")
+    await check_dns_persist01(names, domain, wildcard=False, account=account, issuer_domains=(CA,))
+
+
+async def test_the_account_bound_dns_challenges_are_dnssec_checked(lab: DnssecLab) -> None:
+    """dns-account-01 and dns-persist-01: valid in the signed zone, a dns problem in the bogus one
+    (whose records say the same after tampering), valid in an unsigned zone under validate only."""
+    names = resolver(lab, "validate")
+    await check_dns_account01(names, "signed.test", ACCOUNT_URL, KEY_AUTH)
+    await persist(names, "signed.test")
+    for check in (check_dns_account01(names, "bogus.test", ACCOUNT_URL, KEY_AUTH), persist(names, "bogus.test")):
+        with pytest.raises(ValidationFailure) as failure:
+            await check
+        assert failure.value.type == "dns" and "DNSSEC Bogus" in failure.value.detail, failure.value.detail
+    await check_dns_account01(resolver(lab, "off", validating=False), "bogus.test", ACCOUNT_URL, KEY_AUTH)
+    await persist(names, "unsigned.test")
+    with pytest.raises(ValidationFailure) as unsigned:
+        await persist(resolver(lab, "require-signed"), "unsigned.test")
+    assert unsigned.value.type == "dns", unsigned.value.detail
 
 
 async def test_dnssec_off_passes_what_the_resolver_passes(lab: DnssecLab) -> None:

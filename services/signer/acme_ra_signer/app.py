@@ -60,6 +60,7 @@ class Runtime:
     expiry: asyncio.Task[None] | None = None
     relay: RenewalRelay | None = None  # ARI relayed: the upstreams' renewal windows
     relay_task: asyncio.Task[None] | None = None
+    config_watch: asyncio.Task[None] | None = None  # the upstream lists follow ACME_RA_CONFIG_FILE
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -124,6 +125,13 @@ async def start(settings: Settings) -> Runtime:
     if settings.retention_days:
         runtime.purger = asyncio.create_task(purger.purge_forever(db, settings.retention_days, runtime.stop),
                                              name="retention-purge")
+    if settings.upstream == "acme" and settings.config_file is not None:
+        from acme_ra_signer.config_watch import ConfigWatch
+        from acme_ra_signer.upstream.failover import AcmeDriver
+
+        assert isinstance(driver, AcmeDriver)
+        runtime.config_watch = asyncio.create_task(ConfigWatch(settings, driver).run_forever(runtime.stop),
+                                                   name="config-watch")
     if settings.upstream == "acme" and settings.tls_cert_file is None:
         from acme_ra_signer import frontend_tls
         from acme_ra_signer.upstream.failover import AcmeDriver
@@ -139,7 +147,8 @@ async def start(settings: Settings) -> Runtime:
 async def stop(runtime: Runtime) -> None:
     """Finish the jobs in hand, then close NATS, the database and the driver."""
     runtime.stop.set()
-    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger, runtime.expiry, runtime.relay_task):
+    for task in (runtime.warm_up, runtime.tls_renewal, runtime.purger, runtime.expiry, runtime.relay_task,
+                 runtime.config_watch):
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

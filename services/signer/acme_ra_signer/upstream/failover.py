@@ -68,27 +68,51 @@ class AcmeDriver(UpstreamDriver):
     ) -> None:
         self.catalog = catalog
         self.db = db
+        self.sealer = sealer
         self.lease_seconds = lease_seconds
-        self.upstreams: dict[str, NamedUpstream] = {
-            name: AcmeUpstream(
-                config,
-                db,
-                sealer,
-                AcmeClient(
-                    config.directory_url,
-                    ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
-                    timeout=http_timeout,
-                    proxy=proxy,
-                    transport=transport,
-                    upstream=name,
-                ),
-                order_timeout,
-            )
-            if isinstance(config, Upstream)
-            else _other(config, http_timeout, proxy)
-            for name, config in catalog.upstreams.items()
-        }
+        self.http_timeout, self.order_timeout, self.proxy, self.transport = http_timeout, order_timeout, proxy, transport
+        self.upstreams: dict[str, NamedUpstream] = {name: self._build(name, config)
+                                                      for name, config in catalog.upstreams.items()}
         self.breakers = {name: Breaker(name) for name in catalog.upstreams}
+        # Upstreams a reload removed or replaced: orders journaled there still resume there.
+        self.retired: dict[str, NamedUpstream] = {}
+        self.replaced: list[NamedUpstream] = []
+
+    def _build(self, name: str, config: AnyUpstream) -> NamedUpstream:
+        if not isinstance(config, Upstream):
+            return _other(config, self.http_timeout, self.proxy)
+        client = AcmeClient(config.directory_url, ca_bundle=str(config.ca_bundle) if config.ca_bundle else None,
+                            timeout=self.http_timeout, proxy=self.proxy, transport=self.transport, upstream=name)
+        return AcmeUpstream(config, self.db, self.sealer, client, self.order_timeout)
+
+    def reload(self, catalog: Catalog) -> list[str]:
+        """Serve ``catalog`` from now on (the signer's configuration watch): upstreams whose
+        configuration is unchanged keep their driver, account and breaker; new or changed ones
+        get new ones; a removed one serves only the orders already journaled there (resume,
+        revoke). The next order of a profile follows its new list. Returns what changed."""
+        changes: list[str] = []
+        for name, config in catalog.upstreams.items():
+            before = self.catalog.upstreams.get(name)
+            if before == config and name in self.upstreams:
+                continue
+            if name in self.upstreams:
+                self.replaced.append(self.upstreams[name])
+            self.upstreams[name] = self._build(name, config)
+            self.breakers[name] = Breaker(name)
+            self.retired.pop(name, None)
+            changes.append(f"{name}: {'changed' if before is not None else 'added'}")
+        for name in [name for name in self.upstreams if name not in catalog.upstreams]:
+            self.retired[name] = self.upstreams.pop(name)
+            changes.append(f"{name}: removed (its journaled orders still resume there)")
+        if catalog.by_profile != self.catalog.by_profile or catalog.by_provisioner != self.catalog.by_provisioner \
+                or (catalog.defaults, catalog.default) != (self.catalog.defaults, self.catalog.default):
+            changes.append("routes changed")
+        self.catalog = catalog
+        return changes
+
+    def _named(self, name: str) -> NamedUpstream | None:
+        """A configured upstream, or one a reload retired (for what is journaled there)."""
+        return self.upstreams.get(name) or self.retired.get(name)
 
     def describe(self) -> list[dict[str, Any]]:
         return [
@@ -130,7 +154,7 @@ class AcmeDriver(UpstreamDriver):
             admitted: set[str] = set()  # breakers that let this job through (a half-open one once)
             while True:
                 name = journal.entry.upstream
-                upstream = self.upstreams.get(name)
+                upstream = self._named(name)
                 if upstream is None:
                     raise UpstreamUnavailable(
                         f"order {request.order_id} is with upstream {name!r}, which is no longer configured"
@@ -214,7 +238,7 @@ class AcmeDriver(UpstreamDriver):
                     await session.execute(select(UpstreamOrder.upstream).where(UpstreamOrder.order_id == order_id))
                 ).scalar_one_or_none()
             name = recorded or name
-        upstream = self.upstreams.get(name)
+        upstream = self._named(name)
         if upstream is None:
             raise UpstreamRejected(
                 {"type": "serverInternal", "detail": f"the certificate's upstream {name!r} is no longer configured"}
@@ -222,7 +246,7 @@ class AcmeDriver(UpstreamDriver):
         await upstream.revoke(cert_der, reason)
 
     async def renewal_info(self, upstream: str, leaf: x509.Certificate) -> RenewalInfo | None:
-        named = self.upstreams.get(upstream)
+        named = self._named(upstream)
         return None if named is None else await named.renewal_info(leaf)
 
     async def check(self) -> None:
@@ -256,7 +280,7 @@ class AcmeDriver(UpstreamDriver):
         breaker.success()
 
     async def close(self) -> None:
-        for upstream in self.upstreams.values():
+        for upstream in [*self.upstreams.values(), *self.retired.values(), *self.replaced]:
             await upstream.close()
 
 

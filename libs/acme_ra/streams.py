@@ -52,15 +52,19 @@ async def wait_for_consumer(js: JetStreamContext, durable: str) -> None:
     try:
         await js.consumer_info(JOBS_STREAM, durable)
     except NotFoundError:
-        await ensure_streams(js)
+        # Not patient: a validator's refused attempt times out at once, and it asks again.
+        await ensure_streams(js, patient=False)
 
 
-async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> None:
+async def ensure_streams(js: JetStreamContext, replicas: int | None = None, *, patient: bool = True) -> None:
     """Create (or update) the job and event streams and the durable consumers. Idempotent.
 
     ``replicas``: copies of each stream in a NATS cluster (3 for R3). None creates a stream with
     one and keeps the replicas of a stream that exists, so that a service starting with the
-    default never scales down a stream an operator (or a replicated deployment) made R3."""
+    default never scales down a stream an operator (or a replicated deployment) made R3.
+    ``patient``: a request NATS does not answer is asked again for ``STREAM_UPDATE_SECONDS`` (a
+    cluster scaling a stream answers late); not patient, it raises at once (a worker that may not
+    make streams, whose refusal looks like no answer)."""
     jobs = StreamConfig(
         name=JOBS_STREAM,
         subjects=["acme.jobs.*"],
@@ -75,7 +79,7 @@ async def ensure_streams(js: JetStreamContext, replicas: int | None = None) -> N
         max_msgs=1_000_000,
     )
     for config in (jobs, events):
-        await _ensure_stream(js, config, replicas)
+        await _ensure_stream(js, config, replicas, STREAM_UPDATE_SECONDS if patient else 0.0)
     for durable, subject, ack_wait in (
         (DURABLE_VALIDATOR, SUBJECT_VALIDATE, VALIDATE_ACK_WAIT_SECONDS),
         (DURABLE_SIGNER, SUBJECT_ISSUE, ISSUE_ACK_WAIT_SECONDS),
@@ -115,10 +119,10 @@ async def _update_consumer(js: JetStreamContext, current: ConsumerConfig, wanted
 
 
 
-async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, replicas: int | None) -> None:
+async def _ensure_stream(js: JetStreamContext, wanted: StreamConfig, replicas: int | None, patience: float) -> None:
     """Create ``wanted``, or update the stream to it unless it already has every setting; retried
     while the cluster answers late."""
-    deadline = time.monotonic() + STREAM_UPDATE_SECONDS
+    deadline = time.monotonic() + patience
     while True:
         try:
             try:

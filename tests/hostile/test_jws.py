@@ -446,11 +446,13 @@ async def test_nul_in_a_resource_path_is_never_a_500(lab: Lab, account: TestAcme
     assert_still_up(lab)
 
 
-@pytest.mark.parametrize("page", ["%C2%B2", "%D9%A1", "-1", "1e3", "99999999999999999999", "%00"])
-async def test_an_odd_orders_page_is_malformed(lab: Lab, account: TestAcmeClient, page: str) -> None:
-    """``"²".isdigit()`` is true and ``int("²")`` fails: the page number is ASCII digits only."""
+@pytest.mark.parametrize("cursor", ["%C2%B2.abc", "%D9%A1.abc", "-1.abc", "1e3.abc", "99999999999999999999.abc",
+                                    "1.%00", "%00", "1.", ""])
+async def test_an_odd_orders_cursor_is_malformed(lab: Lab, account: TestAcmeClient, cursor: str) -> None:
+    """``"²".isdigit()`` is true and ``int("²")`` fails: the orders list's cursor (``after``, the
+    Link of a previous page) is ASCII digits, a dot and an order id; past year 9999 is refused too."""
     assert account.kid is not None
-    url = f"{account.kid}/orders?page={page}"
+    url = f"{account.kid}/orders?after={cursor}"
     await refused(lab, account, url, account.sign(url, "", await account.nonce()), 400, "malformed")
 
 

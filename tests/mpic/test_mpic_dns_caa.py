@@ -8,7 +8,7 @@ import pytest
 from acme_ra import bus
 from acme_ra.db.engine import Database
 from acme_ra_validator.dns01 import txt_record_value
-from tests.validator.rows import insert_pending_order
+from tests.validator.rows import PendingOrder, insert_pending_order
 
 from .conftest import REGIONS, MpicLab, Web, wait_for_outcome
 from .test_mpic_quorum import OUTCOME_TIMEOUT_SECONDS, _by_name, _validate
@@ -27,6 +27,17 @@ async def _start(lab: MpicLab, **primary_env: str) -> None:
     await lab.processes["primary"].heard(3)
 
 
+async def _validate_job(lab: MpicLab, db: Database, rows: PendingOrder) -> dict[str, object]:
+    """Publish the challenge's validation job as a frontend would; its outcome and record."""
+    nc = await lab.operator()
+    try:
+        job = bus.ValidateJob(challenge_id=rows.challenge_id, order_id=rows.order_id)
+        await bus.publish_job(nc.jetstream(), bus.SUBJECT_VALIDATE, job, f"validate-{rows.challenge_id}")
+    finally:
+        await nc.close()
+    return await wait_for_outcome(db, rows.challenge_id, OUTCOME_TIMEOUT_SECONDS)
+
+
 async def test_dns01_seen_wrong_by_one_perspective(mpic_lab: tuple[MpicLab, Web]) -> None:
     lab, _web = mpic_lab
     await _start(lab)
@@ -37,13 +48,7 @@ async def test_dns01_seen_wrong_by_one_perspective(mpic_lab: tuple[MpicLab, Web]
         for name, resolver in lab.resolvers.items():
             value = "a-hijacker-s-value" if name == "p1" else right
             resolver.zone.add(f'_acme-challenge.dns.mpic.test. 0 TXT "{value}"')
-        nc = await lab.operator()
-        try:
-            job = bus.ValidateJob(challenge_id=rows.challenge_id, order_id=rows.order_id)
-            await bus.publish_job(nc.jetstream(), bus.SUBJECT_VALIDATE, job, f"validate-{rows.challenge_id}")
-        finally:
-            await nc.close()
-        outcome = await wait_for_outcome(db, rows.challenge_id, OUTCOME_TIMEOUT_SECONDS)
+        outcome = await _validate_job(lab, db, rows)
     finally:
         await db.dispose()
     assert outcome["status"] == "valid", outcome
@@ -96,13 +101,7 @@ async def test_dns_persist01_through_perspectives(mpic_lab: tuple[MpicLab, Web],
         for name, resolver in lab.resolvers.items():
             account = "https://ra.mpic.test/acme/acme/account/someone-else" if name in hijacked else ours
             resolver.zone.add(f'_validation-persist.{domain}. 0 TXT "ra.mpic.test; accounturi={account}"')
-        nc = await lab.operator()
-        try:
-            job = bus.ValidateJob(challenge_id=rows.challenge_id, order_id=rows.order_id)
-            await bus.publish_job(nc.jetstream(), bus.SUBJECT_VALIDATE, job, f"validate-{rows.challenge_id}")
-        finally:
-            await nc.close()
-        outcome = await wait_for_outcome(db, rows.challenge_id, OUTCOME_TIMEOUT_SECONDS)
+        outcome = await _validate_job(lab, db, rows)
     finally:
         await db.dispose()
     assert outcome["status"] == status, outcome

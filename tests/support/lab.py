@@ -103,6 +103,23 @@ class Lab:
 
 
 @contextmanager
+def started_trusting(topology: Topology, trust: Path, what: str = "the topology") -> Iterator[Topology]:
+    """``topology`` started, its launcher trusting ``trust`` (it checks the frontend's own TLS
+    pair against those roots), and stopped on the way out; a failed start fails the test."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SSL_CERT_FILE", str(trust))
+        patch.delenv("SSL_CERT_DIR", raising=False)
+        try:
+            topology.start()
+        except LaunchError as error:
+            pytest.fail(f"{what} did not start: {error}", pytrace=False)
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@contextmanager
 def running_tls_lab(workdir: Path, test_dns: TestDnsServer, extra_env: Mapping[str, str]) -> Iterator[tuple[Lab, Path]]:
     """A topology on a fresh database of the lane's kind whose frontend serves a TLS pair of the
     test's own (``ACME_RA_TLS_CERT_FILE``), ``extra_env`` on top; yields it and the pair's root
@@ -116,18 +133,8 @@ def running_tls_lab(workdir: Path, test_dns: TestDnsServer, extra_env: Mapping[s
     with database.fresh_database(workdir / "db") as database_url:
         env = lab_environment(workdir / "var", database_url, ports, dns_resolvers=test_dns.resolver_setting)
         env.update({"ACME_RA_TLS_CERT_FILE": str(cert), "ACME_RA_TLS_KEY_FILE": str(key), **extra_env})
-        topology = Topology(env, nats_port=ports.nats)
-        with pytest.MonkeyPatch.context() as patch:  # the launcher checks our TLS pair against these roots
-            patch.setenv("SSL_CERT_FILE", str(trust))
-            patch.delenv("SSL_CERT_DIR", raising=False)
-            try:
-                topology.start()
-            except LaunchError as error:
-                pytest.fail(f"the topology did not start: {error}", pytrace=False)
-        try:
+        with started_trusting(Topology(env, nats_port=ports.nats), trust) as topology:
             yield Lab(topology, ports, test_dns.txt_dir), trust
-        finally:
-            topology.stop()
 
 
 @contextmanager

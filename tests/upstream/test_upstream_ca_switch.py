@@ -26,13 +26,13 @@ from cryptography.exceptions import InvalidSignature
 
 from acme_ra.config import http_base
 from acme_ra_tools.dev import Topology
-from acme_ra_tools.supervisor import LaunchError, settings_from_env
+from acme_ra_tools.supervisor import settings_from_env
 from tests.interop import clients
 from tests.interop.test_certbot import Certbot
 from tests.support import database
 from tests.support.dns_server import TestDnsServer
 from tests.support.doc_recipes import recipe, substituted
-from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment
+from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment, started_trusting
 
 from .pebble import Pebble, make_tls_material, require_pebble
 
@@ -113,18 +113,8 @@ def switch(test_dns: TestDnsServer, tmp_path: Path) -> Iterator[Switch]:
                 # Clients ask renewalInfo again after a second (the walkthrough's step 1, shortened).
                 "ACME_RA_ARI_RETRY_AFTER_SECONDS": "1",
             })
-            topology = Topology(env, nats_port=ports.nats)
-            with pytest.MonkeyPatch.context() as patch:
-                patch.setenv("SSL_CERT_FILE", str(trust))
-                patch.delenv("SSL_CERT_DIR", raising=False)
-                try:
-                    topology.start()
-                except LaunchError as error:
-                    pytest.fail(f"the topology did not start: {error}", pytrace=False)
-            try:
+            with started_trusting(Topology(env, nats_port=ports.nats), trust) as topology:
                 yield Switch(Lab(topology, ports, test_dns.txt_dir), old, new, trust, config, tmp_path)
-            finally:
-                topology.stop()
     finally:
         old.stop()
         new.stop()

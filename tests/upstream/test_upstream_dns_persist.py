@@ -29,11 +29,10 @@ import pytest
 from cryptography import x509
 
 from acme_ra_tools.dev import Topology
-from acme_ra_tools.supervisor import LaunchError
 from tests.conformance.client import TestAcmeClient, b64, make_csr
 from tests.support import database
 from tests.support.dns_server import TestDnsServer
-from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment
+from tests.support.lab import TEST_ZONE, Lab, LabPorts, lab_environment, started_trusting
 from tests.support.persist_lab import ISSUER
 from tests.support.persist_lab import persist_lab as running_persist_lab
 
@@ -72,18 +71,8 @@ def tiers(test_dns: TestDnsServer, tmp_path_factory: pytest.TempPathFactory) -> 
                 "ACME_RA_TLS_CERT_FILE": str(cert),
                 "ACME_RA_TLS_KEY_FILE": str(key),
             })
-            topology = Topology(env, nats_port=ports.nats)
-            with pytest.MonkeyPatch.context() as patch:  # the launcher checks our TLS pair against these roots
-                patch.setenv("SSL_CERT_FILE", str(trust))
-                patch.delenv("SSL_CERT_DIR", raising=False)
-                try:
-                    topology.start()
-                except LaunchError as error:
-                    pytest.fail(f"the lower topology did not start: {error}", pytrace=False)
-            try:
+            with started_trusting(Topology(env, nats_port=ports.nats), trust, "the lower topology") as topology:
                 yield TwoTiers(upper, Lab(topology, ports, test_dns.txt_dir), env, trust)
-            finally:
-                topology.stop()
 
 
 @pytest.fixture

@@ -16,16 +16,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
 from nats.aio.client import Client as NATS
 from sqlalchemy import text
 
 from acme_ra import bus, natsauth, telemetry
 from acme_ra.config import Settings
 from acme_ra.db.engine import Database
-from acme_ra_validator import metrics, perspective
+from acme_ra_validator import perspective
 from acme_ra_validator.caa_recheck import CaaRecheckResponder
+from acme_ra_validator.health import add_health_routes
 from acme_ra_validator.http01 import new_http_client
 from acme_ra_validator.mpic import Corroboration
 from acme_ra_validator.resolver import NameResolver
@@ -141,25 +141,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="acme-ra validator", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
-        checks = {"database": "ok" if await _database_answers(request.app.state.db) else "unavailable"}
-        checks.update(request.app.state.consumer.checks())
+    async def checks(request: Request) -> dict[str, str]:
+        found = {"database": "ok" if await _database_answers(request.app.state.db) else "unavailable"}
+        found.update(request.app.state.consumer.checks())
         resolver: NameResolver = request.app.state.resolver
         if resolver.dnssec.enabled:
-            checks["dnssec"] = "ok" if resolver.dnssec_refusal is None else "resolvers not validating"
-        ready = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
+            found["dnssec"] = "ok" if resolver.dnssec_refusal is None else "resolvers not validating"
+        return found
 
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
-
+    add_health_routes(app, checks)
     return app
 
 

@@ -17,16 +17,15 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from pydantic import ValidationError
 
 from acme_ra import bus, natsauth, perspectives, telemetry
 from acme_ra.config import Settings
-from acme_ra_validator import metrics
 from acme_ra_validator.checker import check_once
+from acme_ra_validator.health import add_health_routes
 from acme_ra_validator.http01 import new_http_client
 from acme_ra_validator.resolver import NameResolver
 from acme_ra_validator.worker import ChallengeToCheck, ValidationOptions
@@ -142,22 +141,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="acme-ra perspective", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
+    async def checks(request: Request) -> dict[str, str]:
         perspective: Perspective = request.app.state.perspective
         nc = perspective.nc
         nats_state = "connecting" if nc is None else ("ok" if nc.is_connected else "disconnected")
-        checks = {"nats": nats_state, "perspective": "ok" if perspective.subscribed else "starting"}
-        ready = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks}, 200 if ready else 503)
+        return {"nats": nats_state, "perspective": "ok" if perspective.subscribed else "starting"}
 
-    @app.get("/metrics")
-    async def prometheus_metrics() -> Response:
-        body, content_type = metrics.exposition()
-        return Response(body, media_type=content_type)
-
+    add_health_routes(app, checks)
     return app

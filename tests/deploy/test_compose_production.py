@@ -24,7 +24,7 @@ import pytest
 
 from acme_ra import bus, natsauth
 from acme_ra.config import ENV_PREFIX, Settings
-from acme_ra_tools.supervisor import settings_from_env
+from acme_ra_tools.supervisor import free_port, settings_from_env
 
 from .conftest import ROOT
 from .test_compose import docker_compose
@@ -166,12 +166,6 @@ def test_the_nats_nodes(rendered: Mapping[str, Any]) -> None:
     assert "include auth.conf" in conf and "store_dir: /data" in conf
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def nats_server() -> str:
     found = Path(sys.executable).parent / "nats-server"
     if not found.is_file():
@@ -185,7 +179,7 @@ def nats_server() -> str:
 def cluster(secrets_dir: Path, tmp_path: Path) -> Iterator[list[int]]:
     """deploy/compose/nats-cluster.conf as three nats-servers on loopback ports (the nodes' names,
     ports and store directory swapped for this machine's); yields their client ports."""
-    nodes = {node: {"client": _free_port(), "route": _free_port(), "http": _free_port()} for node in NATS_NODES}
+    nodes = {node: {"client": free_port(), "route": free_port(), "http": free_port()} for node in NATS_NODES}
     text = NATS_CONF.read_text()
     processes = []
     try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 import dns.message
 import dns.query
 import dns.rdatatype
+
+from acme_ra_tools.supervisor import free_port
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
 TSIG_KEYGEN = shutil.which("tsig-keygen") or "/usr/sbin/tsig-keygen"
@@ -50,21 +51,6 @@ class Zone:
     records: list[str] = field(default_factory=list)
 
 
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port for BIND")
-
-
 class Bind:
     """One named process; ``port``, ``key_name``, ``secret`` (base64), ``key_file``."""
 
@@ -85,7 +71,7 @@ class Bind:
         self.forwards = forwards or {}
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port(udp=True)
         self.zones = zones
         self.key_name = KEY_NAME
         self.key_file = workdir / "tsig.key"  # BIND's key statement, as tsig-keygen writes it
@@ -104,7 +90,7 @@ class Bind:
             (workdir / f"{zone.name}.zone").write_text(_zone_file(zone))
         self.log_path = workdir / "named.log"
         self.process: subprocess.Popen[bytes] | None = None
-        self.resolver_port = _free_port()
+        self.resolver_port = free_port(udp=True)
         self.resolver_dir = workdir / "resolver"
         self.resolver_dir.mkdir(exist_ok=True)
         self.resolver_conf = self.resolver_dir / "named.conf"

@@ -17,7 +17,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from tests.support.bind import _free_port
+from acme_ra_tools.supervisor import free_port as _any_port
 
 KNOTD = shutil.which("knotd") or "/usr/sbin/knotd"
 KEYMGR = shutil.which("keymgr") or "/usr/sbin/keymgr"
@@ -34,7 +34,7 @@ def require_knot() -> None:
 
 
 def free_port() -> int:
-    return _free_port()
+    return _any_port(udp=True)
 
 
 class Knot:

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from acme_ra_tools.supervisor import free_port
+
 # ACME_RA_TEST_PEBBLE: another pebble binary (default: the one on PATH, Debian's /usr/bin/pebble).
 PEBBLE = os.environ.get("ACME_RA_TEST_PEBBLE") or shutil.which("pebble") or "/usr/bin/pebble"
 INSTALL_HINT = "apt-get install -y pebble  (Debian package: /usr/bin/pebble 2.4.0)"
@@ -44,20 +46,9 @@ def require_pebble() -> str:
     return PEBBLE
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports (held open together while chosen, so never the same twice)."""
-    probes = [socket.socket() for _ in range(count)]
-    try:
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [int(probe.getsockname()[1]) for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
+    """``count`` distinct free ports."""
+    return [free_port() for _ in range(count)]
 
 
 def b64url(data: bytes) -> str:

@@ -44,15 +44,41 @@ TAIL_LINES = 30
 LAB_DEFAULTS = {ENV_PREFIX + "VALIDATION_ALLOW_NETWORKS": "127.0.0.0/8,::1/128"}
 
 
+# Ports free_port() has handed out in this process (never handed out twice).
+_ports_given: set[int] = set()
+_ports_lock = threading.Lock()
+# How many ports free_port() tries before it gives up.
+FREE_PORT_ATTEMPTS = 100
+
+
 class LaunchError(RuntimeError):
     """Start-up failed; the message says which step and why."""
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
+    """A TCP port nobody listens on right now (and, with ``udp``, free for UDP too), never one
+    this process was given before: two ports asked for before either is bound used to come back
+    equal now and then (the kernel reuses a port just closed), and the second server failed."""
+    for _ in range(FREE_PORT_ATTEMPTS):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+            if port in _ports_given or (udp and not _udp_free(host, port)):
+                continue
+        with _ports_lock:
+            if port not in _ports_given:
+                _ports_given.add(port)
+                return port
+    raise OSError(f"no free port on {host} after {FREE_PORT_ATTEMPTS} attempts")
+
+
+def _udp_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

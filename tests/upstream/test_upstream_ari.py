@@ -128,3 +128,19 @@ async def test_an_upstream_without_renewal_info_stores_nothing(db: Database, dri
         assert await window_of(db, cert.id) is None
     finally:
         await relay.close()
+
+
+async def test_no_read_after_issuance_from_an_upstream_without_renewal_info(db: Database, driver: AcmeDriver) -> None:
+    relay = RenewalRelay(db, driver)
+    try:
+        order_id = await new_order(db, ["unread.example.test"])
+        await run_job(IssueWorker(db, driver, relay=relay), order_id)
+        cert = await certificate_of(db, order_id)
+        # Pebble 2.4's directory has no renewalInfo, and the issuance read it: nothing to relay.
+        assert driver.offers_renewal_info("default") is False
+        assert driver.offers_renewal_info("not-configured") is False
+        relay.issued(cert.id, "default")
+        assert not relay._tasks
+        assert await window_of(db, cert.id) is None
+    finally:
+        await relay.close()

@@ -51,8 +51,12 @@ class RenewalRelay:
         self.poll_seconds = poll_seconds
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def issued(self, certificate_id: str) -> None:
-        """A certificate was just stored: read its upstream's window in the background."""
+    def issued(self, certificate_id: str, upstream: str) -> None:
+        """A certificate was just stored: read its upstream's window in the background, unless
+        that upstream surely has none (then the certificate gets the computed window, as before;
+        the read was most of the signer's database work per certificate for such upstreams)."""
+        if not self.driver.offers_renewal_info(upstream):
+            return
         task = asyncio.create_task(self._first_read(certificate_id), name=f"ari-{certificate_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -176,7 +176,7 @@ class IssueWorker:
             return _Outcome("duplicate", {"serial": chain.serial_hex})
         metrics.CERTIFICATES_ISSUED.inc()
         if self.relay is not None:
-            self.relay.issued(certificate_id)
+            self.relay.issued(certificate_id, chain.upstream)
         await self._event(bus.Event(kind="issued", order_id=order_id, status=OrderStatus.valid.value,
                                     certificate_id=certificate_id))
         return _Outcome("issued", {"certificate_id": certificate_id, "serial": chain.serial_hex})

@@ -432,6 +432,9 @@ class AcmeUpstream(NamedUpstream):
     async def renewal_info(self, leaf: x509.Certificate) -> RenewalInfo | None:
         return await renewal_info.fetch(self.client, leaf, self.name)
 
+    def offers_renewal_info(self) -> bool:
+        return self.client.offers("renewalInfo")
+
     def describe(self) -> dict[str, Any]:
         return self.config.describe()
 

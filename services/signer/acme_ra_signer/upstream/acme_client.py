@@ -298,6 +298,16 @@ class AcmeClient:
             self._resource_names = resource_names(self.directory_url, directory)
         return self._directory
 
+    def offers(self, resource: str) -> bool:
+        """Whether the directory, as last read, names ``resource`` (True before the first read)."""
+        if self._directory is None:
+            return True
+        try:
+            self._directory[resource]
+        except (KeyError, AttributeError):
+            return False
+        return True
+
     async def get(self, url: str) -> UpstreamResponse:
         """An unauthenticated GET (renewalInfo); a problem document raises ``AcmeProblem``."""
         return self._check(await self._send("GET", url))

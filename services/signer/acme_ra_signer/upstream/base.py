@@ -50,6 +50,8 @@ class IssuedChain:
     not_after: dt.datetime  # timezone-aware UTC
     # Other chains for the same leaf (ACME ``Link: rel="alternate"``), each leaf first.
     alternate_chains_pem: tuple[str, ...] = ()
+    # The configured upstream that issued it (set by the driver that routes orders).
+    upstream: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ class UpstreamDriver(abc.ABC):
         or None when it offers none (or is not configured any more)."""
         return None
 
+    def offers_renewal_info(self, upstream: str) -> bool:
+        """False when the named upstream surely has no renewal window to read (no renewalInfo in
+        its directory as last read, or a kind of upstream without one): nothing to relay, so the
+        relay skips its read after each issuance."""
+        return False
+
     async def close(self) -> None:
         """Release connections and background work; called once at shutdown."""
         return
@@ -188,6 +196,10 @@ class NamedUpstream(abc.ABC):
         """The upstream's renewal window for a certificate it issued (RFC 9773), or None when
         it offers none; raises ``UpstreamUnavailable`` when it offers one but did not answer."""
         return None
+
+    def offers_renewal_info(self) -> bool:
+        """Whether ``renewal_info`` may find a window (see ``UpstreamDriver.offers_renewal_info``)."""
+        return False
 
     def may_move(self, entry: Entry) -> bool:
         """Whether an order recorded as ``entry`` may go to another upstream without risking a

@@ -10,6 +10,7 @@ anything was finalized there: then it moves to the next one. A finalized order n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -188,7 +189,7 @@ class AcmeDriver(UpstreamDriver):
                     self.breakers[name].release()
                     raise
                 self.breakers[name].success()
-                return chain
+                return dataclasses.replace(chain, upstream=name)
 
     def _next(self, candidates: tuple[str, ...], tried: set[str], admitted: set[str]) -> str | None:
         """The first candidate not tried yet in this job whose breaker lets a request through."""
@@ -248,6 +249,10 @@ class AcmeDriver(UpstreamDriver):
     async def renewal_info(self, upstream: str, leaf: x509.Certificate) -> RenewalInfo | None:
         named = self._named(upstream)
         return None if named is None else await named.renewal_info(leaf)
+
+    def offers_renewal_info(self, upstream: str) -> bool:
+        named = self._named(upstream)
+        return named is not None and named.offers_renewal_info()
 
     async def check(self) -> None:
         """Ready while every route (default, each profile, each provisioner) has an upstream

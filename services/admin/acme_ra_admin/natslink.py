@@ -19,6 +19,8 @@ log = logging.getLogger("acme_ra_admin.natslink")
 
 # How long a command-line connection to NATS may take (seconds).
 NATS_CONNECT_TIMEOUT_SECONDS = 3
+# How many more times a short-lived command tries each NATS server after a refusal.
+NATS_CONNECT_RETRIES = 1
 
 
 async def _said_below(error: Exception) -> None:
@@ -54,6 +56,9 @@ class NatsLink:
             self.client = await nats.connect(
                 [server.strip() for server in self.url.split(",") if server.strip()], name="acme-ra-cli",
                 allow_reconnect=False, connect_timeout=NATS_CONNECT_TIMEOUT_SECONDS, error_cb=_said_below,
+                # nats-py retries each server of the first connect up to this many times more,
+                # 2 s apart: its default (60) made a command wait 2 minutes for a NATS that is down.
+                max_reconnect_attempts=NATS_CONNECT_RETRIES,
                 **self.options,
             )
         except Exception as error:  # noqa: BLE001 - any failure means the same to the caller

@@ -164,21 +164,24 @@ def _ratio(b: float | None, a: float | None) -> float | None:
 
 
 def summary(names: list[str], rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Per target and level: each variant's median figures and the per-pair ratios B/A."""
+    """Per target and level: each variant's median figures and the per-pair ratios B/A. A pair in
+    which either run failed certificates (an upstream that hung, say) is shown but left out of the
+    medians: its figures measure the failure, not the code."""
     keys = sorted({key for pair in rounds for run in pair for key in figures(run)})
     rows = []
     for key in keys:
         pairs: list[tuple[dict[str, Any], dict[str, Any]]] = [
             (figures(a).get(key) or {}, figures(b).get(key) or {}) for a, b in rounds]
-        row: dict[str, Any] = {"target": key[0], "concurrency": key[1]}
+        complete = [(a, b) for a, b in pairs if a and b and not a["failed"] and not b["failed"]]
+        row: dict[str, Any] = {"target": key[0], "concurrency": key[1],
+                               "left_out": [number for number, (a, b) in enumerate(pairs, 1) if (a, b) not in complete]}
         for index, name in enumerate(names):
             runs = [pair[index] for pair in pairs if pair[index]]
-            row[name] = {measure: _median([run.get(measure) for run in runs]) for measure in MEASURES}
+            row[name] = {measure: _median([pair[index].get(measure) for pair in complete]) for measure in MEASURES}
             row[name]["failed"] = sum(run["failed"] or 0 for run in runs)
         for measure in MEASURES:
-            ratios = [_ratio(b.get(measure), a.get(measure)) for a, b in pairs if a and b]
-            row[f"ratio_{measure}"] = ratios
-            row[f"median_ratio_{measure}"] = _median([r for r in ratios if r is not None])
+            row[f"ratio_{measure}"] = [_ratio(b.get(measure), a.get(measure)) for a, b in pairs if a and b]
+            row[f"median_ratio_{measure}"] = _median([_ratio(b.get(measure), a.get(measure)) for a, b in complete])
         row["purges"] = [b["purge"] for _, b in pairs if b and b.get("purge")]
         rows.append(row)
     return rows
@@ -204,7 +207,8 @@ def table(names: list[str], rows: list[dict[str, Any]]) -> str:
             lines.append(f"         purge: {purge.get('rows_total')} rows in {purge.get('seconds')} s, "
                          f"running during {purge.get('covered_percent', purge.get('overlap_percent'))} % of the measured load")
         if ra["failed"] or rb["failed"]:
-            lines.append(f"         failed certificates: A {ra['failed']}, B {rb['failed']}")
+            lines.append(f"         failed certificates: A {ra['failed']}, B {rb['failed']}; pairs left out of "
+                         f"the medians: {', '.join(map(str, row['left_out']))}")
     return "\n".join(lines)
 
 

@@ -61,7 +61,7 @@ async def test_every_order_once_across_pages(lab: Lab, lab_database_url: str) ->
         assert registered.status == 201, registered.text
         assert client.kid
         account_id = client.kid.rsplit("/", 1)[1]
-        # bench.history (tests/bench shadows the bench package here): COPY or multi-row INSERTs.
+        # bench.history (run as a command, as users do): COPY or multi-row INSERTs.
         fill = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "bench.history", "--database-url", lab_database_url,
                                "--orders", str(HISTORY_ORDERS), "--account", account_id, "--json"],
                               capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)

@@ -28,3 +28,7 @@ def test_a_pair_with_failed_certificates_is_shown_but_left_out_of_the_medians() 
     # Pebble's CPU is not acme-ra's.
     assert row["A"]["cpu_ms"] == 20.0
     assert "pairs left out of the medians: 3" in compare.table(["A", "B"], [row])
+
+
+def test_only_pairs_where_every_certificate_was_issued_count_as_complete() -> None:
+    assert compare.complete_pairs([[run(60), run(60)], [run(60), run(2, failed=32)], [run(60), {}]]) == 1

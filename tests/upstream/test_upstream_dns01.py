@@ -21,6 +21,7 @@ from acme_ra.config import Settings
 from acme_ra.db.engine import Database
 from acme_ra_signer.upstream.base import UpstreamUnavailable
 from acme_ra_signer.worker import IssueWorker
+from acme_ra_tools.supervisor import free_port
 from tests.support.bind import Bind, Zone
 from tests.support.tcp_proxy import TcpProxy
 
@@ -35,7 +36,7 @@ from .conftest import (
     run_job,
     upstream_order_row,
 )
-from .pebble import Pebble, free_port, require_pebble
+from .pebble import Pebble, require_pebble
 from .test_upstream_signer_killed import LINK_DELAY_SECONDS, KilledMidIssuance, signer_env
 
 # The hosts live in example.test (the key may write it) and hosts.test (it may not: its

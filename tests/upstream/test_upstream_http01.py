@@ -30,6 +30,7 @@ from acme_ra_signer.upstream.acme_config import Upstream
 from acme_ra_signer.upstream.base import UpstreamRejected
 from acme_ra_signer.upstream.http01 import check_token
 from acme_ra_signer.worker import IssueWorker
+from acme_ra_tools.supervisor import free_port
 from tests.support.bind import Bind, Zone
 from tests.support.certbot import certonly, dns_names
 from tests.support.dns_server import TestDnsServer
@@ -48,7 +49,7 @@ from .conftest import (
     upstream_order_row,
     wait_until,
 )
-from .pebble import Pebble, free_port, require_pebble
+from .pebble import Pebble, require_pebble
 from .test_upstream_dns01_certbot import topology_in_front_of
 from .test_upstream_signer_killed import LINK_DELAY_SECONDS, KilledMidIssuance, signer_env
 

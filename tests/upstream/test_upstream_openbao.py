@@ -20,11 +20,11 @@ from acme_ra_signer.upstream.failover import AcmeDriver
 from acme_ra_signer.upstream.journal import DbJournal
 from acme_ra_signer.upstream.vault import vault_serial
 from acme_ra_signer.worker import IssueWorker
+from acme_ra_tools.supervisor import free_port
 
 from .backends import backend_settings, migrated, write_config
 from .conftest import certificate_of, make_acme_driver, new_order, order_row, run_job, upstream_order_row
 from .openbao import MOUNT, ROLE, OpenBao
-from .pebble import free_port
 
 NAMES = ["www.example.test", "api.example.test", "192.0.2.7"]
 

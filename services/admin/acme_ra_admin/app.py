@@ -13,7 +13,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -60,6 +60,7 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
         redoc_url=None,
     )
     app.add_exception_handler(OperationError, _operation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(console.LoginRequired, _login_required)
     app.add_exception_handler(SQLAlchemyError, _database_error)  # type: ignore[arg-type]
     app.add_exception_handler(OSError, _database_error)  # type: ignore[arg-type]  # asyncpg's refused connect
     app.add_middleware(AdminGate, openapi_path=OPENAPI_PATH)  # size and authentication before any body
@@ -72,6 +73,10 @@ def create_app(settings: Settings, ops: AdminOperations | None = None) -> FastAP
     app.add_api_route(PATH_HEALTHZ, healthz, methods=["GET"], include_in_schema=False)
     app.add_api_route(PATH_READYZ, readyz, methods=["GET"], include_in_schema=False)
     return app
+
+
+async def _login_required(_request: Request, _error: Exception) -> Response:
+    return console.to_login()
 
 
 async def _operation_error(_request: Request, error: OperationError) -> JSONResponse:

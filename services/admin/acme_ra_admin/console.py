@@ -17,11 +17,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import jinja2
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from acme_ra.db.audit import Actor
@@ -165,6 +165,22 @@ async def current_page(request: Request) -> Page | None:
     return Page(request, token_id, row.label, tokens.may_change(row))
 
 
+class LoginRequired(Exception):
+    """A console page asked for without a live session: answered by the login page (app.py)."""
+
+
+async def logged_in(request: Request) -> Page:
+    """The dependency of every console page but the login: the session's page."""
+    page = await current_page(request)
+    if page is None:
+        raise LoginRequired
+    return page
+
+
+# A route's parameter of this type gets the logged-in session's page (or the login page is sent).
+LoggedIn = Annotated[Page, Depends(logged_in)]
+
+
 async def read_form(request: Request) -> dict[str, str]:
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
@@ -198,13 +214,10 @@ router = APIRouter(include_in_schema=False)
 PageRenderer = Callable[..., Awaitable[HTMLResponse]]
 
 
-async def form_action(request: Request, render: PageRenderer,
+async def form_action(page: Page, render: PageRenderer,
                       act: Callable[[Page, dict[str, str]], Awaitable[dict[str, Any]]]) -> Response:
-    """A console form: logged in, its CSRF token checked, then ``act``; the list page again, with
-    what ``act`` returns (a notice, a new key) or the operation's error and status."""
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+    """A console form of a logged-in session: its CSRF token checked, then ``act``; the list page
+    again, with what ``act`` returns (a notice, a new key) or the operation's error and status."""
     form = await checked_form(page)
     if form is None:
         return forbidden(page)
@@ -262,11 +275,8 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("/orders")
-async def orders(request: Request, status: str = "", account: str = "", q: str = "", page: str = "1",
+async def orders(current: LoggedIn, status: str = "", account: str = "", q: str = "", page: str = "1",
                  rows: str = "") -> Response:
-    current = await current_page(request)
-    if current is None:
-        return to_login()
     status = status if status in OrderStatus.__members__ else ""
     pager = Pager.of(page, rows, {"status": status, "account": account, "q": q})
     found = await current.ops.list_orders(status or None, account.strip() or None, pager.fetch, pager.offset,
@@ -276,10 +286,7 @@ async def orders(request: Request, status: str = "", account: str = "", q: str =
 
 
 @router.get("/orders/{order_id}")
-async def order(request: Request, order_id: str) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+async def order(page: LoggedIn, order_id: str) -> Response:
     try:
         detail = await page.ops.get_order(order_id)
     except OperationError as error:
@@ -288,10 +295,7 @@ async def order(request: Request, order_id: str) -> Response:
 
 
 @router.get("/inventory")
-async def inventory_page(request: Request, upstream: str = "") -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+async def inventory_page(page: LoggedIn, upstream: str = "") -> Response:
     found = await page.ops.inventory(upstream or None)
     weeks = [(found.now + dt.timedelta(weeks=week)).strftime("%d %b") for week in range(len(found.expiring_per_week))]
     days = [(found.now - dt.timedelta(days=day)).strftime("%d %b") for day in reversed(range(len(found.issued_per_day)))]
@@ -304,10 +308,7 @@ async def inventory_page(request: Request, upstream: str = "") -> Response:
 
 
 @router.get("/accounts")
-async def accounts(request: Request) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+async def accounts(page: LoggedIn) -> Response:
     return await accounts_page(page)
 
 
@@ -317,19 +318,16 @@ async def accounts_page(page: Page, status: int = 200, **context: Any) -> HTMLRe
 
 
 @router.post("/accounts/{account_id}/deactivate")
-async def deactivate_account(request: Request, account_id: str) -> Response:
+async def deactivate_account(page: LoggedIn, account_id: str) -> Response:
     async def act(page: Page, _form: dict[str, str]) -> dict[str, Any]:
         await page.ops.deactivate_account(account_id, actor=page.actor)
         return {"notice": f"Account {account_id} deactivated."}
 
-    return await form_action(request, accounts_page, act)
+    return await form_action(page, accounts_page, act)
 
 
 @router.get("/eab-keys")
-async def eab_keys(request: Request) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+async def eab_keys(page: LoggedIn) -> Response:
     return await eab_keys_page(page)
 
 
@@ -341,7 +339,7 @@ async def eab_keys_page(page: Page, status: int = 200, **context: Any) -> HTMLRe
 
 
 @router.post("/eab-keys")
-async def create_eab_key(request: Request) -> Response:
+async def create_eab_key(page: LoggedIn) -> Response:
     def rules(text: str) -> list[str]:
         return [rule for rule in text.replace("\n", ",").split(",") if rule.strip()]
 
@@ -355,37 +353,28 @@ async def create_eab_key(request: Request) -> Response:
         ), actor=page.actor)
         return {"new_key": new_key}
 
-    return await form_action(request, eab_keys_page, act)
+    return await form_action(page, eab_keys_page, act)
 
 
 @router.post("/eab-keys/{kid}/revoke")
-async def revoke_eab_key(request: Request, kid: str) -> Response:
+async def revoke_eab_key(page: LoggedIn, kid: str) -> Response:
     async def act(page: Page, _form: dict[str, str]) -> dict[str, Any]:
         await page.ops.revoke_eab_key(kid, actor=page.actor)
         return {"notice": f"EAB key {kid} revoked."}
 
-    return await form_action(request, eab_keys_page, act)
+    return await form_action(page, eab_keys_page, act)
 
 
 @router.get("/upstream")
-async def upstream(request: Request) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+async def upstream(page: LoggedIn) -> Response:
     return page.render("upstream.html", title="Upstream", status=await page.ops.upstream_status())
 
 
 @router.get("/queues")
-async def queues(request: Request) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+async def queues(page: LoggedIn) -> Response:
     return page.render("queues.html", title="Queues", queues=await page.ops.queue_status())
 
 
 @router.get("/policy")
-async def policy(request: Request) -> Response:
-    page = await current_page(request)
-    if page is None:
-        return to_login()
+async def policy(page: LoggedIn) -> Response:
     return page.render("policy.html", title="Policy", policy=await page.ops.policy())

@@ -3,22 +3,19 @@ token, a page at a time (acme_ra.db.audit)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from acme_ra.db.audit import ACTIONS, AuditFilter
-from acme_ra_admin.console import current_page, to_login
+from acme_ra_admin.console import LoggedIn
 from acme_ra_admin.paging import Pager
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/audit")
-async def audit_page(request: Request, action: str = "", subject: str = "", token_id: str = "", page: str = "1",
+async def audit_page(current: LoggedIn, action: str = "", subject: str = "", token_id: str = "", page: str = "1",
                      rows: str = "") -> Response:
-    current = await current_page(request)
-    if current is None:
-        return to_login()
     action, subject, token_id = action[:64].strip(), subject[:200].strip(), token_id[:32].strip()
     pager = Pager.of(page, rows, {"action": action, "subject": subject, "token_id": token_id})
     wanted = AuditFilter(action=action or None, subject=subject or None, token_id=token_id or None)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
 
-from acme_ra_admin.console import Page, current_page, form_action, to_login
+from acme_ra_admin.console import LoggedIn, Page, form_action
 from acme_ra_admin.errors import OperationError
 from acme_ra_admin.operations import REVOCATION_REASONS, reason_code
 from acme_ra_admin.paging import Pager
@@ -19,10 +19,7 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/certificates")
-async def certificates(request: Request, q: str = "", page: str = "1", rows: str = "") -> Response:
-    current = await current_page(request)
-    if current is None:
-        return to_login()
+async def certificates(current: LoggedIn, q: str = "", page: str = "1", rows: str = "") -> Response:
     return await certificates_page(current, query=q, page_number=page, rows=rows)
 
 
@@ -35,11 +32,8 @@ async def certificates_page(page: Page, status: int = 200, query: str = "", page
 
 
 @router.get("/certificates/{certificate_id}/revoke")
-async def confirm_revocation(request: Request, certificate_id: str, reason: str = "0") -> Response:
+async def confirm_revocation(page: LoggedIn, certificate_id: str, reason: str = "0") -> Response:
     """The confirmation step: what would be revoked, and why."""
-    page = await current_page(request)
-    if page is None:
-        return to_login()
     if not page.may_change:
         return page.render("message.html", code=403, title="Revoke a certificate",
                            error="This admin token is read-only: it cannot revoke certificates.")
@@ -56,7 +50,7 @@ async def confirm_revocation(request: Request, certificate_id: str, reason: str 
 
 
 @router.post("/certificates/{certificate_id}/revoke")
-async def revoke_certificate(request: Request, certificate_id: str) -> Response:
+async def revoke_certificate(page: LoggedIn, certificate_id: str) -> Response:
     async def act(page: Page, form: dict[str, str]) -> dict[str, Any]:
         certificate = await page.ops.get_certificate(certificate_id)
         if not hmac.compare_digest(form.get("confirm", ""), certificate.serial):
@@ -64,4 +58,4 @@ async def revoke_certificate(request: Request, certificate_id: str) -> Response:
         result = await page.ops.revoke_certificate(certificate_id, form.get("reason", "0"), actor=page.actor)
         return {"notice": f"Certificate {result.certificate.serial} revoked."}
 
-    return await form_action(request, certificates_page, act)
+    return await form_action(page, certificates_page, act)

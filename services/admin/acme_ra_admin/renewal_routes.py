@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Response
 
 from acme_ra_admin import api, console
 from acme_ra_admin.operations import AdminOperations, OperationError
@@ -40,16 +40,13 @@ async def render(page: console.Page, status: int = 200, **context: Any) -> Any:
 
 
 @console_router.get("/renewals")
-async def renewals_page(request: Request) -> Response:
-    page = await console.current_page(request)
-    if page is None:
-        return console.to_login()
+async def renewals_page(page: console.LoggedIn) -> Response:
     response: Response = await render(page)
     return response
 
 
 @console_router.post("/renewals/renew-early")
-async def renew_early_form(request: Request) -> Response:
+async def renew_early_form(page: console.LoggedIn) -> Response:
     async def act(page: console.Page, form: dict[str, str]) -> dict[str, Any]:
         selector = form.get("selector", "")
         if selector not in SELECTORS:
@@ -60,4 +57,4 @@ async def renew_early_form(request: Request) -> Response:
         return {"notice": f"Renewal window moved into the past for {result['certificates']} certificate(s) "
                           f"({selector} {result['value']}): ARI clients renew on their next run."}
 
-    return await console.form_action(request, render, act)
+    return await console.form_action(page, render, act)

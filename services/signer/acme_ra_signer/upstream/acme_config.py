@@ -125,10 +125,16 @@ class _FileUpstream(BaseModel):
 
 
 
+def _hmac_key(given: SecretStr | None, file: Path | None, file_setting: str) -> SecretStr | None:
+    """The EAB HMAC key: as given, else read from its file (``file_setting`` names it in errors)."""
+    if given is None and file is not None:
+        return read_secret(file, file_setting)
+    return given
+
+
 def from_env(settings: Settings) -> Upstream:
-    hmac_key = settings.upstream_eab_hmac_key
-    if hmac_key is None and settings.upstream_eab_hmac_key_file is not None:
-        hmac_key = read_secret(settings.upstream_eab_hmac_key_file, "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE")
+    hmac_key = _hmac_key(settings.upstream_eab_hmac_key, settings.upstream_eab_hmac_key_file,
+                         "ACME_RA_UPSTREAM_EAB_HMAC_KEY_FILE")
     upstream = Upstream(
         name=DEFAULT_UPSTREAM,
         directory_url=settings.upstream_directory_url,
@@ -154,9 +160,7 @@ def from_env(settings: Settings) -> Upstream:
 def from_file(settings: Settings, name: str, fields: dict[str, Any], origin: str) -> Upstream:
     """``upstreams.<name>`` of type ``acme``; ``origin`` is ``<file>: upstreams.<name>.``."""
     entry = validated(_FileUpstream, fields, origin)
-    hmac_key = entry.eab_hmac_key
-    if hmac_key is None and entry.eab_hmac_key_file is not None:
-        hmac_key = read_secret(entry.eab_hmac_key_file, origin + "eab_hmac_key_file")
+    hmac_key = _hmac_key(entry.eab_hmac_key, entry.eab_hmac_key_file, origin + "eab_hmac_key_file")
     upstream = Upstream(
         name=name,
         directory_url=entry.directory_url,

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from acme_ra.config import Settings
 from acme_ra_signer.upstream.acme_config import DEFAULT_UPSTREAM, Upstream, from_env
@@ -251,9 +251,4 @@ def _read_file(path: Path) -> _File:
         data = {}
     if not isinstance(data, dict):
         raise UpstreamConfigError(f"{PREFIX}{where}: expected a mapping at the top level")
-    try:
-        return _File.model_validate(data)
-    except ValidationError as invalid:
-        details = invalid.errors()[0]
-        loc = ".".join(str(part) for part in details.get("loc", ()))
-        raise UpstreamConfigError(f"{PREFIX}{where}: {loc}: {details.get('msg', 'invalid')}") from None
+    return validated(_File, data, f"{where}: ")

@@ -189,13 +189,14 @@ class CommandUpstream(NamedUpstream):
         await journal.finish(state=State.invalid.value, error=problem)
         raise UpstreamRejected(problem)
 
+    def _failed(self, what: str) -> UpstreamRejected:
+        """This upstream's own failure, as the order's problem (serverInternal)."""
+        return UpstreamRejected({"type": "serverInternal", "detail": f"upstream \"{self.name}\": {what}"})
+
     def _chain(self, output: bytes, csr: x509.CertificateSigningRequest,
                identifiers: list[dict[str, str]]) -> IssuedChain:
         def bad(what: str) -> UpstreamRejected:
-            return UpstreamRejected({
-                "type": "serverInternal",
-                "detail": f"upstream \"{self.name}\": its issue command {what}",
-            })
+            return self._failed(f"its issue command {what}")
 
         try:
             certs = x509.load_pem_x509_certificates(output)
@@ -222,10 +223,7 @@ class CommandUpstream(NamedUpstream):
 
     async def revoke(self, cert_der: bytes, reason: int) -> None:
         if self.config.revoke is None:
-            raise UpstreamRejected({
-                "type": "serverInternal",
-                "detail": f"upstream \"{self.name}\": cannot revoke: no {self.config.setting('revoke')} command",
-            })
+            raise self._failed(f"cannot revoke: no {self.config.setting('revoke')} command")
         try:
             cert = x509.load_der_x509_certificate(cert_der)
         except ValueError:
@@ -239,7 +237,7 @@ class CommandUpstream(NamedUpstream):
         if run.returncode is None or run.returncode == EXIT_RETRY_LATER:
             raise UpstreamUnavailable(f"upstream {self.name}: revoke command: {run.said if run.returncode else 'timed out'}")
         if run.returncode != 0:
-            raise UpstreamRejected({"type": "serverInternal", "detail": f"upstream \"{self.name}\": refused: {run.said}"})
+            raise self._failed(f"refused: {run.said}")
         log.info("certificate revoked upstream", extra={"upstream": self.name, "serial": serial, "reason": reason})
 
     async def check(self) -> None:

@@ -208,7 +208,8 @@ def table(names: list[str], rows: list[dict[str, Any]]) -> str:
             f"{_show(ra['cpu_ms'], 6)} {_show(rb['cpu_ms'], 6)} {_show(row['median_ratio_cpu_ms'], 6)}   {per_pair}")
         for purge in row["purges"]:
             lines.append(f"         purge: {purge.get('rows_total')} rows in {purge.get('seconds')} s, "
-                         f"running during {purge.get('covered_percent', purge.get('overlap_percent'))} % of the measured load")
+                         f"running during {purge.get('covered_percent', purge.get('overlap_percent'))} % of the measured load"
+                         + (" (stopped when the load ended)" if purge.get("stopped_when_load_ended") else ""))
         if ra["failed"] or rb["failed"]:
             lines.append(f"         failed certificates: A {ra['failed']}, B {rb['failed']}; pairs left out of "
                          f"the medians: {', '.join(map(str, row['left_out']))}")

@@ -103,6 +103,9 @@ class Settings(UpstreamSettings, ValidationSettings, AcmeSettings):
     # (an order with a certificate: this long after the certificate expired; revoked ones are
     # kept); the signers purge hourly, one at a time (acme_ra.db.retention). 0: keep everything.
     retention_days: int = Field(30, ge=0, le=36500)
+    # ACME_RA_PURGE_SHARE: the part of its time a purge may keep the database busy; it rests
+    # the remainder between batches (1: as fast as it can).
+    purge_share: float = Field(0.25, gt=0, le=1)
     # ACME_RA_DB_POOL_SIZE: connections per service process.
     db_pool_size: int = Field(10, gt=0)
     # ACME_RA_SECRET_KEY / ACME_RA_SECRET_KEY_FILE: seals secrets at rest (EAB HMAC keys, the

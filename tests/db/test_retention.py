@@ -110,6 +110,31 @@ async def test_one_replica_purges_at_a_time(history_db: Database, history: Histo
         await other.dispose()
 
 
+async def test_a_purge_rests_its_share_and_stops_between_batches(history_db: Database, history: History,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for _ in range(7):
+        await history.order("invalid", LONG_AGO)
+    rests: list[float] = []
+    stop = asyncio.Event()
+
+    async def rest(seconds: float, _stop: asyncio.Event | None) -> None:
+        rests.append(seconds)
+        if len(rests) == 2:
+            stop.set()  # SIGTERM to acme-ra db purge, say
+
+    monkeypatch.setattr(retention, "_rest", rest)
+    # share 0.25: after each batch of t seconds, a rest of 3 t; stopped after the second batch.
+    report = await retention.purge(history_db, RETENTION, now=NOW, batch=2, share=0.25, stop=stop)
+    assert report.stopped and report.rows["orders"] == 4 and report.as_dict()["stopped"] is True
+    assert len(rests) == 2 and all(seconds > 0 for seconds in rests)
+    # What was deleted stays deleted; the next run goes on from there, and at full speed rests not.
+    rests.clear()
+    rest_of_it = await retention.purge(history_db, RETENTION, now=NOW, batch=2, share=1.0)
+    assert not rest_of_it.stopped and rest_of_it.rows["orders"] == 3 and rests == []
+    with pytest.raises(ValueError, match="share"):
+        await retention.purge(history_db, RETENTION, now=NOW, share=0)
+
+
 async def test_purging_while_orders_are_written_loses_none(history_db: Database, history: History) -> None:
     for _ in range(20):
         await history.order("invalid", LONG_AGO)

@@ -102,10 +102,15 @@ def db_migrate() -> None:
 def db_purge(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="count what would be deleted, delete nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    share: Annotated[float | None, typer.Option(
+        "--share", min=0.01, max=1.0, help="the part of its time the purge may keep the database busy "
+        "(default ACME_RA_PURGE_SHARE; 1: as fast as it can)")] = None,
 ) -> None:
-    """Delete what ACME_RA_RETENTION_DAYS no longer keeps (the signers do it hourly)."""
+    """Delete what ACME_RA_RETENTION_DAYS no longer keeps (the signers do it hourly). Ctrl-C or
+    SIGTERM stops it between two batches; what was deleted until then is reported."""
     import asyncio
     import datetime as dt
+    import signal
 
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -119,9 +124,14 @@ def db_purge(
         raise typer.Exit(2)
 
     async def run() -> retention.PurgeReport:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         db = Database(settings.effective_database_url)
         try:
-            return await retention.purge(db, dt.timedelta(days=settings.retention_days), dry_run=dry_run)
+            return await retention.purge(db, dt.timedelta(days=settings.retention_days), dry_run=dry_run,
+                                         share=settings.purge_share if share is None else share, stop=stop)
         finally:
             await db.dispose()
 
@@ -137,7 +147,7 @@ def db_purge(
     elif report.skipped:
         typer.echo("another acme-ra process is purging now: nothing done")
     else:
-        verb = "would delete" if dry_run else "deleted"
+        verb = "would delete" if dry_run else "deleted (stopped before the end)" if report.stopped else "deleted"
         typer.echo(f"rows older than {report.cutoff:%Y-%m-%d %H:%M} UTC ({settings.retention_days} days) {verb}"
                    f" in {report.seconds:.1f} s:")
         for table, count in report.rows.items():

@@ -123,8 +123,8 @@ async def start(settings: Settings) -> Runtime:
     upstream_names = [entry["name"] for entry in driver.describe()] or [inventory.NO_UPSTREAM]
     runtime.expiry = asyncio.create_task(expiry.refresh_forever(db, upstream_names, runtime.stop), name="expiry-gauges")
     if settings.retention_days:
-        runtime.purger = asyncio.create_task(purger.purge_forever(db, settings.retention_days, runtime.stop),
-                                             name="retention-purge")
+        purging = purger.purge_forever(db, settings.retention_days, runtime.stop, settings.purge_share)
+        runtime.purger = asyncio.create_task(purging, name="retention-purge")
     if settings.upstream == "acme" and settings.config_file is not None:
         from acme_ra_signer.config_watch import ConfigWatch
         from acme_ra_signer.upstream.failover import AcmeDriver

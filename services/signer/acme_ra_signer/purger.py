@@ -17,12 +17,11 @@ log = logging.getLogger("acme_ra_signer.purger")
 # again at random, so replicas started together do not all try at once).
 INTERVAL_SECONDS = 3600.0
 FIRST_SECONDS = 60.0
-# Rest between batches (seconds): the requests of the moment go first.
-PAUSE_SECONDS = 0.05
 
 
-async def purge_once(db: Database, retention_days: int) -> retention.PurgeReport:
-    report = await retention.purge(db, dt.timedelta(days=retention_days), pause=PAUSE_SECONDS)
+async def purge_once(db: Database, retention_days: int, share: float = 0.25,
+                     stop: asyncio.Event | None = None) -> retention.PurgeReport:
+    report = await retention.purge(db, dt.timedelta(days=retention_days), share=share, stop=stop)
     if not report.skipped:
         metrics.PURGE_SECONDS.observe(report.seconds)
         metrics.PURGE_LAST_SUCCESS.set_to_current_time()
@@ -32,8 +31,9 @@ async def purge_once(db: Database, retention_days: int) -> retention.PurgeReport
     return report
 
 
-async def purge_forever(db: Database, retention_days: int, stop: asyncio.Event) -> None:
-    """Purge every INTERVAL_SECONDS until ``stop``; a failed run is logged and tried next time."""
+async def purge_forever(db: Database, retention_days: int, stop: asyncio.Event, share: float = 0.25) -> None:
+    """Purge every INTERVAL_SECONDS until ``stop`` (which also ends a run between two batches);
+    a failed run is logged and tried next time."""
     delay = FIRST_SECONDS + random.uniform(0, FIRST_SECONDS)  # spreading, not secrecy
     while True:
         try:
@@ -42,7 +42,7 @@ async def purge_forever(db: Database, retention_days: int, stop: asyncio.Event) 
         except TimeoutError:
             pass
         try:
-            await purge_once(db, retention_days)
+            await purge_once(db, retention_days, share, stop)
         except Exception as error:  # noqa: BLE001 - the database away: next hour
             metrics.PURGE_FAILURES.inc()
             log.warning("purge failed: %s", str(error).splitlines()[0] if str(error) else type(error).__name__)

@@ -40,7 +40,7 @@ lint: install
 	$(BIN)/mypy $(LINT_PATHS)
 
 test: install lint test-packages
-	$(BIN)/python -m pytest -p no:cacheprovider --durations=10 $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -p no:cacheprovider --durations=25 $(PYTEST_ARGS) tests
 
 # acme-ra (lab CA; Pebble upstream) against Pebble alone, on this machine's PostgreSQL (needs: pebble).
 bench: install

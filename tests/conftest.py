@@ -7,6 +7,7 @@ for this process and every process it starts; the report header says so."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -28,6 +29,12 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD_TIMEOUT_SECONDS = 300
 # Tests that use one of these fixtures count as having run on the lane's database.
 LANE_FIXTURES = {"lab_database_url", "fresh_database_url", "history_url"}
+# What a fixture or a test module calls to reach the lane's database (besides LANE_FIXTURES).
+DATABASE_HELPERS = ("fresh_database", "running_lab", "running_tls_lab", "persist_lab", "ACME_RA_TEST_DATABASE_URL",
+                    "TEST_DATABASE_ENV")
+# Set (to 1) by .ci/run's PostgreSQL lane: only the tests that reach the lane's database run;
+# the others ran in the SQLite lane already and would only repeat themselves.
+DATABASE_ONLY_ENV = "ACME_RA_TEST_DATABASE_ONLY"
 # Written at the end of every run: "backend=<sqlite|postgresql>", "passed=<n>", "failed=<n>";
 # ACME_RA_TEST_LANE_REPORT names another file (.ci/run: one of its own).
 LANE_REPORT = Path("build") / "test-lane"
@@ -103,6 +110,40 @@ def lab(test_dns: TestDnsServer, lab_database_url: str,
     with running_lab(tmp_path_factory.mktemp("lab") / "var", lab_database_url, test_dns.resolver_setting,
                      test_dns.txt_dir) as lab:
         yield lab
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get(DATABASE_ONLY_ENV, "") not in ("1", "true"):
+        return
+    kept = [item for item in items if reaches_lane_database(item)]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
+def reaches_lane_database(item: pytest.Item) -> bool:
+    """Whether a test may use the lane's database: it (or a fixture it needs, at any depth) asks
+    for one of LANE_FIXTURES, its module calls a DATABASE_HELPERS function, or one of its
+    fixtures does. Errs on the side of running a test."""
+    names = set(getattr(item, "fixturenames", ()))
+    if LANE_FIXTURES & names or _mentions_helpers(getattr(item, "module", None)):
+        return True
+    definitions = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    return any(_mentions_helpers(definition.func) for name in names for definition in definitions.get(name, ()))
+
+
+_mentions: dict[object, bool] = {}
+
+
+def _mentions_helpers(code: object) -> bool:
+    if code is None:
+        return False
+    if code not in _mentions:
+        try:
+            source = inspect.getsource(code)  # type: ignore[arg-type]
+        except (OSError, TypeError):
+            source = ""
+        _mentions[code] = any(helper in source for helper in DATABASE_HELPERS)
+    return _mentions[code]
 
 
 @pytest.hookimpl(wrapper=True)

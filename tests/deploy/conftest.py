@@ -26,7 +26,7 @@ FIGURES: dict[str, Any] = {}
 
 
 def require_binaries() -> None:
-    from acme_ra_tools.lab import haproxy_binary
+    from acme_ra_tools.lab_infrastructure import haproxy_binary
 
     missing = [name for name in ("pebble", "pebble-challtestsrv") if shutil.which(name) is None]
     missing += [] if haproxy_binary() else ["haproxy"]

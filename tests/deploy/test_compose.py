@@ -17,7 +17,7 @@ import yaml
 
 from acme_ra import natsauth
 from acme_ra.config import ENV_PREFIX, Settings, parse_host_port
-from acme_ra_tools.lab import PEBBLE_EAB_HMAC_KEY, PEBBLE_EAB_KID
+from acme_ra_tools.lab_infrastructure import PEBBLE_EAB_HMAC_KEY, PEBBLE_EAB_KID
 from acme_ra_tools.supervisor import settings_from_env
 
 from .conftest import ROOT

@@ -30,12 +30,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from acme_ra_tools.lab import (
-    DEFAULT_DATABASE_URL,
-    LabPorts,
-    ProcessLab,
-    ensure_postgres_database,
-)
+from acme_ra_tools.lab import ProcessLab
+from acme_ra_tools.lab_infrastructure import DEFAULT_DATABASE_URL, LabPorts, ensure_postgres_database
 from acme_ra_tools.supervisor import LaunchError, free_port
 from tests.support.lab import base_environment
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 
-from acme_ra_tools.lab import haproxy_binary
+from acme_ra_tools.lab_infrastructure import haproxy_binary
 from tests.conformance.client import Reply, TestAcmeClient
 from tests.hostile.conftest import Timer, assert_still_up
 from tests.support.lab import Lab

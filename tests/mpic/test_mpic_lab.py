@@ -14,7 +14,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from acme_ra_tools.lab import LabPorts, ProcessLab
+from acme_ra_tools.lab import ProcessLab
+from acme_ra_tools.lab_infrastructure import LabPorts
 from acme_ra_tools.supervisor import LaunchError, free_port
 from tests.deploy.acme_load import ChallengeServer, issue, new_account
 from tests.deploy.conftest import postgres_database, require_binaries

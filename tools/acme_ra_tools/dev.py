@@ -37,6 +37,7 @@ from acme_ra_tools.supervisor import (
     READY_TIMEOUT_SECONDS,
     STOP_TIMEOUT_SECONDS,
     Child,
+    ClientAccess,
     free_port,
     nats_ready,
     nats_server_binary,
@@ -56,7 +57,7 @@ SERVICES = ("signer", "validator", "frontend", "admin")
 LAB_NAME = "myhost.localhost"
 
 
-class Topology:
+class Topology(ClientAccess):
     """nats-server (embedded unless configured), migrations, bootstrap, and the four services.
 
     ``env`` is the environment of every child (default: this process's) on top of
@@ -89,15 +90,7 @@ class Topology:
         self.services: dict[str, Child] = {}
         self._stop_requested = False  # a plain flag: set from signal handlers
 
-    # What clients and operators need --------------------------------------------------------
-
-    @property
-    def directory_url(self) -> str:
-        return f"{self.settings.external_url}/acme/{self.settings.provisioner_names[0]}/directory"
-
-    @property
-    def ca_bundle(self) -> Path:
-        return self.state_dir / "ca-bundle.pem"
+    # What clients and operators need (with ClientAccess's directory_url, ca_bundle) ---------
 
     @property
     def embedded_nats(self) -> bool:

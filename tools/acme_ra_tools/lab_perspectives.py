@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from acme_ra.config import ENV_PREFIX
 from acme_ra.perspectives import REGIONS
+from acme_ra_tools.service_group import Service
 from acme_ra_tools.supervisor import http_ok
-
-if TYPE_CHECKING:
-    from acme_ra_tools.lab import Service
 
 # Perspectives `make lab` runs when PERSPECTIVES is not given.
 DEFAULT_PERSPECTIVES = 3
@@ -38,11 +35,9 @@ def perspective_env(number: int, listen: str) -> dict[str, str]:
     }
 
 
-def perspective_service(
-    number: int, port: int, service_env: Callable[..., dict[str, str]], service: type[Service]
-) -> Service:
+def perspective_service(number: int, port: int, service_env: Callable[..., dict[str, str]]) -> Service:
     """The lab's ``perspective-<number>`` (its NATS user: ``perspective``)."""
     base = f"http://127.0.0.1:{port}"
     env = service_env("perspective", **perspective_env(number, f"127.0.0.1:{port}"))
-    return service(f"perspective-{number}", [sys.executable, "-m", "acme_ra_validator"], env,
+    return Service(f"perspective-{number}", [sys.executable, "-m", "acme_ra_validator"], env,
                    ready=lambda: http_ok(base + "/readyz"), endpoints={"metrics": base + "/metrics"})

@@ -235,6 +235,22 @@ class Supervisor(Protocol):
     def stop(self) -> None: ...
 
 
+class ClientAccess:
+    """What a topology's ACME clients are told (``make dev``'s Topology, ``make lab``'s ProcessLab):
+    the directory URL of the first provisioner and the CA bundle to trust."""
+
+    settings: Settings
+    state_dir: Path
+
+    @property
+    def directory_url(self) -> str:
+        return f"{self.settings.external_url}/acme/{self.settings.provisioner_names[0]}/directory"
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.state_dir / "ca-bundle.pem"
+
+
 def serve(supervisor: Supervisor, prefix: str, wait: Callable[[], int]) -> int:
     """Start, print how to use it, ``wait()`` (its value is the exit status) until Ctrl-C, SIGTERM
     or a death, then stop everything; signals during the stop are ignored."""

@@ -42,7 +42,11 @@ LOCAL_NAMES = ["localhost", "127.0.0.1", "::1"]
 START_TIMEOUT_SECONDS = 20.0
 # The EAB pair of the Pebbles started here (any value would do: both sides are ours).
 PEBBLE_EAB_KID = "bench-kid"
-PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
+# PEBBLE_AUTHZREUSE=0: every name is new, so reuse never applies, but its look-up scans every
+# authorization under Pebble's store lock while validations update them: Pebble 2.4 hung (every
+# request unanswered from some moment on) in 4 of about 50 runs on 2026-12-07, 3 of them while a purge
+# loaded the machine. A --baseline-ref older than this line runs its own Pebble settings.
+PEBBLE_ENV = {"PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0", "PEBBLE_AUTHZREUSE": "0"}
 # Names the generator orders: acme-ra's validator resolves *.localhost to loopback itself;
 # Pebble asks challtestsrv, which answers 127.0.0.1 for every name.
 ACME_RA_NAME_SUFFIX = "bench.localhost"

@@ -16,6 +16,9 @@ from typing import Any
 RETENTION_DAYS = "30"
 # How long the purge may take to stop after the load ended (seconds).
 FINISH_TIMEOUT_SECONDS = 60
+# A purge is asked to stop no sooner than this after it started (seconds): before, it may not
+# listen for SIGTERM yet (Python starting, the command's imports), and SIGTERM would kill it.
+SIGNAL_AFTER_SECONDS = 5.0
 
 
 class PurgeDuringLoad:
@@ -40,6 +43,7 @@ class PurgeDuringLoad:
         self.load_ended = time.monotonic()
         finished = self.process.poll() is not None
         if not finished:
+            time.sleep(max(0.0, self.started + SIGNAL_AFTER_SECONDS - time.monotonic()))
             self.process.terminate()  # acme-ra db purge stops between two batches and reports
         try:
             out, err = self.process.communicate(timeout=FINISH_TIMEOUT_SECONDS)

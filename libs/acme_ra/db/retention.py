@@ -142,10 +142,7 @@ def _steps(cutoff: dt.datetime) -> list[tuple[Any, bool]]:
             (revoked.where(exists().where(UpstreamOrder.order_id == Certificate.order_id)), True)]
 
 
-async def _rest(seconds: float, stop: asyncio.Event | None) -> None:
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
+async def _rest(seconds: float, stop: asyncio.Event) -> None:
     try:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
@@ -153,7 +150,7 @@ async def _rest(seconds: float, stop: asyncio.Event | None) -> None:
 
 
 async def _run(db: Database, cutoff: dt.datetime, report: PurgeReport, batch: int, share: float,
-               stop: asyncio.Event | None) -> None:
+               stop: asyncio.Event) -> None:
     if report.dry_run:
         # The same deletes in one transaction, rolled back: the counts are exactly a run's.
         async with db.sessions() as session:
@@ -167,7 +164,7 @@ async def _run(db: Database, cutoff: dt.datetime, report: PurgeReport, batch: in
         return
     for query, keep in _steps(cutoff):
         while True:
-            if stop is not None and stop.is_set():
+            if stop.is_set():
                 report.stopped = True
                 return
             started = time.perf_counter()
@@ -190,6 +187,7 @@ async def purge(db: Database, retention: dt.timedelta, *, now: dt.datetime | Non
     if not 0 < share <= 1:
         raise ValueError(f"the purge's share of the database's time must be in (0, 1], not {share}")
     cutoff = (now or utcnow()) - retention
+    stop = stop or asyncio.Event()  # never set: the run goes to the end
     report = PurgeReport(cutoff=cutoff, dry_run=dry_run)
     started = time.perf_counter()
     if db.is_sqlite:

@@ -7,6 +7,7 @@ import datetime as dt
 import logging
 import random
 
+from acme_ra.config import PURGE_SHARE
 from acme_ra.db import retention
 from acme_ra.db.engine import Database
 from acme_ra_signer import metrics
@@ -19,7 +20,7 @@ INTERVAL_SECONDS = 3600.0
 FIRST_SECONDS = 60.0
 
 
-async def purge_once(db: Database, retention_days: int, share: float = 0.25,
+async def purge_once(db: Database, retention_days: int, share: float = PURGE_SHARE,
                      stop: asyncio.Event | None = None) -> retention.PurgeReport:
     report = await retention.purge(db, dt.timedelta(days=retention_days), share=share, stop=stop)
     if not report.skipped:
@@ -31,7 +32,7 @@ async def purge_once(db: Database, retention_days: int, share: float = 0.25,
     return report
 
 
-async def purge_forever(db: Database, retention_days: int, stop: asyncio.Event, share: float = 0.25) -> None:
+async def purge_forever(db: Database, retention_days: int, stop: asyncio.Event, share: float = PURGE_SHARE) -> None:
     """Purge every INTERVAL_SECONDS until ``stop`` (which also ends a run between two batches);
     a failed run is logged and tried next time."""
     delay = FIRST_SECONDS + random.uniform(0, FIRST_SECONDS)  # spreading, not secrecy

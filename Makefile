@@ -4,8 +4,10 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# Re-install whenever pyproject.toml changes.
+# Re-install whenever pyproject.toml or the lock changes.
 INSTALLED := $(VENV)/.installed
+# The lock's pins (no hashes): make install tests what the image ships, whatever PyPI released since.
+CONSTRAINTS := $(VENV)/constraints.txt
 PYTEST_ARGS ?=
 # make lab VALIDATORS=N: how many validator processes the lab runs.
 VALIDATORS ?= 2
@@ -54,10 +56,12 @@ bench-upstream: install
 dist: install
 	$(BIN)/python -m build --outdir dist .
 
-# requirements/image.lock: the image's dependencies pinned to this venv's versions, with hashes
-# (deploy/Dockerfile installs it with --require-hashes); after any dependency changes.
+# requirements/image.lock: the newest versions pyproject's bounds allow, installed here (so the suite
+# tests them) and pinned with hashes (deploy/Dockerfile installs it with --require-hashes).
 image-lock: install
+	$(BIN)/python -m pip install --upgrade --upgrade-strategy eager -e '.[test]'
 	$(BIN)/python -m acme_ra_tools.imagelock --write
+	touch $(INSTALLED)
 
 clean:
 	rm -rf var build dist .pytest_cache
@@ -69,6 +73,7 @@ $(BIN)/python:
 		{ echo "acme-ra needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1). Run: make PYTHON=/path/to/python3.12"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(INSTALLED): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -e '.[test]'
+$(INSTALLED): pyproject.toml requirements/image.lock | $(BIN)/python
+	sed -n 's/^\([A-Za-z0-9][^ ]*==[^ ]*\) .*/\1/p' requirements/image.lock > $(CONSTRAINTS)
+	$(BIN)/python -m pip install -c $(CONSTRAINTS) -e '.[test]'
 	touch $@

@@ -200,31 +200,36 @@ async def test_reconciler_republishes_stuck_challenge(account: TestAcmeClient, h
     state = account.http.app.state.ra  # type: ignore[attr-defined]
     challenge_id = challenge["url"].rsplit("/", 1)[1]
     subscription = await state.js.pull_subscribe(bus.SUBJECT_VALIDATE, durable=bus.DURABLE_VALIDATOR, stream=bus.JOBS_STREAM)
-    # The job was lost: taken and acked without an outcome (a queue with jobs still waiting
-    # their turn is left alone by the reconciler).
-    while True:
-        try:
-            waiting = await subscription.fetch(500, timeout=0.5)
-        except TimeoutError:
-            break
-        for message in waiting:
-            await message.ack()
-    async with state.db.transaction() as session:
-        await session.execute(
-            update(Challenge).where(Challenge.id == challenge_id).values(
-                updated_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    try:
+        # The job was lost: taken and acked without an outcome (a queue with jobs still waiting
+        # their turn is left alone by the reconciler).
+        while True:
+            try:
+                waiting = await subscription.fetch(500, timeout=0.5)
+            except TimeoutError:
+                break
+            for message in waiting:
+                await message.ack()
+        async with state.db.transaction() as session:
+            await session.execute(
+                update(Challenge).where(Challenge.id == challenge_id).values(
+                    updated_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+                )
             )
-        )
-    # The app's own reconciler (every 15 s) may take this pass first: either way the job is
-    # published once more and counted once.
-    await reconcile_once(state)
-    async with state.db.transaction() as session:
-        republished = (await session.execute(select(Challenge.republished).where(Challenge.id == challenge_id))).scalar_one()
-    assert republished == 1
-    seen = set()
-    for message in await subscription.fetch(50, timeout=2):
-        seen.add(bus.ValidateJob.model_validate_json(message.data).challenge_id)
-    assert challenge_id in seen
+        # The app's own reconciler (every 15 s) may take this pass first: either way the job is
+        # published once more and counted once.
+        await reconcile_once(state)
+        async with state.db.transaction() as session:
+            republished = (await session.execute(select(Challenge.republished).where(Challenge.id == challenge_id))).scalar_one()
+        assert republished == 1
+        seen = set()
+        for message in await subscription.fetch(50, timeout=2):
+            seen.add(bus.ValidateJob.model_validate_json(message.data).challenge_id)
+        assert challenge_id in seen
+    finally:
+        # Left subscribed, the app's drain at the session's end waits for its unread
+        # messages until nats-py's drain timeout (30 s).
+        await subscription.unsubscribe()
 
 
 async def test_ip_identifiers(account: TestAcmeClient) -> None:

@@ -41,6 +41,9 @@ class ValidationSettings(SettingsSection):
     # ACME_RA_VALIDATION_MAX_ATTEMPTS: checks of one challenge that may fail or crash a validator
     # (counted on redeliveries); the next delivery ends the challenge invalid unchecked; default 3.
     validation_max_attempts: int = Field(3, ge=1, le=19)  # below bus.MAX_DELIVER
+    # ACME_RA_RECONCILE_INTERVAL_SECONDS: how often each frontend's reconciler looks for challenges
+    # and orders stuck in processing (seconds); default 15.
+    reconcile_interval_seconds: float = Field(15.0, gt=0, le=3600)
     # ACME_RA_RECONCILE_MAX_REPUBLICATIONS: times the frontends' reconciler publishes again the job
     # of a challenge or order stuck in processing; then it ends it invalid; default 10.
     reconcile_max_republications: int = Field(10, ge=1, le=1000)

@@ -3,7 +3,7 @@
 The database is written first and the job published second; if the publish is lost (NATS down,
 a frontend killed between the two), the row stays ``processing`` and this loop publishes the job
 again. Consumers are idempotent, so a job that was not lost after all only costs a no-op. Every
-frontend replica runs it.
+frontend replica runs it, every ``ACME_RA_RECONCILE_INTERVAL_SECONDS`` (default 15).
 
 Nothing is retried for ever: each re-publication is counted in the row (``republished``) and
 pushes its deadline back; a challenge or order whose job was published again
@@ -32,8 +32,6 @@ from acme_ra_frontend.state import FrontendState
 
 log = logging.getLogger("acme_ra.frontend.reconciler")
 
-# How often the loop looks (seconds).
-RECONCILE_INTERVAL = 15
 # A challenge processing this long without a result has its validation job published again.
 # Not a crash's recovery (a job a killed validator or signer held is redelivered by JetStream
 # one ack wait after its last heartbeat: bus.VALIDATE/ISSUE_ACK_WAIT_SECONDS, 10 s) but a lost
@@ -124,7 +122,7 @@ async def reconcile_once(state: FrontendState) -> int:
 
 async def reconcile_forever(state: FrontendState) -> None:
     while True:
-        await asyncio.sleep(RECONCILE_INTERVAL)
+        await asyncio.sleep(state.settings.reconcile_interval_seconds)
         try:
             await reconcile_once(state)
         except Exception as error:  # noqa: BLE001 - NATS or the database down: next pass

@@ -34,10 +34,6 @@ COMMAND_UPSTREAM_VARIABLES = frozenset(ENV_PREFIX + name for name in (
     "ORDER_ID", "NAMES", "PROFILE", "PROVISIONER", "SERIAL", "REASON"))
 
 
-# ACME_RA_PURGE_SHARE's default (the signers' scheduled purge uses the setting).
-PURGE_SHARE = 0.25
-
-
 class Settings(UpstreamSettings, ValidationSettings, AcmeSettings):
     """Every ``ACME_RA_*`` variable: the common ones here, the rest in their sections
     (acme_ra.settings). Names are a documented contract (README, docs/configuration.md)."""
@@ -109,7 +105,7 @@ class Settings(UpstreamSettings, ValidationSettings, AcmeSettings):
     retention_days: int = Field(30, ge=0, le=36500)
     # ACME_RA_PURGE_SHARE: the part of its time a purge may keep the database busy; it rests
     # the remainder between batches (1: as fast as it can).
-    purge_share: float = Field(PURGE_SHARE, gt=0, le=1)
+    purge_share: float = Field(0.25, gt=0, le=1)
     # ACME_RA_DB_POOL_SIZE: connections per service process.
     db_pool_size: int = Field(10, gt=0)
     # ACME_RA_SECRET_KEY / ACME_RA_SECRET_KEY_FILE: seals secrets at rest (EAB HMAC keys, the

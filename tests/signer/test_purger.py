@@ -22,7 +22,7 @@ async def test_a_run_counts_rows_and_time_in_metrics(history_db: Database, histo
     before = sample("acme_ra_purged_rows_total", table="orders")
     runs = sample("acme_ra_purge_duration_seconds_count")
     old, _ = await history.order("invalid", utcnow() - dt.timedelta(days=40))
-    report = await purger.purge_once(history_db, 30)
+    report = await purger.purge_once(history_db, 30, share=1.0)
     assert report.rows["orders"] == 1 and await history.present(Order, [old]) == []
     assert sample("acme_ra_purged_rows_total", table="orders") == before + 1
     assert sample("acme_ra_purge_duration_seconds_count") == runs + 1
@@ -35,7 +35,7 @@ async def test_the_loop_purges_on_schedule_and_stops_with_the_signer(history_db:
     monkeypatch.setattr(purger, "INTERVAL_SECONDS", 0.1)
     old, _ = await history.order("invalid", utcnow() - dt.timedelta(days=40))
     stop = asyncio.Event()
-    loop = asyncio.create_task(purger.purge_forever(history_db, 30, stop))
+    loop = asyncio.create_task(purger.purge_forever(history_db, 30, stop, share=1.0))
     for _ in range(100):
         if not await history.present(Order, [old]):
             break

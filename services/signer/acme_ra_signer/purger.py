@@ -7,7 +7,6 @@ import datetime as dt
 import logging
 import random
 
-from acme_ra.config import PURGE_SHARE
 from acme_ra.db import retention
 from acme_ra.db.engine import Database
 from acme_ra_signer import metrics
@@ -20,7 +19,7 @@ INTERVAL_SECONDS = 3600.0
 FIRST_SECONDS = 60.0
 
 
-async def purge_once(db: Database, retention_days: int, share: float = PURGE_SHARE,
+async def purge_once(db: Database, retention_days: int, share: float,
                      stop: asyncio.Event | None = None) -> retention.PurgeReport:
     report = await retention.purge(db, dt.timedelta(days=retention_days), share=share, stop=stop)
     if not report.skipped:
@@ -32,7 +31,7 @@ async def purge_once(db: Database, retention_days: int, share: float = PURGE_SHA
     return report
 
 
-async def purge_forever(db: Database, retention_days: int, stop: asyncio.Event, share: float = PURGE_SHARE) -> None:
+async def purge_forever(db: Database, retention_days: int, stop: asyncio.Event, share: float) -> None:
     """Purge every INTERVAL_SECONDS until ``stop`` (which also ends a run between two batches);
     a failed run is logged and tried next time."""
     delay = FIRST_SECONDS + random.uniform(0, FIRST_SECONDS)  # spreading, not secrecy
